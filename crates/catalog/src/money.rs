@@ -1,0 +1,179 @@
+//! Exact money: whole micro-dollars in an `i64`, never a float.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
+
+/// An amount of US dollars, counted in micro-dollars (1 USD = 1,000,000).
+///
+/// Signed, because a balance can go below zero. Written and read as a decimal string
+/// ("0.87", "-12.5"), with at most six decimals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Usd(i64);
+
+/// A decimal string that is not an amount of dollars.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an amount in US dollars (expected a decimal like 12.34, at most 6 decimals)")]
+pub struct ParseUsdError(pub String);
+
+impl Usd {
+    pub const ZERO: Usd = Usd(0);
+    pub const MICROS_PER_USD: i64 = 1_000_000;
+
+    pub const fn from_micros(micros: i64) -> Usd {
+        Usd(micros)
+    }
+
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// Parses "12", "12.5", "-0.000001".
+    pub fn parse(s: &str) -> Result<Usd, ParseUsdError> {
+        let err = || ParseUsdError(s.to_string());
+        let t = s.trim();
+        let (neg, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || !all_digits(whole) || !all_digits(frac) || frac.len() > 6 {
+            return Err(err());
+        }
+        if digits.ends_with('.') {
+            return Err(err());
+        }
+        let whole: i64 = whole.parse().map_err(|_| err())?;
+        let frac_micros: i64 = format!("{frac:0<6}").parse().map_err(|_| err())?;
+        let micros = whole
+            .checked_mul(Self::MICROS_PER_USD)
+            .and_then(|w| w.checked_add(frac_micros))
+            .ok_or_else(err)?;
+        Ok(Usd(if neg { -micros } else { micros }))
+    }
+
+    /// The amount as a float, for display and JSON numbers only; never compute with it.
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / Self::MICROS_PER_USD as f64
+    }
+
+    pub fn checked_mul(self, n: i64) -> Option<Usd> {
+        self.0.checked_mul(n).map(Usd)
+    }
+
+    /// `self * num / den`, rounded half up (away from zero) to the micro-dollar.
+    pub fn mul_ratio(self, num: i128, den: i128) -> Usd {
+        assert!(den > 0, "mul_ratio: the denominator must be positive");
+        let p = self.0 as i128 * num;
+        let q = p.div_euclid(den);
+        let r = p.rem_euclid(den);
+        let rounded = if 2 * r >= den { q + 1 } else { q };
+        Usd(i64::try_from(rounded).expect("money overflow"))
+    }
+}
+
+impl fmt::Display for Usd {
+    /// At least two decimals, more only where the amount needs them: 12.50, 0.000001.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let whole = abs / Self::MICROS_PER_USD as u64;
+        let frac = format!("{:06}", abs % Self::MICROS_PER_USD as u64);
+        let frac = frac.trim_end_matches('0');
+        write!(f, "{sign}{whole}.{frac:0<2}")
+    }
+}
+
+impl std::str::FromStr for Usd {
+    type Err = ParseUsdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Usd::parse(s)
+    }
+}
+
+impl Serialize for Usd {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Usd::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Add for Usd {
+    type Output = Usd;
+    fn add(self, o: Usd) -> Usd {
+        Usd(self.0 + o.0)
+    }
+}
+
+impl AddAssign for Usd {
+    fn add_assign(&mut self, o: Usd) {
+        self.0 += o.0;
+    }
+}
+
+impl Sub for Usd {
+    type Output = Usd;
+    fn sub(self, o: Usd) -> Usd {
+        Usd(self.0 - o.0)
+    }
+}
+
+impl SubAssign for Usd {
+    fn sub_assign(&mut self, o: Usd) {
+        self.0 -= o.0;
+    }
+}
+
+impl Neg for Usd {
+    type Output = Usd;
+    fn neg(self) -> Usd {
+        Usd(-self.0)
+    }
+}
+
+impl std::iter::Sum for Usd {
+    fn sum<I: Iterator<Item = Usd>>(iter: I) -> Usd {
+        iter.fold(Usd::ZERO, Add::add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_prints() {
+        assert_eq!(Usd::parse("0.87").unwrap().micros(), 870_000);
+        assert_eq!(Usd::parse("5518.20").unwrap().micros(), 5_518_200_000);
+        assert_eq!(Usd::parse("-0.000001").unwrap().micros(), -1);
+        assert_eq!(Usd::from_micros(12_500_000).to_string(), "12.50");
+        assert_eq!(Usd::from_micros(1).to_string(), "0.000001");
+        assert_eq!(Usd::from_micros(-1_170_000).to_string(), "-1.17");
+        for bad in ["", ".5", "1.", "1.2345678", "abc", "1e3", "--1"] {
+            assert!(Usd::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mul_ratio_rounds_half_up() {
+        assert_eq!(Usd::from_micros(1).mul_ratio(1, 2).micros(), 1);
+        assert_eq!(Usd::from_micros(1).mul_ratio(1, 3).micros(), 0);
+        assert_eq!(Usd::from_micros(-1).mul_ratio(1, 2).micros(), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn display_round_trips(m in -1_000_000_000_000i64..1_000_000_000_000) {
+            let u = Usd::from_micros(m);
+            prop_assert_eq!(Usd::parse(&u.to_string()).unwrap(), u);
+        }
+    }
+}
