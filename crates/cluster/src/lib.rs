@@ -1,0 +1,17 @@
+//! Raft for the gateway: the replicated log and state machine, and the peer network.
+//!
+//! This crate owns everything between an admin call and the replicated [`model::State`]:
+//! - [`store`]: the openraft log store and state machine on sled, flushed before acknowledging;
+//! - [`network`]: openraft's messages over tonic gRPC, one long-lived channel per peer;
+//! - [`service`]: the peer gRPC service that receives them;
+//! - [`node`]: a running node: bootstrap (initialise once, or join), writes forwarded to the
+//!   leader, membership changes, status, and the published state that readers watch.
+
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod store;
+mod types;
+
+pub use node::{ClusterError, MemberStatus, Node, NodeConfig, NodeStatus};
+pub use types::{NodeId, Response, TypeConfig};

@@ -1,0 +1,646 @@
+//! A running cluster node: Raft, its storage and network, bootstrap, and the write path.
+
+use crate::network::{Channels, PeerNetworkFactory, decode, encode};
+use crate::store::{self, LogStore};
+use crate::types::{NodeId, Raft, Response, StorageError};
+use catalog::Catalog;
+use model::{Command, DomainError, Proposal, Reply, State};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use proto::peer::{JoinRequest, ProbeRequest};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Where this node's wall-clock time comes from. Proposals carry the leader's time, so the
+/// state machine never reads a clock; tests substitute a clock they drive.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// How a node is set up.
+pub struct NodeConfig {
+    pub node_id: NodeId,
+    /// sled lives in `data_dir/raft`.
+    pub data_dir: PathBuf,
+    /// The `HOST:PORT` at which peers reach this node's peer service.
+    pub advertise_peer: String,
+    /// The initial voters and their peer addresses. A node that is not among them joins as a
+    /// learner.
+    pub voters: BTreeMap<NodeId, String>,
+    pub catalog: Arc<Catalog>,
+    pub clock: Arc<dyn Clock>,
+    pub heartbeat: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// How long a write may wait for a leader and a quorum before it is refused as UNAVAILABLE.
+    pub write_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: NodeId, data_dir: PathBuf, advertise_peer: String) -> Self {
+        let mut voters = BTreeMap::new();
+        voters.insert(node_id, advertise_peer.clone());
+        NodeConfig {
+            node_id,
+            data_dir,
+            advertise_peer,
+            voters,
+            catalog: Arc::new(Catalog::builtin().clone()),
+            clock: Arc::new(SystemClock),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a cluster operation failed.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum ClusterError {
+    /// The state machine refused the command; nothing changed.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// No leader, or the leader has no quorum: nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A membership request that cannot be done as asked.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a follower asks the leader to do on its behalf.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum LeaderRequest {
+    Write(Command),
+    AddLearner { id: NodeId, addr: String },
+    Promote { id: NodeId },
+    Remove { id: NodeId },
+}
+
+/// The leader's answer, with the log index to wait for locally.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum LeaderReply {
+    Done { index: u64, reply: Option<Reply> },
+    NotLeader { leader: Option<NodeId> },
+    Failed(ClusterError),
+}
+
+/// One member as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    pub node_id: NodeId,
+    pub peer_addr: String,
+    /// `leader`, `follower`, `learner`.
+    pub role: &'static str,
+    pub voter: bool,
+    /// The last log index known to be on that member (leader's view; own applied index).
+    pub matched_index: Option<u64>,
+}
+
+/// The cluster as the answering node sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub state: &'static str,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// Handles the demand reports peers send for the limiter shares; set by the data plane wiring.
+pub type DemandHandler = Box<dyn Fn(NodeId, &[u8]) + Send + Sync>;
+
+struct Inner {
+    id: NodeId,
+    raft: Raft,
+    channels: Channels,
+    state: watch::Receiver<Arc<State>>,
+    clock: Arc<dyn Clock>,
+    write_timeout: Duration,
+    election_max: Duration,
+    demand_handler: OnceLock<DemandHandler>,
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+fn role_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl Node {
+    /// Opens the store and starts Raft. A node with data resumes from it; a pristine node
+    /// bootstraps in the background (see [`Node::bootstrap`]). The peer service must be served
+    /// (see [`crate::service`]) for the node to take part.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, ClusterError> {
+        let dir = cfg.data_dir.join("raft");
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ClusterError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let (log, sm) = store::open(&dir, cfg.catalog.clone()).map_err(storage_err)?;
+        let pristine = log.is_pristine().map_err(storage_err)?;
+        let state = sm.subscribe();
+        let raft_config = Config {
+            cluster_name: "gateway".into(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election_timeout.0.as_millis() as u64,
+            election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Internal(format!("raft config: {e}")))?;
+        let channels = Channels::default();
+        let raft = Raft::new(
+            cfg.node_id,
+            Arc::new(raft_config),
+            PeerNetworkFactory::new(channels.clone()),
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| ClusterError::Internal(format!("raft did not start: {e}")))?;
+        let node = Node {
+            inner: Arc::new(Inner {
+                id: cfg.node_id,
+                raft,
+                channels,
+                state,
+                clock: cfg.clock.clone(),
+                write_timeout: cfg.write_timeout,
+                election_max: cfg.election_timeout.1,
+                demand_handler: OnceLock::new(),
+            }),
+        };
+        if pristine {
+            let n = node.clone();
+            let voters = cfg.voters.clone();
+            let me = cfg.advertise_peer.clone();
+            tokio::spawn(async move { n.bootstrap(voters, me, log).await });
+        }
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub(crate) fn channels(&self) -> &Channels {
+        &self.inner.channels
+    }
+
+    /// The state as last applied on this node.
+    pub fn state(&self) -> Arc<State> {
+        self.inner.state.borrow().clone()
+    }
+
+    /// Sees every state this node applies, for the data plane.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.inner.state.clone()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Registers what to do with peers' demand reports (once).
+    pub fn set_demand_handler(&self, h: DemandHandler) {
+        let _ = self.inner.demand_handler.set(h);
+    }
+
+    pub(crate) fn handle_demand(&self, from: NodeId, data: &[u8]) {
+        if let Some(h) = self.inner.demand_handler.get() {
+            h(from, data);
+        }
+    }
+
+    /// Initialises a new cluster exactly once, whatever order its voters start in: the voter
+    /// with the lowest id initialises, and only once every voter answers and none has joined a
+    /// cluster yet. A pristine node that is not an initial voter asks to join as a learner.
+    async fn bootstrap(self, voters: BTreeMap<NodeId, String>, me: String, log: LogStore) {
+        let id = self.id();
+        let lowest = voters.keys().next().copied();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if !log.is_pristine().unwrap_or(false)
+                || self.raft().is_initialized().await.unwrap_or(true)
+            {
+                return; // Some leader has reached us: we are part of a cluster.
+            }
+            if !voters.contains_key(&id) {
+                if self.try_join(&voters, &me).await {
+                    tracing::info!(node = id, "joined the cluster as a learner");
+                    return;
+                }
+                continue;
+            }
+            let mut all_answer = true;
+            let mut someone_initialized = false;
+            for (&peer, addr) in voters.iter().filter(|(p, _)| **p != id) {
+                match self.probe(addr).await {
+                    Some(initialized) => someone_initialized |= initialized,
+                    None => {
+                        tracing::debug!(node = id, peer, "voter not reachable yet");
+                        all_answer = false;
+                    }
+                }
+            }
+            if someone_initialized {
+                // Wait for the leader to replicate to us (we are in its membership).
+                continue;
+            }
+            if all_answer && lowest == Some(id) {
+                let members: BTreeMap<NodeId, BasicNode> = voters
+                    .iter()
+                    .map(|(k, v)| (*k, BasicNode::new(v)))
+                    .collect();
+                match self.raft().initialize(members).await {
+                    Ok(()) => tracing::info!(node = id, "initialised the cluster"),
+                    Err(e) => tracing::info!(node = id, "cluster already initialised: {e}"),
+                }
+                return;
+            }
+        }
+    }
+
+    /// Asks a voter whether it is part of a cluster; `None` when it does not answer.
+    async fn probe(&self, addr: &str) -> Option<bool> {
+        let mut c = self.channels().get(addr).ok()?;
+        let mut req = tonic::Request::new(ProbeRequest {
+            from_node_id: self.id(),
+        });
+        req.set_timeout(Duration::from_millis(500));
+        c.probe(req).await.ok().map(|r| r.into_inner().initialized)
+    }
+
+    async fn try_join(&self, voters: &BTreeMap<NodeId, String>, me: &str) -> bool {
+        for addr in voters.values() {
+            let Ok(mut c) = self.channels().get(addr) else {
+                continue;
+            };
+            let mut req = tonic::Request::new(JoinRequest {
+                node_id: self.id(),
+                peer_addr: me.to_string(),
+            });
+            req.set_timeout(self.inner.write_timeout);
+            if let Ok(r) = c.join(req).await
+                && let Ok(LeaderReply::Done { .. }) = decode::<LeaderReply>(r.get_ref())
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Proposes a command and returns its reply once it is committed and applied here.
+    pub async fn write(&self, command: Command) -> Result<Reply, ClusterError> {
+        match self.to_leader(LeaderRequest::Write(command)).await? {
+            Some(reply) => Ok(reply),
+            None => Err(ClusterError::Internal("write returned no reply".into())),
+        }
+    }
+
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), ClusterError> {
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(ClusterError::Invalid(format!(
+                "peer address '{addr}' must be HOST:PORT"
+            )));
+        }
+        self.to_leader(LeaderRequest::AddLearner { id, addr })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn promote(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.to_leader(LeaderRequest::Promote { id })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn remove(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.to_leader(LeaderRequest::Remove { id })
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs a request on the leader, wherever it is, then waits until this node has applied
+    /// the entry, so that a caller reads its own write from the node it asked.
+    async fn to_leader(&self, req: LeaderRequest) -> Result<Option<Reply>, ClusterError> {
+        let deadline = Instant::now() + self.inner.write_timeout;
+        let mut metrics = self.raft().metrics();
+        loop {
+            let leader = metrics.borrow().current_leader;
+            let outcome = match leader {
+                Some(l) if l == self.id() => self.lead(req.clone(), deadline).await,
+                Some(l) => self.forward(l, &req, deadline).await,
+                None => LeaderReply::NotLeader { leader: None },
+            };
+            match outcome {
+                LeaderReply::Done { index, reply } => {
+                    let wait = Duration::from_secs(2).min(self.inner.write_timeout);
+                    // Committed already; if this node lags (e.g. it is cut off), answer anyway.
+                    let _ = self
+                        .raft()
+                        .wait(Some(wait))
+                        .applied_index_at_least(Some(index), "read your write")
+                        .await;
+                    return Ok(reply);
+                }
+                LeaderReply::Failed(e) => return Err(e),
+                LeaderReply::NotLeader { .. } => {}
+            }
+            // No usable leader yet: wait for the metrics to change, or give up at the deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClusterError::Unavailable(self.no_leader_message()));
+            }
+            let step = left.min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(step, metrics.changed()).await;
+        }
+    }
+
+    fn no_leader_message(&self) -> String {
+        let m = self.raft().metrics().borrow().clone();
+        let leader = match m.current_leader {
+            Some(l) if l == self.id() => format!(
+                "this node (node {l}) was leader in term {} but cannot reach a quorum",
+                m.current_term
+            ),
+            Some(l) => format!(
+                "the last known leader is node {l} (term {}), which this node cannot reach",
+                m.current_term
+            ),
+            None => format!("no leader is known (term {})", m.current_term),
+        };
+        format!(
+            "no quorum: the write was not accepted within {:?}; {leader}. Retry when a majority of voters is up and connected",
+            self.inner.write_timeout
+        )
+    }
+
+    /// Sends a request to the leader's peer service.
+    async fn forward(&self, leader: NodeId, req: &LeaderRequest, deadline: Instant) -> LeaderReply {
+        let m = self.raft().metrics().borrow().clone();
+        let Some(node) = m.membership_config.membership().get_node(&leader).cloned() else {
+            return LeaderReply::NotLeader { leader: None };
+        };
+        let Ok(mut client) = self.channels().get(&node.addr) else {
+            return LeaderReply::NotLeader { leader: None };
+        };
+        let mut r = tonic::Request::new(encode(req));
+        r.set_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+        );
+        match client.forward(r).await {
+            Ok(resp) => decode(resp.get_ref()).unwrap_or_else(|e| {
+                LeaderReply::Failed(ClusterError::Internal(format!(
+                    "bad reply from leader: {e}"
+                )))
+            }),
+            Err(status) => {
+                tracing::debug!(leader, "forward failed: {status}");
+                LeaderReply::NotLeader {
+                    leader: Some(leader),
+                }
+            }
+        }
+    }
+
+    /// Runs a request on this node, which believes it is the leader.
+    pub(crate) async fn lead(&self, req: LeaderRequest, deadline: Instant) -> LeaderReply {
+        let m = self.raft().metrics().borrow().clone();
+        if m.current_leader != Some(self.id()) {
+            return LeaderReply::NotLeader {
+                leader: m.current_leader,
+            };
+        }
+        // A leader cut off from its quorum keeps its role until it hears a higher term; refuse
+        // quickly rather than letting the write hang.
+        let stale = Duration::from_millis(m.millis_since_quorum_ack.unwrap_or(0));
+        if m.membership_config.membership().voter_ids().count() > 1
+            && stale > self.inner.election_max
+        {
+            return LeaderReply::Failed(ClusterError::Unavailable(format!(
+                "no quorum: this node (node {}) is leader in term {} but has not heard from a majority of voters for {} ms",
+                self.id(),
+                m.current_term,
+                stale.as_millis()
+            )));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let run = async {
+            match req {
+                LeaderRequest::Write(command) => {
+                    let p = Proposal {
+                        at_ms: self.now_ms(),
+                        command,
+                    };
+                    self.raft().client_write(p).await.map(|r| {
+                        let Response(result) = r.data;
+                        (r.log_id.index, Some(result))
+                    })
+                }
+                LeaderRequest::AddLearner { id, addr } => {
+                    if let Some(err) = self.check_add_learner(id, &addr) {
+                        return Ok((0, Some(Err(err))));
+                    }
+                    self.raft()
+                        .add_learner(id, BasicNode::new(addr), false)
+                        .await
+                        .map(|r| (r.log_id.index, None))
+                }
+                LeaderRequest::Promote { id } => {
+                    let mem = m.membership_config.membership().clone();
+                    if mem.voter_ids().any(|v| v == id) {
+                        return Ok((m.last_applied.map(|l| l.index).unwrap_or(0), None));
+                    }
+                    if mem.get_node(&id).is_none() {
+                        return Ok((
+                            0,
+                            Some(Err(DomainError::not_found("node", &id.to_string()))),
+                        ));
+                    }
+                    let ids: BTreeSet<NodeId> = [id].into();
+                    self.raft()
+                        .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                        .await
+                        .map(|r| (r.log_id.index, None))
+                }
+                LeaderRequest::Remove { id } => {
+                    let mem = m.membership_config.membership().clone();
+                    let ids: BTreeSet<NodeId> = [id].into();
+                    let change = if mem.voter_ids().any(|v| v == id) {
+                        if mem.voter_ids().count() == 1 {
+                            return Ok((
+                                0,
+                                Some(Err(DomainError::FailedPrecondition(format!(
+                                    "node {id} is the only voter; add and promote another first"
+                                )))),
+                            ));
+                        }
+                        ChangeMembers::RemoveVoters(ids)
+                    } else if mem.get_node(&id).is_some() {
+                        ChangeMembers::RemoveNodes(ids)
+                    } else {
+                        return Ok((
+                            0,
+                            Some(Err(DomainError::not_found("node", &id.to_string()))),
+                        ));
+                    };
+                    self.raft()
+                        .change_membership(change, false)
+                        .await
+                        .map(|r| (r.log_id.index, None))
+                }
+            }
+        };
+        match tokio::time::timeout(left, run).await {
+            Err(_) => LeaderReply::Failed(ClusterError::Unavailable(format!(
+                "no quorum: node {} could not commit the request within {:?}; it may still be applied if a majority returns",
+                self.id(),
+                self.inner.write_timeout
+            ))),
+            Ok(Ok((_, Some(Err(domain))))) => LeaderReply::Failed(ClusterError::Domain(domain)),
+            Ok(Ok((index, reply))) => LeaderReply::Done {
+                index,
+                reply: reply.map(|r| r.expect("errors handled above")),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                LeaderReply::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                LeaderReply::Failed(ClusterError::Invalid(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(e))) => {
+                LeaderReply::Failed(ClusterError::Internal(e.to_string()))
+            }
+        }
+    }
+
+    /// A learner id must not already be a voter, and its address must not belong to another node.
+    fn check_add_learner(&self, id: NodeId, addr: &str) -> Option<DomainError> {
+        let m = self.raft().metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        if mem.voter_ids().any(|v| v == id) {
+            return Some(DomainError::already_exists("voter", &id.to_string()));
+        }
+        mem.nodes()
+            .find(|(nid, n)| **nid != id && n.addr == addr)
+            .map(|(nid, _)| {
+                DomainError::invalid(
+                    "peer_addr",
+                    format!("{addr} is already the address of node {nid}"),
+                )
+            })
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft().metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+        let members = mem
+            .nodes()
+            .map(|(id, n)| {
+                let voter = voters.contains(id);
+                let role = if Some(*id) == m.current_leader {
+                    "leader"
+                } else if voter {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                let matched_index = if *id == self.id() {
+                    m.last_applied.map(|l| l.index)
+                } else {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(id).cloned().flatten())
+                        .map(|l| l.index)
+                };
+                MemberStatus {
+                    node_id: *id,
+                    peer_addr: n.addr.clone(),
+                    role,
+                    voter,
+                    matched_index,
+                }
+            })
+            .collect();
+        NodeStatus {
+            node_id: self.id(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            state: role_name(m.state),
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// The ids and peer addresses of every member (voters and learners).
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        let m = self.raft().metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
+    }
+
+    /// True once this node has applied everything the cluster had committed when it learnt of
+    /// the current leader: its config is current enough to serve.
+    pub fn is_caught_up(&self) -> bool {
+        let m = self.raft().metrics().borrow().clone();
+        m.current_leader.is_some()
+            && m.last_applied.is_some()
+            && m.last_applied.map(|l| l.index) >= m.last_log_index
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft().shutdown().await;
+    }
+}
+
+fn storage_err(e: StorageError) -> ClusterError {
+    ClusterError::Internal(format!("storage: {e}"))
+}

@@ -1,0 +1,69 @@
+//! An instance as this node sees it: its ceiling, this node's share, the limiter enforcing
+//! `ceiling * share`, and its counters. One per instance name, kept across publishes so that
+//! neither the limiter's booking nor the counters are lost when the configuration changes.
+
+use crate::clock::Nanos;
+use crate::limiter::GcraLimiter;
+use crate::metrics::InstanceStats;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub(crate) struct InstanceState {
+    pub(crate) name: Arc<str>,
+    /// (ceiling, share): changed together under this lock (publish and share updates race),
+    /// read only off the hot path. The limiter holds their product.
+    quota: Mutex<(u32, f64)>,
+    pub(crate) limiter: GcraLimiter,
+    /// Requests that reached the limiter: this node's offered load, for the demand reports.
+    arrivals: AtomicU64,
+    pub(crate) stats: InstanceStats,
+}
+
+impl InstanceState {
+    pub(crate) fn new(name: &str, ceiling_rps: u32, share: f64, burst: Duration) -> Self {
+        InstanceState {
+            name: name.into(),
+            quota: Mutex::new((ceiling_rps, share)),
+            limiter: GcraLimiter::new(f64::from(ceiling_rps) * share, burst),
+            arrivals: AtomicU64::new(0),
+            stats: InstanceStats::default(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut (u32, f64))) {
+        let mut quota = self.quota.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut quota);
+        self.limiter.set_rate(f64::from(quota.0) * quota.1);
+    }
+
+    /// In place: the limiter keeps its booking.
+    pub(crate) fn set_ceiling(&self, ceiling_rps: u32) {
+        self.update(|q| q.0 = ceiling_rps);
+    }
+
+    /// In place: the limiter keeps its booking.
+    pub(crate) fn set_share(&self, share: f64) {
+        self.update(|q| q.1 = share);
+    }
+
+    pub(crate) fn ceiling_and_share(&self) -> (u32, f64) {
+        *self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn arrivals(&self) -> u64 {
+        self.arrivals.load(Relaxed)
+    }
+
+    /// Counts an arrival and asks the limiter; `Err` holds the nanoseconds until a retry could
+    /// be admitted.
+    #[inline]
+    pub(crate) fn admit(&self, now: Nanos) -> Result<(), Nanos> {
+        self.arrivals.fetch_add(1, Relaxed);
+        let verdict = self.limiter.check(now);
+        if verdict.is_err() {
+            self.stats.throttled.fetch_add(1, Relaxed);
+        }
+        verdict
+    }
+}

@@ -1,0 +1,52 @@
+//! The gateway's data plane: everything between a client's request and its backend.
+//!
+//! This crate owns:
+//!
+//! - **Routing** ([`Dataplane::publish`]): a plain-data [`DataplaneConfig`], built by the caller
+//!   from the replicated state, is compiled into an immutable snapshot (hosts, base paths,
+//!   stages, methods, `matchit` path patterns) and swapped in through an `ArcSwap`, so the
+//!   request path takes no lock and in-flight requests keep the snapshot they started with.
+//! - **The account gate**: APIs of suspended accounts answer 403.
+//! - **Instance limiters and their cluster shares**: each instance's cluster-wide ceiling C is
+//!   enforced on this node as `C * w` by a lock-free GCRA limiter ([`GcraLimiter`]) whose rate
+//!   changes in place; the share `w` follows the demand that nodes report to each other
+//!   ([`Dataplane::demand_report`], [`Dataplane::apply_peer_demand`], [`share`]).
+//! - **Usage counters** for billing, per (account, instance, API, region)
+//!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//! - **The servers**: the reverse proxy ([`serve`]) and the ops endpoint ([`serve_ops`]).
+//!
+//! It does not know how configuration is replicated, how demand reports travel between nodes,
+//! or where usage goes: the caller wires those (see the `gatewayd` binary).
+//!
+//! The hot path: accept -> parse head -> resolve -> count the call -> account gate -> instance
+//! limiter -> proxy over a pooled connection -> count bytes out -> respond.
+
+mod body;
+mod clock;
+mod config;
+mod error;
+mod instance;
+mod limiter;
+mod metrics;
+mod ops;
+mod plane;
+mod proxy;
+mod request_id;
+mod router;
+mod server;
+mod shares;
+mod usage;
+
+pub use body::ResponseBody;
+pub use catalog::SHARED_INSTANCE;
+pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
+pub use config::{DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, Stage, UnknownStage};
+pub use error::{GatewayError, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID, X_CA_STAGE};
+pub use limiter::{DEFAULT_BURST, GcraLimiter};
+pub use ops::{ExtraMetrics, OpsHooks, serve_ops};
+pub use plane::{Dataplane, DataplaneOptions, InstanceShare, PublishReport, Verdict};
+pub use proxy::BackendError;
+pub use router::RouteError;
+pub use server::{ServerLimits, serve};
+pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, InstanceDemand, share, shares};
+pub use usage::{UNMATCHED_API, UsageDelta};

@@ -1,0 +1,260 @@
+//! Prometheus metrics: counters and a fixed-bucket latency histogram made of atomics, and the
+//! text exposition format.
+//!
+//! Like usage cells, the counters are reached from the compiled routes through an `Arc`, so
+//! recording costs a relaxed `fetch_add` or two; rendering (on a scrape) walks the registry.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds (an implicit `+Inf` follows).
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// The same bounds in microseconds, for integer comparison on the hot path.
+const LATENCY_BUCKETS_US: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Responses by status class.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct StatusCounters {
+    by_class: [AtomicU64; 5],
+}
+
+impl StatusCounters {
+    #[inline]
+    pub(crate) fn record(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn get(&self, class: usize) -> u64 {
+        self.by_class[class].load(Relaxed)
+    }
+}
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    #[inline]
+    pub(crate) fn record(&self, elapsed: Duration) {
+        let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
+        let i = LATENCY_BUCKETS_US.partition_point(|b| *b < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// Per-instance counters that are not per API.
+#[derive(Debug, Default)]
+pub(crate) struct InstanceStats {
+    pub(crate) throttled: AtomicU64,
+    pub(crate) backend_errors: AtomicU64,
+    pub(crate) backend_timeouts: AtomicU64,
+    pub(crate) latency: Histogram,
+}
+
+/// Counters of requests no group could be found for.
+#[derive(Debug, Default)]
+pub(crate) struct GlobalStats {
+    pub(crate) unrouted: StatusCounters,
+    pub(crate) open_connections: AtomicU64,
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+pub(crate) fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    let mut s = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s.into()
+}
+
+/// What [`render`] needs of one instance.
+pub(crate) struct InstanceView<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) ceiling_rps: u32,
+    pub(crate) share: f64,
+    pub(crate) limit_rps: f64,
+    pub(crate) offered_rps: f64,
+    pub(crate) stats: &'a InstanceStats,
+}
+
+/// Writes the data plane's metrics in the Prometheus text format.
+pub(crate) fn render<'a>(
+    out: &mut String,
+    instances: &[InstanceView<'a>],
+    routes: &[(&'a str, &'a str, &'a StatusCounters)],
+    global: &GlobalStats,
+) {
+    out.push_str(
+        "# HELP gateway_requests_total Requests received, by instance, API and response status class.\n\
+         # TYPE gateway_requests_total counter\n",
+    );
+    for (instance, api, counters) in routes {
+        let (instance, api) = (escape(instance), escape(api));
+        for (i, class) in CLASSES.iter().enumerate() {
+            let n = counters.get(i);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "gateway_requests_total{{instance=\"{instance}\",api=\"{api}\",class=\"{class}\"}} {n}"
+                );
+            }
+        }
+    }
+    for (i, class) in CLASSES.iter().enumerate() {
+        let n = global.unrouted.get(i);
+        if n > 0 {
+            let _ = writeln!(
+                out,
+                "gateway_requests_total{{instance=\"\",api=\"\",class=\"{class}\"}} {n}"
+            );
+        }
+    }
+
+    let per_instance: [(&str, &str, &str, fn(&InstanceView) -> String); 7] = [
+        (
+            "gateway_throttled_total",
+            "counter",
+            "Requests refused by the instance limiter on this node.",
+            |v| v.stats.throttled.load(Relaxed).to_string(),
+        ),
+        (
+            "gateway_backend_errors_total",
+            "counter",
+            "Backend failures answered with 502.",
+            |v| v.stats.backend_errors.load(Relaxed).to_string(),
+        ),
+        (
+            "gateway_backend_timeouts_total",
+            "counter",
+            "Backend timeouts answered with 504.",
+            |v| v.stats.backend_timeouts.load(Relaxed).to_string(),
+        ),
+        (
+            "gateway_instance_ceiling_rps",
+            "gauge",
+            "The instance's cluster-wide ceiling.",
+            |v| v.ceiling_rps.to_string(),
+        ),
+        (
+            "gateway_instance_share",
+            "gauge",
+            "This node's share of the instance's ceiling.",
+            |v| v.share.to_string(),
+        ),
+        (
+            "gateway_instance_limit_rps",
+            "gauge",
+            "The rate this node's limiter admits for the instance (ceiling * share).",
+            |v| v.limit_rps.to_string(),
+        ),
+        (
+            "gateway_instance_offered_rps",
+            "gauge",
+            "The rate at which requests arrived at the instance's limiter on this node.",
+            |v| v.offered_rps.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in per_instance {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for v in instances {
+            let _ = writeln!(
+                out,
+                "{name}{{instance=\"{}\"}} {}",
+                escape(v.name),
+                value(v)
+            );
+        }
+    }
+
+    out.push_str(
+        "# HELP gateway_request_duration_seconds Time to the response head, by instance.\n\
+         # TYPE gateway_request_duration_seconds histogram\n",
+    );
+    for v in instances {
+        let labels = format!("instance=\"{}\"", escape(v.name));
+        v.stats
+            .latency
+            .render(out, "gateway_request_duration_seconds", &labels);
+    }
+
+    let _ = writeln!(
+        out,
+        "# HELP gateway_open_connections Client connections open on the data-plane port.\n\
+         # TYPE gateway_open_connections gauge\n\
+         gateway_open_connections {}",
+        global.open_connections.load(Relaxed)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(300));
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "i=\"a\"");
+        assert!(out.contains("x_bucket{i=\"a\",le=\"0.0005\"} 1\n"));
+        assert!(out.contains("x_bucket{i=\"a\",le=\"0.005\"} 2\n"));
+        assert!(out.contains("x_bucket{i=\"a\",le=\"10\"} 2\n"));
+        assert!(out.contains("x_bucket{i=\"a\",le=\"+Inf\"} 3\n"));
+        assert!(out.contains("x_count{i=\"a\"} 3\n"));
+    }
+
+    #[test]
+    fn status_classes() {
+        let s = StatusCounters::default();
+        for code in [100, 200, 204, 302, 404, 429, 502, 999, 0] {
+            s.record(code);
+        }
+        assert_eq!(
+            (0..5).map(|i| s.get(i)).collect::<Vec<_>>(),
+            vec![2, 2, 1, 2, 2]
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("plain"), "plain");
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,574 @@
+//! [`Dataplane`]: the compiled configuration, the instances with their limiters and shares, the
+//! usage and metric counters, and the decision half of the hot path ([`Dataplane::decide`]).
+
+use crate::clock::{Clock, MonotonicClock, Nanos};
+use crate::config::{DataplaneConfig, Stage};
+use crate::error::GatewayError;
+use crate::instance::InstanceState;
+use crate::limiter::DEFAULT_BURST;
+use crate::metrics::{self, GlobalStats, InstanceView, StatusCounters};
+use crate::proxy::{Backend, BackendClient};
+use crate::request_id::RequestIds;
+use crate::router::{Lookup, Router, RouterBuilder};
+use crate::shares::{DEFAULT_SHARE_FLOOR, DemandReport, DemandTracker};
+use crate::usage::{UNMATCHED_API, UsageCell, UsageDelta, UsageKey, UsageRegistry};
+use arc_swap::ArcSwap;
+use http::Method;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Tunables of a [`Dataplane`]; `Default` gives production values.
+#[derive(Clone)]
+pub struct DataplaneOptions {
+    /// This node's id (in request ids; excluded from its own peers).
+    pub node_id: u64,
+    pub clock: Arc<dyn Clock>,
+    /// Limiter burst tolerance, as a duration of quota.
+    pub burst: Duration,
+    /// Least fraction of a ceiling a serving node keeps (see [`crate::share`]).
+    pub share_floor: f64,
+    /// Shortest window offered rates are measured over.
+    pub demand_window: Duration,
+    /// Peer reports older than this are ignored.
+    pub stale_after: Duration,
+    pub backend_connect_timeout: Duration,
+    pub backend_pool_idle_timeout: Duration,
+    pub backend_pool_max_idle_per_host: usize,
+}
+
+impl Default for DataplaneOptions {
+    fn default() -> Self {
+        DataplaneOptions {
+            node_id: 0,
+            clock: Arc::new(MonotonicClock::new()),
+            burst: DEFAULT_BURST,
+            share_floor: DEFAULT_SHARE_FLOOR,
+            demand_window: Duration::from_millis(100),
+            stale_after: Duration::from_secs(1),
+            backend_connect_timeout: Duration::from_secs(3),
+            backend_pool_idle_timeout: Duration::from_secs(60),
+            backend_pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+impl std::fmt::Debug for DataplaneOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataplaneOptions")
+            .field("node_id", &self.node_id)
+            .field("burst", &self.burst)
+            .field("share_floor", &self.share_floor)
+            .field("demand_window", &self.demand_window)
+            .field("stale_after", &self.stale_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Dataplane::publish`] compiled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublishReport {
+    /// Deployed APIs now routable.
+    pub routes: usize,
+    /// Parts of the configuration that were left out, and why.
+    pub warnings: Vec<String>,
+}
+
+/// An instance's limiter state on this node, for metrics and operators.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceShare {
+    pub instance: String,
+    pub ceiling_rps: u32,
+    /// This node's share of the ceiling, in [0, 1].
+    pub share: f64,
+    /// What this node's limiter admits: `ceiling_rps * share`.
+    pub limit_rps: f64,
+    /// This node's offered rate as last measured by [`Dataplane::demand_report`].
+    pub offered_rps: f64,
+}
+
+/// A group, compiled.
+pub(crate) struct GroupCtx {
+    pub(crate) account: String,
+    pub(crate) instance: Arc<InstanceState>,
+    pub(crate) suspended: bool,
+    pub(crate) unmatched_usage: Arc<UsageCell>,
+    pub(crate) unmatched_status: Arc<StatusCounters>,
+}
+
+/// A deployed API, compiled.
+pub(crate) struct Api {
+    pub(crate) group: Arc<GroupCtx>,
+    pub(crate) name: String,
+    pub(crate) backend: Backend,
+    pub(crate) timeout: Duration,
+    pub(crate) usage: Arc<UsageCell>,
+    pub(crate) status: Arc<StatusCounters>,
+}
+
+/// The immutable compiled configuration the hot path reads through an `ArcSwap`.
+pub(crate) struct Snapshot {
+    pub(crate) router: Router<Arc<Api>, Arc<GroupCtx>>,
+    pub(crate) instances: Vec<Arc<InstanceState>>,
+}
+
+/// Long-lived state reused across publishes. Touched by publish, drain and scrapes only.
+#[derive(Default)]
+struct Registry {
+    instances: HashMap<String, Arc<InstanceState>>,
+    usage: UsageRegistry,
+    statuses: HashMap<(String, String), Arc<StatusCounters>>,
+}
+
+impl Registry {
+    fn status(&mut self, instance: &str, api: &str) -> Arc<StatusCounters> {
+        self.statuses
+            .entry((instance.to_string(), api.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) clock: Arc<dyn Clock>,
+    burst: Duration,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    registry: Mutex<Registry>,
+    demand: Mutex<DemandTracker>,
+    n_nodes: AtomicUsize,
+    pub(crate) request_ids: RequestIds,
+    pub(crate) client: BackendClient,
+    pub(crate) global: GlobalStats,
+}
+
+/// The data plane of one node. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Dataplane {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state behind these locks stays consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Who a request is attributed to.
+pub(crate) enum Target {
+    Api(Arc<Api>),
+    Group(Arc<GroupCtx>),
+    Nobody,
+}
+
+/// The outcome of [`Dataplane::decide`]: the request is either admitted for forwarding, or
+/// answered by the gateway with an error.
+pub struct Verdict {
+    pub(crate) target: Target,
+    pub(crate) rejection: Option<GatewayError>,
+    /// Bytes of the request path taken by the group's base path.
+    pub(crate) base_len: usize,
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verdict")
+            .field("api", &self.api())
+            .field("rejection", &self.rejection)
+            .finish()
+    }
+}
+
+impl Verdict {
+    /// Admitted: the request goes to its backend.
+    pub fn is_admitted(&self) -> bool {
+        self.rejection.is_none() && matches!(self.target, Target::Api(_))
+    }
+
+    /// Why the gateway answers the request itself.
+    pub fn rejection(&self) -> Option<&GatewayError> {
+        self.rejection.as_ref()
+    }
+
+    /// The matched API's name.
+    pub fn api(&self) -> Option<&str> {
+        match &self.target {
+            Target::Api(api) => Some(&api.name),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn usage(&self) -> Option<&Arc<UsageCell>> {
+        match &self.target {
+            Target::Api(api) => Some(&api.usage),
+            Target::Group(g) => Some(&g.unmatched_usage),
+            Target::Nobody => None,
+        }
+    }
+
+    pub(crate) fn record_status(&self, global: &GlobalStats, status: u16) {
+        match &self.target {
+            Target::Api(api) => api.status.record(status),
+            Target::Group(g) => g.unmatched_status.record(status),
+            Target::Nobody => global.unrouted.record(status),
+        }
+    }
+}
+
+impl Dataplane {
+    /// A data plane with default options for node `node_id`, with an empty configuration.
+    pub fn new(node_id: u64) -> Self {
+        Self::with_options(DataplaneOptions {
+            node_id,
+            ..Default::default()
+        })
+    }
+
+    pub fn with_options(options: DataplaneOptions) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(options.backend_connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(options.backend_pool_idle_timeout)
+            .pool_max_idle_per_host(options.backend_pool_max_idle_per_host)
+            .build(connector);
+        let (router, _) = RouterBuilder::default().build();
+        let demand = DemandTracker::new(
+            options.node_id,
+            options.demand_window.as_nanos() as u64,
+            options.stale_after.as_nanos() as u64,
+            options.share_floor,
+        );
+        Dataplane {
+            inner: Arc::new(Inner {
+                clock: options.clock,
+                burst: options.burst,
+                snapshot: ArcSwap::from_pointee(Snapshot {
+                    router,
+                    instances: Vec::new(),
+                }),
+                registry: Mutex::new(Registry::default()),
+                demand: Mutex::new(demand),
+                n_nodes: AtomicUsize::new(1),
+                request_ids: RequestIds::new(options.node_id),
+                client,
+                global: GlobalStats::default(),
+            }),
+        }
+    }
+
+    /// Now, on this data plane's clock (what [`apply_peer_demand`](Self::apply_peer_demand)
+    /// expects).
+    pub fn now(&self) -> Nanos {
+        self.inner.clock.now()
+    }
+
+    /// Compiles `config` and swaps it in. Requests in flight finish on the configuration they
+    /// started with; instance limiters and counters carry over (ceilings change in place).
+    pub fn publish(&self, config: &DataplaneConfig) -> PublishReport {
+        let mut report = PublishReport::default();
+        let n_nodes = self.inner.n_nodes.load(Relaxed).max(1);
+        let mut reg = lock(&self.inner.registry);
+
+        let mut regions = HashMap::new();
+        let mut instances = Vec::with_capacity(config.instances.len());
+        for ic in &config.instances {
+            if regions
+                .insert(ic.name.as_str(), ic.region.as_str())
+                .is_some()
+            {
+                report
+                    .warnings
+                    .push(format!("instance '{}' is configured twice", ic.name));
+                continue;
+            }
+            let state = reg
+                .instances
+                .entry(ic.name.clone())
+                .or_insert_with(|| {
+                    Arc::new(InstanceState::new(
+                        &ic.name,
+                        ic.ceiling_rps,
+                        1.0 / n_nodes as f64,
+                        self.inner.burst,
+                    ))
+                })
+                .clone();
+            state.set_ceiling(ic.ceiling_rps);
+            instances.push(state);
+        }
+        // Removed instances live on only in snapshots still in use.
+        reg.instances
+            .retain(|name, _| regions.contains_key(name.as_str()));
+
+        let suspended: HashSet<&str> = config
+            .suspended_accounts
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut builder = RouterBuilder::default();
+        for g in &config.groups {
+            let Some(instance) = reg.instances.get(&g.instance).cloned() else {
+                report.warnings.push(format!(
+                    "group '{}' is on unknown instance '{}'; its APIs are not routed",
+                    g.name, g.instance
+                ));
+                continue;
+            };
+            let region = regions[g.instance.as_str()];
+            let usage_key = |api: &str| UsageKey {
+                account: g.account.clone(),
+                instance: g.instance.clone(),
+                api: api.to_string(),
+                region: region.to_string(),
+            };
+            let ctx = Arc::new(GroupCtx {
+                account: g.account.clone(),
+                instance,
+                suspended: suspended.contains(g.account.as_str()),
+                unmatched_usage: reg.usage.cell(usage_key(UNMATCHED_API)),
+                unmatched_status: reg.status(&g.instance, UNMATCHED_API),
+            });
+            let bucket = builder.group(g.host.as_deref(), g.base_path.as_deref(), ctx.clone());
+            for d in &g.deployments {
+                let backend = match Backend::parse(&d.backend) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        report
+                            .warnings
+                            .push(format!("group '{}' API '{}': {e}", g.name, d.api));
+                        continue;
+                    }
+                };
+                let api = Arc::new(Api {
+                    group: ctx.clone(),
+                    name: d.api.clone(),
+                    backend,
+                    timeout: d.timeout,
+                    usage: reg.usage.cell(usage_key(&d.api)),
+                    status: reg.status(&g.instance, &d.api),
+                });
+                match builder.insert(bucket, d.stage, d.method.clone(), &d.path, api) {
+                    Ok(()) => report.routes += 1,
+                    Err(e) => report
+                        .warnings
+                        .push(format!("group '{}' API '{}': {e}", g.name, d.api)),
+                }
+            }
+        }
+        let (router, errors) = builder.build();
+        for e in &errors {
+            if let crate::router::RouteError::Conflict { dropped, .. } = e {
+                report.routes -= dropped;
+            }
+        }
+        report
+            .warnings
+            .extend(errors.into_iter().map(|e| format!("not routed: {e}")));
+        self.inner
+            .snapshot
+            .store(Arc::new(Snapshot { router, instances }));
+        // Counters of APIs gone from the configuration (and from in-flight requests).
+        reg.statuses.retain(|_, c| Arc::strong_count(c) > 1);
+        drop(reg);
+
+        // New instances start at the even share; correct them from what is known of demand.
+        self.update_shares(self.now());
+        for w in &report.warnings {
+            tracing::warn!("{w}");
+        }
+        report
+    }
+
+    /// Admission on this data plane's clock; see [`decide_at`](Self::decide_at).
+    #[inline]
+    pub fn decide(&self, host: Option<&str>, stage: Stage, method: &Method, path: &str) -> Verdict {
+        self.decide_with(host, stage, method, path, None, self.inner.clock.now())
+    }
+
+    /// The decision half of the hot path: resolve the API, count the call, check the account
+    /// and the instance limiter. Takes no lock. `host` may carry a port.
+    #[inline]
+    pub fn decide_at(
+        &self,
+        host: Option<&str>,
+        stage: Stage,
+        method: &Method,
+        path: &str,
+        now: Nanos,
+    ) -> Verdict {
+        self.decide_with(host, stage, method, path, None, now)
+    }
+
+    /// As [`decide_at`](Self::decide_at); a request already known to be refused (`early`, e.g.
+    /// a body over the limit) is still resolved and counted, but takes no limiter slot.
+    pub(crate) fn decide_with(
+        &self,
+        host: Option<&str>,
+        stage: Stage,
+        method: &Method,
+        path: &str,
+        early: Option<GatewayError>,
+        now: Nanos,
+    ) -> Verdict {
+        let snapshot = self.inner.snapshot.load();
+        match snapshot.router.lookup(host, stage, method, path) {
+            Lookup::Api {
+                value: api,
+                path: rest,
+            } => {
+                api.usage.add_call();
+                let group = &api.group;
+                let rejection = if early.is_some() {
+                    early
+                } else if group.suspended {
+                    Some(GatewayError::AccountSuspended {
+                        account: group.account.clone(),
+                    })
+                } else if let Err(wait) = group.instance.admit(now) {
+                    Some(GatewayError::Throttled {
+                        instance: group.instance.name.clone(),
+                        retry_after_secs: wait.div_ceil(1_000_000_000).max(1),
+                    })
+                } else {
+                    None
+                };
+                Verdict {
+                    target: Target::Api(api.clone()),
+                    rejection,
+                    // `rest` is a suffix of `path`, or "/" for the base path itself.
+                    base_len: if path.ends_with(rest) {
+                        path.len() - rest.len()
+                    } else {
+                        path.len()
+                    },
+                }
+            }
+            Lookup::Unmatched { owner } => {
+                let target = match owner {
+                    Some(g) => {
+                        g.unmatched_usage.add_call();
+                        Target::Group(g.clone())
+                    }
+                    None => Target::Nobody,
+                };
+                let rejection = early.unwrap_or_else(|| GatewayError::NotFound {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    stage: stage.as_str(),
+                });
+                Verdict {
+                    target,
+                    rejection: Some(rejection),
+                    base_len: 0,
+                }
+            }
+        }
+    }
+
+    /// Measures this node's offered rate per instance (over the last one or two report periods),
+    /// updates this node's shares, and returns the report to send to every peer. Call it every
+    /// ~100 ms.
+    pub fn demand_report(&self) -> DemandReport {
+        let now = self.now();
+        let snapshot = self.inner.snapshot.load();
+        let mut demand = lock(&self.inner.demand);
+        let report = demand.sample(
+            now,
+            snapshot.instances.iter().map(|i| (&*i.name, i.arrivals())),
+        );
+        Self::apply_shares(&demand, &snapshot, now);
+        report
+    }
+
+    /// Records a peer's report, received at `now` (this data plane's clock, see
+    /// [`now`](Self::now)), and updates this node's shares. Reports from nodes that are not
+    /// serving are ignored.
+    pub fn apply_peer_demand(&self, node_id: u64, report: &DemandReport, now: Nanos) {
+        let mut demand = lock(&self.inner.demand);
+        demand.record_peer(node_id, report, now);
+        Self::apply_shares(&demand, &self.inner.snapshot.load(), now);
+    }
+
+    /// Which nodes serve traffic (this one is always counted). Changes every instance's share.
+    pub fn set_serving_nodes(&self, ids: &[u64], self_id: u64) {
+        let mut demand = lock(&self.inner.demand);
+        demand.set_serving(ids, self_id);
+        self.inner.n_nodes.store(demand.n_nodes(), Relaxed);
+        Self::apply_shares(&demand, &self.inner.snapshot.load(), self.now());
+    }
+
+    fn update_shares(&self, now: Nanos) {
+        let demand = lock(&self.inner.demand);
+        Self::apply_shares(&demand, &self.inner.snapshot.load(), now);
+    }
+
+    fn apply_shares(demand: &DemandTracker, snapshot: &Snapshot, now: Nanos) {
+        let mut scratch = Vec::new();
+        for instance in &snapshot.instances {
+            instance.set_share(demand.share_for(&instance.name, now, &mut scratch));
+        }
+    }
+
+    /// Each instance's ceiling, this node's share and what its limiter admits.
+    pub fn instance_shares(&self) -> Vec<InstanceShare> {
+        let snapshot = self.inner.snapshot.load();
+        let demand = lock(&self.inner.demand);
+        snapshot
+            .instances
+            .iter()
+            .map(|i| {
+                let (ceiling_rps, share) = i.ceiling_and_share();
+                InstanceShare {
+                    instance: i.name.to_string(),
+                    ceiling_rps,
+                    share,
+                    limit_rps: i.limiter.rate(),
+                    offered_rps: demand.own_demand(&i.name),
+                }
+            })
+            .collect()
+    }
+
+    /// Takes and zeroes the usage counted since the previous call. Counts are never lost to a
+    /// concurrent request: they land in this drain or the next.
+    pub fn drain_usage(&self) -> Vec<UsageDelta> {
+        lock(&self.inner.registry).usage.drain()
+    }
+
+    /// Appends the data plane's metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        let shares = self.instance_shares();
+        let snapshot = self.inner.snapshot.load();
+        let views: Vec<InstanceView> = snapshot
+            .instances
+            .iter()
+            .zip(&shares)
+            .map(|(i, s)| InstanceView {
+                name: &i.name,
+                ceiling_rps: s.ceiling_rps,
+                share: s.share,
+                limit_rps: s.limit_rps,
+                offered_rps: s.offered_rps,
+                stats: &i.stats,
+            })
+            .collect();
+        let reg = lock(&self.inner.registry);
+        let mut routes: Vec<(&str, &str, &StatusCounters)> = reg
+            .statuses
+            .iter()
+            .map(|((i, a), c)| (i.as_str(), a.as_str(), &**c))
+            .collect();
+        routes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        metrics::render(out, &views, &routes, &self.inner.global);
+    }
+}

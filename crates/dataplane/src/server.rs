@@ -1,0 +1,444 @@
+//! The data-plane HTTP server: accepting, connection limits and timeouts, graceful shutdown, and
+//! the request handler tying decision and proxy together.
+
+use crate::body::ResponseBody;
+use crate::config::Stage;
+use crate::error::{GatewayError, X_CA_STAGE};
+use crate::plane::{Dataplane, Target};
+use crate::proxy::{self, ForwardError};
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// Limits protecting the server from large and slow clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Larger request bodies get 413: refused up front when `Content-Length` says so, cut off
+    /// when a streamed body grows past it.
+    pub max_body_bytes: u64,
+    /// Larger request heads (request line and headers) get 431.
+    pub max_header_bytes: usize,
+    /// A request head must arrive within this time (HTTP/1); otherwise the connection is closed.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves for this long, while no request waits on a backend,
+    /// is closed (idle keep-alive connections, clients that stop reading, stalled handshakes).
+    pub idle_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests may take before their connections are dropped.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a request handler knows about its connection.
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) limits: Arc<ServerLimits>,
+    /// Requests of this connection waiting on a backend; the idle timer leaves them alone
+    /// (the backend timeout bounds them).
+    awaiting_backend: AtomicU32,
+    /// Bumped whenever bytes move on the socket.
+    activity: AtomicU64,
+}
+
+struct AwaitingBackend<'a>(&'a AtomicU32);
+
+impl<'a> AwaitingBackend<'a> {
+    fn new(counter: &'a AtomicU32) -> Self {
+        counter.fetch_add(1, Relaxed);
+        AwaitingBackend(counter)
+    }
+}
+
+impl Drop for AwaitingBackend<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A socket that notes when bytes move, for the idle timer. Only the connection's own task
+/// polls it, so a relaxed store of a private count is enough.
+struct TrackedIo {
+    inner: TcpStream,
+    info: Arc<ConnInfo>,
+    moved: u64,
+}
+
+impl TrackedIo {
+    fn bump(&mut self) {
+        self.moved += 1;
+        self.info.activity.store(self.moved, Relaxed);
+    }
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.bump();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.bump();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.bump();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn http_builder(limits: &ServerLimits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    // hyper answers heads over its buffer with a bare 431; the handler's own check (at
+    // `max_header_bytes`, with a JSON body) comes first for anything up to twice the limit.
+    let buf = (limits.max_header_bytes.saturating_mul(2)).max(64 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(buf);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(buf.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting, asks every connection
+/// to finish its in-flight requests, and waits for them up to `drain_timeout`.
+pub(crate) async fn accept_loop<H, Fut>(
+    listener: TcpListener,
+    limits: ServerLimits,
+    handler: H,
+    open_connections: Option<Dataplane>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let limits = Arc::new(limits);
+    let builder = Arc::new(http_builder(&limits));
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    'accept: loop {
+        let permit = tokio::select! {
+            biased;
+            _ = &mut shutdown => break 'accept,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break 'accept,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => break accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        // Out of descriptors or memory: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+            }
+        };
+        let info = Arc::new(ConnInfo {
+            peer,
+            limits: limits.clone(),
+            awaiting_backend: AtomicU32::new(0),
+            activity: AtomicU64::new(0),
+        });
+        let gauge = open_connections.clone();
+        connections.spawn(serve_connection(
+            stream,
+            info,
+            builder.clone(),
+            handler.clone(),
+            stop_rx.clone(),
+            permit,
+            gauge,
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(limits.drain_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "drain deadline passed; dropping connections"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn serve_connection<H, Fut>(
+    stream: TcpStream,
+    info: Arc<ConnInfo>,
+    builder: Arc<Builder<TokioExecutor>>,
+    handler: H,
+    mut stop: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: Option<Dataplane>,
+) where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    struct Open(Option<Dataplane>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            if let Some(dp) = &self.0 {
+                dp.inner.global.open_connections.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+    if let Some(dp) = &gauge {
+        dp.inner.global.open_connections.fetch_add(1, Relaxed);
+    }
+    let _open = Open(gauge);
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        info: info.clone(),
+        moved: 0,
+    });
+    let service_info = info.clone();
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        let info = service_info.clone();
+        async move { Ok::<_, Infallible>(handler(req, info).await) }
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+
+    let idle = info.limits.idle_timeout.max(Duration::from_millis(1));
+    let mut ticker = tokio::time::interval((idle / 2).max(Duration::from_millis(5)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = 0;
+    let mut last_progress = Instant::now();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = ticker.tick() => {
+                let seen = info.activity.load(Relaxed);
+                if seen != last_seen {
+                    last_seen = seen;
+                    last_progress = Instant::now();
+                } else if info.awaiting_backend.load(Relaxed) == 0 && last_progress.elapsed() >= idle {
+                    tracing::debug!(peer = %info.peer, "closing idle connection");
+                    break; // dropping the connection closes the socket
+                }
+            }
+        }
+    }
+}
+
+/// Serves the data plane on `listener` until `shutdown` resolves, then drains in-flight
+/// requests (up to `limits.drain_timeout`) and returns.
+///
+/// HTTP/1.1 and HTTP/2 (prior knowledge) are both accepted. The stage is chosen by the
+/// `X-Ca-Stage` header (`RELEASE` by default, `PRE`, `TEST`).
+pub async fn serve(
+    listener: TcpListener,
+    dataplane: Dataplane,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let dp = dataplane.clone();
+    let handler = move |req: Request<Incoming>, info: Arc<ConnInfo>| {
+        let dp = dp.clone();
+        async move { handle(&dp, &info, req).await }
+    };
+    accept_loop(listener, limits, handler, Some(dataplane), shutdown).await
+}
+
+/// The host the client asked for: from the URI (HTTP/2, absolute form) or the `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .host()
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Size of the request head as sent (close enough for a limit: HTTP/1 framing).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    req.headers()
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
+fn early_rejection<B>(req: &Request<B>, limits: &ServerLimits) -> (Stage, Option<GatewayError>) {
+    let stage = match req.headers().get(X_CA_STAGE) {
+        None => Ok(Stage::Release),
+        Some(v) => Stage::from_header(v.as_bytes()).ok_or(()),
+    };
+    if head_size(req) > limits.max_header_bytes {
+        let limit = limits.max_header_bytes;
+        return (
+            stage.unwrap_or_default(),
+            Some(GatewayError::HeadersTooLarge { limit }),
+        );
+    }
+    let Ok(stage) = stage else {
+        return (
+            Stage::Release,
+            Some(GatewayError::BadRequest(
+                "X-Ca-Stage must be RELEASE, PRE or TEST",
+            )),
+        );
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        let limit = limits.max_body_bytes;
+        return (stage, Some(GatewayError::BodyTooLarge { limit }));
+    }
+    (stage, None)
+}
+
+/// One request: decide, then forward or answer.
+async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let inner = &*dp.inner;
+    let request_id = inner.request_ids.next();
+    let limits = &*conn.limits;
+    let (stage, early) = early_rejection(&req, limits);
+    let verdict = dp.decide_with(
+        request_host(&req),
+        stage,
+        req.method(),
+        req.uri().path(),
+        early,
+        inner.clock.now(),
+    );
+    let mut response = match (&verdict.target, &verdict.rejection) {
+        (Target::Api(api), None) => {
+            let forwarded = {
+                let _waiting = AwaitingBackend::new(&conn.awaiting_backend);
+                proxy::forward(
+                    &inner.client,
+                    &api.backend,
+                    api.timeout,
+                    req,
+                    verdict.base_len,
+                    conn.peer,
+                    &request_id,
+                    limits.max_body_bytes,
+                )
+                .await
+            };
+            let stats = &api.group.instance.stats;
+            match forwarded {
+                Ok(response) => {
+                    stats.latency.record(started.elapsed());
+                    response
+                }
+                Err(e) => {
+                    match e {
+                        ForwardError::Timeout(_) => {
+                            stats.backend_timeouts.fetch_add(1, Relaxed);
+                        }
+                        ForwardError::Broken(_) => {
+                            stats.backend_errors.fetch_add(1, Relaxed);
+                        }
+                        ForwardError::BodyTooLarge => {}
+                    }
+                    e.into_gateway_error(limits.max_body_bytes)
+                        .to_response(&request_id)
+                }
+            }
+        }
+        (_, Some(rejection)) => rejection.to_response(&request_id),
+        (_, None) => GatewayError::BadRequest("no route").to_response(&request_id),
+    };
+    verdict.record_status(&inner.global, response.status().as_u16());
+    if let Some(usage) = verdict.usage() {
+        response.body_mut().count_into(usage.clone());
+    }
+    response
+}

@@ -1,0 +1,359 @@
+//! Cluster shares of instance ceilings, following demand.
+//!
+//! Every node measures the rate at which requests *arrive* at each instance's limiter (its
+//! offered rate, throttled requests included: that is the demand, not what was admitted), sends
+//! it to its peers every ~100 ms ([`DemandReport`]), and sets its own share of each ceiling from
+//! the latest reports with [`share`]. At overload every node's share is below its own demand, so
+//! nothing is wasted and the cluster admits C; below the ceiling every node's share is above its
+//! demand, so nothing is throttled. Only a node with (almost) no demand wastes capacity: its
+//! floor, kept small for that reason.
+//!
+//! Peers whose report is missing or stale (they may be down, partitioned, or just joined) are
+//! assumed to take the even share 1/N; the nodes that are heard from split the rest by demand.
+
+use crate::clock::Nanos;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+
+/// The default floor: each node keeps at least this fraction of a ceiling, so that an idle node
+/// admits a little until its next report makes its demand known (~100 ms later).
+pub const DEFAULT_SHARE_FLOOR: f64 = 0.005;
+
+/// One node's offered rate per instance, sent to every peer every ~100 ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DemandReport {
+    /// The length of the window the rates were measured over.
+    pub window_ms: u32,
+    pub instances: Vec<InstanceDemand>,
+}
+
+/// The offered (arriving) rate at one instance's limiter on one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDemand {
+    pub instance: String,
+    pub offered_rps: f64,
+}
+
+/// Negative, NaN and infinite demands count as none.
+fn clean(demand: f64) -> f64 {
+    if demand.is_finite() && demand > 0.0 {
+        demand
+    } else {
+        0.0
+    }
+}
+
+/// This node's share of a ceiling.
+///
+/// `own` is this node's offered rate; `peers` the offered rates of the serving peers that have
+/// reported recently; `n_nodes` the number of serving nodes including this one (peers without a
+/// fresh report are `n_nodes - 1 - peers.len()` and are assumed to take 1/N each). `floor` is the
+/// least fraction of the ceiling a node is given (capped at 1/N).
+///
+/// The shares the nodes compute this way from the same reports sum to 1 (see [`shares`]).
+pub fn share(own: f64, peers: &[f64], n_nodes: usize, floor: f64) -> f64 {
+    let known = 1 + peers.len();
+    let n = n_nodes.max(known);
+    let total: f64 = clean(own) + peers.iter().map(|d| clean(*d)).sum::<f64>();
+    split(clean(own), total, known, n, floor)
+}
+
+/// The shares of all nodes, given each node's offered rate (`None`: not heard from recently).
+/// They sum to 1.
+pub fn shares(demands: &[Option<f64>], floor: f64) -> Vec<f64> {
+    let n = demands.len();
+    let known = demands.iter().filter(|d| d.is_some()).count();
+    let total: f64 = demands.iter().flatten().map(|d| clean(*d)).sum();
+    demands
+        .iter()
+        .map(|d| match d {
+            Some(d) => split(clean(*d), total, known, n, floor),
+            None => 1.0 / n as f64,
+        })
+        .collect()
+}
+
+/// A known node's part of the budget `known / n` the known nodes share: a floor each, the rest
+/// in proportion to demand (evenly when nobody has any).
+fn split(own: f64, total: f64, known: usize, n: usize, floor: f64) -> f64 {
+    let even = 1.0 / n as f64;
+    if total <= 0.0 {
+        return even;
+    }
+    let floor = if floor.is_finite() {
+        floor.clamp(0.0, even)
+    } else {
+        0.0
+    };
+    let budget = known as f64 * even;
+    floor + (budget - known as f64 * floor) * (own / total)
+}
+
+/// A peer's latest report, stamped with when it arrived (on this node's clock).
+struct PeerDemand {
+    received: Nanos,
+    rates: HashMap<String, f64>,
+}
+
+/// The mutable side of shares: samples of this node's arrivals, peers' reports, who serves.
+pub(crate) struct DemandTracker {
+    self_id: u64,
+    /// Serving nodes other than this one.
+    peers: Vec<u64>,
+    reports: HashMap<u64, PeerDemand>,
+    /// (time, arrivals counter per instance), oldest first.
+    samples: VecDeque<(Nanos, HashMap<String, u64>)>,
+    own: HashMap<String, f64>,
+    own_window: Nanos,
+    window: Nanos,
+    stale_after: Nanos,
+    floor: f64,
+}
+
+impl DemandTracker {
+    pub(crate) fn new(self_id: u64, window: Nanos, stale_after: Nanos, floor: f64) -> Self {
+        DemandTracker {
+            self_id,
+            peers: Vec::new(),
+            reports: HashMap::new(),
+            samples: VecDeque::new(),
+            own: HashMap::new(),
+            own_window: 0,
+            window,
+            stale_after,
+            floor,
+        }
+    }
+
+    /// Number of serving nodes, this one included.
+    pub(crate) fn n_nodes(&self) -> usize {
+        1 + self.peers.len()
+    }
+
+    pub(crate) fn set_serving(&mut self, ids: &[u64], self_id: u64) {
+        self.self_id = self_id;
+        let mut peers: Vec<u64> = ids.iter().copied().filter(|id| *id != self_id).collect();
+        peers.sort_unstable();
+        peers.dedup();
+        self.peers = peers;
+        let peers = &self.peers;
+        self.reports.retain(|id, _| peers.contains(id));
+    }
+
+    pub(crate) fn record_peer(&mut self, node: u64, report: &DemandReport, now: Nanos) {
+        // Reports from nodes that do not serve are ignored: they must not take a share.
+        if node == self.self_id || !self.peers.contains(&node) {
+            return;
+        }
+        let rates = report
+            .instances
+            .iter()
+            .map(|d| (d.instance.clone(), clean(d.offered_rps)))
+            .collect();
+        self.reports.insert(
+            node,
+            PeerDemand {
+                received: now,
+                rates,
+            },
+        );
+    }
+
+    /// Records the arrival counters at `now` and measures this node's offered rates over the
+    /// newest sample at least one window old (so windows are one to two report periods long).
+    pub(crate) fn sample<'a>(
+        &mut self,
+        now: Nanos,
+        counters: impl Iterator<Item = (&'a str, u64)>,
+    ) -> DemandReport {
+        let counts: HashMap<String, u64> = counters.map(|(k, v)| (k.to_string(), v)).collect();
+        // Drop samples made obsolete by a younger one that is still old enough.
+        while self.samples.len() >= 2 && now.saturating_sub(self.samples[1].0) >= self.window {
+            self.samples.pop_front();
+        }
+        if let Some((then, old)) = self.samples.front()
+            && now > *then
+        {
+            let dt = (now - then) as f64 / 1e9;
+            self.own = counts
+                .iter()
+                .map(|(k, v)| {
+                    let before = old.get(k).copied().unwrap_or(0);
+                    (k.clone(), v.saturating_sub(before) as f64 / dt)
+                })
+                .collect();
+            self.own_window = now - then;
+        }
+        self.samples.push_back((now, counts));
+        // Bounded even if called in a tight loop with a frozen clock.
+        while self.samples.len() > 64 {
+            self.samples.pop_front();
+        }
+        self.report()
+    }
+
+    pub(crate) fn report(&self) -> DemandReport {
+        let mut instances: Vec<InstanceDemand> = self
+            .own
+            .iter()
+            .map(|(k, v)| InstanceDemand {
+                instance: k.clone(),
+                offered_rps: *v,
+            })
+            .collect();
+        instances.sort_by(|a, b| a.instance.cmp(&b.instance));
+        DemandReport {
+            window_ms: (self.own_window / 1_000_000).min(u32::MAX as u64) as u32,
+            instances,
+        }
+    }
+
+    pub(crate) fn own_demand(&self, instance: &str) -> f64 {
+        self.own.get(instance).copied().unwrap_or(0.0)
+    }
+
+    /// This node's share of `instance`'s ceiling at `now`.
+    pub(crate) fn share_for(&self, instance: &str, now: Nanos, scratch: &mut Vec<f64>) -> f64 {
+        scratch.clear();
+        for id in &self.peers {
+            if let Some(r) = self.reports.get(id)
+                && now.saturating_sub(r.received) <= self.stale_after
+            {
+                scratch.push(r.rates.get(instance).copied().unwrap_or(0.0));
+            }
+        }
+        share(
+            self.own_demand(instance),
+            scratch,
+            self.n_nodes(),
+            self.floor,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const F: f64 = DEFAULT_SHARE_FLOOR;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn no_demand_or_no_reports_means_even_shares() {
+        assert!(close(share(0.0, &[0.0, 0.0], 3, F), 1.0 / 3.0));
+        assert!(close(share(500.0, &[], 3, F), 1.0 / 3.0));
+        assert!(close(share(0.0, &[], 1, F), 1.0));
+        assert!(close(share(123.0, &[], 1, F), 1.0));
+    }
+
+    #[test]
+    fn even_demand_gives_even_shares() {
+        let s = shares(&[Some(700.0), Some(700.0), Some(700.0)], F);
+        for w in s {
+            assert!(close(w, 1.0 / 3.0));
+        }
+    }
+
+    #[test]
+    fn skewed_demand_gives_proportional_shares() {
+        let s = shares(&[Some(1600.0), Some(200.0), Some(200.0)], 0.0);
+        assert!(
+            close(s[0], 0.8) && close(s[1], 0.1) && close(s[2], 0.1),
+            "{s:?}"
+        );
+        let s = shares(&[Some(1600.0), Some(200.0), Some(200.0)], F);
+        assert!(close(s[0], F + (1.0 - 3.0 * F) * 0.8), "{s:?}");
+        assert!(close(share(200.0, &[1600.0, 200.0], 3, F), s[1]));
+    }
+
+    #[test]
+    fn an_idle_node_keeps_its_floor() {
+        let s = shares(&[Some(0.0), Some(1000.0), Some(1000.0)], F);
+        assert!(close(s[0], F));
+        assert!(close(s[1], (1.0 - F) / 2.0));
+    }
+
+    #[test]
+    fn silent_peers_are_assumed_to_take_an_even_share() {
+        let s = shares(&[Some(1000.0), None, Some(0.0)], F);
+        assert!(close(s[1], 1.0 / 3.0));
+        assert!(close(s[0] + s[2], 2.0 / 3.0));
+        assert!(close(s[2], F));
+    }
+
+    #[test]
+    fn tracker_ignores_unknown_and_stale_peers() {
+        let sec = 1_000_000_000;
+        let mut t = DemandTracker::new(1, sec / 10, sec, F);
+        let mut scratch = Vec::new();
+        t.set_serving(&[1, 2, 3], 1);
+        let report = |rps| DemandReport {
+            window_ms: 100,
+            instances: vec![InstanceDemand {
+                instance: "i".into(),
+                offered_rps: rps,
+            }],
+        };
+        t.sample(0, [("i", 0)].into_iter());
+        let r = t.sample(sec / 10, [("i", 100)].into_iter());
+        assert_eq!(r.instances[0].offered_rps, 1000.0);
+        assert_eq!(r.window_ms, 100);
+        // Node 9 does not serve: ignored. Nodes 2, 3 not heard from: 1/3 for us.
+        t.record_peer(9, &report(1e9), sec);
+        assert!(close(t.share_for("i", sec, &mut scratch), 1.0 / 3.0));
+        t.record_peer(2, &report(1000.0), sec);
+        t.record_peer(3, &report(2000.0), sec);
+        let expect = F + (1.0 - 3.0 * F) * 0.25;
+        assert!(close(t.share_for("i", sec, &mut scratch), expect));
+        // Two seconds later both reports are stale: back to 1/3.
+        assert!(close(t.share_for("i", 3 * sec, &mut scratch), 1.0 / 3.0));
+        // Node 3 leaves: we split with node 2 only.
+        t.set_serving(&[1, 2], 1);
+        let expect = F + (1.0 - 2.0 * F) * 0.5;
+        assert!(close(t.share_for("i", sec, &mut scratch), expect));
+    }
+
+    proptest! {
+        #[test]
+        fn shares_sum_to_one(
+            demands in proptest::collection::vec(proptest::option::weighted(0.8, 0.0f64..1e6), 1..12),
+            floor in 0.0f64..0.5,
+        ) {
+            let s = shares(&demands, floor);
+            let sum: f64 = s.iter().sum();
+            prop_assert!((sum - 1.0).abs() < 1e-9, "sum {sum} of {s:?}");
+            for (w, d) in s.iter().zip(&demands) {
+                prop_assert!(*w >= 0.0 && *w <= 1.0);
+                if d.is_some() {
+                    prop_assert!(*w + 1e-12 >= floor.min(1.0 / demands.len() as f64));
+                }
+            }
+        }
+
+        #[test]
+        fn share_agrees_with_shares(
+            own in 0.0f64..1e6,
+            peers in proptest::collection::vec(0.0f64..1e6, 0..6),
+            silent in 0usize..3,
+        ) {
+            let mut all = vec![Some(own)];
+            all.extend(peers.iter().map(|p| Some(*p)));
+            all.extend(std::iter::repeat_n(None, silent));
+            let n = all.len();
+            prop_assert!((share(own, &peers, n, F) - shares(&all, F)[0]).abs() < 1e-12);
+        }
+
+        #[test]
+        fn more_demand_never_means_a_smaller_share(
+            own in 0.0f64..1e6, more in 0.0f64..1e6,
+            peers in proptest::collection::vec(0.0f64..1e6, 0..6),
+        ) {
+            let n = peers.len() + 1;
+            prop_assert!(share(own + more, &peers, n, F) + 1e-12 >= share(own, &peers, n, F));
+        }
+    }
+}

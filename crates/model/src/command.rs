@@ -1,0 +1,130 @@
+use crate::{Api, ApiGroup, ChargeType, Deployment, Instance, Millis, Stage};
+use serde::{Deserialize, Serialize};
+
+/// What goes into the Raft log: a command stamped with the proposer's clock.
+///
+/// The time travels with the command so that every replica applies the same instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub at_ms: Millis,
+    pub command: Command,
+}
+
+/// The definition of an API as an operator writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiSpec {
+    /// An HTTP method from [`crate::validate::METHODS`].
+    pub method: String,
+    /// A path pattern such as `/items/{id}`, matched after the group's base path.
+    pub path: String,
+    /// `http://HOST:PORT[/prefix]`.
+    pub backend: String,
+    pub timeout_ms: u64,
+}
+
+/// A change to an API group; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChange {
+    pub instance: Option<String>,
+    /// `Some(None)` removes the host.
+    pub host: Option<Option<String>>,
+    /// `Some(None)` removes the base path.
+    pub base_path: Option<Option<String>>,
+}
+
+/// Every change to the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreateInstance {
+        name: String,
+        spec: String,
+        region: String,
+        charge_type: ChargeType,
+        account: String,
+    },
+    ModifyInstanceSpec {
+        name: String,
+        spec: String,
+    },
+    DeleteInstance {
+        name: String,
+    },
+    CreateApiGroup {
+        name: String,
+        account: String,
+        instance: String,
+        host: Option<String>,
+        base_path: Option<String>,
+    },
+    ModifyApiGroup {
+        name: String,
+        change: GroupChange,
+    },
+    DeleteApiGroup {
+        name: String,
+    },
+    CreateApi {
+        group: String,
+        name: String,
+        spec: ApiSpec,
+    },
+    ModifyApi {
+        group: String,
+        name: String,
+        spec: ApiSpec,
+    },
+    DeleteApi {
+        group: String,
+        name: String,
+    },
+    DeployApi {
+        group: String,
+        name: String,
+        stage: Stage,
+    },
+    AbolishApi {
+        group: String,
+        name: String,
+        stage: Stage,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::CreateInstance { .. } => "CreateInstance",
+            Command::ModifyInstanceSpec { .. } => "ModifyInstanceSpec",
+            Command::DeleteInstance { .. } => "DeleteInstance",
+            Command::CreateApiGroup { .. } => "CreateApiGroup",
+            Command::ModifyApiGroup { .. } => "ModifyApiGroup",
+            Command::DeleteApiGroup { .. } => "DeleteApiGroup",
+            Command::CreateApi { .. } => "CreateApi",
+            Command::ModifyApi { .. } => "ModifyApi",
+            Command::DeleteApi { .. } => "DeleteApi",
+            Command::DeployApi { .. } => "DeployApi",
+            Command::AbolishApi { .. } => "AbolishApi",
+        }
+    }
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Instance(Instance),
+    Group(ApiGroup),
+    Api {
+        group: String,
+        api: Api,
+    },
+    Deployment {
+        group: String,
+        api: String,
+        stage: Stage,
+        deployment: Deployment,
+    },
+    Deleted {
+        kind: String,
+        name: String,
+    },
+}

@@ -1,0 +1,517 @@
+use crate::command::{ApiSpec, Command, GroupChange, Proposal, Reply};
+use crate::{DomainError, Millis, validate};
+use catalog::{Catalog, SHARED_INSTANCE};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The account that owns what is created without naming one.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// How a dedicated instance is paid for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChargeType {
+    /// Pay-as-you-go, by the started hour.
+    Postpaid,
+    /// Monthly subscription, paid up front.
+    Month,
+    /// Annual subscription, paid up front.
+    Year,
+}
+
+impl ChargeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeType::Postpaid => "postpaid",
+            ChargeType::Month => "month",
+            ChargeType::Year => "year",
+        }
+    }
+}
+
+/// A release stage an API can be deployed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Stage {
+    Release,
+    Pre,
+    Test,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Release, Stage::Pre, Stage::Test];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Release => "RELEASE",
+            Stage::Pre => "PRE",
+            Stage::Test => "TEST",
+        }
+    }
+
+    /// Parses `RELEASE`, `PRE` or `TEST` (any case).
+    pub fn parse(s: &str) -> Result<Stage, DomainError> {
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                DomainError::invalid("stage", format!("'{s}' is not one of RELEASE, PRE, TEST"))
+            })
+    }
+}
+
+/// A spec an instance had from `at_ms` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecChange {
+    pub at_ms: Millis,
+    pub spec: String,
+}
+
+/// A dedicated instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    pub spec: String,
+    pub region: String,
+    pub charge_type: ChargeType,
+    pub account: String,
+    pub created_at_ms: Millis,
+    /// Every spec the instance has had, oldest first; the last is `spec`. Billing prices each
+    /// stretch of time at the spec then in force.
+    pub spec_history: Vec<SpecChange>,
+}
+
+/// An account: the owner of instances and groups, and the party that is billed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub name: String,
+    pub created_at_ms: Millis,
+}
+
+/// An API as defined; what is served is its [`Deployment`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Api {
+    pub name: String,
+    pub spec: ApiSpec,
+    pub created_at_ms: Millis,
+}
+
+/// An API definition as it was when deployed to a stage: later edits to the API do not reach
+/// traffic until it is deployed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub spec: ApiSpec,
+    pub deployed_at_ms: Millis,
+}
+
+/// A group of APIs sharing a host and/or base path, running on one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiGroup {
+    pub name: String,
+    pub account: String,
+    /// [`SHARED_INSTANCE`] or the name of a dedicated instance.
+    pub instance: String,
+    pub host: Option<String>,
+    pub base_path: Option<String>,
+    pub created_at_ms: Millis,
+    pub apis: BTreeMap<String, Api>,
+    /// Stage -> API name -> what is deployed there.
+    pub deployments: BTreeMap<Stage, BTreeMap<String, Deployment>>,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub accounts: BTreeMap<String, Account>,
+    pub instances: BTreeMap<String, Instance>,
+    pub groups: BTreeMap<String, ApiGroup>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        let mut accounts = BTreeMap::new();
+        accounts.insert(
+            DEFAULT_ACCOUNT.to_string(),
+            Account {
+                name: DEFAULT_ACCOUNT.to_string(),
+                created_at_ms: 0,
+            },
+        );
+        State {
+            accounts,
+            instances: BTreeMap::new(),
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+impl State {
+    /// Applies one proposal. On error nothing has changed.
+    pub fn apply(&mut self, p: &Proposal, catalog: &Catalog) -> Result<Reply, DomainError> {
+        let now = p.at_ms;
+        match &p.command {
+            Command::CreateInstance {
+                name,
+                spec,
+                region,
+                charge_type,
+                account,
+            } => {
+                validate::name("name", name)?;
+                if name == SHARED_INSTANCE {
+                    return Err(DomainError::invalid(
+                        "name",
+                        format!("'{SHARED_INSTANCE}' is the built-in shared instance"),
+                    ));
+                }
+                check_spec(catalog, spec)?;
+                catalog
+                    .region(region)
+                    .map_err(|e| DomainError::invalid("region", e.to_string()))?;
+                self.account(account)?;
+                if self.instances.contains_key(name) {
+                    return Err(DomainError::already_exists("instance", name));
+                }
+                let inst = Instance {
+                    name: name.clone(),
+                    spec: spec.clone(),
+                    region: region.clone(),
+                    charge_type: *charge_type,
+                    account: account.clone(),
+                    created_at_ms: now,
+                    spec_history: vec![SpecChange {
+                        at_ms: now,
+                        spec: spec.clone(),
+                    }],
+                };
+                self.instances.insert(name.clone(), inst.clone());
+                Ok(Reply::Instance(inst))
+            }
+            Command::ModifyInstanceSpec { name, spec } => {
+                check_spec(catalog, spec)?;
+                let inst = self
+                    .instances
+                    .get_mut(name)
+                    .ok_or_else(|| DomainError::not_found("instance", name))?;
+                if inst.spec != *spec {
+                    inst.spec = spec.clone();
+                    inst.spec_history.push(SpecChange {
+                        at_ms: now,
+                        spec: spec.clone(),
+                    });
+                }
+                Ok(Reply::Instance(inst.clone()))
+            }
+            Command::DeleteInstance { name } => {
+                if !self.instances.contains_key(name) {
+                    return Err(DomainError::not_found("instance", name));
+                }
+                let hosted: Vec<&str> = self
+                    .groups
+                    .values()
+                    .filter(|g| g.instance == *name)
+                    .map(|g| g.name.as_str())
+                    .collect();
+                if !hosted.is_empty() {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "instance '{name}' still hosts API groups {}; move them to another instance first",
+                        hosted.join(", ")
+                    )));
+                }
+                self.instances.remove(name);
+                Ok(deleted("instance", name))
+            }
+            Command::CreateApiGroup {
+                name,
+                account,
+                instance,
+                host,
+                base_path,
+            } => {
+                validate::name("name", name)?;
+                self.account(account)?;
+                self.check_instance_ref(instance, account)?;
+                check_route_fields(host.as_deref(), base_path.as_deref())?;
+                if self.groups.contains_key(name) {
+                    return Err(DomainError::already_exists("API group", name));
+                }
+                self.check_route_free(name, host, base_path)?;
+                let g = ApiGroup {
+                    name: name.clone(),
+                    account: account.clone(),
+                    instance: instance.clone(),
+                    host: host.clone(),
+                    base_path: base_path.clone(),
+                    created_at_ms: now,
+                    apis: BTreeMap::new(),
+                    deployments: BTreeMap::new(),
+                };
+                self.groups.insert(name.clone(), g.clone());
+                Ok(Reply::Group(g))
+            }
+            Command::ModifyApiGroup { name, change } => {
+                let g = self.group(name)?;
+                let GroupChange {
+                    instance,
+                    host,
+                    base_path,
+                } = change;
+                let instance = instance.clone().unwrap_or_else(|| g.instance.clone());
+                let host = host.clone().unwrap_or_else(|| g.host.clone());
+                let base_path = base_path.clone().unwrap_or_else(|| g.base_path.clone());
+                self.check_instance_ref(&instance, &g.account)?;
+                check_route_fields(host.as_deref(), base_path.as_deref())?;
+                self.check_route_free(name, &host, &base_path)?;
+                let g = self.groups.get_mut(name).expect("checked above");
+                g.instance = instance;
+                g.host = host;
+                g.base_path = base_path;
+                Ok(Reply::Group(g.clone()))
+            }
+            Command::DeleteApiGroup { name } => {
+                self.group(name)?;
+                self.groups.remove(name);
+                Ok(deleted("API group", name))
+            }
+            Command::CreateApi { group, name, spec } => {
+                validate::name("name", name)?;
+                check_api_spec(spec)?;
+                let g = self.group(group)?;
+                if g.apis.contains_key(name) {
+                    return Err(DomainError::already_exists(
+                        "API",
+                        &format!("{group}/{name}"),
+                    ));
+                }
+                check_api_route_free(g, name, spec)?;
+                let api = Api {
+                    name: name.clone(),
+                    spec: spec.clone(),
+                    created_at_ms: now,
+                };
+                let g = self.groups.get_mut(group).expect("checked above");
+                g.apis.insert(name.clone(), api.clone());
+                Ok(Reply::Api {
+                    group: group.clone(),
+                    api,
+                })
+            }
+            Command::ModifyApi { group, name, spec } => {
+                check_api_spec(spec)?;
+                let g = self.group(group)?;
+                if !g.apis.contains_key(name) {
+                    return Err(DomainError::not_found("API", &format!("{group}/{name}")));
+                }
+                check_api_route_free(g, name, spec)?;
+                let g = self.groups.get_mut(group).expect("checked above");
+                let api = g.apis.get_mut(name).expect("checked above");
+                api.spec = spec.clone();
+                Ok(Reply::Api {
+                    group: group.clone(),
+                    api: api.clone(),
+                })
+            }
+            Command::DeleteApi { group, name } => {
+                let g = self.group(group)?;
+                if !g.apis.contains_key(name) {
+                    return Err(DomainError::not_found("API", &format!("{group}/{name}")));
+                }
+                let deployed: Vec<&str> = g
+                    .deployments
+                    .iter()
+                    .filter(|(_, apis)| apis.contains_key(name))
+                    .map(|(st, _)| st.as_str())
+                    .collect();
+                if !deployed.is_empty() {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "API '{group}/{name}' is deployed to {}; abolish it there first",
+                        deployed.join(", ")
+                    )));
+                }
+                let g = self.groups.get_mut(group).expect("checked above");
+                g.apis.remove(name);
+                Ok(deleted("API", &format!("{group}/{name}")))
+            }
+            Command::DeployApi { group, name, stage } => {
+                let g = self.group(group)?;
+                let api = g
+                    .apis
+                    .get(name)
+                    .ok_or_else(|| DomainError::not_found("API", &format!("{group}/{name}")))?;
+                // Another API deployed at the same method and path on this stage would shadow it.
+                let clash = g.deployments.get(stage).and_then(|d| {
+                    d.iter()
+                        .find(|(other, dep)| *other != name && same_route(&dep.spec, &api.spec))
+                });
+                if let Some((other, _)) = clash {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "API '{group}/{other}' is already deployed to {} at {} {}",
+                        stage.as_str(),
+                        api.spec.method,
+                        api.spec.path
+                    )));
+                }
+                let deployment = Deployment {
+                    spec: api.spec.clone(),
+                    deployed_at_ms: now,
+                };
+                let g = self.groups.get_mut(group).expect("checked above");
+                g.deployments
+                    .entry(*stage)
+                    .or_default()
+                    .insert(name.clone(), deployment.clone());
+                Ok(Reply::Deployment {
+                    group: group.clone(),
+                    api: name.clone(),
+                    stage: *stage,
+                    deployment,
+                })
+            }
+            Command::AbolishApi { group, name, stage } => {
+                let g = self.group(group)?;
+                if !g.apis.contains_key(name) {
+                    return Err(DomainError::not_found("API", &format!("{group}/{name}")));
+                }
+                let is_deployed = g
+                    .deployments
+                    .get(stage)
+                    .is_some_and(|d| d.contains_key(name));
+                if !is_deployed {
+                    return Err(DomainError::FailedPrecondition(format!(
+                        "API '{group}/{name}' is not deployed to {}",
+                        stage.as_str()
+                    )));
+                }
+                let g = self.groups.get_mut(group).expect("checked above");
+                let stage_map = g.deployments.get_mut(stage).expect("checked above");
+                stage_map.remove(name);
+                if stage_map.is_empty() {
+                    g.deployments.remove(stage);
+                }
+                Ok(deleted(
+                    "deployment",
+                    &format!("{group}/{name}@{}", stage.as_str()),
+                ))
+            }
+        }
+    }
+
+    fn account(&self, name: &str) -> Result<&Account, DomainError> {
+        self.accounts
+            .get(name)
+            .ok_or_else(|| DomainError::not_found("account", name))
+    }
+
+    fn group(&self, name: &str) -> Result<&ApiGroup, DomainError> {
+        self.groups
+            .get(name)
+            .ok_or_else(|| DomainError::not_found("API group", name))
+    }
+
+    /// A group may run on the shared instance or on a dedicated instance of its own account.
+    fn check_instance_ref(&self, instance: &str, account: &str) -> Result<(), DomainError> {
+        if instance == SHARED_INSTANCE {
+            return Ok(());
+        }
+        let inst = self.instances.get(instance).ok_or_else(|| {
+            DomainError::invalid(
+                "instance",
+                format!(
+                    "'{instance}' is neither '{SHARED_INSTANCE}' nor an existing dedicated instance"
+                ),
+            )
+        })?;
+        if inst.account != account {
+            return Err(DomainError::invalid(
+                "instance",
+                format!("'{instance}' belongs to another account"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Two groups may not answer to the same host and base path: requests could not be told apart.
+    fn check_route_free(
+        &self,
+        name: &str,
+        host: &Option<String>,
+        base_path: &Option<String>,
+    ) -> Result<(), DomainError> {
+        let taken = self
+            .groups
+            .values()
+            .find(|g| g.name != name && g.host == *host && g.base_path == *base_path);
+        match taken {
+            Some(g) => Err(DomainError::FailedPrecondition(format!(
+                "API group '{}' already serves host {} and base path {}",
+                g.name,
+                host.as_deref().unwrap_or("(any)"),
+                base_path.as_deref().unwrap_or("(none)")
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn deleted(kind: &str, name: &str) -> Reply {
+    Reply::Deleted {
+        kind: kind.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn check_spec(catalog: &Catalog, spec: &str) -> Result<(), DomainError> {
+    catalog
+        .spec(spec)
+        .map(|_| ())
+        .map_err(|e| DomainError::invalid("spec", e.to_string()))
+}
+
+fn check_route_fields(host: Option<&str>, base_path: Option<&str>) -> Result<(), DomainError> {
+    if let Some(h) = host {
+        validate::host(h)?;
+    }
+    if let Some(b) = base_path {
+        validate::base_path(b)?;
+    }
+    Ok(())
+}
+
+fn check_api_spec(spec: &ApiSpec) -> Result<(), DomainError> {
+    validate::method(&spec.method)?;
+    validate::api_path(&spec.path)?;
+    validate::backend(&spec.backend)?;
+    validate::timeout_ms(spec.timeout_ms)
+}
+
+/// Two API definitions that a router could not tell apart: same method, same path shape.
+fn same_route(a: &ApiSpec, b: &ApiSpec) -> bool {
+    a.method == b.method && path_shape(&a.path) == path_shape(&b.path)
+}
+
+/// The path with parameter names erased: `/a/{id}` and `/a/{x}` have the same shape.
+fn path_shape(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix("{*") {
+            Some(_) => "{*}",
+            None if seg.starts_with('{') => "{}",
+            None => seg,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn check_api_route_free(g: &ApiGroup, name: &str, spec: &ApiSpec) -> Result<(), DomainError> {
+    match g
+        .apis
+        .values()
+        .find(|a| a.name != name && same_route(&a.spec, spec))
+    {
+        Some(other) => Err(DomainError::FailedPrecondition(format!(
+            "API '{}/{}' already serves {} {}",
+            g.name, other.name, spec.method, spec.path
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! Field checks shared by the admin API (to answer before proposing) and by [`State::apply`]
+//! (which must refuse bad commands on its own, whoever proposed them).
+//!
+//! [`State::apply`]: crate::State::apply
+
+use crate::DomainError;
+
+/// The longest name of an instance, group, API or account.
+pub const MAX_NAME_LEN: usize = 64;
+/// The longest backend timeout an API may set.
+pub const MAX_TIMEOUT_MS: u64 = 300_000;
+
+/// Names: 1 to 64 characters of letters, digits, `-`, `_` and `.`, starting with a letter or
+/// digit. They appear in URLs, metrics labels and error messages, so nothing else is allowed.
+pub fn name(field: &str, value: &str) -> Result<(), DomainError> {
+    if value.is_empty() {
+        return Err(DomainError::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(DomainError::invalid(
+            field,
+            format!("'{value}' is longer than {MAX_NAME_LEN} characters"),
+        ));
+    }
+    let first_ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !first_ok || !rest_ok {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "'{value}' may only hold letters, digits, '-', '_' and '.', and must start with a letter or digit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A host name a group answers to: lower-case DNS labels, optionally with a port.
+pub fn host(value: &str) -> Result<(), DomainError> {
+    let (h, port) = match value.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (value, None),
+    };
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return Err(DomainError::invalid(
+            "host",
+            format!("'{value}' has a port that is not a number from 0 to 65535"),
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if h.is_empty() || h.len() > 253 || !h.split('.').all(label_ok) {
+        return Err(DomainError::invalid(
+            "host",
+            format!("'{value}' is not a lower-case DNS name (labels of a-z, 0-9 and '-')"),
+        ));
+    }
+    Ok(())
+}
+
+/// A path prefix or an API path: starts with `/`, no `?`, `#`, whitespace, `..` segments or `//`.
+fn path_common(field: &str, value: &str) -> Result<(), DomainError> {
+    if !value.starts_with('/') {
+        return Err(DomainError::invalid(
+            field,
+            format!("'{value}' must start with '/'"),
+        ));
+    }
+    if value.len() > 1024 {
+        return Err(DomainError::invalid(
+            field,
+            "is longer than 1024 characters",
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#'))
+    {
+        return Err(DomainError::invalid(
+            field,
+            format!("'{value}' must not contain whitespace, '?' or '#'"),
+        ));
+    }
+    if value.contains("//") || value.split('/').any(|s| s == ".." || s == ".") {
+        return Err(DomainError::invalid(
+            field,
+            format!("'{value}' must not contain empty, '.' or '..' segments"),
+        ));
+    }
+    Ok(())
+}
+
+/// A group's base path, e.g. `/shop`: no parameters, no trailing slash.
+pub fn base_path(value: &str) -> Result<(), DomainError> {
+    path_common("base_path", value)?;
+    if value.len() > 1 && value.ends_with('/') {
+        return Err(DomainError::invalid(
+            "base_path",
+            format!("'{value}' must not end with '/'"),
+        ));
+    }
+    if value.contains(['{', '}', '*']) {
+        return Err(DomainError::invalid(
+            "base_path",
+            format!("'{value}' must not contain parameters"),
+        ));
+    }
+    Ok(())
+}
+
+/// An API's path pattern, e.g. `/items/{id}`: each `{param}` a whole segment, named once; a
+/// trailing `{*rest}` catches the remainder.
+pub fn api_path(value: &str) -> Result<(), DomainError> {
+    path_common("path", value)?;
+    let segments: Vec<&str> = value.split('/').skip(1).collect();
+    let mut seen = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let opens = seg.matches('{').count();
+        let closes = seg.matches('}').count();
+        if opens == 0 && closes == 0 {
+            if seg.contains('*') {
+                return Err(DomainError::invalid(
+                    "path",
+                    format!("'{value}': '*' is only allowed as '{{*name}}' at the end"),
+                ));
+            }
+            continue;
+        }
+        let inner = seg
+            .strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .filter(|_| opens == 1 && closes == 1);
+        let Some(inner) = inner else {
+            return Err(DomainError::invalid(
+                "path",
+                format!("'{value}': a parameter must be a whole segment like '{{id}}'"),
+            ));
+        };
+        let (catch_all, pname) = match inner.strip_prefix('*') {
+            Some(n) => (true, n),
+            None => (false, inner),
+        };
+        if catch_all && i + 1 != segments.len() {
+            return Err(DomainError::invalid(
+                "path",
+                format!("'{value}': '{{*{pname}}}' must be the last segment"),
+            ));
+        }
+        let pname_ok =
+            !pname.is_empty() && pname.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !pname_ok {
+            return Err(DomainError::invalid(
+                "path",
+                format!("'{value}': parameter names are letters, digits and '_'"),
+            ));
+        }
+        if seen.contains(&pname) {
+            return Err(DomainError::invalid(
+                "path",
+                format!("'{value}': parameter '{pname}' appears twice"),
+            ));
+        }
+        seen.push(pname);
+    }
+    Ok(())
+}
+
+/// The HTTP methods an API may serve.
+pub const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
+
+pub fn method(value: &str) -> Result<(), DomainError> {
+    if METHODS.contains(&value) {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            "method",
+            format!("'{value}' is not one of {}", METHODS.join(", ")),
+        ))
+    }
+}
+
+/// A backend URL: `http://host:port` with an optional path prefix, no query or fragment.
+pub fn backend(value: &str) -> Result<(), DomainError> {
+    let bad = |why: &str| {
+        Err(DomainError::invalid(
+            "backend",
+            format!("'{value}' {why} (expected http://HOST:PORT[/prefix])"),
+        ))
+    };
+    let Some(rest) = value.strip_prefix("http://") else {
+        return bad("must start with http://");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return bad("has no host, or has credentials");
+    }
+    if let Some((_, port)) = authority.rsplit_once(':')
+        && port.parse::<u16>().is_err()
+    {
+        return bad("has a port that is not a number from 0 to 65535");
+    }
+    if !authority
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    {
+        return bad("has a host with characters that are not allowed");
+    }
+    if path.contains(['?', '#', ' ']) {
+        return bad("must not have a query, fragment or spaces");
+    }
+    Ok(())
+}
+
+pub fn timeout_ms(value: u64) -> Result<(), DomainError> {
+    if value == 0 || value > MAX_TIMEOUT_MS {
+        return Err(DomainError::invalid(
+            "timeout",
+            format!("{value} ms is not between 1 ms and {MAX_TIMEOUT_MS} ms"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["a", "prod-1", "Team_A.api", &"x".repeat(64)] {
+            assert!(name("name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a b", "a/b", "ä", &"x".repeat(65)] {
+            let e = name("name", bad).unwrap_err();
+            assert!(e.to_string().starts_with("invalid name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn paths() {
+        for ok in ["/", "/a", "/items/{id}", "/a/{x}/b/{y}", "/files/{*rest}"] {
+            assert!(api_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "a",
+            "/a//b",
+            "/a/../b",
+            "/a?x=1",
+            "/x{id}",
+            "/{id}/{id}",
+            "/{*r}/x",
+            "/{}",
+            "/a*",
+        ] {
+            assert!(api_path(bad).is_err(), "{bad}");
+        }
+        assert!(base_path("/shop").is_ok());
+        assert!(base_path("/shop/").is_err());
+        assert!(base_path("/{x}").is_err());
+    }
+
+    #[test]
+    fn hosts_and_backends() {
+        assert!(host("api.example.com").is_ok());
+        assert!(host("api.example.com:8080").is_ok());
+        assert!(host("API.example.com").is_err());
+        assert!(host("a..b").is_err());
+        assert!(backend("http://127.0.0.1:8000").is_ok());
+        assert!(backend("http://svc.ns:80/v1").is_ok());
+        assert!(backend("https://x").is_err());
+        assert!(backend("http://u:p@x").is_err());
+        assert!(backend("http://x:99999").is_err());
+        assert!(backend("http://x/a?b").is_err());
+        assert!(method("GET").is_ok());
+        assert!(method("get").is_err());
+        assert!(timeout_ms(0).is_err());
+        assert!(timeout_ms(5000).is_ok());
+    }
+}
