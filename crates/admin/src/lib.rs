@@ -1,1 +1,591 @@
+//! The gateway's admin gRPC service.
+//!
+//! This crate owns the operator-facing API: it checks each request (so bad input is answered
+//! with the field at fault before anything is proposed), turns it into a [`model::Command`],
+//! has the [`cluster::Node`] commit it (forwarding to the leader when needed), and maps the
+//! outcome to a gRPC status. Reads are served from the state this node has applied.
 
+mod convert;
+
+use catalog::{Catalog, SHARED_INSTANCE};
+use cluster::{ClusterError, Node};
+use model::{
+    ChargeType, Command, DEFAULT_ACCOUNT, DomainError, GroupChange, Reply, Stage, validate,
+};
+use proto::admin as pb;
+use proto::admin::admin_server::{Admin, AdminServer};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub use convert::instance_to_pb;
+
+/// The admin service of one node.
+pub struct AdminService {
+    node: Node,
+    catalog: Arc<Catalog>,
+}
+
+impl AdminService {
+    pub fn new(node: Node, catalog: Arc<Catalog>) -> AdminServer<AdminService> {
+        AdminServer::new(AdminService { node, catalog })
+    }
+
+    async fn write(&self, cmd: Command) -> Result<Reply, Status> {
+        let kind = cmd.kind();
+        self.node.write(cmd).await.map_err(|e| {
+            tracing::debug!(command = kind, "refused: {e}");
+            to_status(e)
+        })
+    }
+}
+
+/// Maps a cluster or domain error to the gRPC status a client can act on.
+pub fn to_status(e: ClusterError) -> Status {
+    match e {
+        ClusterError::Domain(d) => domain_status(d),
+        ClusterError::Unavailable(m) => Status::unavailable(m),
+        ClusterError::Invalid(m) => Status::failed_precondition(m),
+        ClusterError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn domain_status(d: DomainError) -> Status {
+    let msg = d.to_string();
+    match d {
+        DomainError::Invalid { .. } => Status::invalid_argument(msg),
+        DomainError::NotFound { .. } => Status::not_found(msg),
+        DomainError::AlreadyExists { .. } => Status::already_exists(msg),
+        DomainError::FailedPrecondition(_) => Status::failed_precondition(msg),
+    }
+}
+
+fn check(r: Result<(), DomainError>) -> Result<(), Status> {
+    r.map_err(domain_status)
+}
+
+fn account_or_default(a: String) -> String {
+    if a.is_empty() {
+        DEFAULT_ACCOUNT.to_string()
+    } else {
+        a
+    }
+}
+
+fn parse_stage(s: &str) -> Result<Stage, Status> {
+    if s.is_empty() {
+        return Ok(Stage::Release);
+    }
+    Stage::parse(s).map_err(domain_status)
+}
+
+fn unexpected(reply: Reply) -> Status {
+    Status::internal(format!("unexpected reply {reply:?}"))
+}
+
+fn deleted(reply: Reply) -> Result<Response<pb::DeleteReply>, Status> {
+    match reply {
+        Reply::Deleted { kind, name } => Ok(Response::new(pb::DeleteReply { kind, name })),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_instance(
+        &self,
+        req: Request<pb::CreateInstanceRequest>,
+    ) -> Result<Response<pb::InstanceReply>, Status> {
+        let r = req.into_inner();
+        check(validate::name("name", &r.name))?;
+        let charge_type = match pb::ChargeType::try_from(r.charge_type) {
+            Ok(pb::ChargeType::Unspecified | pb::ChargeType::Postpaid) => ChargeType::Postpaid,
+            Ok(pb::ChargeType::Month) => ChargeType::Month,
+            Ok(pb::ChargeType::Year) => ChargeType::Year,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid charge_type: {} is not one of postpaid, month, year",
+                    r.charge_type
+                )));
+            }
+        };
+        self.catalog
+            .spec(&r.spec)
+            .map_err(|e| Status::invalid_argument(format!("invalid spec: {e}")))?;
+        self.catalog
+            .region(&r.region)
+            .map_err(|e| Status::invalid_argument(format!("invalid region: {e}")))?;
+        let reply = self
+            .write(Command::CreateInstance {
+                name: r.name,
+                spec: r.spec,
+                region: r.region,
+                charge_type,
+                account: account_or_default(r.account),
+            })
+            .await?;
+        match reply {
+            Reply::Instance(i) => Ok(Response::new(pb::InstanceReply {
+                instance: Some(instance_to_pb(&i, &self.catalog)),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn describe_instances(
+        &self,
+        req: Request<pb::DescribeInstancesRequest>,
+    ) -> Result<Response<pb::DescribeInstancesReply>, Status> {
+        let name = req.into_inner().name;
+        let state = self.node.state();
+        let instances = if name.is_empty() {
+            state
+                .instances
+                .values()
+                .map(|i| instance_to_pb(i, &self.catalog))
+                .collect()
+        } else {
+            let i = state
+                .instances
+                .get(&name)
+                .ok_or_else(|| domain_status(DomainError::not_found("instance", &name)))?;
+            vec![instance_to_pb(i, &self.catalog)]
+        };
+        Ok(Response::new(pb::DescribeInstancesReply { instances }))
+    }
+
+    async fn modify_instance_spec(
+        &self,
+        req: Request<pb::ModifyInstanceSpecRequest>,
+    ) -> Result<Response<pb::InstanceReply>, Status> {
+        let r = req.into_inner();
+        self.catalog
+            .spec(&r.spec)
+            .map_err(|e| Status::invalid_argument(format!("invalid spec: {e}")))?;
+        match self
+            .write(Command::ModifyInstanceSpec {
+                name: r.name,
+                spec: r.spec,
+            })
+            .await?
+        {
+            Reply::Instance(i) => Ok(Response::new(pb::InstanceReply {
+                instance: Some(instance_to_pb(&i, &self.catalog)),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_instance(
+        &self,
+        req: Request<pb::DeleteInstanceRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        deleted(
+            self.write(Command::DeleteInstance {
+                name: req.into_inner().name,
+            })
+            .await?,
+        )
+    }
+
+    async fn describe_specs(
+        &self,
+        _req: Request<pb::DescribeSpecsRequest>,
+    ) -> Result<Response<pb::DescribeSpecsReply>, Status> {
+        let specs = self
+            .catalog
+            .specs()
+            .iter()
+            .map(|s| pb::Spec {
+                name: s.name.clone(),
+                max_rps: s.max_rps,
+                sla: s.sla.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeSpecsReply { specs }))
+    }
+
+    async fn describe_regions(
+        &self,
+        _req: Request<pb::DescribeRegionsRequest>,
+    ) -> Result<Response<pb::DescribeRegionsReply>, Status> {
+        let regions = self
+            .catalog
+            .regions()
+            .iter()
+            .map(|r| pb::Region {
+                id: r.id.clone(),
+                name: r.name.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::DescribeRegionsReply { regions }))
+    }
+
+    async fn create_api_group(
+        &self,
+        req: Request<pb::CreateApiGroupRequest>,
+    ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let r = req.into_inner();
+        check(validate::name("name", &r.name))?;
+        let host = r.host.filter(|h| !h.is_empty());
+        let base_path = r.base_path.filter(|b| !b.is_empty());
+        if let Some(h) = &host {
+            check(validate::host(h))?;
+        }
+        if let Some(b) = &base_path {
+            check(validate::base_path(b))?;
+        }
+        let instance = if r.instance.is_empty() {
+            SHARED_INSTANCE.to_string()
+        } else {
+            r.instance
+        };
+        group_reply(
+            self.write(Command::CreateApiGroup {
+                name: r.name,
+                account: account_or_default(r.account),
+                instance,
+                host,
+                base_path,
+            })
+            .await?,
+        )
+    }
+
+    async fn modify_api_group(
+        &self,
+        req: Request<pb::ModifyApiGroupRequest>,
+    ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let r = req.into_inner();
+        let clearable = |v: Option<String>| v.map(|s| if s.is_empty() { None } else { Some(s) });
+        let change = GroupChange {
+            instance: r.instance,
+            host: clearable(r.host),
+            base_path: clearable(r.base_path),
+        };
+        if change == GroupChange::default() {
+            return Err(Status::invalid_argument(
+                "nothing to change: give at least one of instance, host, base_path",
+            ));
+        }
+        group_reply(
+            self.write(Command::ModifyApiGroup {
+                name: r.name,
+                change,
+            })
+            .await?,
+        )
+    }
+
+    async fn describe_api_groups(
+        &self,
+        req: Request<pb::DescribeApiGroupsRequest>,
+    ) -> Result<Response<pb::DescribeApiGroupsReply>, Status> {
+        let name = req.into_inner().name;
+        let state = self.node.state();
+        let groups = if name.is_empty() {
+            state.groups.values().map(convert::group_to_pb).collect()
+        } else {
+            let g = state
+                .groups
+                .get(&name)
+                .ok_or_else(|| domain_status(DomainError::not_found("API group", &name)))?;
+            vec![convert::group_to_pb(g)]
+        };
+        Ok(Response::new(pb::DescribeApiGroupsReply { groups }))
+    }
+
+    async fn delete_api_group(
+        &self,
+        req: Request<pb::DeleteApiGroupRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        deleted(
+            self.write(Command::DeleteApiGroup {
+                name: req.into_inner().name,
+            })
+            .await?,
+        )
+    }
+
+    async fn create_api(
+        &self,
+        req: Request<pb::CreateApiRequest>,
+    ) -> Result<Response<pb::ApiReply>, Status> {
+        let r = req.into_inner();
+        check(validate::name("name", &r.name))?;
+        let spec = convert::definition_from_pb(r.definition);
+        check_definition(&spec)?;
+        self.api_reply(
+            self.write(Command::CreateApi {
+                group: r.group,
+                name: r.name,
+                spec,
+            })
+            .await?,
+        )
+    }
+
+    async fn modify_api(
+        &self,
+        req: Request<pb::ModifyApiRequest>,
+    ) -> Result<Response<pb::ApiReply>, Status> {
+        let r = req.into_inner();
+        let spec = convert::definition_from_pb(r.definition);
+        check_definition(&spec)?;
+        self.api_reply(
+            self.write(Command::ModifyApi {
+                group: r.group,
+                name: r.name,
+                spec,
+            })
+            .await?,
+        )
+    }
+
+    async fn describe_apis(
+        &self,
+        req: Request<pb::DescribeApisRequest>,
+    ) -> Result<Response<pb::DescribeApisReply>, Status> {
+        let r = req.into_inner();
+        let state = self.node.state();
+        let groups: Vec<&model::ApiGroup> = if r.group.is_empty() {
+            state.groups.values().collect()
+        } else {
+            vec![
+                state
+                    .groups
+                    .get(&r.group)
+                    .ok_or_else(|| domain_status(DomainError::not_found("API group", &r.group)))?,
+            ]
+        };
+        let mut apis = Vec::new();
+        for g in groups {
+            for name in g.apis.keys() {
+                if r.name.is_empty() || *name == r.name {
+                    apis.extend(convert::api_to_pb(g, name));
+                }
+            }
+        }
+        if !r.name.is_empty() && apis.is_empty() {
+            return Err(domain_status(DomainError::not_found(
+                "API",
+                &format!("{}/{}", r.group, r.name),
+            )));
+        }
+        Ok(Response::new(pb::DescribeApisReply { apis }))
+    }
+
+    async fn delete_api(
+        &self,
+        req: Request<pb::DeleteApiRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        let r = req.into_inner();
+        deleted(
+            self.write(Command::DeleteApi {
+                group: r.group,
+                name: r.name,
+            })
+            .await?,
+        )
+    }
+
+    async fn deploy_api(
+        &self,
+        req: Request<pb::DeployApiRequest>,
+    ) -> Result<Response<pb::DeployApiReply>, Status> {
+        let r = req.into_inner();
+        let stage = parse_stage(&r.stage)?;
+        match self
+            .write(Command::DeployApi {
+                group: r.group,
+                name: r.name,
+                stage,
+            })
+            .await?
+        {
+            Reply::Deployment {
+                group,
+                api,
+                stage,
+                deployment,
+            } => Ok(Response::new(pb::DeployApiReply {
+                group,
+                deployment: Some(pb::Deployment {
+                    stage: stage.as_str().to_string(),
+                    api,
+                    definition: Some(convert::definition_to_pb(&deployment.spec)),
+                    deployed_at_ms: deployment.deployed_at_ms,
+                }),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn abolish_api(
+        &self,
+        req: Request<pb::AbolishApiRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        let r = req.into_inner();
+        let stage = parse_stage(&r.stage)?;
+        deleted(
+            self.write(Command::AbolishApi {
+                group: r.group,
+                name: r.name,
+                stage,
+            })
+            .await?,
+        )
+    }
+
+    async fn describe_cluster(
+        &self,
+        _req: Request<pb::DescribeClusterRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(self.cluster_status()))
+    }
+
+    async fn add_learner(
+        &self,
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument(
+                "invalid node_id: must be 1 or more",
+            ));
+        }
+        self.node
+            .add_learner(r.node_id, r.peer_addr)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(self.cluster_status()))
+    }
+
+    async fn promote_learner(
+        &self,
+        req: Request<pb::PromoteLearnerRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.node
+            .promote(req.into_inner().node_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(self.cluster_status()))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.node
+            .remove(req.into_inner().node_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(self.cluster_status()))
+    }
+}
+
+impl AdminService {
+    fn cluster_status(&self) -> pb::ClusterStatus {
+        let s = self.node.status();
+        pb::ClusterStatus {
+            node_id: s.node_id,
+            leader_id: s.leader_id,
+            term: s.term,
+            last_log_index: s.last_log_index,
+            applied_index: s.applied_index,
+            state: s.state.to_string(),
+            members: s
+                .members
+                .into_iter()
+                .map(|m| pb::Member {
+                    node_id: m.node_id,
+                    peer_addr: m.peer_addr,
+                    role: m.role.to_string(),
+                    voter: m.voter,
+                    matched_index: m.matched_index,
+                })
+                .collect(),
+        }
+    }
+
+    fn api_reply(&self, reply: Reply) -> Result<Response<pb::ApiReply>, Status> {
+        match reply {
+            Reply::Api { group, api } => {
+                let state = self.node.state();
+                // Deployed stages come from the group as applied here, which includes this write.
+                let pb_api = state
+                    .groups
+                    .get(&group)
+                    .and_then(|g| convert::api_to_pb(g, &api.name))
+                    .unwrap_or(pb::Api {
+                        group,
+                        name: api.name.clone(),
+                        definition: Some(convert::definition_to_pb(&api.spec)),
+                        created_at_ms: api.created_at_ms,
+                        deployed_stages: vec![],
+                    });
+                Ok(Response::new(pb::ApiReply { api: Some(pb_api) }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn group_reply(reply: Reply) -> Result<Response<pb::ApiGroupReply>, Status> {
+    match reply {
+        Reply::Group(g) => Ok(Response::new(pb::ApiGroupReply {
+            group: Some(convert::group_to_pb(&g)),
+        })),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn check_definition(spec: &model::ApiSpec) -> Result<(), Status> {
+    check(validate::method(&spec.method))?;
+    check(validate::api_path(&spec.path))?;
+    check(validate::backend(&spec.backend))?;
+    check(validate::timeout_ms(spec.timeout_ms))
+}
+
+/// Checks the operator's bearer token on every admin call.
+#[derive(Clone)]
+pub struct OperatorToken {
+    token: Option<Arc<str>>,
+}
+
+impl OperatorToken {
+    /// `None` accepts every caller: only for an admin API bound to loopback.
+    pub fn new(token: Option<String>) -> Self {
+        OperatorToken {
+            token: token.map(|t| Arc::from(t.trim())),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for OperatorToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.token else {
+            return Ok(req);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("missing bearer token: set GATEWAY_TOKEN or --token-file")
+            })?;
+        if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("invalid bearer token"))
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -112,6 +112,14 @@ pub(crate) struct InstanceView<'a> {
     pub(crate) stats: &'a InstanceStats,
 }
 
+/// A per-instance metric: name, type, help, and how to read it.
+type PerInstance = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&InstanceView) -> String,
+);
+
 /// Writes the data plane's metrics in the Prometheus text format.
 pub(crate) fn render<'a>(
     out: &mut String,
@@ -145,7 +153,7 @@ pub(crate) fn render<'a>(
         }
     }
 
-    let per_instance: [(&str, &str, &str, fn(&InstanceView) -> String); 7] = [
+    let per_instance: [PerInstance; 7] = [
         (
             "gateway_throttled_total",
             "counter",

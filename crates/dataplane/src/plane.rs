@@ -214,11 +214,15 @@ impl Verdict {
         }
     }
 
-    pub(crate) fn record_status(&self, global: &GlobalStats, status: u16) {
+    /// Counts the response status in the metrics of the API (or group) the request resolved to.
+    /// The server calls it when the response head is ready.
+    #[inline]
+    pub fn record_status(&self, dataplane: &Dataplane, status: http::StatusCode) {
+        let status = status.as_u16();
         match &self.target {
             Target::Api(api) => api.status.record(status),
             Target::Group(g) => g.unmatched_status.record(status),
-            Target::Nobody => global.unrouted.record(status),
+            Target::Nobody => dataplane.inner.global.unrouted.record(status),
         }
     }
 }

@@ -195,12 +195,12 @@ pub(crate) async fn forward(
     let uri = backend
         .uri(path, parts.uri.query())
         .ok_or(ForwardError::Broken("the request path cannot be forwarded"))?;
-    let host = parts.headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The host the request was routed by: the URI's authority (HTTP/2, absolute form) wins.
+    let host = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| parts.headers.get(HOST).cloned());
     strip_hop_by_hop(&mut parts.headers);
     // The client sets Host from the backend URI.
     parts.headers.remove(HOST);

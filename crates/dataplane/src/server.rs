@@ -343,7 +343,10 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 
 /// Size of the request head as sent (close enough for a limit: HTTP/1 framing).
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len() + 7);
+    let line = req.method().as_str().len() + target + 12;
     req.headers()
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
@@ -436,7 +439,7 @@ async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Resp
         (_, Some(rejection)) => rejection.to_response(&request_id),
         (_, None) => GatewayError::BadRequest("no route").to_response(&request_id),
     };
-    verdict.record_status(&inner.global, response.status().as_u16());
+    verdict.record_status(dp, response.status());
     if let Some(usage) = verdict.usage() {
         response.body_mut().count_into(usage.clone());
     }

@@ -190,3 +190,120 @@ fn ceiling_change_takes_effect_in_place() {
     assert_within(&w[4..8], 0, 2.0 * c, 0.02, "raised");
     assert_within(&w[8..], 0, 0.5 * c, 0.02, "lowered");
 }
+
+fn single_node(clock: &Arc<FakeClock>, ceiling: u32) -> Dataplane {
+    let dp = Dataplane::with_options(DataplaneOptions {
+        node_id: 1,
+        clock: clock.clone(),
+        ..Default::default()
+    });
+    dp.publish(&config(ceiling));
+    dp
+}
+
+fn admitted_over(dp: &Dataplane, clock: &FakeClock, from: u64, to: u64, step: u64) -> u64 {
+    let mut n = 0;
+    let mut t = from;
+    while t < to {
+        clock.set(t);
+        if dp
+            .decide(None, Stage::Release, &Method::GET, "/x")
+            .is_admitted()
+        {
+            n += 1;
+        }
+        t += step;
+    }
+    n
+}
+
+#[test]
+fn republishing_keeps_the_limiter_booking() {
+    let clock = Arc::new(FakeClock::new(SEC));
+    let dp = single_node(&clock, 100);
+    // Exhaust the burst, then run a second at 10x overload.
+    let mut burst = 0;
+    while dp
+        .decide(None, Stage::Release, &Method::GET, "/x")
+        .is_admitted()
+    {
+        burst += 1;
+        assert!(burst < 1000);
+    }
+    assert_eq!(burst, 6); // 50 ms of quota, plus one
+    assert!((99..=100).contains(&admitted_over(&dp, &clock, SEC, 2 * SEC, MS / 10)));
+    // Republishing the same configuration many times grants nothing extra.
+    for _ in 0..50 {
+        dp.publish(&config(100));
+    }
+    assert_eq!(admitted_over(&dp, &clock, 2 * SEC, 3 * SEC, MS / 10), 100);
+    // A spec change applies in place: no burst on top of the new rate.
+    dp.publish(&config(300));
+    let raised = admitted_over(&dp, &clock, 3 * SEC, 4 * SEC, MS / 10);
+    assert!((299..=301).contains(&raised), "{raised}");
+    let s = &dp.instance_shares()[0];
+    assert_eq!((s.ceiling_rps, s.share, s.limit_rps), (300, 1.0, 300.0));
+}
+
+#[test]
+fn serving_nodes_set_the_even_share_until_reports_arrive() {
+    let clock = Arc::new(FakeClock::new(SEC));
+    let dp = single_node(&clock, 900);
+    assert_eq!(dp.instance_shares()[0].share, 1.0);
+    dp.set_serving_nodes(&[1, 2, 3], 1);
+    let s = &dp.instance_shares()[0];
+    assert!(
+        (s.share - 1.0 / 3.0).abs() < 1e-9 && (s.limit_rps - 300.0).abs() < 1e-6,
+        "{s:?}"
+    );
+    // An instance published later starts at the even share too.
+    let mut cfg = config(900);
+    cfg.instances.push(InstanceConfig {
+        name: "later".into(),
+        ceiling_rps: 600,
+        region: "cn-hangzhou".into(),
+    });
+    dp.publish(&cfg);
+    let later = dp
+        .instance_shares()
+        .into_iter()
+        .find(|s| s.instance == "later")
+        .unwrap();
+    assert!((later.limit_rps - 200.0).abs() < 1e-6, "{later:?}");
+    // Node 2 reports heavy demand on "dedicated", node 3 none; we have none either.
+    let heavy = dataplane::DemandReport {
+        window_ms: 100,
+        instances: vec![dataplane::InstanceDemand {
+            instance: "dedicated".into(),
+            offered_rps: 5000.0,
+        }],
+    };
+    dp.apply_peer_demand(2, &heavy, dp.now());
+    dp.apply_peer_demand(3, &dataplane::DemandReport::default(), dp.now());
+    let s = dp
+        .instance_shares()
+        .into_iter()
+        .find(|s| s.instance == "dedicated")
+        .unwrap();
+    assert!(
+        (s.share - dataplane::DEFAULT_SHARE_FLOOR).abs() < 1e-9,
+        "{s:?}"
+    );
+    // Node 2 leaves: its report no longer counts; node 3 and we split evenly (no demand).
+    dp.set_serving_nodes(&[1, 3], 1);
+    let s = dp
+        .instance_shares()
+        .into_iter()
+        .find(|s| s.instance == "dedicated")
+        .unwrap();
+    assert!((s.share - 0.5).abs() < 1e-9, "{s:?}");
+    // Node 3's report goes stale after a second: still 1/2 (silent peers take 1/N).
+    clock.advance(Duration::from_secs(2));
+    dp.demand_report();
+    let s = dp
+        .instance_shares()
+        .into_iter()
+        .find(|s| s.instance == "dedicated")
+        .unwrap();
+    assert!((s.share - 0.5).abs() < 1e-9, "{s:?}");
+}

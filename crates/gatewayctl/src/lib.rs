@@ -1,1 +1,684 @@
+//! `gatewayctl`, the gateway's admin CLI.
+//!
+//! This crate owns the command line: it parses the commands, calls the admin gRPC API of any
+//! node (the node forwards writes to the leader), and prints the result as a table or, with
+//! `-o json`, as JSON for scripts. Any error exits non-zero with the server's message.
 
+mod output;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use output::{Format, Table, print};
+use proto::admin as pb;
+use proto::admin::admin_client::AdminClient;
+use serde_json::json;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(name = "gatewayctl", version, about = "Administer a gateway cluster")]
+pub struct Cli {
+    /// The admin API of any node.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_ENDPOINT",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    endpoint: String,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+    /// A file holding the bearer token (else GATEWAY_TOKEN).
+    #[arg(long, global = true, env = "GATEWAY_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// How long to wait for an answer, in seconds.
+    #[arg(long, global = true, default_value_t = 15)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Dedicated instances.
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// The instance specs on offer.
+    #[command(subcommand)]
+    Spec(ListOnly),
+    /// The regions on offer.
+    #[command(subcommand)]
+    Region(ListOnly),
+    /// API groups.
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// APIs and their deployments.
+    #[command(subcommand)]
+    Api(ApiCmd),
+    /// Cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ListOnly {
+    List,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ChargeArg {
+    Postpaid,
+    Month,
+    Year,
+}
+
+#[derive(Debug, Subcommand)]
+enum InstanceCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long, value_enum, default_value = "postpaid")]
+        charge_type: ChargeArg,
+        #[arg(long, default_value = "")]
+        account: String,
+    },
+    List,
+    Get {
+        #[arg(long)]
+        name: String,
+    },
+    ModifySpec {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        spec: String,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        /// `shared` or a dedicated instance.
+        #[arg(long, default_value = "shared")]
+        instance: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        base_path: Option<String>,
+        #[arg(long, default_value = "")]
+        account: String,
+    },
+    /// Change a group's instance, host or base path (an empty value removes host or base path).
+    Modify {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        base_path: Option<String>,
+    },
+    List,
+    Get {
+        #[arg(long)]
+        name: String,
+    },
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ApiDef {
+    #[arg(long)]
+    method: String,
+    #[arg(long)]
+    path: String,
+    #[arg(long)]
+    backend: String,
+    /// Backend timeout, e.g. 5s, 300ms.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiCmd {
+    Create {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        def: ApiDef,
+    },
+    Modify {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        def: ApiDef,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        group: String,
+    },
+    Get {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+    },
+    Delete {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+    },
+    Deploy {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "RELEASE")]
+        stage: String,
+    },
+    Abolish {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "RELEASE")]
+        stage: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    Status,
+    AddLearner {
+        #[arg(long)]
+        node_id: u64,
+        /// The learner's peer address, HOST:PORT.
+        #[arg(long)]
+        peer_addr: String,
+    },
+    Promote {
+        #[arg(long)]
+        node_id: u64,
+    },
+    Remove {
+        #[arg(long)]
+        node_id: u64,
+    },
+}
+
+/// Parses `5s`, `250ms`, `2m` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1000)
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 5s, 250ms or 2m"))?;
+    Ok(Duration::from_millis(n * mult_ms))
+}
+
+type Client = AdminClient<InterceptedService<Channel, Auth>>;
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+fn token(cli: &Cli) -> Result<Option<String>> {
+    if let Some(path) = &cli.token_file {
+        let t = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --token-file {}", path.display()))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    Ok(std::env::var("GATEWAY_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty()))
+}
+
+async fn connect(cli: &Cli) -> Result<Client> {
+    let channel = tonic::transport::Endpoint::from_shared(cli.endpoint.clone())
+        .with_context(|| format!("invalid --endpoint {}", cli.endpoint))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(cli.timeout))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", cli.endpoint))?;
+    let auth = match token(cli)? {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .context("the token has characters that cannot be sent")?,
+        ),
+        None => None,
+    };
+    Ok(AdminClient::with_interceptor(channel, Auth(auth)))
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("error: {:?}: {}", s.code(), s.message()),
+                None => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let f = cli.output;
+    let mut c = connect(&cli).await?;
+    match cli.command {
+        Cmd::Instance(cmd) => instance(&mut c, f, cmd).await,
+        Cmd::Spec(ListOnly::List) => {
+            let specs = c
+                .describe_specs(pb::DescribeSpecsRequest {})
+                .await?
+                .into_inner()
+                .specs;
+            let v = json!(
+                specs
+                    .iter()
+                    .map(|s| json!({"name": s.name, "max_rps": s.max_rps, "sla": s.sla}))
+                    .collect::<Vec<_>>()
+            );
+            print(f, v, || {
+                let mut t = Table::new(&["SPEC", "MAX RPS", "SLA"]);
+                for s in &specs {
+                    t.row(vec![s.name.clone(), s.max_rps.to_string(), s.sla.clone()]);
+                }
+                t
+            });
+            Ok(())
+        }
+        Cmd::Region(ListOnly::List) => {
+            let regions = c
+                .describe_regions(pb::DescribeRegionsRequest {})
+                .await?
+                .into_inner()
+                .regions;
+            let v = json!(
+                regions
+                    .iter()
+                    .map(|r| json!({"id": r.id, "name": r.name}))
+                    .collect::<Vec<_>>()
+            );
+            print(f, v, || {
+                let mut t = Table::new(&["REGION", "NAME"]);
+                for r in &regions {
+                    t.row(vec![r.id.clone(), r.name.clone()]);
+                }
+                t
+            });
+            Ok(())
+        }
+        Cmd::Group(cmd) => group(&mut c, f, cmd).await,
+        Cmd::Api(cmd) => api(&mut c, f, cmd).await,
+        Cmd::Cluster(cmd) => cluster(&mut c, f, cmd).await,
+    }
+}
+
+fn print_instance(f: Format, i: Option<pb::Instance>) -> Result<()> {
+    let Some(i) = i else {
+        bail!("the server returned no instance")
+    };
+    print(f, output::instance_json(&i), || {
+        output::instances_table(std::slice::from_ref(&i))
+    });
+    Ok(())
+}
+
+fn print_deleted(f: Format, d: pb::DeleteReply) {
+    print(f, json!({"deleted": d.kind, "name": d.name}), || {
+        let mut t = Table::new(&["DELETED", "NAME"]);
+        t.row(vec![d.kind.clone(), d.name.clone()]);
+        t
+    });
+}
+
+async fn instance(c: &mut Client, f: Format, cmd: InstanceCmd) -> Result<()> {
+    match cmd {
+        InstanceCmd::Create {
+            name,
+            spec,
+            region,
+            charge_type,
+            account,
+        } => {
+            let charge_type = match charge_type {
+                ChargeArg::Postpaid => pb::ChargeType::Postpaid,
+                ChargeArg::Month => pb::ChargeType::Month,
+                ChargeArg::Year => pb::ChargeType::Year,
+            } as i32;
+            let r = c
+                .create_instance(pb::CreateInstanceRequest {
+                    name,
+                    spec,
+                    region,
+                    charge_type,
+                    account,
+                })
+                .await?;
+            print_instance(f, r.into_inner().instance)
+        }
+        InstanceCmd::List => {
+            let list = c
+                .describe_instances(pb::DescribeInstancesRequest::default())
+                .await?
+                .into_inner()
+                .instances;
+            let v = json!(list.iter().map(output::instance_json).collect::<Vec<_>>());
+            print(f, v, || output::instances_table(&list));
+            Ok(())
+        }
+        InstanceCmd::Get { name } => {
+            let mut list = c
+                .describe_instances(pb::DescribeInstancesRequest { name })
+                .await?
+                .into_inner()
+                .instances;
+            print_instance(f, list.pop())
+        }
+        InstanceCmd::ModifySpec { name, spec } => {
+            let r = c
+                .modify_instance_spec(pb::ModifyInstanceSpecRequest { name, spec })
+                .await?;
+            print_instance(f, r.into_inner().instance)
+        }
+        InstanceCmd::Delete { name } => {
+            let r = c
+                .delete_instance(pb::DeleteInstanceRequest { name })
+                .await?;
+            print_deleted(f, r.into_inner());
+            Ok(())
+        }
+    }
+}
+
+fn print_group(f: Format, g: Option<pb::ApiGroup>) -> Result<()> {
+    let Some(g) = g else {
+        bail!("the server returned no group")
+    };
+    print(f, output::group_json(&g), || {
+        output::groups_table(std::slice::from_ref(&g))
+    });
+    Ok(())
+}
+
+async fn group(c: &mut Client, f: Format, cmd: GroupCmd) -> Result<()> {
+    match cmd {
+        GroupCmd::Create {
+            name,
+            instance,
+            host,
+            base_path,
+            account,
+        } => {
+            let r = c
+                .create_api_group(pb::CreateApiGroupRequest {
+                    name,
+                    instance,
+                    host,
+                    base_path,
+                    account,
+                })
+                .await?;
+            print_group(f, r.into_inner().group)
+        }
+        GroupCmd::Modify {
+            name,
+            instance,
+            host,
+            base_path,
+        } => {
+            let r = c
+                .modify_api_group(pb::ModifyApiGroupRequest {
+                    name,
+                    instance,
+                    host,
+                    base_path,
+                })
+                .await?;
+            print_group(f, r.into_inner().group)
+        }
+        GroupCmd::List => {
+            let list = c
+                .describe_api_groups(pb::DescribeApiGroupsRequest::default())
+                .await?
+                .into_inner()
+                .groups;
+            let v = json!(list.iter().map(output::group_json).collect::<Vec<_>>());
+            print(f, v, || output::groups_table(&list));
+            Ok(())
+        }
+        GroupCmd::Get { name } => {
+            let mut list = c
+                .describe_api_groups(pb::DescribeApiGroupsRequest { name })
+                .await?
+                .into_inner()
+                .groups;
+            print_group(f, list.pop())
+        }
+        GroupCmd::Delete { name } => {
+            let r = c
+                .delete_api_group(pb::DeleteApiGroupRequest { name })
+                .await?;
+            print_deleted(f, r.into_inner());
+            Ok(())
+        }
+    }
+}
+
+fn definition(d: ApiDef) -> Option<pb::ApiDefinition> {
+    Some(pb::ApiDefinition {
+        method: d.method.to_ascii_uppercase(),
+        path: d.path,
+        backend: d.backend,
+        timeout_ms: d.timeout.as_millis() as u64,
+    })
+}
+
+fn print_api(f: Format, a: Option<pb::Api>) -> Result<()> {
+    let Some(a) = a else {
+        bail!("the server returned no API")
+    };
+    print(f, output::api_json(&a), || {
+        output::apis_table(std::slice::from_ref(&a))
+    });
+    Ok(())
+}
+
+async fn api(c: &mut Client, f: Format, cmd: ApiCmd) -> Result<()> {
+    match cmd {
+        ApiCmd::Create { group, name, def } => {
+            let r = c
+                .create_api(pb::CreateApiRequest {
+                    group,
+                    name,
+                    definition: definition(def),
+                })
+                .await?;
+            print_api(f, r.into_inner().api)
+        }
+        ApiCmd::Modify { group, name, def } => {
+            let r = c
+                .modify_api(pb::ModifyApiRequest {
+                    group,
+                    name,
+                    definition: definition(def),
+                })
+                .await?;
+            print_api(f, r.into_inner().api)
+        }
+        ApiCmd::List { group } => {
+            let list = c
+                .describe_apis(pb::DescribeApisRequest {
+                    group,
+                    name: String::new(),
+                })
+                .await?
+                .into_inner()
+                .apis;
+            let v = json!(list.iter().map(output::api_json).collect::<Vec<_>>());
+            print(f, v, || output::apis_table(&list));
+            Ok(())
+        }
+        ApiCmd::Get { group, name } => {
+            let mut list = c
+                .describe_apis(pb::DescribeApisRequest { group, name })
+                .await?
+                .into_inner()
+                .apis;
+            print_api(f, list.pop())
+        }
+        ApiCmd::Delete { group, name } => {
+            let r = c.delete_api(pb::DeleteApiRequest { group, name }).await?;
+            print_deleted(f, r.into_inner());
+            Ok(())
+        }
+        ApiCmd::Deploy { group, name, stage } => {
+            let r = c
+                .deploy_api(pb::DeployApiRequest { group, name, stage })
+                .await?
+                .into_inner();
+            let d = r.deployment.unwrap_or_default();
+            let mut v = output::deployment_json(&d);
+            v["group"] = json!(r.group);
+            print(f, v, || {
+                let mut t = Table::new(&["GROUP", "API", "STAGE", "DEPLOYED AT (ms)"]);
+                t.row(vec![
+                    r.group.clone(),
+                    d.api.clone(),
+                    d.stage.clone(),
+                    d.deployed_at_ms.to_string(),
+                ]);
+                t
+            });
+            Ok(())
+        }
+        ApiCmd::Abolish { group, name, stage } => {
+            let r = c
+                .abolish_api(pb::AbolishApiRequest { group, name, stage })
+                .await?;
+            print_deleted(f, r.into_inner());
+            Ok(())
+        }
+    }
+}
+
+async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
+    let status = match cmd {
+        ClusterCmd::Status => c.describe_cluster(pb::DescribeClusterRequest {}).await?,
+        ClusterCmd::AddLearner { node_id, peer_addr } => {
+            c.add_learner(pb::AddLearnerRequest { node_id, peer_addr })
+                .await?
+        }
+        ClusterCmd::Promote { node_id } => {
+            c.promote_learner(pb::PromoteLearnerRequest { node_id })
+                .await?
+        }
+        ClusterCmd::Remove { node_id } => c.remove_node(pb::RemoveNodeRequest { node_id }).await?,
+    }
+    .into_inner();
+    match f {
+        Format::Json => print(f, output::cluster_json(&status), || Table::new(&[])),
+        Format::Table => {
+            println!(
+                "node {} ({})  leader: {}  term: {}  last log: {}  applied: {}\n",
+                status.node_id,
+                status.state,
+                output::opt(status.leader_id),
+                status.term,
+                output::opt(status.last_log_index),
+                output::opt(status.applied_index),
+            );
+            print!("{}", output::cluster_table(&status).render());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tables_align() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["wide-cell".into(), "x".into()]);
+        assert_eq!(t.render(), "A          LONGER\nwide-cell  x\n");
+    }
+}

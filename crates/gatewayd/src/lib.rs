@@ -1,1 +1,140 @@
+//! `gatewayd`, the gateway node.
+//!
+//! This crate owns the node's settings ([`settings`]) and its wiring: it opens the Raft node,
+//! serves the peer and admin gRPC services, the data plane and the ops endpoints, and shuts
+//! them down in order on SIGTERM. The binary itself is `src/bin/gatewayd.rs` at the workspace
+//! root, which only calls [`main`].
 
+pub mod settings;
+
+use anyhow::{Context, Result};
+use catalog::Catalog;
+use cluster::service::PeerService;
+use cluster::{Node, NodeConfig};
+use settings::{Flags, Settings};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Parses flags, sets up logging and runs the node until SIGTERM or SIGINT.
+pub fn main() -> Result<()> {
+    let flags = <Flags as clap::Parser>::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let settings = flags.resolve()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(settings, shutdown_signal()))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+async fn bind(what: &str, addr: std::net::SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let catalog = Arc::new(match &s.catalog {
+        Some(path) => Catalog::from_file(path)?,
+        None => Catalog::builtin().clone(),
+    });
+    // Bind every port first, so that a port in use stops the node before it joins anything.
+    let peer_listener = bind("--listen-peer", s.listen_peer).await?;
+    let admin_listener = bind("--listen-admin", s.listen_admin).await?;
+
+    let mut cfg = NodeConfig::new(s.node_id, s.data_dir.clone(), s.advertise_peer.clone());
+    cfg.voters = s.voters.clone();
+    cfg.catalog = catalog.clone();
+    cfg.heartbeat = s.heartbeat;
+    cfg.election_timeout = (s.election_timeout, s.election_timeout * 2);
+    let node = Node::start(cfg).await.with_context(|| {
+        format!(
+            "cannot start node {} in {}",
+            s.node_id,
+            s.data_dir.display()
+        )
+    })?;
+    tracing::info!(
+        node = s.node_id,
+        peer = %s.listen_peer,
+        admin = %s.listen_admin,
+        voters = ?s.voters,
+        "gatewayd started"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(PeerService::new(node.clone()))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener),
+            stopped(stop_rx.clone()),
+        );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            "gateway.admin.v1.Admin",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("gRPC reflection")?;
+    let admin = admin::AdminService::new(node.clone(), catalog.clone());
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        admin,
+        admin::OperatorToken::new(s.admin_token.clone()),
+    );
+    let admin_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(admin_listener),
+            stopped(stop_rx.clone()),
+        );
+
+    let peer_task = tokio::spawn(peer_server);
+    let admin_task = tokio::spawn(admin_server);
+
+    shutdown.await;
+    health
+        .set_service_status(
+            "gateway.admin.v1.Admin",
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    node.shutdown().await;
+    let _ = peer_task.await;
+    tracing::info!(node = s.node_id, "gatewayd stopped");
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Between the replicated model and the admin API's protobuf messages.
+
+use model::{ApiGroup, ApiSpec, ChargeType, Instance, Stage};
+use proto::admin as pb;
+
+pub fn charge_type_to_pb(c: ChargeType) -> pb::ChargeType {
+    match c {
+        ChargeType::Postpaid => pb::ChargeType::Postpaid,
+        ChargeType::Month => pb::ChargeType::Month,
+        ChargeType::Year => pb::ChargeType::Year,
+    }
+}
+
+pub fn instance_to_pb(i: &Instance, catalog: &catalog::Catalog) -> pb::Instance {
+    let spec = catalog.spec(&i.spec).ok();
+    pb::Instance {
+        name: i.name.clone(),
+        spec: i.spec.clone(),
+        max_rps: spec.map(|s| s.max_rps).unwrap_or(0),
+        sla: spec.map(|s| s.sla.clone()).unwrap_or_default(),
+        region: i.region.clone(),
+        charge_type: charge_type_to_pb(i.charge_type) as i32,
+        account: i.account.clone(),
+        created_at_ms: i.created_at_ms,
+        spec_changed_at_ms: i
+            .spec_history
+            .last()
+            .map(|c| c.at_ms)
+            .unwrap_or(i.created_at_ms),
+    }
+}
+
+pub fn definition_to_pb(s: &ApiSpec) -> pb::ApiDefinition {
+    pb::ApiDefinition {
+        method: s.method.clone(),
+        path: s.path.clone(),
+        backend: s.backend.clone(),
+        timeout_ms: s.timeout_ms,
+    }
+}
+
+pub fn definition_from_pb(d: Option<pb::ApiDefinition>) -> ApiSpec {
+    let d = d.unwrap_or_default();
+    ApiSpec {
+        method: d.method.to_ascii_uppercase(),
+        path: d.path,
+        backend: d.backend,
+        timeout_ms: if d.timeout_ms == 0 {
+            5_000
+        } else {
+            d.timeout_ms
+        },
+    }
+}
+
+pub fn group_to_pb(g: &ApiGroup) -> pb::ApiGroup {
+    pb::ApiGroup {
+        name: g.name.clone(),
+        account: g.account.clone(),
+        instance: g.instance.clone(),
+        host: g.host.clone(),
+        base_path: g.base_path.clone(),
+        created_at_ms: g.created_at_ms,
+        apis: g.apis.keys().cloned().collect(),
+        deployments: g
+            .deployments
+            .iter()
+            .flat_map(|(stage, apis)| {
+                apis.iter().map(move |(name, d)| pb::Deployment {
+                    stage: stage.as_str().to_string(),
+                    api: name.clone(),
+                    definition: Some(definition_to_pb(&d.spec)),
+                    deployed_at_ms: d.deployed_at_ms,
+                })
+            })
+            .collect(),
+    }
+}
+
+pub fn api_to_pb(g: &ApiGroup, name: &str) -> Option<pb::Api> {
+    let api = g.apis.get(name)?;
+    Some(pb::Api {
+        group: g.name.clone(),
+        name: api.name.clone(),
+        definition: Some(definition_to_pb(&api.spec)),
+        created_at_ms: api.created_at_ms,
+        deployed_stages: Stage::ALL
+            .iter()
+            .filter(|st| g.deployments.get(st).is_some_and(|d| d.contains_key(name)))
+            .map(|st| st.as_str().to_string())
+            .collect(),
+    })
+}

@@ -1,0 +1,213 @@
+//! How results are shown: aligned tables for people, JSON for scripts.
+
+use proto::admin as pb;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// A table: a header and rows of cells, printed with aligned columns.
+pub struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&'static str]) -> Self {
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
+        for r in &self.rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            let mut s = String::new();
+            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+                if i + 1 == cells.len() {
+                    s.push_str(c);
+                } else {
+                    s.push_str(&format!("{c:<w$}  "));
+                }
+            }
+            s.trim_end().to_string() + "\n"
+        };
+        let mut out = line(self.header.clone());
+        for r in &self.rows {
+            out.push_str(&line(r.iter().map(String::as_str).collect()));
+        }
+        out
+    }
+}
+
+/// Prints `value` as JSON, or `table` for people.
+pub fn print(format: Format, value: Value, table: impl FnOnce() -> Table) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
+        Format::Table => print!("{}", table().render()),
+    }
+}
+
+pub fn charge_type_name(c: i32) -> &'static str {
+    match pb::ChargeType::try_from(c) {
+        Ok(pb::ChargeType::Month) => "month",
+        Ok(pb::ChargeType::Year) => "year",
+        _ => "postpaid",
+    }
+}
+
+pub fn instance_json(i: &pb::Instance) -> Value {
+    json!({
+        "name": i.name,
+        "spec": i.spec,
+        "max_rps": i.max_rps,
+        "sla": i.sla,
+        "region": i.region,
+        "charge_type": charge_type_name(i.charge_type),
+        "account": i.account,
+        "created_at_ms": i.created_at_ms,
+        "spec_changed_at_ms": i.spec_changed_at_ms,
+    })
+}
+
+pub fn instances_table(list: &[pb::Instance]) -> Table {
+    let mut t = Table::new(&["NAME", "SPEC", "MAX RPS", "REGION", "CHARGE", "ACCOUNT"]);
+    for i in list {
+        t.row(vec![
+            i.name.clone(),
+            i.spec.clone(),
+            i.max_rps.to_string(),
+            i.region.clone(),
+            charge_type_name(i.charge_type).into(),
+            i.account.clone(),
+        ]);
+    }
+    t
+}
+
+pub fn definition_json(d: &Option<pb::ApiDefinition>) -> Value {
+    let d = d.clone().unwrap_or_default();
+    json!({"method": d.method, "path": d.path, "backend": d.backend, "timeout_ms": d.timeout_ms})
+}
+
+pub fn group_json(g: &pb::ApiGroup) -> Value {
+    json!({
+        "name": g.name,
+        "account": g.account,
+        "instance": g.instance,
+        "host": g.host,
+        "base_path": g.base_path,
+        "created_at_ms": g.created_at_ms,
+        "apis": g.apis,
+        "deployments": g.deployments.iter().map(deployment_json).collect::<Vec<_>>(),
+    })
+}
+
+pub fn deployment_json(d: &pb::Deployment) -> Value {
+    json!({
+        "stage": d.stage,
+        "api": d.api,
+        "definition": definition_json(&d.definition),
+        "deployed_at_ms": d.deployed_at_ms,
+    })
+}
+
+pub fn groups_table(list: &[pb::ApiGroup]) -> Table {
+    let mut t = Table::new(&["NAME", "INSTANCE", "HOST", "BASE PATH", "APIS", "DEPLOYED"]);
+    for g in list {
+        t.row(vec![
+            g.name.clone(),
+            g.instance.clone(),
+            g.host.clone().unwrap_or_else(|| "*".into()),
+            g.base_path.clone().unwrap_or_else(|| "-".into()),
+            g.apis.len().to_string(),
+            g.deployments.len().to_string(),
+        ]);
+    }
+    t
+}
+
+pub fn api_json(a: &pb::Api) -> Value {
+    json!({
+        "group": a.group,
+        "name": a.name,
+        "definition": definition_json(&a.definition),
+        "created_at_ms": a.created_at_ms,
+        "deployed_stages": a.deployed_stages,
+    })
+}
+
+pub fn apis_table(list: &[pb::Api]) -> Table {
+    let mut t = Table::new(&[
+        "GROUP", "NAME", "METHOD", "PATH", "BACKEND", "TIMEOUT", "STAGES",
+    ]);
+    for a in list {
+        let d = a.definition.clone().unwrap_or_default();
+        t.row(vec![
+            a.group.clone(),
+            a.name.clone(),
+            d.method,
+            d.path,
+            d.backend,
+            format!("{}ms", d.timeout_ms),
+            a.deployed_stages.join(","),
+        ]);
+    }
+    t
+}
+
+pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
+    json!({
+        "node_id": s.node_id,
+        "leader_id": s.leader_id,
+        "term": s.term,
+        "state": s.state,
+        "last_log_index": s.last_log_index,
+        "applied_index": s.applied_index,
+        "members": s.members.iter().map(|m| json!({
+            "node_id": m.node_id,
+            "peer_addr": m.peer_addr,
+            "role": m.role,
+            "voter": m.voter,
+            "matched_index": m.matched_index,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn cluster_table(s: &pb::ClusterStatus) -> Table {
+    let mut t = Table::new(&["NODE", "ROLE", "VOTER", "PEER ADDRESS", "MATCHED INDEX"]);
+    for m in &s.members {
+        let me = if m.node_id == s.node_id {
+            " (this node)"
+        } else {
+            ""
+        };
+        t.row(vec![
+            format!("{}{me}", m.node_id),
+            m.role.clone(),
+            if m.voter { "yes" } else { "no" }.into(),
+            m.peer_addr.clone(),
+            m.matched_index
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t
+}
+
+pub fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+}

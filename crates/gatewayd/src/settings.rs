@@ -1,0 +1,402 @@
+//! gatewayd's settings: flags, `GATEWAY_*` environment variables and a TOML file.
+//!
+//! Precedence: a flag or its environment variable, then the file given with `--config`, then the
+//! default. Every setting is resolved and checked here, before anything starts, so that a bad
+//! one stops the node with a message naming it.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A gateway node: Raft over gRPC, an admin API, and the data plane.
+#[derive(Debug, Default, clap::Parser, Deserialize)]
+#[command(name = "gatewayd", version, about)]
+#[serde(deny_unknown_fields)]
+pub struct Flags {
+    /// A TOML file with any of these settings (keys are the flag names with underscores).
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id (1 or more) [default: 1].
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Where the node keeps its data [default: ./gateway-data].
+    #[arg(long, env = "GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Admin gRPC address [default: 127.0.0.1:9090].
+    #[arg(long, env = "GATEWAY_LISTEN_ADMIN")]
+    pub listen_admin: Option<SocketAddr>,
+    /// Peer (Raft) gRPC address [default: 127.0.0.1:9091].
+    #[arg(long, env = "GATEWAY_LISTEN_PEER")]
+    pub listen_peer: Option<SocketAddr>,
+    /// Data-plane HTTP address [default: 127.0.0.1:8080].
+    #[arg(long, env = "GATEWAY_LISTEN_HTTP")]
+    pub listen_http: Option<SocketAddr>,
+    /// Ops HTTP address for /metrics, /healthz, /readyz [default: 127.0.0.1:9100].
+    #[arg(long, env = "GATEWAY_LISTEN_OPS")]
+    pub listen_ops: Option<SocketAddr>,
+    /// The initial voters' peer addresses: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT. A node whose id
+    /// is not listed joins them as a learner. Without it, the node is a cluster of one.
+    #[arg(long, env = "GATEWAY_PEERS")]
+    pub peers: Option<String>,
+    /// The HOST:PORT peers use to reach this node [default: its entry in --peers, or --listen-peer].
+    #[arg(long, env = "GATEWAY_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// A price catalog file to use instead of the built-in one (every node must use the same).
+    #[arg(long, env = "GATEWAY_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// A file holding the operator's bearer token for the admin API. Without it the admin API
+    /// only listens on loopback.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Derive the node id and the voters from a Kubernetes StatefulSet's identity: the hostname
+    /// NAME-N gives node id N+1, and voters are NAME-K.SERVICE.NAMESPACE.svc.DOMAIN.
+    #[arg(long, env = "GATEWAY_PEERS_FROM_STATEFULSET", num_args = 0..=1, default_missing_value = "true")]
+    pub peers_from_statefulset: Option<bool>,
+    /// The StatefulSet's headless service [default: gateway-peer].
+    #[arg(long, env = "GATEWAY_STATEFULSET_SERVICE")]
+    pub statefulset_service: Option<String>,
+    /// How many of the StatefulSet's first pods are voters [default: 3].
+    #[arg(long, env = "GATEWAY_STATEFULSET_VOTERS")]
+    pub statefulset_voters: Option<u64>,
+    /// The cluster's DNS domain [default: cluster.local].
+    #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN")]
+    pub cluster_domain: Option<String>,
+    /// Raft heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "GATEWAY_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Raft election timeout in milliseconds; each election waits a random time between this
+    /// and twice it [default: 500].
+    #[arg(long, env = "GATEWAY_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
+    #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
+    pub drain_seconds: Option<u64>,
+}
+
+/// Everything the node needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub listen_admin: SocketAddr,
+    pub listen_peer: SocketAddr,
+    pub listen_http: SocketAddr,
+    pub listen_ops: SocketAddr,
+    pub voters: BTreeMap<u64, String>,
+    pub advertise_peer: String,
+    pub catalog: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub drain: Duration,
+}
+
+impl Flags {
+    /// Fills what the flags leave unset from the config file.
+    fn merge_file(mut self) -> Result<Flags> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let file: Flags = toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))?;
+        macro_rules! fill {
+            ($($f:ident),*) => { $( if self.$f.is_none() { self.$f = file.$f; } )* };
+        }
+        fill!(
+            node_id,
+            data_dir,
+            listen_admin,
+            listen_peer,
+            listen_http,
+            listen_ops,
+            peers,
+            advertise_peer,
+            catalog,
+            admin_token_file,
+            peers_from_statefulset,
+            statefulset_service,
+            statefulset_voters,
+            cluster_domain,
+            heartbeat_ms,
+            election_timeout_ms,
+            drain_seconds
+        );
+        Ok(self)
+    }
+
+    pub fn resolve(self) -> Result<Settings> {
+        let f = self.merge_file()?;
+        let listen_peer = f.listen_peer.unwrap_or(([127, 0, 0, 1], 9091).into());
+        let (node_id, voters, advertise) = if f.peers_from_statefulset.unwrap_or(false) {
+            if f.peers.is_some() || f.node_id.is_some() {
+                bail!(
+                    "--peers-from-statefulset derives --node-id and --peers; do not set them too"
+                );
+            }
+            let hostname = hostname()?;
+            let namespace = std::env::var("POD_NAMESPACE").map_err(|_| {
+                anyhow!("--peers-from-statefulset needs POD_NAMESPACE (from the downward API)")
+            })?;
+            let sts = StatefulSet {
+                service: f
+                    .statefulset_service
+                    .clone()
+                    .unwrap_or_else(|| "gateway-peer".into()),
+                namespace,
+                domain: f
+                    .cluster_domain
+                    .clone()
+                    .unwrap_or_else(|| "cluster.local".into()),
+                voters: f.statefulset_voters.unwrap_or(3),
+                peer_port: listen_peer.port(),
+            };
+            let (id, voters, me) = sts.derive(&hostname)?;
+            (id, voters, f.advertise_peer.clone().unwrap_or(me))
+        } else {
+            let node_id = f.node_id.unwrap_or(1);
+            if node_id == 0 {
+                bail!("invalid --node-id 0: node ids start at 1");
+            }
+            let mut voters = match &f.peers {
+                Some(p) => parse_peers(p)?,
+                None => BTreeMap::new(),
+            };
+            let advertise = match (&f.advertise_peer, voters.get(&node_id)) {
+                (Some(a), _) => a.clone(),
+                (None, Some(a)) => a.clone(),
+                (None, None) if listen_peer.ip().is_unspecified() => {
+                    bail!(
+                        "--listen-peer {listen_peer} is not an address peers can use: set --advertise-peer"
+                    )
+                }
+                (None, None) => listen_peer.to_string(),
+            };
+            if voters.is_empty() {
+                voters.insert(node_id, advertise.clone());
+            }
+            (node_id, voters, advertise)
+        };
+        let listen_admin = f.listen_admin.unwrap_or(([127, 0, 0, 1], 9090).into());
+        let admin_token = match &f.admin_token_file {
+            Some(path) => {
+                let t = std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read --admin-token-file {}", path.display())
+                })?;
+                let t = t.trim().to_string();
+                if t.len() < 16 {
+                    bail!(
+                        "the admin token in {} is shorter than 16 characters",
+                        path.display()
+                    );
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        if admin_token.is_none() && !listen_admin.ip().is_loopback() {
+            bail!(
+                "--listen-admin {listen_admin} is not a loopback address: give --admin-token-file so that the admin API is not open to anyone who can reach it"
+            );
+        }
+        let election = f.election_timeout_ms.unwrap_or(500);
+        let heartbeat = f.heartbeat_ms.unwrap_or(100);
+        if heartbeat == 0 || election <= heartbeat * 2 {
+            bail!(
+                "--election-timeout-ms ({election}) must be more than twice --heartbeat-ms ({heartbeat})"
+            );
+        }
+        Ok(Settings {
+            node_id,
+            data_dir: f.data_dir.unwrap_or_else(|| PathBuf::from("gateway-data")),
+            listen_admin,
+            listen_peer,
+            listen_http: f.listen_http.unwrap_or(([127, 0, 0, 1], 8080).into()),
+            listen_ops: f.listen_ops.unwrap_or(([127, 0, 0, 1], 9100).into()),
+            voters,
+            advertise_peer: advertise,
+            catalog: f.catalog,
+            admin_token,
+            heartbeat: Duration::from_millis(heartbeat),
+            election_timeout: Duration::from_millis(election),
+            drain: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
+        })
+    }
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>> {
+    let mut out = BTreeMap::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = |why: &str| {
+            anyhow!(
+                "malformed --peers entry '{entry}': {why} (expected ID=HOST:PORT, e.g. 1=127.0.0.1:9091)"
+            )
+        };
+        let (id, addr) = entry.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad("the id is not a number"))?;
+        if id == 0 {
+            return Err(bad("node ids start at 1"));
+        }
+        let addr = addr.trim();
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad(
+                "the address must be HOST:PORT with a port from 1 to 65535",
+            ));
+        }
+        if out.insert(id, addr.to_string()).is_some() {
+            return Err(bad("the id is listed twice"));
+        }
+    }
+    if out.is_empty() {
+        bail!("--peers is empty (expected ID=HOST:PORT,...)");
+    }
+    Ok(out)
+}
+
+/// The pod's identity in a StatefulSet.
+struct StatefulSet {
+    service: String,
+    namespace: String,
+    domain: String,
+    voters: u64,
+    peer_port: u16,
+}
+
+impl StatefulSet {
+    /// From hostname `NAME-N`: node id N+1, the voters' DNS names, and this pod's own.
+    fn derive(&self, hostname: &str) -> Result<(u64, BTreeMap<u64, String>, String)> {
+        let (name, ordinal) = hostname
+            .rsplit_once('-')
+            .and_then(|(n, o)| Some((n, o.parse::<u64>().ok()?)))
+            .ok_or_else(|| {
+                anyhow!("hostname '{hostname}' is not a StatefulSet pod name like gateway-0")
+            })?;
+        if self.voters == 0 {
+            bail!("--statefulset-voters must be 1 or more");
+        }
+        let dns = |k: u64| {
+            format!(
+                "{name}-{k}.{}.{}.svc.{}:{}",
+                self.service, self.namespace, self.domain, self.peer_port
+            )
+        };
+        let voters = (0..self.voters).map(|k| (k + 1, dns(k))).collect();
+        Ok((ordinal + 1, voters, dns(ordinal)))
+    }
+}
+
+fn hostname() -> Result<String> {
+    if let Ok(h) = std::env::var("HOSTNAME")
+        && !h.is_empty()
+    {
+        return Ok(h);
+    }
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .context("cannot read the hostname")?;
+    Ok(h.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers() {
+        let p = parse_peers("1=127.0.0.1:9091, 2=host-b:9091,3=[::1]:7").unwrap();
+        assert_eq!(p[&2], "host-b:9091");
+        assert_eq!(p.len(), 3);
+        for bad in [
+            "",
+            "1",
+            "x=a:1",
+            "0=a:1",
+            "1=a",
+            "1=a:0",
+            "1=a:1,1=b:2",
+            "1=:5",
+        ] {
+            let e = parse_peers(bad).unwrap_err().to_string();
+            assert!(e.contains("--peers"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn statefulset_identity() {
+        let s = StatefulSet {
+            service: "gateway-peer".into(),
+            namespace: "gw".into(),
+            domain: "cluster.local".into(),
+            voters: 3,
+            peer_port: 9091,
+        };
+        let (id, voters, me) = s.derive("gateway-4").unwrap();
+        assert_eq!(id, 5);
+        assert_eq!(voters.len(), 3);
+        assert_eq!(
+            voters[&1],
+            "gateway-0.gateway-peer.gw.svc.cluster.local:9091"
+        );
+        assert_eq!(me, "gateway-4.gateway-peer.gw.svc.cluster.local:9091");
+        assert!(s.derive("gateway").is_err());
+    }
+
+    #[test]
+    fn defaults_make_a_single_node_cluster() {
+        let s = Flags::default().resolve().unwrap();
+        assert_eq!(s.node_id, 1);
+        assert_eq!(s.voters.len(), 1);
+        assert_eq!(s.voters[&1], "127.0.0.1:9091");
+        assert_eq!(s.listen_http.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn open_admin_needs_a_token() {
+        let f = Flags {
+            listen_admin: Some("0.0.0.0:9090".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(
+            f.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("--admin-token-file")
+        );
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\npeers = \"1=a:1,2=b:2\"\nlisten_http = \"127.0.0.1:1234\"\n",
+        )
+        .unwrap();
+        let f = Flags {
+            config: Some(path.clone()),
+            listen_http: Some("127.0.0.1:5555".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = f.resolve().unwrap();
+        assert_eq!(s.node_id, 2);
+        assert_eq!(s.advertise_peer, "b:2");
+        assert_eq!(s.listen_http.port(), 5555);
+        std::fs::write(&path, "nodeid = 2\n").unwrap();
+        let f = Flags {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(format!("{:#}", f.resolve().unwrap_err()).contains("unknown field"));
+    }
+}

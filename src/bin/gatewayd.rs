@@ -1,0 +1,5 @@
+//! The gateway node binary; see the `gatewayd` crate.
+
+fn main() -> anyhow::Result<()> {
+    gatewayd::main()
+}
