@@ -11,6 +11,10 @@
 //! Raft's safety depends on it. Values are JSON: the state is configuration-sized, and a
 //! readable store is worth more here than the bytes a binary codec would save.
 
+// openraft's trait methods return its `StorageError` (over 200 bytes); our helpers return the
+// same type rather than boxing it only to unbox it again at the trait boundary.
+#![allow(clippy::result_large_err)]
+
 use crate::types::{
     LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
 };

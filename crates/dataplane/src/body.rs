@@ -80,7 +80,7 @@ enum Kind {
 
 /// A response body: the backend's, streamed, or one the gateway made. Data frames are added to
 /// the usage cell's outbound bytes as they are handed to hyper for sending.
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     kind: Kind,
     usage: Option<Arc<UsageCell>>,
 }

@@ -37,7 +37,6 @@ mod server;
 mod shares;
 mod usage;
 
-pub use body::ResponseBody;
 pub use catalog::SHARED_INSTANCE;
 pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
 pub use config::{DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, Stage, UnknownStage};

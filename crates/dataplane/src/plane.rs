@@ -481,7 +481,7 @@ impl Dataplane {
 
     /// Measures this node's offered rate per instance (over the last one or two report periods),
     /// updates this node's shares, and returns the report to send to every peer. Call it every
-    /// ~100 ms.
+    /// ~100 ms, also when there are no peers: it is what measures this node's own demand.
     pub fn demand_report(&self) -> DemandReport {
         let now = self.now();
         let snapshot = self.inner.snapshot.load();

@@ -35,6 +35,8 @@ pub struct ServerLimits {
     /// Larger request heads (request line and headers) get 431.
     pub max_header_bytes: usize,
     /// A request head must arrive within this time (HTTP/1); otherwise the connection is closed.
+    /// hyper starts this timer as soon as a connection waits for a request, so it also bounds
+    /// how long an idle HTTP/1 keep-alive connection stays open.
     pub header_read_timeout: Duration,
     /// A connection on which no byte moves for this long, while no request waits on a backend,
     /// is closed (idle keep-alive connections, clients that stop reading, stalled handshakes).
@@ -320,6 +322,11 @@ async fn serve_connection<H, Fut>(
 ///
 /// HTTP/1.1 and HTTP/2 (prior knowledge) are both accepted. The stage is chosen by the
 /// `X-Ca-Stage` header (`RELEASE` by default, `PRE`, `TEST`).
+///
+/// Every response the gateway makes itself is JSON with `X-Ca-Request-Id` (see
+/// [`GatewayError`]), except the two hyper makes before a request exists: a bare 400 for bytes
+/// that do not parse as HTTP, and a bare 431 for a head larger than hyper's buffer (twice
+/// `max_header_bytes`, at least 64 KiB; heads between the limit and that get the JSON 431).
 pub async fn serve(
     listener: TcpListener,
     dataplane: Dataplane,

@@ -18,7 +18,7 @@ pub const UNMATCHED_API: &str = "unmatched";
 
 /// What a usage count is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UsageKey {
+pub(crate) struct UsageKey {
     pub account: String,
     pub instance: String,
     pub api: String,

@@ -7,7 +7,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -78,34 +81,48 @@ impl Endpoint {
     }
 }
 
-/// A worker's connection; reconnects lazily after an error.
-pub(crate) struct Conn {
-    sender: Option<SendRequest<Full<Bytes>>>,
+/// The connection's driver: polled by the worker itself while a request is in flight (no
+/// separate task, so no cross-task wake-up per request).
+type Driver = Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+
+struct Live {
+    sender: SendRequest<Full<Bytes>>,
+    driver: Driver,
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, ()> {
+/// A worker's connection; reconnects lazily after an error.
+pub(crate) struct Conn {
+    live: Option<Live>,
+}
+
+async fn connect(addr: SocketAddr) -> Result<Live, ()> {
     let stream = TcpStream::connect(addr).await.map_err(|_| ())?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    let (sender, driver) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| ())?;
-    // The connection task ends when the sender is dropped or the peer closes.
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    Ok(Live {
+        sender,
+        driver: Box::pin(driver),
+    })
+}
+
+/// Polls the driver once without waiting: whether the connection has ended (e.g. the server
+/// closed it while it was idle).
+async fn has_ended(driver: &mut Driver) -> bool {
+    std::future::poll_fn(|cx| Poll::Ready(driver.as_mut().poll(cx).is_ready())).await
 }
 
 impl Conn {
     pub(crate) fn new() -> Conn {
-        Conn { sender: None }
+        Conn { live: None }
     }
 
     /// Opens the connection ahead of the run; failure is not an error here (the first
     /// request retries and counts it).
     pub(crate) async fn warm_up(&mut self, ep: &Endpoint, timeout: Duration) -> bool {
-        if let Ok(Ok(s)) = tokio::time::timeout(timeout, connect(ep.addr)).await {
-            self.sender = Some(s);
+        if let Ok(Ok(l)) = tokio::time::timeout(timeout, connect(ep.addr)).await {
+            self.live = Some(l);
             true
         } else {
             false
@@ -113,45 +130,56 @@ impl Conn {
     }
 
     /// Sends one request and reads the whole response. Returns the instant the request was
-    /// handed to the connection (after any reconnect), the outcome, and when it completed.
+    /// handed to the connection (after any reconnect) and the outcome.
     pub(crate) async fn send(&mut self, ep: &Endpoint, timeout: Duration) -> (Instant, Outcome) {
         let start = Instant::now();
-        let deadline = start + timeout;
-        // A connection the server closed cleanly (e.g. `Connection: close`) is replaced
-        // without counting an error; the request has not been sent on it.
-        if let Some(s) = &mut self.sender
-            && (s.is_closed()
-                || !matches!(
-                    tokio::time::timeout_at(deadline, s.ready()).await,
-                    Ok(Ok(()))
-                ))
+        // A connection the server closed while idle (e.g. after `Connection: close`) is
+        // replaced without counting an error: no request was sent on it.
+        if let Some(l) = &mut self.live
+            && (l.sender.is_closed() || has_ended(&mut l.driver).await)
         {
-            self.sender = None;
+            self.live = None;
         }
-        if self.sender.is_none() {
-            match tokio::time::timeout_at(deadline, connect(ep.addr)).await {
-                Ok(Ok(s)) => self.sender = Some(s),
+        let live = match &mut self.live {
+            Some(l) => l,
+            None => match tokio::time::timeout_at(start + timeout, connect(ep.addr)).await {
+                Ok(Ok(l)) => self.live.insert(l),
                 Ok(Err(())) => return (start, Outcome::ConnError),
                 Err(_) => return (start, Outcome::Timeout),
-            }
-        }
-        let Some(sender) = &mut self.sender else {
-            return (start, Outcome::ConnError);
+            },
         };
+        let Live { sender, driver } = live;
         let sent = Instant::now();
-        let fut = async {
+        let exchange = async {
+            sender.ready().await?;
             let resp = sender.send_request(ep.request()).await?;
             let status = resp.status().as_u16();
             resp.into_body().collect().await?;
             Ok::<u16, hyper::Error>(status)
         };
-        let outcome = match tokio::time::timeout_at(sent + timeout, fut).await {
-            Ok(Ok(status)) => return (sent, Outcome::Status(status)),
+        let mut ended = false;
+        let raced = async {
+            tokio::pin!(exchange);
+            tokio::select! {
+                biased;
+                r = &mut exchange => r,
+                _ = driver.as_mut() => {
+                    // The connection is done; what it delivered before closing is buffered,
+                    // so the exchange finishes now, one way or the other.
+                    ended = true;
+                    (&mut exchange).await
+                }
+            }
+        };
+        let outcome = match tokio::time::timeout_at(sent + timeout, raced).await {
+            Ok(Ok(status)) => Outcome::Status(status),
             Ok(Err(_)) => Outcome::ConnError,
             Err(_) => Outcome::Timeout,
         };
-        // After an error or a timeout the connection's state is unknown: start afresh.
-        self.sender = None;
+        // After an error, a timeout or a close the connection is not reused.
+        if ended || !matches!(outcome, Outcome::Status(_)) {
+            self.live = None;
+        }
         (sent, outcome)
     }
 }

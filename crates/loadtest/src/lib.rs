@@ -13,12 +13,14 @@
 //! coordinated omission). How late the generator itself sent is reported separately (requests
 //! sent more than 1 ms and 10 ms late, p99 and max lag), so it never silently sends less.
 //!
-//! **Shape.** Worker tasks each own one connection to one target. The workers of a target
-//! claim that target's slots, in order, from one atomic counter; slots are spread over targets
-//! by smooth weighted round robin ([`TargetMap`]). Each finished request goes as a sample over
-//! a channel to a single collector task that owns every histogram. Every loop is bounded: the
-//! schedule has a fixed number of slots, workers stop claiming at the planned end plus a grace
-//! period, each request has a timeout, and the run has a hard deadline.
+//! **Shape.** One pacer thread walks the schedule and releases each
+//! slot at its instant, with the OS's fine-grained sleep rather than tokio's 1 ms timer wheel,
+//! into its target's queue; slots are spread over targets by smooth weighted round robin
+//! ([`TargetMap`]). Worker tasks each own one keep-alive connection to one target and take the
+//! next released slot of that target when they are free. Each finished request goes as a
+//! sample over a channel to a single collector task that owns every histogram. Every loop is
+//! bounded: the schedule has a fixed number of slots, workers take none after the planned end
+//! plus a grace period, each request has a timeout, and the run has a hard deadline.
 //!
 //! Entry points: [`run`] (a [`Config`] in, a [`Report`] out) for tests and programs, and
 //! [`run_cli`] with [`LoadtestArgs`] for `gatewayctl loadtest`.
@@ -27,6 +29,7 @@ mod cli;
 mod client;
 mod collect;
 mod config;
+mod pacer;
 mod report;
 mod schedule;
 mod svg;
@@ -51,9 +54,9 @@ use config::ParsedUrl;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -113,12 +116,12 @@ const SPEC_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// What every worker shares.
 struct Shared {
     schedule: Arc<Schedule>,
-    map: TargetMap,
     endpoints: Vec<Endpoint>,
-    /// Per target: how many of its slots have been claimed.
-    claimed: Vec<AtomicU64>,
+    /// Per target: the slots the pacer has released, taken by the first free worker.
+    queues: Vec<tokio::sync::Mutex<UnboundedReceiver<u64>>>,
+    pace: Arc<pacer::PaceState>,
     t0: Instant,
-    /// Workers claim no slot after this.
+    /// Workers take no slot after this.
     stop_claiming: Instant,
     timeout: Duration,
 }
@@ -126,21 +129,22 @@ struct Shared {
 async fn worker(shared: Arc<Shared>, target: usize, mut conn: Conn, tx: UnboundedSender<Sample>) {
     let mut hint = 0;
     loop {
-        let k = shared.claimed[target].fetch_add(1, Ordering::Relaxed);
-        let slot = shared.map.slot_of(target, k);
+        let slot = {
+            let mut queue = shared.queues[target].lock().await;
+            match queue.recv().await {
+                Some(slot) => slot,
+                None => break,
+            }
+        };
+        shared.pace.backlog.fetch_sub(1, Ordering::Relaxed);
+        if Instant::now() >= shared.stop_claiming {
+            break;
+        }
         let Some(phase) = shared.schedule.phase_of(slot, hint) else {
             break;
         };
         hint = phase;
         let offset = Duration::from_secs_f64(shared.schedule.time_of(slot, phase));
-        let due = shared.t0 + offset;
-        let now = Instant::now();
-        if now >= shared.stop_claiming {
-            break;
-        }
-        if due > now {
-            tokio::time::sleep_until(due).await;
-        }
         let (sent, outcome) = conn.send(&shared.endpoints[target], shared.timeout).await;
         let done = Instant::now();
         let ns = |t: Instant| t.saturating_duration_since(shared.t0).as_nanos() as u64;
@@ -235,13 +239,16 @@ pub async fn run(
     let grace = config.timeout.max(Duration::from_secs(1));
     let stop_claiming = t0 + planned + grace;
     let hard_deadline = stop_claiming + config.timeout + Duration::from_secs(5);
+    let pace = Arc::new(pacer::PaceState::default());
+    let _stop_pacer = pacer::StopOnDrop(pace.clone());
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..config.targets.len())
+        .map(|_| unbounded_channel())
+        .unzip();
     let shared = Arc::new(Shared {
         schedule: schedule.clone(),
-        map,
         endpoints,
-        claimed: (0..config.targets.len())
-            .map(|_| AtomicU64::new(0))
-            .collect(),
+        queues: receivers.into_iter().map(tokio::sync::Mutex::new).collect(),
+        pace: pace.clone(),
         t0,
         stop_claiming,
         timeout: config.timeout,
@@ -259,6 +266,15 @@ pub async fn run(
         workers.spawn(worker(shared.clone(), target, conn, tx.clone()));
     }
     drop(tx);
+    {
+        let schedule = schedule.clone();
+        let pace = pace.clone();
+        let t0 = t0.into_std();
+        std::thread::Builder::new()
+            .name("loadtest-pacer".into())
+            .spawn(move || pacer::pace(&schedule, &map, senders, t0, &pace))
+            .map_err(|e| LoadtestError::Internal(format!("cannot start the pacer thread: {e}")))?;
+    }
 
     let change_task = match (&change, spec_changer) {
         (Some(ch), Some(changer)) => {

@@ -1,1 +1,410 @@
-//! Test support (being written).
+//! Test support for the gateway's integration tests and benchmarks.
+//!
+//! This crate owns how tests run real nodes: [`Cluster`] starts `gatewayd` processes on
+//! 127.0.0.1 with ports picked by the OS and data in a temp dir, kills them with SIGKILL or
+//! stops them with SIGTERM, restarts them on the same data, and runs `gatewayctl` against them.
+//! [`eventually`] polls a condition until a deadline, so tests never sleep to synchronise.
+//! When a test panics, the logs of its nodes are printed.
+
+use proto::admin::admin_client::AdminClient;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Where the binaries under test are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub gatewayd: PathBuf,
+    pub gatewayctl: PathBuf,
+}
+
+/// The workspace's binaries, as cargo built them for this integration test or bench.
+#[macro_export]
+macro_rules! binaries {
+    () => {
+        $crate::Binaries {
+            gatewayd: env!("CARGO_BIN_EXE_gatewayd").into(),
+            gatewayctl: env!("CARGO_BIN_EXE_gatewayctl").into(),
+        }
+    };
+}
+
+/// A port on 127.0.0.1 that the OS says is free, never handed out twice by this process.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap();
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind an ephemeral port")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ports of one node.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub admin: u16,
+    pub peer: u16,
+    pub http: u16,
+    pub ops: u16,
+}
+
+impl Ports {
+    fn pick() -> Ports {
+        Ports {
+            admin: free_port(),
+            peer: free_port(),
+            http: free_port(),
+            ops: free_port(),
+        }
+    }
+}
+
+/// One gatewayd process (or its stopped remains).
+#[derive(Debug)]
+pub struct NodeProc {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub ports: Ports,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+/// What `gatewayctl` did.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    fn from(o: Output) -> CtlOutput {
+        CtlOutput {
+            success: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// The output parsed as JSON; panics with the error output if the command failed.
+    pub fn json(&self) -> serde_json::Value {
+        assert!(self.success, "gatewayctl failed: {}", self.stderr);
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("gatewayctl printed no JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// A set of gatewayd processes on loopback.
+pub struct Cluster {
+    bins: Binaries,
+    tmp: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    /// The initial voters, as given to every node with --peers.
+    voters: Vec<u64>,
+    /// Extra flags for every node.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables for every node.
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Prepares `n` voters (ids 1..=n) without starting them.
+    pub fn new(bins: Binaries, n: u64) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("gateway-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(id, Self::new_node(tmp.path(), id));
+        }
+        Cluster {
+            bins,
+            tmp,
+            nodes,
+            voters: (1..=n).collect(),
+            extra_args: Vec::new(),
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// Starts `n` voters and waits until they have elected a leader.
+    pub async fn start(bins: Binaries, n: u64) -> Cluster {
+        let mut c = Cluster::new(bins, n);
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c.wait_leader(Duration::from_secs(20)).await;
+        c
+    }
+
+    fn new_node(root: &Path, id: u64) -> NodeProc {
+        NodeProc {
+            id,
+            dir: root.join(format!("node-{id}")),
+            ports: Ports::pick(),
+            child: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn peers_arg(&self) -> String {
+        self.voters
+            .iter()
+            .map(|id| format!("{id}=127.0.0.1:{}", self.nodes[id].ports.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The command line a node runs with.
+    pub fn command(&self, id: u64) -> Command {
+        let n = &self.nodes[&id];
+        let mut cmd = Command::new(&self.bins.gatewayd);
+        cmd.arg("--node-id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .arg("--listen-admin")
+            .arg(format!("127.0.0.1:{}", n.ports.admin))
+            .arg("--listen-peer")
+            .arg(format!("127.0.0.1:{}", n.ports.peer))
+            .arg("--listen-http")
+            .arg(format!("127.0.0.1:{}", n.ports.http))
+            .arg("--listen-ops")
+            .arg(format!("127.0.0.1:{}", n.ports.ops))
+            .arg("--peers")
+            .arg(self.peers_arg())
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
+        // Settings of the environment the tests run in must not leak into the nodes.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GATEWAY_") && !self.extra_env.iter().any(|(e, _)| *e == k) {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    }
+
+    /// Starts (or restarts) node `id` on its data directory.
+    pub fn spawn(&mut self, id: u64) {
+        let mut cmd = self.command(id);
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(!node.is_running(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_path())
+            .expect("log file");
+        let child = cmd
+            .stdout(Stdio::from(log.try_clone().expect("log fd")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn gatewayd");
+        node.child = Some(child);
+    }
+
+    /// Prepares and starts a node that is not an initial voter: it joins as a learner.
+    pub fn add_node(&mut self, id: u64) {
+        let node = Self::new_node(self.tmp.path(), id);
+        self.nodes.insert(id, node);
+        self.spawn(id);
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut c) = node.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the process to exit; returns whether it exited
+    /// successfully.
+    pub fn terminate(&mut self, id: u64, timeout: Duration) -> bool {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(mut c) = node.child.take() else {
+            return false;
+        };
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Deletes a stopped node's data, as if its disk were lost.
+    pub fn wipe(&mut self, id: u64) {
+        let node = &self.nodes[&id];
+        assert!(node.child.is_none(), "stop node {id} before wiping it");
+        let _ = std::fs::remove_dir_all(&node.dir);
+    }
+
+    pub fn admin_endpoint(&self, id: u64) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[&id].ports.admin)
+    }
+
+    pub fn http_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.nodes[&id].ports.http)
+    }
+
+    pub fn ops_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.nodes[&id].ports.ops)
+    }
+
+    /// Runs `gatewayctl --endpoint <node id> ARGS`.
+    pub fn ctl(&self, id: u64, args: &[&str]) -> CtlOutput {
+        let out = Command::new(&self.bins.gatewayctl)
+            .arg("--endpoint")
+            .arg(self.admin_endpoint(id))
+            .args(args)
+            .env_remove("GATEWAY_ENDPOINT")
+            .output()
+            .expect("run gatewayctl");
+        CtlOutput::from(out)
+    }
+
+    /// Runs `gatewayctl ... -o json` and parses its output; panics if it fails.
+    pub fn ctl_json(&self, id: u64, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        self.ctl(id, &a).json()
+    }
+
+    /// A gRPC admin client for node `id`.
+    pub async fn admin(&self, id: u64) -> AdminClient<Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(self.admin_endpoint(id))
+            .expect("endpoint")
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy();
+        AdminClient::new(ch)
+    }
+
+    /// The cluster status as node `id` reports it, if it answers.
+    pub async fn status(&self, id: u64) -> Option<proto::admin::ClusterStatus> {
+        let mut c = self.admin(id).await;
+        c.describe_cluster(proto::admin::DescribeClusterRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until every running node agrees on one leader, and returns it.
+    pub async fn wait_leader(&mut self, timeout: Duration) -> u64 {
+        self.wait_leader_other_than(None, timeout).await
+    }
+
+    /// Waits until every running node agrees on one leader that is not `not`: after killing
+    /// a leader, the survivors still name it until they time it out.
+    pub async fn wait_leader_other_than(&mut self, not: Option<u64>, timeout: Duration) -> u64 {
+        let running: Vec<u64> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|(id, n)| n.is_running().then_some(*id))
+            .collect();
+        let this = &*self;
+        eventually("a leader all running nodes agree on", timeout, || {
+            let running = running.clone();
+            async move {
+                let mut leader = None;
+                for id in running {
+                    let s = this.status(id).await?;
+                    let l = s.leader_id?;
+                    if leader.is_some_and(|x| x != l) || Some(l) == not {
+                        return None;
+                    }
+                    leader = Some(l);
+                }
+                leader
+            }
+        })
+        .await
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.nodes[&id].log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in &ids {
+            self.kill(*id);
+        }
+        if std::thread::panicking() {
+            for id in ids {
+                eprintln!("----- node {id} log (last 60 lines) -----\n{}", self.log_tail(id, 60));
+            }
+        }
+    }
+}
+
+/// Sends a signal by name with kill(1), so that the crate needs no libc bindings.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}

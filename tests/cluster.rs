@@ -1,0 +1,276 @@
+//! The cluster foundation, end to end: real gatewayd processes on 127.0.0.1 replicating through
+//! Raft over gRPC, with sled on disk, killed with SIGKILL and restarted on their data.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+use testkit::{Cluster, binaries, eventually};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The names of the instances node `id` reports, if it answers.
+fn instance_names(c: &Cluster, id: u64) -> Option<BTreeSet<String>> {
+    let out = c.ctl(id, &["instance", "list", "-o", "json"]);
+    if !out.success {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    Some(
+        v.as_array()?
+            .iter()
+            .filter_map(|i| i["name"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
+fn create(c: &Cluster, via: u64, name: &str) -> testkit::CtlOutput {
+    c.ctl(
+        via,
+        &["instance", "create", "--name", name, "--spec", "api.s1.small", "--region", "cn-hongkong"],
+    )
+}
+
+async fn wait_instances(c: &Cluster, id: u64, want: &BTreeSet<String>) {
+    eventually(&format!("node {id} to list {want:?}"), SETTLE, || async {
+        instance_names(c, id).filter(|got| got == want)
+    })
+    .await;
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_are_seen_on_every_node() {
+    let c = Cluster::start(binaries!(), 3).await;
+    for id in 1..=3 {
+        let out = create(&c, id, &format!("inst-{id}"));
+        assert!(out.success, "create through node {id}: {}", out.stderr);
+        // A write returns once applied on the node that answered: it reads its own write.
+        let seen = instance_names(&c, id).unwrap();
+        assert!(seen.contains(&format!("inst-{id}")), "node {id} lists {seen:?}");
+    }
+    let want = set(&["inst-1", "inst-2", "inst-3"]);
+    for id in 1..=3 {
+        wait_instances(&c, id, &want).await;
+    }
+    let status = c.ctl_json(2, &["cluster", "status"]);
+    let leader = status["leader_id"].as_u64().expect("leader_id");
+    assert!((1..=3).contains(&leader));
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_then_the_killed_node_catches_up() {
+    let mut c = Cluster::start(binaries!(), 3).await;
+    assert!(create(&c, 1, "before").success);
+    let old = c.wait_leader(SETTLE).await;
+    c.kill(old);
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let started = std::time::Instant::now();
+    let new = c.wait_leader_other_than(Some(old), SETTLE).await;
+    eprintln!("new leader {new} after {:?}", started.elapsed());
+    assert_ne!(new, old, "a new leader is elected among the survivors");
+    for id in &survivors {
+        let out = create(&c, *id, &format!("after-{id}"));
+        assert!(out.success, "write through survivor {id}: {}", out.stderr);
+    }
+    c.spawn(old);
+    let mut want = set(&["before"]);
+    want.extend(survivors.iter().map(|id| format!("after-{id}")));
+    wait_instances(&c, old, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_a_full_restart() {
+    let mut c = Cluster::start(binaries!(), 3).await;
+    let mut want = BTreeSet::new();
+    for i in 0..12 {
+        let name = format!("keep-{i}");
+        let out = create(&c, 1 + i % 3, &name);
+        assert!(out.success, "{}", out.stderr);
+        want.insert(name);
+    }
+    for id in 1..=3 {
+        c.kill(id);
+    }
+    for id in [3, 1, 2] {
+        c.spawn(id);
+    }
+    c.wait_leader(SETTLE).await;
+    for id in 1..=3 {
+        wait_instances(&c, id, &want).await;
+    }
+    // The restarted cluster still takes writes.
+    assert!(create(&c, 2, "after-restart").success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_as_a_learner_and_receives_the_state() {
+    let mut c = Cluster::start(binaries!(), 3).await;
+    assert!(create(&c, 1, "a").success);
+    assert!(create(&c, 2, "b").success);
+    c.add_node(4);
+    wait_instances(&c, 4, &set(&["a", "b"])).await;
+    let status = c.ctl_json(1, &["cluster", "status"]);
+    let four = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node_id"] == 4)
+        .cloned()
+        .expect("node 4 is a member");
+    assert_eq!(four["voter"], false);
+    assert_eq!(four["role"], "learner");
+    // New writes reach the learner too.
+    assert!(create(&c, 3, "c").success);
+    wait_instances(&c, 4, &set(&["a", "b", "c"])).await;
+    // Promote it to voter, then remove it.
+    let s = c.ctl_json(4, &["cluster", "promote", "--node-id", "4"]);
+    let voters = s["members"].as_array().unwrap().iter().filter(|m| m["voter"] == true).count();
+    assert_eq!(voters, 4);
+    let s = c.ctl_json(2, &["cluster", "remove", "--node-id", "4"]);
+    assert!(s["members"].as_array().unwrap().iter().all(|m| m["node_id"] != 4));
+    let out = c.ctl(1, &["cluster", "remove", "--node-id", "9"]);
+    assert!(!out.success && out.stderr.contains("node '9' not found"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_clearly_and_changes_nothing() {
+    let c = Cluster::start(binaries!(), 3).await;
+    assert!(create(&c, 1, "prod").success);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["instance", "create", "--name", "x", "--spec", "api.s9", "--region", "cn-hongkong"],
+            "InvalidArgument: invalid spec: unknown spec 'api.s9'; valid specs are: api.s1.small, api.s1.medium, api.s2.large",
+        ),
+        (
+            &["instance", "create", "--name", "x", "--spec", "api.s1.small", "--region", "mars-1"],
+            "InvalidArgument: invalid region: unknown region 'mars-1'; valid regions are: cn-hangzhou",
+        ),
+        (
+            &["instance", "create", "--name", "", "--spec", "api.s1.small", "--region", "cn-hongkong"],
+            "InvalidArgument: invalid name: must not be empty",
+        ),
+        (
+            &["instance", "create", "--name", "prod", "--spec", "api.s1.small", "--region", "cn-hongkong"],
+            "AlreadyExists: instance 'prod' already exists",
+        ),
+        (&["instance", "get", "--name", "nope"], "NotFound: instance 'nope' not found"),
+        (
+            &["instance", "modify-spec", "--name", "nope", "--spec", "api.s1.medium"],
+            "NotFound: instance 'nope' not found",
+        ),
+        (
+            &["instance", "modify-spec", "--name", "prod", "--spec", "huge"],
+            "InvalidArgument: invalid spec: unknown spec 'huge'",
+        ),
+        (&["instance", "delete", "--name", "nope"], "NotFound: instance 'nope' not found"),
+    ];
+    let before = c.ctl(2, &["instance", "list", "-o", "json"]).stdout;
+    for (args, want) in cases {
+        let out = c.ctl(2, args);
+        assert!(!out.success, "{args:?} should fail");
+        assert!(out.stderr.contains(want), "{args:?}: {:?} lacks {want:?}", out.stderr);
+    }
+    assert_eq!(c.ctl(2, &["instance", "list", "-o", "json"]).stdout, before);
+    let prod = c.ctl_json(3, &["instance", "get", "--name", "prod"]);
+    assert_eq!(prod["spec"], "api.s1.small");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_quorum_are_unavailable_and_name_the_leader() {
+    let mut c = Cluster::start(binaries!(), 3).await;
+    let leader = c.wait_leader(SETTLE).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    // Keep one follower; kill the leader and the other follower.
+    let keep = others[0];
+    c.kill(leader);
+    c.kill(others[1]);
+    let started = std::time::Instant::now();
+    let out = create(&c, keep, "lost");
+    assert!(!out.success);
+    assert!(out.stderr.contains("Unavailable: no quorum"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("leader") && out.stderr.contains("term"),
+        "the error says what is known of the leader: {}",
+        out.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(12));
+    // Reads keep working from the last applied state.
+    assert!(instance_names(&c, keep).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_initialise_exactly_once_whatever_order_they_start_in() {
+    let mut c = Cluster::new(binaries!(), 3);
+    c.spawn(3);
+    c.spawn(2);
+    // Without node 1 (the lowest id) nobody initialises, so nobody leads.
+    let s = eventually("node 3 to answer", SETTLE, || c.status(3)).await;
+    assert_eq!(s.leader_id, None);
+    assert!(s.members.is_empty(), "{s:?}");
+    c.spawn(1);
+    let leader = c.wait_leader(SETTLE).await;
+    let s = c.status(leader).await.unwrap();
+    assert_eq!(s.members.iter().filter(|m| m.voter).count(), 3);
+    assert!(create(&c, 3, "one").success);
+    // Restarting the lowest id on its data must not initialise again.
+    c.kill(1);
+    c.spawn(1);
+    wait_instances(&c, 1, &set(&["one"])).await;
+    let s = c.status(1).await.unwrap();
+    assert_eq!(s.members.len(), 3);
+}
+
+#[test]
+fn malformed_peers_stop_the_node_with_a_clear_message() {
+    let bins = binaries!();
+    let out = std::process::Command::new(&bins.gatewayd)
+        .args(["--peers", "1=127.0.0.1:9,2=nohost"])
+        .env("GATEWAY_DATA_DIR", std::env::temp_dir().join("gateway-never-started"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("malformed --peers entry '2=nohost'"), "{err}");
+}
+
+/// With no flags at all, gatewayd runs a single-node cluster on the default ports with its
+/// data in ./gateway-data, and gatewayctl reaches it without flags too. No other test uses the
+/// default ports (the others take theirs from the ephemeral range).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_flags_make_a_working_single_node_cluster() {
+    let bins = binaries!();
+    let cwd = tempfile_dir();
+    let mut node = std::process::Command::new(&bins.gatewayd)
+        .current_dir(&cwd)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(&bins.gatewayctl)
+            .args(args)
+            .env_remove("GATEWAY_ENDPOINT")
+            .output()
+            .unwrap()
+    };
+    let created = eventually("the default node to take a write", SETTLE, || async {
+        let o = ctl(&["instance", "create", "--name", "solo", "--spec", "api.s1.small", "--region", "ap-southeast-1"]);
+        o.status.success().then_some(o)
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&created.stdout).contains("solo"));
+    assert!(cwd.join("gateway-data").is_dir());
+    testkit::signal(node.id(), "TERM");
+    let status = node.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits cleanly: {status:?}");
+    let _ = std::fs::remove_dir_all(cwd);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("gateway-solo-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
