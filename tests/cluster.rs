@@ -25,7 +25,16 @@ fn instance_names(c: &Cluster, id: u64) -> Option<BTreeSet<String>> {
 fn create(c: &Cluster, via: u64, name: &str) -> testkit::CtlOutput {
     c.ctl(
         via,
-        &["instance", "create", "--name", name, "--spec", "api.s1.small", "--region", "cn-hongkong"],
+        &[
+            "instance",
+            "create",
+            "--name",
+            name,
+            "--spec",
+            "api.s1.small",
+            "--region",
+            "cn-hongkong",
+        ],
     )
 }
 
@@ -48,7 +57,10 @@ async fn writes_through_any_node_are_seen_on_every_node() {
         assert!(out.success, "create through node {id}: {}", out.stderr);
         // A write returns once applied on the node that answered: it reads its own write.
         let seen = instance_names(&c, id).unwrap();
-        assert!(seen.contains(&format!("inst-{id}")), "node {id} lists {seen:?}");
+        assert!(
+            seen.contains(&format!("inst-{id}")),
+            "node {id} lists {seen:?}"
+        );
     }
     let want = set(&["inst-1", "inst-2", "inst-3"]);
     for id in 1..=3 {
@@ -127,12 +139,27 @@ async fn a_fourth_node_joins_as_a_learner_and_receives_the_state() {
     wait_instances(&c, 4, &set(&["a", "b", "c"])).await;
     // Promote it to voter, then remove it.
     let s = c.ctl_json(4, &["cluster", "promote", "--node-id", "4"]);
-    let voters = s["members"].as_array().unwrap().iter().filter(|m| m["voter"] == true).count();
+    let voters = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
     assert_eq!(voters, 4);
     let s = c.ctl_json(2, &["cluster", "remove", "--node-id", "4"]);
-    assert!(s["members"].as_array().unwrap().iter().all(|m| m["node_id"] != 4));
+    assert!(
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["node_id"] != 4)
+    );
     let out = c.ctl(1, &["cluster", "remove", "--node-id", "9"]);
-    assert!(!out.success && out.stderr.contains("node '9' not found"), "{}", out.stderr);
+    assert!(
+        !out.success && out.stderr.contains("node '9' not found"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,37 +168,97 @@ async fn bad_input_is_refused_clearly_and_changes_nothing() {
     assert!(create(&c, 1, "prod").success);
     let cases: &[(&[&str], &str)] = &[
         (
-            &["instance", "create", "--name", "x", "--spec", "api.s9", "--region", "cn-hongkong"],
+            &[
+                "instance",
+                "create",
+                "--name",
+                "x",
+                "--spec",
+                "api.s9",
+                "--region",
+                "cn-hongkong",
+            ],
             "InvalidArgument: invalid spec: unknown spec 'api.s9'; valid specs are: api.s1.small, api.s1.medium, api.s2.large",
         ),
         (
-            &["instance", "create", "--name", "x", "--spec", "api.s1.small", "--region", "mars-1"],
+            &[
+                "instance",
+                "create",
+                "--name",
+                "x",
+                "--spec",
+                "api.s1.small",
+                "--region",
+                "mars-1",
+            ],
             "InvalidArgument: invalid region: unknown region 'mars-1'; valid regions are: cn-hangzhou",
         ),
         (
-            &["instance", "create", "--name", "", "--spec", "api.s1.small", "--region", "cn-hongkong"],
+            &[
+                "instance",
+                "create",
+                "--name",
+                "",
+                "--spec",
+                "api.s1.small",
+                "--region",
+                "cn-hongkong",
+            ],
             "InvalidArgument: invalid name: must not be empty",
         ),
         (
-            &["instance", "create", "--name", "prod", "--spec", "api.s1.small", "--region", "cn-hongkong"],
+            &[
+                "instance",
+                "create",
+                "--name",
+                "prod",
+                "--spec",
+                "api.s1.small",
+                "--region",
+                "cn-hongkong",
+            ],
             "AlreadyExists: instance 'prod' already exists",
         ),
-        (&["instance", "get", "--name", "nope"], "NotFound: instance 'nope' not found"),
         (
-            &["instance", "modify-spec", "--name", "nope", "--spec", "api.s1.medium"],
+            &["instance", "get", "--name", "nope"],
             "NotFound: instance 'nope' not found",
         ),
         (
-            &["instance", "modify-spec", "--name", "prod", "--spec", "huge"],
+            &[
+                "instance",
+                "modify-spec",
+                "--name",
+                "nope",
+                "--spec",
+                "api.s1.medium",
+            ],
+            "NotFound: instance 'nope' not found",
+        ),
+        (
+            &[
+                "instance",
+                "modify-spec",
+                "--name",
+                "prod",
+                "--spec",
+                "huge",
+            ],
             "InvalidArgument: invalid spec: unknown spec 'huge'",
         ),
-        (&["instance", "delete", "--name", "nope"], "NotFound: instance 'nope' not found"),
+        (
+            &["instance", "delete", "--name", "nope"],
+            "NotFound: instance 'nope' not found",
+        ),
     ];
     let before = c.ctl(2, &["instance", "list", "-o", "json"]).stdout;
     for (args, want) in cases {
         let out = c.ctl(2, args);
         assert!(!out.success, "{args:?} should fail");
-        assert!(out.stderr.contains(want), "{args:?}: {:?} lacks {want:?}", out.stderr);
+        assert!(
+            out.stderr.contains(want),
+            "{args:?}: {:?} lacks {want:?}",
+            out.stderr
+        );
     }
     assert_eq!(c.ctl(2, &["instance", "list", "-o", "json"]).stdout, before);
     let prod = c.ctl_json(3, &["instance", "get", "--name", "prod"]);
@@ -190,7 +277,11 @@ async fn writes_without_quorum_are_unavailable_and_name_the_leader() {
     let started = std::time::Instant::now();
     let out = create(&c, keep, "lost");
     assert!(!out.success);
-    assert!(out.stderr.contains("Unavailable: no quorum"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Unavailable: no quorum"),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains("leader") && out.stderr.contains("term"),
         "the error says what is known of the leader: {}",
@@ -228,7 +319,10 @@ fn malformed_peers_stop_the_node_with_a_clear_message() {
     let bins = binaries!();
     let out = std::process::Command::new(&bins.gatewayd)
         .args(["--peers", "1=127.0.0.1:9,2=nohost"])
-        .env("GATEWAY_DATA_DIR", std::env::temp_dir().join("gateway-never-started"))
+        .env(
+            "GATEWAY_DATA_DIR",
+            std::env::temp_dir().join("gateway-never-started"),
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -257,7 +351,16 @@ async fn no_flags_make_a_working_single_node_cluster() {
             .unwrap()
     };
     let created = eventually("the default node to take a write", SETTLE, || async {
-        let o = ctl(&["instance", "create", "--name", "solo", "--spec", "api.s1.small", "--region", "ap-southeast-1"]);
+        let o = ctl(&[
+            "instance",
+            "create",
+            "--name",
+            "solo",
+            "--spec",
+            "api.s1.small",
+            "--region",
+            "ap-southeast-1",
+        ]);
         o.status.success().then_some(o)
     })
     .await;

@@ -242,6 +242,29 @@ impl Node {
         let _ = self.inner.demand_handler.set(h);
     }
 
+    /// Sends this node's demand report to every other member, without waiting for answers
+    /// longer than `timeout`. Reports are best-effort: a lost one is replaced by the next.
+    pub async fn broadcast_demand(&self, data: Vec<u8>, timeout: Duration) {
+        let me = self.id();
+        let sends = self
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(_, addr)| {
+                let data = data.clone();
+                async move {
+                    let Ok(mut c) = self.channels().get(&addr) else {
+                        return;
+                    };
+                    let mut req =
+                        tonic::Request::new(proto::peer::DemandReport { node_id: me, data });
+                    req.set_timeout(timeout);
+                    let _ = c.report_demand(req).await;
+                }
+            });
+        futures::future::join_all(sends).await;
+    }
+
     pub(crate) fn handle_demand(&self, from: NodeId, data: &[u8]) {
         if let Some(h) = self.inner.demand_handler.get() {
             h(from, data);

@@ -41,9 +41,9 @@ pub struct Cli {
     /// A file holding the bearer token (else GATEWAY_TOKEN).
     #[arg(long, global = true, env = "GATEWAY_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
-    /// How long to wait for an answer, in seconds.
+    /// How long to wait for the server's answer, in seconds.
     #[arg(long, global = true, default_value_t = 15)]
-    timeout: u64,
+    rpc_timeout: u64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -283,7 +283,7 @@ async fn connect(cli: &Cli) -> Result<Client> {
     let channel = tonic::transport::Endpoint::from_shared(cli.endpoint.clone())
         .with_context(|| format!("invalid --endpoint {}", cli.endpoint))?
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(cli.timeout))
+        .timeout(Duration::from_secs(cli.rpc_timeout))
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", cli.endpoint))?;
@@ -673,6 +673,61 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        // The forms scripts rely on parse (clap only finds some clashes at parse time).
+        let forms: &[&[&str]] = &[
+            &[
+                "instance",
+                "create",
+                "--name",
+                "n",
+                "--spec",
+                "s",
+                "--region",
+                "r",
+                "--charge-type",
+                "month",
+            ],
+            &["instance", "modify-spec", "--name", "n", "--spec", "s"],
+            &["cluster", "status", "-o", "json"],
+            &[
+                "group",
+                "create",
+                "--name",
+                "g",
+                "--instance",
+                "i",
+                "--host",
+                "h",
+                "--base-path",
+                "/p",
+            ],
+            &["group", "modify", "--name", "g", "--instance", "shared"],
+            &[
+                "api",
+                "create",
+                "--group",
+                "g",
+                "--name",
+                "n",
+                "--method",
+                "GET",
+                "--path",
+                "/p/{id}",
+                "--backend",
+                "http://h:1",
+                "--timeout",
+                "5s",
+            ],
+            &[
+                "api", "deploy", "--group", "g", "--name", "n", "--stage", "PRE",
+            ],
+            &["api", "abolish", "--group", "g", "--name", "n"],
+        ];
+        for form in forms {
+            let args = std::iter::once("gatewayctl").chain(form.iter().copied());
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+            let _ = format!("{cli:?}");
+        }
     }
 
     #[test]

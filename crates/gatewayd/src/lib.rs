@@ -5,6 +5,7 @@
 //! them down in order on SIGTERM. The binary itself is `src/bin/gatewayd.rs` at the workspace
 //! root, which only calls [`main`].
 
+mod plane;
 pub mod settings;
 
 use anyhow::{Context, Result};
@@ -13,6 +14,7 @@ use cluster::service::PeerService;
 use cluster::{Node, NodeConfig};
 use settings::{Flags, Settings};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -62,6 +64,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     // Bind every port first, so that a port in use stops the node before it joins anything.
     let peer_listener = bind("--listen-peer", s.listen_peer).await?;
     let admin_listener = bind("--listen-admin", s.listen_admin).await?;
+    let http_listener = bind("--listen-http", s.listen_http).await?;
+    let ops_listener = bind("--listen-ops", s.listen_ops).await?;
 
     let mut cfg = NodeConfig::new(s.node_id, s.data_dir.clone(), s.advertise_peer.clone());
     cfg.voters = s.voters.clone();
@@ -121,10 +125,61 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             stopped(stop_rx.clone()),
         );
 
+    // The data plane: config from every applied state, shares from the peers' demand.
+    let dp = dataplane::Dataplane::new(s.node_id);
+    plane::accept_peer_demand(&node, dp.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
+    let background = [
+        tokio::spawn(plane::publish_configs(
+            node.subscribe(),
+            dp.clone(),
+            catalog.clone(),
+            s.shared_ceiling_rps,
+        )),
+        tokio::spawn(plane::demand_loop(
+            node.clone(),
+            dp.clone(),
+            ready.clone(),
+            draining.clone(),
+        )),
+    ];
+    let limits = dataplane::ServerLimits {
+        drain_timeout: s.drain,
+        ..Default::default()
+    };
+    let (dp_stop_tx, dp_stop_rx) = watch::channel(false);
+    let http_task = tokio::spawn(dataplane::serve(
+        http_listener,
+        dp.clone(),
+        limits,
+        stopped(dp_stop_rx),
+    ));
+    let metrics_node = node.clone();
+    let ops = dataplane::OpsHooks {
+        ready: ready.clone(),
+        extra_metrics: Some(Arc::new(move |out: &mut String| {
+            plane::raft_metrics(&metrics_node, out)
+        })),
+    };
+    let ops_task = tokio::spawn(dataplane::serve_ops(
+        ops_listener,
+        dp.clone(),
+        ops,
+        stopped(stop_rx.clone()),
+    ));
     let peer_task = tokio::spawn(peer_server);
     let admin_task = tokio::spawn(admin_server);
+    tracing::info!(http = %s.listen_http, ops = %s.listen_ops, "data plane serving");
 
     shutdown.await;
+    // Stop being ready first, so load balancers stop sending; then drain the data plane.
+    draining.store(true, Ordering::Relaxed);
+    ready.store(false, Ordering::Relaxed);
+    let _ = dp_stop_tx.send(true);
+    if let Ok(Err(e)) = http_task.await {
+        tracing::warn!("data plane: {e}");
+    }
     health
         .set_service_status(
             "gateway.admin.v1.Admin",
@@ -133,6 +188,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         .await;
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
+    let _ = ops_task.await;
+    for t in background {
+        t.abort();
+    }
     node.shutdown().await;
     let _ = peer_task.await;
     tracing::info!(node = s.node_id, "gatewayd stopped");

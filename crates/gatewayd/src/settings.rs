@@ -72,6 +72,10 @@ pub struct Flags {
     /// and twice it [default: 500].
     #[arg(long, env = "GATEWAY_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
+    /// The cluster-wide ceiling of the built-in shared instance, in requests per second; every
+    /// node must use the same value [default: 5000].
+    #[arg(long, env = "GATEWAY_SHARED_CEILING_RPS")]
+    pub shared_ceiling_rps: Option<u32>,
     /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
     #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
@@ -93,6 +97,7 @@ pub struct Settings {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub drain: Duration,
+    pub shared_ceiling_rps: u32,
 }
 
 impl Flags {
@@ -125,6 +130,7 @@ impl Flags {
             cluster_domain,
             heartbeat_ms,
             election_timeout_ms,
+            shared_ceiling_rps,
             drain_seconds
         );
         Ok(self)
@@ -225,6 +231,7 @@ impl Flags {
             heartbeat: Duration::from_millis(heartbeat),
             election_timeout: Duration::from_millis(election),
             drain: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
+            shared_ceiling_rps: f.shared_ceiling_rps.unwrap_or(5000),
         })
     }
 }

@@ -19,6 +19,11 @@ pub(crate) const MAX_BACKLOG: u64 = 1_000_000;
 /// The longest single sleep, so a stop request is seen promptly.
 const MAX_NAP: Duration = Duration::from_millis(20);
 
+/// The shortest interval between two wake-ups: at high rates the slots due within it are
+/// released together, so the pacer (and the wake-ups it causes) costs at most this many
+/// wake-ups per second, whatever the rate, for at most this much added lag.
+const QUANTUM: Duration = Duration::from_micros(500);
+
 /// State shared between the pacer and the workers.
 #[derive(Debug, Default)]
 pub(crate) struct PaceState {
@@ -48,21 +53,31 @@ pub(crate) fn pace(
     state: &PaceState,
 ) {
     let mut hint = 0;
+    // The pacer does not wake again before this instant (see QUANTUM).
+    let mut not_before = t0;
     for slot in 0..schedule.total() {
         let Some(phase) = schedule.phase_of(slot, hint) else {
             break;
         };
         hint = phase;
         let due = t0 + Duration::from_secs_f64(schedule.time_of(slot, phase));
-        loop {
-            if state.stop.load(Ordering::Relaxed) {
-                return;
+        if Instant::now() < due {
+            // Not due yet: sleep until it is, and no sooner than a quantum after the last
+            // wake-up. Never release early.
+            let wake = due.max(not_before);
+            loop {
+                if state.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let now = Instant::now();
+                if now >= wake {
+                    not_before = now + QUANTUM;
+                    break;
+                }
+                std::thread::sleep((wake - now).min(MAX_NAP));
             }
-            let now = Instant::now();
-            if now >= due {
-                break;
-            }
-            std::thread::sleep((due - now).min(MAX_NAP));
+        } else if state.stop.load(Ordering::Relaxed) {
+            return;
         }
         if state.backlog.load(Ordering::Relaxed) >= MAX_BACKLOG {
             continue;

@@ -395,7 +395,10 @@ impl Drop for Cluster {
         }
         if std::thread::panicking() {
             for id in ids {
-                eprintln!("----- node {id} log (last 60 lines) -----\n{}", self.log_tail(id, 60));
+                eprintln!(
+                    "----- node {id} log (last 60 lines) -----\n{}",
+                    self.log_tail(id, 60)
+                );
             }
         }
     }

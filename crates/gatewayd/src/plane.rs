@@ -1,0 +1,174 @@
+//! Wiring between the replicated state and the data plane: config publication, limiter demand
+//! reports between nodes, readiness and Raft metrics.
+
+use catalog::Catalog;
+use cluster::Node;
+use dataplane::{
+    Dataplane, DataplaneConfig, DemandReport, DeployedApi, GroupConfig, InstanceConfig,
+    SHARED_INSTANCE, Stage,
+};
+use model::State;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often each node tells its peers its offered load per instance.
+const DEMAND_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The data plane's view of the replicated state.
+pub fn config_from_state(
+    state: &State,
+    catalog: &Catalog,
+    shared_ceiling_rps: u32,
+) -> DataplaneConfig {
+    let mut instances = vec![InstanceConfig {
+        name: SHARED_INSTANCE.to_string(),
+        ceiling_rps: shared_ceiling_rps,
+        region: String::new(),
+    }];
+    instances.extend(state.instances.values().map(|i| InstanceConfig {
+        name: i.name.clone(),
+        // The state machine only accepts specs of the catalog; 0 would close the instance.
+        ceiling_rps: catalog.spec(&i.spec).map(|s| s.max_rps).unwrap_or(0),
+        region: i.region.clone(),
+    }));
+    let groups = state
+        .groups
+        .values()
+        .map(|g| GroupConfig {
+            name: g.name.clone(),
+            account: g.account.clone(),
+            instance: g.instance.clone(),
+            host: g.host.clone(),
+            base_path: g.base_path.clone(),
+            deployments: g
+                .deployments
+                .iter()
+                .flat_map(|(stage, apis)| {
+                    let stage = match stage {
+                        model::Stage::Release => Stage::Release,
+                        model::Stage::Pre => Stage::Pre,
+                        model::Stage::Test => Stage::Test,
+                    };
+                    apis.iter().filter_map(move |(name, d)| {
+                        Some(DeployedApi {
+                            stage,
+                            api: name.clone(),
+                            method: d.spec.method.parse().ok()?,
+                            path: d.spec.path.clone(),
+                            backend: d.spec.backend.clone(),
+                            timeout: Duration::from_millis(d.spec.timeout_ms),
+                        })
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    DataplaneConfig {
+        instances,
+        groups,
+        suspended_accounts: Vec::new(),
+    }
+}
+
+/// Publishes every newly applied state to the data plane.
+pub async fn publish_configs(
+    mut states: watch::Receiver<Arc<State>>,
+    dp: Dataplane,
+    catalog: Arc<Catalog>,
+    shared_ceiling_rps: u32,
+) {
+    loop {
+        let state = states.borrow_and_update().clone();
+        let report = dp.publish(&config_from_state(&state, &catalog, shared_ceiling_rps));
+        for w in report.warnings {
+            tracing::warn!("config: {w}");
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Every 100 ms: measure this node's demand, send it to the peers, keep the serving set in
+/// step with the membership, and keep readiness up to date.
+pub async fn demand_loop(
+    node: Node,
+    dp: Dataplane,
+    ready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(DEMAND_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let members: Vec<u64> = node.members().keys().copied().collect();
+        if !members.is_empty() {
+            dp.set_serving_nodes(&members, node.id());
+        }
+        ready.store(
+            node.is_caught_up() && !draining.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let report = dp.demand_report();
+        match serde_json::to_vec(&report) {
+            Ok(data) => node.broadcast_demand(data, DEMAND_INTERVAL).await,
+            Err(e) => tracing::warn!("demand report: {e}"),
+        }
+    }
+}
+
+/// Feeds peers' demand reports to the data plane.
+pub fn accept_peer_demand(node: &Node, dp: Dataplane) {
+    node.set_demand_handler(Box::new(move |from, data| {
+        match serde_json::from_slice::<DemandReport>(data) {
+            Ok(report) => dp.apply_peer_demand(from, &report, dp.now()),
+            Err(e) => tracing::debug!(from, "undecodable demand report: {e}"),
+        }
+    }));
+}
+
+/// Raft's view for /metrics.
+pub fn raft_metrics(node: &Node, out: &mut String) {
+    let s = node.status();
+    let _ = writeln!(out, "# HELP gateway_raft_term The current Raft term.");
+    let _ = writeln!(out, "# TYPE gateway_raft_term gauge");
+    let _ = writeln!(out, "gateway_raft_term {}", s.term);
+    let _ = writeln!(
+        out,
+        "# HELP gateway_raft_applied_index The last log index applied on this node."
+    );
+    let _ = writeln!(out, "# TYPE gateway_raft_applied_index gauge");
+    let _ = writeln!(
+        out,
+        "gateway_raft_applied_index {}",
+        s.applied_index.unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gateway_raft_last_log_index The last log index stored on this node."
+    );
+    let _ = writeln!(out, "# TYPE gateway_raft_last_log_index gauge");
+    let _ = writeln!(
+        out,
+        "gateway_raft_last_log_index {}",
+        s.last_log_index.unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gateway_raft_role 1 for this node's current Raft role."
+    );
+    let _ = writeln!(out, "# TYPE gateway_raft_role gauge");
+    for role in ["leader", "follower", "candidate", "learner", "shutdown"] {
+        let v = u8::from(s.state == role);
+        let _ = writeln!(out, "gateway_raft_role{{role=\"{role}\"}} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_raft_leader_id The leader this node follows (0 if none)."
+    );
+    let _ = writeln!(out, "# TYPE gateway_raft_leader_id gauge");
+    let _ = writeln!(out, "gateway_raft_leader_id {}", s.leader_id.unwrap_or(0));
+}
