@@ -215,6 +215,27 @@ pub fn recharge(
     Ok(transition(account, next, now))
 }
 
+/// Pays `amount` up front from the balance at `now` (a subscription or its upgrade). Refused,
+/// changing nothing, when the balance does not cover it: a purchase is never made on credit.
+pub fn pay_upfront(
+    account: &AccountBilling,
+    amount: Usd,
+    now: Timestamp,
+) -> Result<(AccountBilling, Vec<Event>), BillingError> {
+    if amount < Usd::ZERO {
+        return Err(BillingError::InvalidAmount(amount));
+    }
+    if account.balance < amount {
+        return Err(BillingError::InsufficientBalance {
+            balance: account.balance,
+            amount,
+        });
+    }
+    let mut next = account.clone();
+    next.balance -= amount;
+    Ok(transition(account, next, now))
+}
+
 /// Sets (or with `None` removes) the balance alert threshold; alerts at once if the balance is
 /// already below it.
 pub fn set_balance_alert(
@@ -345,6 +366,17 @@ fn transition(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn paying_up_front_needs_the_balance() {
+        let t = Timestamp::from_unix_secs(1_000);
+        let (a, _) = recharge(&AccountBilling::new(), usd("600"), t).unwrap();
+        let (b, _) = pay_upfront(&a, usd("560"), t).unwrap();
+        assert_eq!(b.balance(), usd("40"));
+        assert_eq!(b.state(), AccountState::Active);
+        let e = pay_upfront(&b, usd("560"), t).unwrap_err();
+        assert!(matches!(e, BillingError::InsufficientBalance { .. }), "{e}");
+    }
 
     fn usd(s: &str) -> Usd {
         Usd::parse(s).unwrap()

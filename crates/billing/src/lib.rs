@@ -89,8 +89,8 @@ pub mod time;
 pub mod traffic;
 
 pub use account::{
-    AccountBilling, AccountState, Event, check_alerts, purge_due, recharge, set_balance_alert,
-    settle_cycle,
+    AccountBilling, AccountState, Event, check_alerts, pay_upfront, purge_due, recharge,
+    set_balance_alert, settle_cycle,
 };
 pub use calls::{
     CallBreakdown, TierCharge, call_breakdown, daily_call_charge, free_quota_applies,
@@ -133,6 +133,8 @@ pub enum BillingError {
     },
     #[error("invalid amount {0}: bills cannot be negative and recharges must be positive")]
     InvalidAmount(Usd),
+    #[error("the balance {balance} does not cover {amount}: recharge first")]
+    InsufficientBalance { balance: Usd, amount: Usd },
     #[error("the cycle of {cycle} is already settled (the last settled is {last})")]
     CycleAlreadySettled { cycle: Day, last: Day },
 }

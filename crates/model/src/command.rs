@@ -1,4 +1,6 @@
-use crate::{Api, ApiGroup, ChargeType, Deployment, Instance, Millis, Stage};
+use crate::ledger::UsageDelta;
+use crate::{Account, Api, ApiGroup, ChargeType, Deployment, Instance, Millis, Stage};
+use catalog::Usd;
 use serde::{Deserialize, Serialize};
 
 /// What goes into the Raft log: a command stamped with the proposer's clock.
@@ -87,6 +89,38 @@ pub enum Command {
         name: String,
         stage: Stage,
     },
+    CreateAccount {
+        name: String,
+        webhook: Option<String>,
+        balance_alert: Option<Usd>,
+    },
+    Recharge {
+        account: String,
+        amount: Usd,
+    },
+    /// Sets the balance alert threshold (`None` removes it) and, when given, the webhook
+    /// (`Some(None)` removes it).
+    SetAccountAlert {
+        account: String,
+        threshold: Option<Usd>,
+        webhook: Option<Option<String>>,
+    },
+    /// A node's usage counts since its last flush. `(node, seq)` is applied at most once, so
+    /// a retried flush never counts twice.
+    RecordUsage {
+        node: u64,
+        seq: u64,
+        deltas: Vec<UsageDelta>,
+    },
+    /// Bills the daily cycle `day` (days since 1970-01-01, UTC) for every account.
+    CloseCycle {
+        day: u64,
+    },
+    /// The webhook has delivered the account's events up to `seq`.
+    AckEvents {
+        account: String,
+        seq: u64,
+    },
 }
 
 impl Command {
@@ -104,6 +138,12 @@ impl Command {
             Command::DeleteApi { .. } => "DeleteApi",
             Command::DeployApi { .. } => "DeployApi",
             Command::AbolishApi { .. } => "AbolishApi",
+            Command::CreateAccount { .. } => "CreateAccount",
+            Command::Recharge { .. } => "Recharge",
+            Command::SetAccountAlert { .. } => "SetAccountAlert",
+            Command::RecordUsage { .. } => "RecordUsage",
+            Command::CloseCycle { .. } => "CloseCycle",
+            Command::AckEvents { .. } => "AckEvents",
         }
     }
 }
@@ -127,4 +167,12 @@ pub enum Reply {
         kind: String,
         name: String,
     },
+    Account(Box<Account>),
+    UsageRecorded {
+        duplicate: bool,
+    },
+    CycleClosed {
+        day: u64,
+    },
+    Done,
 }

@@ -8,6 +8,7 @@
 
 mod command;
 mod error;
+pub mod ledger;
 mod state;
 pub mod validate;
 

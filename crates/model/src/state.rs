@@ -1,6 +1,8 @@
 use crate::command::{ApiSpec, Command, GroupChange, Proposal, Reply};
+use crate::ledger::{self, Bill, DayUsage, EventRecord, LedgerEntry, ReleasedInstance, ts};
 use crate::{DomainError, Millis, validate};
-use catalog::{Catalog, SHARED_INSTANCE};
+use billing::{AccountBilling, Subscription, SubscriptionChange, Term};
+use catalog::{Catalog, SHARED_INSTANCE, Usd};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -77,6 +79,9 @@ pub struct Instance {
     /// Every spec the instance has had, oldest first; the last is `spec`. Billing prices each
     /// stretch of time at the spec then in force.
     pub spec_history: Vec<SpecChange>,
+    /// The end of a subscription's paid term; after it the instance is billed by the hour.
+    #[serde(default)]
+    pub subscription_end_ms: Option<Millis>,
 }
 
 /// An account: the owner of instances and groups, and the party that is billed.
@@ -84,6 +89,27 @@ pub struct Instance {
 pub struct Account {
     pub name: String,
     pub created_at_ms: Millis,
+    /// Balance and lifecycle state (active, overdue, suspended, purged).
+    pub billing: AccountBilling,
+    /// Where events are POSTed (`http://...`), if anywhere.
+    pub webhook: Option<String>,
+    /// Every movement of the balance.
+    pub ledger: Vec<LedgerEntry>,
+    /// The webhook has delivered the account's events up to this sequence number.
+    pub events_acked: u64,
+}
+
+impl Account {
+    fn new(name: &str, at_ms: Millis) -> Account {
+        Account {
+            name: name.to_string(),
+            created_at_ms: at_ms,
+            billing: ledger::new_billing(),
+            webhook: None,
+            ledger: Vec::new(),
+            events_acked: 0,
+        }
+    }
 }
 
 /// An API as defined; what is served is its [`Deployment`]s.
@@ -123,6 +149,19 @@ pub struct State {
     pub accounts: BTreeMap<String, Account>,
     pub instances: BTreeMap<String, Instance>,
     pub groups: BTreeMap<String, ApiGroup>,
+    /// Pay-as-you-go instances released but not fully billed yet.
+    pub released: Vec<ReleasedInstance>,
+    /// Day -> account -> usage.
+    pub usage: BTreeMap<u64, BTreeMap<String, DayUsage>>,
+    /// The last usage flush applied from each node.
+    pub usage_seq: BTreeMap<u64, u64>,
+    /// Account -> its bills, oldest first.
+    pub bills: BTreeMap<String, Vec<Bill>>,
+    pub events: Vec<EventRecord>,
+    pub next_event_seq: u64,
+    pub last_closed_day: Option<u64>,
+    /// When the first proposal was applied: the first daily cycle is that day's.
+    pub genesis_ms: Option<Millis>,
 }
 
 impl Default for State {
@@ -130,15 +169,20 @@ impl Default for State {
         let mut accounts = BTreeMap::new();
         accounts.insert(
             DEFAULT_ACCOUNT.to_string(),
-            Account {
-                name: DEFAULT_ACCOUNT.to_string(),
-                created_at_ms: 0,
-            },
+            Account::new(DEFAULT_ACCOUNT, 0),
         );
         State {
             accounts,
             instances: BTreeMap::new(),
             groups: BTreeMap::new(),
+            released: Vec::new(),
+            usage: BTreeMap::new(),
+            usage_seq: BTreeMap::new(),
+            bills: BTreeMap::new(),
+            events: Vec::new(),
+            next_event_seq: 0,
+            last_closed_day: None,
+            genesis_ms: None,
         }
     }
 }
@@ -146,6 +190,21 @@ impl Default for State {
 impl State {
     /// Applies one proposal. On error nothing has changed.
     pub fn apply(&mut self, p: &Proposal, catalog: &Catalog) -> Result<Reply, DomainError> {
+        let reply = self.apply_command(p, catalog)?;
+        if self.genesis_ms.is_none() {
+            // The first command to succeed starts the first daily cycle, and the default
+            // account's first year.
+            self.genesis_ms = Some(p.at_ms);
+            if let Some(a) = self.accounts.get_mut(DEFAULT_ACCOUNT)
+                && a.created_at_ms == 0
+            {
+                a.created_at_ms = p.at_ms;
+            }
+        }
+        Ok(reply)
+    }
+
+    fn apply_command(&mut self, p: &Proposal, catalog: &Catalog) -> Result<Reply, DomainError> {
         let now = p.at_ms;
         match &p.command {
             Command::CreateInstance {
@@ -170,6 +229,30 @@ impl State {
                 if self.instances.contains_key(name) {
                     return Err(DomainError::already_exists("instance", name));
                 }
+                let term = match charge_type {
+                    ChargeType::Postpaid => None,
+                    ChargeType::Month => Some(Term::Months(1)),
+                    ChargeType::Year => Some(Term::Years(1)),
+                };
+                let mut subscription_end_ms = None;
+                if let Some(term) = term {
+                    let sub = Subscription {
+                        region: region.clone(),
+                        spec: spec.clone(),
+                        term,
+                        start: ts(now),
+                    };
+                    let price = sub
+                        .price(catalog)
+                        .map_err(|e| DomainError::invalid("spec", e.to_string()))?;
+                    let paid =
+                        billing::pay_upfront(&self.accounts[account].billing, price, ts(now))
+                            .map_err(|e| {
+                                DomainError::FailedPrecondition(format!("account '{account}': {e}"))
+                            })?;
+                    self.book(account, now, format!("subscription {name}"), -price, paid);
+                    subscription_end_ms = Some(sub.end().unix_secs() * 1000);
+                }
                 let inst = Instance {
                     name: name.clone(),
                     spec: spec.clone(),
@@ -181,6 +264,7 @@ impl State {
                         at_ms: now,
                         spec: spec.clone(),
                     }],
+                    subscription_end_ms,
                 };
                 self.instances.insert(name.clone(), inst.clone());
                 Ok(Reply::Instance(inst))
@@ -189,8 +273,29 @@ impl State {
                 check_spec(catalog, spec)?;
                 let inst = self
                     .instances
-                    .get_mut(name)
+                    .get(name)
                     .ok_or_else(|| DomainError::not_found("instance", name))?;
+                if let Some(charge) = self.upgrade_charge(inst, spec, now, catalog)? {
+                    let account = inst.account.clone();
+                    let paid = billing::pay_upfront(
+                        &self.accounts[&account].billing,
+                        charge,
+                        ts(now),
+                    )
+                    .map_err(|e| {
+                        DomainError::FailedPrecondition(format!(
+                            "account '{account}': upgrading the subscription costs {charge}: {e}"
+                        ))
+                    })?;
+                    self.book(
+                        &account,
+                        now,
+                        format!("upgrade {name} to {spec}"),
+                        -charge,
+                        paid,
+                    );
+                }
+                let inst = self.instances.get_mut(name).expect("checked above");
                 if inst.spec != *spec {
                     inst.spec = spec.clone();
                     inst.spec_history.push(SpecChange {
@@ -216,7 +321,12 @@ impl State {
                         hosted.join(", ")
                     )));
                 }
-                self.instances.remove(name);
+                let inst = self.instances.remove(name).expect("checked above");
+                // Kept until its last hours are billed.
+                self.released.push(ReleasedInstance {
+                    instance: inst,
+                    released_at_ms: now,
+                });
                 Ok(deleted("instance", name))
             }
             Command::CreateApiGroup {
@@ -391,6 +501,101 @@ impl State {
                     &format!("{group}/{name}@{}", stage.as_str()),
                 ))
             }
+            Command::CreateAccount {
+                name,
+                webhook,
+                balance_alert,
+            } => {
+                validate::name("name", name)?;
+                if let Some(w) = webhook {
+                    validate::webhook(w)?;
+                }
+                if balance_alert.is_some_and(|t| t < Usd::ZERO) {
+                    return Err(DomainError::invalid("threshold", "must not be negative"));
+                }
+                if self.accounts.contains_key(name) {
+                    return Err(DomainError::already_exists("account", name));
+                }
+                let mut acct = Account::new(name, now);
+                acct.webhook = webhook.clone();
+                acct.billing = billing::set_balance_alert(&acct.billing, *balance_alert).0;
+                self.accounts.insert(name.clone(), acct.clone());
+                Ok(Reply::Account(Box::new(acct)))
+            }
+            Command::Recharge { account, amount } => {
+                if *amount <= Usd::ZERO {
+                    return Err(DomainError::invalid(
+                        "amount",
+                        format!("{amount} must be more than 0"),
+                    ));
+                }
+                let acct = self.account(account)?;
+                let outcome = billing::recharge(&acct.billing, *amount, ts(now))
+                    .map_err(|e| DomainError::invalid("amount", e.to_string()))?;
+                self.book(account, now, "recharge".into(), *amount, outcome);
+                Ok(Reply::Account(Box::new(self.accounts[account].clone())))
+            }
+            Command::SetAccountAlert {
+                account,
+                threshold,
+                webhook,
+            } => {
+                if let Some(Some(w)) = webhook {
+                    validate::webhook(w)?;
+                }
+                if threshold.is_some_and(|t| t < Usd::ZERO) {
+                    return Err(DomainError::invalid("threshold", "must not be negative"));
+                }
+                let acct = self.account(account)?;
+                let (b, events) = billing::set_balance_alert(&acct.billing, *threshold);
+                let acct = self.accounts.get_mut(account).expect("checked above");
+                acct.billing = b;
+                if let Some(w) = webhook {
+                    acct.webhook = w.clone();
+                }
+                self.push_events(account, now, events);
+                Ok(Reply::Account(Box::new(self.accounts[account].clone())))
+            }
+            Command::RecordUsage { node, seq, deltas } => {
+                self.record_usage(*node, *seq, deltas, now)
+            }
+            Command::CloseCycle { day } => self.close_cycle(*day, now, catalog),
+            Command::AckEvents { account, seq } => {
+                self.account(account)?;
+                let acct = self.accounts.get_mut(account).expect("checked above");
+                acct.events_acked = acct.events_acked.max(*seq);
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    /// What upgrading a subscription instance to `spec` costs now, if anything. Downgrades
+    /// and changes after the paid term cost nothing here (see the README).
+    fn upgrade_charge(
+        &self,
+        inst: &Instance,
+        spec: &str,
+        now: Millis,
+        catalog: &Catalog,
+    ) -> Result<Option<Usd>, DomainError> {
+        let term = match inst.charge_type {
+            ChargeType::Postpaid => return Ok(None),
+            ChargeType::Month => Term::Months(1),
+            ChargeType::Year => Term::Years(1),
+        };
+        if inst.spec == spec || inst.subscription_end_ms.is_none_or(|end| now >= end) {
+            return Ok(None);
+        }
+        let sub = Subscription {
+            region: inst.region.clone(),
+            spec: inst.spec.clone(),
+            term,
+            start: ts(inst.created_at_ms),
+        };
+        match sub.change_spec(catalog, spec, ts(now)) {
+            Ok(SubscriptionChange::Upgrade { charge, .. }) => Ok(Some(charge)),
+            Ok(SubscriptionChange::AtRenewal { .. }) => Ok(None),
+            Err(e) => Err(DomainError::FailedPrecondition(e.to_string())),
         }
     }
 

@@ -227,6 +227,16 @@ pub fn backend(value: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// A webhook URL for notifications: `http://HOST:PORT/path`.
+pub fn webhook(value: &str) -> Result<(), DomainError> {
+    backend(value).map_err(|_| {
+        DomainError::invalid(
+            "webhook",
+            format!("'{value}' is not an http://HOST:PORT/path URL"),
+        )
+    })
+}
+
 pub fn timeout_ms(value: u64) -> Result<(), DomainError> {
     if value == 0 || value > MAX_TIMEOUT_MS {
         return Err(DomainError::invalid(
