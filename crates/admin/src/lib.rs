@@ -5,6 +5,7 @@
 //! has the [`cluster::Node`] commit it (forwarding to the leader when needed), and maps the
 //! outcome to a gRPC status. Reads are served from the state this node has applied.
 
+mod accounts;
 mod convert;
 
 use catalog::{Catalog, SHARED_INSTANCE};
@@ -436,6 +437,160 @@ impl Admin for AdminService {
         )
     }
 
+    async fn create_account(
+        &self,
+        req: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::AccountReply>, Status> {
+        let r = req.into_inner();
+        check(validate::name("name", &r.name))?;
+        let webhook = r.webhook.filter(|w| !w.is_empty());
+        if let Some(w) = &webhook {
+            check(validate::webhook(w))?;
+        }
+        let balance_alert = match r.balance_alert.filter(|t| !t.is_empty()) {
+            Some(t) => Some(accounts::parse_usd("balance_alert", &t)?),
+            None => None,
+        };
+        self.account_reply(
+            self.write(Command::CreateAccount {
+                name: r.name,
+                webhook,
+                balance_alert,
+            })
+            .await?,
+        )
+    }
+
+    async fn describe_accounts(
+        &self,
+        req: Request<pb::DescribeAccountsRequest>,
+    ) -> Result<Response<pb::DescribeAccountsReply>, Status> {
+        let name = req.into_inner().name;
+        let state = self.node.state();
+        let list = if name.is_empty() {
+            state
+                .accounts
+                .values()
+                .map(accounts::account_to_pb)
+                .collect()
+        } else {
+            vec![accounts::account_to_pb(accounts::find_account(
+                &state, &name,
+            )?)]
+        };
+        Ok(Response::new(pb::DescribeAccountsReply { accounts: list }))
+    }
+
+    async fn recharge(
+        &self,
+        req: Request<pb::RechargeRequest>,
+    ) -> Result<Response<pb::AccountReply>, Status> {
+        let r = req.into_inner();
+        let amount = accounts::parse_usd("amount", &r.amount)?;
+        if amount <= catalog::Usd::ZERO {
+            return Err(Status::invalid_argument(format!(
+                "invalid amount: {amount} must be more than 0"
+            )));
+        }
+        self.account_reply(
+            self.write(Command::Recharge {
+                account: r.account,
+                amount,
+            })
+            .await?,
+        )
+    }
+
+    async fn set_balance_alert(
+        &self,
+        req: Request<pb::SetBalanceAlertRequest>,
+    ) -> Result<Response<pb::AccountReply>, Status> {
+        let r = req.into_inner();
+        let threshold = if r.threshold.is_empty() {
+            None
+        } else {
+            Some(accounts::parse_usd("threshold", &r.threshold)?)
+        };
+        let webhook = r.webhook.map(|w| if w.is_empty() { None } else { Some(w) });
+        if let Some(Some(w)) = &webhook {
+            check(validate::webhook(w))?;
+        }
+        self.account_reply(
+            self.write(Command::SetAccountAlert {
+                account: r.account,
+                threshold,
+                webhook,
+            })
+            .await?,
+        )
+    }
+
+    async fn describe_usage(
+        &self,
+        req: Request<pb::DescribeUsageRequest>,
+    ) -> Result<Response<pb::DescribeUsageReply>, Status> {
+        let r = req.into_inner();
+        let day = if r.day.is_empty() {
+            None
+        } else {
+            Some(accounts::parse_day(&r.day)?)
+        };
+        let state = self.node.state();
+        if !r.account.is_empty() {
+            accounts::find_account(&state, &r.account)?;
+        }
+        Ok(Response::new(pb::DescribeUsageReply {
+            rows: accounts::usage_rows(&state, &r.account, day),
+        }))
+    }
+
+    async fn describe_bills(
+        &self,
+        req: Request<pb::DescribeBillsRequest>,
+    ) -> Result<Response<pb::DescribeBillsReply>, Status> {
+        let r = req.into_inner();
+        let day = if r.day.is_empty() {
+            None
+        } else {
+            Some(accounts::parse_day(&r.day)?)
+        };
+        let state = self.node.state();
+        accounts::find_account(&state, &r.account)?;
+        let bills: Vec<pb::Bill> = state
+            .bills
+            .get(&r.account)
+            .into_iter()
+            .flatten()
+            .filter(|b| day.is_none_or(|d| b.day == d))
+            .map(|b| accounts::bill_to_pb(&r.account, b))
+            .collect();
+        if day.is_some() && bills.is_empty() {
+            return Err(domain_status(DomainError::not_found(
+                "bill",
+                &format!("{}@{}", r.account, r.day),
+            )));
+        }
+        Ok(Response::new(pb::DescribeBillsReply { bills }))
+    }
+
+    async fn describe_events(
+        &self,
+        req: Request<pb::DescribeEventsRequest>,
+    ) -> Result<Response<pb::DescribeEventsReply>, Status> {
+        let r = req.into_inner();
+        let state = self.node.state();
+        if !r.account.is_empty() {
+            accounts::find_account(&state, &r.account)?;
+        }
+        let events = state
+            .events
+            .iter()
+            .filter(|e| e.seq > r.after_seq && (r.account.is_empty() || e.account == r.account))
+            .map(accounts::event_to_pb)
+            .collect();
+        Ok(Response::new(pb::DescribeEventsReply { events }))
+    }
+
     async fn describe_cluster(
         &self,
         _req: Request<pb::DescribeClusterRequest>,
@@ -504,6 +659,15 @@ impl AdminService {
                     matched_index: m.matched_index,
                 })
                 .collect(),
+        }
+    }
+
+    fn account_reply(&self, reply: Reply) -> Result<Response<pb::AccountReply>, Status> {
+        match reply {
+            Reply::Account(a) => Ok(Response::new(pb::AccountReply {
+                account: Some(accounts::account_to_pb(&a)),
+            })),
+            other => Err(unexpected(other)),
         }
     }
 

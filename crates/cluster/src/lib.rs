@@ -13,5 +13,5 @@ pub mod service;
 pub mod store;
 mod types;
 
-pub use node::{ClusterError, MemberStatus, Node, NodeConfig, NodeStatus};
+pub use node::{Clock, ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, SystemClock};
 pub use types::{NodeId, Response, TypeConfig};

@@ -519,7 +519,8 @@ impl Dataplane {
     fn apply_shares(demand: &DemandTracker, snapshot: &Snapshot, now: Nanos) {
         let mut scratch = Vec::new();
         for instance in &snapshot.instances {
-            instance.set_share(demand.share_for(&instance.name, now, &mut scratch));
+            let ceiling = f64::from(instance.ceiling_and_share().0);
+            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
         }
     }
 

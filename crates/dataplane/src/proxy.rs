@@ -208,6 +208,7 @@ pub(crate) async fn forward(
     parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
     parts.uri = uri;
     // Backends are spoken to in HTTP/1.1 whatever the client used.
+    let client_version = parts.version;
     parts.version = Version::HTTP_11;
     let upstream = Request::from_parts(parts, LimitedBody::new(body, max_body));
 
@@ -232,6 +233,9 @@ pub(crate) async fn forward(
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
+    // The client is answered in its own version, not the backend's (an HTTP/1.0 backend must
+    // not turn the client's HTTP/1.1 keep-alive connection into HTTP/1.0).
+    parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
     Ok(Response::from_parts(parts, ResponseBody::stream(body)))

@@ -8,6 +8,13 @@
 //! demand, so nothing is throttled. Only a node with (almost) no demand wastes capacity: its
 //! floor, kept small for that reason.
 //!
+//! Below the ceiling, the capacity nobody demands is spread evenly over the nodes (each node's
+//! demand counts as its offered rate plus an equal part of the spare rate), not in proportion to
+//! demand: a node that was idle while the others were busy then holds about `(C - D) / N`, so
+//! traffic that starts arriving at it is admitted at once instead of being throttled down to the
+//! floor until its next report reaches the peers. At and over the ceiling there is no spare
+//! capacity and shares are proportional to demand.
+//!
 //! Peers whose report is missing or stale (they may be down, partitioned, or just joined) are
 //! assumed to take the even share 1/N; the nodes that are heard from split the rest by demand.
 
@@ -48,35 +55,42 @@ fn clean(demand: f64) -> f64 {
 /// `own` is this node's offered rate; `peers` the offered rates of the serving peers that have
 /// reported recently; `n_nodes` the number of serving nodes including this one (peers without a
 /// fresh report are `n_nodes - 1 - peers.len()` and are assumed to take 1/N each). `floor` is the
-/// least fraction of the ceiling a node is given (capped at 1/N).
+/// least fraction of the ceiling a node is given (capped at 1/N). `ceiling_rps` is the
+/// instance's cluster-wide ceiling, in the unit of the demands: below it, the spare capacity is
+/// spread evenly (see the module docs).
 ///
 /// The shares the nodes compute this way from the same reports sum to 1 (see [`shares`]).
-pub fn share(own: f64, peers: &[f64], n_nodes: usize, floor: f64) -> f64 {
+pub fn share(own: f64, peers: &[f64], n_nodes: usize, floor: f64, ceiling_rps: f64) -> f64 {
     let known = 1 + peers.len();
     let n = n_nodes.max(known);
     let total: f64 = clean(own) + peers.iter().map(|d| clean(*d)).sum::<f64>();
-    split(clean(own), total, known, n, floor)
+    split(clean(own), total, known, n, floor, ceiling_rps)
 }
 
-/// The shares of all nodes, given each node's offered rate (`None`: not heard from recently).
-/// They sum to 1.
-pub fn shares(demands: &[Option<f64>], floor: f64) -> Vec<f64> {
+/// The shares of all nodes, given each node's offered rate (`None`: not heard from recently)
+/// and the ceiling. They sum to 1.
+pub fn shares(demands: &[Option<f64>], floor: f64, ceiling_rps: f64) -> Vec<f64> {
     let n = demands.len();
     let known = demands.iter().filter(|d| d.is_some()).count();
     let total: f64 = demands.iter().flatten().map(|d| clean(*d)).sum();
     demands
         .iter()
         .map(|d| match d {
-            Some(d) => split(clean(*d), total, known, n, floor),
+            Some(d) => split(clean(*d), total, known, n, floor, ceiling_rps),
             None => 1.0 / n as f64,
         })
         .collect()
 }
 
 /// A known node's part of the budget `known / n` the known nodes share: a floor each, the rest
-/// in proportion to demand (evenly when nobody has any).
-fn split(own: f64, total: f64, known: usize, n: usize, floor: f64) -> f64 {
+/// in proportion to demand, where the rate the known nodes' demands leave unused of their part
+/// of the ceiling is added evenly to each node's demand (so with no demand at all, evenly).
+fn split(own: f64, total: f64, known: usize, n: usize, floor: f64, ceiling_rps: f64) -> f64 {
     let even = 1.0 / n as f64;
+    let budget_rps = clean(ceiling_rps) * known as f64 * even;
+    let spare_each = (budget_rps - total).max(0.0) / known as f64;
+    let own = own + spare_each;
+    let total = total + spare_each * known as f64;
     if total <= 0.0 {
         return even;
     }
@@ -213,7 +227,13 @@ impl DemandTracker {
     }
 
     /// This node's share of `instance`'s ceiling at `now`.
-    pub(crate) fn share_for(&self, instance: &str, now: Nanos, scratch: &mut Vec<f64>) -> f64 {
+    pub(crate) fn share_for(
+        &self,
+        instance: &str,
+        ceiling_rps: f64,
+        now: Nanos,
+        scratch: &mut Vec<f64>,
+    ) -> f64 {
         scratch.clear();
         for id in &self.peers {
             if let Some(r) = self.reports.get(id)
@@ -227,6 +247,7 @@ impl DemandTracker {
             scratch,
             self.n_nodes(),
             self.floor,
+            ceiling_rps,
         )
     }
 }
@@ -237,6 +258,8 @@ mod tests {
     use proptest::prelude::*;
 
     const F: f64 = DEFAULT_SHARE_FLOOR;
+    /// A ceiling at or below the total demand of the tests that are about overload.
+    const C: f64 = 1000.0;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
@@ -244,15 +267,15 @@ mod tests {
 
     #[test]
     fn no_demand_or_no_reports_means_even_shares() {
-        assert!(close(share(0.0, &[0.0, 0.0], 3, F), 1.0 / 3.0));
-        assert!(close(share(500.0, &[], 3, F), 1.0 / 3.0));
-        assert!(close(share(0.0, &[], 1, F), 1.0));
-        assert!(close(share(123.0, &[], 1, F), 1.0));
+        assert!(close(share(0.0, &[0.0, 0.0], 3, F, C), 1.0 / 3.0));
+        assert!(close(share(500.0, &[], 3, F, C), 1.0 / 3.0));
+        assert!(close(share(0.0, &[], 1, F, C), 1.0));
+        assert!(close(share(123.0, &[], 1, F, C), 1.0));
     }
 
     #[test]
     fn even_demand_gives_even_shares() {
-        let s = shares(&[Some(700.0), Some(700.0), Some(700.0)], F);
+        let s = shares(&[Some(700.0), Some(700.0), Some(700.0)], F, C);
         for w in s {
             assert!(close(w, 1.0 / 3.0));
         }
@@ -260,26 +283,52 @@ mod tests {
 
     #[test]
     fn skewed_demand_gives_proportional_shares() {
-        let s = shares(&[Some(1600.0), Some(200.0), Some(200.0)], 0.0);
+        let s = shares(&[Some(1600.0), Some(200.0), Some(200.0)], 0.0, C);
         assert!(
             close(s[0], 0.8) && close(s[1], 0.1) && close(s[2], 0.1),
             "{s:?}"
         );
-        let s = shares(&[Some(1600.0), Some(200.0), Some(200.0)], F);
+        let s = shares(&[Some(1600.0), Some(200.0), Some(200.0)], F, C);
         assert!(close(s[0], F + (1.0 - 3.0 * F) * 0.8), "{s:?}");
-        assert!(close(share(200.0, &[1600.0, 200.0], 3, F), s[1]));
+        assert!(close(share(200.0, &[1600.0, 200.0], 3, F, C), s[1]));
     }
 
     #[test]
     fn an_idle_node_keeps_its_floor() {
-        let s = shares(&[Some(0.0), Some(1000.0), Some(1000.0)], F);
+        let s = shares(&[Some(0.0), Some(1000.0), Some(1000.0)], F, C);
         assert!(close(s[0], F));
         assert!(close(s[1], (1.0 - F) / 2.0));
     }
 
     #[test]
+    fn below_the_ceiling_spare_capacity_is_spread_evenly() {
+        // 10% of the ceiling offered, all at node 1: the 900/s nobody uses is split evenly, so
+        // the idle nodes can take traffic at once, and node 1 keeps more than its demand.
+        let s = shares(&[Some(0.0), Some(100.0), Some(0.0)], F, C);
+        let k = 1.0 - 3.0 * F;
+        assert!(close(s[0], F + k * 0.3), "{s:?}");
+        assert!(close(s[1], F + k * 0.4), "{s:?}");
+        assert!(close(s[2], s[0]), "{s:?}");
+        assert!(close(share(0.0, &[100.0, 0.0], 3, F, C), s[0]));
+        // At the ceiling there is nothing to spread: shares follow demand.
+        let s = shares(&[Some(500.0), Some(250.0), Some(250.0)], 0.0, C);
+        assert!(close(s[0], 0.5) && close(s[1], 0.25), "{s:?}");
+        // No demand anywhere: even, whatever the ceiling (a closed instance too).
+        for c in [0.0, 1.0, C] {
+            let s = shares(&[Some(0.0), Some(0.0)], F, c);
+            assert!(close(s[0], 0.5) && close(s[1], 0.5), "{s:?}");
+        }
+        // Silent peers keep 1/N: the spare part of the known nodes' budget is what is spread.
+        let s = shares(&[Some(0.0), None, Some(100.0)], F, 900.0);
+        assert!(close(s[1], 1.0 / 3.0), "{s:?}");
+        // Known budget 600/s, 500/s spare: 250 each on top of demand.
+        let k2 = 2.0 / 3.0 - 2.0 * F;
+        assert!(close(s[0], F + k2 * 250.0 / 600.0), "{s:?}");
+    }
+
+    #[test]
     fn silent_peers_are_assumed_to_take_an_even_share() {
-        let s = shares(&[Some(1000.0), None, Some(0.0)], F);
+        let s = shares(&[Some(1000.0), None, Some(0.0)], F, C);
         assert!(close(s[1], 1.0 / 3.0));
         assert!(close(s[0] + s[2], 2.0 / 3.0));
         assert!(close(s[2], F));
@@ -304,17 +353,17 @@ mod tests {
         assert_eq!(r.window_ms, 100);
         // Node 9 does not serve: ignored. Nodes 2, 3 not heard from: 1/3 for us.
         t.record_peer(9, &report(1e9), sec);
-        assert!(close(t.share_for("i", sec, &mut scratch), 1.0 / 3.0));
+        assert!(close(t.share_for("i", C, sec, &mut scratch), 1.0 / 3.0));
         t.record_peer(2, &report(1000.0), sec);
         t.record_peer(3, &report(2000.0), sec);
         let expect = F + (1.0 - 3.0 * F) * 0.25;
-        assert!(close(t.share_for("i", sec, &mut scratch), expect));
+        assert!(close(t.share_for("i", C, sec, &mut scratch), expect));
         // Two seconds later both reports are stale: back to 1/3.
-        assert!(close(t.share_for("i", 3 * sec, &mut scratch), 1.0 / 3.0));
+        assert!(close(t.share_for("i", C, 3 * sec, &mut scratch), 1.0 / 3.0));
         // Node 3 leaves: we split with node 2 only.
         t.set_serving(&[1, 2], 1);
         let expect = F + (1.0 - 2.0 * F) * 0.5;
-        assert!(close(t.share_for("i", sec, &mut scratch), expect));
+        assert!(close(t.share_for("i", C, sec, &mut scratch), expect));
     }
 
     proptest! {
@@ -322,8 +371,9 @@ mod tests {
         fn shares_sum_to_one(
             demands in proptest::collection::vec(proptest::option::weighted(0.8, 0.0f64..1e6), 1..12),
             floor in 0.0f64..0.5,
+            ceiling in 0.0f64..2e6,
         ) {
-            let s = shares(&demands, floor);
+            let s = shares(&demands, floor, ceiling);
             let sum: f64 = s.iter().sum();
             prop_assert!((sum - 1.0).abs() < 1e-9, "sum {sum} of {s:?}");
             for (w, d) in s.iter().zip(&demands) {
@@ -339,21 +389,45 @@ mod tests {
             own in 0.0f64..1e6,
             peers in proptest::collection::vec(0.0f64..1e6, 0..6),
             silent in 0usize..3,
+            ceiling in 0.0f64..2e6,
         ) {
             let mut all = vec![Some(own)];
             all.extend(peers.iter().map(|p| Some(*p)));
             all.extend(std::iter::repeat_n(None, silent));
             let n = all.len();
-            prop_assert!((share(own, &peers, n, F) - shares(&all, F)[0]).abs() < 1e-12);
+            prop_assert!(
+                (share(own, &peers, n, F, ceiling) - shares(&all, F, ceiling)[0]).abs() < 1e-12
+            );
         }
 
         #[test]
         fn more_demand_never_means_a_smaller_share(
             own in 0.0f64..1e6, more in 0.0f64..1e6,
             peers in proptest::collection::vec(0.0f64..1e6, 0..6),
+            ceiling in 0.0f64..2e6,
         ) {
             let n = peers.len() + 1;
-            prop_assert!(share(own + more, &peers, n, F) + 1e-12 >= share(own, &peers, n, F));
+            prop_assert!(
+                share(own + more, &peers, n, F, ceiling) + 1e-12 >= share(own, &peers, n, F, ceiling)
+            );
+        }
+
+        #[test]
+        fn below_the_ceiling_every_node_is_given_its_demand(
+            weights in proptest::collection::vec(0.0f64..1.0, 1..8),
+            load in 0.0f64..1.0,
+            ceiling in 1.0f64..1e6,
+        ) {
+            // Demands summing to `load` of the ceiling: each node's limit covers its demand,
+            // short of at most the floors of the other nodes.
+            let sum: f64 = weights.iter().sum::<f64>().max(1e-9);
+            let demands: Vec<Option<f64>> =
+                weights.iter().map(|w| Some(w / sum * load * ceiling)).collect();
+            let n = demands.len() as f64;
+            for (w, d) in shares(&demands, F, ceiling).iter().zip(&demands) {
+                let d = d.unwrap();
+                prop_assert!(w * ceiling + (n - 1.0) * F * ceiling + 1e-6 >= d, "{w} {d}");
+            }
         }
     }
 }

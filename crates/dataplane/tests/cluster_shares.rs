@@ -307,3 +307,37 @@ fn serving_nodes_set_the_even_share_until_reports_arrive() {
         .unwrap();
     assert!((s.share - 0.5).abs() < 1e-9, "{s:?}");
 }
+
+#[test]
+fn a_node_that_wakes_up_below_the_ceiling_is_not_throttled() {
+    // Node 1 of three. Node 2 offers 10% of the ceiling, node 3 and this node nothing. Then
+    // traffic (another 10% of the ceiling) starts arriving here, before this node's next report
+    // could tell anyone: the cluster is far below its ceiling, so none of it may be refused.
+    // (With shares strictly proportional to demand this node held only its floor, 0.5% of the
+    // ceiling, and refused almost everything until the reports caught up.)
+    let clock = Arc::new(FakeClock::new(SEC));
+    let dp = single_node(&clock, CEILING);
+    dp.set_serving_nodes(&[1, 2, 3], 1);
+    let report = |rps: f64| dataplane::DemandReport {
+        window_ms: 100,
+        instances: vec![dataplane::InstanceDemand {
+            instance: "dedicated".into(),
+            offered_rps: rps,
+        }],
+    };
+    for i in 0..3 {
+        clock.advance(Duration::from_millis(100));
+        dp.demand_report();
+        dp.apply_peer_demand(2, &report(0.1 * f64::from(CEILING)), dp.now());
+        dp.apply_peer_demand(3, &report(0.0), dp.now());
+        let s = &dp.instance_shares()[0];
+        assert_eq!(s.offered_rps, 0.0, "round {i}: {s:?}");
+    }
+    let s = &dp.instance_shares()[0];
+    // (C - D) / N of spare capacity, at least.
+    assert!(s.limit_rps >= 0.29 * f64::from(CEILING), "{s:?}");
+    // 100 requests/s for 100 ms.
+    let from = dp.now();
+    let admitted = admitted_over(&dp, &clock, from, from + 100 * MS, 10 * MS);
+    assert_eq!(admitted, 10);
+}

@@ -4,6 +4,7 @@
 //! node (the node forwards writes to the leader), and prints the result as a table or, with
 //! `-o json`, as JSON for scripts. Any error exits non-zero with the server's message.
 
+mod money;
 mod output;
 
 use anyhow::{Context, Result, bail};
@@ -21,14 +22,8 @@ use tonic::transport::Channel;
 #[derive(Debug, Parser)]
 #[command(name = "gatewayctl", version, about = "Administer a gateway cluster")]
 pub struct Cli {
-    /// The admin API of any node.
-    #[arg(
-        long,
-        global = true,
-        env = "GATEWAY_ENDPOINT",
-        default_value = "http://127.0.0.1:9090"
-    )]
-    endpoint: String,
+    #[command(flatten)]
+    conn: Conn,
     /// Output format.
     #[arg(
         short = 'o',
@@ -38,14 +33,27 @@ pub struct Cli {
         default_value = "table"
     )]
     output: Format,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// Where and how to reach the admin API.
+#[derive(Debug, Args)]
+struct Conn {
+    /// The admin API of any node.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_ENDPOINT",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    endpoint: String,
     /// A file holding the bearer token (else GATEWAY_TOKEN).
     #[arg(long, global = true, env = "GATEWAY_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
     /// How long to wait for the server's answer, in seconds.
     #[arg(long, global = true, default_value_t = 15)]
     rpc_timeout: u64,
-    #[command(subcommand)]
-    command: Cmd,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +76,21 @@ enum Cmd {
     /// Cluster membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Accounts: balances, alerts, recharges.
+    #[command(subcommand)]
+    Account(money::AccountCmd),
+    /// Metered usage by day, account, instance and API.
+    Usage(money::UsageArgs),
+    /// Daily bills.
+    #[command(subcommand)]
+    Bill(money::BillCmd),
+    /// Account events (alerts, suspension, restoration, purge).
+    Events(money::EventsArgs),
+    /// Prices (offline: no server needed).
+    #[command(subcommand)]
+    Pricing(money::PricingCmd),
+    /// Check a running cluster against an instance spec's SLA (open-loop load test).
+    Loadtest(Box<loadtest::LoadtestArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,7 +291,7 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
-fn token(cli: &Cli) -> Result<Option<String>> {
+fn token(cli: &Conn) -> Result<Option<String>> {
     if let Some(path) = &cli.token_file {
         let t = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --token-file {}", path.display()))?;
@@ -279,7 +302,7 @@ fn token(cli: &Cli) -> Result<Option<String>> {
         .filter(|t| !t.is_empty()))
 }
 
-async fn connect(cli: &Cli) -> Result<Client> {
+async fn connect(cli: &Conn) -> Result<Client> {
     let channel = tonic::transport::Endpoint::from_shared(cli.endpoint.clone())
         .with_context(|| format!("invalid --endpoint {}", cli.endpoint))?
         .connect_timeout(Duration::from_secs(3))
@@ -324,9 +347,24 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let f = cli.output;
-    let mut c = connect(&cli).await?;
-    match cli.command {
+    let Cli {
+        conn,
+        output: f,
+        command,
+    } = cli;
+    // Commands that need no server.
+    let command = match command {
+        Cmd::Pricing(money::PricingCmd::Estimate(a)) => return money::estimate(f, a),
+        Cmd::Loadtest(args) => return run_loadtest(&conn, *args).await,
+        other => other,
+    };
+    let mut c = connect(&conn).await?;
+    match command {
+        Cmd::Pricing(_) | Cmd::Loadtest(_) => unreachable!("handled above"),
+        Cmd::Account(cmd) => money::account(&mut c, f, cmd).await,
+        Cmd::Usage(a) => money::usage(&mut c, f, a).await,
+        Cmd::Bill(cmd) => money::bill(&mut c, f, cmd).await,
+        Cmd::Events(a) => money::events(&mut c, f, a).await,
         Cmd::Instance(cmd) => instance(&mut c, f, cmd).await,
         Cmd::Spec(ListOnly::List) => {
             let specs = c
@@ -374,6 +412,48 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Api(cmd) => api(&mut c, f, cmd).await,
         Cmd::Cluster(cmd) => cluster(&mut c, f, cmd).await,
     }
+}
+
+/// Runs a load test; a mid-run spec change goes through the admin API at `--endpoint`.
+async fn run_loadtest(conn: &Conn, args: loadtest::LoadtestArgs) -> Result<()> {
+    let changer: Option<Box<dyn loadtest::SpecChanger>> = match &args.instance {
+        Some(instance) if args.modify_spec_at.is_some() => {
+            let client = connect(conn).await?;
+            let instance = instance.clone();
+            let endpoint = conn.endpoint.clone();
+            Some(Box::new(move |spec: String| {
+                let mut client = client.clone();
+                let name = instance.clone();
+                let endpoint = endpoint.clone();
+                async move {
+                    client
+                        .modify_instance_spec(pb::ModifyInstanceSpecRequest { name, spec })
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| format!("ModifyInstanceSpec at {endpoint}: {}", s.message()))
+                }
+            }))
+        }
+        _ => None,
+    };
+    let all_pass = loadtest::run_cli(args, changer).await?;
+    if !all_pass {
+        bail!("the load test failed its SLA verdicts");
+    }
+    Ok(())
+}
+
+/// A Unix time in milliseconds as `YYYY-MM-DD HH:MM:SS`.
+pub(crate) fn ms_to_utc(ms: u64) -> String {
+    let t = billing::Timestamp::from_unix_secs(ms / 1000);
+    let secs = t.unix_secs() % 86_400;
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        t.day(),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 fn print_instance(f: Format, i: Option<pb::Instance>) -> Result<()> {
@@ -722,6 +802,57 @@ mod tests {
                 "api", "deploy", "--group", "g", "--name", "n", "--stage", "PRE",
             ],
             &["api", "abolish", "--group", "g", "--name", "n"],
+            &[
+                "account",
+                "create",
+                "--name",
+                "a",
+                "--webhook",
+                "http://h:1/x",
+                "--alert-threshold",
+                "5",
+            ],
+            &["account", "recharge", "--name", "a", "--amount", "10.5"],
+            &["account", "set-alert", "--name", "a", "--threshold", "3"],
+            &["usage", "--account", "a", "--day", "2026-01-02"],
+            &["bill", "list", "--account", "a"],
+            &["bill", "get", "--account", "a", "--day", "2026-01-02"],
+            &["events", "--account", "a"],
+            &[
+                "pricing",
+                "estimate",
+                "--region",
+                "cn-hongkong",
+                "--calls",
+                "12000000",
+                "--traffic-gb",
+                "100",
+                "-o",
+                "json",
+            ],
+            &[
+                "pricing",
+                "estimate",
+                "--region",
+                "ap-southeast-1",
+                "--spec",
+                "api.s1.small",
+                "--hours",
+                "9.5",
+            ],
+            &[
+                "loadtest",
+                "--target",
+                "http://127.0.0.1:8080/x@80",
+                "--spec",
+                "api.s1.small",
+                "--modify-spec-at",
+                "20s",
+                "--to",
+                "api.s1.medium",
+                "--instance",
+                "i",
+            ],
         ];
         for form in forms {
             let args = std::iter::once("gatewayctl").chain(form.iter().copied());

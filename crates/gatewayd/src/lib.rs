@@ -5,6 +5,8 @@
 //! them down in order on SIGTERM. The binary itself is `src/bin/gatewayd.rs` at the workspace
 //! root, which only calls [`main`].
 
+mod jobs;
+mod metering;
 mod plane;
 pub mod settings;
 
@@ -15,6 +17,7 @@ use cluster::{Node, NodeConfig};
 use settings::{Flags, Settings};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -36,6 +39,37 @@ pub fn main() -> Result<()> {
         .build()
         .context("cannot start the async runtime")?
         .block_on(run(settings, shutdown_signal()))
+}
+
+/// Development time source: the Unix milliseconds written in a file (see `--dev-clock-file`).
+struct FileClock {
+    path: std::path::PathBuf,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl FileClock {
+    fn new(path: std::path::PathBuf) -> Self {
+        FileClock {
+            path,
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl cluster::Clock for FileClock {
+    fn now_ms(&self) -> u64 {
+        // A file being rewritten can be read empty: keep the last good reading then.
+        let read = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        match read {
+            Some(ms) => {
+                self.last.store(ms, Ordering::Relaxed);
+                ms
+            }
+            None => self.last.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -67,7 +101,17 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let http_listener = bind("--listen-http", s.listen_http).await?;
     let ops_listener = bind("--listen-ops", s.listen_ops).await?;
 
+    catalog
+        .region(&s.shared_region)
+        .with_context(|| "invalid --shared-region".to_string())?;
     let mut cfg = NodeConfig::new(s.node_id, s.data_dir.clone(), s.advertise_peer.clone());
+    if let Some(path) = &s.dev_clock_file {
+        tracing::warn!(
+            "DEVELOPMENT MODE: time comes from {}, not the system clock",
+            path.display()
+        );
+        cfg.clock = Arc::new(FileClock::new(path.clone()));
+    }
     cfg.voters = s.voters.clone();
     cfg.catalog = catalog.clone();
     cfg.heartbeat = s.heartbeat;
@@ -135,7 +179,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             node.subscribe(),
             dp.clone(),
             catalog.clone(),
-            s.shared_ceiling_rps,
+            plane::SharedInstance {
+                ceiling_rps: s.shared_ceiling_rps,
+                region: s.shared_region.clone(),
+            },
         )),
         tokio::spawn(plane::demand_loop(
             node.clone(),
@@ -143,6 +190,21 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             ready.clone(),
             draining.clone(),
         )),
+    ];
+    let meter = Arc::new(tokio::sync::Mutex::new(metering::Meter::new(
+        node.clone(),
+        dp.clone(),
+    )));
+    // In development mode time may jump by days: look at the clock more often.
+    let job_tick = if s.dev_clock_file.is_some() {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_secs(1)
+    };
+    let jobs = [
+        tokio::spawn(metering::run(meter.clone(), s.usage_flush)),
+        tokio::spawn(jobs::close_cycles(node.clone(), s.bill_delay, job_tick)),
+        tokio::spawn(jobs::deliver_events(node.clone(), job_tick)),
     ];
     let limits = dataplane::ServerLimits {
         drain_timeout: s.drain,
@@ -179,6 +241,13 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let _ = dp_stop_tx.send(true);
     if let Ok(Err(e)) = http_task.await {
         tracing::warn!("data plane: {e}");
+    }
+    // Everything the data plane counted is recorded before the node leaves.
+    for j in &jobs {
+        j.abort();
+    }
+    if !metering::final_flush(&meter, Duration::from_secs(5)).await {
+        tracing::warn!("the last usage flush could not be recorded");
     }
     health
         .set_service_status(

@@ -21,12 +21,12 @@ const DEMAND_INTERVAL: Duration = Duration::from_millis(100);
 pub fn config_from_state(
     state: &State,
     catalog: &Catalog,
-    shared_ceiling_rps: u32,
+    shared: &SharedInstance,
 ) -> DataplaneConfig {
     let mut instances = vec![InstanceConfig {
         name: SHARED_INSTANCE.to_string(),
-        ceiling_rps: shared_ceiling_rps,
-        region: String::new(),
+        ceiling_rps: shared.ceiling_rps,
+        region: shared.region.clone(),
     }];
     instances.extend(state.instances.values().map(|i| InstanceConfig {
         name: i.name.clone(),
@@ -66,11 +66,25 @@ pub fn config_from_state(
                 .collect(),
         })
         .collect();
+    // Overdue bills stop API calls (not management) until a recharge covers them.
+    let suspended_accounts = state
+        .accounts
+        .values()
+        .filter(|a| !a.billing.serves_api_calls())
+        .map(|a| a.name.clone())
+        .collect();
     DataplaneConfig {
         instances,
         groups,
-        suspended_accounts: Vec::new(),
+        suspended_accounts,
     }
+}
+
+/// The built-in shared instance's settings.
+#[derive(Debug, Clone)]
+pub struct SharedInstance {
+    pub ceiling_rps: u32,
+    pub region: String,
 }
 
 /// Publishes every newly applied state to the data plane.
@@ -78,11 +92,11 @@ pub async fn publish_configs(
     mut states: watch::Receiver<Arc<State>>,
     dp: Dataplane,
     catalog: Arc<Catalog>,
-    shared_ceiling_rps: u32,
+    shared: SharedInstance,
 ) {
     loop {
         let state = states.borrow_and_update().clone();
-        let report = dp.publish(&config_from_state(&state, &catalog, shared_ceiling_rps));
+        let report = dp.publish(&config_from_state(&state, &catalog, &shared));
         for w in report.warnings {
             tracing::warn!("config: {w}");
         }

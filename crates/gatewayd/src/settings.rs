@@ -76,6 +76,24 @@ pub struct Flags {
     /// node must use the same value [default: 5000].
     #[arg(long, env = "GATEWAY_SHARED_CEILING_RPS")]
     pub shared_ceiling_rps: Option<u32>,
+    /// The region of the built-in shared instance: its outbound traffic is billed at this
+    /// region's price [default: cn-hangzhou].
+    #[arg(long, env = "GATEWAY_SHARED_REGION")]
+    pub shared_region: Option<String>,
+    /// How long after a daily cycle ends its bill is issued, in seconds (the pricing document
+    /// says within 1 to 3 hours) [default: 3600].
+    #[arg(long, env = "GATEWAY_BILL_DELAY_SECONDS")]
+    pub bill_delay_seconds: Option<u64>,
+    /// How often usage counters are flushed into the replicated state, in ms [default: 1000].
+    #[arg(long, env = "GATEWAY_USAGE_FLUSH_MS")]
+    pub usage_flush_ms: Option<u64>,
+    /// Development mode: allows the settings below. Never use it in production.
+    #[arg(long, env = "GATEWAY_DEV_MODE", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_mode: Option<bool>,
+    /// (Development mode only.) Read the current time, in Unix milliseconds, from this file
+    /// instead of the system clock, so tests can run months of billing cycles in seconds.
+    #[arg(long, env = "GATEWAY_DEV_CLOCK_FILE")]
+    pub dev_clock_file: Option<PathBuf>,
     /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
     #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
@@ -98,6 +116,10 @@ pub struct Settings {
     pub election_timeout: Duration,
     pub drain: Duration,
     pub shared_ceiling_rps: u32,
+    pub shared_region: String,
+    pub bill_delay: Duration,
+    pub usage_flush: Duration,
+    pub dev_clock_file: Option<PathBuf>,
 }
 
 impl Flags {
@@ -131,6 +153,11 @@ impl Flags {
             heartbeat_ms,
             election_timeout_ms,
             shared_ceiling_rps,
+            shared_region,
+            bill_delay_seconds,
+            usage_flush_ms,
+            dev_mode,
+            dev_clock_file,
             drain_seconds
         );
         Ok(self)
@@ -210,6 +237,13 @@ impl Flags {
                 "--listen-admin {listen_admin} is not a loopback address: give --admin-token-file so that the admin API is not open to anyone who can reach it"
             );
         }
+        if f.dev_clock_file.is_some() && f.dev_mode != Some(true) {
+            bail!("--dev-clock-file is a development setting: it is refused without --dev-mode");
+        }
+        let usage_flush_ms = f.usage_flush_ms.unwrap_or(1000);
+        if usage_flush_ms < 10 {
+            bail!("--usage-flush-ms {usage_flush_ms} is below the minimum of 10");
+        }
         let election = f.election_timeout_ms.unwrap_or(500);
         let heartbeat = f.heartbeat_ms.unwrap_or(100);
         if heartbeat == 0 || election <= heartbeat * 2 {
@@ -232,6 +266,10 @@ impl Flags {
             election_timeout: Duration::from_millis(election),
             drain: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
             shared_ceiling_rps: f.shared_ceiling_rps.unwrap_or(5000),
+            shared_region: f.shared_region.unwrap_or_else(|| "cn-hangzhou".into()),
+            bill_delay: Duration::from_secs(f.bill_delay_seconds.unwrap_or(3600)),
+            usage_flush: Duration::from_millis(usage_flush_ms),
+            dev_clock_file: f.dev_clock_file,
         })
     }
 }
@@ -379,6 +417,26 @@ mod tests {
                 .to_string()
                 .contains("--admin-token-file")
         );
+    }
+
+    #[test]
+    fn the_dev_clock_needs_dev_mode() {
+        let f = Flags {
+            dev_clock_file: Some("/tmp/clock".into()),
+            ..Default::default()
+        };
+        assert!(
+            f.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("refused without --dev-mode")
+        );
+        let f = Flags {
+            dev_clock_file: Some("/tmp/clock".into()),
+            dev_mode: Some(true),
+            ..Default::default()
+        };
+        assert!(f.resolve().is_ok());
     }
 
     #[test]

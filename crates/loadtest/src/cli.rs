@@ -75,11 +75,7 @@ pub struct LoadtestArgs {
     #[arg(long, value_name = "SPEC", requires = "modify_spec_at")]
     pub to: Option<String>,
 
-    /// Admin API endpoint for the spec change (used by the caller's spec changer).
-    #[arg(long, value_name = "ADMIN", requires = "modify_spec_at")]
-    pub endpoint: Option<String>,
-
-    /// Instance whose spec is changed (used by the caller's spec changer).
+    /// Instance whose spec is changed (through the admin API at `gatewayctl --endpoint`).
     #[arg(long, value_name = "NAME", requires = "modify_spec_at")]
     pub instance: Option<String>,
 
@@ -370,14 +366,11 @@ mod tests {
             "45s",
             "--to",
             "api.s1.small",
-            "--endpoint",
-            "http://127.0.0.1:9090",
             "--instance",
             "inst-1",
         ])
         .unwrap();
         assert_eq!(a.instance.as_deref(), Some("inst-1"));
-        assert_eq!(a.endpoint.as_deref(), Some("http://127.0.0.1:9090"));
         let c = a.to_config().unwrap();
         let ch = c.spec_change().unwrap();
         assert_eq!(ch.ceiling_rps, 2500.0);

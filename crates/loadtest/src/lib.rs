@@ -276,28 +276,27 @@ pub async fn run(
             .map_err(|e| LoadtestError::Internal(format!("cannot start the pacer thread: {e}")))?;
     }
 
-    let change_task = match (&change, spec_changer) {
-        (Some(ch), Some(changer)) => {
-            let at = ch.at;
-            let to = ch.to.clone();
-            Some(tokio::spawn(async move {
-                tokio::time::sleep_until(t0 + at).await;
-                let called = t0.elapsed().as_secs_f64();
-                let r = tokio::time::timeout(SPEC_CHANGE_TIMEOUT, changer.change(to)).await;
-                let returned = t0.elapsed().as_secs_f64();
-                let error = match r {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(_) => Some(format!(
-                        "no answer within {}s",
-                        SPEC_CHANGE_TIMEOUT.as_secs()
-                    )),
-                };
-                (called, returned, error)
-            }))
-        }
-        _ => None,
-    };
+    // In a JoinSet so that dropping the run (cancelling it) also cancels the pending change.
+    let mut change_task = JoinSet::new();
+    if let (Some(ch), Some(changer)) = (&change, spec_changer) {
+        let at = ch.at;
+        let to = ch.to.clone();
+        change_task.spawn(async move {
+            tokio::time::sleep_until(t0 + at).await;
+            let called = t0.elapsed().as_secs_f64();
+            let r = tokio::time::timeout(SPEC_CHANGE_TIMEOUT, changer.change(to)).await;
+            let returned = t0.elapsed().as_secs_f64();
+            let error = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!(
+                    "no answer within {}s",
+                    SPEC_CHANGE_TIMEOUT.as_secs()
+                )),
+            };
+            (called, returned, error)
+        });
+    }
 
     let mut aborted = false;
     loop {
@@ -314,15 +313,15 @@ pub async fn run(
     }
     let elapsed_s = t0.elapsed().as_secs_f64();
 
-    let spec_change = match (change, change_task) {
-        (Some(ch), Some(task)) => {
-            let mut task = task;
+    let spec_change = match change {
+        Some(ch) => {
             let (called, returned, error) =
-                match tokio::time::timeout_at(hard_deadline, &mut task).await {
-                    Ok(Ok((c, r, e))) => (Some(c), Some(r), e),
-                    Ok(Err(e)) => (None, None, Some(format!("spec changer failed: {e}"))),
+                match tokio::time::timeout_at(hard_deadline, change_task.join_next()).await {
+                    Ok(Some(Ok((c, r, e)))) => (Some(c), Some(r), e),
+                    Ok(Some(Err(e))) => (None, None, Some(format!("spec changer failed: {e}"))),
+                    Ok(None) => (None, None, Some("spec changer was not called".to_string())),
                     Err(_) => {
-                        task.abort();
+                        change_task.abort_all();
                         (
                             None,
                             None,
@@ -339,7 +338,7 @@ pub async fn run(
                 error,
             })
         }
-        _ => None,
+        None => None,
     };
     let stats = collector
         .await

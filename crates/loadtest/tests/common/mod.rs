@@ -31,6 +31,8 @@ pub enum Behaviour {
     Throttle { rate: f64, burst: f64 },
     /// Reads the request and never answers.
     Hang,
+    /// 200 with `Connection: close`: every connection carries one request.
+    CloseEach,
 }
 
 #[derive(Debug)]
@@ -185,6 +187,14 @@ async fn handle(
             } else {
                 StatusCode::TOO_MANY_REQUESTS
             }
+        }
+        Behaviour::CloseEach => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Ok(resp);
         }
         Behaviour::Hang => {
             std::future::pending::<()>().await;

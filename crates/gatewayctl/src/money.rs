@@ -1,0 +1,406 @@
+//! Commands about money: accounts, usage, bills, events, and the offline price calculator.
+
+use crate::output::{Format, Table, print};
+use crate::{Client, ms_to_utc};
+use anyhow::{Result, bail};
+use billing::{Decimal, EstimateRequest, InstanceDuration, InstanceUsage};
+use clap::{Args, Subcommand};
+use proto::admin as pb;
+use serde_json::{Value, json};
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Where notifications are POSTed, http://HOST:PORT/path.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Alert when the balance drops below this many US dollars.
+        #[arg(long)]
+        alert_threshold: Option<String>,
+    },
+    List,
+    Get {
+        #[arg(long)]
+        name: String,
+    },
+    /// Add US dollars to the balance; restores a suspended account once what it owes is paid.
+    Recharge {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        amount: String,
+    },
+    /// Set the balance alert threshold (empty removes it) and optionally the webhook.
+    SetAlert {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        threshold: String,
+        #[arg(long)]
+        webhook: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    #[arg(long, default_value = "")]
+    account: String,
+    /// A day, YYYY-MM-DD (UTC).
+    #[arg(long, default_value = "")]
+    day: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillCmd {
+    List {
+        #[arg(long)]
+        account: String,
+    },
+    Get {
+        #[arg(long)]
+        account: String,
+        /// YYYY-MM-DD (UTC).
+        #[arg(long)]
+        day: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[arg(long, default_value = "")]
+    account: String,
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricingCmd {
+    /// Price usage offline, from the built-in catalog: no server needed.
+    Estimate(EstimateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    #[arg(long)]
+    region: String,
+    /// Shared-instance API calls in a month.
+    #[arg(long)]
+    calls: Option<u64>,
+    /// The account is in its first year: a million calls a month are free.
+    #[arg(long)]
+    first_year: bool,
+    /// A dedicated instance spec.
+    #[arg(long, requires = "duration")]
+    spec: Option<String>,
+    /// Pay-as-you-go hours (partial hours are billed as whole ones).
+    #[arg(long, group = "duration", requires = "spec")]
+    hours: Option<String>,
+    /// Monthly subscription, this many months.
+    #[arg(long, group = "duration", requires = "spec")]
+    months: Option<u32>,
+    /// Annual subscription, this many years.
+    #[arg(long, group = "duration", requires = "spec")]
+    years: Option<u32>,
+    /// Outbound traffic to the internet, in GB.
+    #[arg(long)]
+    traffic_gb: Option<String>,
+}
+
+fn account_json(a: &pb::Account) -> Value {
+    json!({
+        "name": a.name,
+        "state": a.state,
+        "balance": a.balance,
+        "owed": a.owed,
+        "balance_alert": a.balance_alert,
+        "webhook": a.webhook,
+        "created_at_ms": a.created_at_ms,
+        "last_cycle": a.last_cycle,
+        "suspended_at_ms": a.suspended_at_ms,
+        "purge_at_ms": a.purge_at_ms,
+        "ledger": a.ledger.iter().map(|e| json!({
+            "at_ms": e.at_ms, "what": e.what, "amount": e.amount, "balance_after": e.balance_after,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn accounts_table(list: &[pb::Account]) -> Table {
+    let mut t = Table::new(&[
+        "ACCOUNT",
+        "STATE",
+        "BALANCE",
+        "OWED",
+        "ALERT BELOW",
+        "LAST CYCLE",
+    ]);
+    for a in list {
+        t.row(vec![
+            a.name.clone(),
+            a.state.clone(),
+            a.balance.clone(),
+            a.owed.clone(),
+            a.balance_alert.clone().unwrap_or_else(|| "-".into()),
+            a.last_cycle.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t
+}
+
+fn print_account(f: Format, a: Option<pb::Account>) -> Result<()> {
+    let Some(a) = a else {
+        bail!("the server returned no account")
+    };
+    print(f, account_json(&a), || {
+        accounts_table(std::slice::from_ref(&a))
+    });
+    Ok(())
+}
+
+pub async fn account(c: &mut Client, f: Format, cmd: AccountCmd) -> Result<()> {
+    match cmd {
+        AccountCmd::Create {
+            name,
+            webhook,
+            alert_threshold,
+        } => {
+            let r = c
+                .create_account(pb::CreateAccountRequest {
+                    name,
+                    webhook,
+                    balance_alert: alert_threshold,
+                })
+                .await?;
+            print_account(f, r.into_inner().account)
+        }
+        AccountCmd::List => {
+            let list = c
+                .describe_accounts(pb::DescribeAccountsRequest::default())
+                .await?
+                .into_inner()
+                .accounts;
+            print(
+                f,
+                json!(list.iter().map(account_json).collect::<Vec<_>>()),
+                || accounts_table(&list),
+            );
+            Ok(())
+        }
+        AccountCmd::Get { name } => {
+            let mut list = c
+                .describe_accounts(pb::DescribeAccountsRequest { name })
+                .await?
+                .into_inner()
+                .accounts;
+            print_account(f, list.pop())
+        }
+        AccountCmd::Recharge { name, amount } => {
+            let r = c
+                .recharge(pb::RechargeRequest {
+                    account: name,
+                    amount,
+                })
+                .await?;
+            print_account(f, r.into_inner().account)
+        }
+        AccountCmd::SetAlert {
+            name,
+            threshold,
+            webhook,
+        } => {
+            let r = c
+                .set_balance_alert(pb::SetBalanceAlertRequest {
+                    account: name,
+                    threshold,
+                    webhook,
+                })
+                .await?;
+            print_account(f, r.into_inner().account)
+        }
+    }
+}
+
+pub async fn usage(c: &mut Client, f: Format, a: UsageArgs) -> Result<()> {
+    let rows = c
+        .describe_usage(pb::DescribeUsageRequest {
+            account: a.account,
+            day: a.day,
+        })
+        .await?
+        .into_inner()
+        .rows;
+    let v = json!(
+        rows.iter()
+            .map(|r| json!({
+                "day": r.day, "account": r.account, "instance": r.instance, "api": r.api,
+                "calls": r.calls, "bytes_out": r.bytes_out,
+            }))
+            .collect::<Vec<_>>()
+    );
+    print(f, v, || {
+        let mut t = Table::new(&["DAY", "ACCOUNT", "INSTANCE", "API", "CALLS", "BYTES OUT"]);
+        for r in &rows {
+            t.row(vec![
+                r.day.clone(),
+                r.account.clone(),
+                r.instance.clone(),
+                r.api.clone(),
+                r.calls.to_string(),
+                r.bytes_out.to_string(),
+            ]);
+        }
+        t
+    });
+    Ok(())
+}
+
+fn bill_json(b: &pb::Bill) -> Value {
+    json!({
+        "account": b.account,
+        "day": b.day,
+        "lines": b.lines.iter().map(|l| json!({"item": l.item, "quantity": l.quantity, "amount": l.amount})).collect::<Vec<_>>(),
+        "total": b.total,
+        "balance_after": b.balance_after,
+        "state_after": b.state_after,
+        "issued_at_ms": b.issued_at_ms,
+    })
+}
+
+pub async fn bill(c: &mut Client, f: Format, cmd: BillCmd) -> Result<()> {
+    let (account, day, one) = match cmd {
+        BillCmd::List { account } => (account, String::new(), false),
+        BillCmd::Get { account, day } => (account, day, true),
+    };
+    let bills = c
+        .describe_bills(pb::DescribeBillsRequest { account, day })
+        .await?
+        .into_inner()
+        .bills;
+    if one {
+        let Some(b) = bills.first() else {
+            bail!("no such bill")
+        };
+        print(f, bill_json(b), || {
+            let mut t = Table::new(&["ITEM", "QUANTITY", "AMOUNT (USD)"]);
+            for l in &b.lines {
+                t.row(vec![l.item.clone(), l.quantity.clone(), l.amount.clone()]);
+            }
+            t.row(vec![
+                format!("TOTAL for {} on {} ({})", b.account, b.day, b.state_after),
+                String::new(),
+                b.total.clone(),
+            ]);
+            t
+        });
+    } else {
+        print(
+            f,
+            json!(bills.iter().map(bill_json).collect::<Vec<_>>()),
+            || {
+                let mut t = Table::new(&[
+                    "DAY",
+                    "TOTAL (USD)",
+                    "BALANCE AFTER",
+                    "STATE AFTER",
+                    "LINES",
+                ]);
+                for b in &bills {
+                    t.row(vec![
+                        b.day.clone(),
+                        b.total.clone(),
+                        b.balance_after.clone(),
+                        b.state_after.clone(),
+                        b.lines.len().to_string(),
+                    ]);
+                }
+                t
+            },
+        );
+    }
+    Ok(())
+}
+
+pub async fn events(c: &mut Client, f: Format, a: EventsArgs) -> Result<()> {
+    let events = c
+        .describe_events(pb::DescribeEventsRequest {
+            account: a.account,
+            after_seq: a.after,
+        })
+        .await?
+        .into_inner()
+        .events;
+    let v = json!(
+        events
+            .iter()
+            .map(|e| json!({
+                "seq": e.seq, "at_ms": e.at_ms, "account": e.account, "kind": e.kind,
+                "detail": serde_json::from_str::<Value>(&e.detail_json).unwrap_or(Value::Null),
+            }))
+            .collect::<Vec<_>>()
+    );
+    print(f, v, || {
+        let mut t = Table::new(&["SEQ", "TIME (UTC)", "ACCOUNT", "EVENT", "DETAIL"]);
+        for e in &events {
+            t.row(vec![
+                e.seq.to_string(),
+                ms_to_utc(e.at_ms),
+                e.account.clone(),
+                e.kind.clone(),
+                e.detail_json.clone(),
+            ]);
+        }
+        t
+    });
+    Ok(())
+}
+
+/// The offline price calculator.
+pub fn estimate(f: Format, a: EstimateArgs) -> Result<()> {
+    let decimal = |flag: &str, s: &str| {
+        Decimal::parse(s).map_err(|e| anyhow::anyhow!("invalid --{flag}: {e}"))
+    };
+    let duration = match (&a.hours, a.months, a.years) {
+        (Some(h), None, None) => Some(InstanceDuration::Hours(decimal("hours", h)?)),
+        (None, Some(m), None) => Some(InstanceDuration::Months(m)),
+        (None, None, Some(y)) => Some(InstanceDuration::Years(y)),
+        _ => None,
+    };
+    let instance = match (a.spec, duration) {
+        (Some(spec), Some(duration)) => Some(InstanceUsage { spec, duration }),
+        (Some(_), None) => bail!("--spec needs one of --hours, --months or --years"),
+        _ => None,
+    };
+    let req = EstimateRequest {
+        region: a.region,
+        calls: a.calls,
+        first_year: a.first_year,
+        instance,
+        traffic_gb: a
+            .traffic_gb
+            .as_deref()
+            .map(|g| decimal("traffic-gb", g))
+            .transpose()?,
+    };
+    let est = billing::estimate(catalog::Catalog::builtin(), &req)?;
+    print(f, serde_json::to_value(&est)?, || {
+        let mut t = Table::new(&["ITEM", "QUANTITY", "UNIT PRICE (USD)", "AMOUNT (USD)"]);
+        for l in &est.line_items {
+            t.row(vec![
+                l.description.clone(),
+                format!("{} {}", l.quantity, l.unit),
+                l.unit_price_usd.to_string(),
+                l.amount_usd.to_string(),
+            ]);
+        }
+        t.row(vec![
+            format!("TOTAL ({})", est.region_name),
+            String::new(),
+            String::new(),
+            est.total_usd.to_string(),
+        ]);
+        t
+    });
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! What the leader does on a schedule: closing daily billing cycles, and delivering account
+//! events to their webhooks.
+//!
+//! Both are idempotent in the replicated state, so a new leader after a failover simply picks
+//! up where the old one stopped: a cycle is closed once (`CloseCycle` of a closed day is
+//! refused), and events are delivered at least once (the webhook's position is acknowledged
+//! through the log after each delivery).
+
+use bytes::Bytes;
+use cluster::Node;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use model::Command;
+use std::time::Duration;
+
+const DAY_MS: u64 = 86_400_000;
+
+fn is_leader(node: &Node) -> bool {
+    node.status().leader_id == Some(node.id())
+}
+
+/// Closes each daily cycle once it has ended and `issue_delay` has passed.
+pub async fn close_cycles(node: Node, issue_delay: Duration, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !is_leader(&node) {
+            continue;
+        }
+        // Catch up over every due day, one command each, a bounded number per tick.
+        for _ in 0..64 {
+            let Some(day) = node.state().next_open_day() else {
+                break;
+            };
+            let due_at = (day + 1) * DAY_MS + issue_delay.as_millis() as u64;
+            if node.now_ms() < due_at {
+                break;
+            }
+            match node.write(Command::CloseCycle { day }).await {
+                Ok(_) => tracing::info!(day, "closed the daily billing cycle"),
+                Err(e) => {
+                    tracing::warn!(day, "closing the billing cycle failed, will retry: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// POSTs each account's new events to its webhook, retrying until it answers 2xx.
+pub async fn deliver_events(node: Node, every: Duration) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !is_leader(&node) {
+            continue;
+        }
+        let state = node.state();
+        for acct in state.accounts.values() {
+            let Some(url) = &acct.webhook else { continue };
+            let events: Vec<_> = state
+                .events
+                .iter()
+                .filter(|e| e.account == acct.name && e.seq > acct.events_acked)
+                .take(100)
+                .collect();
+            let Some(last) = events.last().map(|e| e.seq) else {
+                continue;
+            };
+            let body = serde_json::json!({ "account": acct.name, "events": events });
+            let req = hyper::Request::post(url.as_str())
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.to_string())));
+            let Ok(req) = req else {
+                tracing::warn!(account = %acct.name, "webhook URL {url} is unusable");
+                continue;
+            };
+            let sent = tokio::time::timeout(Duration::from_secs(3), client.request(req)).await;
+            match sent {
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    let ack = Command::AckEvents {
+                        account: acct.name.clone(),
+                        seq: last,
+                    };
+                    if let Err(e) = node.write(ack).await {
+                        tracing::warn!(account = %acct.name, "acknowledging events failed: {e}");
+                    }
+                }
+                Ok(Ok(resp)) => {
+                    tracing::warn!(account = %acct.name, status = %resp.status(), "webhook refused events; will retry")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(account = %acct.name, "webhook unreachable, will retry: {e}")
+                }
+                Err(_) => tracing::warn!(account = %acct.name, "webhook timed out, will retry"),
+            }
+        }
+    }
+}
