@@ -6,6 +6,8 @@
 //! [`eventually`] polls a condition until a deadline, so tests never sleep to synchronise.
 //! When a test panics, the logs of its nodes are printed.
 
+pub mod http;
+
 use proto::admin::admin_client::AdminClient;
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;

@@ -1,0 +1,194 @@
+//! Plain HTTP/1.1 for tests, over tokio sockets: a recording server (a backend or a webhook
+//! receiver) and a one-request-per-connection client. Small on purpose: tests should see
+//! exactly what crosses the wire.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request the server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An HTTP server on 127.0.0.1 that answers every request `200` with a fixed body and records
+/// what it received. Stops when dropped.
+pub struct Server {
+    pub addr: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(body: &'static str) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let rec = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let _ = serve_conn(sock, body, rec).await;
+                });
+            }
+        });
+        Server {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_conn(
+    mut sock: TcpStream,
+    body: &'static str,
+    rec: Arc<Mutex<Vec<Received>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        let Some((req, used)) = read_request(&mut sock, &mut buf).await? else {
+            return Ok(());
+        };
+        buf.drain(..used);
+        let close = req
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+        rec.lock().unwrap().push(req);
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(resp.as_bytes()).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one request (head and `content-length` body) from `sock`, buffering in `buf`.
+async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(Received, usize)>> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let mut first = lines.next().unwrap_or("").split(' ');
+            let method = first.next().unwrap_or("").to_string();
+            let path = first.next().unwrap_or("").to_string();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let total = end + 4 + len;
+            while buf.len() < total {
+                if read_more(sock, buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+            let body = buf[end + 4..total].to_vec();
+            return Ok(Some((
+                Received {
+                    method,
+                    path,
+                    headers,
+                    body,
+                },
+                total,
+            )));
+        }
+        if read_more(sock, buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn read_more(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let n = sock.read(&mut chunk).await?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A response as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET http://addr{path}` on a fresh connection; `None` if the connection failed or no
+/// response came within 5 s.
+pub async fn get(addr: &str, path: &str) -> Option<Response> {
+    let fut = async {
+        let mut sock = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        sock.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        sock.read_to_end(&mut raw).await.ok()?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let end = find(raw, b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&raw[end + 4..]).into_owned(),
+    })
+}
