@@ -202,11 +202,16 @@ impl Node {
                 demand_handler: OnceLock::new(),
             }),
         };
-        if pristine {
+        let voters = cfg.voters.clone();
+        let me = cfg.advertise_peer.clone();
+        if !voters.contains_key(&cfg.node_id) {
+            // Not an initial voter: (re)join as a learner, whether new or restarted, since a
+            // learner leaves the membership when it shuts down (see `leave_if_learner`).
             let n = node.clone();
-            let voters = cfg.voters.clone();
-            let me = cfg.advertise_peer.clone();
-            tokio::spawn(async move { n.bootstrap(voters, me, log).await });
+            tokio::spawn(async move { n.join_as_learner(voters, me).await });
+        } else if pristine {
+            let n = node.clone();
+            tokio::spawn(async move { n.bootstrap(voters, log).await });
         }
         Ok(node)
     }
@@ -274,7 +279,7 @@ impl Node {
     /// Initialises a new cluster exactly once, whatever order its voters start in: the voter
     /// with the lowest id initialises, and only once every voter answers and none has joined a
     /// cluster yet. A pristine node that is not an initial voter asks to join as a learner.
-    async fn bootstrap(self, voters: BTreeMap<NodeId, String>, me: String, log: LogStore) {
+    async fn bootstrap(self, voters: BTreeMap<NodeId, String>, log: LogStore) {
         let id = self.id();
         let lowest = voters.keys().next().copied();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -284,13 +289,6 @@ impl Node {
                 || self.raft().is_initialized().await.unwrap_or(true)
             {
                 return; // Some leader has reached us: we are part of a cluster.
-            }
-            if !voters.contains_key(&id) {
-                if self.try_join(&voters, &me).await {
-                    tracing::info!(node = id, "joined the cluster as a learner");
-                    return;
-                }
-                continue;
             }
             let mut all_answer = true;
             let mut someone_initialized = false;
@@ -318,6 +316,35 @@ impl Node {
                 }
                 return;
             }
+        }
+    }
+
+    /// Asks the voters, until one answers yes, to add this node as a learner.
+    async fn join_as_learner(self, voters: BTreeMap<NodeId, String>, me: String) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if self.try_join(&voters, &me).await {
+                tracing::info!(node = self.id(), "joined the cluster as a learner");
+                return;
+            }
+        }
+    }
+
+    /// A learner that shuts down leaves the membership, so that scaling the nodes down removes
+    /// them; it joins again when it starts. Voters stay: removing one is an operator's call.
+    pub async fn leave_if_learner(&self, within: Duration) {
+        let m = self.raft().metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let is_learner =
+            mem.get_node(&self.id()).is_some() && !mem.voter_ids().any(|v| v == self.id());
+        if !is_learner {
+            return;
+        }
+        match tokio::time::timeout(within, self.remove(self.id())).await {
+            Ok(Ok(())) => tracing::info!(node = self.id(), "left the membership"),
+            Ok(Err(e)) => tracing::warn!(node = self.id(), "could not leave the membership: {e}"),
+            Err(_) => tracing::warn!(node = self.id(), "leaving the membership timed out"),
         }
     }
 
@@ -501,6 +528,11 @@ impl Node {
                     })
                 }
                 LeaderRequest::AddLearner { id, addr } => {
+                    // Already a member (learner or voter) at this address: nothing to write.
+                    let mem = m.membership_config.membership();
+                    if mem.get_node(&id).is_some_and(|n| n.addr == addr) {
+                        return Ok((m.last_applied.map(|l| l.index).unwrap_or(0), None));
+                    }
                     if let Some(err) = self.check_add_learner(id, &addr) {
                         return Ok((0, Some(Err(err))));
                     }

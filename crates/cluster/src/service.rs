@@ -75,13 +75,7 @@ impl Peer for PeerService {
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<RaftPayload>, Status> {
         let JoinRequest { node_id, peer_addr } = req.into_inner();
-        // A node that is already a member with this address has nothing to do.
-        if self.node.members().get(&node_id) == Some(&peer_addr) {
-            return Ok(Response::new(encode(&LeaderReply::Done {
-                index: 0,
-                reply: None,
-            })));
-        }
+        // Decided on the leader: this node's view of the membership may be stale.
         let reply = match self.node.add_learner(node_id, peer_addr).await {
             Ok(()) => LeaderReply::Done {
                 index: 0,

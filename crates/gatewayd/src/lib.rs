@@ -238,6 +238,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     // Stop being ready first, so load balancers stop sending; then drain the data plane.
     draining.store(true, Ordering::Relaxed);
     ready.store(false, Ordering::Relaxed);
+    if !s.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?s.shutdown_delay, "not ready; serving on until load balancers notice");
+        tokio::time::sleep(s.shutdown_delay).await;
+    }
     let _ = dp_stop_tx.send(true);
     if let Ok(Err(e)) = http_task.await {
         tracing::warn!("data plane: {e}");
@@ -255,6 +259,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             tonic_health::ServingStatus::NotServing,
         )
         .await;
+    node.leave_if_learner(Duration::from_secs(3)).await;
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = ops_task.await;

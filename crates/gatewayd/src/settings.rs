@@ -94,6 +94,10 @@ pub struct Flags {
     /// instead of the system clock, so tests can run months of billing cycles in seconds.
     #[arg(long, env = "GATEWAY_DEV_CLOCK_FILE")]
     pub dev_clock_file: Option<PathBuf>,
+    /// On SIGTERM, how long to keep serving after /readyz turns 503, in ms, so that load
+    /// balancers stop sending before the listener closes (Kubernetes: a few seconds) [default: 0].
+    #[arg(long, env = "GATEWAY_SHUTDOWN_DELAY_MS")]
+    pub shutdown_delay_ms: Option<u64>,
     /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
     #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
@@ -120,6 +124,7 @@ pub struct Settings {
     pub bill_delay: Duration,
     pub usage_flush: Duration,
     pub dev_clock_file: Option<PathBuf>,
+    pub shutdown_delay: Duration,
 }
 
 impl Flags {
@@ -158,6 +163,7 @@ impl Flags {
             usage_flush_ms,
             dev_mode,
             dev_clock_file,
+            shutdown_delay_ms,
             drain_seconds
         );
         Ok(self)
@@ -270,6 +276,7 @@ impl Flags {
             bill_delay: Duration::from_secs(f.bill_delay_seconds.unwrap_or(3600)),
             usage_flush: Duration::from_millis(usage_flush_ms),
             dev_clock_file: f.dev_clock_file,
+            shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(0)),
         })
     }
 }
