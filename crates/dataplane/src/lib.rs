@@ -47,5 +47,5 @@ pub use plane::{Dataplane, DataplaneOptions, InstanceShare, PublishReport, Verdi
 pub use proxy::BackendError;
 pub use router::RouteError;
 pub use server::{ServerLimits, serve};
-pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, InstanceDemand, share, shares};
+pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
 pub use usage::{UNMATCHED_API, UsageDelta};

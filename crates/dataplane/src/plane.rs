@@ -506,9 +506,10 @@ impl Dataplane {
     /// Which nodes serve traffic (this one is always counted). Changes every instance's share.
     pub fn set_serving_nodes(&self, ids: &[u64], self_id: u64) {
         let mut demand = lock(&self.inner.demand);
-        demand.set_serving(ids, self_id);
-        self.inner.n_nodes.store(demand.n_nodes(), Relaxed);
-        Self::apply_shares(&demand, &self.inner.snapshot.load(), self.now());
+        let now = self.now();
+        demand.set_serving(ids, self_id, now);
+        self.inner.n_nodes.store(demand.n_nodes(now), Relaxed);
+        Self::apply_shares(&demand, &self.inner.snapshot.load(), now);
     }
 
     fn update_shares(&self, now: Nanos) {

@@ -15,8 +15,12 @@
 //! floor until its next report reaches the peers. At and over the ceiling there is no spare
 //! capacity and shares are proportional to demand.
 //!
-//! Peers whose report is missing or stale (they may be down, partitioned, or just joined) are
-//! assumed to take the even share 1/N; the nodes that are heard from split the rest by demand.
+//! Peers whose report is missing or stale for a moment (a lost report, a slow node, a node that
+//! just joined) are assumed to take the even share 1/N; the nodes that are heard from split the
+//! rest by demand. A peer not heard from for [`GONE_AFTER`] (it is down, or cut off) stops
+//! counting as serving until it reports again, so that the live nodes share the whole ceiling
+//! rather than keep a dead node's part unused. The price of that choice: while the cluster is
+//! partitioned, each side admits up to the ceiling.
 
 use crate::clock::Nanos;
 use serde::{Deserialize, Serialize};
@@ -109,11 +113,15 @@ struct PeerDemand {
     rates: HashMap<String, f64>,
 }
 
+/// A serving peer not heard from for this long no longer counts as serving.
+pub const GONE_AFTER: Nanos = 3_000_000_000;
+
 /// The mutable side of shares: samples of this node's arrivals, peers' reports, who serves.
 pub(crate) struct DemandTracker {
     self_id: u64,
-    /// Serving nodes other than this one.
-    peers: Vec<u64>,
+    /// Serving nodes other than this one, with when each was last heard from (or, before its
+    /// first report, when it joined the serving set).
+    peers: Vec<(u64, Nanos)>,
     reports: HashMap<u64, PeerDemand>,
     /// (time, arrivals counter per instance), oldest first.
     samples: VecDeque<(Nanos, HashMap<String, u64>)>,
@@ -139,26 +147,45 @@ impl DemandTracker {
         }
     }
 
-    /// Number of serving nodes, this one included.
-    pub(crate) fn n_nodes(&self) -> usize {
-        1 + self.peers.len()
+    /// Number of serving nodes at `now`, this one included (gone peers do not count).
+    pub(crate) fn n_nodes(&self, now: Nanos) -> usize {
+        1 + self.live_peers(now).count()
     }
 
-    pub(crate) fn set_serving(&mut self, ids: &[u64], self_id: u64) {
+    fn live_peers(&self, now: Nanos) -> impl Iterator<Item = u64> + '_ {
+        self.peers
+            .iter()
+            .filter(move |(_, heard)| now.saturating_sub(*heard) <= GONE_AFTER)
+            .map(|(id, _)| *id)
+    }
+
+    pub(crate) fn set_serving(&mut self, ids: &[u64], self_id: u64, now: Nanos) {
         self.self_id = self_id;
-        let mut peers: Vec<u64> = ids.iter().copied().filter(|id| *id != self_id).collect();
-        peers.sort_unstable();
-        peers.dedup();
-        self.peers = peers;
+        let mut ids: Vec<u64> = ids.iter().copied().filter(|id| *id != self_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let old = std::mem::take(&mut self.peers);
+        self.peers = ids
+            .into_iter()
+            .map(|id| {
+                let heard = old.iter().find(|(o, _)| *o == id).map_or(now, |(_, h)| *h);
+                (id, heard)
+            })
+            .collect();
         let peers = &self.peers;
-        self.reports.retain(|id, _| peers.contains(id));
+        self.reports
+            .retain(|id, _| peers.iter().any(|(p, _)| p == id));
     }
 
     pub(crate) fn record_peer(&mut self, node: u64, report: &DemandReport, now: Nanos) {
         // Reports from nodes that do not serve are ignored: they must not take a share.
-        if node == self.self_id || !self.peers.contains(&node) {
+        let Some(peer) = self.peers.iter_mut().find(|(id, _)| *id == node) else {
+            return;
+        };
+        if node == self.self_id {
             return;
         }
+        peer.1 = peer.1.max(now);
         let rates = report
             .instances
             .iter()
@@ -235,8 +262,8 @@ impl DemandTracker {
         scratch: &mut Vec<f64>,
     ) -> f64 {
         scratch.clear();
-        for id in &self.peers {
-            if let Some(r) = self.reports.get(id)
+        for id in self.live_peers(now) {
+            if let Some(r) = self.reports.get(&id)
                 && now.saturating_sub(r.received) <= self.stale_after
             {
                 scratch.push(r.rates.get(instance).copied().unwrap_or(0.0));
@@ -245,7 +272,7 @@ impl DemandTracker {
         share(
             self.own_demand(instance),
             scratch,
-            self.n_nodes(),
+            self.n_nodes(now),
             self.floor,
             ceiling_rps,
         )
@@ -339,7 +366,7 @@ mod tests {
         let sec = 1_000_000_000;
         let mut t = DemandTracker::new(1, sec / 10, sec, F);
         let mut scratch = Vec::new();
-        t.set_serving(&[1, 2, 3], 1);
+        t.set_serving(&[1, 2, 3], 1, 0);
         let report = |rps| DemandReport {
             window_ms: 100,
             instances: vec![InstanceDemand {
@@ -361,9 +388,22 @@ mod tests {
         // Two seconds later both reports are stale: back to 1/3.
         assert!(close(t.share_for("i", C, 3 * sec, &mut scratch), 1.0 / 3.0));
         // Node 3 leaves: we split with node 2 only.
-        t.set_serving(&[1, 2], 1);
+        t.set_serving(&[1, 2], 1, sec);
         let expect = F + (1.0 - 2.0 * F) * 0.5;
         assert!(close(t.share_for("i", C, sec, &mut scratch), expect));
+        // Node 2 goes silent for longer than GONE_AFTER: it no longer counts, we take it all.
+        assert!(close(
+            t.share_for("i", C, sec + GONE_AFTER + 1, &mut scratch),
+            1.0
+        ));
+        assert_eq!(t.n_nodes(sec + GONE_AFTER + 1), 1);
+        // It reports again: it counts again.
+        t.record_peer(2, &report(1000.0), 5 * sec);
+        assert_eq!(t.n_nodes(5 * sec), 2);
+        // A peer that joins and has not reported yet counts (1/N) until GONE_AFTER passes.
+        t.set_serving(&[1, 2, 4], 1, 5 * sec);
+        assert_eq!(t.n_nodes(5 * sec), 3);
+        assert_eq!(t.n_nodes(5 * sec + GONE_AFTER + 1), 1);
     }
 
     proptest! {
