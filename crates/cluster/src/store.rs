@@ -204,25 +204,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Remove every entry from log_id.index on.
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(log_id.index.to_be_bytes()..).keys() {
-            batch.remove(k.map_err(|e| StorageIOError::write_logs(&e))?);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        Ok(())
+        self.remove_entries(log_id.index..).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash in between leaves extra entries, never a gap.
         self.put_meta(KEY_LAST_PURGED, &log_id)
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.remove_entries(..=log_id.index).await
+    }
+}
+
+impl LogStore {
+    /// Removes the entries whose index is in `range`, and flushes.
+    async fn remove_entries(&self, range: impl RangeBounds<u64>) -> Result<(), StorageError> {
+        use std::ops::Bound;
+        let key = |b: Bound<&u64>| match b {
+            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let keys = (key(range.start_bound()), key(range.end_bound()));
         let mut batch = sled::Batch::default();
-        for k in self.log.range(..=log_id.index.to_be_bytes()).keys() {
+        for k in self.log.range(keys).keys() {
             batch.remove(k.map_err(|e| StorageIOError::write_logs(&e))?);
         }
         self.log

@@ -147,28 +147,26 @@ pub fn accept_peer_demand(node: &Node, dp: Dataplane) {
 /// Raft's view for /metrics.
 pub fn raft_metrics(node: &Node, out: &mut String) {
     let s = node.status();
-    let _ = writeln!(out, "# HELP gateway_raft_term The current Raft term.");
-    let _ = writeln!(out, "# TYPE gateway_raft_term gauge");
-    let _ = writeln!(out, "gateway_raft_term {}", s.term);
-    let _ = writeln!(
-        out,
-        "# HELP gateway_raft_applied_index The last log index applied on this node."
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        let _ = writeln!(out, "{name} {value}");
+    };
+    gauge("gateway_raft_term", "The current Raft term.", s.term);
+    gauge(
+        "gateway_raft_applied_index",
+        "The last log index applied on this node.",
+        s.applied_index.unwrap_or(0),
     );
-    let _ = writeln!(out, "# TYPE gateway_raft_applied_index gauge");
-    let _ = writeln!(
-        out,
-        "gateway_raft_applied_index {}",
-        s.applied_index.unwrap_or(0)
+    gauge(
+        "gateway_raft_last_log_index",
+        "The last log index stored on this node.",
+        s.last_log_index.unwrap_or(0),
     );
-    let _ = writeln!(
-        out,
-        "# HELP gateway_raft_last_log_index The last log index stored on this node."
-    );
-    let _ = writeln!(out, "# TYPE gateway_raft_last_log_index gauge");
-    let _ = writeln!(
-        out,
-        "gateway_raft_last_log_index {}",
-        s.last_log_index.unwrap_or(0)
+    gauge(
+        "gateway_raft_leader_id",
+        "The leader this node follows (0 if none).",
+        s.leader_id.unwrap_or(0),
     );
     let _ = writeln!(
         out,
@@ -179,10 +177,4 @@ pub fn raft_metrics(node: &Node, out: &mut String) {
         let v = u8::from(s.state == role);
         let _ = writeln!(out, "gateway_raft_role{{role=\"{role}\"}} {v}");
     }
-    let _ = writeln!(
-        out,
-        "# HELP gateway_raft_leader_id The leader this node follows (0 if none)."
-    );
-    let _ = writeln!(out, "# TYPE gateway_raft_leader_id gauge");
-    let _ = writeln!(out, "gateway_raft_leader_id {}", s.leader_id.unwrap_or(0));
 }
