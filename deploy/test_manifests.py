@@ -54,7 +54,9 @@ SETTINGS = {
     "node_id", "data_dir", "listen_admin", "listen_peer", "listen_http",
     "listen_ops", "peers", "catalog", "admin_token_file", "advertise_peer",
     "peers_from_statefulset", "statefulset_service", "statefulset_voters",
-    "cluster_domain",
+    "cluster_domain", "heartbeat_ms", "election_timeout_ms",
+    "shared_ceiling_rps", "shared_region", "bill_delay_seconds",
+    "usage_flush_ms", "shutdown_delay_ms", "drain_seconds",
 }
 LISTEN_PORTS = {"listen_http": "http", "listen_admin": "admin",
                 "listen_peer": "peer", "listen_ops": "ops"}

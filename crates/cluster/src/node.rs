@@ -417,11 +417,28 @@ impl Node {
             let leader = metrics.borrow().current_leader;
             let outcome = match leader {
                 Some(l) if l == self.id() => self.lead(req.clone(), deadline).await,
-                Some(l) => self.forward(l, &req, deadline).await,
+                Some(l) => {
+                    // A leader that is cut off may never answer: when another leader is
+                    // elected meanwhile, stop waiting and send to it. Only a leader change
+                    // ends the wait, never a timeout alone. In the rare case that the old
+                    // leader had already replicated the entry to a majority, the new leader
+                    // applies it too, and the resent command is refused as a duplicate (names
+                    // are unique; usage flushes carry their (node, seq)).
+                    let mut changes = self.raft().metrics();
+                    let new_leader = changes.wait_for(|m| m.current_leader != Some(l));
+                    tokio::select! {
+                        r = self.forward(l, &req, deadline) => r,
+                        _ = new_leader => LeaderReply::NotLeader { leader: None },
+                    }
+                }
                 None => LeaderReply::NotLeader { leader: None },
             };
             match outcome {
                 LeaderReply::Done { index, reply } => {
+                    // A node that removed itself never receives the entry that removes it.
+                    if matches!(req, LeaderRequest::Remove { id } if id == self.id()) {
+                        return Ok(reply);
+                    }
                     let wait = Duration::from_secs(2).min(self.inner.write_timeout);
                     // Committed already; if this node lags (e.g. it is cut off), answer anyway.
                     let _ = self

@@ -234,7 +234,16 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let admin_task = tokio::spawn(admin_server);
     tracing::info!(http = %s.listen_http, ops = %s.listen_ops, "data plane serving");
 
-    shutdown.await;
+    // Run until asked to stop, or until Raft itself stops (a storage failure): then exit
+    // non-zero, so that a supervisor restarts the node rather than leave it serving stale
+    // config without ever catching up again.
+    let raft_failure = tokio::select! {
+        _ = shutdown => None,
+        e = raft_stopped(node.clone()) => Some(e),
+    };
+    if let Some(e) = &raft_failure {
+        tracing::error!("raft stopped: {e}; shutting down");
+    }
     // Stop being ready first, so load balancers stop sending; then drain the data plane.
     draining.store(true, Ordering::Relaxed);
     ready.store(false, Ordering::Relaxed);
@@ -269,5 +278,21 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     node.shutdown().await;
     let _ = peer_task.await;
     tracing::info!(node = s.node_id, "gatewayd stopped");
-    Ok(())
+    match raft_failure {
+        Some(e) => Err(anyhow::anyhow!("raft stopped: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when the node's Raft stops running, with why.
+async fn raft_stopped(node: Node) -> String {
+    let mut metrics = node.raft().metrics();
+    loop {
+        if let Err(e) = &metrics.borrow().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the Raft task ended".into();
+        }
+    }
 }
