@@ -3,9 +3,14 @@
 //! One sled database per node, three trees:
 //! - `log`: entries keyed by their index (big-endian, so sled's order is the log's order);
 //! - `meta`: the vote, the committed log id and the last purged log id;
-//! - `sm`: the applied [`State`], the last applied log id and membership (written in one atomic
-//!   batch per applied batch of entries, so a crash never leaves them out of step), and the
-//!   current snapshot.
+//! - `sm`: the current snapshot: the serialized [`State`] with the log id and membership it
+//!   includes.
+//!
+//! The state machine's durable form is its last snapshot plus the log after it: applying an
+//! entry changes only memory, and after a restart openraft applies the committed entries that
+//! follow the snapshot again. (Writing the whole state on every applied batch, as a first
+//! version did, made each write cost time and disk in proportion to the state's size.) A
+//! snapshot is flushed before openraft may purge the log it covers.
 //!
 //! Log appends, votes, truncation and purges are flushed to disk before they are acknowledged:
 //! Raft's safety depends on it. Values are JSON: the state is configuration-sized, and a
@@ -36,9 +41,6 @@ use tokio::sync::watch;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
-const KEY_STATE: &[u8] = b"state";
-const KEY_LAST_APPLIED: &[u8] = b"last_applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
 /// Opens (or creates) the node's sled database and returns its two halves.
@@ -246,6 +248,16 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// Stores the snapshot and flushes it: it is the durable state machine, and once it is
+/// written openraft may purge the log entries it covers.
+async fn save_snapshot(sm: &sled::Tree, stored: &StoredSnapshot) -> Result<(), StorageError> {
+    let fail = |e: &sled::Error| StorageIOError::write_snapshot(Some(stored.meta.signature()), e);
+    sm.insert(KEY_SNAPSHOT, to_json(stored))
+        .map_err(|e| fail(&e))?;
+    sm.flush_async().await.map_err(|e| fail(&e))?;
+    Ok(())
+}
+
 /// The applied state, and the snapshots made of it.
 pub struct StateMachine {
     sm: sled::Tree,
@@ -263,9 +275,16 @@ impl StateMachine {
         let sm = db
             .open_tree("sm")
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        let state: State = read_json(&sm, KEY_STATE)?.unwrap_or_default();
-        let last_applied = read_json::<Option<LogId>>(&sm, KEY_LAST_APPLIED)?.flatten();
-        let membership = read_json(&sm, KEY_MEMBERSHIP)?.unwrap_or_default();
+        let (state, last_applied, membership) =
+            match read_json::<StoredSnapshot>(&sm, KEY_SNAPSHOT)? {
+                Some(snap) => {
+                    let state: State = from_json(&snap.data).map_err(|e| {
+                        StorageIOError::read_snapshot(Some(snap.meta.signature()), e)
+                    })?;
+                    (state, snap.meta.last_log_id, snap.meta.last_membership)
+                }
+                None => (State::default(), None, StoredMembership::default()),
+            };
         let (published, _) = watch::channel(Arc::new(state.clone()));
         Ok(StateMachine {
             sm,
@@ -281,17 +300,6 @@ impl StateMachine {
     /// A receiver that sees every newly applied state.
     pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
         self.published.subscribe()
-    }
-
-    /// Writes state, last applied and membership in one atomic batch.
-    fn persist(&self) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        batch.insert(KEY_STATE, to_json(&self.state));
-        batch.insert(KEY_LAST_APPLIED, to_json(&self.last_applied));
-        batch.insert(KEY_MEMBERSHIP, to_json(&self.membership));
-        self.sm
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
 
     fn publish(&self) {
@@ -312,9 +320,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             data: self.data.clone(),
         };
-        self.sm
-            .insert(KEY_SNAPSHOT, to_json(&stored))
-            .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), &e))?;
+        save_snapshot(&self.sm, &stored).await?;
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -353,7 +359,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             replies.push(reply);
         }
-        self.persist()?;
         self.publish();
         Ok(replies)
     }
@@ -390,14 +395,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.state = state;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.persist()?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
-        self.sm
-            .insert(KEY_SNAPSHOT, to_json(&stored))
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        save_snapshot(&self.sm, &stored).await?;
         self.publish();
         Ok(())
     }
@@ -433,28 +435,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn state_survives_reopen() {
+    async fn the_state_survives_a_reopen_through_its_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let cat = Arc::new(Catalog::builtin().clone());
         let entry = |index: u64, command: model::Command| Entry::<TypeConfig> {
             log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(model::Proposal { at_ms: 5, command }),
         };
+        let create = |name: &str| model::Command::CreateInstance {
+            name: name.into(),
+            spec: "api.s1.small".into(),
+            region: "cn-hongkong".into(),
+            charge_type: model::ChargeType::Postpaid,
+            account: model::DEFAULT_ACCOUNT.into(),
+        };
         {
             let (_log, mut sm) = open(dir.path(), cat.clone()).unwrap();
-            let r = sm
-                .apply([entry(
-                    1,
-                    model::Command::CreateInstance {
-                        name: "a".into(),
-                        spec: "api.s1.small".into(),
-                        region: "cn-hongkong".into(),
-                        charge_type: model::ChargeType::Postpaid,
-                        account: model::DEFAULT_ACCOUNT.into(),
-                    },
-                )])
-                .await
-                .unwrap();
+            let r = sm.apply([entry(1, create("a"))]).await.unwrap();
             assert!(r[0].0.is_ok());
             let r = sm
                 .apply([entry(
@@ -463,11 +460,23 @@ mod tests {
                 )])
                 .await
                 .unwrap();
-            assert!(r[0].0.is_err());
+            assert!(
+                r[0].0.is_err(),
+                "a refused command is a reply, not a storage error"
+            );
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            // Applied after the snapshot: only in memory, replayed from the log after a restart.
+            sm.apply([entry(3, create("b"))]).await.unwrap();
         }
         let (_log, mut sm) = open(dir.path(), cat).unwrap();
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(2));
-        assert!(sm.subscribe().borrow().instances.contains_key("a"));
+        let state = sm.subscribe().borrow().clone();
+        assert!(state.instances.contains_key("a"));
+        assert!(!state.instances.contains_key("b"));
     }
 }
