@@ -17,6 +17,9 @@ pub const X_CA_ERROR_CODE: HeaderName = HeaderName::from_static("x-ca-error-code
 pub const X_CA_STAGE: HeaderName = HeaderName::from_static("x-ca-stage");
 
 /// Why the gateway answered a request itself instead of the backend.
+/// `X-Ca-Error-Message` of a throttled request, as the cloud words it.
+pub const THROTTLED_MESSAGE: &str = "Throttled by INSTANCE Flow Control";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     /// The instance's limiter on this node refused the request.
@@ -95,9 +98,15 @@ impl GatewayError {
         );
         headers.insert(X_CA_REQUEST_ID, request_id.clone());
         headers.insert(X_CA_ERROR_CODE, HeaderValue::from_static(self.code()));
+        // The cloud's clients match the throttling message exactly, so the header carries it
+        // verbatim; the body names the instance.
+        let header_text = match self {
+            GatewayError::Throttled { .. } => THROTTLED_MESSAGE.to_string(),
+            _ => message.clone(),
+        };
         // Names come from configuration; one that is not plain ASCII (which many clients mangle
         // in headers) leaves the code in the header, the full message in the body.
-        let header_message = Some(&message)
+        let header_message = Some(&header_text)
             .filter(|m| m.is_ascii())
             .and_then(|m| HeaderValue::from_str(m).ok())
             .unwrap_or_else(|| HeaderValue::from_static(self.code()));
@@ -126,10 +135,7 @@ mod tests {
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()[RETRY_AFTER], "1");
         assert_eq!(r.headers()[X_CA_REQUEST_ID], "rid-1");
-        assert_eq!(
-            r.headers()[X_CA_ERROR_MESSAGE],
-            "Throttled by INSTANCE Flow Control (instance api-s1)"
-        );
+        assert_eq!(r.headers()[X_CA_ERROR_MESSAGE], THROTTLED_MESSAGE);
     }
 
     #[test]

@@ -40,7 +40,10 @@ mod usage;
 pub use catalog::SHARED_INSTANCE;
 pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
 pub use config::{DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, Stage, UnknownStage};
-pub use error::{GatewayError, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID, X_CA_STAGE};
+pub use error::{
+    GatewayError, THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID,
+    X_CA_STAGE,
+};
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};
 pub use plane::{Dataplane, DataplaneOptions, InstanceShare, PublishReport, Verdict};
