@@ -56,7 +56,8 @@ SETTINGS = {
     "peers_from_statefulset", "statefulset_service", "statefulset_voters",
     "cluster_domain", "heartbeat_ms", "election_timeout_ms",
     "shared_ceiling_rps", "shared_region", "bill_delay_seconds",
-    "usage_flush_ms", "shutdown_delay_ms", "drain_seconds",
+    "usage_flush_ms", "shutdown_delay_ms", "drain_seconds", "max_body_bytes",
+    "max_header_bytes", "header_read_timeout_ms", "idle_timeout_ms", "max_connections",
 }
 LISTEN_PORTS = {"listen_http": "http", "listen_admin": "admin",
                 "listen_peer": "peer", "listen_ops": "ops"}

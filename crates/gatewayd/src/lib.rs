@@ -205,10 +205,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         tokio::spawn(jobs::close_cycles(node.clone(), s.bill_delay, job_tick)),
         tokio::spawn(jobs::deliver_events(node.clone(), job_tick)),
     ];
-    let limits = dataplane::ServerLimits {
-        drain_timeout: s.drain,
-        ..Default::default()
-    };
+    let limits = s.limits.clone();
     let (dp_stop_tx, dp_stop_rx) = watch::channel(false);
     let http_task = tokio::spawn(dataplane::serve(
         http_listener,

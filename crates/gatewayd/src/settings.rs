@@ -98,6 +98,23 @@ pub struct Flags {
     /// balancers stop sending before the listener closes (Kubernetes: a few seconds) [default: 0].
     #[arg(long, env = "GATEWAY_SHUTDOWN_DELAY_MS")]
     pub shutdown_delay_ms: Option<u64>,
+    /// Data plane: the largest request body, in bytes; larger ones get 413 [default: 8388608].
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Data plane: the largest request head (line and headers), in bytes; larger get 431
+    /// [default: 16384].
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Data plane: a request head must arrive within this many ms, or the connection is closed
+    /// (this is what stops slow-loris clients) [default: 10000].
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Data plane: a connection on which nothing moves for this many ms is closed [default: 60000].
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Data plane: connections served at once per node; more wait in the backlog [default: 10000].
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
     #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
@@ -118,13 +135,13 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
-    pub drain: Duration,
     pub shared_ceiling_rps: u32,
     pub shared_region: String,
     pub bill_delay: Duration,
     pub usage_flush: Duration,
     pub dev_clock_file: Option<PathBuf>,
     pub shutdown_delay: Duration,
+    pub limits: dataplane::ServerLimits,
 }
 
 impl Flags {
@@ -164,6 +181,11 @@ impl Flags {
             dev_mode,
             dev_clock_file,
             shutdown_delay_ms,
+            max_body_bytes,
+            max_header_bytes,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_connections,
             drain_seconds
         );
         Ok(self)
@@ -250,6 +272,7 @@ impl Flags {
         if usage_flush_ms < 10 {
             bail!("--usage-flush-ms {usage_flush_ms} is below the minimum of 10");
         }
+        let limits = server_limits(&f)?;
         let election = f.election_timeout_ms.unwrap_or(500);
         let heartbeat = f.heartbeat_ms.unwrap_or(100);
         if heartbeat == 0 || election <= heartbeat * 2 {
@@ -270,15 +293,49 @@ impl Flags {
             admin_token,
             heartbeat: Duration::from_millis(heartbeat),
             election_timeout: Duration::from_millis(election),
-            drain: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
             shared_ceiling_rps: f.shared_ceiling_rps.unwrap_or(5000),
             shared_region: f.shared_region.unwrap_or_else(|| "cn-hangzhou".into()),
             bill_delay: Duration::from_secs(f.bill_delay_seconds.unwrap_or(3600)),
             usage_flush: Duration::from_millis(usage_flush_ms),
             dev_clock_file: f.dev_clock_file,
             shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(0)),
+            limits,
         })
     }
+}
+
+/// The data plane's limits: the defaults, with what the flags set, each checked for sense.
+fn server_limits(f: &Flags) -> Result<dataplane::ServerLimits> {
+    let d = dataplane::ServerLimits::default();
+    let at_least = |flag: &str, v: u64, min: u64| {
+        if v < min {
+            bail!("--{flag} {v} is below the minimum of {min}");
+        }
+        Ok(v)
+    };
+    Ok(dataplane::ServerLimits {
+        max_body_bytes: match f.max_body_bytes {
+            Some(v) => at_least("max-body-bytes", v, 1)?,
+            None => d.max_body_bytes,
+        },
+        max_header_bytes: match f.max_header_bytes {
+            Some(v) => at_least("max-header-bytes", v as u64, 1024)? as usize,
+            None => d.max_header_bytes,
+        },
+        header_read_timeout: match f.header_read_timeout_ms {
+            Some(v) => Duration::from_millis(at_least("header-read-timeout-ms", v, 100)?),
+            None => d.header_read_timeout,
+        },
+        idle_timeout: match f.idle_timeout_ms {
+            Some(v) => Duration::from_millis(at_least("idle-timeout-ms", v, 100)?),
+            None => d.idle_timeout,
+        },
+        max_connections: match f.max_connections {
+            Some(v) => at_least("max-connections", v as u64, 1)? as usize,
+            None => d.max_connections,
+        },
+        drain_timeout: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
+    })
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
