@@ -6,18 +6,18 @@
 //! outcome to a gRPC status. Reads are served from the state this node has applied.
 
 mod accounts;
+pub mod auth;
 mod convert;
 
 use catalog::{Catalog, SHARED_INSTANCE};
 use cluster::{ClusterError, Node};
-use model::{
-    ChargeType, Command, DEFAULT_ACCOUNT, DomainError, GroupChange, Reply, Stage, validate,
-};
+use model::{ChargeType, Command, DomainError, GroupChange, Reply, Stage, validate};
 use proto::admin as pb;
 use proto::admin::admin_server::{Admin, AdminServer};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+pub use auth::{Authenticator, Principal};
 pub use convert::instance_to_pb;
 
 /// The admin service of one node.
@@ -29,6 +29,22 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(node: Node, catalog: Arc<Catalog>) -> AdminServer<AdminService> {
         AdminServer::new(AdminService { node, catalog })
+    }
+
+    /// Refuses unless `p` may touch instance `name` (an unknown one is left to the command).
+    fn check_instance(&self, p: &Principal, name: &str) -> Result<(), Status> {
+        match self.node.state().instances.get(name) {
+            Some(i) => p.require_account("instance", name, &i.account),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses unless `p` may touch API group `name` (an unknown one is left to the command).
+    fn check_group(&self, p: &Principal, name: &str) -> Result<(), Status> {
+        match self.node.state().groups.get(name) {
+            Some(g) => p.require_account("API group", name, &g.account),
+            None => Ok(()),
+        }
     }
 
     async fn write(&self, cmd: Command) -> Result<Reply, Status> {
@@ -64,14 +80,6 @@ fn check(r: Result<(), DomainError>) -> Result<(), Status> {
     r.map_err(domain_status)
 }
 
-fn account_or_default(a: String) -> String {
-    if a.is_empty() {
-        DEFAULT_ACCOUNT.to_string()
-    } else {
-        a
-    }
-}
-
 fn parse_stage(s: &str) -> Result<Stage, Status> {
     if s.is_empty() {
         return Ok(Stage::Release);
@@ -96,7 +104,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateInstanceRequest>,
     ) -> Result<Response<pb::InstanceReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        let account = p.account_for_create(r.account)?;
         check(validate::name("name", &r.name))?;
         let charge_type = match pb::ChargeType::try_from(r.charge_type) {
             Ok(pb::ChargeType::Unspecified | pb::ChargeType::Postpaid) => ChargeType::Postpaid,
@@ -121,7 +131,7 @@ impl Admin for AdminService {
                 spec: r.spec,
                 region: r.region,
                 charge_type,
-                account: account_or_default(r.account),
+                account,
             })
             .await?;
         match reply {
@@ -136,12 +146,14 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeInstancesRequest>,
     ) -> Result<Response<pb::DescribeInstancesReply>, Status> {
+        let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
         let instances = if name.is_empty() {
             state
                 .instances
                 .values()
+                .filter(|i| p.sees(&i.account))
                 .map(|i| instance_to_pb(i, &self.catalog))
                 .collect()
         } else {
@@ -149,6 +161,7 @@ impl Admin for AdminService {
                 .instances
                 .get(&name)
                 .ok_or_else(|| domain_status(DomainError::not_found("instance", &name)))?;
+            p.require_account("instance", &name, &i.account)?;
             vec![instance_to_pb(i, &self.catalog)]
         };
         Ok(Response::new(pb::DescribeInstancesReply { instances }))
@@ -158,7 +171,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ModifyInstanceSpecRequest>,
     ) -> Result<Response<pb::InstanceReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        self.check_instance(&p, &r.name)?;
         self.catalog
             .spec(&r.spec)
             .map_err(|e| Status::invalid_argument(format!("invalid spec: {e}")))?;
@@ -180,12 +195,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteInstanceRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        deleted(
-            self.write(Command::DeleteInstance {
-                name: req.into_inner().name,
-            })
-            .await?,
-        )
+        let p = Principal::of(&req);
+        let name = req.into_inner().name;
+        self.check_instance(&p, &name)?;
+        deleted(self.write(Command::DeleteInstance { name }).await?)
     }
 
     async fn describe_specs(
@@ -225,7 +238,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateApiGroupRequest>,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        let account = p.account_for_create(r.account)?;
         check(validate::name("name", &r.name))?;
         let host = r.host.filter(|h| !h.is_empty());
         let base_path = r.base_path.filter(|b| !b.is_empty());
@@ -243,7 +258,7 @@ impl Admin for AdminService {
         group_reply(
             self.write(Command::CreateApiGroup {
                 name: r.name,
-                account: account_or_default(r.account),
+                account,
                 instance,
                 host,
                 base_path,
@@ -256,7 +271,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ModifyApiGroupRequest>,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        self.check_group(&p, &r.name)?;
         let clearable = |v: Option<String>| v.map(|s| if s.is_empty() { None } else { Some(s) });
         let change = GroupChange {
             instance: r.instance,
@@ -281,15 +298,22 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeApiGroupsRequest>,
     ) -> Result<Response<pb::DescribeApiGroupsReply>, Status> {
+        let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
         let groups = if name.is_empty() {
-            state.groups.values().map(convert::group_to_pb).collect()
+            state
+                .groups
+                .values()
+                .filter(|g| p.sees(&g.account))
+                .map(convert::group_to_pb)
+                .collect()
         } else {
             let g = state
                 .groups
                 .get(&name)
                 .ok_or_else(|| domain_status(DomainError::not_found("API group", &name)))?;
+            p.require_account("API group", &name, &g.account)?;
             vec![convert::group_to_pb(g)]
         };
         Ok(Response::new(pb::DescribeApiGroupsReply { groups }))
@@ -299,19 +323,19 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteApiGroupRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        deleted(
-            self.write(Command::DeleteApiGroup {
-                name: req.into_inner().name,
-            })
-            .await?,
-        )
+        let p = Principal::of(&req);
+        let name = req.into_inner().name;
+        self.check_group(&p, &name)?;
+        deleted(self.write(Command::DeleteApiGroup { name }).await?)
     }
 
     async fn create_api(
         &self,
         req: Request<pb::CreateApiRequest>,
     ) -> Result<Response<pb::ApiReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
         check(validate::name("name", &r.name))?;
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
@@ -329,7 +353,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ModifyApiRequest>,
     ) -> Result<Response<pb::ApiReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
         self.api_reply(
@@ -346,17 +372,22 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeApisRequest>,
     ) -> Result<Response<pb::DescribeApisReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
         let state = self.node.state();
         let groups: Vec<&model::ApiGroup> = if r.group.is_empty() {
-            state.groups.values().collect()
+            state
+                .groups
+                .values()
+                .filter(|g| p.sees(&g.account))
+                .collect()
         } else {
-            vec![
-                state
-                    .groups
-                    .get(&r.group)
-                    .ok_or_else(|| domain_status(DomainError::not_found("API group", &r.group)))?,
-            ]
+            let g = state
+                .groups
+                .get(&r.group)
+                .ok_or_else(|| domain_status(DomainError::not_found("API group", &r.group)))?;
+            p.require_account("API group", &r.group, &g.account)?;
+            vec![g]
         };
         let mut apis = Vec::new();
         for g in groups {
@@ -379,7 +410,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteApiRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
         deleted(
             self.write(Command::DeleteApi {
                 group: r.group,
@@ -393,7 +426,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeployApiRequest>,
     ) -> Result<Response<pb::DeployApiReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
         let stage = parse_stage(&r.stage)?;
         match self
             .write(Command::DeployApi {
@@ -425,7 +460,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AbolishApiRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
         let stage = parse_stage(&r.stage)?;
         deleted(
             self.write(Command::AbolishApi {
@@ -441,6 +478,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
+        Principal::of(&req).require_operator("creating an account")?;
         let r = req.into_inner();
         check(validate::name("name", &r.name))?;
         let webhook = r.webhook.filter(|w| !w.is_empty());
@@ -465,18 +503,20 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeAccountsRequest>,
     ) -> Result<Response<pb::DescribeAccountsReply>, Status> {
+        let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
         let list = if name.is_empty() {
             state
                 .accounts
                 .values()
+                .filter(|a| p.sees(&a.name))
                 .map(accounts::account_to_pb)
                 .collect()
         } else {
-            vec![accounts::account_to_pb(accounts::find_account(
-                &state, &name,
-            )?)]
+            let a = accounts::find_account(&state, &name)?;
+            p.require_account("account", &name, &a.name)?;
+            vec![accounts::account_to_pb(a)]
         };
         Ok(Response::new(pb::DescribeAccountsReply { accounts: list }))
     }
@@ -485,7 +525,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RechargeRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        p.require_account("account", &r.account, &r.account)?;
         let amount = accounts::parse_usd("amount", &r.amount)?;
         if amount <= catalog::Usd::ZERO {
             return Err(Status::invalid_argument(format!(
@@ -505,7 +547,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetBalanceAlertRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        p.require_account("account", &r.account, &r.account)?;
         let threshold = if r.threshold.is_empty() {
             None
         } else {
@@ -529,18 +573,20 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeUsageRequest>,
     ) -> Result<Response<pb::DescribeUsageReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        let account = p.scope(r.account)?;
         let day = if r.day.is_empty() {
             None
         } else {
             Some(accounts::parse_day(&r.day)?)
         };
         let state = self.node.state();
-        if !r.account.is_empty() {
-            accounts::find_account(&state, &r.account)?;
+        if !account.is_empty() {
+            accounts::find_account(&state, &account)?;
         }
         Ok(Response::new(pb::DescribeUsageReply {
-            rows: accounts::usage_rows(&state, &r.account, day),
+            rows: accounts::usage_rows(&state, &account, day),
         }))
     }
 
@@ -548,7 +594,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeBillsRequest>,
     ) -> Result<Response<pb::DescribeBillsReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        p.require_account("account", &r.account, &r.account)?;
         let day = if r.day.is_empty() {
             None
         } else {
@@ -577,24 +625,77 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeEventsRequest>,
     ) -> Result<Response<pb::DescribeEventsReply>, Status> {
+        let p = Principal::of(&req);
         let r = req.into_inner();
+        let account = p.scope(r.account)?;
         let state = self.node.state();
-        if !r.account.is_empty() {
-            accounts::find_account(&state, &r.account)?;
+        if !account.is_empty() {
+            accounts::find_account(&state, &account)?;
         }
         let events = state
             .events
             .iter()
-            .filter(|e| e.seq > r.after_seq && (r.account.is_empty() || e.account == r.account))
+            .filter(|e| e.seq > r.after_seq && (account.is_empty() || e.account == account))
             .map(accounts::event_to_pb)
             .collect();
         Ok(Response::new(pb::DescribeEventsReply { events }))
     }
 
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::TokenReply>, Status> {
+        Principal::of(&req).require_operator("creating a token")?;
+        let account = req.into_inner().account;
+        let id = auth::random_hex(8)?;
+        let secret = auth::random_hex(24)?;
+        let reply = self
+            .write(Command::CreateToken {
+                id: id.clone(),
+                account,
+                secret_sha256: auth::sha256_hex(&secret),
+            })
+            .await?;
+        match reply {
+            Reply::Token(t) => Ok(Response::new(pb::TokenReply {
+                token: Some(token_to_pb(&t)),
+                secret_token: format!("{}{id}_{secret}", auth::TOKEN_PREFIX),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn describe_tokens(
+        &self,
+        req: Request<pb::DescribeTokensRequest>,
+    ) -> Result<Response<pb::DescribeTokensReply>, Status> {
+        Principal::of(&req).require_operator("listing tokens")?;
+        let account = req.into_inner().account;
+        let tokens = self
+            .node
+            .state()
+            .tokens
+            .values()
+            .filter(|t| account.is_empty() || t.account == account)
+            .map(token_to_pb)
+            .collect();
+        Ok(Response::new(pb::DescribeTokensReply { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        Principal::of(&req).require_operator("revoking a token")?;
+        let id = req.into_inner().id;
+        deleted(self.write(Command::RevokeToken { id }).await?)
+    }
+
     async fn describe_cluster(
         &self,
-        _req: Request<pb::DescribeClusterRequest>,
+        req: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Principal::of(&req).require_operator("the cluster's status")?;
         Ok(Response::new(self.cluster_status()))
     }
 
@@ -602,6 +703,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Principal::of(&req).require_operator("adding a node")?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument(
@@ -619,6 +721,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::PromoteLearnerRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Principal::of(&req).require_operator("promoting a node")?;
         self.node
             .promote(req.into_inner().node_id)
             .await
@@ -630,6 +733,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Principal::of(&req).require_operator("removing a node")?;
         self.node
             .remove(req.into_inner().node_id)
             .await
@@ -694,6 +798,14 @@ impl AdminService {
     }
 }
 
+fn token_to_pb(t: &model::ApiToken) -> pb::Token {
+    pb::Token {
+        id: t.id.clone(),
+        account: t.account.clone(),
+        created_at_ms: t.created_at_ms,
+    }
+}
+
 fn group_reply(reply: Reply) -> Result<Response<pb::ApiGroupReply>, Status> {
     match reply {
         Reply::Group(g) => Ok(Response::new(pb::ApiGroupReply {
@@ -708,48 +820,4 @@ fn check_definition(spec: &model::ApiSpec) -> Result<(), Status> {
     check(validate::api_path(&spec.path))?;
     check(validate::backend(&spec.backend))?;
     check(validate::timeout_ms(spec.timeout_ms))
-}
-
-/// Checks the operator's bearer token on every admin call.
-#[derive(Clone)]
-pub struct OperatorToken {
-    token: Option<Arc<str>>,
-}
-
-impl OperatorToken {
-    /// `None` accepts every caller: only for an admin API bound to loopback.
-    pub fn new(token: Option<String>) -> Self {
-        OperatorToken {
-            token: token.map(|t| Arc::from(t.trim())),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for OperatorToken {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.token else {
-            return Ok(req);
-        };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing bearer token: set GATEWAY_TOKEN or --token-file")
-            })?;
-        if constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
-            Ok(req)
-        } else {
-            Err(Status::unauthenticated("invalid bearer token"))
-        }
-    }
-}
-
-/// Compares without stopping at the first difference, so timing does not leak the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -89,6 +89,9 @@ enum Cmd {
     /// Prices (offline: no server needed).
     #[command(subcommand)]
     Pricing(money::PricingCmd),
+    /// Admin API tokens for accounts (operator only).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Check a running cluster against an instance spec's SLA (open-loop load test).
     Loadtest(Box<loadtest::LoadtestArgs>),
 }
@@ -239,6 +242,23 @@ enum ApiCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Create a token that acts for one account; it is printed once.
+    Create {
+        #[arg(long)]
+        account: String,
+    },
+    List {
+        #[arg(long, default_value = "")]
+        account: String,
+    },
+    Revoke {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ClusterCmd {
     Status,
     AddLearner {
@@ -365,6 +385,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Usage(a) => money::usage(&mut c, f, a).await,
         Cmd::Bill(cmd) => money::bill(&mut c, f, cmd).await,
         Cmd::Events(a) => money::events(&mut c, f, a).await,
+        Cmd::Token(cmd) => tokens(&mut c, f, cmd).await,
         Cmd::Instance(cmd) => instance(&mut c, f, cmd).await,
         Cmd::Spec(ListOnly::List) => {
             let specs = c
@@ -702,6 +723,51 @@ async fn api(c: &mut Client, f: Format, cmd: ApiCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn tokens(c: &mut Client, f: Format, cmd: TokenCmd) -> Result<()> {
+    let row = |t: &pb::Token| vec![t.id.clone(), t.account.clone(), ms_to_utc(t.created_at_ms)];
+    match cmd {
+        TokenCmd::Create { account } => {
+            let r = c
+                .create_token(pb::CreateTokenRequest { account })
+                .await?
+                .into_inner();
+            let t = r.token.unwrap_or_default();
+            let v = json!({"id": t.id, "account": t.account, "token": r.secret_token});
+            print(f, v, || {
+                let mut table =
+                    Table::new(&["ID", "ACCOUNT", "CREATED (UTC)", "TOKEN (shown once)"]);
+                let mut cells = row(&t);
+                cells.push(r.secret_token.clone());
+                table.row(cells);
+                table
+            });
+        }
+        TokenCmd::List { account } => {
+            let list = c
+                .describe_tokens(pb::DescribeTokensRequest { account })
+                .await?
+                .into_inner()
+                .tokens;
+            let v = json!(list
+                .iter()
+                .map(|t| json!({"id": t.id, "account": t.account, "created_at_ms": t.created_at_ms}))
+                .collect::<Vec<_>>());
+            print(f, v, || {
+                let mut table = Table::new(&["ID", "ACCOUNT", "CREATED (UTC)"]);
+                for t in &list {
+                    table.row(row(t));
+                }
+                table
+            });
+        }
+        TokenCmd::Revoke { id } => {
+            let r = c.revoke_token(pb::RevokeTokenRequest { id }).await?;
+            print_deleted(f, r.into_inner());
+        }
+    }
+    Ok(())
 }
 
 async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {

@@ -160,7 +160,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let admin = admin::AdminService::new(node.clone(), catalog.clone());
     let admin = tonic::service::interceptor::InterceptedService::new(
         admin,
-        admin::OperatorToken::new(s.admin_token.clone()),
+        admin::Authenticator::new(s.admin_token.clone(), node.clone()),
     );
     let admin_server = tonic::transport::Server::builder()
         .add_service(health_service)

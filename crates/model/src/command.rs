@@ -1,5 +1,5 @@
 use crate::ledger::UsageDelta;
-use crate::{Account, Api, ApiGroup, ChargeType, Deployment, Instance, Millis, Stage};
+use crate::{Account, Api, ApiGroup, ApiToken, ChargeType, Deployment, Instance, Millis, Stage};
 use catalog::Usd;
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +121,15 @@ pub enum Command {
         account: String,
         seq: u64,
     },
+    /// An admin API token for an account; only the SHA-256 of its secret is kept.
+    CreateToken {
+        id: String,
+        account: String,
+        secret_sha256: String,
+    },
+    RevokeToken {
+        id: String,
+    },
 }
 
 impl Command {
@@ -144,6 +153,8 @@ impl Command {
             Command::RecordUsage { .. } => "RecordUsage",
             Command::CloseCycle { .. } => "CloseCycle",
             Command::AckEvents { .. } => "AckEvents",
+            Command::CreateToken { .. } => "CreateToken",
+            Command::RevokeToken { .. } => "RevokeToken",
         }
     }
 }
@@ -174,5 +185,6 @@ pub enum Reply {
     CycleClosed {
         day: u64,
     },
+    Token(ApiToken),
     Done,
 }

@@ -15,8 +15,8 @@ pub mod validate;
 pub use command::{ApiSpec, Command, GroupChange, Proposal, Reply};
 pub use error::DomainError;
 pub use state::{
-    Account, Api, ApiGroup, ChargeType, DEFAULT_ACCOUNT, Deployment, Instance, SpecChange, Stage,
-    State,
+    Account, Api, ApiGroup, ApiToken, ChargeType, DEFAULT_ACCOUNT, Deployment, Instance,
+    SpecChange, Stage, State,
 };
 
 /// Unix time in milliseconds, as stamped on a proposal by the node that proposed it.

@@ -112,6 +112,16 @@ impl Account {
     }
 }
 
+/// An admin API token that acts for one account. The secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub account: String,
+    /// Lower-case hex SHA-256 of the token's secret part.
+    pub secret_sha256: String,
+    pub created_at_ms: Millis,
+}
+
 /// An API as defined; what is served is its [`Deployment`]s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Api {
@@ -162,6 +172,8 @@ pub struct State {
     pub last_closed_day: Option<u64>,
     /// When the first proposal was applied: the first daily cycle is that day's.
     pub genesis_ms: Option<Millis>,
+    /// Account tokens of the admin API, by id.
+    pub tokens: BTreeMap<String, ApiToken>,
 }
 
 impl Default for State {
@@ -183,6 +195,7 @@ impl Default for State {
             next_event_seq: 0,
             last_closed_day: None,
             genesis_ms: None,
+            tokens: BTreeMap::new(),
         }
     }
 }
@@ -560,6 +573,47 @@ impl State {
                 self.record_usage(*node, *seq, deltas, now)
             }
             Command::CloseCycle { day } => self.close_cycle(*day, now, catalog),
+            Command::CreateToken {
+                id,
+                account,
+                secret_sha256,
+            } => {
+                let hex = |v: &str, len: std::ops::RangeInclusive<usize>| {
+                    len.contains(&v.len())
+                        && v.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                };
+                if !hex(id, 8..=64) {
+                    return Err(DomainError::invalid(
+                        "id",
+                        "must be 8 to 64 lower-case hex digits",
+                    ));
+                }
+                if !hex(secret_sha256, 64..=64) {
+                    return Err(DomainError::invalid(
+                        "secret_sha256",
+                        "must be 64 lower-case hex digits",
+                    ));
+                }
+                self.account(account)?;
+                if self.tokens.contains_key(id) {
+                    return Err(DomainError::already_exists("token", id));
+                }
+                let token = ApiToken {
+                    id: id.clone(),
+                    account: account.clone(),
+                    secret_sha256: secret_sha256.clone(),
+                    created_at_ms: now,
+                };
+                self.tokens.insert(id.clone(), token.clone());
+                Ok(Reply::Token(token))
+            }
+            Command::RevokeToken { id } => {
+                if self.tokens.remove(id).is_none() {
+                    return Err(DomainError::not_found("token", id));
+                }
+                Ok(deleted("token", id))
+            }
             Command::AckEvents { account, seq } => {
                 self.account(account)?;
                 let acct = self.accounts.get_mut(account).expect("checked above");

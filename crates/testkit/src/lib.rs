@@ -311,16 +311,24 @@ impl Cluster {
         format!("127.0.0.1:{}", self.nodes[&id].ports.ops)
     }
 
-    /// Runs `gatewayctl --endpoint <node id> ARGS`.
+    /// Runs `gatewayctl --endpoint <node id> ARGS`, with no token.
     pub fn ctl(&self, id: u64, args: &[&str]) -> CtlOutput {
-        let out = Command::new(&self.bins.gatewayctl)
-            .arg("--endpoint")
+        self.ctl_with_token(id, None, args)
+    }
+
+    /// Runs `gatewayctl --endpoint <node id> ARGS` with `GATEWAY_TOKEN` set to `token`.
+    pub fn ctl_with_token(&self, id: u64, token: Option<&str>, args: &[&str]) -> CtlOutput {
+        let mut cmd = Command::new(&self.bins.gatewayctl);
+        cmd.arg("--endpoint")
             .arg(self.admin_endpoint(id))
             .args(args)
             .env_remove("GATEWAY_ENDPOINT")
-            .output()
-            .expect("run gatewayctl");
-        CtlOutput::from(out)
+            .env_remove("GATEWAY_TOKEN")
+            .env_remove("GATEWAY_TOKEN_FILE");
+        if let Some(t) = token {
+            cmd.env("GATEWAY_TOKEN", t);
+        }
+        CtlOutput::from(cmd.output().expect("run gatewayctl"))
     }
 
     /// Runs `gatewayctl ... -o json` and parses its output; panics if it fails.
