@@ -1,6 +1,6 @@
 //! Between the replicated model and the admin API's protobuf messages.
 
-use model::{ApiGroup, ApiSpec, ChargeType, Instance, Stage};
+use model::{ApiGroup, ApiSpec, AuthType, ChargeType, Instance, Stage};
 use proto::admin as pb;
 
 pub fn charge_type_to_pb(c: ChargeType) -> pb::ChargeType {
@@ -36,6 +36,7 @@ pub fn definition_to_pb(s: &ApiSpec) -> pb::ApiDefinition {
         path: s.path.clone(),
         backend: s.backend.clone(),
         timeout_ms: s.timeout_ms,
+        auth_type: s.auth.as_str().to_string(),
     }
 }
 
@@ -50,6 +51,8 @@ pub fn definition_from_pb(d: Option<pb::ApiDefinition>) -> ApiSpec {
         } else {
             d.timeout_ms
         },
+        // An unknown auth type is refused before this (see `create_api`); fail closed anyway.
+        auth: AuthType::parse(&d.auth_type).unwrap_or(AuthType::App),
     }
 }
 
@@ -62,6 +65,13 @@ pub fn group_to_pb(g: &ApiGroup) -> pb::ApiGroup {
         base_path: g.base_path.clone(),
         created_at_ms: g.created_at_ms,
         apis: g.apis.keys().cloned().collect(),
+        grants: g
+            .grants
+            .iter()
+            .flat_map(|(api, apps)| apps.iter().map(move |app| format!("{api}:{app}")))
+            .collect(),
+        ip_allow: g.ip_allow.clone(),
+        ip_deny: g.ip_deny.clone(),
         deployments: g
             .deployments
             .iter()

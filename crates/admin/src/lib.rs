@@ -11,7 +11,7 @@ mod convert;
 
 use catalog::{Catalog, SHARED_INSTANCE};
 use cluster::{ClusterError, Node};
-use model::{ChargeType, Command, DomainError, GroupChange, Reply, Stage, validate};
+use model::{AuthType, ChargeType, Command, DomainError, GroupChange, Reply, Stage, validate};
 use proto::admin as pb;
 use proto::admin::admin_server::{Admin, AdminServer};
 use std::sync::Arc;
@@ -337,6 +337,9 @@ impl Admin for AdminService {
         let r = req.into_inner();
         self.check_group(&p, &r.group)?;
         check(validate::name("name", &r.name))?;
+        if let Some(d) = &r.definition {
+            check(AuthType::parse(&d.auth_type).map(|_| ()))?;
+        }
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
         self.api_reply(
@@ -356,6 +359,9 @@ impl Admin for AdminService {
         let p = Principal::of(&req);
         let r = req.into_inner();
         self.check_group(&p, &r.group)?;
+        if let Some(d) = &r.definition {
+            check(AuthType::parse(&d.auth_type).map(|_| ()))?;
+        }
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
         self.api_reply(
@@ -641,6 +647,121 @@ impl Admin for AdminService {
         Ok(Response::new(pb::DescribeEventsReply { events }))
     }
 
+    async fn create_app(
+        &self,
+        req: Request<pb::CreateAppRequest>,
+    ) -> Result<Response<pb::AppReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        let account = p.account_for_create(r.account)?;
+        check(validate::name("name", &r.name))?;
+        let key = auth::random_hex(12)?;
+        let secret = auth::random_hex(24)?;
+        match self
+            .write(Command::CreateApp {
+                name: r.name,
+                account,
+                key,
+                secret,
+            })
+            .await?
+        {
+            Reply::App(a) => Ok(Response::new(pb::AppReply {
+                app: Some(app_to_pb(&a)),
+                app_secret: a.secret.clone(),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn describe_apps(
+        &self,
+        req: Request<pb::DescribeAppsRequest>,
+    ) -> Result<Response<pb::DescribeAppsReply>, Status> {
+        let p = Principal::of(&req);
+        let name = req.into_inner().name;
+        let state = self.node.state();
+        let apps = state
+            .apps
+            .values()
+            .filter(|a| p.sees(&a.account) && (name.is_empty() || a.name == name))
+            .map(app_to_pb)
+            .collect::<Vec<_>>();
+        if !name.is_empty() && apps.is_empty() {
+            return Err(domain_status(DomainError::not_found("app", &name)));
+        }
+        Ok(Response::new(pb::DescribeAppsReply { apps }))
+    }
+
+    async fn delete_app(
+        &self,
+        req: Request<pb::DeleteAppRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        let p = Principal::of(&req);
+        let name = req.into_inner().name;
+        if let Some(a) = self.node.state().apps.get(&name) {
+            p.require_account("app", &name, &a.account)?;
+        }
+        deleted(self.write(Command::DeleteApp { name }).await?)
+    }
+
+    async fn authorize_app(
+        &self,
+        req: Request<pb::AuthorizeAppRequest>,
+    ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
+        group_reply(
+            self.write(Command::AuthorizeApp {
+                group: r.group,
+                api: r.api,
+                app: r.app,
+            })
+            .await?,
+        )
+    }
+
+    async fn revoke_app_authorization(
+        &self,
+        req: Request<pb::AuthorizeAppRequest>,
+    ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
+        group_reply(
+            self.write(Command::RevokeAppAuthorization {
+                group: r.group,
+                api: r.api,
+                app: r.app,
+            })
+            .await?,
+        )
+    }
+
+    async fn set_ip_access_control(
+        &self,
+        req: Request<pb::SetIpAccessControlRequest>,
+    ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        self.check_group(&p, &r.group)?;
+        for c in &r.allow {
+            check(validate::cidr("allow", c))?;
+        }
+        for c in &r.deny {
+            check(validate::cidr("deny", c))?;
+        }
+        group_reply(
+            self.write(Command::SetIpAccessControl {
+                group: r.group,
+                allow: r.allow,
+                deny: r.deny,
+            })
+            .await?,
+        )
+    }
+
     async fn create_token(
         &self,
         req: Request<pb::CreateTokenRequest>,
@@ -795,6 +916,15 @@ impl AdminService {
             }
             other => Err(unexpected(other)),
         }
+    }
+}
+
+fn app_to_pb(a: &model::App) -> pb::App {
+    pb::App {
+        name: a.name.clone(),
+        account: a.account.clone(),
+        app_key: a.key.clone(),
+        created_at_ms: a.created_at_ms,
     }
 }
 

@@ -89,6 +89,9 @@ enum Cmd {
     /// Prices (offline: no server needed).
     #[command(subcommand)]
     Pricing(money::PricingCmd),
+    /// Apps: callers of APIs whose auth type is APP (signed requests).
+    #[command(subcommand)]
+    App(AppCmd),
     /// Admin API tokens for accounts (operator only).
     #[command(subcommand)]
     Token(TokenCmd),
@@ -174,6 +177,16 @@ enum GroupCmd {
         #[arg(long)]
         name: String,
     },
+    /// Set the group's IP access control (comma-separated CIDRs; deny wins; no allow list
+    /// allows everyone not denied).
+    SetAcl {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        deny: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +200,9 @@ struct ApiDef {
     /// Backend timeout, e.g. 5s, 300ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    /// ANONYMOUS, or APP: only authorised apps, with signed requests.
+    #[arg(long, default_value = "ANONYMOUS")]
+    auth_type: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +254,40 @@ enum ApiCmd {
         name: String,
         #[arg(long, default_value = "RELEASE")]
         stage: String,
+    },
+    /// Let an app call the API.
+    Authorize {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        app: String,
+    },
+    /// Take an app's authorisation away.
+    Revoke {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        app: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppCmd {
+    /// Create an app; its AppKey and AppSecret are printed (the secret only now).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        account: String,
+    },
+    List,
+    Delete {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -386,6 +436,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Bill(cmd) => money::bill(&mut c, f, cmd).await,
         Cmd::Events(a) => money::events(&mut c, f, a).await,
         Cmd::Token(cmd) => tokens(&mut c, f, cmd).await,
+        Cmd::App(cmd) => apps(&mut c, f, cmd).await,
         Cmd::Instance(cmd) => instance(&mut c, f, cmd).await,
         Cmd::Spec(ListOnly::List) => {
             let specs = c
@@ -625,6 +676,16 @@ async fn group(c: &mut Client, f: Format, cmd: GroupCmd) -> Result<()> {
             print_deleted(f, r.into_inner());
             Ok(())
         }
+        GroupCmd::SetAcl { name, allow, deny } => {
+            let r = c
+                .set_ip_access_control(pb::SetIpAccessControlRequest {
+                    group: name,
+                    allow,
+                    deny,
+                })
+                .await?;
+            print_group(f, r.into_inner().group)
+        }
     }
 }
 
@@ -634,6 +695,7 @@ fn definition(d: ApiDef) -> Option<pb::ApiDefinition> {
         path: d.path,
         backend: d.backend,
         timeout_ms: d.timeout.as_millis() as u64,
+        auth_type: d.auth_type.to_ascii_uppercase(),
     })
 }
 
@@ -715,6 +777,26 @@ async fn api(c: &mut Client, f: Format, cmd: ApiCmd) -> Result<()> {
             });
             Ok(())
         }
+        ApiCmd::Authorize { group, name, app } => {
+            let r = c
+                .authorize_app(pb::AuthorizeAppRequest {
+                    group,
+                    api: name,
+                    app,
+                })
+                .await?;
+            print_group(f, r.into_inner().group)
+        }
+        ApiCmd::Revoke { group, name, app } => {
+            let r = c
+                .revoke_app_authorization(pb::AuthorizeAppRequest {
+                    group,
+                    api: name,
+                    app,
+                })
+                .await?;
+            print_group(f, r.into_inner().group)
+        }
         ApiCmd::Abolish { group, name, stage } => {
             let r = c
                 .abolish_api(pb::AbolishApiRequest { group, name, stage })
@@ -723,6 +805,55 @@ async fn api(c: &mut Client, f: Format, cmd: ApiCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn apps(c: &mut Client, f: Format, cmd: AppCmd) -> Result<()> {
+    let table = |list: &[pb::App]| {
+        let mut t = Table::new(&["APP", "ACCOUNT", "APP KEY", "CREATED (UTC)"]);
+        for a in list {
+            t.row(vec![
+                a.name.clone(),
+                a.account.clone(),
+                a.app_key.clone(),
+                ms_to_utc(a.created_at_ms),
+            ]);
+        }
+        t
+    };
+    let app_json = |a: &pb::App| json!({"name": a.name, "account": a.account, "app_key": a.app_key, "created_at_ms": a.created_at_ms});
+    match cmd {
+        AppCmd::Create { name, account } => {
+            let r = c
+                .create_app(pb::CreateAppRequest { name, account })
+                .await?
+                .into_inner();
+            let a = r.app.unwrap_or_default();
+            let mut v = app_json(&a);
+            v["app_secret"] = json!(r.app_secret);
+            print(f, v, || {
+                let mut t = table(std::slice::from_ref(&a));
+                t.row(vec![format!("AppSecret (shown once): {}", r.app_secret)]);
+                t
+            });
+        }
+        AppCmd::List => {
+            let list = c
+                .describe_apps(pb::DescribeAppsRequest::default())
+                .await?
+                .into_inner()
+                .apps;
+            print(
+                f,
+                json!(list.iter().map(app_json).collect::<Vec<_>>()),
+                || table(&list),
+            );
+        }
+        AppCmd::Delete { name } => {
+            let r = c.delete_app(pb::DeleteAppRequest { name }).await?;
+            print_deleted(f, r.into_inner());
+        }
+    }
+    Ok(())
 }
 
 async fn tokens(c: &mut Client, f: Format, cmd: TokenCmd) -> Result<()> {

@@ -100,7 +100,7 @@ pub fn instances_table(list: &[pb::Instance]) -> Table {
 
 pub fn definition_json(d: &Option<pb::ApiDefinition>) -> Value {
     let d = d.clone().unwrap_or_default();
-    json!({"method": d.method, "path": d.path, "backend": d.backend, "timeout_ms": d.timeout_ms})
+    json!({"method": d.method, "path": d.path, "backend": d.backend, "timeout_ms": d.timeout_ms, "auth_type": d.auth_type})
 }
 
 pub fn group_json(g: &pb::ApiGroup) -> Value {
@@ -112,6 +112,9 @@ pub fn group_json(g: &pb::ApiGroup) -> Value {
         "base_path": g.base_path,
         "created_at_ms": g.created_at_ms,
         "apis": g.apis,
+        "grants": g.grants,
+        "ip_allow": g.ip_allow,
+        "ip_deny": g.ip_deny,
         "deployments": g.deployments.iter().map(deployment_json).collect::<Vec<_>>(),
     })
 }

@@ -1,5 +1,7 @@
 use crate::ledger::UsageDelta;
-use crate::{Account, Api, ApiGroup, ApiToken, ChargeType, Deployment, Instance, Millis, Stage};
+use crate::{
+    Account, Api, ApiGroup, ApiToken, App, ChargeType, Deployment, Instance, Millis, Stage,
+};
 use catalog::Usd;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,39 @@ pub struct ApiSpec {
     /// `http://HOST:PORT[/prefix]`.
     pub backend: String,
     pub timeout_ms: u64,
+    /// Who may call it: anyone, or only authorised apps with signed requests.
+    #[serde(default)]
+    pub auth: AuthType,
+}
+
+/// How an API authenticates its callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthType {
+    #[default]
+    Anonymous,
+    /// Requests signed with an authorised app's AppKey and AppSecret (`X-Ca-Signature`).
+    App,
+}
+
+impl AuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::Anonymous => "ANONYMOUS",
+            AuthType::App => "APP",
+        }
+    }
+
+    /// `ANONYMOUS` or `APP` (any case); empty is anonymous.
+    pub fn parse(s: &str) -> Result<AuthType, crate::DomainError> {
+        match s.to_ascii_uppercase().as_str() {
+            "" | "ANONYMOUS" => Ok(AuthType::Anonymous),
+            "APP" => Ok(AuthType::App),
+            _ => Err(crate::DomainError::invalid(
+                "auth_type",
+                format!("'{s}' is not one of ANONYMOUS, APP"),
+            )),
+        }
+    }
 }
 
 /// A change to an API group; `None` leaves a field as it is.
@@ -130,6 +165,35 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// An app that calls APIs with signed requests. The key and secret are drawn by the node
+    /// that took the request (the state machine draws nothing).
+    CreateApp {
+        name: String,
+        account: String,
+        key: String,
+        secret: String,
+    },
+    DeleteApp {
+        name: String,
+    },
+    /// Lets `app` call API `group/api` (its auth type must be APP to need it).
+    AuthorizeApp {
+        group: String,
+        api: String,
+        app: String,
+    },
+    RevokeAppAuthorization {
+        group: String,
+        api: String,
+        app: String,
+    },
+    /// Sets a group's IP access control: allowed and denied CIDRs (deny wins; an empty allow
+    /// list allows everyone not denied).
+    SetIpAccessControl {
+        group: String,
+        allow: Vec<String>,
+        deny: Vec<String>,
+    },
 }
 
 impl Command {
@@ -155,6 +219,11 @@ impl Command {
             Command::AckEvents { .. } => "AckEvents",
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
+            Command::CreateApp { .. } => "CreateApp",
+            Command::DeleteApp { .. } => "DeleteApp",
+            Command::AuthorizeApp { .. } => "AuthorizeApp",
+            Command::RevokeAppAuthorization { .. } => "RevokeAppAuthorization",
+            Command::SetIpAccessControl { .. } => "SetIpAccessControl",
         }
     }
 }
@@ -186,5 +255,6 @@ pub enum Reply {
         day: u64,
     },
     Token(ApiToken),
+    App(App),
     Done,
 }

@@ -12,10 +12,10 @@ pub mod ledger;
 mod state;
 pub mod validate;
 
-pub use command::{ApiSpec, Command, GroupChange, Proposal, Reply};
+pub use command::{ApiSpec, AuthType, Command, GroupChange, Proposal, Reply};
 pub use error::DomainError;
 pub use state::{
-    Account, Api, ApiGroup, ApiToken, ChargeType, DEFAULT_ACCOUNT, Deployment, Instance,
+    Account, Api, ApiGroup, ApiToken, App, ChargeType, DEFAULT_ACCOUNT, Deployment, Instance,
     SpecChange, Stage, State,
 };
 

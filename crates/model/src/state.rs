@@ -4,7 +4,7 @@ use crate::{DomainError, Millis, validate};
 use billing::{AccountBilling, Subscription, SubscriptionChange, Term};
 use catalog::{Catalog, SHARED_INSTANCE, Usd};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The account that owns what is created without naming one.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -151,6 +151,27 @@ pub struct ApiGroup {
     pub apis: BTreeMap<String, Api>,
     /// Stage -> API name -> what is deployed there.
     pub deployments: BTreeMap<Stage, BTreeMap<String, Deployment>>,
+    /// API name -> the apps allowed to call it (for APIs whose auth type is APP).
+    #[serde(default)]
+    pub grants: BTreeMap<String, BTreeSet<String>>,
+    /// Client addresses allowed (empty: all) and denied (wins), as CIDRs.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+}
+
+/// An app: the identity of a program that calls APIs with signed requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    pub name: String,
+    pub account: String,
+    /// The AppKey, sent in `X-Ca-Key`.
+    pub key: String,
+    /// The AppSecret. Every node needs it to check signatures (HMAC), so unlike an admin token
+    /// it cannot be kept as a hash.
+    pub secret: String,
+    pub created_at_ms: Millis,
 }
 
 /// The whole replicated state.
@@ -174,6 +195,9 @@ pub struct State {
     pub genesis_ms: Option<Millis>,
     /// Account tokens of the admin API, by id.
     pub tokens: BTreeMap<String, ApiToken>,
+    /// Apps, by name.
+    #[serde(default)]
+    pub apps: BTreeMap<String, App>,
 }
 
 impl Default for State {
@@ -196,6 +220,7 @@ impl Default for State {
             last_closed_day: None,
             genesis_ms: None,
             tokens: BTreeMap::new(),
+            apps: BTreeMap::new(),
         }
     }
 }
@@ -366,6 +391,9 @@ impl State {
                     created_at_ms: now,
                     apis: BTreeMap::new(),
                     deployments: BTreeMap::new(),
+                    grants: BTreeMap::new(),
+                    ip_allow: Vec::new(),
+                    ip_deny: Vec::new(),
                 };
                 self.groups.insert(name.clone(), g.clone());
                 Ok(Reply::Group(g))
@@ -613,6 +641,96 @@ impl State {
                     return Err(DomainError::not_found("token", id));
                 }
                 Ok(deleted("token", id))
+            }
+            Command::CreateApp {
+                name,
+                account,
+                key,
+                secret,
+            } => {
+                validate::name("name", name)?;
+                self.account(account)?;
+                if key.len() < 8 || secret.len() < 16 {
+                    return Err(DomainError::invalid(
+                        "key",
+                        "app keys and secrets are too short",
+                    ));
+                }
+                if self.apps.contains_key(name) {
+                    return Err(DomainError::already_exists("app", name));
+                }
+                if self.apps.values().any(|a| a.key == *key) {
+                    return Err(DomainError::already_exists("app key", key));
+                }
+                let app = App {
+                    name: name.clone(),
+                    account: account.clone(),
+                    key: key.clone(),
+                    secret: secret.clone(),
+                    created_at_ms: now,
+                };
+                self.apps.insert(name.clone(), app.clone());
+                Ok(Reply::App(app))
+            }
+            Command::DeleteApp { name } => {
+                if self.apps.remove(name).is_none() {
+                    return Err(DomainError::not_found("app", name));
+                }
+                for g in self.groups.values_mut() {
+                    for apps in g.grants.values_mut() {
+                        apps.remove(name);
+                    }
+                    g.grants.retain(|_, apps| !apps.is_empty());
+                }
+                Ok(deleted("app", name))
+            }
+            Command::AuthorizeApp { group, api, app } => {
+                let g = self.group(group)?;
+                if !g.apis.contains_key(api) {
+                    return Err(DomainError::not_found("API", &format!("{group}/{api}")));
+                }
+                let a = self
+                    .apps
+                    .get(app)
+                    .ok_or_else(|| DomainError::not_found("app", app))?;
+                if a.account != g.account {
+                    return Err(DomainError::invalid(
+                        "app",
+                        format!("app '{app}' belongs to another account than API group '{group}'"),
+                    ));
+                }
+                let g = self.groups.get_mut(group).expect("checked above");
+                g.grants.entry(api.clone()).or_default().insert(app.clone());
+                Ok(Reply::Group(g.clone()))
+            }
+            Command::RevokeAppAuthorization { group, api, app } => {
+                let g = self.group(group)?;
+                if !g.grants.get(api).is_some_and(|apps| apps.contains(app)) {
+                    return Err(DomainError::not_found(
+                        "authorization",
+                        &format!("{app} on {group}/{api}"),
+                    ));
+                }
+                let g = self.groups.get_mut(group).expect("checked above");
+                let apps = g.grants.get_mut(api).expect("checked above");
+                apps.remove(app);
+                if apps.is_empty() {
+                    g.grants.remove(api);
+                }
+                Ok(Reply::Group(g.clone()))
+            }
+            Command::SetIpAccessControl { group, allow, deny } => {
+                for c in allow {
+                    validate::cidr("allow", c)?;
+                }
+                for c in deny {
+                    validate::cidr("deny", c)?;
+                }
+                self.group(group)?;
+                let g = self.groups.get_mut(group).expect("checked above");
+                g.ip_allow = allow.clone();
+                g.ip_deny = deny.clone();
+                Ok(Reply::Group(g.clone()))
             }
             Command::AckEvents { account, seq } => {
                 self.account(account)?;

@@ -237,6 +237,31 @@ pub fn webhook(value: &str) -> Result<(), DomainError> {
     })
 }
 
+/// A CIDR block, `198.18.0.0/15` or `2001:db8::/32` (a bare address is a /32 or /128).
+pub fn cidr(field: &str, value: &str) -> Result<(), DomainError> {
+    parse_cidr(value).map(|_| ()).ok_or_else(|| {
+        DomainError::invalid(
+            field,
+            format!("'{value}' is not a CIDR block like 198.18.0.0/15 or 2001:db8::/32"),
+        )
+    })
+}
+
+/// Parses a CIDR block into its network address and prefix length.
+pub fn parse_cidr(value: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match value.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (value, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
+}
+
 pub fn timeout_ms(value: u64) -> Result<(), DomainError> {
     if value == 0 || value > MAX_TIMEOUT_MS {
         return Err(DomainError::invalid(

@@ -35,6 +35,7 @@ fn api_spec(path: &str) -> ApiSpec {
         path: path.into(),
         backend: "http://127.0.0.1:9000".into(),
         timeout_ms: 5000,
+        auth: crate::AuthType::Anonymous,
     }
 }
 
@@ -375,5 +376,72 @@ proptest! {
         let json = serde_json::to_string(&a).unwrap();
         let restored: State = serde_json::from_str(&json).unwrap();
         prop_assert_eq!(a, restored);
+    }
+}
+
+#[test]
+fn apps_are_authorised_per_api_and_acls_take_cidrs() {
+    let mut s = State::default();
+    apply(&mut s, at(1, group("g", SHARED_INSTANCE, None))).unwrap();
+    apply(
+        &mut s,
+        at(
+            2,
+            Command::CreateApi {
+                group: "g".into(),
+                name: "a".into(),
+                spec: api_spec("/a"),
+            },
+        ),
+    )
+    .unwrap();
+    let app = |name: &str, key: &str| Command::CreateApp {
+        name: name.into(),
+        account: DEFAULT_ACCOUNT.into(),
+        key: key.into(),
+        secret: "0123456789abcdef0123".into(),
+    };
+    apply(&mut s, at(3, app("mobile", "key-00001"))).unwrap();
+    let e = apply(&mut s, at(4, app("other", "key-00001"))).unwrap_err();
+    assert!(
+        e.to_string().contains("app key 'key-00001' already exists"),
+        "{e}"
+    );
+    let grant = |app: &str| Command::AuthorizeApp {
+        group: "g".into(),
+        api: "a".into(),
+        app: app.into(),
+    };
+    apply(&mut s, at(5, grant("mobile"))).unwrap();
+    assert!(s.groups["g"].grants["a"].contains("mobile"));
+    let e = apply(&mut s, at(6, grant("nope"))).unwrap_err();
+    assert!(e.to_string().contains("app 'nope' not found"), "{e}");
+    // Deleting the app takes its authorisations with it.
+    apply(
+        &mut s,
+        at(
+            7,
+            Command::DeleteApp {
+                name: "mobile".into(),
+            },
+        ),
+    )
+    .unwrap();
+    assert!(s.groups["g"].grants.is_empty());
+
+    let acl = |allow: &[&str], deny: &[&str]| Command::SetIpAccessControl {
+        group: "g".into(),
+        allow: allow.iter().map(|c| c.to_string()).collect(),
+        deny: deny.iter().map(|c| c.to_string()).collect(),
+    };
+    apply(
+        &mut s,
+        at(8, acl(&["198.18.0.0/15", "2001:db8::/32"], &["198.18.0.7"])),
+    )
+    .unwrap();
+    assert_eq!(s.groups["g"].ip_deny, ["198.18.0.7"]);
+    for bad in ["198.18.0.0/33", "nonsense", "2001:db8::/129"] {
+        let e = apply(&mut s, at(9, acl(&[bad], &[]))).unwrap_err();
+        assert!(e.to_string().starts_with("invalid allow"), "{e}");
     }
 }
