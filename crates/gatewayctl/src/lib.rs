@@ -4,6 +4,7 @@
 //! node (the node forwards writes to the leader), and prints the result as a table or, with
 //! `-o json`, as JSON for scripts. Any error exits non-zero with the server's message.
 
+mod call;
 mod money;
 mod output;
 
@@ -95,6 +96,8 @@ enum Cmd {
     /// Admin API tokens for accounts (operator only).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Send one request through the gateway, signed with an app's key when given.
+    Call(call::CallArgs),
     /// Check a running cluster against an instance spec's SLA (open-loop load test).
     Loadtest(Box<loadtest::LoadtestArgs>),
 }
@@ -426,11 +429,12 @@ async fn run(cli: Cli) -> Result<()> {
     let command = match command {
         Cmd::Pricing(money::PricingCmd::Estimate(a)) => return money::estimate(f, a),
         Cmd::Loadtest(args) => return run_loadtest(&conn, *args).await,
+        Cmd::Call(a) => return call::call(f, a).await,
         other => other,
     };
     let mut c = connect(&conn).await?;
     match command {
-        Cmd::Pricing(_) | Cmd::Loadtest(_) => unreachable!("handled above"),
+        Cmd::Pricing(_) | Cmd::Loadtest(_) | Cmd::Call(_) => unreachable!("handled above"),
         Cmd::Account(cmd) => money::account(&mut c, f, cmd).await,
         Cmd::Usage(a) => money::usage(&mut c, f, a).await,
         Cmd::Bill(cmd) => money::bill(&mut c, f, cmd).await,
@@ -1015,6 +1019,55 @@ mod tests {
             &["bill", "list", "--account", "a"],
             &["bill", "get", "--account", "a", "--day", "2026-01-02"],
             &["events", "--account", "a"],
+            &["app", "create", "--name", "mobile"],
+            &[
+                "api",
+                "authorize",
+                "--group",
+                "g",
+                "--name",
+                "n",
+                "--app",
+                "mobile",
+            ],
+            &[
+                "group",
+                "set-acl",
+                "--name",
+                "g",
+                "--allow",
+                "198.18.0.0/15,2001:db8::/32",
+                "--deny",
+                "198.18.0.7",
+            ],
+            &[
+                "api",
+                "create",
+                "--group",
+                "g",
+                "--name",
+                "n",
+                "--method",
+                "GET",
+                "--path",
+                "/p",
+                "--backend",
+                "http://h:1",
+                "--auth-type",
+                "APP",
+            ],
+            &[
+                "call",
+                "--url",
+                "http://127.0.0.1:8080/p?x=1",
+                "--app-key",
+                "k",
+                "--app-secret-file",
+                "/tmp/s",
+                "--header",
+                "Accept: */*",
+            ],
+            &["token", "create", "--account", "a"],
             &[
                 "pricing",
                 "estimate",
