@@ -17,14 +17,18 @@
 #    the offered load) against nginx as a reverse proxy to the same backend (2 worker processes,
 #    as gatewayd has 2 runtime workers on this 2-core machine; keep-alive to the upstream), with
 #    wrk, same threads and connections, alternating, ROUNDS times each. Printed: requests/s and
-#    p50/p99 latency of every round, the medians and their ratios. Then latency at the same
-#    open-loop rate through each (OVERHEAD_RATE req/s, below both maxima), with the generator.
+#    p50/p99 latency of every round, the proxy's CPU time per request (user + system, from
+#    /proc), the medians and their ratios. Then latency at the same open-loop rate through each
+#    (OVERHEAD_RATE req/s, below both maxima), with the generator. BASELINE_GATEWAYD=path adds
+#    a second gatewayd node running that binary (e.g. a build of an older commit) to the
+#    closed-loop rounds, to compare two builds in the same run.
 #
 # Needs nginx, wrk, curl and python3 (installs nginx and wrk with apt-get when missing and root).
 #
 # Usage: benches/dataplane.sh
 # Knobs: RUN_SECS=10 CHANGE_AT=4 CONNECTIONS=64 ROUNDS=3 WRK_SECS=10 WRK_THREADS=2
-#        WRK_CONNECTIONS=64 OVERHEAD_RATE=10000 SKIP_BUILD=0
+#        WRK_CONNECTIONS=64 OVERHEAD_RATE=10000 SKIP_BUILD=0 ONLY= (ONLY=overhead: part b only)
+#        BASELINE_GATEWAYD= (path of another gatewayd binary for part b)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +41,8 @@ WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
 OVERHEAD_RATE=${OVERHEAD_RATE:-10000}
 SKIP_BUILD=${SKIP_BUILD:-0}
+ONLY=${ONLY:-}
+BASELINE_GATEWAYD=${BASELINE_GATEWAYD:-}
 SMALL=2500
 MEDIUM=5000
 OFFERED=5000
@@ -227,6 +233,7 @@ wait_routable() {
     return 1
 }
 
+if [ "$ONLY" != overhead ]; then
 peers=""
 for id in 1 2 3; do
     read -r ADMIN[$id] PEER[$id] HTTP[$id] OPS[$id] <<<"$(free_ports 4)"
@@ -359,6 +366,7 @@ for name, label in [("even-change", "even 1/1/1"), ("skewed-change", "skewed 80/
               f"{reached * 1000:.0f} ms after the call started; the 1 s from then admitted {after} "
               f"({(after - medium) / medium * 100:+.2f}%)")
 PY
+fi # ONLY != overhead
 
 # --- b. overhead ---------------------------------------------------------------------------
 stop_gatewayds
@@ -381,6 +389,25 @@ ctl 9 api create --group ov --name bench --method GET --path /bench \
 ctl 9 api deploy --group ov --name bench >/dev/null
 GW_URL="http://127.0.0.1:${HTTP[9]}/bench"
 wait_routable "$GW_URL"
+GW_PID=${PIDS[0]}
+CONTENDERS="gatewayd nginx"
+if [ -n "$BASELINE_GATEWAYD" ]; then
+    read -r ADMIN[8] PEER[8] HTTP[8] OPS[8] <<<"$(free_ports 4)"
+    GATEWAYD=$BASELINE_GATEWAYD start_node 8 "8=127.0.0.1:${PEER[8]}" --shared-ceiling-rps 1000000
+    BASE_PID=${PIDS[1]}
+    for _ in $(seq 300); do
+        ctl 8 cluster status -o json 2>/dev/null |
+            python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s.get("leader_id") else 1)' 2>/dev/null && break
+        sleep 0.1
+    done
+    ctl 8 group create --name ov --instance shared >/dev/null
+    ctl 8 api create --group ov --name bench --method GET --path /bench \
+        --backend "http://127.0.0.1:$B_FAST" --timeout 5s >/dev/null
+    ctl 8 api deploy --group ov --name bench >/dev/null
+    BASE_URL="http://127.0.0.1:${HTTP[8]}/bench"
+    wait_routable "$BASE_URL"
+    CONTENDERS="gatewayd baseline nginx"
+fi
 
 {
     echo "worker_processes 2;"
@@ -424,11 +451,27 @@ echo "   backend:  nginx, 1 worker, static 200 (shared by both)"
 # Warm both up (connections to the backend, caches).
 wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d2s "$GW_URL" >/dev/null 2>&1
 wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d2s "$NGINX_URL" >/dev/null 2>&1
+[ -n "$BASELINE_GATEWAYD" ] && wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d2s "$BASE_URL" >/dev/null 2>&1
+NGINX_WORKERS=$(pgrep -P "$(cat "$WORK/proxy/nginx.pid")" | tr '\n' ' ')
+# CPU time (user, system) of processes, in clock ticks.
+cpu_ticks() {
+    local p u=0 s=0
+    for p in "$@"; do
+        read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat")
+        u=$((u + pu)); s=$((s + ps))
+    done
+    echo "$u $s"
+}
 for round in $(seq "$ROUNDS"); do
-    for who in gatewayd nginx; do
-        u=$GW_URL
-        [ "$who" = nginx ] && u=$NGINX_URL
+    for who in $CONTENDERS; do
+        case $who in
+            gatewayd) u=$GW_URL; pids=$GW_PID ;;
+            baseline) u=$BASE_URL; pids=$BASE_PID ;;
+            nginx) u=$NGINX_URL; pids=$NGINX_WORKERS ;;
+        esac
+        before=$(cpu_ticks $pids)
         wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"${WRK_SECS}s" --latency "$u" >"$WORK/wrk-$who-$round.txt" 2>&1
+        echo "$before $(cpu_ticks $pids) $(getconf CLK_TCK)" >"$WORK/cpu-$who-$round.txt"
     done
 done
 # The same open-loop rate through each, alternating: latency at equal load.
@@ -443,9 +486,10 @@ for round in $(seq "$ROUNDS"); do
 done
 THROTTLED=$(curl -s "http://127.0.0.1:${OPS[9]}/metrics" | awk '$1 == "gateway_throttled_total{instance=\"shared\"}" {print $2}')
 
-python3 - "$WORK" "$ROUNDS" "${THROTTLED:-?}" "$OVERHEAD_RATE" <<'PY'
+python3 - "$WORK" "$ROUNDS" "${THROTTLED:-?}" "$OVERHEAD_RATE" "$CONTENDERS" <<'PY'
 import json, re, sys, statistics
 work, rounds, throttled, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+who_all = sys.argv[5].split()
 
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)$", v)
@@ -459,18 +503,29 @@ def parse(path):
     p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errs = re.search(r"Socket errors: (.*)", text)
-    return rps, p50, p99, int(bad.group(1)) if bad else 0, errs.group(1) if errs else ""
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    u0, s0, u1, s1, hz = (int(x) for x in open(path.replace("/wrk-", "/cpu-")).read().split())
+    cpu = ((u1 - u0) * 1e6 / hz / total, (s1 - s0) * 1e6 / hz / total)
+    return rps, p50, p99, cpu, int(bad.group(1)) if bad else 0, errs.group(1) if errs else ""
 
-res = {w: [parse(f"{work}/wrk-{w}-{r}.txt") for r in range(1, rounds + 1)] for w in ("gatewayd", "nginx")}
-print(f"\n  {'round':<6}{'who':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}  non-2xx / socket errors")
+res = {w: [parse(f"{work}/wrk-{w}-{r}.txt") for r in range(1, rounds + 1)] for w in who_all}
+print(f"\n  {'round':<6}{'who':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req (user+sys)':>24}  non-2xx / socket errors")
 for r in range(rounds):
-    for w in ("gatewayd", "nginx"):
-        rps, p50, p99, bad, errs = res[w][r]
-        print(f"  {r + 1:<6}{w:<10}{rps:>10.0f}{p50:>9.3f}{p99:>9.3f}  {bad} {errs}")
-med = {w: [statistics.median(x[i] for x in res[w]) for i in range(3)] for w in res}
+    for w in who_all:
+        rps, p50, p99, (cu, cs), bad, errs = res[w][r]
+        cpu = f"{cu + cs:.1f} ({cu:.1f}+{cs:.1f})"
+        print(f"  {r + 1:<6}{w:<10}{rps:>10.0f}{p50:>9.3f}{p99:>9.3f}{cpu:>24}  {bad} {errs}")
+med = {w: [statistics.median(x[i] for x in res[w]) for i in range(3)]
+          + [statistics.median(x[3][0] + x[3][1] for x in res[w])] for w in res}
 print()
-for w in ("gatewayd", "nginx"):
-    print(f"  median {w:<9} {med[w][0]:>8.0f} req/s, p50 {med[w][1]:.3f} ms, p99 {med[w][2]:.3f} ms")
+for w in who_all:
+    print(f"  median {w:<9} {med[w][0]:>8.0f} req/s, p50 {med[w][1]:.3f} ms, p99 {med[w][2]:.3f} ms, "
+          f"CPU {med[w][3]:.1f} us/req")
+if "baseline" in med:
+    b = med["baseline"]
+    g = med["gatewayd"]
+    print(f"  gatewayd / baseline: throughput x{g[0] / b[0]:.2f}, p50 x{g[1] / b[1]:.2f}, "
+          f"p99 x{g[2] / b[2]:.2f}, CPU per request x{g[3] / b[3]:.2f}")
 g, n = med["gatewayd"], med["nginx"]
 print(f"  gatewayd / nginx: throughput x{g[0] / n[0]:.2f}, p50 x{g[1] / n[1]:.2f}, p99 x{g[2] / n[2]:.2f}"
       f"  (target: throughput >= x1.00, p99 <= x1.00)")

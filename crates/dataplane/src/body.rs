@@ -1,6 +1,7 @@
 //! Body types: the request body with its size limit, and the response body that counts the bytes
 //! sent to the client.
 
+use crate::pool::{HostPool, Sender};
 use crate::usage::UsageCell;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -75,7 +76,20 @@ impl Body for LimitedBody {
 
 enum Kind {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Stream(Incoming, Option<Checkout>),
+}
+
+/// The backend connection a streamed response came over: back to its pool once the body has
+/// been read to the end, closed (dropped) otherwise.
+pub(crate) struct Checkout {
+    pub(crate) tx: Sender,
+    pub(crate) pool: Arc<HostPool>,
+}
+
+impl Checkout {
+    fn release(self) {
+        self.pool.put(self.tx);
+    }
 }
 
 /// A response body: the backend's, streamed, or one the gateway made. Data frames are added to
@@ -93,10 +107,23 @@ impl ResponseBody {
         }
     }
 
-    pub(crate) fn stream(body: Incoming) -> Self {
-        ResponseBody {
-            kind: Kind::Stream(body),
+    /// The backend's body; `conn` goes back to its pool when the body has been read.
+    pub(crate) fn stream(body: Incoming, conn: Option<Checkout>) -> Self {
+        let mut body = ResponseBody {
+            kind: Kind::Stream(body, conn),
             usage: None,
+        };
+        body.release_if_done();
+        body
+    }
+
+    fn release_if_done(&mut self) {
+        if let Kind::Stream(body, conn) = &mut self.kind
+            && conn.is_some()
+            && body.is_end_stream()
+            && let Some(conn) = conn.take()
+        {
+            conn.release();
         }
     }
 
@@ -116,7 +143,15 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Stream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Stream(body, conn) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None))
+                    && let Some(conn) = conn.take()
+                {
+                    conn.release();
+                }
+                polled
+            }
         };
         if let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
             && let Some(data) = frame.data_ref()
@@ -129,7 +164,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Stream(body) => body.is_end_stream(),
+            Kind::Stream(body, _) => body.is_end_stream(),
         }
     }
 
@@ -137,7 +172,15 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Stream(body) => body.size_hint(),
+            Kind::Stream(body, _) => body.size_hint(),
         }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body that says it has ended; an unfinished one takes its
+        // connection down with it.
+        self.release_if_done();
     }
 }

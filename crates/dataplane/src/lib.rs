@@ -30,6 +30,7 @@ mod limiter;
 mod metrics;
 mod ops;
 mod plane;
+mod pool;
 mod proxy;
 mod request_id;
 mod router;

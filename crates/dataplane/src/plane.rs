@@ -7,16 +7,14 @@ use crate::error::GatewayError;
 use crate::instance::InstanceState;
 use crate::limiter::DEFAULT_BURST;
 use crate::metrics::{self, GlobalStats, InstanceView, StatusCounters};
-use crate::proxy::{Backend, BackendClient};
+use crate::pool::{BackendPools, PoolOptions};
+use crate::proxy::Backend;
 use crate::request_id::RequestIds;
 use crate::router::{Lookup, Router, RouterBuilder};
 use crate::shares::{DEFAULT_SHARE_FLOOR, DemandReport, DemandTracker};
 use crate::usage::{UNMATCHED_API, UsageCell, UsageDelta, UsageKey, UsageRegistry};
 use arc_swap::ArcSwap;
 use http::Method;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -141,7 +139,7 @@ pub(crate) struct Inner {
     demand: Mutex<DemandTracker>,
     n_nodes: AtomicUsize,
     pub(crate) request_ids: RequestIds,
-    pub(crate) client: BackendClient,
+    pub(crate) pools: BackendPools,
     pub(crate) global: GlobalStats,
 }
 
@@ -237,14 +235,12 @@ impl Dataplane {
     }
 
     pub fn with_options(options: DataplaneOptions) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(options.backend_connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(options.backend_pool_idle_timeout)
-            .pool_max_idle_per_host(options.backend_pool_max_idle_per_host)
-            .build(connector);
+        let pools = BackendPools::new(PoolOptions {
+            clock: options.clock.clone(),
+            connect_timeout: options.backend_connect_timeout,
+            idle_timeout: options.backend_pool_idle_timeout,
+            max_idle: options.backend_pool_max_idle_per_host,
+        });
         let (router, _) = RouterBuilder::default().build();
         let demand = DemandTracker::new(
             options.node_id,
@@ -264,7 +260,7 @@ impl Dataplane {
                 demand: Mutex::new(demand),
                 n_nodes: AtomicUsize::new(1),
                 request_ids: RequestIds::new(options.node_id),
-                client,
+                pools,
                 global: GlobalStats::default(),
             }),
         }
@@ -344,7 +340,7 @@ impl Dataplane {
             });
             let bucket = builder.group(g.host.as_deref(), g.base_path.as_deref(), ctx.clone());
             for d in &g.deployments {
-                let backend = match Backend::parse(&d.backend) {
+                let backend = match Backend::parse(&d.backend, &self.inner.pools) {
                     Ok(b) => b,
                     Err(e) => {
                         report
@@ -383,6 +379,7 @@ impl Dataplane {
             .store(Arc::new(Snapshot { router, instances }));
         // Counters of APIs gone from the configuration (and from in-flight requests).
         reg.statuses.retain(|_, c| Arc::strong_count(c) > 1);
+        self.inner.pools.retain_used();
         drop(reg);
 
         // New instances start at the even share; correct them from what is known of demand.

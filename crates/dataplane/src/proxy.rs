@@ -1,20 +1,17 @@
-//! Forwarding an admitted request to its backend over the pooled client, and back.
+//! Forwarding an admitted request to its backend over a pooled connection, and back.
 
-use crate::body::{BodyTooLarge, LimitedBody, ResponseBody};
+use crate::body::{BodyTooLarge, Checkout, LimitedBody, ResponseBody};
+use crate::clock::Nanos;
 use crate::error::{GatewayError, X_CA_REQUEST_ID};
+use crate::pool::{BackendPools, HostPool};
 use http::header::{
-    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
-
-pub(crate) type BackendClient = Client<HttpConnector, LimitedBody>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -33,17 +30,19 @@ pub enum BackendError {
     Scheme(String),
 }
 
-/// A parsed backend address: `http://HOST:PORT[/prefix]`.
-#[derive(Debug, Clone)]
+/// A parsed backend address, `http://HOST:PORT[/prefix]`, with the pool of its connections.
+#[derive(Clone)]
 pub(crate) struct Backend {
-    scheme: Scheme,
     authority: Authority,
+    /// The `Host` header sent to the backend: its authority.
+    host: HeaderValue,
     /// Without trailing slash; empty for none.
     prefix: String,
+    pool: Arc<HostPool>,
 }
 
 impl Backend {
-    pub(crate) fn parse(url: &str) -> Result<Backend, BackendError> {
+    pub(crate) fn parse(url: &str, pools: &BackendPools) -> Result<Backend, BackendError> {
         let uri: Uri = url
             .trim()
             .parse()
@@ -60,15 +59,39 @@ impl Backend {
         if uri.query().is_some() {
             return Err(BackendError::Invalid(url.to_string()));
         }
+        // As HTTP clients do: the default port is left out.
+        let host = match authority.port_u16() {
+            Some(80) => HeaderValue::from_str(authority.host()),
+            _ => HeaderValue::from_str(authority.as_str()),
+        }
+        .map_err(|_| BackendError::Invalid(url.to_string()))?;
         Ok(Backend {
-            scheme: Scheme::HTTP,
+            pool: pools.get(&authority),
             authority,
+            host,
             prefix: uri.path().trim_end_matches('/').to_string(),
         })
     }
 
-    /// The backend URI for a request path (after the group's base path) and query.
-    pub(crate) fn uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+    /// The request target sent to the backend (origin form) for a request path (after the
+    /// group's base path) and query. `original` is the client's request URI: reused as it is
+    /// when nothing changes.
+    fn target(&self, original: Uri, base_len: usize) -> Option<Uri> {
+        let path = original.path().get(base_len..).unwrap_or("");
+        if self.prefix.is_empty()
+            && base_len == 0
+            && original.scheme().is_none()
+            && original.authority().is_none()
+            && path.starts_with('/')
+        {
+            return Some(original);
+        }
+        let path = if path.is_empty() { "/" } else { path };
+        let pq = self.path_and_query(path, original.query())?;
+        Some(Uri::from(pq))
+    }
+
+    fn path_and_query(&self, path: &str, query: Option<&str>) -> Option<PathAndQuery> {
         let mut pq = String::with_capacity(
             self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );
@@ -78,11 +101,16 @@ impl Backend {
             pq.push('?');
             pq.push_str(q);
         }
-        let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()?;
+        PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()
+    }
+
+    /// The full backend URL for a request path and query.
+    #[cfg(test)]
+    fn uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
         Uri::builder()
-            .scheme(self.scheme.clone())
+            .scheme(http::uri::Scheme::HTTP)
             .authority(self.authority.clone())
-            .path_and_query(pq)
+            .path_and_query(self.path_and_query(path, query)?)
             .build()
             .ok()
     }
@@ -91,7 +119,36 @@ impl Backend {
 /// Removes the hop-by-hop headers (RFC 9110 7.6.1): `Connection` and the headers it names,
 /// `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
+    const FIXED: [HeaderName; 6] = [
+        CONNECTION,
+        KEEP_ALIVE,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ];
+    const PROXY: u8 = 1 << 6;
+    // One pass over the names instead of a lookup per name; most messages have none of them,
+    // or only `Connection: keep-alive`.
+    let mut found = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = FIXED.iter().position(|f| f == k) {
+            found |= 1 << i;
+        } else if k.as_str().starts_with("proxy-") {
+            found |= PROXY;
+        }
+    }
+    if found == 0 {
+        return;
+    }
+    let names_others = found & 1 != 0
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| !t.trim().eq_ignore_ascii_case("keep-alive"))
+            })
+        });
+    if names_others {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
@@ -103,19 +160,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
-        headers.remove(name);
+    for (i, name) in FIXED.iter().enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+    if found & PROXY != 0 {
         let proxy: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("proxy-"))
@@ -130,20 +180,21 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Sets the `X-Forwarded-*` headers: the client's address appended to `X-Forwarded-For`, this
 /// hop's scheme (`http`; the gateway is the edge, so a client's claim is overwritten), and the
 /// host the client asked for.
-fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: Option<HeaderValue>) {
-    let ip = client.ip().to_string();
+/// `client_ip` is the client's address as a header value.
+fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: Option<HeaderValue>) {
     let chain: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let value = if chain.is_empty() {
-        ip
+    if chain.is_empty() {
+        headers.insert(X_FORWARDED_FOR, client_ip.clone());
     } else {
-        format!("{}, {ip}", chain.join(", "))
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
+        let ip = client_ip.to_str().unwrap_or("");
+        let value = format!("{}, {ip}", chain.join(", "));
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     match host {
@@ -177,35 +228,35 @@ pub(crate) enum ForwardError {
 }
 
 /// Sends the request to `backend` and returns its response head (the body streams on).
-/// `base_len` is the length of the group's base path at the start of the request path.
+/// `base_len` is the length of the group's base path at the start of the request path; `now`
+/// is the request's arrival on the data plane's clock.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn forward(
-    client: &BackendClient,
     backend: &Backend,
     timeout: Duration,
     req: Request<Incoming>,
     base_len: usize,
-    client_addr: SocketAddr,
+    client_ip: &HeaderValue,
     request_id: &HeaderValue,
     max_body: u64,
+    now: Nanos,
 ) -> Result<Response<ResponseBody>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path().get(base_len..).unwrap_or("");
-    let path = if path.is_empty() { "/" } else { path };
-    let uri = backend
-        .uri(path, parts.uri.query())
-        .ok_or(ForwardError::Broken("the request path cannot be forwarded"))?;
     // The host the request was routed by: the URI's authority (HTTP/2, absolute form) wins.
-    let host = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        .or_else(|| parts.headers.get(HOST).cloned());
+    let routed_host = parts.headers.remove(HOST);
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok().or(routed_host),
+        None => routed_host,
+    };
+    let uri = backend
+        .target(std::mem::take(&mut parts.uri), base_len)
+        .ok_or(ForwardError::Broken("the request path cannot be forwarded"))?;
     strip_hop_by_hop(&mut parts.headers);
-    // The client sets Host from the backend URI.
-    parts.headers.remove(HOST);
-    set_forwarded(&mut parts.headers, client_addr, host);
+    // Room for what is added below, in one step.
+    parts.headers.reserve(5);
+    set_forwarded(&mut parts.headers, client_ip, host);
     parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
+    parts.headers.insert(HOST, backend.host.clone());
     parts.uri = uri;
     // Backends are spoken to in HTTP/1.1 whatever the client used.
     let client_version = parts.version;
@@ -217,20 +268,10 @@ pub(crate) async fn forward(
     } else {
         timeout
     };
-    let response = match tokio::time::timeout(timeout, client.request(upstream)).await {
+    let (response, tx) = match tokio::time::timeout(timeout, send(backend, upstream, now)).await {
         Err(_) => return Err(ForwardError::Timeout(timeout)),
-        Ok(Err(e)) => {
-            if body_too_large(&e) {
-                return Err(ForwardError::BodyTooLarge);
-            }
-            tracing::debug!(error = %e, "backend request failed");
-            return Err(ForwardError::Broken(if e.is_connect() {
-                "could not connect to the backend"
-            } else {
-                "the backend closed the connection or sent an invalid response"
-            }));
-        }
-        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(sent)) => sent,
     };
     let (mut parts, body) = response.into_parts();
     // The client is answered in its own version, not the backend's (an HTTP/1.0 backend must
@@ -238,7 +279,53 @@ pub(crate) async fn forward(
     parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
-    Ok(Response::from_parts(parts, ResponseBody::stream(body)))
+    let conn = Checkout {
+        tx,
+        pool: backend.pool.clone(),
+    };
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::stream(body, Some(conn)),
+    ))
+}
+
+/// Sends `req` over an idle connection of the backend's pool, or a new one. A request that a
+/// pooled connection could not take (it closed meanwhile) goes again over another.
+async fn send(
+    backend: &Backend,
+    mut req: Request<LimitedBody>,
+    now: Nanos,
+) -> Result<(Response<Incoming>, crate::pool::Sender), ForwardError> {
+    let pool = &backend.pool;
+    loop {
+        let (mut tx, pooled) = match pool.checkout(now) {
+            Some(tx) => (tx, true),
+            None => match pool.connect().await {
+                Ok(tx) => (tx, false),
+                Err(e) => {
+                    tracing::debug!(backend = %backend.authority, error = %e, "backend connect failed");
+                    return Err(ForwardError::Broken("could not connect to the backend"));
+                }
+            },
+        };
+        match tx.try_send_request(req).await {
+            Ok(response) => return Ok((response, tx)),
+            Err(mut e) => {
+                if pooled && let Some(unsent) = e.take_message() {
+                    req = unsent;
+                    continue;
+                }
+                let e = e.into_error();
+                if body_too_large(&e) {
+                    return Err(ForwardError::BodyTooLarge);
+                }
+                tracing::debug!(error = %e, "backend request failed");
+                return Err(ForwardError::Broken(
+                    "the backend closed the connection or sent an invalid response",
+                ));
+            }
+        }
+    }
 }
 
 impl ForwardError {
@@ -254,23 +341,53 @@ impl ForwardError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::MonotonicClock;
+    use crate::pool::PoolOptions;
+    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
+
+    fn pools() -> BackendPools {
+        BackendPools::new(PoolOptions {
+            clock: Arc::new(MonotonicClock::new()),
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle: 1,
+        })
+    }
+
+    #[test]
+    fn backend_targets() {
+        let pools = pools();
+        let plain = Backend::parse("http://127.0.0.1:8081", &pools).unwrap();
+        let prefixed = Backend::parse("http://127.0.0.1:8081/api", &pools).unwrap();
+        let uri: Uri = "/base/p/1?a=b".parse().unwrap();
+        assert_eq!(plain.target(uri.clone(), 0).unwrap(), "/base/p/1?a=b");
+        assert_eq!(plain.target(uri.clone(), 5).unwrap(), "/p/1?a=b");
+        assert_eq!(prefixed.target(uri, 5).unwrap(), "/api/p/1?a=b");
+        let base: Uri = "/base?x".parse().unwrap();
+        assert_eq!(plain.target(base, 5).unwrap(), "/?x");
+        let absolute: Uri = "http://api.example.com/p".parse().unwrap();
+        assert_eq!(plain.target(absolute, 0).unwrap(), "/p");
+        assert_eq!(plain.host, "127.0.0.1:8081");
+        assert_eq!(Backend::parse("http://svc:80", &pools).unwrap().host, "svc");
+    }
 
     #[test]
     fn backend_urls() {
-        let b = Backend::parse("http://127.0.0.1:8081/api/").unwrap();
+        let pools = pools();
+        let b = Backend::parse("http://127.0.0.1:8081/api/", &pools).unwrap();
         assert_eq!(
             b.uri("/p/1", Some("a=b")).unwrap().to_string(),
             "http://127.0.0.1:8081/api/p/1?a=b"
         );
-        let b = Backend::parse("http://svc:80").unwrap();
+        let b = Backend::parse("http://svc:80", &pools).unwrap();
         assert_eq!(b.uri("/", None).unwrap().to_string(), "http://svc:80/");
         assert!(matches!(
-            Backend::parse("https://x"),
+            Backend::parse("https://x", &pools),
             Err(BackendError::Scheme(_))
         ));
-        assert!(Backend::parse("not a url").is_err());
-        assert!(Backend::parse("/relative").is_err());
-        assert!(Backend::parse("http://x/?q=1").is_err());
+        assert!(Backend::parse("not a url", &pools).is_err());
+        assert!(Backend::parse("/relative", &pools).is_err());
+        assert!(Backend::parse("http://x/?q=1", &pools).is_err());
     }
 
     #[test]
@@ -289,6 +406,22 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-keep"));
+
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(PROXY_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(CONNECTION, HeaderValue::from_static("x-a"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
     }
 
     #[test]
@@ -299,7 +432,7 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         set_forwarded(
             &mut h,
-            "10.0.0.1:5000".parse().unwrap(),
+            &HeaderValue::from_static("10.0.0.1"),
             Some(HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");

@@ -7,7 +7,7 @@ use crate::error::{GatewayError, X_CA_STAGE};
 use crate::plane::{Dataplane, Target};
 use crate::proxy::{self, ForwardError};
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -63,6 +63,8 @@ impl Default for ServerLimits {
 /// What a request handler knows about its connection.
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
+    /// The peer's IP address as a header value (for `X-Forwarded-For`).
+    pub(crate) peer_ip: HeaderValue,
     pub(crate) limits: Arc<ServerLimits>,
     /// Requests of this connection waiting on a backend; the idle timer leaves them alone
     /// (the backend timeout bounds them).
@@ -172,6 +174,10 @@ fn http_builder(limits: &ServerLimits) -> Builder<TokioExecutor> {
     builder
 }
 
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+}
+
 /// Accepts connections until `shutdown` resolves, then stops accepting, asks every connection
 /// to finish its in-flight requests, and waits for them up to `drain_timeout`.
 pub(crate) async fn accept_loop<H, Fut>(
@@ -215,6 +221,7 @@ where
         };
         let info = Arc::new(ConnInfo {
             peer,
+            peer_ip: ip_header(peer.ip()),
             limits: limits.clone(),
             awaiting_backend: AtomicU32::new(0),
             activity: AtomicU64::new(0),
@@ -395,6 +402,7 @@ fn early_rejection<B>(req: &Request<B>, limits: &ServerLimits) -> (Stage, Option
 async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
     let inner = &*dp.inner;
+    let now = inner.clock.now();
     let request_id = inner.request_ids.next();
     let limits = &*conn.limits;
     let (stage, early) = early_rejection(&req, limits);
@@ -404,21 +412,21 @@ async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Resp
         req.method(),
         req.uri().path(),
         early,
-        inner.clock.now(),
+        now,
     );
     let mut response = match (&verdict.target, &verdict.rejection) {
         (Target::Api(api), None) => {
             let forwarded = {
                 let _waiting = AwaitingBackend::new(&conn.awaiting_backend);
                 proxy::forward(
-                    &inner.client,
                     &api.backend,
                     api.timeout,
                     req,
                     verdict.base_len,
-                    conn.peer,
+                    &conn.peer_ip,
                     &request_id,
                     limits.max_body_bytes,
+                    now,
                 )
                 .await
             };

@@ -1,0 +1,228 @@
+//! Keep-alive connections to the backends: one pool of HTTP/1.1 connections
+//! (`hyper::client::conn::http1`) per backend authority.
+//!
+//! The compiled routes hold their backend's [`HostPool`], so the request path does no lookup.
+//! A connection is checked out for one request and comes back when its response body has been
+//! read to the end (see [`crate::body::ResponseBody`]); one whose response was cut short, or that
+//! failed, is dropped, which closes it. Checkout takes the most recently returned connection
+//! that is ready for a new request (LIFO, so the hot connections stay warm and the others age
+//! out); connections idle for longer than the idle timeout are closed, at the latest by a
+//! reaper that runs every half timeout while the pool has connections.
+
+use crate::body::LimitedBody;
+use crate::clock::{Clock, Nanos};
+use http::uri::Authority;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+pub(crate) type Sender = SendRequest<LimitedBody>;
+
+/// How the pools connect and keep connections.
+#[derive(Clone)]
+pub(crate) struct PoolOptions {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_idle: usize,
+}
+
+/// The pools of all backends, by authority. Touched at publish only.
+pub(crate) struct BackendPools {
+    options: PoolOptions,
+    pools: Mutex<HashMap<Authority, Arc<HostPool>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BackendPools {
+    pub(crate) fn new(options: PoolOptions) -> Self {
+        BackendPools {
+            options,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool of `authority`, shared by every route to it.
+    pub(crate) fn get(&self, authority: &Authority) -> Arc<HostPool> {
+        lock(&self.pools)
+            .entry(authority.clone())
+            .or_insert_with(|| Arc::new(HostPool::new(authority.clone(), self.options.clone())))
+            .clone()
+    }
+
+    /// Forgets the pools no route uses any more (their connections close when the last
+    /// in-flight request on them ends).
+    pub(crate) fn retain_used(&self) {
+        lock(&self.pools).retain(|_, p| Arc::strong_count(p) > 1);
+    }
+}
+
+struct Idle {
+    tx: Sender,
+    /// When the connection came back idle.
+    used: Nanos,
+}
+
+/// The idle connections to one backend authority.
+pub(crate) struct HostPool {
+    authority: Authority,
+    options: PoolOptions,
+    idle_nanos: u64,
+    /// Most recently returned at the back.
+    idle: Mutex<VecDeque<Idle>>,
+    reaper: AtomicBool,
+}
+
+/// Why no connection could be made.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    Timeout,
+    Io(io::Error),
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => f.write_str("connect timed out"),
+            ConnectError::Io(e) => write!(f, "connect failed: {e}"),
+            ConnectError::Handshake(e) => write!(f, "handshake failed: {e}"),
+        }
+    }
+}
+
+impl HostPool {
+    fn new(authority: Authority, options: PoolOptions) -> Self {
+        HostPool {
+            idle_nanos: u64::try_from(options.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
+            authority,
+            options,
+            idle: Mutex::new(VecDeque::new()),
+            reaper: AtomicBool::new(false),
+        }
+    }
+
+    /// An idle connection ready for a request, if there is one.
+    pub(crate) fn checkout(&self, now: Nanos) -> Option<Sender> {
+        let mut idle = lock(&self.idle);
+        while let Some(oldest) = idle.front() {
+            if now.saturating_sub(oldest.used) > self.idle_nanos || oldest.tx.is_closed() {
+                idle.pop_front();
+            } else {
+                break;
+            }
+        }
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let entry = &idle[i];
+            if entry.tx.is_ready() {
+                return idle.remove(i).map(|e| e.tx);
+            }
+            if entry.tx.is_closed() {
+                idle.remove(i);
+            }
+            // Otherwise it is finishing its previous exchange; leave it for the next request.
+        }
+        None
+    }
+
+    /// Returns a connection whose last response has been read to the end.
+    pub(crate) fn put(self: &Arc<Self>, tx: Sender) {
+        if tx.is_closed() || self.options.max_idle == 0 {
+            return;
+        }
+        let used = self.options.clock.now();
+        let mut idle = lock(&self.idle);
+        if idle.len() >= self.options.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { tx, used });
+        drop(idle);
+        if !self.reaper.load(Relaxed) {
+            self.start_reaper();
+        }
+    }
+
+    fn reap(&self) -> bool {
+        let now = self.options.clock.now();
+        let mut idle = lock(&self.idle);
+        idle.retain(|e| now.saturating_sub(e.used) <= self.idle_nanos && !e.tx.is_closed());
+        !idle.is_empty()
+    }
+
+    /// A new connection to the backend, its connection task spawned.
+    pub(crate) async fn connect(self: &Arc<Self>) -> Result<Sender, ConnectError> {
+        let stream = tokio::time::timeout(self.options.connect_timeout, self.tcp())
+            .await
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(ConnectError::Io)?;
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+        });
+        self.start_reaper();
+        Ok(tx)
+    }
+
+    async fn tcp(&self) -> io::Result<TcpStream> {
+        let host = self.authority.host();
+        let port = self.authority.port_u16().unwrap_or(80);
+        // An IP literal needs no resolver (IPv6 ones come bracketed).
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = literal.parse() {
+            return TcpStream::connect(SocketAddr::new(ip, port)).await;
+        }
+        let mut last = None;
+        for addr in tokio::net::lookup_host((host, port)).await? {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))
+        }))
+    }
+
+    /// Closes connections idle past the timeout even when no request comes to check them.
+    /// Runs while the pool has idle connections and any route still uses it.
+    fn start_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.reaper.swap(true, Relaxed) {
+            return;
+        }
+        let weak: Weak<HostPool> = Arc::downgrade(self);
+        let every = (self.options.idle_timeout / 2).max(Duration::from_millis(10));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = weak.upgrade() else { return };
+                if !pool.reap() {
+                    pool.reaper.store(false, Relaxed);
+                    return;
+                }
+            }
+        });
+    }
+}
