@@ -65,6 +65,7 @@ fn config() -> DataplaneConfig {
         instances,
         groups,
         suspended_accounts: vec![],
+        access: Default::default(),
     }
 }
 

@@ -16,6 +16,34 @@ pub struct DataplaneConfig {
     pub groups: Vec<GroupConfig>,
     /// Accounts whose groups' API calls are refused with 403 (overdue payment).
     pub suspended_accounts: Vec<String>,
+    /// Who may call what: apps, APIs that need signed calls, groups' IP access control.
+    pub access: AccessConfig,
+}
+
+/// Access control: everything here is optional; an empty config lets everyone in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccessConfig {
+    pub apps: Vec<crate::AppCredential>,
+    /// APIs whose auth type is APP, with the apps (by name) authorised on each.
+    pub app_apis: Vec<AppApi>,
+    /// Groups with IP access control.
+    pub group_acls: Vec<GroupAcl>,
+}
+
+/// An API that only authorised apps may call, with signed requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppApi {
+    pub group: String,
+    pub api: String,
+    pub apps: Vec<String>,
+}
+
+/// A group's allowed and denied CIDRs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupAcl {
+    pub group: String,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 /// An instance and its cluster-wide ceiling.

@@ -28,6 +28,9 @@ pub enum GatewayError {
         instance: Arc<str>,
         retry_after_secs: u64,
     },
+    /// Refused by the API's access control (IP access control, signature, app authorisation).
+    #[error("{}", .0.message)]
+    Denied(crate::access::Denied),
     #[error("No API matches {method} {path} in stage {stage}")]
     NotFound {
         method: String,
@@ -55,6 +58,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Denied(d) => d.status,
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::AccountSuspended { .. } => StatusCode::FORBIDDEN,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -69,6 +73,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::Throttled { .. } => "Throttled",
+            GatewayError::Denied(d) => d.code,
             GatewayError::NotFound { .. } => "ApiNotFound",
             GatewayError::AccountSuspended { .. } => "AccountSuspended",
             GatewayError::BadGateway(_) => "BackendUnavailable",

@@ -21,6 +21,7 @@
 //! The hot path: accept -> parse head -> resolve -> count the call -> account gate -> instance
 //! limiter -> proxy over a pooled connection -> count bytes out -> respond.
 
+mod access;
 mod body;
 mod clock;
 mod config;
@@ -38,9 +39,13 @@ mod server;
 mod shares;
 mod usage;
 
+pub use access::{AppCredential, Denied, IpAcl};
 pub use catalog::SHARED_INSTANCE;
 pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
-pub use config::{DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, Stage, UnknownStage};
+pub use config::{
+    AccessConfig, AppApi, DataplaneConfig, DeployedApi, GroupAcl, GroupConfig, InstanceConfig,
+    Stage, UnknownStage,
+};
 pub use error::{
     GatewayError, THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID,
     X_CA_STAGE,

@@ -89,9 +89,35 @@ pub struct InstanceShare {
     pub offered_rps: f64,
 }
 
+/// What access control needs of a request: the client's address, and the parts a signature
+/// covers.
+pub(crate) struct Access<'a> {
+    pub(crate) peer: Option<std::net::IpAddr>,
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a http::Uri,
+    pub(crate) headers: &'a http::HeaderMap,
+    pub(crate) now_ms: u64,
+}
+
+impl Access<'_> {
+    /// The refusal of the API's access control, if any.
+    fn check(&self, api: &Api) -> Option<crate::access::Denied> {
+        if let (Some(acl), Some(ip)) = (&api.group.acl, self.peer)
+            && let Err(d) = acl.check(ip)
+        {
+            return Some(d);
+        }
+        let (auth, allowed) = api.app_auth.as_ref()?;
+        auth.check(self.method, self.uri, self.headers, allowed, self.now_ms)
+            .err()
+    }
+}
+
 /// A group, compiled.
 pub(crate) struct GroupCtx {
     pub(crate) account: String,
+    /// `None` when the group lets every address in.
+    pub(crate) acl: Option<crate::access::IpAcl>,
     pub(crate) instance: Arc<InstanceState>,
     pub(crate) suspended: bool,
     pub(crate) unmatched_usage: Arc<UsageCell>,
@@ -101,6 +127,8 @@ pub(crate) struct GroupCtx {
 /// A deployed API, compiled.
 pub(crate) struct Api {
     pub(crate) group: Arc<GroupCtx>,
+    /// For APIs whose auth type is APP: the verifier and the apps authorised on the API.
+    pub(crate) app_auth: Option<(crate::access::AppAuth, Vec<String>)>,
     pub(crate) name: String,
     pub(crate) backend: Backend,
     pub(crate) timeout: Duration,
@@ -139,6 +167,8 @@ pub(crate) struct Inner {
     demand: Mutex<DemandTracker>,
     n_nodes: AtomicUsize,
     pub(crate) request_ids: RequestIds,
+    /// Nonces of signed calls seen in the last 15 minutes, across config changes.
+    nonces: Arc<signer::NonceCache>,
     pub(crate) pools: BackendPools,
     pub(crate) global: GlobalStats,
 }
@@ -260,6 +290,7 @@ impl Dataplane {
                 demand: Mutex::new(demand),
                 n_nodes: AtomicUsize::new(1),
                 request_ids: RequestIds::new(options.node_id),
+                nonces: Arc::new(signer::NonceCache::new(1 << 20)),
                 pools,
                 global: GlobalStats::default(),
             }),
@@ -315,6 +346,7 @@ impl Dataplane {
             .iter()
             .map(String::as_str)
             .collect();
+        let app_auth = crate::access::AppAuth::new(&config.access.apps, self.inner.nonces.clone());
         let mut builder = RouterBuilder::default();
         for g in &config.groups {
             let Some(instance) = reg.instances.get(&g.instance).cloned() else {
@@ -331,8 +363,24 @@ impl Dataplane {
                 api: api.to_string(),
                 region: region.to_string(),
             };
+            let acl = config
+                .access
+                .group_acls
+                .iter()
+                .find(|a| a.group == g.name)
+                .map(|a| {
+                    let (acl, warnings) = crate::access::IpAcl::new(&a.allow, &a.deny);
+                    report.warnings.extend(
+                        warnings
+                            .into_iter()
+                            .map(|w| format!("group '{}': {w}", g.name)),
+                    );
+                    acl
+                })
+                .filter(|acl| !acl.is_open());
             let ctx = Arc::new(GroupCtx {
                 account: g.account.clone(),
+                acl,
                 instance,
                 suspended: suspended.contains(g.account.as_str()),
                 unmatched_usage: reg.usage.cell(usage_key(UNMATCHED_API)),
@@ -349,8 +397,15 @@ impl Dataplane {
                         continue;
                     }
                 };
+                let app_auth = config
+                    .access
+                    .app_apis
+                    .iter()
+                    .find(|a| a.group == g.name && a.api == d.api)
+                    .map(|a| (app_auth.clone(), a.apps.clone()));
                 let api = Arc::new(Api {
                     group: ctx.clone(),
+                    app_auth,
                     name: d.api.clone(),
                     backend,
                     timeout: d.timeout,
@@ -393,7 +448,15 @@ impl Dataplane {
     /// Admission on this data plane's clock; see [`decide_at`](Self::decide_at).
     #[inline]
     pub fn decide(&self, host: Option<&str>, stage: Stage, method: &Method, path: &str) -> Verdict {
-        self.decide_with(host, stage, method, path, None, self.inner.clock.now())
+        self.decide_with(
+            host,
+            stage,
+            method,
+            path,
+            None,
+            None,
+            self.inner.clock.now(),
+        )
     }
 
     /// The decision half of the hot path: resolve the API, count the call, check the account
@@ -407,11 +470,13 @@ impl Dataplane {
         path: &str,
         now: Nanos,
     ) -> Verdict {
-        self.decide_with(host, stage, method, path, None, now)
+        self.decide_with(host, stage, method, path, None, None, now)
     }
 
     /// As [`decide_at`](Self::decide_at); a request already known to be refused (`early`, e.g.
     /// a body over the limit) is still resolved and counted, but takes no limiter slot.
+    // The hot path's inputs, passed as they are rather than gathered into a struct per request.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn decide_with(
         &self,
         host: Option<&str>,
@@ -419,6 +484,7 @@ impl Dataplane {
         method: &Method,
         path: &str,
         early: Option<GatewayError>,
+        access: Option<&Access<'_>>,
         now: Nanos,
     ) -> Verdict {
         let snapshot = self.inner.snapshot.load();
@@ -435,6 +501,9 @@ impl Dataplane {
                     Some(GatewayError::AccountSuspended {
                         account: group.account.clone(),
                     })
+                } else if let Some(denied) = access.and_then(|a| a.check(api)) {
+                    // Before the limiter: refused callers use none of the instance's quota.
+                    Some(GatewayError::Denied(denied))
                 } else if let Err(wait) = group.instance.admit(now) {
                     Some(GatewayError::Throttled {
                         instance: group.instance.name.clone(),

@@ -65,6 +65,8 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     /// The peer's IP address as a header value (for `X-Forwarded-For`).
     pub(crate) peer_ip: HeaderValue,
+    /// The client's address, for IP access control.
+    pub(crate) peer_addr: std::net::IpAddr,
     pub(crate) limits: Arc<ServerLimits>,
     /// Requests of this connection waiting on a backend; the idle timer leaves them alone
     /// (the backend timeout bounds them).
@@ -222,6 +224,7 @@ where
         let info = Arc::new(ConnInfo {
             peer,
             peer_ip: ip_header(peer.ip()),
+            peer_addr: peer.ip(),
             limits: limits.clone(),
             awaiting_backend: AtomicU32::new(0),
             activity: AtomicU64::new(0),
@@ -406,12 +409,24 @@ async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Resp
     let request_id = inner.request_ids.next();
     let limits = &*conn.limits;
     let (stage, early) = early_rejection(&req, limits);
+    let access = crate::plane::Access {
+        peer: Some(conn.peer_addr),
+        method: req.method(),
+        uri: req.uri(),
+        headers: req.headers(),
+        // Signature timestamps are wall-clock milliseconds.
+        now_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    };
     let verdict = dp.decide_with(
         request_host(&req),
         stage,
         req.method(),
         req.uri().path(),
         early,
+        Some(&access),
         now,
     );
     let mut response = match (&verdict.target, &verdict.rejection) {

@@ -65,6 +65,7 @@ async fn gateway(backend: SocketAddr) -> SocketAddr {
             }],
         }],
         suspended_accounts: vec![],
+        access: Default::default(),
     });
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -37,6 +37,7 @@ fn config(ceiling: u32) -> DataplaneConfig {
             }],
         }],
         suspended_accounts: vec![],
+        access: Default::default(),
     }
 }
 

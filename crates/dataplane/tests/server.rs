@@ -233,6 +233,7 @@ fn config(b: &Backends, echo_instance: &str) -> DataplaneConfig {
             ),
         ],
         suspended_accounts: vec!["acct-susp".into()],
+        access: Default::default(),
     }
 }
 

@@ -73,10 +73,51 @@ pub fn config_from_state(
         .filter(|a| !a.billing.serves_api_calls())
         .map(|a| a.name.clone())
         .collect();
+    let access = dataplane::AccessConfig {
+        apps: state
+            .apps
+            .values()
+            .map(|a| dataplane::AppCredential {
+                name: a.name.clone(),
+                key: a.key.clone(),
+                secret: a.secret.clone(),
+            })
+            .collect(),
+        app_apis: state
+            .groups
+            .values()
+            .flat_map(|g| {
+                // What is deployed decides: an API deployed with auth type APP needs signed calls.
+                let app_apis: std::collections::BTreeSet<&String> = g
+                    .deployments
+                    .values()
+                    .flat_map(|d| d.iter())
+                    .filter(|(_, dep)| dep.spec.auth == model::AuthType::App)
+                    .map(|(name, _)| name)
+                    .collect();
+                app_apis.into_iter().map(move |api| dataplane::AppApi {
+                    group: g.name.clone(),
+                    api: api.clone(),
+                    apps: g.grants.get(api).into_iter().flatten().cloned().collect(),
+                })
+            })
+            .collect(),
+        group_acls: state
+            .groups
+            .values()
+            .filter(|g| !g.ip_allow.is_empty() || !g.ip_deny.is_empty())
+            .map(|g| dataplane::GroupAcl {
+                group: g.name.clone(),
+                allow: g.ip_allow.clone(),
+                deny: g.ip_deny.clone(),
+            })
+            .collect(),
+    };
     DataplaneConfig {
         instances,
         groups,
         suspended_accounts,
+        access,
     }
 }
 

@@ -1,0 +1,296 @@
+//! Who may call an API: IP access control per group, and apps that sign their requests.
+//!
+//! Both checks run after routing (they depend on the API) and before the instance limiter,
+//! so that refused callers never use up the instance's quota.
+
+use http::StatusCode;
+use signer::{NonceCache, RequestParts, Verifier};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A refusal: its status, a stable code, and the message for `X-Ca-Error-Message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// A CIDR block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cidr {
+    net: IpAddr,
+    len: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Option<Cidr> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().ok()?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
+            None => max,
+        };
+        Some(Cidr { net, len })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
+            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
+            _ => false,
+        }
+    }
+}
+
+/// An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) is matched as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
+    let full = usize::from(len / 8);
+    let rest = len % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xffu8 << (8 - rest);
+    a[full] & mask == b[full] & mask
+}
+
+/// A group's IP access control: denied blocks win; with allowed blocks, only they get in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpAcl {
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
+}
+
+impl IpAcl {
+    /// Builds the ACL; blocks that do not parse are returned as warnings and left out (the
+    /// admin API validates them, so this only happens with a hand-made config).
+    pub fn new(allow: &[String], deny: &[String]) -> (IpAcl, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut parse = |list: &[String]| {
+            list.iter()
+                .filter_map(|c| {
+                    let parsed = Cidr::parse(c);
+                    if parsed.is_none() {
+                        warnings.push(format!("ignoring invalid CIDR '{c}'"));
+                    }
+                    parsed
+                })
+                .collect::<Vec<_>>()
+        };
+        let acl = IpAcl {
+            allow: parse(allow),
+            deny: parse(deny),
+        };
+        (acl, warnings)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
+        let denied = self.deny.iter().any(|c| c.contains(ip));
+        let allowed = self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip));
+        if denied || !allowed {
+            return Err(Denied {
+                status: StatusCode::FORBIDDEN,
+                code: "IpDenied",
+                message: format!(
+                    "Access denied: the client address {} is not allowed",
+                    canonical(ip)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An app's credentials, as the data plane needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppCredential {
+    pub name: String,
+    pub key: String,
+    pub secret: String,
+}
+
+/// Checks signed requests against the apps' secrets, with one replay cache per node.
+#[derive(Clone)]
+pub struct AppAuth {
+    /// AppKey -> (app name, secret).
+    by_key: Arc<HashMap<String, (String, String)>>,
+    nonces: Arc<NonceCache>,
+    verifier: Arc<Verifier>,
+}
+
+impl std::fmt::Debug for AppAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppAuth")
+            .field("apps", &self.by_key.len())
+            .finish()
+    }
+}
+
+impl AppAuth {
+    /// `nonces` is shared across config changes, so a replay stays refused after a publish.
+    pub fn new(apps: &[AppCredential], nonces: Arc<NonceCache>) -> AppAuth {
+        let by_key = apps
+            .iter()
+            .map(|a| (a.key.clone(), (a.name.clone(), a.secret.clone())))
+            .collect();
+        AppAuth {
+            by_key: Arc::new(by_key),
+            nonces,
+            verifier: Arc::new(Verifier::new()),
+        }
+    }
+
+    /// Verifies the signature of a request to an APP API that the `allowed` apps (by name) may
+    /// call; returns the calling app's name.
+    pub fn check(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        allowed: &[String],
+        now_ms: u64,
+    ) -> Result<String, Denied> {
+        let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut req = RequestParts::from_uri(method.as_str(), target);
+        for (name, value) in headers {
+            req.headers.push((
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            ));
+        }
+        let mut app_name = None;
+        let verified = self.verifier.verify(
+            &req,
+            |key: &str| {
+                self.by_key.get(key).map(|(name, secret)| {
+                    app_name = Some(name.clone());
+                    secret.clone()
+                })
+            },
+            now_ms,
+            &self.nonces,
+        );
+        if let Err(r) = verified {
+            return Err(Denied {
+                status: r.status(),
+                code: "SignatureRejected",
+                message: r
+                    .header_value()
+                    .to_str()
+                    .unwrap_or("Invalid signature")
+                    .to_string(),
+            });
+        }
+        let app = app_name.unwrap_or_default();
+        if !allowed.contains(&app) {
+            return Err(Denied {
+                status: StatusCode::FORBIDDEN,
+                code: "AppUnauthorized",
+                message: format!("Unauthorized: app '{app}' is not authorised to call this API"),
+            });
+        }
+        Ok(app)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs_match_by_prefix() {
+        let (acl, w) = IpAcl::new(
+            &["198.18.0.0/15".into(), "2001:db8::/32".into()],
+            &["198.18.0.7".into()],
+        );
+        assert!(w.is_empty());
+        assert!(acl.check(ip("198.19.255.1")).is_ok());
+        assert!(
+            acl.check(ip("::ffff:198.18.1.1")).is_ok(),
+            "IPv4-mapped addresses match as IPv4"
+        );
+        assert!(acl.check(ip("2001:db8:1::5")).is_ok());
+        let e = acl.check(ip("198.18.0.7")).unwrap_err();
+        assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "IpDenied"));
+        assert!(
+            acl.check(ip("198.20.0.1")).is_err(),
+            "outside every allowed block"
+        );
+        assert!(acl.check(ip("127.0.0.1")).is_err());
+        let (open, _) = IpAcl::new(&[], &[]);
+        assert!(open.is_open() && open.check(ip("127.0.0.1")).is_ok());
+        let (deny_only, _) = IpAcl::new(&[], &["127.0.0.0/8".into()]);
+        assert!(deny_only.check(ip("127.0.0.1")).is_err());
+        assert!(deny_only.check(ip("198.18.0.1")).is_ok());
+        let (_, w) = IpAcl::new(&["nonsense".into()], &[]);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn odd_prefix_lengths() {
+        let c = Cidr::parse("198.18.0.0/15").unwrap();
+        assert!(c.contains(ip("198.19.0.0")));
+        assert!(!c.contains(ip("198.20.0.0")));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains(ip("203.0.113.9"))
+        );
+        assert!(Cidr::parse("1.2.3.4/33").is_none());
+    }
+
+    #[test]
+    fn signed_requests_from_authorised_apps_pass() {
+        let apps = [AppCredential {
+            name: "mobile".into(),
+            key: "key-1".into(),
+            secret: "secret-0123456789".into(),
+        }];
+        let auth = AppAuth::new(&apps, Arc::new(NonceCache::new(1024)));
+        let now = 1_767_225_600_000;
+        let signed = |nonce: &str| {
+            let mut req = RequestParts::from_uri("GET", "/a?x=1");
+            signer::Signer::new("key-1", "secret-0123456789").sign(&mut req, now, nonce);
+            let mut b = http::Request::builder().method("GET").uri("/a?x=1");
+            for (k, v) in &req.headers {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let check = |p: &http::request::Parts, allowed: &[String]| {
+            auth.check(&p.method, &p.uri, &p.headers, allowed, now)
+        };
+        let mobile = ["mobile".to_string()];
+        assert_eq!(check(&signed("n1"), &mobile).unwrap(), "mobile");
+        let replay = check(&signed("n1"), &mobile).unwrap_err();
+        assert_eq!(replay.status, StatusCode::FORBIDDEN);
+        let not_granted = check(&signed("n2"), &[]).unwrap_err();
+        assert_eq!(not_granted.code, "AppUnauthorized");
+        let unsigned = http::Request::get("/a").body(()).unwrap().into_parts().0;
+        let e = check(&unsigned, &mobile).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+    }
+}
