@@ -709,34 +709,14 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AuthorizeAppRequest>,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
-        let p = Principal::of(&req);
-        let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
-        group_reply(
-            self.write(Command::AuthorizeApp {
-                group: r.group,
-                api: r.api,
-                app: r.app,
-            })
-            .await?,
-        )
+        self.change_grant(req, true).await
     }
 
     async fn revoke_app_authorization(
         &self,
         req: Request<pb::AuthorizeAppRequest>,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
-        let p = Principal::of(&req);
-        let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
-        group_reply(
-            self.write(Command::RevokeAppAuthorization {
-                group: r.group,
-                api: r.api,
-                app: r.app,
-            })
-            .await?,
-        )
+        self.change_grant(req, false).await
     }
 
     async fn set_ip_access_control(
@@ -885,6 +865,23 @@ impl AdminService {
                 })
                 .collect(),
         }
+    }
+
+    /// Grants an app the right to call an API, or takes it away.
+    async fn change_grant(
+        &self,
+        req: Request<pb::AuthorizeAppRequest>,
+        grant: bool,
+    ) -> Result<Response<pb::ApiGroupReply>, Status> {
+        let p = Principal::of(&req);
+        let pb::AuthorizeAppRequest { group, api, app } = req.into_inner();
+        self.check_group(&p, &group)?;
+        let cmd = if grant {
+            Command::AuthorizeApp { group, api, app }
+        } else {
+            Command::RevokeAppAuthorization { group, api, app }
+        };
+        group_reply(self.write(cmd).await?)
     }
 
     fn account_reply(&self, reply: Reply) -> Result<Response<pb::AccountReply>, Status> {
