@@ -96,7 +96,6 @@ pub(crate) struct Access<'a> {
     pub(crate) method: &'a Method,
     pub(crate) uri: &'a http::Uri,
     pub(crate) headers: &'a http::HeaderMap,
-    pub(crate) now_ms: u64,
 }
 
 impl Access<'_> {
@@ -108,7 +107,12 @@ impl Access<'_> {
             return Some(d);
         }
         let (auth, allowed) = api.app_auth.as_ref()?;
-        auth.check(self.method, self.uri, self.headers, allowed, self.now_ms)
+        // Signature timestamps are wall-clock milliseconds; read the clock only for APP APIs.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        auth.check(self.method, self.uri, self.headers, allowed, now_ms)
             .err()
     }
 }

@@ -414,11 +414,6 @@ async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Resp
         method: req.method(),
         uri: req.uri(),
         headers: req.headers(),
-        // Signature timestamps are wall-clock milliseconds.
-        now_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
     };
     let verdict = dp.decide_with(
         request_host(&req),
