@@ -58,6 +58,8 @@ SETTINGS = {
     "shared_ceiling_rps", "shared_region", "bill_delay_seconds",
     "usage_flush_ms", "shutdown_delay_ms", "drain_seconds", "max_body_bytes",
     "max_header_bytes", "header_read_timeout_ms", "idle_timeout_ms", "max_connections",
+    "peer_tls_cert", "peer_tls_key", "peer_tls_ca", "peer_plaintext", "admin_tls_cert",
+    "admin_tls_key", "admin_plaintext", "http_tls_cert", "http_tls_key", "tls_reload_ms",
 }
 LISTEN_PORTS = {"listen_http": "http", "listen_admin": "admin",
                 "listen_peer": "peer", "listen_ops": "ops"}
@@ -619,6 +621,39 @@ def t_admin_token():
     need(mode & 0o007 == 0, f"token file mode {oct(mode)} is world-readable")
 
 
+@test("TLS: peers use mutual TLS and admin TLS, from the Secret gateway-tls, never plaintext")
+def t_tls():
+    for docs in (base(), overlay()):
+        _, toml = config_toml(docs)
+        env = env_map(container(docs))
+
+        def setting(key):
+            return toml.get(key) or env.get(f"GATEWAY_{key.upper()}", {}).get("value")
+
+        for flag in ("peer_plaintext", "admin_plaintext"):
+            need(setting(flag) in (None, False, "false"),
+                 f"{flag} is set: the cluster's traffic would be unauthenticated")
+        keys = {"peer_tls_ca": "ca.crt", "peer_tls_cert": "tls.crt", "peer_tls_key": "tls.key",
+                "admin_tls_cert": "tls.crt", "admin_tls_key": "tls.key"}
+        for key, secret_key in keys.items():
+            path = setting(key)
+            need(path, f"{key} is not set: gatewayd refuses a non-loopback listener without TLS")
+            mount, volume = mounted_file(docs, path)
+            need("secret" in volume, f"{path} ({key}) should come from a Secret volume")
+            sec = volume["secret"]
+            need(sec.get("secretName") == "gateway-tls",
+                 f"{key}: secretName {sec.get('secretName')}, expected gateway-tls")
+            need(not mount.get("subPath"),
+                 f"{key}: a subPath mount never sees a renewed certificate")
+            need(mount.get("readOnly") is True, f"{key}: the TLS mount should be read-only")
+            rel = path[len(mount["mountPath"].rstrip("/")) + 1:]
+            items = sec.get("items") or [{"key": rel, "path": rel}]
+            need(any(i["key"] == secret_key and i["path"] == rel for i in items),
+                 f"{key}: {path} is not the Secret's key {secret_key}")
+            mode = sec.get("defaultMode", 0o644)
+            need(mode & 0o007 == 0, f"{key}: file mode {oct(mode)} is world-readable")
+
+
 # ---------------------------------------------------------------------------
 # Services
 # ---------------------------------------------------------------------------
@@ -827,6 +862,7 @@ def t_readme():
         "create the namespace": r"kubectl create namespace",
         "create the admin token Secret":
             rf"kubectl {ns}create secret generic gateway-admin-token",
+        "create the TLS Secret": rf"kubectl {ns}create secret generic gateway-tls",
         "apply the base": r"kubectl apply -k deploy/k8s\b",
         "port-forward the admin API": rf"kubectl {ns}port-forward svc/gateway-admin 9090",
         "cluster status": r"gatewayctl cluster status",

@@ -198,6 +198,10 @@ struct Pods {
     bridge: Option<String>,
     root: PathBuf,
     token_file: PathBuf,
+    /// The Secret gateway-tls: the cluster CA and the pods' certificate (peer mutual TLS and
+    /// the admin API), as deploy/k8s/base/gateway.toml uses it.
+    ca: PathBuf,
+    cert: testkit::pki::CertFiles,
     pods: Vec<Pod>,
 }
 
@@ -230,11 +234,17 @@ impl Pods {
             tag,
             subnet: String::new(),
             bridge: None,
+            ca: PathBuf::new(),
+            cert: testkit::pki::CertFiles {
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
             root,
             token_file,
             pods: Vec::new(),
         };
         pods.claim_subnet(pid);
+        pods.issue_certificates(n);
         for ordinal in 0..n {
             pods.add_pod(ordinal, n);
         }
@@ -290,6 +300,21 @@ impl Pods {
             return;
         }
         panic!("no free /24 in 198.18.0.0/15 for this test");
+    }
+
+    /// One certificate for every pod, as deploy/README.md issues it: the peers' DNS names by
+    /// wildcard, plus the pods' addresses (the test reaches the admin API by pod IP).
+    fn issue_certificates(&mut self, n: u32) {
+        let pki = testkit::pki::Pki::new(&self.root.join("tls"), "gateway");
+        let mut names = vec![
+            format!("*.{SERVICE}.{}.svc.{DOMAIN}", self.namespace),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ];
+        names.extend((0..n + 2).map(|o| format!("{}.{}", self.subnet, 10 + o)));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.cert = pki.issue("tls", &names);
+        self.ca = pki.ca.clone();
     }
 
     fn dns_name(&self, ordinal: u32) -> String {
@@ -405,6 +430,7 @@ impl Pods {
         let namespace = self.namespace.clone();
         let gatewayd = self.bins.gatewayd.clone();
         let token = self.token_file.clone();
+        let (ca, cert) = (self.ca.clone(), self.cert.clone());
         let pod = self.pod(ordinal);
         assert!(!pod.is_running(), "{} is already running", pod.name());
         let mut log = std::fs::OpenOptions::new()
@@ -422,6 +448,17 @@ impl Pods {
             .args(["--listen-ops", &format!("0.0.0.0:{OPS_PORT}")])
             .arg("--admin-token-file")
             .arg(&token)
+            // deploy/k8s/base/gateway.toml: the Secret gateway-tls for peers and admin.
+            .arg("--peer-tls-ca")
+            .arg(&ca)
+            .arg("--peer-tls-cert")
+            .arg(&cert.cert)
+            .arg("--peer-tls-key")
+            .arg(&cert.key)
+            .arg("--admin-tls-cert")
+            .arg(&cert.cert)
+            .arg("--admin-tls-key")
+            .arg(&cert.key)
             .arg("--data-dir")
             .arg(pod.data_dir());
         for (k, _) in std::env::vars() {
@@ -521,10 +558,13 @@ impl Pods {
             .arg(endpoint)
             .arg("--token-file")
             .arg(&self.token_file)
+            .arg("--tls-ca")
+            .arg(&self.ca)
             .args(args)
             .env_remove("GATEWAY_ENDPOINT")
             .env_remove("GATEWAY_TOKEN")
             .env_remove("GATEWAY_TOKEN_FILE")
+            .env_remove("GATEWAY_TLS_CA")
             .stdin(Stdio::null())
             .output()
             .await
@@ -536,10 +576,10 @@ impl Pods {
         }
     }
 
-    /// `gatewayctl --endpoint http://<pod ip>:9090 ARGS`, from the test's (root) namespace
+    /// `gatewayctl --endpoint https://<pod ip>:9090 ARGS`, from the test's (root) namespace
     /// through the bridge.
     async fn ctl(&self, ordinal: u32, args: &[&str]) -> CtlOutput {
-        let endpoint = format!("http://{}:{ADMIN_PORT}", self.pods[ordinal as usize].ip);
+        let endpoint = format!("https://{}:{ADMIN_PORT}", self.pods[ordinal as usize].ip);
         self.gatewayctl(None, &endpoint, args).await
     }
 
@@ -547,7 +587,7 @@ impl Pods {
     /// cut off from the network).
     async fn ctl_inside(&self, ordinal: u32, args: &[&str]) -> CtlOutput {
         let netns = self.pods[ordinal as usize].netns.clone();
-        let endpoint = format!("http://127.0.0.1:{ADMIN_PORT}");
+        let endpoint = format!("https://127.0.0.1:{ADMIN_PORT}");
         self.gatewayctl(Some(&netns), &endpoint, args).await
     }
 

@@ -30,9 +30,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone, Default)]
 pub struct Channels {
     by_addr: Arc<Mutex<HashMap<String, Channel>>>,
+    /// With it, peers are dialled over mutual TLS: this node's certificate, the cluster CA.
+    tls: Option<tls::ClientTls>,
 }
 
 impl Channels {
+    pub fn new(tls: Option<tls::ClientTls>) -> Self {
+        Channels {
+            by_addr: Arc::default(),
+            tls,
+        }
+    }
+
     /// The channel to `addr` (`HOST:PORT`), created on first use. Connection happens lazily and
     /// is retried by tonic, so a peer that is down now is reached once it is up.
     pub fn get(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
@@ -40,12 +49,15 @@ impl Channels {
         if let Some(ch) = map.get(addr) {
             return Ok(PeerClient::new(ch.clone()));
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let ch = match &self.tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(tls::Connector::new(tls.clone())),
+            None => endpoint.connect_lazy(),
+        };
         map.insert(addr.to_string(), ch.clone());
         Ok(PeerClient::new(ch))
     }

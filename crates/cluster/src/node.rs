@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub election_timeout: (Duration, Duration),
     /// How long a write may wait for a leader and a quorum before it is refused as UNAVAILABLE.
     pub write_timeout: Duration,
+    /// TLS for connections to peers (this node's certificate and the cluster CA); `None` dials
+    /// them in plaintext.
+    pub peer_tls: Option<tls::ClientTls>,
 }
 
 impl NodeConfig {
@@ -66,6 +69,7 @@ impl NodeConfig {
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             write_timeout: Duration::from_secs(5),
+            peer_tls: None,
         }
     }
 }
@@ -180,7 +184,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| ClusterError::Internal(format!("raft config: {e}")))?;
-        let channels = Channels::default();
+        let channels = Channels::new(cfg.peer_tls.clone());
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),

@@ -55,6 +55,6 @@ pub use ops::{ExtraMetrics, OpsHooks, serve_ops};
 pub use plane::{Dataplane, DataplaneOptions, InstanceShare, PublishReport, Verdict};
 pub use proxy::BackendError;
 pub use router::RouteError;
-pub use server::{ServerLimits, serve};
+pub use server::{ServerLimits, serve, serve_tls};
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
 pub use usage::{UNMATCHED_API, UsageDelta};

@@ -99,5 +99,5 @@ pub async fn serve_ops(
         let response = route(&dataplane, &hooks, &req);
         async move { response }
     };
-    accept_loop(listener, limits, handler, None, shutdown).await
+    accept_loop(listener, limits, None, handler, None, shutdown).await
 }

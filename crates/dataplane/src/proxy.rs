@@ -4,6 +4,7 @@ use crate::body::{BodyTooLarge, Checkout, LimitedBody, ResponseBody};
 use crate::clock::Nanos;
 use crate::error::{GatewayError, X_CA_REQUEST_ID};
 use crate::pool::{BackendPools, HostPool};
+use crate::server::ConnInfo;
 use http::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
@@ -178,10 +179,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Sets the `X-Forwarded-*` headers: the client's address appended to `X-Forwarded-For`, this
-/// hop's scheme (`http`; the gateway is the edge, so a client's claim is overwritten), and the
-/// host the client asked for.
+/// hop's scheme (`http` or `https`; the gateway is the edge, so a client's claim is
+/// overwritten), and the host the client asked for.
 /// `client_ip` is the client's address as a header value.
-fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: Option<HeaderValue>) {
+fn set_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: &HeaderValue,
+    scheme: &'static str,
+    host: Option<HeaderValue>,
+) {
     let chain: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -196,7 +202,7 @@ fn set_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue, host: Option<
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST, h);
@@ -236,7 +242,7 @@ pub(crate) async fn forward(
     timeout: Duration,
     req: Request<Incoming>,
     base_len: usize,
-    client_ip: &HeaderValue,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
     max_body: u64,
     now: Nanos,
@@ -254,7 +260,8 @@ pub(crate) async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // Room for what is added below, in one step.
     parts.headers.reserve(5);
-    set_forwarded(&mut parts.headers, client_ip, host);
+    let scheme = if conn.tls { "https" } else { "http" };
+    set_forwarded(&mut parts.headers, &conn.peer_ip, scheme, host);
     parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
     parts.headers.insert(HOST, backend.host.clone());
     parts.uri = uri;
@@ -433,6 +440,7 @@ mod tests {
         set_forwarded(
             &mut h,
             &HeaderValue::from_static("10.0.0.1"),
+            "http",
             Some(HeaderValue::from_static("api.example.com")),
         );
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");

@@ -67,6 +67,8 @@ pub(crate) struct ConnInfo {
     pub(crate) peer_ip: HeaderValue,
     /// The client's address, for IP access control.
     pub(crate) peer_addr: std::net::IpAddr,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto: https`).
+    pub(crate) tls: bool,
     pub(crate) limits: Arc<ServerLimits>,
     /// Requests of this connection waiting on a backend; the idle timer leaves them alone
     /// (the backend timeout bounds them).
@@ -92,20 +94,20 @@ impl Drop for AwaitingBackend<'_> {
 
 /// A socket that notes when bytes move, for the idle timer. Only the connection's own task
 /// polls it, so a relaxed store of a private count is enough.
-struct TrackedIo {
-    inner: TcpStream,
+struct TrackedIo<S> {
+    inner: S,
     info: Arc<ConnInfo>,
     moved: u64,
 }
 
-impl TrackedIo {
+impl<S> TrackedIo<S> {
     fn bump(&mut self) {
         self.moved += 1;
         self.info.activity.store(self.moved, Relaxed);
     }
 }
 
-impl AsyncRead for TrackedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -120,7 +122,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -185,6 +187,7 @@ fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
 pub(crate) async fn accept_loop<H, Fut>(
     listener: TcpListener,
     limits: ServerLimits,
+    tls: Option<tls::ServerTls>,
     handler: H,
     open_connections: Option<Dataplane>,
     shutdown: impl Future<Output = ()>,
@@ -225,20 +228,24 @@ where
             peer,
             peer_ip: ip_header(peer.ip()),
             peer_addr: peer.ip(),
+            tls: tls.is_some(),
             limits: limits.clone(),
             awaiting_backend: AtomicU32::new(0),
             activity: AtomicU64::new(0),
         });
-        let gauge = open_connections.clone();
-        connections.spawn(serve_connection(
-            stream,
+        let conn = Connection {
             info,
-            builder.clone(),
-            handler.clone(),
-            stop_rx.clone(),
-            permit,
-            gauge,
-        ));
+            builder: builder.clone(),
+            handler: handler.clone(),
+            stop: stop_rx.clone(),
+            _permit: permit,
+            _open: Open::new(open_connections.clone()),
+        };
+        let _ = stream.set_nodelay(true);
+        match &tls {
+            None => connections.spawn(conn.serve(stream)),
+            Some(tls) => connections.spawn(conn.serve_tls(stream, tls.clone())),
+        };
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -256,31 +263,79 @@ where
     Ok(())
 }
 
-async fn serve_connection<H, Fut>(
-    stream: TcpStream,
+/// Counts a connection as open (the `open_connections` gauge) for as long as it lives.
+struct Open(Option<Dataplane>);
+
+impl Open {
+    fn new(gauge: Option<Dataplane>) -> Self {
+        if let Some(dp) = &gauge {
+            dp.inner.global.open_connections.fetch_add(1, Relaxed);
+        }
+        Open(gauge)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(dp) = &self.0 {
+            dp.inner.global.open_connections.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection<H> {
+    info: Arc<ConnInfo>,
+    builder: Arc<Builder<TokioExecutor>>,
+    handler: H,
+    stop: watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _open: Open,
+}
+
+impl<H, Fut> Connection<H>
+where
+    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    /// The TLS handshake first, bounded like a request head (a client that stalls in it is a
+    /// slow-loris client too), then HTTP as usual. The connection's permit is held throughout.
+    async fn serve_tls(self, stream: TcpStream, tls: tls::ServerTls) {
+        let timeout = self.info.limits.header_read_timeout;
+        match tls::accept(&tls, stream, timeout).await {
+            Ok(stream) => self.serve(stream).await,
+            Err(e) => {
+                tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed");
+            }
+        }
+    }
+
+    async fn serve<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            info,
+            builder,
+            handler,
+            stop,
+            ..
+        } = self;
+        serve_connection(stream, info, builder, handler, stop).await
+    }
+}
+
+async fn serve_connection<S, H, Fut>(
+    stream: S,
     info: Arc<ConnInfo>,
     builder: Arc<Builder<TokioExecutor>>,
     handler: H,
     mut stop: watch::Receiver<bool>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    gauge: Option<Dataplane>,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    struct Open(Option<Dataplane>);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            if let Some(dp) = &self.0 {
-                dp.inner.global.open_connections.fetch_sub(1, Relaxed);
-            }
-        }
-    }
-    if let Some(dp) = &gauge {
-        dp.inner.global.open_connections.fetch_add(1, Relaxed);
-    }
-    let _open = Open(gauge);
-    let _ = stream.set_nodelay(true);
     let io = TokioIo::new(TrackedIo {
         inner: stream,
         info: info.clone(),
@@ -343,12 +398,25 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    serve_tls(listener, dataplane, limits, None, shutdown).await
+}
+
+/// Like [`serve`], over TLS when `tls` is given (HTTP/2 or HTTP/1.1 by ALPN). The TLS handshake
+/// counts against `header_read_timeout`, and the certificate in force when a client connects
+/// is the one it gets (see [`tls::Reloadable`]).
+pub async fn serve_tls(
+    listener: TcpListener,
+    dataplane: Dataplane,
+    limits: ServerLimits,
+    tls: Option<tls::ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let dp = dataplane.clone();
     let handler = move |req: Request<Incoming>, info: Arc<ConnInfo>| {
         let dp = dp.clone();
         async move { handle(&dp, &info, req).await }
     };
-    accept_loop(listener, limits, handler, Some(dataplane), shutdown).await
+    accept_loop(listener, limits, tls, handler, Some(dataplane), shutdown).await
 }
 
 /// The host the client asked for: from the URI (HTTP/2, absolute form) or the `Host` header.
@@ -433,7 +501,7 @@ async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Resp
                     api.timeout,
                     req,
                     verdict.base_len,
-                    &conn.peer_ip,
+                    conn,
                     &request_id,
                     limits.max_body_bytes,
                     now,

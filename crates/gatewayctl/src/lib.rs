@@ -52,6 +52,10 @@ struct Conn {
     /// A file holding the bearer token (else GATEWAY_TOKEN).
     #[arg(long, global = true, env = "GATEWAY_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The CA bundle (PEM) the admin API's certificate must chain to; needed with an https://
+    /// endpoint.
+    #[arg(long, global = true, env = "GATEWAY_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
     /// How long to wait for the server's answer, in seconds.
     #[arg(long, global = true, default_value_t = 15)]
     rpc_timeout: u64,
@@ -376,13 +380,34 @@ fn token(cli: &Conn) -> Result<Option<String>> {
 }
 
 async fn connect(cli: &Conn) -> Result<Client> {
-    let channel = tonic::transport::Endpoint::from_shared(cli.endpoint.clone())
+    let endpoint = tonic::transport::Endpoint::from_shared(cli.endpoint.clone())
         .with_context(|| format!("invalid --endpoint {}", cli.endpoint))?
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(cli.rpc_timeout))
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", cli.endpoint))?;
+        .timeout(Duration::from_secs(cli.rpc_timeout));
+    let https = endpoint.uri().scheme_str() == Some("https");
+    let connected = match (&cli.tls_ca, https) {
+        (Some(ca), true) => {
+            let tls = tls::ClientFiles {
+                ca: ca.clone(),
+                identity: None,
+            }
+            .load("admin connection", tls::ALPN_H2)
+            .context("--tls-ca")?;
+            endpoint
+                .connect_with_connector(tls::Connector::new(tls))
+                .await
+        }
+        (None, true) => bail!(
+            "--endpoint {} is https: give --tls-ca (or GATEWAY_TLS_CA) with the CA that issued the admin API's certificate",
+            cli.endpoint
+        ),
+        (Some(_), false) => bail!(
+            "--tls-ca is given but --endpoint {} is not https://",
+            cli.endpoint
+        ),
+        (None, false) => endpoint.connect().await,
+    };
+    let channel = connected.with_context(|| format!("cannot connect to {}", cli.endpoint))?;
     let auth = match token(cli)? {
         Some(t) => Some(
             format!("Bearer {t}")

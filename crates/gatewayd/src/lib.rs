@@ -88,6 +88,81 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves a gRPC router on `listener`, over TLS when `tls` is given.
+fn spawn_grpc(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    tls: Option<tls::ServerTls>,
+    what: &'static str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    match tls {
+        Some(tls) => {
+            let incoming = tls::incoming(listener, tls, TLS_HANDSHAKE_TIMEOUT, what);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), shutdown)),
+    }
+}
+
+/// The TLS configs of every listener, loaded from their files (and watched for changes).
+#[derive(Default)]
+struct Tls {
+    peer_server: Option<tls::ServerTls>,
+    peer_client: Option<tls::ClientTls>,
+    admin: Option<tls::ServerTls>,
+    http: Option<tls::ServerTls>,
+}
+
+impl Tls {
+    fn load(s: &settings::TlsSettings) -> Result<Tls> {
+        let mut t = Tls::default();
+        if let Some((server, client)) = &s.peer {
+            t.peer_server = Some(
+                server
+                    .load("peer listener", tls::ALPN_H2)
+                    .context("--peer-tls-cert/--peer-tls-key/--peer-tls-ca")?,
+            );
+            t.peer_client = Some(
+                client
+                    .load("peer connections", tls::ALPN_H2)
+                    .context("--peer-tls-cert/--peer-tls-key/--peer-tls-ca")?,
+            );
+        } else {
+            tracing::warn!("peer traffic is not encrypted (no --peer-tls-cert)");
+        }
+        if let Some(admin) = &s.admin {
+            t.admin = Some(
+                admin
+                    .load("admin listener", tls::ALPN_H2)
+                    .context("--admin-tls-cert/--admin-tls-key")?,
+            );
+        }
+        if let Some(http) = &s.http {
+            t.http = Some(
+                http.load("data-plane listener", tls::ALPN_HTTP)
+                    .context("--http-tls-cert/--http-tls-key")?,
+            );
+        }
+        Ok(t)
+    }
+
+    /// Reloads changed files every `every`, for as long as the node runs.
+    fn watch(&self, every: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        let servers = [&self.peer_server, &self.admin, &self.http];
+        let mut tasks: Vec<_> = servers
+            .iter()
+            .filter_map(|t| t.as_ref())
+            .map(|t| t.watch(every))
+            .collect();
+        tasks.extend(self.peer_client.as_ref().map(|t| t.watch(every)));
+        tasks
+    }
+}
+
 async fn bind(what: &str, addr: std::net::SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -105,6 +180,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let admin_listener = bind("--listen-admin", s.listen_admin).await?;
     let http_listener = bind("--listen-http", s.listen_http).await?;
     let ops_listener = bind("--listen-ops", s.listen_ops).await?;
+    let tls = Tls::load(&s.tls)?;
 
     catalog
         .region(&s.shared_region)
@@ -121,6 +197,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     cfg.catalog = catalog.clone();
     cfg.heartbeat = s.heartbeat;
     cfg.election_timeout = (s.election_timeout, s.election_timeout * 2);
+    cfg.peer_tls = tls.peer_client.clone();
     let node = Node::start(cfg).await.with_context(|| {
         format!(
             "cannot start node {} in {}",
@@ -141,9 +218,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let peer_server = tonic::transport::Server::builder()
-        .add_service(PeerService::new(node.clone()))
-        .serve_with_incoming_shutdown(incoming(peer_listener), stopped(stop_rx.clone()));
+    let peer_router =
+        tonic::transport::Server::builder().add_service(PeerService::new(node.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -162,11 +238,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         admin,
         admin::Authenticator::new(s.admin_token.clone(), node.clone()),
     );
-    let admin_server = tonic::transport::Server::builder()
+    let admin_router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming(admin_listener), stopped(stop_rx.clone()));
+        .add_service(admin);
 
     // The data plane: config from every applied state, shares from the peers' demand.
     let dp = dataplane::Dataplane::new(s.node_id);
@@ -207,10 +282,11 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     ];
     let limits = s.limits.clone();
     let (dp_stop_tx, dp_stop_rx) = watch::channel(false);
-    let http_task = tokio::spawn(dataplane::serve(
+    let http_task = tokio::spawn(dataplane::serve_tls(
         http_listener,
         dp.clone(),
         limits,
+        tls.http.clone(),
         stopped(dp_stop_rx),
     ));
     let metrics_node = node.clone();
@@ -226,8 +302,21 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         ops,
         stopped(stop_rx.clone()),
     ));
-    let peer_task = tokio::spawn(peer_server);
-    let admin_task = tokio::spawn(admin_server);
+    let peer_task = spawn_grpc(
+        peer_router,
+        peer_listener,
+        tls.peer_server.clone(),
+        "peer",
+        stopped(stop_rx.clone()),
+    );
+    let admin_task = spawn_grpc(
+        admin_router,
+        admin_listener,
+        tls.admin.clone(),
+        "admin",
+        stopped(stop_rx.clone()),
+    );
+    let tls_watchers = tls.watch(s.tls.reload_every);
     tracing::info!(http = %s.listen_http, ops = %s.listen_ops, "data plane serving");
 
     // Run until asked to stop, or until Raft itself stops (a storage failure): then exit
@@ -268,7 +357,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = ops_task.await;
-    for t in background {
+    for t in background.into_iter().chain(tls_watchers) {
         t.abort();
     }
     node.shutdown().await;

@@ -118,6 +118,54 @@ pub struct Flags {
     /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
     #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
+    /// Peer TLS: this node's certificate chain (PEM), presented both as the peer listener's
+    /// server certificate and as the client certificate when dialling peers. With
+    /// --peer-tls-key and --peer-tls-ca, peers speak mutual TLS and only holders of a
+    /// certificate from the cluster CA can join or send Raft messages.
+    #[arg(long, env = "GATEWAY_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Peer TLS: the private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "GATEWAY_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// Peer TLS: the cluster CA bundle (PEM) that every peer's certificate must chain to.
+    #[arg(long, env = "GATEWAY_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// Serve and dial peers without TLS on a non-loopback --listen-peer. Anyone who reaches the
+    /// port can then join the cluster or forge Raft messages: development only.
+    #[arg(long, env = "GATEWAY_PEER_PLAINTEXT", num_args = 0..=1, default_missing_value = "true")]
+    pub peer_plaintext: Option<bool>,
+    /// Admin TLS: the admin listener's certificate chain (PEM); with --admin-tls-key.
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// Admin TLS: the private key of --admin-tls-cert (PEM).
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Serve the admin API without TLS on a non-loopback --listen-admin (for example behind a
+    /// mesh sidecar that terminates TLS). Bearer tokens then cross the network in the clear.
+    #[arg(long, env = "GATEWAY_ADMIN_PLAINTEXT", num_args = 0..=1, default_missing_value = "true")]
+    pub admin_plaintext: Option<bool>,
+    /// Data-plane TLS: the certificate chain (PEM) served on --listen-http; with
+    /// --http-tls-key. Without them the data plane speaks plain HTTP.
+    #[arg(long, env = "GATEWAY_HTTP_TLS_CERT")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// Data-plane TLS: the private key of --http-tls-cert (PEM).
+    #[arg(long, env = "GATEWAY_HTTP_TLS_KEY")]
+    pub http_tls_key: Option<PathBuf>,
+    /// How often certificate files are checked for changes, in ms; changed files are loaded
+    /// for new connections without a restart [default: 5000].
+    #[arg(long, env = "GATEWAY_TLS_RELOAD_MS")]
+    pub tls_reload_ms: Option<u64>,
+}
+
+/// TLS for the three listeners, as files (loaded when the node starts, then reloaded on change).
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// Mutual TLS between peers: the server side of the peer listener, the client side of
+    /// connections to peers.
+    pub peer: Option<(tls::ServerFiles, tls::ClientFiles)>,
+    pub admin: Option<tls::ServerFiles>,
+    pub http: Option<tls::ServerFiles>,
+    pub reload_every: Duration,
 }
 
 /// Everything the node needs, resolved and checked.
@@ -142,6 +190,7 @@ pub struct Settings {
     pub dev_clock_file: Option<PathBuf>,
     pub shutdown_delay: Duration,
     pub limits: dataplane::ServerLimits,
+    pub tls: TlsSettings,
 }
 
 impl Flags {
@@ -186,7 +235,17 @@ impl Flags {
             header_read_timeout_ms,
             idle_timeout_ms,
             max_connections,
-            drain_seconds
+            drain_seconds,
+            peer_tls_cert,
+            peer_tls_key,
+            peer_tls_ca,
+            peer_plaintext,
+            admin_tls_cert,
+            admin_tls_key,
+            admin_plaintext,
+            http_tls_cert,
+            http_tls_key,
+            tls_reload_ms
         );
         Ok(self)
     }
@@ -265,6 +324,7 @@ impl Flags {
                 "--listen-admin {listen_admin} is not a loopback address: give --admin-token-file so that the admin API is not open to anyone who can reach it"
             );
         }
+        let tls = tls_settings(&f, listen_peer, listen_admin)?;
         if f.dev_clock_file.is_some() && f.dev_mode != Some(true) {
             bail!("--dev-clock-file is a development setting: it is refused without --dev-mode");
         }
@@ -300,8 +360,95 @@ impl Flags {
             dev_clock_file: f.dev_clock_file,
             shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(0)),
             limits,
+            tls,
         })
     }
+}
+
+/// Both files of a certificate and its key, or neither.
+fn cert_and_key(
+    listener: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<Option<(PathBuf, PathBuf)>> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("--{listener}-tls-cert needs --{listener}-tls-key"),
+        (None, Some(_)) => bail!("--{listener}-tls-key needs --{listener}-tls-cert"),
+    }
+}
+
+/// TLS for each listener. Plaintext is the default only on loopback; elsewhere the peer and
+/// admin listeners need TLS unless plaintext is asked for by name.
+fn tls_settings(
+    f: &Flags,
+    listen_peer: SocketAddr,
+    listen_admin: SocketAddr,
+) -> Result<TlsSettings> {
+    let peer = match (
+        cert_and_key("peer", &f.peer_tls_cert, &f.peer_tls_key)?,
+        &f.peer_tls_ca,
+    ) {
+        (Some((cert, key)), Some(ca)) => Some((
+            tls::ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: Some(ca.clone()),
+            },
+            tls::ClientFiles {
+                ca: ca.clone(),
+                identity: Some((cert, key)),
+            },
+        )),
+        (None, None) => None,
+        (Some(_), None) => bail!(
+            "--peer-tls-cert needs --peer-tls-ca: peers must present certificates of the cluster CA"
+        ),
+        (None, Some(_)) => bail!("--peer-tls-ca needs --peer-tls-cert and --peer-tls-key"),
+    };
+    let peer_plaintext = f.peer_plaintext == Some(true);
+    if peer.is_some() && peer_plaintext {
+        bail!("--peer-plaintext contradicts --peer-tls-cert: choose one");
+    }
+    if peer.is_none() && !peer_plaintext && !listen_peer.ip().is_loopback() {
+        bail!(
+            "--listen-peer {listen_peer} is not a loopback address: give --peer-tls-cert, --peer-tls-key and --peer-tls-ca so that only cluster members can join or send Raft messages, or --peer-plaintext to accept anyone (development only)"
+        );
+    }
+    let admin = cert_and_key("admin", &f.admin_tls_cert, &f.admin_tls_key)?.map(|(cert, key)| {
+        tls::ServerFiles {
+            cert,
+            key,
+            client_ca: None,
+        }
+    });
+    let admin_plaintext = f.admin_plaintext == Some(true);
+    if admin.is_some() && admin_plaintext {
+        bail!("--admin-plaintext contradicts --admin-tls-cert: choose one");
+    }
+    if admin.is_none() && !admin_plaintext && !listen_admin.ip().is_loopback() {
+        bail!(
+            "--listen-admin {listen_admin} is not a loopback address: give --admin-tls-cert and --admin-tls-key so that bearer tokens are not sent in the clear, or --admin-plaintext if something in front of the node terminates TLS"
+        );
+    }
+    let http = cert_and_key("http", &f.http_tls_cert, &f.http_tls_key)?.map(|(cert, key)| {
+        tls::ServerFiles {
+            cert,
+            key,
+            client_ca: None,
+        }
+    });
+    let reload_ms = f.tls_reload_ms.unwrap_or(5000);
+    if reload_ms < 100 {
+        bail!("--tls-reload-ms {reload_ms} is below the minimum of 100");
+    }
+    Ok(TlsSettings {
+        peer,
+        admin,
+        http,
+        reload_every: Duration::from_millis(reload_ms),
+    })
 }
 
 /// The data plane's limits: the defaults, with what the flags set, each checked for sense.
@@ -481,6 +628,113 @@ mod tests {
                 .to_string()
                 .contains("--admin-token-file")
         );
+    }
+
+    fn refused(f: Flags, wanted: &[&str]) {
+        let e = f.resolve().unwrap_err().to_string();
+        for w in wanted {
+            assert!(e.contains(w), "{e:?} should mention {w}");
+        }
+    }
+
+    #[test]
+    fn open_listeners_need_tls_or_plaintext_by_name() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        // Peer listener on a pod address, no TLS: refused, naming the ways out.
+        refused(
+            Flags {
+                listen_peer: Some("0.0.0.0:9091".parse().unwrap()),
+                advertise_peer: Some("gw-0.peers:9091".into()),
+                ..Default::default()
+            },
+            &["--peer-tls-cert", "--peer-tls-ca", "--peer-plaintext"],
+        );
+        let open_peer = || Flags {
+            listen_peer: Some("0.0.0.0:9091".parse().unwrap()),
+            advertise_peer: Some("gw-0.peers:9091".into()),
+            peer_plaintext: Some(true),
+            ..Default::default()
+        };
+        assert!(open_peer().resolve().unwrap().tls.peer.is_none());
+        // Mutual TLS needs the CA; a key without a certificate is named.
+        refused(
+            Flags {
+                peer_plaintext: None,
+                peer_tls_cert: p("c.pem"),
+                peer_tls_key: p("k.pem"),
+                ..open_peer()
+            },
+            &["--peer-tls-ca"],
+        );
+        refused(
+            Flags {
+                peer_tls_key: p("k.pem"),
+                ..Default::default()
+            },
+            &["--peer-tls-key needs --peer-tls-cert"],
+        );
+        refused(
+            Flags {
+                peer_tls_cert: p("c.pem"),
+                peer_tls_key: p("k.pem"),
+                peer_tls_ca: p("ca.pem"),
+                ..open_peer()
+            },
+            &["--peer-plaintext contradicts"],
+        );
+        let mtls = Flags {
+            peer_plaintext: None,
+            peer_tls_cert: p("c.pem"),
+            peer_tls_key: p("k.pem"),
+            peer_tls_ca: p("ca.pem"),
+            ..open_peer()
+        }
+        .resolve()
+        .unwrap();
+        let (server, client) = mtls.tls.peer.unwrap();
+        assert_eq!(server.client_ca, p("ca.pem"));
+        assert_eq!(client.identity, Some(("c.pem".into(), "k.pem".into())));
+
+        // The admin API off loopback needs TLS (the token file is there).
+        let token = std::env::temp_dir().join(format!("gw-settings-token-{}", std::process::id()));
+        std::fs::write(&token, "0123456789abcdef0123").unwrap();
+        let open_admin = || Flags {
+            listen_admin: Some("0.0.0.0:9090".parse().unwrap()),
+            admin_token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        refused(open_admin(), &["--admin-tls-cert", "--admin-plaintext"]);
+        assert!(
+            Flags {
+                admin_plaintext: Some(true),
+                ..open_admin()
+            }
+            .resolve()
+            .is_ok()
+        );
+        let with_tls = Flags {
+            admin_tls_cert: p("a.pem"),
+            admin_tls_key: p("a-key.pem"),
+            ..open_admin()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(with_tls.tls.admin.unwrap().cert, PathBuf::from("a.pem"));
+        refused(
+            Flags {
+                http_tls_cert: p("h.pem"),
+                ..Default::default()
+            },
+            &["--http-tls-cert needs --http-tls-key"],
+        );
+        refused(
+            Flags {
+                tls_reload_ms: Some(5),
+                ..Default::default()
+            },
+            &["--tls-reload-ms"],
+        );
+        let _ = std::fs::remove_file(token);
     }
 
     #[test]

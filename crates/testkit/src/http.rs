@@ -164,17 +164,74 @@ impl Response {
 /// response came within 5 s.
 pub async fn get(addr: &str, path: &str) -> Option<Response> {
     let fut = async {
-        let mut sock = TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-        sock.write_all(req.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        sock.read_to_end(&mut raw).await.ok()?;
-        parse_response(&raw)
+        let sock = TcpStream::connect(addr).await.ok()?;
+        exchange(sock, addr, path).await
     };
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await
         .ok()
         .flatten()
+}
+
+/// `GET https://addr{path}` on a fresh connection, trusting what `tls` trusts and checking the
+/// server's certificate names `server_name`; `None` if the connection or the handshake failed
+/// or no response came within 5 s.
+pub async fn get_tls(
+    addr: &str,
+    server_name: &str,
+    tls: &tls::ClientTls,
+    path: &str,
+) -> Option<Response> {
+    let fut = async {
+        let sock = handshake(addr, server_name, tls).await.ok()?;
+        exchange(sock, addr, path).await
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A TLS handshake with `addr`, checking the server's certificate names `server_name`.
+pub async fn handshake(
+    addr: &str,
+    server_name: &str,
+    tls: &tls::ClientTls,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let sock = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(tls.current())
+        .connect(name, sock)
+        .await
+}
+
+/// The leaf certificate (DER) `addr` presents in a TLS handshake.
+pub async fn served_certificate(
+    addr: &str,
+    server_name: &str,
+    tls: &tls::ClientTls,
+) -> std::io::Result<Vec<u8>> {
+    let stream = handshake(addr, server_name, tls).await?;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    leaf.ok_or_else(|| std::io::Error::other("the server presented no certificate"))
+}
+
+async fn exchange<S>(mut sock: S, addr: &str, path: &str) -> Option<Response>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify once it has sent everything.
+    let _ = sock.read_to_end(&mut raw).await;
+    parse_response(&raw)
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {

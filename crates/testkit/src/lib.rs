@@ -7,6 +7,7 @@
 //! When a test panics, the logs of its nodes are printed.
 
 pub mod http;
+pub mod pki;
 
 use proto::admin::admin_client::AdminClient;
 use std::collections::{BTreeMap, HashSet};
@@ -152,6 +153,8 @@ pub struct Cluster {
     pub extra_args: Vec<String>,
     /// Extra environment variables for every node.
     pub extra_env: Vec<(String, String)>,
+    /// The cluster CA when every listener serves TLS (see [`Cluster::new_tls`]).
+    pub pki: Option<pki::Pki>,
 }
 
 impl Cluster {
@@ -172,7 +175,41 @@ impl Cluster {
             voters: (1..=n).collect(),
             extra_args: Vec::new(),
             extra_env: Vec::new(),
+            pki: None,
         }
+    }
+
+    /// Like [`Cluster::new`], with TLS on every listener: the peer listeners require
+    /// certificates of a cluster CA made for the test, and each node has its own certificate
+    /// for 127.0.0.1 (see [`Cluster::node_cert`]). Admin clients trust that CA.
+    pub fn new_tls(bins: Binaries, n: u64) -> Cluster {
+        let mut c = Cluster::new(bins, n);
+        c.pki = Some(pki::Pki::new(&c.tmp.path().join("pki"), "cluster"));
+        c
+    }
+
+    /// Node `id`'s certificate files (TLS clusters only), issued on first use.
+    pub fn node_cert(&self, id: u64) -> pki::CertFiles {
+        let pki = self.pki.as_ref().expect("a TLS cluster");
+        let files = pki::CertFiles {
+            cert: self.tmp.path().join(format!("pki/node-{id}.pem")),
+            key: self.tmp.path().join(format!("pki/node-{id}-key.pem")),
+        };
+        if !files.cert.exists() {
+            pki.issue_into(&files, &["127.0.0.1", "localhost"]);
+        }
+        files
+    }
+
+    /// A client config trusting the cluster CA (TLS clusters only).
+    pub fn client_tls(&self) -> tls::ClientTls {
+        let pki = self.pki.as_ref().expect("a TLS cluster");
+        tls::ClientFiles {
+            ca: pki.ca.clone(),
+            identity: None,
+        }
+        .load("test client", tls::ALPN_H2)
+        .expect("client TLS config")
     }
 
     /// Starts `n` voters and waits until they have elected a leader.
@@ -224,6 +261,7 @@ impl Cluster {
             .arg(format!("127.0.0.1:{}", n.ports.ops))
             .arg("--peers")
             .arg(self.peers_arg())
+            .args(self.tls_args(id))
             .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
@@ -234,6 +272,21 @@ impl Cluster {
             }
         }
         cmd
+    }
+
+    fn tls_args(&self, id: u64) -> Vec<String> {
+        let Some(pki) = &self.pki else {
+            return Vec::new();
+        };
+        let files = self.node_cert(id);
+        let (cert, key) = (files.cert.display(), files.key.display());
+        let mut args = Vec::new();
+        for listener in ["peer", "admin", "http"] {
+            args.push(format!("--{listener}-tls-cert={cert}"));
+            args.push(format!("--{listener}-tls-key={key}"));
+        }
+        args.push(format!("--peer-tls-ca={}", pki.ca.display()));
+        args
     }
 
     /// Starts (or restarts) node `id` on its data directory.
@@ -256,9 +309,14 @@ impl Cluster {
 
     /// Prepares and starts a node that is not an initial voter: it joins as a learner.
     pub fn add_node(&mut self, id: u64) {
+        self.prepare_node(id);
+        self.spawn(id);
+    }
+
+    /// Prepares a node that is not an initial voter, without starting it.
+    pub fn prepare_node(&mut self, id: u64) {
         let node = Self::new_node(self.tmp.path(), id);
         self.nodes.insert(id, node);
-        self.spawn(id);
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.
@@ -300,7 +358,8 @@ impl Cluster {
     }
 
     pub fn admin_endpoint(&self, id: u64) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[&id].ports.admin)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.nodes[&id].ports.admin)
     }
 
     pub fn http_addr(&self, id: u64) -> String {
@@ -324,7 +383,11 @@ impl Cluster {
             .args(args)
             .env_remove("GATEWAY_ENDPOINT")
             .env_remove("GATEWAY_TOKEN")
-            .env_remove("GATEWAY_TOKEN_FILE");
+            .env_remove("GATEWAY_TOKEN_FILE")
+            .env_remove("GATEWAY_TLS_CA");
+        if let Some(pki) = &self.pki {
+            cmd.arg("--tls-ca").arg(&pki.ca);
+        }
         if let Some(t) = token {
             cmd.env("GATEWAY_TOKEN", t);
         }
@@ -340,11 +403,14 @@ impl Cluster {
 
     /// A gRPC admin client for node `id`.
     pub async fn admin(&self, id: u64) -> AdminClient<Channel> {
-        let ch = tonic::transport::Endpoint::from_shared(self.admin_endpoint(id))
+        let endpoint = tonic::transport::Endpoint::from_shared(self.admin_endpoint(id))
             .expect("endpoint")
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(15))
-            .connect_lazy();
+            .timeout(Duration::from_secs(15));
+        let ch = match &self.pki {
+            Some(_) => endpoint.connect_with_connector_lazy(tls::Connector::new(self.client_tls())),
+            None => endpoint.connect_lazy(),
+        };
         AdminClient::new(ch)
     }
 
