@@ -451,3 +451,145 @@ async fn gatewayctl_call_works(c: &Cluster, key: &str, secret: &str) -> bool {
     );
     out.success && out.json()["status"] == 200
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_access_control_applies_per_group_and_per_api() {
+    let c = Cluster::start(binaries!(), 3).await;
+    let backend = testkit::http::Server::start("ok").await;
+    let b = format!("http://{}", backend.addr);
+    c.ctl_json(1, &["group", "create", "--name", "g"]);
+    for api in ["one", "two"] {
+        let path = format!("/{api}");
+        c.ctl_json(
+            1,
+            &[
+                "api",
+                "create",
+                "--group",
+                "g",
+                "--name",
+                api,
+                "--method",
+                "GET",
+                "--path",
+                &path,
+                "--backend",
+                &b,
+            ],
+        );
+        c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", api]);
+    }
+    let get = |node: u64, path: &'static str| {
+        let addr = c.http_addr(node);
+        async move {
+            let r = testkit::http::get(&addr, path).await?;
+            let denied = r.status == 403 && r.body.contains("IpDenied");
+            Some((r.status, denied))
+        }
+    };
+    // Every node sees `one` and `two` as wanted: (status of /one, status of /two).
+    let expect = |one: u16, two: u16, what: &'static str| async move {
+        for node in 1..=3 {
+            testkit::eventually(what, SETTLE, || async {
+                let (s1, d1) = get(node, "/one").await?;
+                let (s2, d2) = get(node, "/two").await?;
+                let denied_right = (s1 != 403 || d1) && (s2 != 403 || d2);
+                (s1 == one && s2 == two && denied_right).then_some(())
+            })
+            .await;
+        }
+    };
+    expect(200, 200, "both APIs open").await;
+
+    // Loopback denied on API `one` only.
+    let g = c.ctl_json(
+        2,
+        &[
+            "api",
+            "set-acl",
+            "--group",
+            "g",
+            "--name",
+            "one",
+            "--deny",
+            "127.0.0.0/8",
+        ],
+    );
+    assert_eq!(g["api_acls"][0]["api"], "one");
+    assert_eq!(g["api_acls"][0]["deny"][0], "127.0.0.0/8");
+    expect(403, 200, "API one denying loopback").await;
+
+    // The group's own rules apply to both; an API's allow list does not override them.
+    c.ctl_json(
+        3,
+        &[
+            "group",
+            "set-acl",
+            "--name",
+            "g",
+            "--allow",
+            "198.18.0.0/15",
+        ],
+    );
+    c.ctl_json(
+        3,
+        &[
+            "api",
+            "set-acl",
+            "--group",
+            "g",
+            "--name",
+            "one",
+            "--allow",
+            "127.0.0.0/8",
+        ],
+    );
+    expect(403, 403, "the group allowing only 198.18.0.0/15").await;
+
+    // Bad input names the field and changes nothing; an unknown API is NOT_FOUND.
+    let before = c.ctl_json(1, &["group", "get", "--name", "g"]);
+    let out = c.ctl(
+        1,
+        &[
+            "api",
+            "set-acl",
+            "--group",
+            "g",
+            "--name",
+            "one",
+            "--deny",
+            "300.1.1.1/8",
+        ],
+    );
+    assert!(
+        !out.success && out.stderr.contains("deny"),
+        "{}",
+        out.stderr
+    );
+    let out = c.ctl(
+        1,
+        &[
+            "api",
+            "set-acl",
+            "--group",
+            "g",
+            "--name",
+            "nope",
+            "--deny",
+            "127.0.0.1",
+        ],
+    );
+    assert!(
+        !out.success && out.stderr.contains("not found"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(c.ctl_json(1, &["group", "get", "--name", "g"]), before);
+
+    // Clearing the group's rules leaves API one's (allowing loopback): both open again.
+    c.ctl_json(1, &["group", "set-acl", "--name", "g"]);
+    expect(200, 200, "only API one's allow list left").await;
+    c.ctl_json(1, &["api", "set-acl", "--group", "g", "--name", "one"]);
+    let g = c.ctl_json(1, &["group", "get", "--name", "g"]);
+    assert_eq!(g["api_acls"].as_array().unwrap().len(), 0);
+}

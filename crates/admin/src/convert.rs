@@ -72,6 +72,15 @@ pub fn group_to_pb(g: &ApiGroup) -> pb::ApiGroup {
             .collect(),
         ip_allow: g.ip_allow.clone(),
         ip_deny: g.ip_deny.clone(),
+        api_acls: g
+            .api_acls
+            .iter()
+            .map(|(api, rules)| pb::ApiIpAccessControl {
+                api: api.clone(),
+                allow: rules.allow.clone(),
+                deny: rules.deny.clone(),
+            })
+            .collect(),
         deployments: g
             .deployments
             .iter()

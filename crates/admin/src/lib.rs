@@ -735,6 +735,7 @@ impl Admin for AdminService {
         group_reply(
             self.write(Command::SetIpAccessControl {
                 group: r.group,
+                api: (!r.api.is_empty()).then_some(r.api),
                 allow: r.allow,
                 deny: r.deny,
             })

@@ -102,7 +102,11 @@ pub(crate) enum LeaderRequest {
 /// The leader's answer, with the log index to wait for locally.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderReply {
-    Done { index: u64, reply: Option<Reply> },
+    // Boxed: replies carry whole groups; the other variants are small. (Serialized the same.)
+    Done {
+        index: u64,
+        reply: Option<Box<Reply>>,
+    },
     NotLeader { leader: Option<NodeId> },
     Failed(ClusterError),
 }
@@ -439,6 +443,7 @@ impl Node {
             };
             match outcome {
                 LeaderReply::Done { index, reply } => {
+                    let reply = reply.map(|r| *r);
                     // A node that removed itself never receives the entry that removes it.
                     if matches!(req, LeaderRequest::Remove { id } if id == self.id()) {
                         return Ok(reply);
@@ -616,7 +621,7 @@ impl Node {
             Ok(Ok((_, Some(Err(domain))))) => LeaderReply::Failed(ClusterError::Domain(domain)),
             Ok(Ok((index, reply))) => LeaderReply::Done {
                 index,
-                reply: reply.map(|r| r.expect("errors handled above")),
+                reply: reply.map(|r| Box::new(r.expect("errors handled above"))),
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 LeaderReply::NotLeader {

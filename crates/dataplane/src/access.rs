@@ -69,7 +69,8 @@ fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
     a[full] & mask == b[full] & mask
 }
 
-/// A group's IP access control: denied blocks win; with allowed blocks, only they get in.
+/// The IP access control of a group or an API: denied blocks win; with allowed blocks, only
+/// they get in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpAcl {
     allow: Vec<Cidr>,

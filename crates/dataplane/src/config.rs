@@ -26,7 +26,7 @@ pub struct AccessConfig {
     pub apps: Vec<crate::AppCredential>,
     /// APIs whose auth type is APP, with the apps (by name) authorised on each.
     pub app_apis: Vec<AppApi>,
-    /// Groups with IP access control.
+    /// IP access control of groups and of APIs.
     pub group_acls: Vec<GroupAcl>,
 }
 
@@ -38,10 +38,12 @@ pub struct AppApi {
     pub apps: Vec<String>,
 }
 
-/// A group's allowed and denied CIDRs.
+/// Allowed and denied CIDRs of a group (`api: None`) or of one of its APIs. A request must
+/// pass its group's and its API's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupAcl {
     pub group: String,
+    pub api: Option<String>,
     pub allow: Vec<String>,
     pub deny: Vec<String>,
 }

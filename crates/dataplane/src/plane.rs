@@ -101,10 +101,12 @@ pub(crate) struct Access<'a> {
 impl Access<'_> {
     /// The refusal of the API's access control, if any.
     fn check(&self, api: &Api) -> Option<crate::access::Denied> {
-        if let (Some(acl), Some(ip)) = (&api.group.acl, self.peer)
-            && let Err(d) = acl.check(ip)
-        {
-            return Some(d);
+        if let Some(ip) = self.peer {
+            for acl in [&api.group.acl, &api.acl].into_iter().flatten() {
+                if let Err(d) = acl.check(ip) {
+                    return Some(d);
+                }
+            }
         }
         let (auth, allowed) = api.app_auth.as_ref()?;
         // Signature timestamps are wall-clock milliseconds; read the clock only for APP APIs.
@@ -133,6 +135,8 @@ pub(crate) struct Api {
     pub(crate) group: Arc<GroupCtx>,
     /// For APIs whose auth type is APP: the verifier and the apps authorised on the API.
     pub(crate) app_auth: Option<(crate::access::AppAuth, Vec<String>)>,
+    /// The API's own IP access control, checked after its group's; `None` lets all in.
+    pub(crate) acl: Option<crate::access::IpAcl>,
     pub(crate) name: String,
     pub(crate) backend: Backend,
     pub(crate) timeout: Duration,
@@ -367,21 +371,24 @@ impl Dataplane {
                 api: api.to_string(),
                 region: region.to_string(),
             };
-            let acl = config
-                .access
-                .group_acls
-                .iter()
-                .find(|a| a.group == g.name)
-                .map(|a| {
-                    let (acl, warnings) = crate::access::IpAcl::new(&a.allow, &a.deny);
-                    report.warnings.extend(
-                        warnings
-                            .into_iter()
-                            .map(|w| format!("group '{}': {w}", g.name)),
-                    );
-                    acl
-                })
-                .filter(|acl| !acl.is_open());
+            // Compiles the access control of the group (`api: None`) or of one of its APIs.
+            let acl_of = |api: Option<&str>, report: &mut PublishReport| {
+                let a = config
+                    .access
+                    .group_acls
+                    .iter()
+                    .find(|a| a.group == g.name && a.api.as_deref() == api)?;
+                let (acl, warnings) = crate::access::IpAcl::new(&a.allow, &a.deny);
+                let whose = match api {
+                    None => format!("group '{}'", g.name),
+                    Some(api) => format!("group '{}' API '{api}'", g.name),
+                };
+                report
+                    .warnings
+                    .extend(warnings.into_iter().map(|w| format!("{whose}: {w}")));
+                Some(acl).filter(|acl| !acl.is_open())
+            };
+            let acl = acl_of(None, &mut report);
             let ctx = Arc::new(GroupCtx {
                 account: g.account.clone(),
                 acl,
@@ -410,6 +417,7 @@ impl Dataplane {
                 let api = Arc::new(Api {
                     group: ctx.clone(),
                     app_auth,
+                    acl: acl_of(Some(&d.api), &mut report),
                     name: d.api.clone(),
                     backend,
                     timeout: d.timeout,

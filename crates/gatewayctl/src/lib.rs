@@ -280,6 +280,18 @@ enum ApiCmd {
         #[arg(long)]
         app: String,
     },
+    /// Set the API's own IP access control, checked after its group's (comma-separated
+    /// CIDRs; deny wins; no allow list allows everyone not denied; neither removes it).
+    SetAcl {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        deny: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -709,6 +721,7 @@ async fn group(c: &mut Client, f: Format, cmd: GroupCmd) -> Result<()> {
             let r = c
                 .set_ip_access_control(pb::SetIpAccessControlRequest {
                     group: name,
+                    api: String::new(),
                     allow,
                     deny,
                 })
@@ -822,6 +835,22 @@ async fn api(c: &mut Client, f: Format, cmd: ApiCmd) -> Result<()> {
                     group,
                     api: name,
                     app,
+                })
+                .await?;
+            print_group(f, r.into_inner().group)
+        }
+        ApiCmd::SetAcl {
+            group,
+            name,
+            allow,
+            deny,
+        } => {
+            let r = c
+                .set_ip_access_control(pb::SetIpAccessControlRequest {
+                    group,
+                    api: name,
+                    allow,
+                    deny,
                 })
                 .await?;
             print_group(f, r.into_inner().group)

@@ -115,6 +115,11 @@ pub fn group_json(g: &pb::ApiGroup) -> Value {
         "grants": g.grants,
         "ip_allow": g.ip_allow,
         "ip_deny": g.ip_deny,
+        "api_acls": g.api_acls.iter().map(|a| json!({
+            "api": a.api,
+            "allow": a.allow,
+            "deny": a.deny,
+        })).collect::<Vec<_>>(),
         "deployments": g.deployments.iter().map(deployment_json).collect::<Vec<_>>(),
     })
 }

@@ -105,11 +105,22 @@ pub fn config_from_state(
         group_acls: state
             .groups
             .values()
-            .filter(|g| !g.ip_allow.is_empty() || !g.ip_deny.is_empty())
-            .map(|g| dataplane::GroupAcl {
-                group: g.name.clone(),
-                allow: g.ip_allow.clone(),
-                deny: g.ip_deny.clone(),
+            .flat_map(|g| {
+                let own = (!g.ip_allow.is_empty() || !g.ip_deny.is_empty()).then(|| {
+                    dataplane::GroupAcl {
+                        group: g.name.clone(),
+                        api: None,
+                        allow: g.ip_allow.clone(),
+                        deny: g.ip_deny.clone(),
+                    }
+                });
+                let apis = g.api_acls.iter().map(|(api, rules)| dataplane::GroupAcl {
+                    group: g.name.clone(),
+                    api: Some(api.clone()),
+                    allow: rules.allow.clone(),
+                    deny: rules.deny.clone(),
+                });
+                own.into_iter().chain(apis)
             })
             .collect(),
     };

@@ -187,10 +187,14 @@ pub enum Command {
         api: String,
         app: String,
     },
-    /// Sets a group's IP access control: allowed and denied CIDRs (deny wins; an empty allow
-    /// list allows everyone not denied).
+    /// Sets the IP access control of a group, or of one of its APIs: allowed and denied CIDRs
+    /// (deny wins; an empty allow list allows everyone not denied). A request must pass both
+    /// its group's and its API's.
     SetIpAccessControl {
         group: String,
+        /// `None`: the group's own. Empty lists for an API remove its rules.
+        #[serde(default)]
+        api: Option<String>,
         allow: Vec<String>,
         deny: Vec<String>,
     },

@@ -16,7 +16,7 @@ pub use command::{ApiSpec, AuthType, Command, GroupChange, Proposal, Reply};
 pub use error::DomainError;
 pub use state::{
     Account, Api, ApiGroup, ApiToken, App, ChargeType, DEFAULT_ACCOUNT, Deployment, Instance,
-    SpecChange, Stage, State,
+    IpRules, SpecChange, Stage, State,
 };
 
 /// Unix time in milliseconds, as stamped on a proposal by the node that proposed it.

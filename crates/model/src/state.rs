@@ -159,6 +159,17 @@ pub struct ApiGroup {
     pub ip_allow: Vec<String>,
     #[serde(default)]
     pub ip_deny: Vec<String>,
+    /// API name -> that API's own IP access control, checked after the group's: a request
+    /// must pass both.
+    #[serde(default)]
+    pub api_acls: BTreeMap<String, IpRules>,
+}
+
+/// Allowed (empty: all) and denied (wins) client addresses, as CIDRs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpRules {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
 }
 
 /// An app: the identity of a program that calls APIs with signed requests.
@@ -394,6 +405,7 @@ impl State {
                     grants: BTreeMap::new(),
                     ip_allow: Vec::new(),
                     ip_deny: Vec::new(),
+                    api_acls: BTreeMap::new(),
                 };
                 self.groups.insert(name.clone(), g.clone());
                 Ok(Reply::Group(g))
@@ -479,6 +491,9 @@ impl State {
                 }
                 let g = self.groups.get_mut(group).expect("checked above");
                 g.apis.remove(name);
+                // A new API of the same name starts without the old one's permissions.
+                g.grants.remove(name);
+                g.api_acls.remove(name);
                 Ok(deleted("API", &format!("{group}/{name}")))
             }
             Command::DeployApi { group, name, stage } => {
@@ -719,17 +734,41 @@ impl State {
                 }
                 Ok(Reply::Group(g.clone()))
             }
-            Command::SetIpAccessControl { group, allow, deny } => {
+            Command::SetIpAccessControl {
+                group,
+                api,
+                allow,
+                deny,
+            } => {
                 for c in allow {
                     validate::cidr("allow", c)?;
                 }
                 for c in deny {
                     validate::cidr("deny", c)?;
                 }
-                self.group(group)?;
+                let g = self.group(group)?;
+                if let Some(api) = api
+                    && !g.apis.contains_key(api)
+                {
+                    return Err(DomainError::not_found("API", &format!("{group}/{api}")));
+                }
                 let g = self.groups.get_mut(group).expect("checked above");
-                g.ip_allow = allow.clone();
-                g.ip_deny = deny.clone();
+                match api {
+                    None => {
+                        g.ip_allow = allow.clone();
+                        g.ip_deny = deny.clone();
+                    }
+                    Some(api) if allow.is_empty() && deny.is_empty() => {
+                        g.api_acls.remove(api);
+                    }
+                    Some(api) => {
+                        let rules = IpRules {
+                            allow: allow.clone(),
+                            deny: deny.clone(),
+                        };
+                        g.api_acls.insert(api.clone(), rules);
+                    }
+                }
                 Ok(Reply::Group(g.clone()))
             }
             Command::AckEvents { account, seq } => {

@@ -429,11 +429,13 @@ fn apps_are_authorised_per_api_and_acls_take_cidrs() {
     .unwrap();
     assert!(s.groups["g"].grants.is_empty());
 
-    let acl = |allow: &[&str], deny: &[&str]| Command::SetIpAccessControl {
+    let acl_of = |api: Option<&str>, allow: &[&str], deny: &[&str]| Command::SetIpAccessControl {
         group: "g".into(),
+        api: api.map(str::to_string),
         allow: allow.iter().map(|c| c.to_string()).collect(),
         deny: deny.iter().map(|c| c.to_string()).collect(),
     };
+    let acl = |allow: &[&str], deny: &[&str]| acl_of(None, allow, deny);
     apply(
         &mut s,
         at(8, acl(&["198.18.0.0/15", "2001:db8::/32"], &["198.18.0.7"])),
@@ -444,4 +446,41 @@ fn apps_are_authorised_per_api_and_acls_take_cidrs() {
         let e = apply(&mut s, at(9, acl(&[bad], &[]))).unwrap_err();
         assert!(e.to_string().starts_with("invalid allow"), "{e}");
     }
+
+    // An API's own rules sit beside the group's; empty lists remove them.
+    apply(&mut s, at(10, acl_of(Some("a"), &[], &["198.19.0.0/16"]))).unwrap();
+    assert_eq!(s.groups["g"].api_acls["a"].deny, ["198.19.0.0/16"]);
+    assert_eq!(
+        s.groups["g"].ip_deny,
+        ["198.18.0.7"],
+        "the group's are untouched"
+    );
+    let before = s.clone();
+    let e = apply(
+        &mut s,
+        at(11, acl_of(Some("nope"), &[], &["198.19.0.0/16"])),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("API 'g/nope' not found"), "{e}");
+    let e = apply(&mut s, at(11, acl_of(Some("a"), &[], &["bad"]))).unwrap_err();
+    assert!(e.to_string().starts_with("invalid deny"), "{e}");
+    assert_eq!(s, before, "refusals change nothing");
+    apply(&mut s, at(12, acl_of(Some("a"), &[], &[]))).unwrap();
+    assert!(s.groups["g"].api_acls.is_empty());
+    // Deleting an API takes its rules and grants with it.
+    apply(&mut s, at(13, acl_of(Some("a"), &["198.18.0.0/15"], &[]))).unwrap();
+    apply(&mut s, at(14, app("mobile", "key-00002"))).unwrap();
+    apply(&mut s, at(14, grant("mobile"))).unwrap();
+    apply(
+        &mut s,
+        at(
+            15,
+            Command::DeleteApi {
+                group: "g".into(),
+                name: "a".into(),
+            },
+        ),
+    )
+    .unwrap();
+    assert!(s.groups["g"].api_acls.is_empty() && s.groups["g"].grants.is_empty());
 }
