@@ -58,6 +58,7 @@ SETTINGS = {
     "shared_ceiling_rps", "shared_region", "bill_delay_seconds",
     "usage_flush_ms", "shutdown_delay_ms", "drain_seconds", "max_body_bytes",
     "max_header_bytes", "header_read_timeout_ms", "idle_timeout_ms", "max_connections",
+    "http_threads",
     "peer_tls_cert", "peer_tls_key", "peer_tls_ca", "peer_plaintext", "admin_tls_cert",
     "admin_tls_key", "admin_plaintext", "http_tls_cert", "http_tls_key", "tls_reload_ms",
 }

@@ -593,3 +593,55 @@ async fn ip_access_control_applies_per_group_and_per_api() {
     let g = c.ctl_json(1, &["group", "get", "--name", "g"]);
     assert_eq!(g["api_acls"].as_array().unwrap().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stage_keeps_the_auth_type_it_was_deployed_with() {
+    let c = Cluster::start(binaries!(), 3).await;
+    let backend = testkit::http::Server::start("ok").await;
+    let b = format!("http://{}", backend.addr);
+    c.ctl_json(1, &["group", "create", "--name", "g"]);
+    let def = |auth: &'static str| {
+        vec![
+            "--group",
+            "g",
+            "--name",
+            "s",
+            "--method",
+            "GET",
+            "--path",
+            "/s",
+            "--backend",
+            &b,
+            "--auth-type",
+            auth,
+        ]
+    };
+    let mut create = vec!["api", "create"];
+    create.extend(def("ANONYMOUS"));
+    c.ctl_json(1, &create);
+    c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", "s"]);
+    // The next version needs signed calls; it goes to TEST first.
+    let mut modify = vec!["api", "modify"];
+    modify.extend(def("APP"));
+    c.ctl_json(2, &modify);
+    c.ctl_json(
+        2,
+        &[
+            "api", "deploy", "--group", "g", "--name", "s", "--stage", "TEST",
+        ],
+    );
+    let addr = c.http_addr(3);
+    let head = |stage: &str| {
+        format!("GET /s HTTP/1.1\r\nhost: x\r\nx-ca-stage: {stage}\r\nconnection: close\r\n\r\n")
+    };
+    testkit::eventually("TEST to want signatures", SETTLE, || async {
+        let (status, _) = raw(&addr, &head("TEST")).await;
+        (status == 401).then_some(())
+    })
+    .await;
+    let (status, text) = raw(&addr, &head("RELEASE")).await;
+    assert_eq!(
+        status, 200,
+        "RELEASE still runs the version deployed without auth: {text}"
+    );
+}

@@ -107,7 +107,9 @@ pub(crate) enum LeaderReply {
         index: u64,
         reply: Option<Box<Reply>>,
     },
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        leader: Option<NodeId>,
+    },
     Failed(ClusterError),
 }
 

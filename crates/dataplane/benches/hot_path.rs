@@ -45,6 +45,7 @@ fn config() -> DataplaneConfig {
                     path: pattern(j),
                     backend: "http://127.0.0.1:8081".into(),
                     timeout: Duration::from_secs(5),
+                    app_auth: false,
                 })
                 .collect(),
         });

@@ -24,13 +24,15 @@ pub struct DataplaneConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AccessConfig {
     pub apps: Vec<crate::AppCredential>,
-    /// APIs whose auth type is APP, with the apps (by name) authorised on each.
+    /// The apps (by name) authorised on each API. They matter on the stages where the API is
+    /// deployed with auth type APP ([`DeployedApi::app_auth`]); there, an API not listed here
+    /// lets no app in.
     pub app_apis: Vec<AppApi>,
     /// IP access control of groups and of APIs.
     pub group_acls: Vec<GroupAcl>,
 }
 
-/// An API that only authorised apps may call, with signed requests.
+/// The apps authorised on an API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppApi {
     pub group: String,
@@ -86,6 +88,10 @@ pub struct DeployedApi {
     pub backend: String,
     /// Deadline for the backend's response head.
     pub timeout: Duration,
+    /// Auth type APP: only signed calls of apps authorised on the API (see
+    /// [`AccessConfig::app_apis`]) get through. Per stage: each deployment keeps the auth type
+    /// the API had when it was deployed there.
+    pub app_auth: bool,
 }
 
 /// A deployment stage, chosen per request by the `X-Ca-Stage` header.

@@ -13,7 +13,9 @@
 //!   ([`Dataplane::demand_report`], [`Dataplane::apply_peer_demand`], [`share`]).
 //! - **Usage counters** for billing, per (account, instance, API, region)
 //!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
-//! - **The servers**: the reverse proxy ([`serve`]) and the ops endpoint ([`serve_ops`]).
+//! - **The servers**: the reverse proxy, on a thread and runtime per core
+//!   ([`serve_threads`]) or on the caller's runtime ([`serve`]), and the ops endpoint
+//!   ([`serve_ops`]).
 //!
 //! It does not know how configuration is replicated, how demand reports travel between nodes,
 //! or where usage goes: the caller wires those (see the `gatewayd` binary).
@@ -37,6 +39,7 @@ mod request_id;
 mod router;
 mod server;
 mod shares;
+mod threads;
 mod usage;
 
 pub use access::{AppCredential, Denied, IpAcl};
@@ -57,4 +60,5 @@ pub use proxy::BackendError;
 pub use router::RouteError;
 pub use server::{ServerLimits, serve, serve_tls};
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
+pub use threads::{ServerThreads, bind_reuseport, serve_threads};
 pub use usage::{UNMATCHED_API, UsageDelta};

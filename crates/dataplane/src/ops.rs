@@ -2,7 +2,7 @@
 
 use crate::body::ResponseBody;
 use crate::plane::Dataplane;
-use crate::server::{ServerLimits, accept_loop};
+use crate::server::{ServerLimits, accept_loop, connection_permits};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -99,5 +99,15 @@ pub async fn serve_ops(
         let response = route(&dataplane, &hooks, &req);
         async move { response }
     };
-    accept_loop(listener, limits, None, handler, None, shutdown).await
+    let permits = connection_permits(&limits);
+    accept_loop(
+        listener,
+        Arc::new(limits),
+        permits,
+        None,
+        handler,
+        None,
+        shutdown,
+    )
+    .await
 }

@@ -408,12 +408,16 @@ impl Dataplane {
                         continue;
                     }
                 };
-                let app_auth = config
-                    .access
-                    .app_apis
-                    .iter()
-                    .find(|a| a.group == g.name && a.api == d.api)
-                    .map(|a| (app_auth.clone(), a.apps.clone()));
+                let app_auth = d.app_auth.then(|| {
+                    let apps = config
+                        .access
+                        .app_apis
+                        .iter()
+                        .find(|a| a.group == g.name && a.api == d.api)
+                        .map(|a| a.apps.clone())
+                        .unwrap_or_default();
+                    (app_auth.clone(), apps)
+                });
                 let api = Arc::new(Api {
                     group: ctx.clone(),
                     app_auth,

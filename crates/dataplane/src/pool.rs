@@ -24,6 +24,23 @@ use tokio::net::TcpStream;
 
 pub(crate) type Sender = SendRequest<LimitedBody>;
 
+thread_local! {
+    /// Which of a pool's idle lists this thread uses (see [`set_shard`]).
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many idle lists each pool keeps: one per data-plane thread.
+fn shard_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 64))
+}
+
+/// Makes this thread take and return backend connections on its own idle list. A connection's
+/// task runs on the runtime that opened it, so a data-plane thread with its own runtime that
+/// reuses only its own connections never wakes another thread for a request.
+pub(crate) fn set_shard(index: usize) {
+    SHARD.with(|s| s.set(index));
+}
+
 /// How the pools connect and keep connections.
 #[derive(Clone)]
 pub(crate) struct PoolOptions {
@@ -77,8 +94,8 @@ pub(crate) struct HostPool {
     authority: Authority,
     options: PoolOptions,
     idle_nanos: u64,
-    /// Most recently returned at the back.
-    idle: Mutex<VecDeque<Idle>>,
+    /// One list per data-plane thread ([`set_shard`]); most recently returned at the back.
+    idle: Vec<Mutex<VecDeque<Idle>>>,
     reaper: AtomicBool,
 }
 
@@ -106,14 +123,22 @@ impl HostPool {
             idle_nanos: u64::try_from(options.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
             authority,
             options,
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..shard_count())
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
             reaper: AtomicBool::new(false),
         }
     }
 
+    /// This thread's idle list.
+    fn my_idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        let shard = SHARD.with(|s| s.get()) % self.idle.len();
+        lock(&self.idle[shard])
+    }
+
     /// An idle connection ready for a request, if there is one.
     pub(crate) fn checkout(&self, now: Nanos) -> Option<Sender> {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.my_idle();
         while let Some(oldest) = idle.front() {
             if now.saturating_sub(oldest.used) > self.idle_nanos || oldest.tx.is_closed() {
                 idle.pop_front();
@@ -142,7 +167,7 @@ impl HostPool {
             return;
         }
         let used = self.options.clock.now();
-        let mut idle = lock(&self.idle);
+        let mut idle = self.my_idle();
         if idle.len() >= self.options.max_idle {
             idle.pop_front();
         }
@@ -155,9 +180,13 @@ impl HostPool {
 
     fn reap(&self) -> bool {
         let now = self.options.clock.now();
-        let mut idle = lock(&self.idle);
-        idle.retain(|e| now.saturating_sub(e.used) <= self.idle_nanos && !e.tx.is_closed());
-        !idle.is_empty()
+        let mut any = false;
+        for idle in &self.idle {
+            let mut idle = lock(idle);
+            idle.retain(|e| now.saturating_sub(e.used) <= self.idle_nanos && !e.tx.is_closed());
+            any |= !idle.is_empty();
+        }
+        any
     }
 
     /// A new connection to the backend, its connection task spawned.

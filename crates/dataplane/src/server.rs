@@ -182,11 +182,18 @@ fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
 }
 
+/// The connection cap: one permit per connection served, shared by every accept loop of a
+/// server.
+pub(crate) fn connection_permits(limits: &ServerLimits) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(limits.max_connections.max(1)))
+}
+
 /// Accepts connections until `shutdown` resolves, then stops accepting, asks every connection
 /// to finish its in-flight requests, and waits for them up to `drain_timeout`.
 pub(crate) async fn accept_loop<H, Fut>(
     listener: TcpListener,
-    limits: ServerLimits,
+    limits: Arc<ServerLimits>,
+    permits: Arc<Semaphore>,
     tls: Option<tls::ServerTls>,
     handler: H,
     open_connections: Option<Dataplane>,
@@ -196,9 +203,7 @@ where
     H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let limits = Arc::new(limits);
     let builder = Arc::new(http_builder(&limits));
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -411,12 +416,42 @@ pub async fn serve_tls(
     tls: Option<tls::ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let permits = connection_permits(&limits);
+    serve_one(
+        listener,
+        dataplane,
+        Arc::new(limits),
+        permits,
+        tls,
+        shutdown,
+    )
+    .await
+}
+
+/// One accept loop of the data plane; several may share `limits` and `permits`.
+pub(crate) async fn serve_one(
+    listener: TcpListener,
+    dataplane: Dataplane,
+    limits: Arc<ServerLimits>,
+    permits: Arc<Semaphore>,
+    tls: Option<tls::ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
     let dp = dataplane.clone();
     let handler = move |req: Request<Incoming>, info: Arc<ConnInfo>| {
         let dp = dp.clone();
         async move { handle(&dp, &info, req).await }
     };
-    accept_loop(listener, limits, tls, handler, Some(dataplane), shutdown).await
+    accept_loop(
+        listener,
+        limits,
+        permits,
+        tls,
+        handler,
+        Some(dataplane),
+        shutdown,
+    )
+    .await
 }
 
 /// The host the client asked for: from the URI (HTTP/2, absolute form) or the `Host` header.

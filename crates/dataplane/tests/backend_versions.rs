@@ -62,6 +62,7 @@ async fn gateway(backend: SocketAddr) -> SocketAddr {
                 path: "/old".into(),
                 backend: format!("http://{backend}"),
                 timeout: Duration::from_secs(5),
+                app_auth: false,
             }],
         }],
         suspended_accounts: vec![],

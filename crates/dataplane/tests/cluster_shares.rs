@@ -34,6 +34,7 @@ fn config(ceiling: u32) -> DataplaneConfig {
                 path: "/x".into(),
                 backend: "http://127.0.0.1:9".into(),
                 timeout: Duration::from_secs(1),
+                app_auth: false,
             }],
         }],
         suspended_accounts: vec![],

@@ -107,6 +107,7 @@ fn api(name: &str, method: Method, path: &str, backend: String, timeout_ms: u64)
         path: path.into(),
         backend,
         timeout: Duration::from_millis(timeout_ms),
+        app_auth: false,
     }
 }
 

@@ -178,7 +178,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     // Bind every port first, so that a port in use stops the node before it joins anything.
     let peer_listener = bind("--listen-peer", s.listen_peer).await?;
     let admin_listener = bind("--listen-admin", s.listen_admin).await?;
-    let http_listener = bind("--listen-http", s.listen_http).await?;
+    let http_listeners = dataplane::bind_reuseport(s.listen_http, s.http_threads)
+        .with_context(|| format!("cannot listen on {} (--listen-http)", s.listen_http))?;
     let ops_listener = bind("--listen-ops", s.listen_ops).await?;
     let tls = Tls::load(&s.tls)?;
 
@@ -282,13 +283,14 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     ];
     let limits = s.limits.clone();
     let (dp_stop_tx, dp_stop_rx) = watch::channel(false);
-    let http_task = tokio::spawn(dataplane::serve_tls(
-        http_listener,
+    let http_threads = dataplane::serve_threads(
+        http_listeners,
         dp.clone(),
         limits,
         tls.http.clone(),
-        stopped(dp_stop_rx),
-    ));
+        dp_stop_rx,
+    )
+    .context("cannot start the data-plane threads")?;
     let metrics_node = node.clone();
     let ops = dataplane::OpsHooks {
         ready: ready.clone(),
@@ -337,7 +339,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         tokio::time::sleep(s.shutdown_delay).await;
     }
     let _ = dp_stop_tx.send(true);
-    if let Ok(Err(e)) = http_task.await {
+    if let Err(e) = http_threads.join().await {
         tracing::warn!("data plane: {e}");
     }
     // Everything the data plane counted is recorded before the node leaves.

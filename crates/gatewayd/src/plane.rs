@@ -60,6 +60,7 @@ pub fn config_from_state(
                             path: d.spec.path.clone(),
                             backend: d.spec.backend.clone(),
                             timeout: Duration::from_millis(d.spec.timeout_ms),
+                            app_auth: d.spec.auth == model::AuthType::App,
                         })
                     })
                 })
@@ -87,18 +88,10 @@ pub fn config_from_state(
             .groups
             .values()
             .flat_map(|g| {
-                // What is deployed decides: an API deployed with auth type APP needs signed calls.
-                let app_apis: std::collections::BTreeSet<&String> = g
-                    .deployments
-                    .values()
-                    .flat_map(|d| d.iter())
-                    .filter(|(_, dep)| dep.spec.auth == model::AuthType::App)
-                    .map(|(name, _)| name)
-                    .collect();
-                app_apis.into_iter().map(move |api| dataplane::AppApi {
+                g.grants.iter().map(|(api, apps)| dataplane::AppApi {
                     group: g.name.clone(),
                     api: api.clone(),
-                    apps: g.grants.get(api).into_iter().flatten().cloned().collect(),
+                    apps: apps.iter().cloned().collect(),
                 })
             })
             .collect(),

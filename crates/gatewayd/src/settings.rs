@@ -118,6 +118,10 @@ pub struct Flags {
     /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
     #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
+    /// Data plane: threads serving it, each with its own runtime and listening socket
+    /// (SO_REUSEPORT) [default: the number of CPUs].
+    #[arg(long, env = "GATEWAY_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
     /// Peer TLS: this node's certificate chain (PEM), presented both as the peer listener's
     /// server certificate and as the client certificate when dialling peers. With
     /// --peer-tls-key and --peer-tls-ca, peers speak mutual TLS and only holders of a
@@ -190,6 +194,7 @@ pub struct Settings {
     pub dev_clock_file: Option<PathBuf>,
     pub shutdown_delay: Duration,
     pub limits: dataplane::ServerLimits,
+    pub http_threads: usize,
     pub tls: TlsSettings,
 }
 
@@ -236,6 +241,7 @@ impl Flags {
             idle_timeout_ms,
             max_connections,
             drain_seconds,
+            http_threads,
             peer_tls_cert,
             peer_tls_key,
             peer_tls_ca,
@@ -325,6 +331,13 @@ impl Flags {
             );
         }
         let tls = tls_settings(&f, listen_peer, listen_admin)?;
+        let http_threads = match f.http_threads {
+            Some(n) if !(1..=256).contains(&n) => {
+                bail!("--http-threads {n} is outside 1..=256")
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         if f.dev_clock_file.is_some() && f.dev_mode != Some(true) {
             bail!("--dev-clock-file is a development setting: it is refused without --dev-mode");
         }
@@ -360,6 +373,7 @@ impl Flags {
             dev_clock_file: f.dev_clock_file,
             shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(0)),
             limits,
+            http_threads,
             tls,
         })
     }
