@@ -211,7 +211,10 @@ pub fn recharge(
         return Err(BillingError::InvalidAmount(amount));
     }
     let mut next = account.clone();
-    next.balance += amount;
+    next.balance = account
+        .balance
+        .checked_add(amount)
+        .ok_or(BillingError::Overflow)?;
     Ok(transition(account, next, now))
 }
 

@@ -44,13 +44,21 @@ impl Usd {
         if digits.ends_with('.') {
             return Err(err());
         }
-        let whole: i64 = whole.parse().map_err(|_| err())?;
-        let frac_micros: i64 = format!("{frac:0<6}").parse().map_err(|_| err())?;
+        let whole: i128 = whole.parse().map_err(|_| err())?;
+        let frac_micros: i128 = format!("{frac:0<6}").parse().map_err(|_| err())?;
+        // In i128, so that the most negative amount (one micro-dollar more in magnitude than
+        // the most positive) reads back as it prints.
         let micros = whole
-            .checked_mul(Self::MICROS_PER_USD)
+            .checked_mul(i128::from(Self::MICROS_PER_USD))
             .and_then(|w| w.checked_add(frac_micros))
             .ok_or_else(err)?;
-        Ok(Usd(if neg { -micros } else { micros }))
+        let signed = if neg { -micros } else { micros };
+        i64::try_from(signed).map(Usd).map_err(|_| err())
+    }
+
+    /// `self + o`, or `None` if the sum is out of range.
+    pub fn checked_add(self, o: Usd) -> Option<Usd> {
+        self.0.checked_add(o.0).map(Usd)
     }
 
     /// The amount as a float, for display and JSON numbers only; never compute with it.
@@ -69,7 +77,9 @@ impl Usd {
         let q = p.div_euclid(den);
         let r = p.rem_euclid(den);
         let rounded = if 2 * r >= den { q + 1 } else { q };
-        Usd(i64::try_from(rounded).expect("money overflow"))
+        // Out of range only for counts no real traffic reaches; saturate rather than fail a
+        // daily close on every node.
+        Usd(rounded.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
     }
 }
 
@@ -148,6 +158,17 @@ impl std::iter::Sum for Usd {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_extremes_print_and_read_back() {
+        for micros in [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX] {
+            let u = Usd::from_micros(micros);
+            assert_eq!(Usd::parse(&u.to_string()), Ok(u), "{u}");
+        }
+        assert!(Usd::parse("9223372036854.775808").is_err());
+        assert!(Usd::parse("-9223372036854.775809").is_err());
+        assert_eq!(Usd::from_micros(i64::MAX).checked_add(Usd::from_micros(1)), None);
+    }
 
     #[test]
     fn parses_and_prints() {

@@ -13,6 +13,11 @@ use std::collections::BTreeMap;
 pub const MAX_EVENTS: usize = 10_000;
 /// Days of usage kept after their cycle is closed (a month's cumulative calls need 31).
 pub const USAGE_RETENTION_DAYS: u64 = 62;
+/// The most calls one usage delta may carry (a node flushes about every second; a trillion
+/// calls a second is not traffic but corruption).
+pub const MAX_CALLS_PER_FLUSH: u64 = 1_000_000_000_000;
+/// The most outbound bytes one usage delta may carry (a petabyte).
+pub const MAX_BYTES_PER_FLUSH: u64 = 1_000_000_000_000_000;
 
 /// What one node counted for one (account, instance, API, region) since its last flush.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +159,19 @@ impl State {
             // A retried flush: counted already.
             return Ok(Reply::UsageRecorded { duplicate: true });
         }
+        // A node flushes about every second: counts beyond these are corrupt, not traffic.
+        if let Some(d) = deltas
+            .iter()
+            .find(|d| d.calls > MAX_CALLS_PER_FLUSH || d.bytes_out > MAX_BYTES_PER_FLUSH)
+        {
+            return Err(DomainError::invalid(
+                "deltas",
+                format!(
+                    "{} calls and {} bytes for {}/{} in one flush: at most {MAX_CALLS_PER_FLUSH} calls and {MAX_BYTES_PER_FLUSH} bytes",
+                    d.calls, d.bytes_out, d.instance, d.api
+                ),
+            ));
+        }
         // Usage that arrives after its day was billed goes to the first open day: late, never lost.
         let day = day_of(now).max(self.next_open_day().unwrap_or(0));
         for d in deltas {
@@ -167,13 +185,15 @@ impl State {
                 .by_api
                 .entry(format!("{}/{}", d.instance, d.api))
                 .or_default();
-            c.calls += d.calls;
-            c.bytes_out += d.bytes_out;
+            // Saturating: a counter at its limit is wrong, a panic here would stop every node.
+            c.calls = c.calls.saturating_add(d.calls);
+            c.bytes_out = c.bytes_out.saturating_add(d.bytes_out);
             if d.instance == SHARED_INSTANCE {
-                u.shared_calls += d.calls;
+                u.shared_calls = u.shared_calls.saturating_add(d.calls);
             }
             if d.bytes_out > 0 {
-                *u.bytes_by_region.entry(d.region.clone()).or_default() += d.bytes_out;
+                let bytes = u.bytes_by_region.entry(d.region.clone()).or_default();
+                *bytes = bytes.saturating_add(d.bytes_out);
             }
         }
         self.usage_seq.insert(node, seq);
@@ -267,7 +287,7 @@ impl State {
             (month_first..day)
                 .filter_map(|d| self.usage.get(&d).and_then(|m| m.get(account)))
                 .map(f)
-                .sum()
+                .fold(0u64, u64::saturating_add)
         };
         let mut lines = Vec::new();
         if today.shared_calls > 0 {
@@ -415,6 +435,30 @@ mod tests {
         };
         run(&mut s, T0, create).unwrap();
         s
+    }
+
+    #[test]
+    fn absurd_usage_and_recharges_are_refused_not_panics() {
+        let mut s = setup();
+        let before = s.clone();
+        let e = run(&mut s, T0 + 1, calls(1, 1, MAX_CALLS_PER_FLUSH + 1)).unwrap_err();
+        assert!(e.to_string().contains("in one flush"), "{e}");
+        assert_eq!(s, before);
+        // The largest allowed flushes, many times over: the day's counters saturate and the
+        // day still closes.
+        for seq in 1..=40 {
+            run(&mut s, T0 + 1 + seq, calls(1, seq, MAX_CALLS_PER_FLUSH)).unwrap();
+        }
+        run(&mut s, T0 + DAY_MS + 1, Command::CloseCycle { day: day_of(T0) }).unwrap();
+        let recharge = |amount: &str| Command::Recharge {
+            account: "acme".into(),
+            amount: usd(amount),
+        };
+        run(&mut s, T0 + DAY_MS + 2, recharge("9223372036854")).unwrap();
+        let before = s.clone();
+        let e = run(&mut s, T0 + DAY_MS + 3, recharge("9223372036854")).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+        assert_eq!(s, before);
     }
 
     #[test]
