@@ -169,7 +169,9 @@ fn http_builder(limits: &ServerLimits) -> Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(buf);
+        .max_buf_size(buf)
+        // A client that shuts down its sending side after its request still gets the answer.
+        .half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())

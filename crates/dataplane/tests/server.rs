@@ -490,6 +490,22 @@ async fn throttled_requests_get_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let b = backends().await;
+    let gw = Gateway::start(dataplane(&config(&b, "shared")), ServerLimits::default()).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /echo/7 HTTP/1.1\r\nhost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[tokio::test]
 async fn unknown_apis_get_404_and_stages_are_separate() {
     let b = backends().await;
     let gw = Gateway::start(dataplane(&config(&b, "shared")), ServerLimits::default()).await;
