@@ -15,7 +15,7 @@
 #    the 1 s windows before and after.
 # b. Overhead. One gatewayd node with its limiter on (shared ceiling 1,000,000 req/s, far above
 #    the offered load) against nginx as a reverse proxy to the same backend (2 worker processes,
-#    as gatewayd has 2 runtime workers on this 2-core machine; keep-alive to the upstream), with
+#    as gatewayd has 2 data-plane threads, --http-threads 2; keep-alive to the upstream), with
 #    wrk, same threads and connections, alternating, ROUNDS times each. Printed: requests/s and
 #    p50/p99 latency of every round, the proxy's CPU time per request (user + system, from
 #    /proc), the medians and their ratios. Then latency at the same open-loop rate through each
@@ -371,7 +371,7 @@ fi # ONLY != overhead
 # --- b. overhead ---------------------------------------------------------------------------
 stop_gatewayds
 read -r ADMIN[9] PEER[9] HTTP[9] OPS[9] <<<"$(free_ports 4)"
-start_node 9 "9=127.0.0.1:${PEER[9]}" --shared-ceiling-rps 1000000
+start_node 9 "9=127.0.0.1:${PEER[9]}" --shared-ceiling-rps 1000000 --http-threads 2
 wait_leader_single() {
     for _ in $(seq 300); do
         if ctl 9 cluster status -o json 2>/dev/null |
@@ -445,7 +445,7 @@ NGINX_URL="http://127.0.0.1:$P_PROXY/bench"
 
 echo
 echo "== b. overhead: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WRK_SECS}s --latency, $ROUNDS alternating rounds"
-echo "   gatewayd: 1 node, limiter on (shared instance, ceiling 1,000,000 req/s), 2 tokio workers"
+echo "   gatewayd: 1 node, limiter on (shared instance, ceiling 1,000,000 req/s), --http-threads 2"
 echo "   nginx:    reverse proxy, worker_processes 2, upstream keepalive"
 echo "   backend:  nginx, 1 worker, static 200 (shared by both)"
 # Warm both up (connections to the backend, caches).
