@@ -280,27 +280,7 @@ async fn app_apis_take_only_signed_calls_of_authorised_apps_and_acls_deny_addres
     let c = Cluster::start(binaries!(), 3).await;
     let backend = testkit::http::Server::start("secret stuff").await;
     let b = format!("http://{}", backend.addr);
-    c.ctl_json(1, &["group", "create", "--name", "g"]);
-    c.ctl_json(
-        1,
-        &[
-            "api",
-            "create",
-            "--group",
-            "g",
-            "--name",
-            "a",
-            "--method",
-            "GET",
-            "--path",
-            "/a",
-            "--backend",
-            &b,
-            "--auth-type",
-            "APP",
-        ],
-    );
-    c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", "a"]);
+    deployed_api(&c, "a", &b, "APP");
     let app = c.ctl_json(2, &["app", "create", "--name", "mobile"]);
     let (key, secret) = (
         app["app_key"].as_str().unwrap().to_string(),
@@ -430,6 +410,33 @@ async fn app_apis_take_only_signed_calls_of_authorised_apps_and_acls_deny_addres
     .await;
 }
 
+/// Creates group `g` if needed, and API `name` in it at `GET /<name>` with auth type `auth`,
+/// deployed to RELEASE.
+fn deployed_api(c: &Cluster, name: &str, backend: &str, auth: &str) {
+    let _ = c.ctl(1, &["group", "create", "--name", "g"]);
+    let path = format!("/{name}");
+    c.ctl_json(
+        1,
+        &[
+            "api",
+            "create",
+            "--group",
+            "g",
+            "--name",
+            name,
+            "--method",
+            "GET",
+            "--path",
+            &path,
+            "--backend",
+            backend,
+            "--auth-type",
+            auth,
+        ],
+    );
+    c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", name]);
+}
+
 /// `gatewayctl call` signs the way clients must.
 async fn gatewayctl_call_works(c: &Cluster, key: &str, secret: &str) -> bool {
     let file = c.dir().join("app-secret");
@@ -457,27 +464,8 @@ async fn ip_access_control_applies_per_group_and_per_api() {
     let c = Cluster::start(binaries!(), 3).await;
     let backend = testkit::http::Server::start("ok").await;
     let b = format!("http://{}", backend.addr);
-    c.ctl_json(1, &["group", "create", "--name", "g"]);
     for api in ["one", "two"] {
-        let path = format!("/{api}");
-        c.ctl_json(
-            1,
-            &[
-                "api",
-                "create",
-                "--group",
-                "g",
-                "--name",
-                api,
-                "--method",
-                "GET",
-                "--path",
-                &path,
-                "--backend",
-                &b,
-            ],
-        );
-        c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", api]);
+        deployed_api(&c, api, &b, "ANONYMOUS");
     }
     let get = |node: u64, path: &'static str| {
         let addr = c.http_addr(node);
@@ -548,42 +536,15 @@ async fn ip_access_control_applies_per_group_and_per_api() {
 
     // Bad input names the field and changes nothing; an unknown API is NOT_FOUND.
     let before = c.ctl_json(1, &["group", "get", "--name", "g"]);
-    let out = c.ctl(
-        1,
-        &[
-            "api",
-            "set-acl",
-            "--group",
-            "g",
-            "--name",
-            "one",
-            "--deny",
-            "300.1.1.1/8",
-        ],
-    );
-    assert!(
-        !out.success && out.stderr.contains("deny"),
-        "{}",
-        out.stderr
-    );
-    let out = c.ctl(
-        1,
-        &[
-            "api",
-            "set-acl",
-            "--group",
-            "g",
-            "--name",
-            "nope",
-            "--deny",
-            "127.0.0.1",
-        ],
-    );
-    assert!(
-        !out.success && out.stderr.contains("not found"),
-        "{}",
-        out.stderr
-    );
+    for (api, cidr, code, words) in [
+        ("one", "300.1.1.1/8", "InvalidArgument", "deny"),
+        ("nope", "127.0.0.1", "NotFound", "not found"),
+    ] {
+        let args = [
+            "api", "set-acl", "--group", "g", "--name", api, "--deny", cidr,
+        ];
+        refused(&c.ctl(1, &args), code, words);
+    }
     assert_eq!(c.ctl_json(1, &["group", "get", "--name", "g"]), before);
 
     // Clearing the group's rules leaves API one's (allowing loopback): both open again.

@@ -167,7 +167,10 @@ mod tests {
         }
         assert!(Usd::parse("9223372036854.775808").is_err());
         assert!(Usd::parse("-9223372036854.775809").is_err());
-        assert_eq!(Usd::from_micros(i64::MAX).checked_add(Usd::from_micros(1)), None);
+        assert_eq!(
+            Usd::from_micros(i64::MAX).checked_add(Usd::from_micros(1)),
+            None
+        );
     }
 
     #[test]

@@ -449,7 +449,12 @@ mod tests {
         for seq in 1..=40 {
             run(&mut s, T0 + 1 + seq, calls(1, seq, MAX_CALLS_PER_FLUSH)).unwrap();
         }
-        run(&mut s, T0 + DAY_MS + 1, Command::CloseCycle { day: day_of(T0) }).unwrap();
+        run(
+            &mut s,
+            T0 + DAY_MS + 1,
+            Command::CloseCycle { day: day_of(T0) },
+        )
+        .unwrap();
         let recharge = |amount: &str| Command::Recharge {
             account: "acme".into(),
             amount: usd(amount),
