@@ -108,6 +108,7 @@ async fn every_listener_speaks_tls_and_the_data_plane_forwards_https() {
     }
     let seen = backend.received();
     assert_eq!(seen.len(), 3);
+    // (and one more below, through gatewayctl call)
     for req in &seen {
         let proto = req
             .headers
@@ -116,6 +117,13 @@ async fn every_listener_speaks_tls_and_the_data_plane_forwards_https() {
             .map(|(_, v)| v.as_str());
         assert_eq!(proto, Some("https"), "{req:?}");
     }
+
+    // gatewayctl call speaks https too.
+    let url = format!("https://{}/hello", c.http_addr(2));
+    let ca = c.pki.as_ref().unwrap().ca.display().to_string();
+    let called = ctl_ok(&c, 1, &["call", "--url", &url, "--ca", &ca]);
+    assert_eq!(called["status"], 200, "{called}");
+    assert_eq!(called["body"], "hello over tls");
 
     // Plaintext clients get nowhere: plain HTTP to the data plane, plaintext gRPC to admin.
     assert!(
@@ -140,7 +148,7 @@ async fn every_listener_speaks_tls_and_the_data_plane_forwards_https() {
     );
     assert_eq!(
         backend.count(),
-        3,
+        4,
         "no plaintext request reached the backend"
     );
 

@@ -6,14 +6,13 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// The URL to call, e.g. http://127.0.0.1:8080/shop/items/1?x=1.
+    /// The URL to call, e.g. http://127.0.0.1:8080/shop/items/1?x=1 (or https://, with --ca).
     #[arg(long)]
     url: String,
     #[arg(long, default_value = "GET")]
@@ -33,6 +32,27 @@ pub struct CallArgs {
     /// A file holding the app's AppSecret.
     #[arg(long, requires = "app_key")]
     app_secret_file: Option<std::path::PathBuf>,
+    /// For an https:// URL: the CA bundle (PEM) the gateway's certificate must chain to.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+}
+
+/// Sends `req` over `io` (a fresh connection) and returns the response with its whole body.
+async fn exchange<I>(
+    io: I,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(hyper::StatusCode, hyper::HeaderMap, Bytes)>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .context("HTTP handshake failed")?;
+    tokio::spawn(conn);
+    let resp = tx.send_request(req).await.context("the request failed")?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok((parts.status, parts.headers, body))
 }
 
 fn nonce() -> Result<String> {
@@ -83,26 +103,52 @@ pub async fn call(f: Format, a: CallArgs) -> Result<()> {
     }
     let mut req = hyper::Request::builder()
         .method(method.as_str())
-        .uri(format!("http://{authority}{}", parts.path_and_query()));
+        .uri(parts.path_and_query())
+        .header("host", authority.as_str());
     for (k, v) in &parts.headers {
         req = req.header(k.as_str(), v.as_str());
     }
     let req = req
         .body(Full::new(Bytes::from(a.data.unwrap_or_default())))
         .context("cannot build the request")?;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+    let host = uri.host().unwrap_or_default();
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") | None => false,
+        Some(other) => bail!("--url scheme {other}: use http or https"),
+    };
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let answer = async {
+        if https {
+            let Some(ca) = &a.ca else {
+                bail!("--url is https: give --ca with the CA that issued the gateway's certificate")
+            };
+            let tls = tls::ClientFiles {
+                ca: ca.clone(),
+                identity: None,
+            }
+            .load("gatewayctl call", tls::ALPN_HTTP1)
+            .context("--ca")?;
+            let stream = tls::connect(&tls, host, port)
+                .await
+                .with_context(|| format!("cannot reach {authority} over TLS"))?;
+            exchange(TokioIo::new(stream), req).await
+        } else {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let stream = tokio::net::TcpStream::connect((host, port))
+                .await
+                .with_context(|| format!("cannot reach {authority}"))?;
+            exchange(TokioIo::new(stream), req).await
+        }
+    };
+    let (status, resp_headers, body) = tokio::time::timeout(Duration::from_secs(30), answer)
         .await
-        .context("no answer within 30 s")?
-        .with_context(|| format!("cannot reach {authority}"))?;
-    let status = resp.status();
-    let headers: Vec<(String, String)> = resp
-        .headers()
+        .context("no answer within 30 s")??;
+    let headers: Vec<(String, String)> = resp_headers
         .iter()
         .filter(|(k, _)| k.as_str().starts_with("x-ca-") || *k == "retry-after")
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    let body = resp.into_body().collect().await?.to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();
     let v = json!({"status": status.as_u16(), "headers": headers.iter().map(|(k, v)| json!({k: v})).collect::<Vec<_>>(), "body": body});
     match f {

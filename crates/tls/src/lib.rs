@@ -22,7 +22,7 @@ mod files;
 mod stream;
 
 pub use files::{ClientFiles, ServerFiles, TlsError};
-pub use stream::{Connector, TlsConn, accept, incoming};
+pub use stream::{Connector, TlsConn, accept, connect, incoming};
 
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -147,6 +147,8 @@ impl ClientFiles {
 
 /// ALPN for gRPC: HTTP/2 only.
 pub const ALPN_H2: &[&[u8]] = &[b"h2"];
+/// ALPN for an HTTP/1.1 client.
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 /// ALPN for the data plane: HTTP/2 or HTTP/1.1.
 pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
 

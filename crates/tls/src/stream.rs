@@ -140,6 +140,28 @@ fn refused(what: &str, peer: SocketAddr, e: &io::Error) {
     tracing::warn!(listener = what, %peer, error = %e, "TLS handshake refused");
 }
 
+/// Dials `host:port` and does the client side of TLS with the config in force now. The
+/// server's certificate must chain to the configured CA and name `host` (a DNS name or an IP
+/// address; `[::1]` as written in a URI is accepted).
+pub async fn connect(
+    tls: &ClientTls,
+    host: &str,
+    port: u16,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host} is not a DNS name or IP address: {e}"),
+        )
+    })?;
+    let tcp = TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    tokio_rustls::TlsConnector::from(tls.current())
+        .connect(name, tcp)
+        .await
+}
+
 /// Dials TCP and does the client side of TLS, for tonic's `Endpoint::connect_with_connector`.
 ///
 /// The server's certificate must chain to the configured CA and name the host of the URI
@@ -171,29 +193,13 @@ impl tonic::codegen::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Connecting {
-        let config = self.tls.current();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let host = uri
                 .host()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
-            // `[::1]` in a URI is the IPv6 address `::1`.
-            let host = host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
             let port = uri.port_u16().unwrap_or(443);
-            let name = ServerName::try_from(host.clone()).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{host} is not a DNS name or IP address: {e}"),
-                )
-            })?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(connect(&tls, host, port).await?))
         })
     }
 }
