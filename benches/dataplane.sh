@@ -370,42 +370,37 @@ fi # ONLY != overhead
 
 # --- b. overhead ---------------------------------------------------------------------------
 stop_gatewayds
-read -r ADMIN[9] PEER[9] HTTP[9] OPS[9] <<<"$(free_ports 4)"
-start_node 9 "9=127.0.0.1:${PEER[9]}" --shared-ceiling-rps 1000000 --http-threads 2
-wait_leader_single() {
+# One single-node gatewayd (binary: $GATEWAYD) with the bench API deployed, limiter on far
+# above the offered load; its URL is http://127.0.0.1:${HTTP[id]}/bench.
+overhead_node() {
+    local id=$1
+    shift
+    read -r ADMIN[$id] PEER[$id] HTTP[$id] OPS[$id] <<<"$(free_ports 4)"
+    start_node "$id" "$id=127.0.0.1:${PEER[$id]}" --shared-ceiling-rps 1000000 "$@"
+    local led=0
     for _ in $(seq 300); do
-        if ctl 9 cluster status -o json 2>/dev/null |
+        if ctl "$id" cluster status -o json 2>/dev/null |
             python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s.get("leader_id") else 1)' 2>/dev/null; then
-            return 0
+            led=1
+            break
         fi
         sleep 0.1
     done
-    return 1
+    [ "$led" = 1 ] || { echo "node $id elected no leader" >&2; return 1; }
+    ctl "$id" group create --name ov --instance shared >/dev/null
+    ctl "$id" api create --group ov --name bench --method GET --path /bench \
+        --backend "http://127.0.0.1:$B_FAST" --timeout 5s >/dev/null
+    ctl "$id" api deploy --group ov --name bench >/dev/null
+    wait_routable "http://127.0.0.1:${HTTP[$id]}/bench"
 }
-wait_leader_single
-ctl 9 group create --name ov --instance shared >/dev/null
-ctl 9 api create --group ov --name bench --method GET --path /bench \
-    --backend "http://127.0.0.1:$B_FAST" --timeout 5s >/dev/null
-ctl 9 api deploy --group ov --name bench >/dev/null
+overhead_node 9 --http-threads 2
 GW_URL="http://127.0.0.1:${HTTP[9]}/bench"
-wait_routable "$GW_URL"
 GW_PID=${PIDS[0]}
 CONTENDERS="gatewayd nginx"
 if [ -n "$BASELINE_GATEWAYD" ]; then
-    read -r ADMIN[8] PEER[8] HTTP[8] OPS[8] <<<"$(free_ports 4)"
-    GATEWAYD=$BASELINE_GATEWAYD start_node 8 "8=127.0.0.1:${PEER[8]}" --shared-ceiling-rps 1000000
-    BASE_PID=${PIDS[1]}
-    for _ in $(seq 300); do
-        ctl 8 cluster status -o json 2>/dev/null |
-            python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s.get("leader_id") else 1)' 2>/dev/null && break
-        sleep 0.1
-    done
-    ctl 8 group create --name ov --instance shared >/dev/null
-    ctl 8 api create --group ov --name bench --method GET --path /bench \
-        --backend "http://127.0.0.1:$B_FAST" --timeout 5s >/dev/null
-    ctl 8 api deploy --group ov --name bench >/dev/null
+    GATEWAYD=$BASELINE_GATEWAYD overhead_node 8
     BASE_URL="http://127.0.0.1:${HTTP[8]}/bench"
-    wait_routable "$BASE_URL"
+    BASE_PID=${PIDS[1]}
     CONTENDERS="gatewayd baseline nginx"
 fi
 

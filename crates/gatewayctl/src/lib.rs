@@ -718,17 +718,21 @@ async fn group(c: &mut Client, f: Format, cmd: GroupCmd) -> Result<()> {
             Ok(())
         }
         GroupCmd::SetAcl { name, allow, deny } => {
-            let r = c
-                .set_ip_access_control(pb::SetIpAccessControlRequest {
-                    group: name,
-                    api: String::new(),
-                    allow,
-                    deny,
-                })
-                .await?;
-            print_group(f, r.into_inner().group)
+            let req = pb::SetIpAccessControlRequest {
+                group: name,
+                api: String::new(),
+                allow,
+                deny,
+            };
+            set_acl(c, f, req).await
         }
     }
+}
+
+/// Sets the IP access control of a group (`api` empty) or of one API, and prints the group.
+async fn set_acl(c: &mut Client, f: Format, req: pb::SetIpAccessControlRequest) -> Result<()> {
+    let r = c.set_ip_access_control(req).await?;
+    print_group(f, r.into_inner().group)
 }
 
 fn definition(d: ApiDef) -> Option<pb::ApiDefinition> {
@@ -845,15 +849,13 @@ async fn api(c: &mut Client, f: Format, cmd: ApiCmd) -> Result<()> {
             allow,
             deny,
         } => {
-            let r = c
-                .set_ip_access_control(pb::SetIpAccessControlRequest {
-                    group,
-                    api: name,
-                    allow,
-                    deny,
-                })
-                .await?;
-            print_group(f, r.into_inner().group)
+            let req = pb::SetIpAccessControlRequest {
+                group,
+                api: name,
+                allow,
+                deny,
+            };
+            set_acl(c, f, req).await
         }
         ApiCmd::Abolish { group, name, stage } => {
             let r = c
