@@ -1,6 +1,7 @@
 //! Body types: the request body with its size limit, and the response body that counts the bytes
 //! sent to the client.
 
+use crate::direct::DirectBody;
 use crate::pool::{HostPool, Sender};
 use crate::usage::UsageCell;
 use bytes::Bytes;
@@ -76,7 +77,10 @@ impl Body for LimitedBody {
 
 enum Kind {
     Full(Option<Bytes>),
+    /// From hyper's client (requests with a body).
     Stream(Incoming, Option<Checkout>),
+    /// Read from the backend's socket by this task (bodiless requests).
+    Direct(DirectBody),
 }
 
 /// The backend connection a streamed response came over: back to its pool once the body has
@@ -117,6 +121,14 @@ impl ResponseBody {
         body
     }
 
+    /// A body read by [`crate::direct`].
+    pub(crate) fn direct(body: DirectBody) -> Self {
+        ResponseBody {
+            kind: Kind::Direct(body),
+            usage: None,
+        }
+    }
+
     fn release_if_done(&mut self) {
         if let Kind::Stream(body, conn) = &mut self.kind
             && conn.is_some()
@@ -134,12 +146,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -150,8 +162,11 @@ impl Body for ResponseBody {
                 {
                     conn.release();
                 }
-                polled
+                polled.map_err(BoxError::from)
             }
+            Kind::Direct(body) => body
+                .poll_data(cx)
+                .map(|data| data.map(|data| data.map(Frame::data))),
         };
         if let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
             && let Some(data) = frame.data_ref()
@@ -165,6 +180,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Stream(body, _) => body.is_end_stream(),
+            Kind::Direct(body) => body.is_end_stream(),
         }
     }
 
@@ -173,6 +189,10 @@ impl Body for ResponseBody {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Stream(body, _) => body.size_hint(),
+            Kind::Direct(body) => match body.exact_left() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
         }
     }
 }

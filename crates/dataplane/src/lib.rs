@@ -27,6 +27,7 @@ mod access;
 mod body;
 mod clock;
 mod config;
+mod direct;
 mod error;
 mod instance;
 mod limiter;

@@ -1,5 +1,6 @@
-//! Keep-alive connections to the backends: one pool of HTTP/1.1 connections
-//! (`hyper::client::conn::http1`) per backend authority.
+//! Keep-alive connections to the backends, per backend authority: sockets for the direct
+//! exchange of bodiless requests ([`crate::direct`]) and hyper HTTP/1.1 connections
+//! (`hyper::client::conn::http1`) for requests with a body.
 //!
 //! The compiled routes hold their backend's [`HostPool`], so the request path does no lookup.
 //! A connection is checked out for one request and comes back when its response body has been
@@ -11,6 +12,7 @@
 
 use crate::body::LimitedBody;
 use crate::clock::{Clock, Nanos};
+use crate::direct::BackendStream;
 use http::uri::Authority;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -83,10 +85,25 @@ impl BackendPools {
     }
 }
 
-struct Idle {
-    tx: Sender,
+struct Idle<C> {
+    conn: C,
     /// When the connection came back idle.
     used: Nanos,
+}
+
+/// One idle list per data-plane thread ([`set_shard`]); most recently returned at the back.
+type Shards<C> = Vec<Mutex<VecDeque<Idle<C>>>>;
+
+fn shards<C>() -> Shards<C> {
+    (0..shard_count())
+        .map(|_| Mutex::new(VecDeque::new()))
+        .collect()
+}
+
+/// This thread's idle list of `shards`.
+fn my_shard<C>(shards: &Shards<C>) -> MutexGuard<'_, VecDeque<Idle<C>>> {
+    let shard = SHARD.with(|s| s.get()) % shards.len();
+    lock(&shards[shard])
 }
 
 /// The idle connections to one backend authority.
@@ -94,8 +111,10 @@ pub(crate) struct HostPool {
     authority: Authority,
     options: PoolOptions,
     idle_nanos: u64,
-    /// One list per data-plane thread ([`set_shard`]); most recently returned at the back.
-    idle: Vec<Mutex<VecDeque<Idle>>>,
+    /// hyper connections, for requests with a body.
+    idle: Shards<Sender>,
+    /// Sockets for the direct exchange of bodiless requests.
+    direct: Shards<BackendStream>,
     reaper: AtomicBool,
 }
 
@@ -123,24 +142,17 @@ impl HostPool {
             idle_nanos: u64::try_from(options.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
             authority,
             options,
-            idle: (0..shard_count())
-                .map(|_| Mutex::new(VecDeque::new()))
-                .collect(),
+            idle: shards(),
+            direct: shards(),
             reaper: AtomicBool::new(false),
         }
     }
 
-    /// This thread's idle list.
-    fn my_idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        let shard = SHARD.with(|s| s.get()) % self.idle.len();
-        lock(&self.idle[shard])
-    }
-
     /// An idle connection ready for a request, if there is one.
     pub(crate) fn checkout(&self, now: Nanos) -> Option<Sender> {
-        let mut idle = self.my_idle();
+        let mut idle = my_shard(&self.idle);
         while let Some(oldest) = idle.front() {
-            if now.saturating_sub(oldest.used) > self.idle_nanos || oldest.tx.is_closed() {
+            if now.saturating_sub(oldest.used) > self.idle_nanos || oldest.conn.is_closed() {
                 idle.pop_front();
             } else {
                 break;
@@ -150,10 +162,10 @@ impl HostPool {
         while i > 0 {
             i -= 1;
             let entry = &idle[i];
-            if entry.tx.is_ready() {
-                return idle.remove(i).map(|e| e.tx);
+            if entry.conn.is_ready() {
+                return idle.remove(i).map(|e| e.conn);
             }
-            if entry.tx.is_closed() {
+            if entry.conn.is_closed() {
                 idle.remove(i);
             }
             // Otherwise it is finishing its previous exchange; leave it for the next request.
@@ -163,15 +175,43 @@ impl HostPool {
 
     /// Returns a connection whose last response has been read to the end.
     pub(crate) fn put(self: &Arc<Self>, tx: Sender) {
-        if tx.is_closed() || self.options.max_idle == 0 {
+        if tx.is_closed() {
+            return;
+        }
+        self.park(&self.idle, tx);
+    }
+
+    /// An idle socket for a direct exchange, if one is there and still open.
+    pub(crate) fn checkout_direct(&self, now: Nanos) -> Option<BackendStream> {
+        let mut idle = my_shard(&self.direct);
+        while let Some(newest) = idle.pop_back() {
+            if now.saturating_sub(newest.used) > self.idle_nanos {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
+            if newest.conn.is_alive() {
+                return Some(newest.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a socket whose last response has been read to the end.
+    pub(crate) fn put_direct(self: &Arc<Self>, stream: BackendStream) {
+        self.park(&self.direct, stream);
+    }
+
+    fn park<C>(self: &Arc<Self>, shards: &Shards<C>, conn: C) {
+        if self.options.max_idle == 0 {
             return;
         }
         let used = self.options.clock.now();
-        let mut idle = self.my_idle();
+        let mut idle = my_shard(shards);
         if idle.len() >= self.options.max_idle {
             idle.pop_front();
         }
-        idle.push_back(Idle { tx, used });
+        idle.push_back(Idle { conn, used });
         drop(idle);
         if !self.reaper.load(Relaxed) {
             self.start_reaper();
@@ -180,22 +220,34 @@ impl HostPool {
 
     fn reap(&self) -> bool {
         let now = self.options.clock.now();
+        let fresh = |used: Nanos| now.saturating_sub(used) <= self.idle_nanos;
         let mut any = false;
         for idle in &self.idle {
             let mut idle = lock(idle);
-            idle.retain(|e| now.saturating_sub(e.used) <= self.idle_nanos && !e.tx.is_closed());
+            idle.retain(|e| fresh(e.used) && !e.conn.is_closed());
+            any |= !idle.is_empty();
+        }
+        for idle in &self.direct {
+            let mut idle = lock(idle);
+            idle.retain(|e| fresh(e.used) && e.conn.is_alive());
             any |= !idle.is_empty();
         }
         any
     }
 
-    /// A new connection to the backend, its connection task spawned.
-    pub(crate) async fn connect(self: &Arc<Self>) -> Result<Sender, ConnectError> {
+    /// A new TCP connection to the backend, within the connect timeout.
+    pub(crate) async fn dial(&self) -> Result<TcpStream, ConnectError> {
         let stream = tokio::time::timeout(self.options.connect_timeout, self.tcp())
             .await
             .map_err(|_| ConnectError::Timeout)?
             .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A new hyper connection to the backend, its connection task spawned.
+    pub(crate) async fn connect(self: &Arc<Self>) -> Result<Sender, ConnectError> {
+        let stream = self.dial().await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -2,6 +2,7 @@
 
 use crate::body::{BodyTooLarge, Checkout, LimitedBody, ResponseBody};
 use crate::clock::Nanos;
+use crate::direct::{self, ExchangeError};
 use crate::error::{GatewayError, X_CA_REQUEST_ID};
 use crate::pool::{BackendPools, HostPool};
 use crate::server::ConnInfo;
@@ -10,7 +11,7 @@ use http::header::{
 };
 use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -264,17 +265,40 @@ pub(crate) async fn forward(
     set_forwarded(&mut parts.headers, &conn.peer_ip, scheme, host);
     parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
     parts.headers.insert(HOST, backend.host.clone());
-    parts.uri = uri;
-    // Backends are spoken to in HTTP/1.1 whatever the client used.
-    let client_version = parts.version;
-    parts.version = Version::HTTP_11;
-    let upstream = Request::from_parts(parts, LimitedBody::new(body, max_body));
-
     let timeout = if timeout.is_zero() {
         DEFAULT_BACKEND_TIMEOUT
     } else {
         timeout
     };
+    // Backends are spoken to in HTTP/1.1 whatever the client used.
+    let client_version = parts.version;
+    if body.is_end_stream() {
+        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let exchange = direct::exchange(&backend.pool, &parts.method, target, &parts.headers, now);
+        let mut response = match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => return Err(ForwardError::Timeout(timeout)),
+            Ok(Err(e)) => {
+                tracing::debug!(backend = %backend.authority, error = %e, "backend exchange failed");
+                return Err(ForwardError::Broken(match e {
+                    ExchangeError::Connect => "could not connect to the backend",
+                    ExchangeError::Broken => {
+                        "the backend closed the connection or sent an invalid response"
+                    }
+                }));
+            }
+            Ok(Ok(response)) => response,
+        };
+        *response.version_mut() = client_version;
+        strip_hop_by_hop(response.headers_mut());
+        response
+            .headers_mut()
+            .insert(X_CA_REQUEST_ID, request_id.clone());
+        return Ok(response);
+    }
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let upstream = Request::from_parts(parts, LimitedBody::new(body, max_body));
+
     let (response, tx) = match tokio::time::timeout(timeout, send(backend, upstream, now)).await {
         Err(_) => return Err(ForwardError::Timeout(timeout)),
         Ok(Err(e)) => return Err(e),

@@ -720,7 +720,9 @@ async fn suspended_accounts_get_403() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
+// Two workers: the publisher runs beside the traffic, not in lockstep with it (on one thread,
+// the order of tasks in a tick could route every request between the same two publishes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn republishing_under_traffic_fails_no_request_and_loses_no_count() {
     let b = backends().await;
     let on_shared = config(&b, "shared");

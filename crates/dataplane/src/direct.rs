@@ -1,0 +1,719 @@
+//! Requests without a body, exchanged with their backend from the client connection's own task:
+//! the request head is written to a pooled socket and the response read back from it, with no
+//! connection task, channel or wake-up in between.
+//!
+//! Most API calls (GET, DELETE, HEAD) carry no body. For them hyper's client costs two task
+//! hand-offs and a codec per leg; this path writes the head in one `write` and parses the
+//! response with `httparse`, and a small response whose body arrived with its head is handed to
+//! the client whole, its connection back in the pool before the client is even answered.
+//!
+//! A request with a body keeps hyper's client (see [`crate::proxy`]), which streams the request
+//! body and the response at once: a backend may answer before it has read the whole body, or
+//! echo it as it reads.
+
+use crate::body::{BoxError, ResponseBody};
+use crate::pool::HostPool;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Response heads larger than this are refused as invalid (hyper's client allows about as much).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Response headers beyond this many are refused as invalid.
+const MAX_HEADERS: usize = 128;
+/// Chunk-size lines and trailer lines longer than this are refused as invalid.
+const MAX_LINE_BYTES: usize = 4 * 1024;
+/// Room made in the read buffer before each read.
+const READ_RESERVE: usize = 8 * 1024;
+
+/// A keep-alive connection to a backend, with its buffers: bytes read and not yet consumed, and
+/// the request head being written (kept to reuse its allocation).
+pub(crate) struct BackendStream {
+    io: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+}
+
+impl BackendStream {
+    pub(crate) fn new(io: TcpStream) -> Self {
+        BackendStream {
+            io,
+            read: BytesMut::with_capacity(READ_RESERVE),
+            write: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the backend has neither closed it nor
+    /// sent anything unasked. Costs a syscall only when the socket has signalled readiness.
+    pub(crate) fn is_alive(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be left over from the last response; a read tells.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Serialises the request head into the write buffer. `target` is the origin-form request
+    /// target; `headers` are final (hop-by-hop removed, `Host` set).
+    fn encode(&mut self, method: &Method, target: &str, headers: &HeaderMap) {
+        let out = &mut self.write;
+        out.clear();
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Why an exchange failed; the message is what the client's 502 says.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    #[error("could not connect to the backend")]
+    Connect,
+    #[error("the backend closed the connection or sent an invalid response")]
+    Broken,
+}
+
+/// How the response body is delimited (RFC 9112 section 6.3), and how much of it is left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Framing {
+    /// No body (HEAD, 204, 304), or the body has been read.
+    Done,
+    Length(u64),
+    Chunked(Chunked),
+    /// Read until the backend closes; the connection is not reused.
+    UntilClose,
+}
+
+/// Where a chunked body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one (trailers are dropped).
+    Trailers,
+}
+
+/// What the decoder made of the buffered bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Data(Bytes),
+    End,
+    NeedMore,
+}
+
+/// A response body the backend framed in a way this path does not accept.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent a malformed response body: {0}")]
+pub(crate) struct BadBody(&'static str);
+
+/// Takes one line (without its CRLF) off the front of `buf`, if a whole one is there.
+fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, BadBody> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i);
+            if line.last() == Some(&b'\r') {
+                line.truncate(i - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE_BYTES => Err(BadBody("line too long")),
+        None => Ok(None),
+    }
+}
+
+/// The size on a chunk-size line: hex digits, then optional extensions after `;`.
+fn chunk_size(line: &[u8]) -> Result<u64, BadBody> {
+    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    let digits = digits.trim_ascii();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(BadBody("invalid chunk size"));
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        let v = (d as char)
+            .to_digit(16)
+            .ok_or(BadBody("invalid chunk size"))?;
+        Ok(n * 16 + u64::from(v))
+    })
+}
+
+impl Framing {
+    /// The next piece of body from `buf`.
+    fn next(&mut self, buf: &mut BytesMut) -> Result<Step, BadBody> {
+        loop {
+            match self {
+                Framing::Done => return Ok(Step::End),
+                Framing::UntilClose if buf.is_empty() => return Ok(Step::NeedMore),
+                Framing::UntilClose => return Ok(Step::Data(buf.split().freeze())),
+                Framing::Length(0) => *self = Framing::Done,
+                Framing::Length(_) if buf.is_empty() => return Ok(Step::NeedMore),
+                Framing::Length(left) => {
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        *self = Framing::Done;
+                    }
+                    return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                }
+                Framing::Chunked(state) => match state {
+                    Chunked::Size => {
+                        let Some(line) = take_line(buf)? else {
+                            return Ok(Step::NeedMore);
+                        };
+                        *state = match chunk_size(&line)? {
+                            0 => Chunked::Trailers,
+                            n => Chunked::Data(n),
+                        };
+                    }
+                    Chunked::Data(_) if buf.is_empty() => return Ok(Step::NeedMore),
+                    Chunked::Data(left) => {
+                        let n = (*left).min(buf.len() as u64);
+                        *left -= n;
+                        if *left == 0 {
+                            *state = Chunked::DataEnd;
+                        }
+                        return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+                    }
+                    Chunked::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Step::NeedMore);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(BadBody("chunk data not followed by CRLF"));
+                        }
+                        let _ = buf.split_to(2);
+                        *state = Chunked::Size;
+                    }
+                    Chunked::Trailers => {
+                        let Some(line) = take_line(buf)? else {
+                            return Ok(Step::NeedMore);
+                        };
+                        if line.is_empty() {
+                            *self = Framing::Done;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// What the end of the stream means here: the end of the body, or a body cut short.
+    fn at_eof(&mut self) -> Result<(), BadBody> {
+        match self {
+            Framing::Done | Framing::UntilClose => {
+                *self = Framing::Done;
+                Ok(())
+            }
+            _ => Err(BadBody(
+                "the backend closed the connection before the body ended",
+            )),
+        }
+    }
+
+    fn exact_left(&self) -> Option<u64> {
+        match self {
+            Framing::Done => Some(0),
+            Framing::Length(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    /// The backend keeps the connection open for another request.
+    keep_alive: bool,
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn lists(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses a response head off the front of `buf`; `None` until a whole one is there.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(ExchangeError::Broken);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ExchangeError::Broken),
+    };
+    let status = response
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ExchangeError::Broken)?;
+    let http11 = response.version == Some(1);
+    // The header slices borrow `buf`; note where they are, then cut the head off and share it
+    // with the header values instead of copying them.
+    let start = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = response.headers.len();
+    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
+        let name = h.name.as_ptr() as usize - start;
+        let value = h.value.as_ptr() as usize - start;
+        *span = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+
+    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut length: Option<u64> = None;
+    let mut chunked = None;
+    let mut close = !http11;
+    for &(n0, n1, v0, v1) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| ExchangeError::Broken)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|_| ExchangeError::Broken)?;
+        if name == CONTENT_LENGTH {
+            let n = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(ExchangeError::Broken)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Broken);
+            }
+            length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            // Only the last coding matters: chunked or not.
+            chunked = Some(
+                value
+                    .as_bytes()
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if name == CONNECTION {
+            if lists(value.as_bytes(), "close") {
+                close = true;
+            } else if !http11 && lists(value.as_bytes(), "keep-alive") {
+                close = false;
+            }
+        }
+        headers.append(name, value);
+    }
+    let bodiless = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = match (bodiless, chunked, length) {
+        (true, _, _) => Framing::Done,
+        (false, Some(true), _) => Framing::Chunked(Chunked::Size),
+        (false, Some(false), _) | (false, None, None) => Framing::UntilClose,
+        (false, None, Some(n)) => Framing::Length(n),
+    };
+    // A body delimited by the close, or by chunks after a Content-Length too, ends the
+    // connection's use (RFC 9112 6.3).
+    let keep_alive =
+        !close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
+    Ok(Some(Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// Why reading a response head failed.
+enum ReadError {
+    /// The connection ended before a single byte of response: a reused connection the backend
+    /// had closed meanwhile, as far as this side can tell.
+    ClosedBeforeResponse,
+    Broken,
+}
+
+/// Reads the final response head (skipping 1xx ones) from `stream`.
+async fn read_head(stream: &mut BackendStream, head_request: bool) -> Result<Head, ReadError> {
+    let mut received = !stream.read.is_empty();
+    loop {
+        if !stream.read.is_empty() {
+            match parse_head(&mut stream.read, head_request) {
+                Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    // No upgrade was asked for (`Upgrade` is hop-by-hop and not forwarded).
+                    return Err(ReadError::Broken);
+                }
+                Ok(Some(head)) if head.status.is_informational() => continue,
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(_) => return Err(ReadError::Broken),
+            }
+        }
+        stream.read.reserve(READ_RESERVE);
+        match stream.io.read_buf(&mut stream.read).await {
+            Ok(0) if !received => return Err(ReadError::ClosedBeforeResponse),
+            Err(e) if !received && e.kind() == ErrorKind::ConnectionReset => {
+                return Err(ReadError::ClosedBeforeResponse);
+            }
+            Ok(0) | Err(_) => return Err(ReadError::Broken),
+            Ok(_) => received = true,
+        }
+    }
+}
+
+/// Sends a bodiless request over a pooled connection of `pool` (or a new one) and returns the
+/// response, its body streaming from the backend or already whole. `target` is the
+/// origin-form request target, `headers` the final request headers.
+///
+/// A reused connection that turns out closed is replaced by another when the request cannot
+/// have been acted on: when writing it failed, or, for idempotent methods, when the connection
+/// ended before any response.
+pub(crate) async fn exchange(
+    pool: &Arc<HostPool>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    now: crate::clock::Nanos,
+) -> Result<Response<ResponseBody>, ExchangeError> {
+    let head_request = method == Method::HEAD;
+    loop {
+        let (mut stream, reused) = match pool.checkout_direct(now) {
+            Some(stream) => (stream, true),
+            None => {
+                let io = pool.dial().await.map_err(|e| {
+                    tracing::debug!(error = %e, "backend connect failed");
+                    ExchangeError::Connect
+                })?;
+                (BackendStream::new(io), false)
+            }
+        };
+        stream.encode(method, target, headers);
+        let BackendStream { io, write, .. } = &mut stream;
+        if let Err(e) = io.write_all(write).await {
+            if reused {
+                continue;
+            }
+            tracing::debug!(error = %e, "writing to the backend failed");
+            return Err(ExchangeError::Broken);
+        }
+        match read_head(&mut stream, head_request).await {
+            Ok(head) => return Ok(respond(head, stream, pool)),
+            Err(ReadError::ClosedBeforeResponse) if reused && method.is_idempotent() => continue,
+            Err(_) => return Err(ExchangeError::Broken),
+        }
+    }
+}
+
+/// The response for `head`. A body that is already all in the buffer is handed over whole and
+/// the connection goes straight back to the pool.
+fn respond(head: Head, mut stream: BackendStream, pool: &Arc<HostPool>) -> Response<ResponseBody> {
+    let Head {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    } = head;
+    let whole = match framing.exact_left() {
+        Some(n) if n <= stream.read.len() as u64 => Some(stream.read.split_to(n as usize).freeze()),
+        _ => None,
+    };
+    let body = match whole {
+        Some(bytes) => {
+            // Bytes past the response were never asked for: the connection is not reused.
+            if keep_alive && stream.read.is_empty() {
+                pool.put_direct(stream);
+            }
+            ResponseBody::full(bytes)
+        }
+        None => ResponseBody::direct(DirectBody {
+            stream: Some(stream),
+            framing,
+            pool: pool.clone(),
+            keep_alive,
+        }),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A response body read from the backend's socket as the client takes it. The connection goes
+/// back to the pool when the body has been read to its end, and is closed otherwise.
+pub(crate) struct DirectBody {
+    /// `None` once the body has ended (the connection released) or failed (dropped).
+    stream: Option<BackendStream>,
+    framing: Framing,
+    pool: Arc<HostPool>,
+    keep_alive: bool,
+}
+
+impl DirectBody {
+    fn finish(&mut self) {
+        if let Some(stream) = self.stream.take()
+            && self.keep_alive
+            && stream.read.is_empty()
+        {
+            self.pool.put_direct(stream);
+        }
+    }
+
+    pub(crate) fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, BoxError>>> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.framing.next(&mut stream.read) {
+                Err(e) => {
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(Step::Data(bytes)) => {
+                    if self.framing == Framing::Done {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(bytes)));
+                }
+                Ok(Step::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+            }
+            stream.read.reserve(READ_RESERVE);
+            let read = loop {
+                if let Err(e) = ready!(stream.io.poll_read_ready(cx)) {
+                    break Err(e);
+                }
+                match stream.io.try_read_buf(&mut stream.read) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
+                    other => break other,
+                }
+            };
+            match read {
+                Ok(0) => {
+                    self.stream = None;
+                    if let Err(e) = self.framing.at_eof() {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.stream.is_none()
+    }
+
+    pub(crate) fn exact_left(&self) -> Option<u64> {
+        if self.stream.is_none() {
+            return Some(0);
+        }
+        self.framing.exact_left()
+    }
+}
+
+impl std::fmt::Debug for DirectBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectBody")
+            .field("framing", &self.framing)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: &mut Framing, input: &[u8]) -> Result<(Vec<u8>, bool), BadBody> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match framing.next(&mut buf)? {
+                Step::Data(b) => out.extend_from_slice(&b),
+                Step::End => return Ok((out, true)),
+                Step::NeedMore => return Ok((out, false)),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let mut f = Framing::Chunked(Chunked::Size);
+        let (out, done) = decode_all(
+            &mut f,
+            b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(out, b"hello0123456789");
+        assert!(done);
+
+        // Split anywhere: the same bytes come out.
+        let input = b"3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n";
+        for cut in 0..input.len() {
+            let mut f = Framing::Chunked(Chunked::Size);
+            let mut buf = BytesMut::from(&input[..cut]);
+            let mut out = Vec::new();
+            let mut done = false;
+            for part in [&input[cut..], &[][..]] {
+                loop {
+                    match f.next(&mut buf).unwrap() {
+                        Step::Data(b) => out.extend_from_slice(&b),
+                        Step::End => {
+                            done = true;
+                            break;
+                        }
+                        Step::NeedMore => break,
+                    }
+                }
+                buf.extend_from_slice(part);
+            }
+            assert!(done, "cut at {cut}");
+            assert_eq!(out, b"abc0123456789abcdef", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXX",
+            b"ffffffffffffffff\r\n",
+        ] {
+            let mut f = Framing::Chunked(Chunked::Size);
+            assert!(
+                decode_all(&mut f, bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut f = Framing::Chunked(Chunked::Size);
+        assert!(decode_all(&mut f, &[b'1'; MAX_LINE_BYTES + 1]).is_err());
+    }
+
+    #[test]
+    fn length_and_close_delimited_bodies() {
+        let mut f = Framing::Length(5);
+        let (out, done) = decode_all(&mut f, b"hel").unwrap();
+        assert_eq!((out.as_slice(), done), (&b"hel"[..], false));
+        let (out, done) = decode_all(&mut f, b"lo").unwrap();
+        assert_eq!((out.as_slice(), done), (&b"lo"[..], true));
+
+        let mut f = Framing::UntilClose;
+        let (out, done) = decode_all(&mut f, b"abc").unwrap();
+        assert_eq!((out.as_slice(), done), (&b"abc"[..], false));
+        assert!(f.at_eof().is_ok());
+        assert!(Framing::Length(1).at_eof().is_err());
+        assert!(Framing::Chunked(Chunked::Size).at_eof().is_err());
+    }
+
+    fn head(input: &str, head_request: bool) -> Result<Option<Head>, ExchangeError> {
+        parse_head(&mut BytesMut::from(input.as_bytes()), head_request)
+    }
+
+    #[test]
+    fn response_heads_are_framed() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(h.keep_alive);
+        assert_eq!(h.headers["x-a"], "b");
+
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Chunked(Chunked::Size));
+        assert!(h.keep_alive);
+
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+
+        let h = head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        let h = head(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.keep_alive);
+
+        let h = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.keep_alive);
+
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Done);
+        for status in [204, 304] {
+            let h = head(
+                &format!("HTTP/1.1 {status} X\r\nContent-Length: 9\r\n\r\n"),
+                false,
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(h.framing, Framing::Done);
+        }
+
+        assert!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(head("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+        assert!(
+            head(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(head("SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false).is_err());
+    }
+}
