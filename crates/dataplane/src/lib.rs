@@ -61,5 +61,5 @@ pub use proxy::BackendError;
 pub use router::RouteError;
 pub use server::{ServerLimits, serve, serve_tls};
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
-pub use threads::{ServerThreads, bind_reuseport, serve_threads};
+pub use threads::{ServerThreads, bind_listener, serve_threads};
 pub use usage::{UNMATCHED_API, UsageDelta};

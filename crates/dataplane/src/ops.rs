@@ -2,7 +2,7 @@
 
 use crate::body::ResponseBody;
 use crate::plane::Dataplane;
-use crate::server::{ServerLimits, accept_loop, connection_permits};
+use crate::server::{ServerLimits, Source, accept_loop, connection_permits};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -101,9 +101,8 @@ pub async fn serve_ops(
     };
     let permits = connection_permits(&limits);
     accept_loop(
-        listener,
+        Source::Listener(listener, permits),
         Arc::new(limits),
-        permits,
         None,
         handler,
         None,

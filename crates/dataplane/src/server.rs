@@ -6,6 +6,7 @@ use crate::config::Stage;
 use crate::error::{GatewayError, X_CA_STAGE};
 use crate::plane::{Dataplane, Target};
 use crate::proxy::{self, ForwardError};
+use crate::threads::Load;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -23,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 /// Limits protecting the server from large and slow clients.
@@ -190,12 +191,86 @@ pub(crate) fn connection_permits(limits: &ServerLimits) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(limits.max_connections.max(1)))
 }
 
-/// Accepts connections until `shutdown` resolves, then stops accepting, asks every connection
-/// to finish its in-flight requests, and waits for them up to `drain_timeout`.
+/// What a served connection holds until it ends: its place under the connection cap, and its
+/// count in its server thread's load (see [`crate::threads`]).
+pub(crate) struct Ticket {
+    _permit: OwnedSemaphorePermit,
+    _load: Option<Load>,
+}
+
+impl Ticket {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, load: Option<Load>) -> Self {
+        Ticket {
+            _permit: permit,
+            _load: load,
+        }
+    }
+}
+
+/// A connection accepted on one thread for another to serve.
+pub(crate) struct Handed {
+    pub(crate) stream: std::net::TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) ticket: Ticket,
+}
+
+/// Where an accept loop's connections come from.
+pub(crate) enum Source {
+    /// Accepted here; each first takes a permit, so that clients over the cap wait in the
+    /// listen backlog.
+    Listener(TcpListener, Arc<Semaphore>),
+    /// Accepted elsewhere and handed over, permit and all.
+    Handed(mpsc::UnboundedReceiver<Handed>),
+}
+
+impl Source {
+    /// The next connection; `None` once a handing thread has stopped.
+    async fn next(&mut self) -> Option<(TcpStream, SocketAddr, Ticket)> {
+        match self {
+            Source::Listener(listener, permits) => {
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let (stream, peer) = accept(listener).await;
+                Some((stream, peer, Ticket::new(permit, None)))
+            }
+            Source::Handed(handed) => loop {
+                let Handed {
+                    stream,
+                    peer,
+                    ticket,
+                } = handed.recv().await?;
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => return Some((stream, peer, ticket)),
+                    Err(e) => tracing::warn!(error = %e, "cannot serve a handed connection"),
+                }
+            },
+        }
+    }
+}
+
+/// Accepts a connection, backing off on errors (out of descriptors or memory) instead of
+/// spinning.
+pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Serves the connections of `source` until `shutdown` resolves, then stops taking new ones,
+/// asks every connection to finish its in-flight requests, and waits for them up to
+/// `drain_timeout`.
 pub(crate) async fn accept_loop<H, Fut>(
-    listener: TcpListener,
+    mut source: Source,
     limits: Arc<ServerLimits>,
-    permits: Arc<Semaphore>,
     tls: Option<tls::ServerTls>,
     handler: H,
     open_connections: Option<Dataplane>,
@@ -209,27 +284,15 @@ where
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
-    'accept: loop {
-        let permit = tokio::select! {
+    loop {
+        let next = tokio::select! {
             biased;
-            _ = &mut shutdown => break 'accept,
+            _ = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            next = source.next() => next,
         };
-        let (stream, peer) = loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break 'accept,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => break accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        // Out of descriptors or memory: back off instead of spinning.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                },
-            }
+        let Some((stream, peer, ticket)) = next else {
+            break;
         };
         let info = Arc::new(ConnInfo {
             peer,
@@ -245,7 +308,7 @@ where
             builder: builder.clone(),
             handler: handler.clone(),
             stop: stop_rx.clone(),
-            _permit: permit,
+            _ticket: ticket,
             _open: Open::new(open_connections.clone()),
         };
         let _ = stream.set_nodelay(true);
@@ -254,7 +317,7 @@ where
             Some(tls) => connections.spawn(conn.serve_tls(stream, tls.clone())),
         };
     }
-    drop(listener);
+    drop(source);
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(limits.drain_timeout, async {
         while connections.join_next().await.is_some() {}
@@ -296,7 +359,7 @@ struct Connection<H> {
     builder: Arc<Builder<TokioExecutor>>,
     handler: H,
     stop: watch::Receiver<bool>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _ticket: Ticket,
     _open: Open,
 }
 
@@ -420,22 +483,20 @@ pub async fn serve_tls(
 ) -> io::Result<()> {
     let permits = connection_permits(&limits);
     serve_one(
-        listener,
+        Source::Listener(listener, permits),
         dataplane,
         Arc::new(limits),
-        permits,
         tls,
         shutdown,
     )
     .await
 }
 
-/// One accept loop of the data plane; several may share `limits` and `permits`.
+/// One accept loop of the data plane; several may share `limits` and a connection cap.
 pub(crate) async fn serve_one(
-    listener: TcpListener,
+    source: Source,
     dataplane: Dataplane,
     limits: Arc<ServerLimits>,
-    permits: Arc<Semaphore>,
     tls: Option<tls::ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
@@ -444,16 +505,7 @@ pub(crate) async fn serve_one(
         let dp = dp.clone();
         async move { handle(&dp, &info, req).await }
     };
-    accept_loop(
-        listener,
-        limits,
-        permits,
-        tls,
-        handler,
-        Some(dataplane),
-        shutdown,
-    )
-    .await
+    accept_loop(source, limits, tls, handler, Some(dataplane), shutdown).await
 }
 
 /// The host the client asked for: from the URI (HTTP/2, absolute form) or the `Host` header.

@@ -1002,3 +1002,52 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
     assert_eq!(r.status, 200);
     gw.shutdown().await;
 }
+
+/// Polls `f` until it holds, within the deadline.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within the deadline: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn server_threads_share_connections_evenly_and_stop_on_shutdown() {
+    let b = backends().await;
+    let dp = dataplane(&config(&b, "shared"));
+    let listener = dataplane::bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let threads =
+        dataplane::serve_threads(listener, 2, dp, ServerLimits::default(), None, stopped).unwrap();
+    let request = b"GET /echo/t HTTP/1.1\r\nhost: x.test\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(request).await.unwrap();
+        assert!(read_head(&mut c).await.starts_with("HTTP/1.1 200"));
+        open.push(c);
+    }
+    // Whatever the ports, five each (a SO_REUSEPORT hash would split them at random).
+    assert_eq!(threads.connections_per_thread(), [5, 5]);
+    // Connections that end are no longer counted; new ones fill the emptier thread.
+    open.truncate(4);
+    eventually("6 connections closed", || {
+        threads.connections_per_thread().iter().sum::<usize>() == 4
+    })
+    .await;
+    for _ in 0..6 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(request).await.unwrap();
+        assert!(read_head(&mut c).await.starts_with("HTTP/1.1 200"));
+        open.push(c);
+    }
+    assert_eq!(threads.connections_per_thread(), [5, 5]);
+    drop(open);
+    stop.send(true).unwrap();
+    tokio::time::timeout(DEADLINE, threads.join())
+        .await
+        .expect("the threads stop within the deadline")
+        .unwrap();
+}

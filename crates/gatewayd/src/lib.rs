@@ -178,7 +178,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     // Bind every port first, so that a port in use stops the node before it joins anything.
     let peer_listener = bind("--listen-peer", s.listen_peer).await?;
     let admin_listener = bind("--listen-admin", s.listen_admin).await?;
-    let http_listeners = dataplane::bind_reuseport(s.listen_http, s.http_threads)
+    let http_listener = dataplane::bind_listener(s.listen_http)
         .with_context(|| format!("cannot listen on {} (--listen-http)", s.listen_http))?;
     let ops_listener = bind("--listen-ops", s.listen_ops).await?;
     let tls = Tls::load(&s.tls)?;
@@ -284,7 +284,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let limits = s.limits.clone();
     let (dp_stop_tx, dp_stop_rx) = watch::channel(false);
     let http_threads = dataplane::serve_threads(
-        http_listeners,
+        http_listener,
+        s.http_threads,
         dp.clone(),
         limits,
         tls.http.clone(),

@@ -118,8 +118,9 @@ pub struct Flags {
     /// How long the data plane drains in-flight requests on SIGTERM, in seconds [default: 30].
     #[arg(long, env = "GATEWAY_DRAIN_SECONDS")]
     pub drain_seconds: Option<u64>,
-    /// Data plane: threads serving it, each with its own runtime and listening socket
-    /// (SO_REUSEPORT) [default: the number of CPUs].
+    /// Data plane: threads serving it, each with its own runtime; an extra thread accepts and
+    /// gives each new connection to the thread serving the fewest [default: the number of
+    /// CPUs].
     #[arg(long, env = "GATEWAY_HTTP_THREADS")]
     pub http_threads: Option<usize>,
     /// Peer TLS: this node's certificate chain (PEM), presented both as the peer listener's
