@@ -58,7 +58,7 @@ if ! have nginx || ! have wrk; then
         exit 2
     fi
 fi
-for tool in python3 curl; do
+for tool in python3 curl setsid; do
     command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 2; }
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -194,7 +194,10 @@ start_node() {
     local id=$1 peers=$2
     shift 2
     mkdir -p "$WORK/node-$id"
-    RUST_LOG=warn "$GATEWAYD" --node-id "$id" --data-dir "$WORK/node-$id/data" \
+    # In a session of its own, as nginx daemonised is, and as a service runs: with the kernel's
+    # autogroup scheduling, a process started from this script would share one CPU share with
+    # wrk, the load generator, and the comparison would not be even.
+    RUST_LOG=warn setsid "$GATEWAYD" --node-id "$id" --data-dir "$WORK/node-$id/data" \
         --listen-admin "127.0.0.1:${ADMIN[$id]}" --listen-peer "127.0.0.1:${PEER[$id]}" \
         --listen-http "127.0.0.1:${HTTP[$id]}" --listen-ops "127.0.0.1:${OPS[$id]}" \
         --peers "$peers" "$@" >"$WORK/node-$id/log" 2>&1 &

@@ -2,8 +2,8 @@
 //! sent to the client.
 
 use crate::direct::DirectBody;
+use crate::plane::Target;
 use crate::pool::{HostPool, Sender};
-use crate::usage::UsageCell;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
@@ -100,7 +100,8 @@ impl Checkout {
 /// the usage cell's outbound bytes as they are handed to hyper for sending.
 pub(crate) struct ResponseBody {
     kind: Kind,
-    usage: Option<Arc<UsageCell>>,
+    /// Whose usage the bytes are counted in.
+    usage: Option<Target>,
 }
 
 impl ResponseBody {
@@ -139,8 +140,9 @@ impl ResponseBody {
         }
     }
 
-    pub(crate) fn count_into(&mut self, usage: Arc<UsageCell>) {
-        self.usage = Some(usage);
+    /// Counts the body's bytes, as they are sent, in the usage of what the request resolved to.
+    pub(crate) fn count_into(&mut self, target: Target) {
+        self.usage = Some(target);
     }
 }
 
@@ -168,7 +170,8 @@ impl Body for ResponseBody {
                 .poll_data(cx)
                 .map(|data| data.map(|data| data.map(Frame::data))),
         };
-        if let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
+        if let (Poll::Ready(Some(Ok(frame))), Some(usage)) =
+            (&polled, this.usage.as_ref().and_then(Target::usage))
             && let Some(data) = frame.data_ref()
         {
             usage.add_bytes(data.len() as u64);

@@ -12,11 +12,14 @@
 //! echo it as it reads.
 
 use crate::body::{BoxError, ResponseBody};
+use crate::error::X_CA_REQUEST_ID;
 use crate::pool::HostPool;
+use crate::request_id::RequestId;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::io::ErrorKind;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,8 +27,8 @@ use tokio::net::TcpStream;
 
 /// Response heads larger than this are refused as invalid (hyper's client allows about as much).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Response headers beyond this many are refused as invalid.
-const MAX_HEADERS: usize = 128;
+/// Response headers beyond this many are refused as invalid (as many as hyper's client allows).
+const MAX_HEADERS: usize = 100;
 /// Chunk-size lines and trailer lines longer than this are refused as invalid.
 const MAX_LINE_BYTES: usize = 4 * 1024;
 /// Room made in the read buffer before each read.
@@ -64,8 +67,8 @@ impl BackendStream {
     }
 
     /// Serialises the request head into the write buffer. `target` is the origin-form request
-    /// target; `headers` are final (hop-by-hop removed, `Host` set).
-    fn encode(&mut self, method: &Method, target: &str, headers: &HeaderMap) {
+    /// target; `headers` are final (hop-by-hop removed, `Host` set) but for the request id.
+    fn encode(&mut self, method: &Method, target: &str, headers: &HeaderMap, id: RequestId) {
         let out = &mut self.write;
         out.clear();
         out.extend_from_slice(method.as_str().as_bytes());
@@ -73,12 +76,17 @@ impl BackendStream {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in headers {
+            if name == X_CA_REQUEST_ID {
+                continue; // a client's own is replaced by the gateway's, below
+            }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(b"x-ca-request-id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
     }
 }
 
@@ -259,9 +267,14 @@ fn lists(value: &[u8], token: &str) -> bool {
 
 /// Parses a response head off the front of `buf`; `None` until a whole one is there.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ExchangeError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let len = match response.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(ExchangeError::Broken);
@@ -274,15 +287,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ExchangeError::Broken)?;
     let http11 = response.version == Some(1);
-    // The header slices borrow `buf`; note where they are, then cut the head off and share it
-    // with the header values instead of copying them.
+    // The header slices borrow `buf`; note where they are (a head is at most MAX_HEAD_BYTES),
+    // then cut the head off and share it with the header values instead of copying them.
     let start = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
     let count = response.headers.len();
     for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = h.name.as_ptr() as usize - start;
-        let value = h.value.as_ptr() as usize - start;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
+        let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+        *span = [
+            name,
+            name + h.name.len() as u32,
+            value,
+            value + h.value.len() as u32,
+        ];
     }
     let head = buf.split_to(len).freeze();
 
@@ -290,9 +308,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = !http11;
-    for &(n0, n1, v0, v1) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| ExchangeError::Broken)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+    for &[n0, n1, v0, v1] in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+            .map_err(|_| ExchangeError::Broken)?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
             .map_err(|_| ExchangeError::Broken)?;
         if name == CONTENT_LENGTH {
             let n = std::str::from_utf8(value.as_bytes())
@@ -391,6 +410,7 @@ pub(crate) async fn exchange(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    request_id: RequestId,
     now: crate::clock::Nanos,
 ) -> Result<Response<ResponseBody>, ExchangeError> {
     let head_request = method == Method::HEAD;
@@ -405,7 +425,7 @@ pub(crate) async fn exchange(
                 (BackendStream::new(io), false)
             }
         };
-        stream.encode(method, target, headers);
+        stream.encode(method, target, headers, request_id);
         let BackendStream { io, write, .. } = &mut stream;
         if let Err(e) = io.write_all(write).await {
             if reused {
@@ -415,7 +435,7 @@ pub(crate) async fn exchange(
             return Err(ExchangeError::Broken);
         }
         match read_head(&mut stream, head_request).await {
-            Ok(head) => return Ok(respond(head, stream, pool)),
+            Ok(head) => return Ok(respond(head, stream, pool, now)),
             Err(ReadError::ClosedBeforeResponse) if reused && method.is_idempotent() => continue,
             Err(_) => return Err(ExchangeError::Broken),
         }
@@ -423,8 +443,14 @@ pub(crate) async fn exchange(
 }
 
 /// The response for `head`. A body that is already all in the buffer is handed over whole and
-/// the connection goes straight back to the pool.
-fn respond(head: Head, mut stream: BackendStream, pool: &Arc<HostPool>) -> Response<ResponseBody> {
+/// the connection goes straight back to the pool (as used at `now`, the request's arrival: close
+/// enough for aging it, and no clock read).
+fn respond(
+    head: Head,
+    mut stream: BackendStream,
+    pool: &Arc<HostPool>,
+    now: crate::clock::Nanos,
+) -> Response<ResponseBody> {
     let Head {
         status,
         headers,
@@ -439,7 +465,7 @@ fn respond(head: Head, mut stream: BackendStream, pool: &Arc<HostPool>) -> Respo
         Some(bytes) => {
             // Bytes past the response were never asked for: the connection is not reused.
             if keep_alive && stream.read.is_empty() {
-                pool.put_direct(stream);
+                pool.put_direct(stream, now);
             }
             ResponseBody::full(bytes)
         }
@@ -472,7 +498,8 @@ impl DirectBody {
             && self.keep_alive
             && stream.read.is_empty()
         {
-            self.pool.put_direct(stream);
+            let now = self.pool.now();
+            self.pool.put_direct(stream, now);
         }
     }
 

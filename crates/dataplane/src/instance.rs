@@ -5,7 +5,7 @@
 use crate::clock::Nanos;
 use crate::limiter::GcraLimiter;
 use crate::metrics::InstanceStats;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::per_thread::Counter;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ pub(crate) struct InstanceState {
     quota: Mutex<(u32, f64)>,
     pub(crate) limiter: GcraLimiter,
     /// Requests that reached the limiter: this node's offered load, for the demand reports.
-    arrivals: AtomicU64,
+    arrivals: Counter,
     pub(crate) stats: InstanceStats,
 }
 
@@ -26,7 +26,7 @@ impl InstanceState {
             name: name.into(),
             quota: Mutex::new((ceiling_rps, share)),
             limiter: GcraLimiter::new(f64::from(ceiling_rps) * share, burst),
-            arrivals: AtomicU64::new(0),
+            arrivals: Counter::default(),
             stats: InstanceStats::default(),
         }
     }
@@ -52,17 +52,17 @@ impl InstanceState {
     }
 
     pub(crate) fn arrivals(&self) -> u64 {
-        self.arrivals.load(Relaxed)
+        self.arrivals.get()
     }
 
     /// Counts an arrival and asks the limiter; `Err` holds the nanoseconds until a retry could
     /// be admitted.
     #[inline]
     pub(crate) fn admit(&self, now: Nanos) -> Result<(), Nanos> {
-        self.arrivals.fetch_add(1, Relaxed);
+        self.arrivals.add(1);
         let verdict = self.limiter.check(now);
         if verdict.is_err() {
-            self.stats.throttled.fetch_add(1, Relaxed);
+            self.stats.throttled.add(1);
         }
         verdict
     }

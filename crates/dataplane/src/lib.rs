@@ -33,6 +33,7 @@ mod instance;
 mod limiter;
 mod metrics;
 mod ops;
+mod per_thread;
 mod plane;
 mod pool;
 mod proxy;

@@ -1,9 +1,11 @@
 //! Prometheus metrics: counters and a fixed-bucket latency histogram made of atomics, and the
 //! text exposition format.
 //!
-//! Like usage cells, the counters are reached from the compiled routes through an `Arc`, so
-//! recording costs a relaxed `fetch_add` or two; rendering (on a scrape) walks the registry.
+//! Like usage cells, the counters are reached from the compiled routes through an `Arc`, and
+//! kept per thread (see [`crate::per_thread`]), so recording costs a relaxed `fetch_add` or two
+//! on the thread's own cache line; rendering (on a scrape) walks the registry and sums.
 
+use crate::per_thread::{Counter, PerThread};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -22,48 +24,54 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Responses by status class.
 #[derive(Debug, Default)]
-#[repr(align(64))]
-pub(crate) struct StatusCounters {
-    by_class: [AtomicU64; 5],
-}
+pub(crate) struct StatusCounters(PerThread<[AtomicU64; 5]>);
 
 impl StatusCounters {
     #[inline]
     pub(crate) fn record(&self, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.by_class[class].fetch_add(1, Relaxed);
+        self.0.local()[class].fetch_add(1, Relaxed);
     }
 
     pub(crate) fn get(&self, class: usize) -> u64 {
-        self.by_class[class].load(Relaxed)
+        self.0.all().map(|c| c[class].load(Relaxed)).sum()
     }
+}
+
+/// One thread's part of a histogram.
+#[derive(Debug, Default)]
+struct HistogramSlot {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
 }
 
 /// A latency histogram with fixed buckets.
 #[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_us: AtomicU64,
-}
+pub(crate) struct Histogram(PerThread<HistogramSlot>);
 
 impl Histogram {
     #[inline]
     pub(crate) fn record(&self, elapsed: Duration) {
         let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
         let i = LATENCY_BUCKETS_US.partition_point(|b| *b < us);
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(us, Relaxed);
+        let slot = self.0.local();
+        slot.buckets[i].fetch_add(1, Relaxed);
+        slot.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn bucket(&self, i: usize) -> u64 {
+        self.0.all().map(|s| s.buckets[i].load(Relaxed)).sum()
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
+            cumulative += self.bucket(i);
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
         }
-        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Relaxed);
+        cumulative += self.bucket(LATENCY_BUCKETS.len());
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let sum = self.0.all().map(|s| s.sum_us.load(Relaxed)).sum::<u64>() as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
         let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
@@ -72,9 +80,9 @@ impl Histogram {
 /// Per-instance counters that are not per API.
 #[derive(Debug, Default)]
 pub(crate) struct InstanceStats {
-    pub(crate) throttled: AtomicU64,
-    pub(crate) backend_errors: AtomicU64,
-    pub(crate) backend_timeouts: AtomicU64,
+    pub(crate) throttled: Counter,
+    pub(crate) backend_errors: Counter,
+    pub(crate) backend_timeouts: Counter,
     pub(crate) latency: Histogram,
 }
 
@@ -158,19 +166,19 @@ pub(crate) fn render<'a>(
             "gateway_throttled_total",
             "counter",
             "Requests refused by the instance limiter on this node.",
-            |v| v.stats.throttled.load(Relaxed).to_string(),
+            |v| v.stats.throttled.get().to_string(),
         ),
         (
             "gateway_backend_errors_total",
             "counter",
             "Backend failures answered with 502.",
-            |v| v.stats.backend_errors.load(Relaxed).to_string(),
+            |v| v.stats.backend_errors.get().to_string(),
         ),
         (
             "gateway_backend_timeouts_total",
             "counter",
             "Backend timeouts answered with 504.",
-            |v| v.stats.backend_timeouts.load(Relaxed).to_string(),
+            |v| v.stats.backend_timeouts.get().to_string(),
         ),
         (
             "gateway_instance_ceiling_rps",

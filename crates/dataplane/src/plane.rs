@@ -205,6 +205,17 @@ pub(crate) enum Target {
     Nobody,
 }
 
+impl Target {
+    /// The usage cell the request's calls and bytes are counted in.
+    pub(crate) fn usage(&self) -> Option<&UsageCell> {
+        match self {
+            Target::Api(api) => Some(&api.usage),
+            Target::Group(g) => Some(&g.unmatched_usage),
+            Target::Nobody => None,
+        }
+    }
+}
+
 /// The outcome of [`Dataplane::decide`]: the request is either admitted for forwarding, or
 /// answered by the gateway with an error.
 pub struct Verdict {
@@ -242,12 +253,11 @@ impl Verdict {
         }
     }
 
-    pub(crate) fn usage(&self) -> Option<&Arc<UsageCell>> {
-        match &self.target {
-            Target::Api(api) => Some(&api.usage),
-            Target::Group(g) => Some(&g.unmatched_usage),
-            Target::Nobody => None,
-        }
+    /// What the request resolved to, for counting its response bytes (see
+    /// [`crate::body::ResponseBody::count_into`]): moved, not cloned, so that the request
+    /// touches the route's shared reference count only once.
+    pub(crate) fn into_target(self) -> Target {
+        self.target
     }
 
     /// Counts the response status in the metrics of the API (or group) the request resolved to.

@@ -13,6 +13,7 @@
 use crate::body::LimitedBody;
 use crate::clock::{Clock, Nanos};
 use crate::direct::BackendStream;
+use crate::per_thread::PerThread;
 use http::uri::Authority;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -25,23 +26,6 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 pub(crate) type Sender = SendRequest<LimitedBody>;
-
-thread_local! {
-    /// Which of a pool's idle lists this thread uses (see [`set_shard`]).
-    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// How many idle lists each pool keeps: one per data-plane thread.
-fn shard_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 64))
-}
-
-/// Makes this thread take and return backend connections on its own idle list. A connection's
-/// task runs on the runtime that opened it, so a data-plane thread with its own runtime that
-/// reuses only its own connections never wakes another thread for a request.
-pub(crate) fn set_shard(index: usize) {
-    SHARD.with(|s| s.set(index));
-}
 
 /// How the pools connect and keep connections.
 #[derive(Clone)]
@@ -91,19 +75,14 @@ struct Idle<C> {
     used: Nanos,
 }
 
-/// One idle list per data-plane thread ([`set_shard`]); most recently returned at the back.
-type Shards<C> = Vec<Mutex<VecDeque<Idle<C>>>>;
-
-fn shards<C>() -> Shards<C> {
-    (0..shard_count())
-        .map(|_| Mutex::new(VecDeque::new()))
-        .collect()
-}
+/// One idle list per data-plane thread (see [`crate::per_thread`]); most recently returned at
+/// the back. A connection is registered with the runtime of the thread that opened it, so a
+/// server thread that reuses only its own connections never wakes another thread for a request.
+type Shards<C> = PerThread<Mutex<VecDeque<Idle<C>>>>;
 
 /// This thread's idle list of `shards`.
 fn my_shard<C>(shards: &Shards<C>) -> MutexGuard<'_, VecDeque<Idle<C>>> {
-    let shard = SHARD.with(|s| s.get()) % shards.len();
-    lock(&shards[shard])
+    lock(shards.local())
 }
 
 /// The idle connections to one backend authority.
@@ -142,8 +121,8 @@ impl HostPool {
             idle_nanos: u64::try_from(options.idle_timeout.as_nanos()).unwrap_or(u64::MAX),
             authority,
             options,
-            idle: shards(),
-            direct: shards(),
+            idle: PerThread::default(),
+            direct: PerThread::default(),
             reaper: AtomicBool::new(false),
         }
     }
@@ -178,7 +157,7 @@ impl HostPool {
         if tx.is_closed() {
             return;
         }
-        self.park(&self.idle, tx);
+        self.park(&self.idle, tx, self.now());
     }
 
     /// An idle socket for a direct exchange, if one is there and still open.
@@ -197,16 +176,20 @@ impl HostPool {
         None
     }
 
-    /// Returns a socket whose last response has been read to the end.
-    pub(crate) fn put_direct(self: &Arc<Self>, stream: BackendStream) {
-        self.park(&self.direct, stream);
+    /// Returns a socket whose last response has been read to the end, as used at `used`.
+    pub(crate) fn put_direct(self: &Arc<Self>, stream: BackendStream, used: Nanos) {
+        self.park(&self.direct, stream, used);
     }
 
-    fn park<C>(self: &Arc<Self>, shards: &Shards<C>, conn: C) {
+    /// The pool's clock.
+    pub(crate) fn now(&self) -> Nanos {
+        self.options.clock.now()
+    }
+
+    fn park<C>(self: &Arc<Self>, shards: &Shards<C>, conn: C, used: Nanos) {
         if self.options.max_idle == 0 {
             return;
         }
-        let used = self.options.clock.now();
         let mut idle = my_shard(shards);
         if idle.len() >= self.options.max_idle {
             idle.pop_front();
@@ -222,12 +205,12 @@ impl HostPool {
         let now = self.options.clock.now();
         let fresh = |used: Nanos| now.saturating_sub(used) <= self.idle_nanos;
         let mut any = false;
-        for idle in &self.idle {
+        for idle in self.idle.all() {
             let mut idle = lock(idle);
             idle.retain(|e| fresh(e.used) && !e.conn.is_closed());
             any |= !idle.is_empty();
         }
-        for idle in &self.direct {
+        for idle in self.direct.all() {
             let mut idle = lock(idle);
             idle.retain(|e| fresh(e.used) && e.conn.is_alive());
             any |= !idle.is_empty();

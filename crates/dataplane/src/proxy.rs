@@ -5,6 +5,7 @@ use crate::clock::Nanos;
 use crate::direct::{self, ExchangeError};
 use crate::error::{GatewayError, X_CA_REQUEST_ID};
 use crate::pool::{BackendPools, HostPool};
+use crate::request_id::RequestId;
 use crate::server::ConnInfo;
 use http::header::{
     CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -244,7 +245,7 @@ pub(crate) async fn forward(
     req: Request<Incoming>,
     base_len: usize,
     conn: &ConnInfo,
-    request_id: &HeaderValue,
+    request_id: RequestId,
     max_body: u64,
     now: Nanos,
 ) -> Result<Response<ResponseBody>, ForwardError> {
@@ -263,7 +264,6 @@ pub(crate) async fn forward(
     parts.headers.reserve(5);
     let scheme = if conn.tls { "https" } else { "http" };
     set_forwarded(&mut parts.headers, &conn.peer_ip, scheme, host);
-    parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
     parts.headers.insert(HOST, backend.host.clone());
     let timeout = if timeout.is_zero() {
         DEFAULT_BACKEND_TIMEOUT
@@ -274,7 +274,14 @@ pub(crate) async fn forward(
     let client_version = parts.version;
     if body.is_end_stream() {
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let exchange = direct::exchange(&backend.pool, &parts.method, target, &parts.headers, now);
+        let exchange = direct::exchange(
+            &backend.pool,
+            &parts.method,
+            target,
+            &parts.headers,
+            request_id,
+            now,
+        );
         let mut response = match tokio::time::timeout(timeout, exchange).await {
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(e)) => {
@@ -292,9 +299,12 @@ pub(crate) async fn forward(
         strip_hop_by_hop(response.headers_mut());
         response
             .headers_mut()
-            .insert(X_CA_REQUEST_ID, request_id.clone());
+            .insert(X_CA_REQUEST_ID, request_id.header_value());
         return Ok(response);
     }
+    parts
+        .headers
+        .insert(X_CA_REQUEST_ID, request_id.header_value());
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let upstream = Request::from_parts(parts, LimitedBody::new(body, max_body));
@@ -309,7 +319,9 @@ pub(crate) async fn forward(
     // not turn the client's HTTP/1.1 keep-alive connection into HTTP/1.0).
     parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_CA_REQUEST_ID, request_id.clone());
+    parts
+        .headers
+        .insert(X_CA_REQUEST_ID, request_id.header_value());
     let conn = Checkout {
         tx,
         pool: backend.pool.clone(),

@@ -1,16 +1,21 @@
-//! Request ids: unique per node and cheap (one relaxed `fetch_add`, no randomness per request).
+//! Request ids: unique per node and cheap (one relaxed `fetch_add` on the thread's own counter,
+//! no randomness per request).
 //!
 //! Layout, 24 hex digits: 4 of node id, 8 of a per-process nonce (so a restarted node does not
-//! repeat its ids), 12 of a counter (2^48 requests before wrapping).
+//! repeat its ids), 12 of a counter: the thread slot in its top 6 bits, then 42 bits counted by
+//! that slot (2^42 requests per slot before wrapping).
 
+use crate::per_thread::PerThread;
 use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) struct RequestIds {
     prefix: [u8; 12],
-    counter: AtomicU64,
+    counters: PerThread<AtomicU64>,
 }
+
+const COUNTER_BITS: u32 = 42;
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
@@ -34,16 +39,32 @@ impl RequestIds {
         hex(&mut prefix[4..], nonce >> 32);
         RequestIds {
             prefix,
-            counter: AtomicU64::new(0),
+            counters: PerThread::default(),
         }
     }
 
-    pub(crate) fn next(&self) -> HeaderValue {
-        let n = self.counter.fetch_add(1, Relaxed);
+    pub(crate) fn next(&self) -> RequestId {
+        let (slot, counter) = self.counters.local_indexed();
+        let n = ((slot as u64) << COUNTER_BITS)
+            | (counter.fetch_add(1, Relaxed) & ((1 << COUNTER_BITS) - 1));
         let mut buf = [0u8; 24];
         buf[..12].copy_from_slice(&self.prefix);
         hex(&mut buf[12..], n);
-        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+        RequestId(buf)
+    }
+}
+
+/// One request's id: 24 hex digits, kept on the stack until a header needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RequestId([u8; 24]);
+
+impl RequestId {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub(crate) fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).expect("hex digits are a valid header value")
     }
 }
 
@@ -54,8 +75,8 @@ mod tests {
     #[test]
     fn ids_are_distinct_and_carry_the_node() {
         let ids = RequestIds::new(0x2a);
-        let a = ids.next();
-        let b = ids.next();
+        let a = ids.next().header_value();
+        let b = ids.next().header_value();
         assert_ne!(a, b);
         assert_eq!(a.len(), 24);
         assert!(a.to_str().unwrap().starts_with("002A"));

@@ -560,7 +560,6 @@ fn early_rejection<B>(req: &Request<B>, limits: &ServerLimits) -> (Stage, Option
 
 /// One request: decide, then forward or answer.
 async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
-    let started = Instant::now();
     let inner = &*dp.inner;
     let now = inner.clock.now();
     let request_id = inner.request_ids.next();
@@ -591,7 +590,7 @@ async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Resp
                     req,
                     verdict.base_len,
                     conn,
-                    &request_id,
+                    request_id,
                     limits.max_body_bytes,
                     now,
                 )
@@ -600,30 +599,29 @@ async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Resp
             let stats = &api.group.instance.stats;
             match forwarded {
                 Ok(response) => {
-                    stats.latency.record(started.elapsed());
+                    let elapsed = inner.clock.now().saturating_sub(now);
+                    stats.latency.record(Duration::from_nanos(elapsed));
                     response
                 }
                 Err(e) => {
                     match e {
                         ForwardError::Timeout(_) => {
-                            stats.backend_timeouts.fetch_add(1, Relaxed);
+                            stats.backend_timeouts.add(1);
                         }
                         ForwardError::Broken(_) => {
-                            stats.backend_errors.fetch_add(1, Relaxed);
+                            stats.backend_errors.add(1);
                         }
                         ForwardError::BodyTooLarge => {}
                     }
                     e.into_gateway_error(limits.max_body_bytes)
-                        .to_response(&request_id)
+                        .to_response(&request_id.header_value())
                 }
             }
         }
-        (_, Some(rejection)) => rejection.to_response(&request_id),
-        (_, None) => GatewayError::BadRequest("no route").to_response(&request_id),
+        (_, Some(rejection)) => rejection.to_response(&request_id.header_value()),
+        (_, None) => GatewayError::BadRequest("no route").to_response(&request_id.header_value()),
     };
     verdict.record_status(dp, response.status());
-    if let Some(usage) = verdict.usage() {
-        response.body_mut().count_into(usage.clone());
-    }
+    response.body_mut().count_into(verdict.into_target());
     response
 }

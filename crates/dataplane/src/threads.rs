@@ -125,7 +125,7 @@ pub fn serve_threads(
         handles.push(spawn_runtime_thread(
             format!("gw-http-{index}"),
             move || {
-                crate::pool::set_shard(index);
+                crate::per_thread::set_slot(index);
                 async move { serve_one(Source::Handed(rx), dp, limits, tls, stop).await }
             },
         )?);

@@ -1,13 +1,15 @@
 //! Per-node usage counters for billing: calls and outbound bytes per
 //! (account, instance, API, region).
 //!
-//! Each key has one [`UsageCell`] of atomics. The compiled routes hold an `Arc` to their cell,
-//! so counting a call is one relaxed `fetch_add` on memory no other key shares, with no lookup.
+//! Each key has one [`UsageCell`] of atomics per thread (see [`crate::per_thread`]). The
+//! compiled routes hold an `Arc` to their cell, so counting a call is one relaxed `fetch_add` on
+//! memory no other key or thread writes, with no lookup.
 //! Cells live in a registry keyed by [`UsageKey`] and are reused when the configuration is
 //! recompiled, so counts survive any number of publishes. [`UsageRegistry::drain`] takes the
 //! counts with `swap(0)`: an increment racing with a drain lands either before the swap (and is
 //! in this drain) or after it (and is in the next one), never in neither.
 
+use crate::per_thread::PerThread;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,32 +40,42 @@ pub struct UsageDelta {
     pub bytes_out: u64,
 }
 
-/// The counters of one key, on a cache line of their own.
-#[derive(Debug)]
-#[repr(align(64))]
-pub(crate) struct UsageCell {
+/// One thread's counts of one key.
+#[derive(Debug, Default)]
+struct Counts {
     calls: AtomicU64,
     bytes_out: AtomicU64,
 }
 
+/// The counters of one key, a cache line per thread.
+#[derive(Debug, Default)]
+pub(crate) struct UsageCell(PerThread<Counts>);
+
 impl UsageCell {
     fn new() -> Self {
-        UsageCell {
-            calls: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-        }
+        UsageCell::default()
     }
 
     #[inline]
     pub(crate) fn add_call(&self) {
-        self.calls.fetch_add(1, Relaxed);
+        self.0.local().calls.fetch_add(1, Relaxed);
     }
 
     #[inline]
     pub(crate) fn add_bytes(&self, n: u64) {
         if n > 0 {
-            self.bytes_out.fetch_add(n, Relaxed);
+            self.0.local().bytes_out.fetch_add(n, Relaxed);
         }
+    }
+
+    /// Takes the counts and zeroes them.
+    fn take(&self) -> (u64, u64) {
+        self.0.all().fold((0, 0), |(calls, bytes), c| {
+            (
+                calls.saturating_add(c.calls.swap(0, Relaxed)),
+                bytes.saturating_add(c.bytes_out.swap(0, Relaxed)),
+            )
+        })
     }
 }
 
@@ -86,8 +98,7 @@ impl UsageRegistry {
     pub(crate) fn drain(&mut self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
         self.cells.retain(|key, cell| {
-            let calls = cell.calls.swap(0, Relaxed);
-            let bytes_out = cell.bytes_out.swap(0, Relaxed);
+            let (calls, bytes_out) = cell.take();
             if calls > 0 || bytes_out > 0 {
                 out.push(UsageDelta {
                     account: key.account.clone(),

@@ -42,6 +42,7 @@ async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
     }
     let method = req.method().to_string();
     let query = req.uri().query().map(str::to_string);
+    let request_ids = req.headers().get_all("x-ca-request-id").iter().count();
     let headers: serde_json::Map<String, Value> = req
         .headers()
         .iter()
@@ -53,6 +54,7 @@ async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
     };
     let echo = serde_json::json!({
         "method": method, "path": path, "query": query, "headers": headers, "body_len": body.len(),
+        "request_ids": request_ids,
     });
     let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
     let h = response.headers_mut();
@@ -408,6 +410,7 @@ async fn proxies_with_forwarding_headers_and_strips_hop_by_hop() {
             ("te", "trailers"),
             ("x-forwarded-for", "203.0.113.9"),
             ("x-custom", "kept"),
+            ("x-ca-request-id", "chosen-by-the-client"),
         ],
         Bytes::new(),
     )
@@ -426,8 +429,10 @@ async fn proxies_with_forwarding_headers_and_strips_hop_by_hop() {
     for hop in ["x-drop-me", "keep-alive", "proxy-authorization", "te"] {
         assert!(h.get(hop).is_none(), "{hop} was forwarded: {h}");
     }
+    // The gateway's request id replaces any the client sent.
     let rid = reply.headers["x-ca-request-id"].to_str().unwrap();
     assert_eq!(h["x-ca-request-id"], rid);
+    assert_eq!(echo["request_ids"], 1);
     assert_eq!(rid.len(), 24);
     assert_eq!(reply.headers["x-backend"], "yes");
     assert!(!reply.headers.contains_key("x-resp-hop"));
