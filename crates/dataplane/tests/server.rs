@@ -1017,6 +1017,20 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// `n` connections, each answered once (so surely handed to a server thread), left open.
+async fn answered_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut open = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /echo/t HTTP/1.1\r\nhost: x.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_head(&mut c).await.starts_with("HTTP/1.1 200"));
+        open.push(c);
+    }
+    open
+}
+
 #[tokio::test]
 async fn server_threads_share_connections_evenly_and_stop_on_shutdown() {
     let b = backends().await;
@@ -1026,14 +1040,7 @@ async fn server_threads_share_connections_evenly_and_stop_on_shutdown() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let threads =
         dataplane::serve_threads(listener, 2, dp, ServerLimits::default(), None, stopped).unwrap();
-    let request = b"GET /echo/t HTTP/1.1\r\nhost: x.test\r\n\r\n";
-    let mut open = Vec::new();
-    for _ in 0..10 {
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(request).await.unwrap();
-        assert!(read_head(&mut c).await.starts_with("HTTP/1.1 200"));
-        open.push(c);
-    }
+    let mut open = answered_connections(addr, 10).await;
     // Whatever the ports, five each (a SO_REUSEPORT hash would split them at random).
     assert_eq!(threads.connections_per_thread(), [5, 5]);
     // Connections that end are no longer counted; new ones fill the emptier thread.
@@ -1042,12 +1049,7 @@ async fn server_threads_share_connections_evenly_and_stop_on_shutdown() {
         threads.connections_per_thread().iter().sum::<usize>() == 4
     })
     .await;
-    for _ in 0..6 {
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        c.write_all(request).await.unwrap();
-        assert!(read_head(&mut c).await.starts_with("HTTP/1.1 200"));
-        open.push(c);
-    }
+    open.extend(answered_connections(addr, 6).await);
     assert_eq!(threads.connections_per_thread(), [5, 5]);
     drop(open);
     stop.send(true).unwrap();
