@@ -12,6 +12,13 @@ use std::task::{Context, Poll};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request's body as the handler gets it: none (read by [`crate::h1`], which takes only
+/// bodiless requests), or hyper's stream.
+pub(crate) enum RequestBody {
+    Empty,
+    Incoming(Incoming),
+}
+
 /// The request body grew past the limit while streaming.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds {limit} bytes")]

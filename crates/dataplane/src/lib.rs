@@ -29,6 +29,7 @@ mod clock;
 mod config;
 mod direct;
 mod error;
+mod h1;
 mod instance;
 mod limiter;
 mod metrics;

@@ -1,12 +1,11 @@
 //! The ops HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::plane::Dataplane;
 use crate::server::{ServerLimits, Source, accept_loop, connection_permits};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +44,7 @@ fn text(
     r
 }
 
-fn route(dp: &Dataplane, hooks: &OpsHooks, req: &Request<Incoming>) -> Response<ResponseBody> {
+fn route<B>(dp: &Dataplane, hooks: &OpsHooks, req: &Request<B>) -> Response<ResponseBody> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
@@ -95,7 +94,7 @@ pub async fn serve_ops(
         drain_timeout: Duration::from_secs(2),
         ..ServerLimits::default()
     };
-    let handler = move |req: Request<Incoming>, _info| {
+    let handler = move |req: Request<RequestBody>, _info| {
         let response = route(&dataplane, &hooks, &req);
         async move { response }
     };

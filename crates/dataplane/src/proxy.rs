@@ -1,6 +1,6 @@
 //! Forwarding an admitted request to its backend over a pooled connection, and back.
 
-use crate::body::{BodyTooLarge, Checkout, LimitedBody, ResponseBody};
+use crate::body::{BodyTooLarge, Checkout, LimitedBody, RequestBody, ResponseBody};
 use crate::clock::Nanos;
 use crate::direct::{self, ExchangeError};
 use crate::error::{GatewayError, X_CA_REQUEST_ID};
@@ -242,7 +242,7 @@ pub(crate) enum ForwardError {
 pub(crate) async fn forward(
     backend: &Backend,
     timeout: Duration,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     base_len: usize,
     conn: &ConnInfo,
     request_id: RequestId,
@@ -272,7 +272,11 @@ pub(crate) async fn forward(
     };
     // Backends are spoken to in HTTP/1.1 whatever the client used.
     let client_version = parts.version;
-    if body.is_end_stream() {
+    let body = match body {
+        RequestBody::Incoming(body) if !body.is_end_stream() => Some(body),
+        _ => None,
+    };
+    let Some(body) = body else {
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let exchange = direct::exchange(
             &backend.pool,
@@ -301,7 +305,7 @@ pub(crate) async fn forward(
             .headers_mut()
             .insert(X_CA_REQUEST_ID, request_id.header_value());
         return Ok(response);
-    }
+    };
     parts
         .headers
         .insert(X_CA_REQUEST_ID, request_id.header_value());

@@ -1,7 +1,7 @@
 //! The data-plane HTTP server: accepting, connection limits and timeouts, graceful shutdown, and
 //! the request handler tying decision and proxy together.
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::config::Stage;
 use crate::error::{GatewayError, X_CA_STAGE};
 use crate::plane::{Dataplane, Target};
@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -76,6 +76,12 @@ pub(crate) struct ConnInfo {
     awaiting_backend: AtomicU32,
     /// Bumped whenever bytes move on the socket.
     activity: AtomicU64,
+    /// Set by [`crate::h1`] while it waits for a request head, and the heads it has read: the
+    /// watchdog times the wait out (hyper times its own).
+    pub(crate) waiting_head: AtomicBool,
+    pub(crate) heads: AtomicU64,
+    /// The server is shutting down: finish the request in hand, then close.
+    pub(crate) draining: AtomicBool,
 }
 
 struct AwaitingBackend<'a>(&'a AtomicU32);
@@ -277,7 +283,7 @@ pub(crate) async fn accept_loop<H, Fut>(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()>
 where
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let builder = Arc::new(http_builder(&limits));
@@ -302,6 +308,9 @@ where
             limits: limits.clone(),
             awaiting_backend: AtomicU32::new(0),
             activity: AtomicU64::new(0),
+            waiting_head: AtomicBool::new(false),
+            heads: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         });
         let conn = Connection {
             info,
@@ -313,7 +322,7 @@ where
         };
         let _ = stream.set_nodelay(true);
         match &tls {
-            None => connections.spawn(conn.serve(stream)),
+            None => connections.spawn(conn.serve(stream, true)),
             Some(tls) => connections.spawn(conn.serve_tls(stream, tls.clone())),
         };
     }
@@ -365,7 +374,7 @@ struct Connection<H> {
 
 impl<H, Fut> Connection<H>
 where
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     /// The TLS handshake first, bounded like a request head (a client that stalls in it is a
@@ -373,14 +382,15 @@ where
     async fn serve_tls(self, stream: TcpStream, tls: tls::ServerTls) {
         let timeout = self.info.limits.header_read_timeout;
         match tls::accept(&tls, stream, timeout).await {
-            Ok(stream) => self.serve(stream).await,
+            Ok(stream) => self.serve(stream, false).await,
             Err(e) => {
                 tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed");
             }
         }
     }
 
-    async fn serve<S>(self, stream: S)
+    /// Serves the connection; `lean`: with [`crate::h1`] first (plain text).
+    async fn serve<S>(self, stream: S, lean: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -391,41 +401,73 @@ where
             stop,
             ..
         } = self;
-        serve_connection(stream, info, builder, handler, stop).await
+        serve_connection(stream, info, builder, handler, stop, lean).await
     }
 }
 
+/// Serves one connection: plain-text ones with [`crate::h1`] until a request needs hyper, then
+/// (and TLS ones from the start) with hyper. A watchdog closes the connection when no byte moves
+/// for the idle timeout while no request waits on a backend, or when [`crate::h1`] waits longer
+/// than the header-read timeout for a request head.
 async fn serve_connection<S, H, Fut>(
     stream: S,
     info: Arc<ConnInfo>,
     builder: Arc<Builder<TokioExecutor>>,
     handler: H,
     mut stop: watch::Receiver<bool>,
+    lean: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let io = TokioIo::new(TrackedIo {
+    let io = TrackedIo {
         inner: stream,
         info: info.clone(),
         moved: 0,
-    });
+    };
+    let mut watchdog = Watchdog::new(&info.limits, lean);
+    let (io, prefix) = if lean {
+        let served = crate::h1::serve(io, &info, &handler);
+        tokio::pin!(served);
+        let ended = loop {
+            tokio::select! {
+                ended = served.as_mut() => break ended,
+                _ = stop.changed(), if !info.draining.load(Relaxed) => {
+                    info.draining.store(true, Relaxed);
+                    // Idle between requests: nothing to finish.
+                    if info.waiting_head.load(Relaxed) {
+                        return;
+                    }
+                }
+                _ = watchdog.tick() => {
+                    if watchdog.expired(&info) {
+                        return;
+                    }
+                }
+            }
+        };
+        match ended {
+            crate::h1::Ended::Closed => return,
+            crate::h1::Ended::HandOff(io, prefix) => (io, prefix),
+        }
+    } else {
+        (io, bytes::Bytes::new())
+    };
+    let io = TokioIo::new(Rewind { prefix, inner: io });
     let service_info = info.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
         let info = service_info.clone();
+        let req = req.map(RequestBody::Incoming);
         async move { Ok::<_, Infallible>(handler(req, info).await) }
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-
-    let idle = info.limits.idle_timeout.max(Duration::from_millis(1));
-    let mut ticker = tokio::time::interval((idle / 2).max(Duration::from_millis(5)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = 0;
-    let mut last_progress = Instant::now();
-    let mut draining = false;
+    let mut draining = info.draining.load(Relaxed);
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -438,17 +480,129 @@ async fn serve_connection<S, H, Fut>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = ticker.tick() => {
-                let seen = info.activity.load(Relaxed);
-                if seen != last_seen {
-                    last_seen = seen;
-                    last_progress = Instant::now();
-                } else if info.awaiting_backend.load(Relaxed) == 0 && last_progress.elapsed() >= idle {
-                    tracing::debug!(peer = %info.peer, "closing idle connection");
+            _ = watchdog.tick() => {
+                if watchdog.expired(&info) {
                     break; // dropping the connection closes the socket
                 }
             }
         }
+    }
+}
+
+/// The per-connection timer: one tick every half timeout, instead of a timer per request.
+struct Watchdog {
+    ticker: tokio::time::Interval,
+    idle: Duration,
+    head: Duration,
+    last_seen: u64,
+    last_progress: Instant,
+    last_heads: u64,
+    head_wait_since: Option<Instant>,
+}
+
+impl Watchdog {
+    fn new(limits: &ServerLimits, lean: bool) -> Self {
+        let idle = limits.idle_timeout.max(Duration::from_millis(1));
+        let head = limits.header_read_timeout.max(Duration::from_millis(1));
+        let period = if lean { idle.min(head) } else { idle };
+        let mut ticker = tokio::time::interval((period / 2).max(Duration::from_millis(5)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watchdog {
+            ticker,
+            idle,
+            head,
+            last_seen: 0,
+            last_progress: Instant::now(),
+            last_heads: 0,
+            head_wait_since: None,
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.ticker.tick().await;
+    }
+
+    /// Whether the connection has been idle, or waiting for a request head, for too long.
+    fn expired(&mut self, info: &ConnInfo) -> bool {
+        let now = Instant::now();
+        let seen = info.activity.load(Relaxed);
+        if seen != self.last_seen {
+            self.last_seen = seen;
+            self.last_progress = now;
+        } else if info.awaiting_backend.load(Relaxed) == 0
+            && now.duration_since(self.last_progress) >= self.idle
+        {
+            tracing::debug!(peer = %info.peer, "closing idle connection");
+            return true;
+        }
+        // A head is awaited since the first tick that saw the wait with no new head since: the
+        // deadline holds to within a tick (half the timeout).
+        let heads = info.heads.load(Relaxed);
+        if !info.waiting_head.load(Relaxed) || heads != self.last_heads {
+            self.last_heads = heads;
+            self.head_wait_since = None;
+        }
+        if info.waiting_head.load(Relaxed) {
+            let since = *self.head_wait_since.get_or_insert(now);
+            if now.duration_since(since) >= self.head {
+                tracing::debug!(peer = %info.peer, "request head not read in time");
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A connection's bytes already read, then the connection: what hyper gets when it takes over
+/// from [`crate::h1`].
+struct Rewind<S> {
+    prefix: bytes::Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -501,7 +655,7 @@ pub(crate) async fn serve_one(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let dp = dataplane.clone();
-    let handler = move |req: Request<Incoming>, info: Arc<ConnInfo>| {
+    let handler = move |req: Request<RequestBody>, info: Arc<ConnInfo>| {
         let dp = dp.clone();
         async move { handle(&dp, &info, req).await }
     };
@@ -559,7 +713,11 @@ fn early_rejection<B>(req: &Request<B>, limits: &ServerLimits) -> (Stage, Option
 }
 
 /// One request: decide, then forward or answer.
-async fn handle(dp: &Dataplane, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(
+    dp: &Dataplane,
+    conn: &ConnInfo,
+    req: Request<RequestBody>,
+) -> Response<ResponseBody> {
     let inner = &*dp.inner;
     let now = inner.clock.now();
     let request_id = inner.request_ids.next();

@@ -1,0 +1,398 @@
+//! A lean HTTP/1.x server loop for plain-text connections, for the requests most API calls
+//! are: no body.
+//!
+//! It reads and parses request heads with `httparse` into a buffer of its own, calls the
+//! handler, and writes the response head and body itself, usually in one `write`. Per request
+//! it sets no timer and takes no task hand-off: the connection's watchdog (see
+//! [`crate::server`]) enforces the header-read timeout from the flags this loop keeps in
+//! [`ConnInfo`].
+//!
+//! Anything else goes to hyper, which then serves the connection for the rest of its life,
+//! starting with the bytes already read: a request with a body (hyper streams it to the backend
+//! while the backend answers) and HTTP/2 with prior knowledge. hyper also keeps TLS connections
+//! (their protocol comes from ALPN).
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::server::ConnInfo;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Body;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Request headers beyond this many get 431 (hyper's server allows as many).
+const MAX_HEADERS: usize = 100;
+/// Room made in the read buffer before each read.
+const READ_RESERVE: usize = 8 * 1024;
+/// Response bodies up to this size go out in the same `write` as their head.
+const COALESCE_BYTES: usize = 16 * 1024;
+/// What an HTTP/2 client with prior knowledge sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a connection's loop ended.
+pub(crate) enum Ended<S> {
+    /// The connection is done (closed by the client, refused, or not kept alive).
+    Closed,
+    /// The next request needs hyper: it serves the connection from here, the bytes already
+    /// read first.
+    HandOff(S, Bytes),
+}
+
+/// A parsed request head, or why there is none.
+// Made and matched once per request: boxing the head would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Request(Head),
+    /// Not a whole head yet.
+    Partial,
+    /// A body, or HTTP/2: hyper's to serve.
+    NeedsHyper,
+    /// A head too large for the buffer: a bare 431, then close (as hyper does).
+    TooLarge,
+    /// Not HTTP/1: a bare 400, then close (as hyper does).
+    Invalid,
+}
+
+struct Head {
+    request: Request<RequestBody>,
+    /// The client keeps the connection open after this exchange.
+    keep_alive: bool,
+}
+
+/// Serves requests on `io` until the connection ends or needs hyper.
+pub(crate) async fn serve<S, H, Fut>(mut io: S, info: &Arc<ConnInfo>, handler: &H) -> Ended<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> Fut,
+    Fut: Future<Output = Response<ResponseBody>>,
+{
+    let limits = &info.limits;
+    // hyper's own guard, which answers a bare 431, is twice the limit: above that no head is
+    // read to the end. Between the limit and this, the handler answers with its JSON 431.
+    let hard_limit = limits.max_header_bytes.saturating_mul(2).max(64 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_RESERVE);
+    let mut out = Vec::with_capacity(1024);
+    let mut first = true;
+    loop {
+        if first
+            && !buf.is_empty()
+            && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())])
+        {
+            if buf.len() >= H2_PREFACE.len() {
+                return Ended::HandOff(io, buf.freeze());
+            }
+        } else if !buf.is_empty() {
+            match parse(&mut buf) {
+                Parsed::Request(head) => {
+                    first = false;
+                    info.heads.fetch_add(1, Relaxed);
+                    info.waiting_head.store(false, Relaxed);
+                    let keep_alive = head.keep_alive;
+                    let method_head = head.request.method() == Method::HEAD;
+                    let version_10 = head.request.version() == http::Version::HTTP_10;
+                    let response = handler(head.request, info.clone()).await;
+                    let keep_alive = keep_alive && !info.draining.load(Relaxed);
+                    let exchange = Exchange {
+                        keep_alive,
+                        method_head,
+                        version_10,
+                    };
+                    match write_response(&mut io, &mut out, response, exchange).await {
+                        Ok(true) => continue,
+                        Ok(false) | Err(_) => return Ended::Closed,
+                    }
+                }
+                Parsed::Partial if buf.len() > hard_limit => {
+                    let _ = io.write_all(BARE_431).await;
+                    return Ended::Closed;
+                }
+                Parsed::Partial => {}
+                Parsed::NeedsHyper => return Ended::HandOff(io, buf.freeze()),
+                Parsed::TooLarge => {
+                    let _ = io.write_all(BARE_431).await;
+                    return Ended::Closed;
+                }
+                Parsed::Invalid => {
+                    let _ = io.write_all(BARE_400).await;
+                    return Ended::Closed;
+                }
+            }
+        }
+        // Waiting for (the rest of) a head: the watchdog times this out.
+        if buf.is_empty() && info.draining.load(Relaxed) {
+            return Ended::Closed;
+        }
+        info.waiting_head.store(true, Relaxed);
+        buf.reserve(READ_RESERVE);
+        match io.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Ended::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+const BARE_400: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const BARE_431: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+fn lists(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Parses a request head off the front of `buf`.
+fn parse(buf: &mut BytesMut) -> Parsed {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut request,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
+        Err(_) => return Parsed::Invalid,
+    };
+    let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version)
+    else {
+        return Parsed::Invalid;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Invalid;
+    };
+    let http11 = version == 1;
+    // The header slices borrow `buf`; note where they are (offsets fit: a head this loop
+    // accepts is far below 4 GiB), then cut the head off and share it with the header values
+    // and the URI instead of copying them.
+    let start = buf.as_ptr() as usize;
+    let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
+    let path_span = (offset(path.as_bytes()), path.len() as u32);
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let count = request.headers.len();
+    let mut keep_alive = http11;
+    let mut length: Option<u64> = None;
+    for (span, h) in spans.iter_mut().zip(request.headers.iter()) {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            return Parsed::NeedsHyper;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (None, _) => return Parsed::Invalid,
+                (Some(n), Some(l)) if n != l => return Parsed::Invalid,
+                (Some(n), _) => length = Some(n),
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if lists(h.value, b"close") {
+                keep_alive = false;
+            } else if !http11 && lists(h.value, b"keep-alive") {
+                keep_alive = true;
+            }
+        }
+        let (n, v) = (offset(name), offset(h.value));
+        *span = [n, n + name.len() as u32, v, v + h.value.len() as u32];
+    }
+    if length.is_some_and(|n| n > 0) {
+        return Parsed::NeedsHyper;
+    }
+    let head = buf.split_to(len).freeze();
+    let (p0, plen) = (path_span.0 as usize, path_span.1 as usize);
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p0 + plen)) else {
+        return Parsed::Invalid;
+    };
+    let mut headers = HeaderMap::with_capacity(count + 6);
+    for &[n0, n1, v0, v1] in &spans[..count] {
+        let Ok(name) = HeaderName::from_bytes(&head[n0 as usize..n1 as usize]) else {
+            return Parsed::Invalid;
+        };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize)) else {
+            return Parsed::Invalid;
+        };
+        headers.append(name, value);
+    }
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if http11 {
+        http::Version::HTTP_11
+    } else {
+        http::Version::HTTP_10
+    };
+    *request.headers_mut() = headers;
+    Parsed::Request(Head {
+        request,
+        keep_alive,
+    })
+}
+
+/// What the response is written for.
+struct Exchange {
+    keep_alive: bool,
+    method_head: bool,
+    version_10: bool,
+}
+
+/// How the response body is delimited on the wire.
+#[derive(PartialEq, Eq)]
+enum Framing {
+    None,
+    /// As many bytes as the Content-Length says.
+    Length,
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients, length unknown).
+    Close,
+}
+
+/// Writes `response`; whether the connection stays open for another request.
+async fn write_response<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    out: &mut Vec<u8>,
+    response: Response<ResponseBody>,
+    exchange: Exchange,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodiless_status = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let has_length = parts.headers.contains_key(CONTENT_LENGTH);
+    let exact = body.size_hint().exact();
+    let framing = if exchange.method_head || bodiless_status {
+        Framing::None
+    } else if has_length || exact.is_some() {
+        Framing::Length
+    } else if exchange.version_10 {
+        Framing::Close
+    } else {
+        Framing::Chunked
+    };
+    let keep_alive = exchange.keep_alive && framing != Framing::Close;
+
+    out.clear();
+    out.extend_from_slice(if exchange.version_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == TRANSFER_ENCODING || name == CONNECTION {
+            continue; // this hop's framing and connection are decided here
+        }
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !parts.headers.contains_key(DATE) {
+        put_header(out, b"date", &http_date());
+    }
+    match framing {
+        Framing::Length if !has_length => {
+            let length = exact.unwrap_or(0).to_string();
+            put_header(out, b"content-length", length.as_bytes());
+        }
+        Framing::Chunked => put_header(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    match (keep_alive, exchange.version_10) {
+        (false, false) => put_header(out, b"connection", b"close"),
+        (true, true) => put_header(out, b"connection", b"keep-alive"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+
+    if framing == Framing::None {
+        io.write_all(out).await?;
+        return Ok(keep_alive);
+    }
+    let mut pending_head = true;
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(std::io::Error::other(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers: not sent
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if framing == Framing::Chunked {
+            if !pending_head {
+                out.clear();
+            }
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
+            io.write_all(out).await?;
+        } else if pending_head && data.len() <= COALESCE_BYTES {
+            out.extend_from_slice(&data);
+            io.write_all(out).await?;
+        } else {
+            if pending_head {
+                io.write_all(out).await?;
+            }
+            io.write_all(&data).await?;
+        }
+        pending_head = false;
+    }
+    if framing == Framing::Chunked {
+        if pending_head {
+            out.extend_from_slice(b"0\r\n\r\n");
+            io.write_all(out).await?;
+        } else {
+            io.write_all(b"0\r\n\r\n").await?;
+        }
+    } else if pending_head {
+        io.write_all(out).await?;
+    }
+    if !keep_alive {
+        let _ = io.shutdown().await;
+    }
+    Ok(keep_alive)
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The current time as an HTTP date, formatted at most once a second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: Cell<(u64, [u8; 29])> = const { Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|c| {
+        let (at, text) = c.get();
+        if at == secs {
+            return text;
+        }
+        let mut text = [0u8; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let n = formatted.len().min(29);
+        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+        c.set((secs, text));
+        text
+    })
+}
