@@ -187,6 +187,14 @@ fn config(backend: SocketAddr) -> DataplaneConfig {
 fn harness() -> &'static Harness {
     static H: std::sync::OnceLock<Harness> = std::sync::OnceLock::new();
     H.get_or_init(|| {
+        // As in any Rust binary (std ignores SIGPIPE before `main`; libFuzzer's `main` does
+        // not): a write to a socket its peer has closed must fail with EPIPE, not kill the
+        // process. Here both sides of every connection share the process, and either may
+        // close first.
+        // SAFETY: called once, before any other thread of this process could be writing.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -13,6 +13,7 @@
 
 use crate::body::{BoxError, ResponseBody};
 use crate::error::X_CA_REQUEST_ID;
+use crate::h1::{content_length, lists};
 use crate::pool::HostPool;
 use crate::request_id::RequestId;
 use bytes::{Bytes, BytesMut};
@@ -258,13 +259,6 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Whether a comma-separated header value lists `token` (case-insensitive).
-fn lists(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// Parses a response head off the front of `buf`; `None` until a whole one is there.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ExchangeError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -314,10 +308,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
         let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
             .map_err(|_| ExchangeError::Broken)?;
         if name == CONTENT_LENGTH {
-            let n = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(ExchangeError::Broken)?;
+            let n = content_length(value.as_bytes()).ok_or(ExchangeError::Broken)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Broken);
             }
@@ -332,9 +323,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
         } else if name == CONNECTION {
-            if lists(value.as_bytes(), "close") {
+            if lists(value.as_bytes(), b"close") {
                 close = true;
-            } else if !http11 && lists(value.as_bytes(), "keep-alive") {
+            } else if !http11 && lists(value.as_bytes(), b"keep-alive") {
                 close = false;
             }
         }

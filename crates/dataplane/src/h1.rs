@@ -142,10 +142,20 @@ const BARE_431: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// Whether a comma-separated header value lists `token` (case-insensitive).
-fn lists(value: &[u8], token: &[u8]) -> bool {
+pub(crate) fn lists(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// A Content-Length value: digits only (RFC 9110 8.6; no sign, no list), without overflow.
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Parses a request head off the front of `buf`.
@@ -186,10 +196,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::NeedsHyper;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (n, length) {
+            match (content_length(h.value), length) {
                 (None, _) => return Parsed::Invalid,
                 (Some(n), Some(l)) if n != l => return Parsed::Invalid,
                 (Some(n), _) => length = Some(n),
@@ -395,4 +402,137 @@ fn http_date() -> [u8; 29] {
         c.set((secs, text));
         text
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(input: &str) -> Parsed {
+        parse(&mut BytesMut::from(input.as_bytes()))
+    }
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"1234"), Some(1234));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-1",
+            b"5, 5",
+            b" 5",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn heads_are_parsed_or_sent_on() {
+        let Parsed::Request(head) = parsed("GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n")
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.request.uri(), "/a?b=c");
+        assert_eq!(head.request.headers()["x-a"], "1");
+        assert!(head.keep_alive);
+        let Parsed::Request(head) = parsed("GET / HTTP/1.1\r\nConnection: close\r\n\r\n") else {
+            panic!("not parsed");
+        };
+        assert!(!head.keep_alive);
+        let Parsed::Request(head) = parsed("GET / HTTP/1.0\r\n\r\n") else {
+            panic!("not parsed");
+        };
+        assert!(!head.keep_alive);
+        let Parsed::Request(head) = parsed("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        else {
+            panic!("not parsed");
+        };
+        assert!(head.keep_alive);
+        // A zero length is no body.
+        assert!(matches!(
+            parsed("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Parsed::Request(_)
+        ));
+
+        assert!(matches!(
+            parsed("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+            Parsed::NeedsHyper
+        ));
+        assert!(matches!(
+            parsed("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::NeedsHyper
+        ));
+        assert!(matches!(
+            parsed("GET / HTTP/1.1\r\nHost: x"),
+            Parsed::Partial
+        ));
+        for bad in [
+            "GET / HTTP/1.1\r\nContent-Length: +0\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 1\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+            "NOT HTTP\r\n\r\n",
+        ] {
+            assert!(matches!(parsed(bad), Parsed::Invalid), "{bad:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
+        assert!(matches!(
+            parsed(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
+            Parsed::TooLarge
+        ));
+    }
+
+    async fn written(response: Response<ResponseBody>, exchange: Exchange) -> (String, bool) {
+        let mut wire = Vec::new();
+        let mut out = Vec::new();
+        let keep = write_response(&mut wire, &mut out, response, exchange)
+            .await
+            .unwrap();
+        (String::from_utf8(wire).unwrap(), keep)
+    }
+
+    fn exchange(keep_alive: bool, method_head: bool, version_10: bool) -> Exchange {
+        Exchange {
+            keep_alive,
+            method_head,
+            version_10,
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_for_the_client() {
+        let ok = || Response::new(ResponseBody::full(Bytes::from_static(b"hello")));
+        let (wire, keep) = written(ok(), exchange(true, false, false)).await;
+        assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+        assert!(wire.contains("\r\ncontent-length: 5\r\n"), "{wire}");
+        assert!(wire.contains("\r\ndate: "), "{wire}");
+        assert!(wire.ends_with("\r\n\r\nhello"), "{wire}");
+        assert!(keep);
+
+        let (wire, keep) = written(ok(), exchange(false, false, false)).await;
+        assert!(wire.contains("\r\nconnection: close\r\n"), "{wire}");
+        assert!(!keep);
+
+        let (wire, keep) = written(ok(), exchange(true, false, true)).await;
+        assert!(wire.starts_with("HTTP/1.0 200 OK\r\n"), "{wire}");
+        assert!(wire.contains("\r\nconnection: keep-alive\r\n"), "{wire}");
+        assert!(keep);
+
+        let (wire, _) = written(ok(), exchange(true, true, false)).await;
+        assert!(wire.ends_with("\r\n\r\n"), "HEAD: no body: {wire}");
+
+        let mut no_content = ok();
+        *no_content.status_mut() = StatusCode::NO_CONTENT;
+        let (wire, _) = written(no_content, exchange(true, false, false)).await;
+        assert!(wire.starts_with("HTTP/1.1 204 No Content\r\n"), "{wire}");
+        assert!(!wire.contains("content-length"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\n"), "{wire}");
+    }
 }

@@ -1058,3 +1058,37 @@ async fn server_threads_share_connections_evenly_and_stop_on_shutdown() {
         .expect("the threads stop within the deadline")
         .unwrap();
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_the_hand_over_to_hyper() {
+    let b = backends().await;
+    let gw = Gateway::start(dataplane(&config(&b, "shared")), ServerLimits::default()).await;
+    // Two bodiless requests (the lean loop's), one with a body (hyper's from there on), one
+    // more, then close: all in one write.
+    let requests = b"GET /echo/1 HTTP/1.1\r\nhost: x.test\r\n\r\n\
+        GET /echo/2 HTTP/1.1\r\nhost: x.test\r\n\r\n\
+        POST /echo/3 HTTP/1.1\r\nhost: x.test\r\ncontent-length: 5\r\n\r\nhello\
+        GET /echo/4 HTTP/1.1\r\nhost: x.test\r\nconnection: close\r\n\r\n";
+    let answers = raw(gw.addr, requests).await;
+    assert_eq!(
+        answers.matches("HTTP/1.1 200 OK\r\n").count(),
+        4,
+        "{answers}"
+    );
+    let positions: Vec<usize> = (1..=4)
+        .map(|i| {
+            answers
+                .find(&format!("\"path\":\"/back/echo/{i}\""))
+                .unwrap_or_else(|| panic!("no answer for /echo/{i}: {answers}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{answers}");
+    assert!(answers.contains("\"body_len\":5"), "{answers}");
+
+    // An HTTP/1.0 client is answered in HTTP/1.0 and, unless it asks to keep the connection,
+    // the connection closes after the answer (raw() reads to the end).
+    let answer = raw(gw.addr, b"GET /echo/5 HTTP/1.0\r\nhost: x.test\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"path\":\"/back/echo/5\""), "{answer}");
+    gw.shutdown().await;
+}
