@@ -101,10 +101,13 @@ impl Drop for AwaitingBackend<'_> {
 
 /// A socket that notes when bytes move, for the idle timer. Only the connection's own task
 /// polls it, so a relaxed store of a private count is enough.
-struct TrackedIo<S> {
+pub(crate) struct TrackedIo<S> {
     inner: S,
     info: Arc<ConnInfo>,
     moved: u64,
+    /// Bytes already read from `inner` and to be read again first: what [`crate::h1`] had read
+    /// when it handed the connection to hyper.
+    pub(crate) rewind: bytes::Bytes,
 }
 
 impl<S> TrackedIo<S> {
@@ -120,6 +123,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.rewind.is_empty() {
+            let n = self.rewind.len().min(buf.remaining());
+            let head = self.rewind.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -425,9 +434,10 @@ async fn serve_connection<S, H, Fut>(
         inner: stream,
         info: info.clone(),
         moved: 0,
+        rewind: bytes::Bytes::new(),
     };
     let mut watchdog = Watchdog::new(&info.limits, lean);
-    let (io, prefix) = if lean {
+    let io = if lean {
         let served = crate::h1::serve(io, &info, &handler);
         tokio::pin!(served);
         let ended = loop {
@@ -449,12 +459,15 @@ async fn serve_connection<S, H, Fut>(
         };
         match ended {
             crate::h1::Ended::Closed => return,
-            crate::h1::Ended::HandOff(io, prefix) => (io, prefix),
+            crate::h1::Ended::HandOff(mut io, read) => {
+                io.rewind = read;
+                io
+            }
         }
     } else {
-        (io, bytes::Bytes::new())
+        io
     };
-    let io = TokioIo::new(Rewind { prefix, inner: io });
+    let io = TokioIo::new(io);
     let service_info = info.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let handler = handler.clone();
@@ -550,59 +563,6 @@ impl Watchdog {
             }
         }
         false
-    }
-}
-
-/// A connection's bytes already read, then the connection: what hyper gets when it takes over
-/// from [`crate::h1`].
-struct Rewind<S> {
-    prefix: bytes::Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let head = self.prefix.split_to(n);
-            buf.put_slice(&head);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
