@@ -13,15 +13,17 @@
 //!   ([`Dataplane::demand_report`], [`Dataplane::apply_peer_demand`], [`share`]).
 //! - **Usage counters** for billing, per (account, instance, API, region)
 //!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
-//! - **The servers**: the reverse proxy, on a thread and runtime per core
-//!   ([`serve_threads`]) or on the caller's runtime ([`serve`]), and the ops endpoint
-//!   ([`serve_ops`]).
+//! - **The servers**: the reverse proxy, on a thread and runtime per core fed by one accepting
+//!   thread ([`serve_threads`]) or on the caller's runtime ([`serve`]), and the ops endpoint
+//!   ([`serve_ops`]). Bodiless requests on plain-text connections take a lean HTTP/1 path on
+//!   both legs (`h1`, `direct`); requests with a body, HTTP/2 and TLS are served by hyper.
 //!
 //! It does not know how configuration is replicated, how demand reports travel between nodes,
 //! or where usage goes: the caller wires those (see the `gatewayd` binary).
 //!
 //! The hot path: accept -> parse head -> resolve -> count the call -> account gate -> instance
-//! limiter -> proxy over a pooled connection -> count bytes out -> respond.
+//! limiter -> proxy over a pooled connection -> count bytes out -> respond. Counters on it are
+//! kept per server thread (`per_thread`), so that threads never write each other's cache lines.
 
 mod access;
 mod body;
