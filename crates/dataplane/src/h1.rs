@@ -87,7 +87,11 @@ where
                 return Ended::HandOff(io, buf.freeze());
             }
         } else if !buf.is_empty() {
-            match parse(&mut buf) {
+            let parsed = match parse(&mut buf) {
+                Parsed::Partial if buf.len() > hard_limit => Parsed::TooLarge,
+                parsed => parsed,
+            };
+            match parsed {
                 Parsed::Request(head) => {
                     first = false;
                     info.heads.fetch_add(1, Relaxed);
@@ -106,10 +110,6 @@ where
                         Ok(true) => continue,
                         Ok(false) | Err(_) => return Ended::Closed,
                     }
-                }
-                Parsed::Partial if buf.len() > hard_limit => {
-                    let _ = io.write_all(BARE_431).await;
-                    return Ended::Closed;
                 }
                 Parsed::Partial => {}
                 Parsed::NeedsHyper => return Ended::HandOff(io, buf.freeze()),
@@ -274,7 +274,29 @@ async fn write_response<S: AsyncWrite + Unpin>(
     let bodiless_status = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let has_length = parts.headers.contains_key(CONTENT_LENGTH);
+    out.clear();
+    out.extend_from_slice(if exchange.version_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // One pass over the headers writes them and notes what the framing depends on.
+    let (mut has_length, mut has_date) = (false, false);
+    for (name, value) in &parts.headers {
+        if name == TRANSFER_ENCODING || name == CONNECTION {
+            continue; // this hop's framing and connection are decided here
+        }
+        has_length |= name == CONTENT_LENGTH;
+        has_date |= name == DATE;
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !has_date {
+        put_header(out, b"date", &http_date());
+    }
     let exact = body.size_hint().exact();
     let framing = if exchange.method_head || bodiless_status {
         Framing::None
@@ -286,26 +308,6 @@ async fn write_response<S: AsyncWrite + Unpin>(
         Framing::Chunked
     };
     let keep_alive = exchange.keep_alive && framing != Framing::Close;
-
-    out.clear();
-    out.extend_from_slice(if exchange.version_10 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == TRANSFER_ENCODING || name == CONNECTION {
-            continue; // this hop's framing and connection are decided here
-        }
-        put_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if !parts.headers.contains_key(DATE) {
-        put_header(out, b"date", &http_date());
-    }
     match framing {
         Framing::Length if !has_length => {
             let length = exact.unwrap_or(0).to_string();
