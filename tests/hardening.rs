@@ -19,25 +19,7 @@ async fn slow_loris_clients_do_not_starve_legitimate_requests() {
     c.wait_leader(SETTLE).await;
     let backend = Server::start("fine").await;
     let b = format!("http://{}", backend.addr);
-    c.ctl_json(1, &["group", "create", "--name", "g"]);
-    c.ctl_json(
-        1,
-        &[
-            "api",
-            "create",
-            "--group",
-            "g",
-            "--name",
-            "a",
-            "--method",
-            "GET",
-            "--path",
-            "/a",
-            "--backend",
-            &b,
-        ],
-    );
-    c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", "a"]);
+    c.deploy_get_api("g", "a", &b, &[]);
     let addr = c.http_addr(1);
     eventually("the API to be routable", SETTLE, || async {
         get(&addr, "/a").await.filter(|r| r.status == 200)

@@ -280,7 +280,7 @@ async fn app_apis_take_only_signed_calls_of_authorised_apps_and_acls_deny_addres
     let c = Cluster::start(binaries!(), 3).await;
     let backend = testkit::http::Server::start("secret stuff").await;
     let b = format!("http://{}", backend.addr);
-    deployed_api(&c, "a", &b, "APP");
+    c.deploy_get_api("g", "a", &b, &["--auth-type", "APP"]);
     let app = c.ctl_json(2, &["app", "create", "--name", "mobile"]);
     let (key, secret) = (
         app["app_key"].as_str().unwrap().to_string(),
@@ -410,33 +410,6 @@ async fn app_apis_take_only_signed_calls_of_authorised_apps_and_acls_deny_addres
     .await;
 }
 
-/// Creates group `g` if needed, and API `name` in it at `GET /<name>` with auth type `auth`,
-/// deployed to RELEASE.
-fn deployed_api(c: &Cluster, name: &str, backend: &str, auth: &str) {
-    let _ = c.ctl(1, &["group", "create", "--name", "g"]);
-    let path = format!("/{name}");
-    c.ctl_json(
-        1,
-        &[
-            "api",
-            "create",
-            "--group",
-            "g",
-            "--name",
-            name,
-            "--method",
-            "GET",
-            "--path",
-            &path,
-            "--backend",
-            backend,
-            "--auth-type",
-            auth,
-        ],
-    );
-    c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", name]);
-}
-
 /// `gatewayctl call` signs the way clients must.
 async fn gatewayctl_call_works(c: &Cluster, key: &str, secret: &str) -> bool {
     let file = c.dir().join("app-secret");
@@ -465,7 +438,7 @@ async fn ip_access_control_applies_per_group_and_per_api() {
     let backend = testkit::http::Server::start("ok").await;
     let b = format!("http://{}", backend.addr);
     for api in ["one", "two"] {
-        deployed_api(&c, api, &b, "ANONYMOUS");
+        c.deploy_get_api("g", api, &b, &["--auth-type", "ANONYMOUS"]);
     }
     let get = |node: u64, path: &'static str| {
         let addr = c.http_addr(node);

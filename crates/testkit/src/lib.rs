@@ -401,6 +401,31 @@ impl Cluster {
         self.ctl(id, &a).json()
     }
 
+    /// Through node 1: creates API `name` in group `group` (the group too, if it is not there
+    /// yet) at `GET /<name>` on `backend`, with any more `api create` flags in `extra`, and
+    /// deploys it to RELEASE.
+    pub fn deploy_get_api(&self, group: &str, name: &str, backend: &str, extra: &[&str]) {
+        let _ = self.ctl(1, &["group", "create", "--name", group]);
+        let path = format!("/{name}");
+        let mut create = vec![
+            "api",
+            "create",
+            "--group",
+            group,
+            "--name",
+            name,
+            "--method",
+            "GET",
+            "--path",
+            &path,
+            "--backend",
+            backend,
+        ];
+        create.extend_from_slice(extra);
+        self.ctl_json(1, &create);
+        self.ctl_json(1, &["api", "deploy", "--group", group, "--name", name]);
+    }
+
     /// A gRPC admin client for node `id`.
     pub async fn admin(&self, id: u64) -> AdminClient<Channel> {
         let endpoint = tonic::transport::Endpoint::from_shared(self.admin_endpoint(id))
