@@ -1,7 +1,7 @@
 //! Body types: the request body with its size limit, and the response body that counts the bytes
 //! sent to the client.
 
-use crate::direct::DirectBody;
+use crate::direct::{DirectBody, HeaderBlock};
 use crate::plane::Target;
 use crate::pool::{HostPool, Sender};
 use bytes::Bytes;
@@ -109,6 +109,10 @@ pub(crate) struct ResponseBody {
     kind: Kind,
     /// Whose usage the bytes are counted in.
     usage: Option<Target>,
+    /// The backend's header lines, when it answered a bodiless request: they travel with the
+    /// body, as they were read, instead of through a header map. Whoever writes the response
+    /// head takes them ([`take_header_block`](Self::take_header_block)).
+    header_block: Option<HeaderBlock>,
 }
 
 impl ResponseBody {
@@ -116,6 +120,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes)),
             usage: None,
+            header_block: None,
         }
     }
 
@@ -124,6 +129,7 @@ impl ResponseBody {
         let mut body = ResponseBody {
             kind: Kind::Stream(body, conn),
             usage: None,
+            header_block: None,
         };
         body.release_if_done();
         body
@@ -134,7 +140,17 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Direct(body),
             usage: None,
+            header_block: None,
         }
+    }
+
+    pub(crate) fn with_header_block(mut self, block: HeaderBlock) -> Self {
+        self.header_block = Some(block);
+        self
+    }
+
+    pub(crate) fn take_header_block(&mut self) -> Option<HeaderBlock> {
+        self.header_block.take()
     }
 
     fn release_if_done(&mut self) {

@@ -15,9 +15,9 @@ use crate::body::{BoxError, ResponseBody};
 use crate::error::X_CA_REQUEST_ID;
 use crate::h1::{content_length, lists};
 use crate::pool::HostPool;
+use crate::proxy::{connection_options, is_hop_by_hop};
 use crate::request_id::RequestId;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
@@ -65,29 +65,6 @@ impl BackendStream {
                 matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
             }
         }
-    }
-
-    /// Serialises the request head into the write buffer. `target` is the origin-form request
-    /// target; `headers` are final (hop-by-hop removed, `Host` set) but for the request id.
-    fn encode(&mut self, method: &Method, target: &str, headers: &HeaderMap, id: RequestId) {
-        let out = &mut self.write;
-        out.clear();
-        out.extend_from_slice(method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in headers {
-            if name == X_CA_REQUEST_ID {
-                continue; // a client's own is replaced by the gateway's, below
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"x-ca-request-id: ");
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
     }
 }
 
@@ -250,10 +227,52 @@ impl Framing {
     }
 }
 
+/// The backend's response header lines, ready to be copied into the client's HTTP/1 head:
+/// `name: value\r\n` each, as the backend wrote them, without the hop-by-hop ones and without
+/// the backend's own `X-Ca-Request-Id` (the gateway's replaces it).
+///
+/// The lean server loop ([`crate::h1`]) writes them as they are; a response served by hyper
+/// gets them as a header map first ([`HeaderBlock::into_map`]).
+#[derive(Debug)]
+pub(crate) struct HeaderBlock {
+    lines: Bytes,
+    /// The lines include a `Content-Length`, a `Date`.
+    pub(crate) has_length: bool,
+    pub(crate) has_date: bool,
+    pub(crate) request_id: RequestId,
+}
+
+impl HeaderBlock {
+    pub(crate) fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// Adds the lines, and the request id, to `headers`.
+    pub(crate) fn into_map(self, headers: &mut HeaderMap) {
+        let mut rest = self.lines;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let line = rest.split_to(end + 1);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            // Well-formed by construction: `name: value\r\n`.
+            let name = HeaderName::from_bytes(&line[..colon]);
+            let value = HeaderValue::from_maybe_shared(line.slice(colon + 2..line.len() - 2));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        headers.insert(X_CA_REQUEST_ID, self.request_id.header_value());
+    }
+}
+
 /// A parsed response head.
 struct Head {
     status: StatusCode,
-    headers: HeaderMap,
+    /// The header lines to pass on; the request id is filled in by [`exchange`].
+    lines: Bytes,
+    has_length: bool,
+    has_date: bool,
     framing: Framing,
     /// The backend keeps the connection open for another request.
     keep_alive: bool,
@@ -281,56 +300,97 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ExchangeError::Broken)?;
     let http11 = response.version == Some(1);
-    // The header slices borrow `buf`; note where they are (a head is at most MAX_HEAD_BYTES),
-    // then cut the head off and share it with the header values instead of copying them.
+    // The header slices borrow `buf`: note where they are (a head is at most MAX_HEAD_BYTES),
+    // and what each says about framing and whether it goes on.
     let start = buf.as_ptr() as usize;
     let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
     let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let mut pass = [false; MAX_HEADERS];
     let count = response.headers.len();
-    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
-        let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
-        *span = [
-            name,
-            name + h.name.len() as u32,
-            value,
-            value + h.value.len() as u32,
-        ];
-    }
-    let head = buf.split_to(len).freeze();
-
-    let mut headers = HeaderMap::with_capacity(count + 2);
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = !http11;
-    for &[n0, n1, v0, v1] in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
-            .map_err(|_| ExchangeError::Broken)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
-            .map_err(|_| ExchangeError::Broken)?;
-        if name == CONTENT_LENGTH {
-            let n = content_length(value.as_bytes()).ok_or(ExchangeError::Broken)?;
+    // Every line that goes on is `name: value\r\n` exactly (backends write them so); then the
+    // lines can be moved together in place instead of written out anew.
+    let mut canonical = true;
+    let mut names_more = false;
+    for (i, h) in response.headers.iter().enumerate() {
+        let name = h.name.as_bytes();
+        let (n, v) = (offset(name), offset(h.value));
+        let (n_end, v_end) = (n + name.len() as u32, v + h.value.len() as u32);
+        spans[i] = [n, n_end, v, v_end];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = content_length(h.value).ok_or(ExchangeError::Broken)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Broken);
             }
             length = Some(n);
-        } else if name == TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding matters: chunked or not.
             chunked = Some(
-                value
-                    .as_bytes()
+                h.value
                     .rsplit(|&b| b == b',')
                     .next()
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
             );
-        } else if name == CONNECTION {
-            if lists(value.as_bytes(), b"close") {
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if lists(h.value, b"close") {
                 close = true;
-            } else if !http11 && lists(value.as_bytes(), b"keep-alive") {
+            } else if !http11 && lists(h.value, b"keep-alive") {
                 close = false;
             }
+            names_more |= connection_options(h.value).next().is_some();
         }
-        headers.append(name, value);
+        if is_hop_by_hop(name) || name.eq_ignore_ascii_case(X_CA_REQUEST_ID.as_str().as_bytes()) {
+            continue;
+        }
+        pass[i] = true;
+        canonical &= v == n_end + 2
+            && buf[n_end as usize..v as usize] == *b": "
+            && buf.get(v_end as usize..v_end as usize + 2) == Some(b"\r\n");
     }
+    for (i, h) in response.headers.iter().enumerate() {
+        // `Connection` names more headers of this hop (rare); with chunks, a Content-Length
+        // is wrong (RFC 9112 6.3) and does not go on either.
+        if names_more && h.name.eq_ignore_ascii_case("connection") {
+            for name in connection_options(h.value) {
+                for (j, other) in response.headers.iter().enumerate() {
+                    pass[j] &= !other.name.as_bytes().eq_ignore_ascii_case(name);
+                }
+            }
+        }
+        if pass[i] && chunked.is_some() && h.name.eq_ignore_ascii_case("content-length") {
+            pass[i] = false;
+        }
+    }
+    let passed = || {
+        spans[..count]
+            .iter()
+            .zip(&pass)
+            .filter(|(_, p)| **p)
+            .map(|(s, _)| s)
+    };
+    let has_length = passed().any(|s| is_named(buf, s, b"content-length"));
+    let has_date = passed().any(|s| is_named(buf, s, b"date"));
+    // Where the header lines start: right after the status line.
+    let first = spans[..count].first().map_or(len, |s| s[0] as usize);
+    let mut head = buf.split_to(len);
+    let lines = if canonical {
+        let mut end = first;
+        for &[n, _, _, v_end] in passed() {
+            let (from, to) = (n as usize, v_end as usize + 2);
+            head.copy_within(from..to, end);
+            end += to - from;
+        }
+        head.freeze().slice(first..end)
+    } else {
+        let mut lines = Vec::with_capacity(len);
+        for &[n, n_end, v, v_end] in passed() {
+            let (n, n_end, v, v_end) = (n as usize, n_end as usize, v as usize, v_end as usize);
+            crate::h1::put_header(&mut lines, &head[n..n_end], &head[v..v_end]);
+        }
+        Bytes::from(lines)
+    };
     let bodiless = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -347,10 +407,17 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
         !close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
     Ok(Some(Head {
         status,
-        headers,
+        lines,
+        has_length,
+        has_date,
         framing,
         keep_alive,
     }))
+}
+
+/// Whether the header at `span` (offsets into `buf`) is named `name`.
+fn is_named(buf: &[u8], span: &[u32; 4], name: &[u8]) -> bool {
+    buf[span[0] as usize..span[1] as usize].eq_ignore_ascii_case(name)
 }
 
 /// Why reading a response head failed.
@@ -390,8 +457,8 @@ async fn read_head(stream: &mut BackendStream, head_request: bool) -> Result<Hea
 }
 
 /// Sends a bodiless request over a pooled connection of `pool` (or a new one) and returns the
-/// response, its body streaming from the backend or already whole. `target` is the
-/// origin-form request target, `headers` the final request headers.
+/// response, its body streaming from the backend or already whole. `encode` writes the request
+/// head (see [`crate::proxy::encode_request_head`]).
 ///
 /// A reused connection that turns out closed is replaced by another when the request cannot
 /// have been acted on: when writing it failed, or, for idempotent methods, when the connection
@@ -399,8 +466,7 @@ async fn read_head(stream: &mut BackendStream, head_request: bool) -> Result<Hea
 pub(crate) async fn exchange(
     pool: &Arc<HostPool>,
     method: &Method,
-    target: &str,
-    headers: &HeaderMap,
+    encode: impl Fn(&mut Vec<u8>),
     request_id: RequestId,
     now: crate::clock::Nanos,
 ) -> Result<Response<ResponseBody>, ExchangeError> {
@@ -416,7 +482,7 @@ pub(crate) async fn exchange(
                 (BackendStream::new(io), false)
             }
         };
-        stream.encode(method, target, headers, request_id);
+        encode(&mut stream.write);
         let BackendStream { io, write, .. } = &mut stream;
         if let Err(e) = io.write_all(write).await {
             if reused {
@@ -426,7 +492,7 @@ pub(crate) async fn exchange(
             return Err(ExchangeError::Broken);
         }
         match read_head(&mut stream, head_request).await {
-            Ok(head) => return Ok(respond(head, stream, pool, now)),
+            Ok(head) => return Ok(respond(head, stream, pool, request_id, now)),
             Err(ReadError::ClosedBeforeResponse) if reused && method.is_idempotent() => continue,
             Err(_) => return Err(ExchangeError::Broken),
         }
@@ -440,11 +506,14 @@ fn respond(
     head: Head,
     mut stream: BackendStream,
     pool: &Arc<HostPool>,
+    request_id: RequestId,
     now: crate::clock::Nanos,
 ) -> Response<ResponseBody> {
     let Head {
         status,
-        headers,
+        lines,
+        has_length,
+        has_date,
         framing,
         keep_alive,
     } = head;
@@ -467,9 +536,14 @@ fn respond(
             keep_alive,
         }),
     };
-    let mut response = Response::new(body);
+    let block = HeaderBlock {
+        lines,
+        has_length,
+        has_date,
+        request_id,
+    };
+    let mut response = Response::new(body.with_header_block(block));
     *response.status_mut() = status;
-    *response.headers_mut() = headers;
     response
 }
 
@@ -668,7 +742,8 @@ mod tests {
         assert_eq!(h.status, 200);
         assert_eq!(h.framing, Framing::Length(3));
         assert!(h.keep_alive);
-        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(&h.lines[..], b"Content-Length: 3\r\nX-A: b\r\n");
+        assert!(h.has_length && !h.has_date);
 
         let h = head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
@@ -733,5 +808,68 @@ mod tests {
         assert!(head("SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert!(head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n"), false).is_err());
+    }
+
+    fn lines(input: &str) -> String {
+        let h = head(input, false).unwrap().unwrap();
+        String::from_utf8(h.lines.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn header_lines_go_on_without_this_hops() {
+        // Moved together in place: hop-by-hop lines, those `Connection` names and the
+        // backend's own request id are left out.
+        assert_eq!(
+            lines(
+                "HTTP/1.1 200 OK\r\nServer: t\r\nX-Secret: 1\r\nConnection: keep-alive, X-Secret\r\n\
+                 Keep-Alive: timeout=5\r\nContent-Length: 0\r\nX-Ca-Request-Id: b\r\n\
+                 Date: Thu, 26 Nov 2026 20:00:00 GMT\r\nProxy-Foo: 1\r\n\r\n"
+            ),
+            "Server: t\r\nContent-Length: 0\r\nDate: Thu, 26 Nov 2026 20:00:00 GMT\r\n"
+        );
+        // Lines written otherwise (no space, bare LF, padding) are written anew.
+        assert_eq!(
+            lines("HTTP/1.1 200 OK\nA:1\nB:   2  \r\nContent-Length: 0\n\n"),
+            "A: 1\r\nB: 2\r\nContent-Length: 0\r\n"
+        );
+        // With chunks, a Content-Length does not go on (RFC 9112 6.3).
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nX: y\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(&h.lines[..], b"X: y\r\n");
+        assert!(!h.has_length);
+        assert!(!h.keep_alive);
+        // No headers at all.
+        assert_eq!(lines("HTTP/1.1 204 No Content\r\n\r\n"), "");
+    }
+
+    #[test]
+    fn header_blocks_become_maps_for_hyper() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Empty: \r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let id = crate::request_id::RequestIds::new(1).next();
+        let block = HeaderBlock {
+            lines: h.lines,
+            has_length: h.has_length,
+            has_date: h.has_date,
+            request_id: id,
+        };
+        let mut map = HeaderMap::new();
+        block.into_map(&mut map);
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(map["x-empty"], "");
+        assert_eq!(map["content-length"], "0");
+        assert_eq!(map[X_CA_REQUEST_ID].as_bytes(), id.as_bytes());
+        assert!(!map.contains_key("connection"));
+        assert_eq!(map.len(), 5);
     }
 }

@@ -294,6 +294,13 @@ async fn write_response<S: AsyncWrite + Unpin>(
         has_date |= name == DATE;
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    // The backend's own lines, already without hop-by-hop ones.
+    if let Some(block) = body.take_header_block() {
+        out.extend_from_slice(block.lines());
+        has_length |= block.has_length;
+        has_date |= block.has_date;
+        put_header(out, b"x-ca-request-id", block.request_id.as_bytes());
+    }
     if !has_date {
         put_header(out, b"date", &http_date());
     }
@@ -376,7 +383,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     Ok(keep_alive)
 }
 
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

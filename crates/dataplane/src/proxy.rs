@@ -4,14 +4,13 @@ use crate::body::{BodyTooLarge, Checkout, LimitedBody, RequestBody, ResponseBody
 use crate::clock::Nanos;
 use crate::direct::{self, ExchangeError};
 use crate::error::{GatewayError, X_CA_REQUEST_ID};
+use crate::h1::put_header;
 use crate::pool::{BackendPools, HostPool};
 use crate::request_id::RequestId;
 use crate::server::ConnInfo;
-use http::header::{
-    CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,6 @@ use std::time::Duration;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// The timeout used when a deployment says zero.
 pub(crate) const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,65 +117,153 @@ impl Backend {
     }
 }
 
-/// Removes the hop-by-hop headers (RFC 9110 7.6.1): `Connection` and the headers it names,
-/// `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    const FIXED: [HeaderName; 6] = [
-        CONNECTION,
-        KEEP_ALIVE,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
+/// Whether a header is hop-by-hop whatever `Connection` lists (RFC 9110 7.6.1): `Connection`,
+/// `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding` or `Upgrade`, in any case.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    const FIXED: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     ];
-    const PROXY: u8 = 1 << 6;
-    // One pass over the names instead of a lookup per name; most messages have none of them,
-    // or only `Connection: keep-alive`.
-    let mut found = 0u8;
-    for k in headers.keys() {
-        if let Some(i) = FIXED.iter().position(|f| f == k) {
-            found |= 1 << i;
-        } else if k.as_str().starts_with("proxy-") {
-            found |= PROXY;
-        }
-    }
-    if found == 0 {
+    FIXED.iter().any(|f| name.eq_ignore_ascii_case(f))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// The header names a `Connection` value lists as this hop's: its options other than
+/// `keep-alive` and `close`.
+pub(crate) fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"close")
+        })
+}
+
+/// Removes the hop-by-hop headers: those of [`is_hop_by_hop`] and those `Connection` names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let hop = |k: &HeaderName| is_hop_by_hop(k.as_str().as_bytes());
+    // Most messages have none, or only `Connection: keep-alive`: one pass tells.
+    if !headers.keys().any(hop) {
         return;
     }
-    let names_others = found & 1 != 0
-        && headers.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| !t.trim().eq_ignore_ascii_case("keep-alive"))
-            })
-        });
-    if names_others {
-        let named: Vec<HeaderName> = headers
+    let mut remove: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| connection_options(v.as_bytes()))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    remove.extend(headers.keys().filter(|k| hop(k)).cloned());
+    for name in remove {
+        headers.remove(name);
+    }
+}
+
+/// What a request gains on its way to the backend.
+pub(crate) struct Forwarding<'a> {
+    /// The backend's `Host`.
+    pub(crate) backend_host: &'a HeaderValue,
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub(crate) client_ip: &'a HeaderValue,
+    /// This hop's scheme for `X-Forwarded-Proto`: `http` or `https`.
+    pub(crate) scheme: &'static str,
+    /// The host the client asked for when its URI carried one (HTTP/2, absolute form); else
+    /// its `Host` header is.
+    pub(crate) uri_host: Option<&'a str>,
+    pub(crate) request_id: RequestId,
+}
+
+/// Writes the HTTP/1.1 head of a bodiless request to the backend: the client's headers less
+/// the hop-by-hop ones, those `Connection` names and those this hop sets, then `Host`,
+/// `X-Forwarded-For`, `-Proto`, `-Host` and `X-Ca-Request-Id`.
+///
+/// The rules are [`strip_hop_by_hop`]'s and [`set_forwarded`]'s, applied while writing instead
+/// of by editing the map: a handful of hashed lookups and inserts less per request.
+pub(crate) fn encode_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    fwd: &Forwarding<'_>,
+) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let start = out.len();
+    let mut seen = put_end_to_end(out, headers, &[]);
+    if seen.connection_options {
+        // Rare: `Connection` names headers of this hop. Write the lines again without them.
+        let named: Vec<&[u8]> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .flat_map(|v| connection_options(v.as_bytes()))
             .collect();
-        for name in named {
-            headers.remove(name);
+        out.truncate(start);
+        seen = put_end_to_end(out, headers, &named);
+    }
+    put_header(out, b"host", fwd.backend_host.as_bytes());
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if seen.forwarded_for {
+        for v in headers.get_all(X_FORWARDED_FOR) {
+            if v.to_str().is_ok() {
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b", ");
+            }
         }
     }
-    for (i, name) in FIXED.iter().enumerate() {
-        if found & (1 << i) != 0 {
-            headers.remove(name);
+    out.extend_from_slice(fwd.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    put_header(out, b"x-forwarded-proto", fwd.scheme.as_bytes());
+    let host = fwd
+        .uri_host
+        .map(str::as_bytes)
+        .or(seen.host.map(HeaderValue::as_bytes));
+    if let Some(host) = host {
+        put_header(out, b"x-forwarded-host", host);
+    }
+    put_header(out, b"x-ca-request-id", fwd.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What [`put_end_to_end`] passed over that the rest of the head depends on.
+#[derive(Default)]
+struct Seen<'h> {
+    /// The client's (first) `Host`.
+    host: Option<&'h HeaderValue>,
+    /// An `X-Forwarded-For` to append to.
+    forwarded_for: bool,
+    /// A `Connection` that names other headers.
+    connection_options: bool,
+}
+
+/// Writes the headers that go on to the backend as they are; `named` are those `Connection`
+/// lists (empty until it is known to list any).
+fn put_end_to_end<'h>(out: &mut Vec<u8>, headers: &'h HeaderMap, named: &[&[u8]]) -> Seen<'h> {
+    let mut seen = Seen::default();
+    for (name, value) in headers {
+        let n = name.as_str().as_bytes();
+        if name == HOST {
+            seen.host.get_or_insert(value);
+        } else if !named.is_empty() && named.iter().any(|t| n.eq_ignore_ascii_case(t)) {
+        } else if name == X_FORWARDED_FOR {
+            seen.forwarded_for = true;
+        } else if is_hop_by_hop(n) {
+            seen.connection_options |=
+                name == CONNECTION && connection_options(value.as_bytes()).next().is_some();
+        } else if name != X_FORWARDED_PROTO && name != X_FORWARDED_HOST && name != X_CA_REQUEST_ID {
+            put_header(out, n, value.as_bytes());
         }
     }
-    if found & PROXY != 0 {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(name);
-        }
-    }
+    seen
 }
 
 /// Sets the `X-Forwarded-*` headers: the client's address appended to `X-Forwarded-For`, this
@@ -250,42 +336,34 @@ pub(crate) async fn forward(
     now: Nanos,
 ) -> Result<Response<ResponseBody>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    // The host the request was routed by: the URI's authority (HTTP/2, absolute form) wins.
-    let routed_host = parts.headers.remove(HOST);
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok().or(routed_host),
-        None => routed_host,
-    };
+    // The host the client asked for, when its URI says (HTTP/2, absolute form).
+    let authority = parts.uri.authority().cloned();
     let uri = backend
         .target(std::mem::take(&mut parts.uri), base_len)
         .ok_or(ForwardError::Broken("the request path cannot be forwarded"))?;
-    strip_hop_by_hop(&mut parts.headers);
-    // Room for what is added below, in one step.
-    parts.headers.reserve(5);
-    let scheme = if conn.tls { "https" } else { "http" };
-    set_forwarded(&mut parts.headers, &conn.peer_ip, scheme, host);
-    parts.headers.insert(HOST, backend.host.clone());
     let timeout = if timeout.is_zero() {
         DEFAULT_BACKEND_TIMEOUT
     } else {
         timeout
     };
-    // Backends are spoken to in HTTP/1.1 whatever the client used.
-    let client_version = parts.version;
+    let scheme = if conn.tls { "https" } else { "http" };
     let body = match body {
         RequestBody::Incoming(body) if !body.is_end_stream() => Some(body),
         _ => None,
     };
     let Some(body) = body else {
-        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let exchange = direct::exchange(
-            &backend.pool,
-            &parts.method,
-            target,
-            &parts.headers,
+        let forwarding = Forwarding {
+            backend_host: &backend.host,
+            client_ip: &conn.peer_ip,
+            scheme,
+            uri_host: authority.as_ref().map(Authority::as_str),
             request_id,
-            now,
-        );
+        };
+        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let encode = |out: &mut Vec<u8>| {
+            encode_request_head(out, &parts.method, target, &parts.headers, &forwarding)
+        };
+        let exchange = direct::exchange(&backend.pool, &parts.method, encode, request_id, now);
         let mut response = match tokio::time::timeout(timeout, exchange).await {
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(e)) => {
@@ -299,13 +377,23 @@ pub(crate) async fn forward(
             }
             Ok(Ok(response)) => response,
         };
-        *response.version_mut() = client_version;
-        strip_hop_by_hop(response.headers_mut());
-        response
-            .headers_mut()
-            .insert(X_CA_REQUEST_ID, request_id.header_value());
+        // The client is answered in its own version, whatever the backend's.
+        *response.version_mut() = parts.version;
         return Ok(response);
     };
+    // A request with a body goes through hyper's client, which takes its head as a map.
+    let routed_host = parts.headers.remove(HOST);
+    let host = match &authority {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok().or(routed_host),
+        None => routed_host,
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    // Room for what is added below, in one step.
+    parts.headers.reserve(5);
+    set_forwarded(&mut parts.headers, &conn.peer_ip, scheme, host);
+    parts.headers.insert(HOST, backend.host.clone());
+    // Backends are spoken to in HTTP/1.1 whatever the client used.
+    let client_version = parts.version;
     parts
         .headers
         .insert(X_CA_REQUEST_ID, request_id.header_value());
@@ -390,7 +478,9 @@ mod tests {
     use super::*;
     use crate::clock::MonotonicClock;
     use crate::pool::PoolOptions;
-    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
+    use http::header::{
+        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    };
 
     fn pools() -> BackendPools {
         BackendPools::new(PoolOptions {
@@ -486,5 +576,138 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "api.example.com");
+    }
+
+    fn encoded(headers: &[(&str, &str)], uri_host: Option<&str>) -> String {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let fwd = Forwarding {
+            backend_host: &HeaderValue::from_static("backend:8081"),
+            client_ip: &HeaderValue::from_static("10.0.0.1"),
+            scheme: "https",
+            uri_host,
+            request_id: crate::request_id::RequestIds::new(7).next(),
+        };
+        let mut out = Vec::new();
+        encode_request_head(&mut out, &Method::GET, "/p?q=1", &map, &fwd);
+        let text = String::from_utf8(out).unwrap();
+        let id = std::str::from_utf8(fwd.request_id.as_bytes()).unwrap();
+        text.replace(id, "ID")
+    }
+
+    #[test]
+    fn request_heads_are_encoded_with_the_forwarding_rules() {
+        // The client's end-to-end headers go on; this hop's are replaced.
+        assert_eq!(
+            encoded(
+                &[
+                    ("host", "api.example.com"),
+                    ("accept", "*/*"),
+                    ("connection", "keep-alive"),
+                    ("x-forwarded-proto", "ftp"),
+                    ("x-forwarded-host", "spoofed"),
+                    ("x-ca-request-id", "client-chosen"),
+                    ("proxy-authorization", "Basic x"),
+                    ("te", "trailers"),
+                ],
+                None
+            ),
+            "GET /p?q=1 HTTP/1.1\r\naccept: */*\r\nhost: backend:8081\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: api.example.com\r\nx-ca-request-id: ID\r\n\r\n"
+        );
+        // An existing chain is appended to; the URI's host wins over `Host`.
+        assert_eq!(
+            encoded(
+                &[
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-forwarded-for", "2.2.2.2"),
+                    ("host", "ignored"),
+                ],
+                Some("h2.example.com")
+            ),
+            "GET /p?q=1 HTTP/1.1\r\nhost: backend:8081\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: h2.example.com\r\nx-ca-request-id: ID\r\n\r\n"
+        );
+        // Headers `Connection` names stay on this hop, wherever they come in the head.
+        assert_eq!(
+            encoded(
+                &[
+                    ("x-secret", "1"),
+                    ("connection", "close, X-Secret"),
+                    ("x-keep", "1"),
+                    ("x-other", "1"),
+                    ("connection", "x-other"),
+                ],
+                None
+            ),
+            "GET /p?q=1 HTTP/1.1\r\nx-keep: 1\r\nhost: backend:8081\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: https\r\n\
+             x-ca-request-id: ID\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn encoding_matches_editing_the_map() {
+        // The two ways of forwarding a head (written directly, or edited in a map for hyper's
+        // client) pass on the same headers.
+        let cases: [&[(&str, &str)]; 3] = [
+            &[
+                ("host", "h"),
+                ("accept", "*/*"),
+                ("x-forwarded-for", "1.1.1.1"),
+            ],
+            &[
+                ("connection", "x-a"),
+                ("x-a", "1"),
+                ("keep-alive", "5"),
+                ("x-b", "2"),
+            ],
+            &[
+                ("upgrade", "ws"),
+                ("proxy-x", "1"),
+                ("x-b", "2"),
+                ("x-ca-request-id", "c"),
+            ],
+        ];
+        for headers in cases {
+            let text = encoded(headers, None);
+            let mut direct: Vec<String> = text
+                .lines()
+                .skip(1)
+                .filter(|l| !l.is_empty() && !l.starts_with("x-ca-request-id"))
+                .map(str::to_string)
+                .collect();
+            let mut map = HeaderMap::new();
+            for (k, v) in headers {
+                map.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            let host = map.remove(HOST);
+            strip_hop_by_hop(&mut map);
+            set_forwarded(
+                &mut map,
+                &HeaderValue::from_static("10.0.0.1"),
+                "https",
+                host,
+            );
+            map.insert(HOST, HeaderValue::from_static("backend:8081"));
+            map.remove(crate::error::X_CA_REQUEST_ID);
+            let mut edited: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+                .collect();
+            direct.sort();
+            edited.sort();
+            assert_eq!(direct, edited, "{headers:?}");
+        }
     }
 }

@@ -473,7 +473,14 @@ async fn serve_connection<S, H, Fut>(
         let handler = handler.clone();
         let info = service_info.clone();
         let req = req.map(RequestBody::Incoming);
-        async move { Ok::<_, Infallible>(handler(req, info).await) }
+        async move {
+            let mut response = handler(req, info).await;
+            // hyper writes heads from the map only.
+            if let Some(block) = response.body_mut().take_header_block() {
+                block.into_map(response.headers_mut());
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
