@@ -44,6 +44,7 @@ mod request_id;
 mod router;
 mod server;
 mod shares;
+mod sideline;
 mod threads;
 mod usage;
 

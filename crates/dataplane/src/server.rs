@@ -6,6 +6,7 @@ use crate::config::Stage;
 use crate::error::{GatewayError, X_CA_STAGE};
 use crate::plane::{Dataplane, Target};
 use crate::proxy::{self, ForwardError};
+use crate::sideline::{Next, Side, Sideline};
 use crate::threads::Load;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderValue, Request, Response};
@@ -436,21 +437,27 @@ async fn serve_connection<S, H, Fut>(
         moved: 0,
         rewind: bytes::Bytes::new(),
     };
-    let mut watchdog = Watchdog::new(&info.limits, lean);
+    let (mut watchdog, ticker) = Watchdog::new(&info.limits, lean);
+    let mut side = Sideline::new(
+        async move {
+            let _ = stop.changed().await;
+        },
+        ticker,
+    );
     let io = if lean {
         let served = crate::h1::serve(io, &info, &handler);
         tokio::pin!(served);
         let ended = loop {
-            tokio::select! {
-                ended = served.as_mut() => break ended,
-                _ = stop.changed(), if !info.draining.load(Relaxed) => {
+            match side.next(&mut served).await {
+                Next::Done(ended) => break ended,
+                Next::Side(Side::Stop) => {
                     info.draining.store(true, Relaxed);
                     // Idle between requests: nothing to finish.
                     if info.waiting_head.load(Relaxed) {
                         return;
                     }
                 }
-                _ = watchdog.tick() => {
+                Next::Side(Side::Tick) => {
                     if watchdog.expired(&info) {
                         return;
                     }
@@ -484,23 +491,23 @@ async fn serve_connection<S, H, Fut>(
     });
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let mut draining = info.draining.load(Relaxed);
-    if draining {
+    if side.stopped() {
+        info.draining.store(true, Relaxed);
         conn.as_mut().graceful_shutdown();
     }
     loop {
-        tokio::select! {
-            result = conn.as_mut() => {
+        match side.next(&mut conn).await {
+            Next::Done(result) => {
                 if let Err(e) = result {
                     tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
                 }
                 break;
             }
-            _ = stop.changed(), if !draining => {
-                draining = true;
+            Next::Side(Side::Stop) => {
+                info.draining.store(true, Relaxed);
                 conn.as_mut().graceful_shutdown();
             }
-            _ = watchdog.tick() => {
+            Next::Side(Side::Tick) => {
                 if watchdog.expired(&info) {
                     break; // dropping the connection closes the socket
                 }
@@ -511,7 +518,6 @@ async fn serve_connection<S, H, Fut>(
 
 /// The per-connection timer: one tick every half timeout, instead of a timer per request.
 struct Watchdog {
-    ticker: tokio::time::Interval,
     idle: Duration,
     head: Duration,
     last_seen: u64,
@@ -521,25 +527,22 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new(limits: &ServerLimits, lean: bool) -> Self {
+    /// The watchdog, and the ticker that says when to ask it.
+    fn new(limits: &ServerLimits, lean: bool) -> (Self, tokio::time::Interval) {
         let idle = limits.idle_timeout.max(Duration::from_millis(1));
         let head = limits.header_read_timeout.max(Duration::from_millis(1));
         let period = if lean { idle.min(head) } else { idle };
         let mut ticker = tokio::time::interval((period / 2).max(Duration::from_millis(5)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Watchdog {
-            ticker,
+        let watchdog = Watchdog {
             idle,
             head,
             last_seen: 0,
             last_progress: Instant::now(),
             last_heads: 0,
             head_wait_since: None,
-        }
-    }
-
-    async fn tick(&mut self) {
-        self.ticker.tick().await;
+        };
+        (watchdog, ticker)
     }
 
     /// Whether the connection has been idle, or waiting for a request head, for too long.
