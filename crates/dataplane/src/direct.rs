@@ -41,6 +41,8 @@ pub(crate) struct BackendStream {
     io: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    /// Scratch space for parsing response heads.
+    kept: Vec<[u32; 4]>,
 }
 
 impl BackendStream {
@@ -49,6 +51,7 @@ impl BackendStream {
             io,
             read: BytesMut::with_capacity(READ_RESERVE),
             write: Vec::with_capacity(1024),
+            kept: Vec::new(),
         }
     }
 
@@ -278,8 +281,13 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Parses a response head off the front of `buf`; `None` until a whole one is there.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ExchangeError> {
+/// Parses a response head off the front of `buf`; `None` until a whole one is there. `kept` is
+/// scratch space, for where the lines that go on are.
+fn parse_head(
+    buf: &mut BytesMut,
+    kept: &mut Vec<[u32; 4]>,
+    head_request: bool,
+) -> Result<Option<Head>, ExchangeError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -304,27 +312,29 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
     // and what each says about framing and whether it goes on.
     let start = buf.as_ptr() as usize;
     let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
-    let mut pass = [false; MAX_HEADERS];
-    let count = response.headers.len();
+    // Where the header lines start: right after the status line.
+    let first = response
+        .headers
+        .first()
+        .map_or(len, |h| offset(h.name.as_bytes()) as usize);
+    kept.clear();
     let mut length: Option<u64> = None;
     let mut chunked = None;
     let mut close = !http11;
+    let (mut has_length, mut has_date) = (false, false);
     // Every line that goes on is `name: value\r\n` exactly (backends write them so); then the
     // lines can be moved together in place instead of written out anew.
     let mut canonical = true;
     let mut names_more = false;
-    for (i, h) in response.headers.iter().enumerate() {
+    for h in response.headers.iter() {
         let name = h.name.as_bytes();
-        let (n, v) = (offset(name), offset(h.value));
-        let (n_end, v_end) = (n + name.len() as u32, v + h.value.len() as u32);
-        spans[i] = [n, n_end, v, v_end];
         if name.eq_ignore_ascii_case(b"content-length") {
             let n = content_length(h.value).ok_or(ExchangeError::Broken)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Broken);
             }
             length = Some(n);
+            has_length = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding matters: chunked or not.
             chunked = Some(
@@ -340,44 +350,37 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
                 close = false;
             }
             names_more |= connection_options(h.value).next().is_some();
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
         }
         if is_hop_by_hop(name) || name.eq_ignore_ascii_case(X_CA_REQUEST_ID.as_str().as_bytes()) {
             continue;
         }
-        pass[i] = true;
+        let (n, v) = (offset(name), offset(h.value));
+        let (n_end, v_end) = (n + name.len() as u32, v + h.value.len() as u32);
+        kept.push([n, n_end, v, v_end]);
         canonical &= v == n_end + 2
             && buf[n_end as usize..v as usize] == *b": "
             && buf.get(v_end as usize..v_end as usize + 2) == Some(b"\r\n");
     }
-    for (i, h) in response.headers.iter().enumerate() {
-        // `Connection` names more headers of this hop (rare); with chunks, a Content-Length
-        // is wrong (RFC 9112 6.3) and does not go on either.
-        if names_more && h.name.eq_ignore_ascii_case("connection") {
-            for name in connection_options(h.value) {
-                for (j, other) in response.headers.iter().enumerate() {
-                    pass[j] &= !other.name.as_bytes().eq_ignore_ascii_case(name);
-                }
-            }
-        }
-        if pass[i] && chunked.is_some() && h.name.eq_ignore_ascii_case("content-length") {
-            pass[i] = false;
-        }
-    }
-    let passed = || {
-        spans[..count]
+    if names_more || (chunked.is_some() && has_length) {
+        // Rare: `Connection` names more headers of this hop, or a Content-Length came with
+        // chunks (it is wrong then, RFC 9112 6.3). Neither goes on.
+        let named: Vec<&[u8]> = response
+            .headers
             .iter()
-            .zip(&pass)
-            .filter(|(_, p)| **p)
-            .map(|(s, _)| s)
-    };
-    let has_length = passed().any(|s| is_named(buf, s, b"content-length"));
-    let has_date = passed().any(|s| is_named(buf, s, b"date"));
-    // Where the header lines start: right after the status line.
-    let first = spans[..count].first().map_or(len, |s| s[0] as usize);
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| connection_options(h.value))
+            .chain(chunked.is_some().then_some(&b"content-length"[..]))
+            .collect();
+        kept.retain(|s| !named.iter().any(|n| is_named(buf, s, n)));
+        has_length = kept.iter().any(|s| is_named(buf, s, b"content-length"));
+        has_date = kept.iter().any(|s| is_named(buf, s, b"date"));
+    }
     let mut head = buf.split_to(len);
     let lines = if canonical {
         let mut end = first;
-        for &[n, _, _, v_end] in passed() {
+        for &[n, _, _, v_end] in kept.iter() {
             let (from, to) = (n as usize, v_end as usize + 2);
             head.copy_within(from..to, end);
             end += to - from;
@@ -385,7 +388,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
         head.freeze().slice(first..end)
     } else {
         let mut lines = Vec::with_capacity(len);
-        for &[n, n_end, v, v_end] in passed() {
+        for &[n, n_end, v, v_end] in kept.iter() {
             let (n, n_end, v, v_end) = (n as usize, n_end as usize, v as usize, v_end as usize);
             crate::h1::put_header(&mut lines, &head[n..n_end], &head[v..v_end]);
         }
@@ -433,7 +436,7 @@ async fn read_head(stream: &mut BackendStream, head_request: bool) -> Result<Hea
     let mut received = !stream.read.is_empty();
     loop {
         if !stream.read.is_empty() {
-            match parse_head(&mut stream.read, head_request) {
+            match parse_head(&mut stream.read, &mut stream.kept, head_request) {
                 Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                     // No upgrade was asked for (`Upgrade` is hop-by-hop and not forwarded).
                     return Err(ReadError::Broken);
@@ -728,7 +731,11 @@ mod tests {
     }
 
     fn head(input: &str, head_request: bool) -> Result<Option<Head>, ExchangeError> {
-        parse_head(&mut BytesMut::from(input.as_bytes()), head_request)
+        parse_head(
+            &mut BytesMut::from(input.as_bytes()),
+            &mut Vec::new(),
+            head_request,
+        )
     }
 
     #[test]

@@ -77,6 +77,7 @@ where
     let hard_limit = limits.max_header_bytes.saturating_mul(2).max(64 * 1024);
     let mut buf = BytesMut::with_capacity(READ_RESERVE);
     let mut out = Vec::with_capacity(1024);
+    let mut spans = Vec::new();
     let mut first = true;
     loop {
         if first
@@ -87,7 +88,7 @@ where
                 return Ended::HandOff(io, buf.freeze());
             }
         } else if !buf.is_empty() {
-            let parsed = match parse(&mut buf) {
+            let parsed = match parse(&mut buf, &mut spans) {
                 Parsed::Partial if buf.len() > hard_limit => Parsed::TooLarge,
                 parsed => parsed,
             };
@@ -158,8 +159,9 @@ pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
-/// Parses a request head off the front of `buf`.
-fn parse(buf: &mut BytesMut) -> Parsed {
+/// Parses a request head off the front of `buf`. `spans` is scratch space, for where the
+/// headers are.
+fn parse(buf: &mut BytesMut, spans: &mut Vec<[u32; 4]>) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -186,11 +188,10 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let start = buf.as_ptr() as usize;
     let offset = |part: &[u8]| (part.as_ptr() as usize - start) as u32;
     let path_span = (offset(path.as_bytes()), path.len() as u32);
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
-    let count = request.headers.len();
+    spans.clear();
     let mut keep_alive = http11;
     let mut length: Option<u64> = None;
-    for (span, h) in spans.iter_mut().zip(request.headers.iter()) {
+    for h in request.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             return Parsed::NeedsHyper;
@@ -209,7 +210,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             }
         }
         let (n, v) = (offset(name), offset(h.value));
-        *span = [n, n + name.len() as u32, v, v + h.value.len() as u32];
+        spans.push([n, n + name.len() as u32, v, v + h.value.len() as u32]);
     }
     if length.is_some_and(|n| n > 0) {
         return Parsed::NeedsHyper;
@@ -219,8 +220,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p0 + plen)) else {
         return Parsed::Invalid;
     };
-    let mut headers = HeaderMap::with_capacity(count + 6);
-    for &[n0, n1, v0, v1] in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &[n0, n1, v0, v1] in spans.iter() {
         let Ok(name) = HeaderName::from_bytes(&head[n0 as usize..n1 as usize]) else {
             return Parsed::Invalid;
         };
@@ -418,7 +419,7 @@ mod tests {
     use super::*;
 
     fn parsed(input: &str) -> Parsed {
-        parse(&mut BytesMut::from(input.as_bytes()))
+        parse(&mut BytesMut::from(input.as_bytes()), &mut Vec::new())
     }
 
     #[test]
