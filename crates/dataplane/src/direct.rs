@@ -879,4 +879,80 @@ mod tests {
         assert!(!map.contains_key("connection"));
         assert_eq!(map.len(), 5);
     }
+
+    /// A header line as a generated response carries it: how it is written, and whether it
+    /// should reach the client.
+    #[derive(Debug, Clone)]
+    struct Line {
+        name: String,
+        value: String,
+        /// Between the colon and the value.
+        gap: &'static str,
+        eol: &'static str,
+    }
+
+    fn line() -> impl proptest::strategy::Strategy<Value = Line> {
+        use proptest::prelude::*;
+        // A few names recur, so that `Connection` lines (their values drawn from the same
+        // names) name headers the response has.
+        let name = prop_oneof![
+            "[A-Za-z][A-Za-z0-9-]{0,10}",
+            Just("X-A".to_string()),
+            Just("x-b".to_string()),
+            Just("keep-alive".to_string()),
+            Just("Proxy-Thing".to_string()),
+            Just("X-Ca-Request-Id".to_string()),
+            Just("Date".to_string()),
+            Just("TE".to_string()),
+        ];
+        let gap = prop_oneof![Just(": "), Just(":"), Just(":   ")];
+        let eol = prop_oneof![Just("\r\n"), Just("\n")];
+        let plain = (name, "[!-~]([ -~]{0,16}[!-~])?", gap.clone(), eol.clone());
+        let connection = (
+            Just("Connection".to_string()),
+            "(close|keep-alive|x-a|X-B|date)(, ?(x-a|X-B|date|close)){0,2}",
+            gap,
+            eol,
+        );
+        prop_oneof![3 => plain, 1 => connection].prop_map(|(name, value, gap, eol)| Line {
+            name,
+            value,
+            gap,
+            eol,
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn passed_lines_are_the_end_to_end_ones_in_order(
+            lines in proptest::collection::vec(line(), 0..12),
+        ) {
+            let mut input = String::from("HTTP/1.1 200 OK\r\n");
+            for l in &lines {
+                input.push_str(&format!("{}{}{}{}", l.name, l.gap, l.value, l.eol));
+            }
+            input.push_str("Content-Length: 0\r\n\r\n");
+            let named: Vec<String> = lines
+                .iter()
+                .filter(|l| l.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|l| l.value.split(',').map(|t| t.trim().to_ascii_lowercase()))
+                .filter(|t| !t.is_empty() && t != "keep-alive" && t != "close")
+                .collect();
+            let mut expected: String = lines
+                .iter()
+                .filter(|l| !is_hop_by_hop(l.name.as_bytes()))
+                .filter(|l| !l.name.eq_ignore_ascii_case("x-ca-request-id"))
+                .filter(|l| !named.contains(&l.name.to_ascii_lowercase()))
+                .map(|l| format!("{}: {}\r\n", l.name, l.value))
+                .collect();
+            expected.push_str("Content-Length: 0\r\n");
+            let h = head(&input, false).unwrap().unwrap();
+            proptest::prop_assert_eq!(String::from_utf8(h.lines.to_vec()).unwrap(), expected);
+            proptest::prop_assert!(h.has_length);
+            let dated = lines.iter().any(|l| {
+                l.name.eq_ignore_ascii_case("date") && !named.iter().any(|n| n == "date")
+            });
+            proptest::prop_assert_eq!(h.has_date, dated);
+        }
+    }
 }
