@@ -18,7 +18,8 @@
 #    as gatewayd has 2 data-plane threads, --http-threads 2; keep-alive to the upstream), with
 #    wrk, same threads and connections, alternating, ROUNDS times each. Printed: requests/s and
 #    p50/p99 latency of every round, the proxy's CPU time per request (user + system, from
-#    /proc), the medians and their ratios. Then latency at the same open-loop rate through each
+#    /proc), the medians and their ratios, and each round's gatewayd figures against the nginx
+#    round run right after it (paired: a slow spell of the machine hits both). Then latency at the same open-loop rate through each
 #    (OVERHEAD_RATE req/s, below both maxima), with the generator. BASELINE_GATEWAYD=path adds
 #    a second gatewayd node running that binary (e.g. a build of an older commit) to the
 #    closed-loop rounds, to compare two builds in the same run.
@@ -26,7 +27,7 @@
 # Needs nginx, wrk, curl and python3 (installs nginx and wrk with apt-get when missing and root).
 #
 # Usage: benches/dataplane.sh
-# Knobs: RUN_SECS=10 CHANGE_AT=4 CONNECTIONS=64 ROUNDS=3 WRK_SECS=10 WRK_THREADS=2
+# Knobs: RUN_SECS=10 CHANGE_AT=4 CONNECTIONS=64 ROUNDS=5 WRK_SECS=10 WRK_THREADS=2
 #        WRK_CONNECTIONS=64 OVERHEAD_RATE=10000 SKIP_BUILD=0 ONLY= (ONLY=overhead: part b only)
 #        BASELINE_GATEWAYD= (path of another gatewayd binary for part b)
 set -euo pipefail
@@ -35,7 +36,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN_SECS=${RUN_SECS:-10}
 CHANGE_AT=${CHANGE_AT:-4}
 CONNECTIONS=${CONNECTIONS:-64}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 WRK_SECS=${WRK_SECS:-10}
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
@@ -527,6 +528,16 @@ if "baseline" in med:
 g, n = med["gatewayd"], med["nginx"]
 print(f"  gatewayd / nginx: throughput x{g[0] / n[0]:.2f}, p50 x{g[1] / n[1]:.2f}, p99 x{g[2] / n[2]:.2f}"
       f"  (target: throughput >= x1.00, p99 <= x1.00)")
+# Paired: each gatewayd round against the nginx round right after it. The machine's speed
+# drifts by more than the difference measured; a pair shares most of the drift.
+pairs = list(zip(res["gatewayd"], res["nginx"]))
+for name, i, better in (("throughput", 0, lambda r: r >= 1), ("p99", 2, lambda r: r <= 1)):
+    ratios = [gw[i] / ng[i] for gw, ng in pairs]
+    print(f"  paired {name:<10} x{statistics.median(ratios):.2f} (median of "
+          f"{' '.join(f'{r:.2f}' for r in ratios)}; gatewayd ahead or level in "
+          f"{sum(map(better, ratios))} of {len(ratios)})")
+cpu = [(gw[3][0] + gw[3][1]) / (ng[3][0] + ng[3][1]) for gw, ng in pairs]
+print(f"  paired CPU/req     x{statistics.median(cpu):.2f} (gatewayd lower in {sum(r < 1 for r in cpu)} of {len(cpu)})")
 
 print(f"\n  open loop at {rate} req/s (latency from each request's scheduled send time):")
 print(f"  {'round':<6}{'who':<10}{'achieved':>10}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}  2xx/sent")
