@@ -16,7 +16,10 @@
 //! - **The servers**: the reverse proxy, on a thread and runtime per core fed by one accepting
 //!   thread ([`serve_threads`]) or on the caller's runtime ([`serve`]), and the ops endpoint
 //!   ([`serve_ops`]). Bodiless requests on plain-text connections take a lean HTTP/1 path on
-//!   both legs (`h1`, `direct`); requests with a body, HTTP/2 and TLS are served by hyper.
+//!   both legs (`h1`, `direct`), with no header map for the backend: the request head is
+//!   written from the client's headers with the forwarding rules applied on the way, and the
+//!   backend's header lines go on to the client as they were read. Requests with a body,
+//!   HTTP/2 and TLS are served by hyper.
 //!
 //! It does not know how configuration is replicated, how demand reports travel between nodes,
 //! or where usage goes: the caller wires those (see the `gatewayd` binary).
