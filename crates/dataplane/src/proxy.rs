@@ -254,6 +254,7 @@ fn put_end_to_end<'h>(out: &mut Vec<u8>, headers: &'h HeaderMap, named: &[&[u8]]
         if name == HOST {
             seen.host.get_or_insert(value);
         } else if !named.is_empty() && named.iter().any(|t| n.eq_ignore_ascii_case(t)) {
+            // Named by `Connection`: it stays on this hop.
         } else if name == X_FORWARDED_FOR {
             seen.forwarded_for = true;
         } else if is_hop_by_hop(n) {
