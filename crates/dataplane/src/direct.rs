@@ -272,10 +272,8 @@ impl HeaderBlock {
 /// A parsed response head.
 struct Head {
     status: StatusCode,
-    /// The header lines to pass on; the request id is filled in by [`exchange`].
-    lines: Bytes,
-    has_length: bool,
-    has_date: bool,
+    /// The header lines to pass on, with the id of the request they answer.
+    block: HeaderBlock,
     framing: Framing,
     /// The backend keeps the connection open for another request.
     keep_alive: bool,
@@ -287,6 +285,7 @@ fn parse_head(
     buf: &mut BytesMut,
     kept: &mut Vec<[u32; 4]>,
     head_request: bool,
+    request_id: RequestId,
 ) -> Result<Option<Head>, ExchangeError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -410,9 +409,12 @@ fn parse_head(
         !close && framing != Framing::UntilClose && !(chunked.is_some() && length.is_some());
     Ok(Some(Head {
         status,
-        lines,
-        has_length,
-        has_date,
+        block: HeaderBlock {
+            lines,
+            has_length,
+            has_date,
+            request_id,
+        },
         framing,
         keep_alive,
     }))
@@ -432,11 +434,15 @@ enum ReadError {
 }
 
 /// Reads the final response head (skipping 1xx ones) from `stream`.
-async fn read_head(stream: &mut BackendStream, head_request: bool) -> Result<Head, ReadError> {
+async fn read_head(
+    stream: &mut BackendStream,
+    head_request: bool,
+    request_id: RequestId,
+) -> Result<Head, ReadError> {
     let mut received = !stream.read.is_empty();
     loop {
         if !stream.read.is_empty() {
-            match parse_head(&mut stream.read, &mut stream.kept, head_request) {
+            match parse_head(&mut stream.read, &mut stream.kept, head_request, request_id) {
                 Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
                     // No upgrade was asked for (`Upgrade` is hop-by-hop and not forwarded).
                     return Err(ReadError::Broken);
@@ -494,8 +500,8 @@ pub(crate) async fn exchange(
             tracing::debug!(error = %e, "writing to the backend failed");
             return Err(ExchangeError::Broken);
         }
-        match read_head(&mut stream, head_request).await {
-            Ok(head) => return Ok(respond(head, stream, pool, request_id, now)),
+        match read_head(&mut stream, head_request, request_id).await {
+            Ok(head) => return Ok(respond(head, stream, pool, now)),
             Err(ReadError::ClosedBeforeResponse) if reused && method.is_idempotent() => continue,
             Err(_) => return Err(ExchangeError::Broken),
         }
@@ -509,14 +515,11 @@ fn respond(
     head: Head,
     mut stream: BackendStream,
     pool: &Arc<HostPool>,
-    request_id: RequestId,
     now: crate::clock::Nanos,
 ) -> Response<ResponseBody> {
     let Head {
         status,
-        lines,
-        has_length,
-        has_date,
+        block,
         framing,
         keep_alive,
     } = head;
@@ -538,12 +541,6 @@ fn respond(
             pool: pool.clone(),
             keep_alive,
         }),
-    };
-    let block = HeaderBlock {
-        lines,
-        has_length,
-        has_date,
-        request_id,
     };
     let mut response = Response::new(body.with_header_block(block));
     *response.status_mut() = status;
@@ -735,6 +732,7 @@ mod tests {
             &mut BytesMut::from(input.as_bytes()),
             &mut Vec::new(),
             head_request,
+            crate::request_id::RequestIds::new(1).next(),
         )
     }
 
@@ -749,8 +747,8 @@ mod tests {
         assert_eq!(h.status, 200);
         assert_eq!(h.framing, Framing::Length(3));
         assert!(h.keep_alive);
-        assert_eq!(&h.lines[..], b"Content-Length: 3\r\nX-A: b\r\n");
-        assert!(h.has_length && !h.has_date);
+        assert_eq!(&h.block.lines[..], b"Content-Length: 3\r\nX-A: b\r\n");
+        assert!(h.block.has_length && !h.block.has_date);
 
         let h = head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
@@ -819,7 +817,7 @@ mod tests {
 
     fn lines(input: &str) -> String {
         let h = head(input, false).unwrap().unwrap();
-        String::from_utf8(h.lines.to_vec()).unwrap()
+        String::from_utf8(h.block.lines.to_vec()).unwrap()
     }
 
     #[test]
@@ -846,8 +844,8 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert_eq!(&h.lines[..], b"X: y\r\n");
-        assert!(!h.has_length);
+        assert_eq!(&h.block.lines[..], b"X: y\r\n");
+        assert!(!h.block.has_length);
         assert!(!h.keep_alive);
         // No headers at all.
         assert_eq!(lines("HTTP/1.1 204 No Content\r\n\r\n"), "");
@@ -862,13 +860,8 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let id = crate::request_id::RequestIds::new(1).next();
-        let block = HeaderBlock {
-            lines: h.lines,
-            has_length: h.has_length,
-            has_date: h.has_date,
-            request_id: id,
-        };
+        let block = h.block;
+        let id = block.request_id;
         let mut map = HeaderMap::new();
         block.into_map(&mut map);
         let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
@@ -947,12 +940,12 @@ mod tests {
                 .collect();
             expected.push_str("Content-Length: 0\r\n");
             let h = head(&input, false).unwrap().unwrap();
-            proptest::prop_assert_eq!(String::from_utf8(h.lines.to_vec()).unwrap(), expected);
-            proptest::prop_assert!(h.has_length);
+            proptest::prop_assert_eq!(String::from_utf8(h.block.lines.to_vec()).unwrap(), expected);
+            proptest::prop_assert!(h.block.has_length);
             let dated = lines.iter().any(|l| {
                 l.name.eq_ignore_ascii_case("date") && !named.iter().any(|n| n == "date")
             });
-            proptest::prop_assert_eq!(h.has_date, dated);
+            proptest::prop_assert_eq!(h.block.has_date, dated);
         }
     }
 }

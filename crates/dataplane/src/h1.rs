@@ -13,6 +13,7 @@
 //! (their protocol comes from ALPN).
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::error::X_CA_REQUEST_ID;
 use crate::server::ConnInfo;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -300,7 +301,11 @@ async fn write_response<S: AsyncWrite + Unpin>(
         out.extend_from_slice(block.lines());
         has_length |= block.has_length;
         has_date |= block.has_date;
-        put_header(out, b"x-ca-request-id", block.request_id.as_bytes());
+        put_header(
+            out,
+            X_CA_REQUEST_ID.as_str().as_bytes(),
+            block.request_id.as_bytes(),
+        );
     }
     if !has_date {
         put_header(out, b"date", &http_date());

@@ -230,7 +230,11 @@ pub(crate) fn encode_request_head(
     if let Some(host) = host {
         put_header(out, b"x-forwarded-host", host);
     }
-    put_header(out, b"x-ca-request-id", fwd.request_id.as_bytes());
+    put_header(
+        out,
+        X_CA_REQUEST_ID.as_str().as_bytes(),
+        fwd.request_id.as_bytes(),
+    );
     out.extend_from_slice(b"\r\n");
 }
 
