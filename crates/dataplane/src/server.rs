@@ -492,7 +492,7 @@ async fn serve_connection<S, H, Fut>(
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     if side.stopped() {
-        info.draining.store(true, Relaxed);
+        // Stopped while the lean loop served: `draining` is set already.
         conn.as_mut().graceful_shutdown();
     }
     loop {
