@@ -162,11 +162,22 @@ fn metered_calls(c: &Cluster, via: u64) -> u64 {
         .sum()
 }
 
+/// Every bill of `acme`, read a page at a time.
 fn bills(c: &Cluster, via: u64) -> Vec<Value> {
-    ok(c, via, &["bill", "list", "--account", "acme"])
-        .as_array()
-        .unwrap()
-        .clone()
+    let mut all = Vec::new();
+    let mut after = String::new();
+    loop {
+        let mut args = vec!["bill", "list", "--account", "acme", "--limit", "50"];
+        if !after.is_empty() {
+            args.extend(["--after", after.as_str()]);
+        }
+        let page = ok(c, via, &args);
+        all.extend(page["bills"].as_array().unwrap().iter().cloned());
+        match page["next_after_day"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => return all,
+        }
+    }
 }
 
 /// The kinds of event the webhook has received, in order.

@@ -1,22 +1,26 @@
-//! The admin API's accounts, usage, bills and events: parsing and presentation.
+//! The admin API's accounts, ledgers, bills and events: parsing and presentation.
 
 use billing::{Day, Timestamp, Usd};
-use model::ledger::{Bill, EventRecord};
+use cluster::{History, HistoryError};
+use model::history::{Bill, EventRecord, LedgerEntry};
 use model::{Account, DomainError, State};
 use proto::admin as pb;
 use tonic::Status;
 
-/// How many ledger entries an account shows.
+/// How many ledger entries an account shows (`DescribeLedger` pages through the rest).
 const LEDGER_SHOWN: usize = 20;
 
 pub fn parse_usd(field: &str, s: &str) -> Result<Usd, Status> {
     Usd::parse(s).map_err(|e| Status::invalid_argument(format!("invalid {field}: {e}")))
 }
 
-/// Parses `YYYY-MM-DD` into a day index.
-pub fn parse_day(s: &str) -> Result<u64, Status> {
-    let bad =
-        || Status::invalid_argument(format!("invalid day: '{s}' is not a date like 2026-01-31"));
+/// Parses `YYYY-MM-DD` into a day index, as `field`.
+pub fn parse_day(field: &str, s: &str) -> Result<u64, Status> {
+    let bad = || {
+        Status::invalid_argument(format!(
+            "invalid {field}: '{s}' is not a date like 2026-01-31"
+        ))
+    };
     let mut parts = s.split('-');
     let (Some(y), Some(m), Some(d), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -32,17 +36,28 @@ pub fn parse_day(s: &str) -> Result<u64, Status> {
     Ok(t.day().index())
 }
 
+/// Parses an optional `YYYY-MM-DD` (empty: none), as `field`.
+pub fn parse_opt_day(field: &str, s: &str) -> Result<Option<u64>, Status> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_day(field, s).map(Some)
+    }
+}
+
 pub fn day_name(day: u64) -> String {
     Day::from_index(day).to_string()
 }
 
-pub fn account_to_pb(a: &Account) -> pb::Account {
+/// An account with its last [`LEDGER_SHOWN`] ledger entries, read from `history`.
+pub fn account_to_pb(a: &Account, history: &History) -> Result<pb::Account, HistoryError> {
+    let tail = history.ledger_tail(&a.name, a.ledger_len, LEDGER_SHOWN)?;
     let b = &a.billing;
     let state = serde_json::to_value(b.state())
         .ok()
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_default();
-    pb::Account {
+    Ok(pb::Account {
         name: a.name.clone(),
         created_at_ms: a.created_at_ms,
         state,
@@ -53,15 +68,21 @@ pub fn account_to_pb(a: &Account) -> pb::Account {
         last_cycle: b.last_cycle().map(|d| d.to_string()),
         suspended_at_ms: b.suspended_at().map(|t| t.unix_secs() * 1000),
         purge_at_ms: b.purge_at().map(|t| t.unix_secs() * 1000),
-        ledger: a.ledger[a.ledger.len().saturating_sub(LEDGER_SHOWN)..]
+        ledger: tail
             .iter()
-            .map(|e| pb::LedgerEntry {
-                at_ms: e.at_ms,
-                what: e.what.clone(),
-                amount: e.amount.to_string(),
-                balance_after: e.balance_after.to_string(),
-            })
+            .map(|(seq, e)| ledger_entry_to_pb(*seq, e))
             .collect(),
+        ledger_len: a.ledger_len,
+    })
+}
+
+pub fn ledger_entry_to_pb(seq: u64, e: &LedgerEntry) -> pb::LedgerEntry {
+    pb::LedgerEntry {
+        seq,
+        at_ms: e.at_ms,
+        what: e.what.clone(),
+        amount: e.amount.to_string(),
+        balance_after: e.balance_after.to_string(),
     }
 }
 
@@ -70,32 +91,6 @@ pub fn find_account<'a>(state: &'a State, name: &str) -> Result<&'a Account, Sta
         .accounts
         .get(name)
         .ok_or_else(|| crate::domain_status(DomainError::not_found("account", name)))
-}
-
-pub fn usage_rows(state: &State, account: &str, day: Option<u64>) -> Vec<pb::UsageRow> {
-    let mut rows = Vec::new();
-    for (d, by_account) in &state.usage {
-        if day.is_some_and(|want| want != *d) {
-            continue;
-        }
-        for (acct, u) in by_account {
-            if !account.is_empty() && acct != account {
-                continue;
-            }
-            for (key, c) in &u.by_api {
-                let (instance, api) = key.split_once('/').unwrap_or((key, ""));
-                rows.push(pb::UsageRow {
-                    day: day_name(*d),
-                    account: acct.clone(),
-                    instance: instance.to_string(),
-                    api: api.to_string(),
-                    calls: c.calls,
-                    bytes_out: c.bytes_out,
-                });
-            }
-        }
-    }
-    rows
 }
 
 pub fn bill_to_pb(account: &str, b: &Bill) -> pb::Bill {

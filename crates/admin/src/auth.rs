@@ -3,7 +3,7 @@
 //! Every call but gRPC health carries `authorization: Bearer TOKEN`. The operator's token
 //! (`gatewayd --admin-token-file`) may do everything. An account token (`gwt_ID_SECRET`,
 //! created by the operator, revocable) acts for one account: it sees and changes only that
-//! account's instances, groups, APIs, usage, bills and events. Only the SHA-256 of a token's
+//! account's instances, groups, APIs, usage, ledger, bills and events. Only the SHA-256 of a token's
 //! secret is in the replicated state. Without an operator token the admin API only listens on
 //! loopback and a call without a token acts as the operator (local development).
 

@@ -104,7 +104,7 @@ pub fn api_to_pb(g: &ApiGroup, name: &str) -> Option<pb::Api> {
         definition: Some(definition_to_pb(&api.spec)),
         created_at_ms: api.created_at_ms,
         deployed_stages: Stage::ALL
-            .iter()
+            .into_iter()
             .filter(|st| g.deployments.get(st).is_some_and(|d| d.contains_key(name)))
             .map(|st| st.as_str().to_string())
             .collect(),

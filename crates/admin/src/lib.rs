@@ -3,14 +3,29 @@
 //! This crate owns the operator-facing API: it checks each request (so bad input is answered
 //! with the field at fault before anything is proposed), turns it into a [`model::Command`],
 //! has the [`cluster::Node`] commit it (forwarding to the leader when needed), and maps the
-//! outcome to a gRPC status. Reads are served from the state this node has applied.
+//! outcome to a gRPC status. Reads are served from the state this node has applied, and from
+//! its copy of the history (ledgers, bills, events, closed days' usage), a page at a time.
+//!
+//! # Layout
+//!
+//! - this file: the RPC handlers, and the mapping of every error to a gRPC status;
+//! - `auth`: who is calling and what they may touch;
+//! - `convert`: instances, groups and APIs to and from protobuf;
+//! - `accounts`: accounts, ledgers, bills and events: parsing and presentation;
+//! - `usage`: `DescribeUsage`, merging closed days (history) with open ones (state);
+//! - `paging`: page sizes and cursors of history reads.
 
 mod accounts;
 pub mod auth;
 mod convert;
+mod paging;
+mod usage;
+
+#[cfg(test)]
+mod tests;
 
 use catalog::{Catalog, SHARED_INSTANCE};
-use cluster::{ClusterError, Node};
+use cluster::{ClusterError, HistoryError, Node};
 use model::{AuthType, ChargeType, Command, DomainError, GroupChange, Reply, Stage, validate};
 use proto::admin as pb;
 use proto::admin::admin_server::{Admin, AdminServer};
@@ -64,6 +79,13 @@ pub fn to_status(e: ClusterError) -> Status {
         ClusterError::Invalid(m) => Status::failed_precondition(m),
         ClusterError::Internal(m) => Status::internal(m),
     }
+}
+
+/// Maps a failed read of this node's history (storage or a corrupt record: nothing the caller
+/// can fix) to the status every history read answers with.
+fn history_status(e: HistoryError) -> Status {
+    tracing::error!("reading history failed: {e}");
+    Status::internal(format!("this node could not read its history: {e}"))
 }
 
 fn domain_status(d: DomainError) -> Status {
@@ -512,19 +534,22 @@ impl Admin for AdminService {
         let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
+        let history = self.node.history();
         let list = if name.is_empty() {
             state
                 .accounts
                 .values()
                 .filter(|a| p.sees(&a.name))
-                .map(accounts::account_to_pb)
-                .collect()
+                .map(|a| accounts::account_to_pb(a, history))
+                .collect::<Result<_, _>>()
         } else {
             let a = accounts::find_account(&state, &name)?;
             p.require_account("account", &name, &a.name)?;
-            vec![accounts::account_to_pb(a)]
+            accounts::account_to_pb(a, history).map(|a| vec![a])
         };
-        Ok(Response::new(pb::DescribeAccountsReply { accounts: list }))
+        Ok(Response::new(pb::DescribeAccountsReply {
+            accounts: list.map_err(history_status)?,
+        }))
     }
 
     async fn recharge(
@@ -582,17 +607,34 @@ impl Admin for AdminService {
         let p = Principal::of(&req);
         let r = req.into_inner();
         let account = p.scope(r.account)?;
-        let day = if r.day.is_empty() {
+        let day = accounts::parse_opt_day("day", &r.day)?;
+        let limit = paging::limit(r.limit)?;
+        let after = if r.after.is_empty() {
             None
         } else {
-            Some(accounts::parse_day(&r.day)?)
+            let c = paging::UsageCursor::parse("after", &r.after)?;
+            if !account.is_empty() && c.account != account {
+                return Err(Status::invalid_argument(format!(
+                    "invalid after: '{}' is a cursor of account '{}', not of '{account}'",
+                    r.after, c.account
+                )));
+            }
+            Some(c)
         };
         let state = self.node.state();
         if !account.is_empty() {
             accounts::find_account(&state, &account)?;
         }
+        let query = usage::Query {
+            account: &account,
+            day,
+            after: after.as_ref(),
+            limit,
+        };
+        let page = usage::page(&state, self.node.history(), &query).map_err(history_status)?;
         Ok(Response::new(pb::DescribeUsageReply {
-            rows: accounts::usage_rows(&state, &account, day),
+            rows: page.rows,
+            next_after: page.next.map(|c| c.to_string()),
         }))
     }
 
@@ -603,28 +645,42 @@ impl Admin for AdminService {
         let p = Principal::of(&req);
         let r = req.into_inner();
         p.require_account("account", &r.account, &r.account)?;
-        let day = if r.day.is_empty() {
-            None
-        } else {
-            Some(accounts::parse_day(&r.day)?)
-        };
-        let state = self.node.state();
-        accounts::find_account(&state, &r.account)?;
-        let bills: Vec<pb::Bill> = state
-            .bills
-            .get(&r.account)
-            .into_iter()
-            .flatten()
-            .filter(|b| day.is_none_or(|d| b.day == d))
-            .map(|b| accounts::bill_to_pb(&r.account, b))
-            .collect();
-        if day.is_some() && bills.is_empty() {
-            return Err(domain_status(DomainError::not_found(
-                "bill",
-                &format!("{}@{}", r.account, r.day),
-            )));
+        let day = accounts::parse_opt_day("day", &r.day)?;
+        let after_day = accounts::parse_opt_day("after_day", &r.after_day)?;
+        let limit = paging::limit(r.limit)?;
+        if day.is_some() && after_day.is_some() {
+            return Err(Status::invalid_argument(
+                "invalid after_day: give day (one bill) or after_day (a page of bills), not both",
+            ));
         }
-        Ok(Response::new(pb::DescribeBillsReply { bills }))
+        accounts::find_account(&self.node.state(), &r.account)?;
+        let history = self.node.history();
+        if let Some(day) = day {
+            let bill = history
+                .bill(&r.account, day)
+                .map_err(history_status)?
+                .ok_or_else(|| {
+                    domain_status(DomainError::not_found(
+                        "bill",
+                        &format!("{}@{}", r.account, r.day),
+                    ))
+                })?;
+            return Ok(Response::new(pb::DescribeBillsReply {
+                bills: vec![accounts::bill_to_pb(&r.account, &bill)],
+                next_after_day: None,
+            }));
+        }
+        let page = history
+            .bills(&r.account, after_day, limit)
+            .map_err(history_status)?;
+        Ok(Response::new(pb::DescribeBillsReply {
+            bills: page
+                .items
+                .iter()
+                .map(|b| accounts::bill_to_pb(&r.account, b))
+                .collect(),
+            next_after_day: page.next.map(accounts::day_name),
+        }))
     }
 
     async fn describe_events(
@@ -634,17 +690,50 @@ impl Admin for AdminService {
         let p = Principal::of(&req);
         let r = req.into_inner();
         let account = p.scope(r.account)?;
-        let state = self.node.state();
+        let limit = paging::limit(r.limit)?;
         if !account.is_empty() {
-            accounts::find_account(&state, &account)?;
+            accounts::find_account(&self.node.state(), &account)?;
         }
-        let events = state
-            .events
-            .iter()
-            .filter(|e| e.seq > r.after_seq && (account.is_empty() || e.account == account))
-            .map(accounts::event_to_pb)
-            .collect();
-        Ok(Response::new(pb::DescribeEventsReply { events }))
+        let only = (!account.is_empty()).then_some(account.as_str());
+        let page = self
+            .node
+            .history()
+            .events(only, r.after_seq, limit)
+            .map_err(history_status)?;
+        Ok(Response::new(pb::DescribeEventsReply {
+            events: page.items.iter().map(accounts::event_to_pb).collect(),
+            next_after_seq: page.next,
+        }))
+    }
+
+    async fn describe_ledger(
+        &self,
+        req: Request<pb::DescribeLedgerRequest>,
+    ) -> Result<Response<pb::DescribeLedgerReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        // An account token may leave the account out: its own is the only one it sees.
+        let account = p.scope(r.account)?;
+        if account.is_empty() {
+            return Err(Status::invalid_argument(
+                "invalid account: must not be empty (the account whose ledger to read)",
+            ));
+        }
+        let limit = paging::limit(r.limit)?;
+        accounts::find_account(&self.node.state(), &account)?;
+        let page = self
+            .node
+            .history()
+            .ledger(&account, r.after_seq, limit)
+            .map_err(history_status)?;
+        Ok(Response::new(pb::DescribeLedgerReply {
+            entries: page
+                .items
+                .iter()
+                .map(|(seq, e)| accounts::ledger_entry_to_pb(*seq, e))
+                .collect(),
+            next_after_seq: page.next,
+        }))
     }
 
     async fn create_app(
@@ -888,7 +977,9 @@ impl AdminService {
     fn account_reply(&self, reply: Reply) -> Result<Response<pb::AccountReply>, Status> {
         match reply {
             Reply::Account(a) => Ok(Response::new(pb::AccountReply {
-                account: Some(accounts::account_to_pb(&a)),
+                account: Some(
+                    accounts::account_to_pb(&a, self.node.history()).map_err(history_status)?,
+                ),
             })),
             other => Err(unexpected(other)),
         }

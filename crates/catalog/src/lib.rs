@@ -96,6 +96,8 @@ pub struct Catalog {
     specs: Vec<Spec>,
     regions: Vec<Region>,
     shared: SharedPricing,
+    /// See [`Catalog::fingerprint`]; computed once, when the catalog is loaded.
+    fingerprint: String,
 }
 
 impl Catalog {
@@ -120,6 +122,51 @@ impl Catalog {
     pub fn from_toml_str(text: &str) -> Result<Catalog, CatalogError> {
         let file: file::CatalogFile = toml::from_str(text)?;
         file.into_catalog()
+    }
+
+    /// A fingerprint of everything the catalog prices with: every node of a cluster must bill
+    /// with the same catalog, or their replicated bills would differ. The replicated state
+    /// records the fingerprint of the catalog it was built with, and a node whose own differs
+    /// refuses to apply (see `model::State::apply`): the leader stamps it on every proposal.
+    ///
+    /// It hashes a canonical text of the values (not the file, so comments and layout do not
+    /// count) with FNV-1a 64: the aim is to notice a different price list, not to resist a
+    /// forger, who would be an operator able to replace the binary anyway.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn compute_fingerprint(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        for s in &self.specs {
+            let _ = writeln!(text, "spec {} {} {}", s.name, s.max_rps, s.sla);
+        }
+        for r in &self.regions {
+            let _ = writeln!(text, "region {} {} {}", r.id, r.name, r.traffic_per_gb);
+            for (spec, p) in &r.spec_prices {
+                let _ = writeln!(
+                    text,
+                    "price {spec} {} {} {}",
+                    p.payg_per_hour, p.monthly, p.annual_per_year
+                );
+            }
+        }
+        let sh = &self.shared;
+        let _ = writeln!(
+            text,
+            "shared {} {}",
+            sh.free_calls_per_month, sh.free_quota_months
+        );
+        for t in &sh.tiers {
+            let _ = writeln!(text, "tier {:?} {}", t.up_to_calls, t.per_million_calls);
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
     }
 
     pub fn specs(&self) -> &[Spec] {
@@ -300,7 +347,7 @@ mod file {
                 })
                 .collect();
             check_tiers(&tiers).map_err(CatalogError::Invalid)?;
-            Ok(Catalog {
+            let mut catalog = Catalog {
                 specs,
                 regions,
                 shared: SharedPricing {
@@ -308,7 +355,10 @@ mod file {
                     free_quota_months: self.shared.free_quota_months,
                     tiers,
                 },
-            })
+                fingerprint: String::new(),
+            };
+            catalog.fingerprint = catalog.compute_fingerprint();
+            Ok(catalog)
         }
     }
 

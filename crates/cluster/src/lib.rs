@@ -10,8 +10,13 @@
 pub mod network;
 pub mod node;
 pub mod service;
+// openraft's trait methods return its `StorageError` (over 200 bytes); the store's helpers
+// return the same type rather than boxing it only to unbox it again at the trait boundary.
+#[allow(clippy::result_large_err)]
 pub mod store;
 mod types;
 
 pub use node::{Clock, ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, SystemClock};
+pub use store::history::{History, HistoryError, Page};
+pub use store::{Changes, Publication};
 pub use types::{NodeId, Response, TypeConfig};

@@ -63,6 +63,18 @@ impl Channels {
     }
 }
 
+/// Snapshot chunks are bytes: as JSON they would travel as arrays of numbers, ~3.6 times their
+/// size, so their requests are postcard.
+pub(crate) fn encode_binary<T: Serialize>(v: &T) -> RaftPayload {
+    RaftPayload {
+        data: postcard::to_stdvec(v).expect("raft messages always serialize"),
+    }
+}
+
+pub(crate) fn decode_binary<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, postcard::Error> {
+    postcard::from_bytes(&p.data)
+}
+
 pub(crate) fn encode<T: Serialize>(v: &T) -> RaftPayload {
     RaftPayload {
         data: serde_json::to_vec(v).expect("raft messages always serialize"),
@@ -129,7 +141,11 @@ impl PeerNetwork {
             RPCError::Unreachable(Unreachable::new(&AnyErr(e.to_string())))
         };
         let mut client = self.channels.get(&self.addr).map_err(|e| unreachable(&e))?;
-        let mut request = tonic::Request::new(encode(req));
+        let payload = match rpc {
+            Rpc::InstallSnapshot => encode_binary(req),
+            Rpc::AppendEntries | Rpc::Vote => encode(req),
+        };
+        let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,

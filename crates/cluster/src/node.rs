@@ -1,7 +1,8 @@
 //! A running cluster node: Raft, its storage and network, bootstrap, and the write path.
 
 use crate::network::{Channels, PeerNetworkFactory, decode, encode};
-use crate::store::{self, LogStore};
+use crate::store::history::History;
+use crate::store::{self, LogStore, Publication};
 use crate::types::{NodeId, Raft, Response, StorageError};
 use catalog::Catalog;
 use model::{Command, DomainError, Proposal, Reply, State};
@@ -48,6 +49,8 @@ pub struct NodeConfig {
     pub clock: Arc<dyn Clock>,
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
+    /// A snapshot is taken after this many log entries since the last one.
+    pub snapshot_every: u64,
     /// How long a write may wait for a leader and a quorum before it is refused as UNAVAILABLE.
     pub write_timeout: Duration,
     /// TLS for connections to peers (this node's certificate and the cluster CA); `None` dials
@@ -68,6 +71,7 @@ impl NodeConfig {
             clock: Arc::new(SystemClock),
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
+            snapshot_every: 5000,
             write_timeout: Duration::from_secs(5),
             peer_tls: None,
         }
@@ -93,10 +97,22 @@ pub enum ClusterError {
 /// What a follower asks the leader to do on its behalf.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum LeaderRequest {
-    Write(Command),
-    AddLearner { id: NodeId, addr: String },
-    Promote { id: NodeId },
-    Remove { id: NodeId },
+    /// A client write, named by the node that first received it: however often it is
+    /// forwarded or proposed again, the state machine applies it once.
+    Write {
+        request_id: String,
+        command: Command,
+    },
+    AddLearner {
+        id: NodeId,
+        addr: String,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
 }
 
 /// The leader's answer, with the log index to wait for locally.
@@ -145,7 +161,12 @@ struct Inner {
     raft: Raft,
     channels: Channels,
     state: watch::Receiver<Arc<State>>,
+    publication: Arc<Publication>,
+    history: History,
     clock: Arc<dyn Clock>,
+    /// Stamped (as its fingerprint) on every proposal this node makes as leader.
+    catalog: Arc<Catalog>,
+    request_ids: RequestIds,
     write_timeout: Duration,
     election_max: Duration,
     demand_handler: OnceLock<DemandHandler>,
@@ -178,14 +199,18 @@ impl Node {
         })?;
         let (log, sm) = store::open(&dir, cfg.catalog.clone()).map_err(storage_err)?;
         let pristine = log.is_pristine().map_err(storage_err)?;
-        let state = sm.subscribe();
+        let publication = sm.publication();
+        let history = sm.history();
+        let state = publication.subscribe();
         let raft_config = Config {
             cluster_name: "gateway".into(),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
             election_timeout_min: cfg.election_timeout.0.as_millis() as u64,
             election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
-            max_in_snapshot_log_to_keep: 1000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            // Kept after a snapshot so that a follower a little behind is sent log entries,
+            // not the whole snapshot.
+            max_in_snapshot_log_to_keep: (cfg.snapshot_every / 5).max(10),
             ..Default::default()
         }
         .validate()
@@ -206,7 +231,11 @@ impl Node {
                 raft,
                 channels,
                 state,
+                publication,
+                history,
                 clock: cfg.clock.clone(),
+                catalog: cfg.catalog.clone(),
+                request_ids: RequestIds::new(cfg.node_id),
                 write_timeout: cfg.write_timeout,
                 election_max: cfg.election_timeout.1,
                 demand_handler: OnceLock::new(),
@@ -243,9 +272,20 @@ impl Node {
         self.inner.state.borrow().clone()
     }
 
-    /// Sees every state this node applies, for the data plane.
+    /// Sees every state this node applies.
     pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
         self.inner.state.clone()
+    }
+
+    /// The applied state with what changed, for the one consumer that compiles changes (the
+    /// data plane).
+    pub fn publication(&self) -> Arc<Publication> {
+        self.inner.publication.clone()
+    }
+
+    /// This node's copy of the history (ledger, bills, events, closed usage).
+    pub fn history(&self) -> &History {
+        &self.inner.history
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -389,7 +429,22 @@ impl Node {
 
     /// Proposes a command and returns its reply once it is committed and applied here.
     pub async fn write(&self, command: Command) -> Result<Reply, ClusterError> {
-        match self.to_leader(LeaderRequest::Write(command)).await? {
+        let request_id = self.inner.request_ids.next();
+        self.write_request(request_id, command).await
+    }
+
+    /// [`Node::write`] with the caller's request id: a client that retries a write whose
+    /// outcome it does not know sends the same id, and the write is applied at most once.
+    pub async fn write_request(
+        &self,
+        request_id: String,
+        command: Command,
+    ) -> Result<Reply, ClusterError> {
+        let req = LeaderRequest::Write {
+            request_id,
+            command,
+        };
+        match self.to_leader(req).await? {
             Some(reply) => Ok(reply),
             None => Err(ClusterError::Internal("write returned no reply".into())),
         }
@@ -430,10 +485,10 @@ impl Node {
                 Some(l) => {
                     // A leader that is cut off may never answer: when another leader is
                     // elected meanwhile, stop waiting and send to it. Only a leader change
-                    // ends the wait, never a timeout alone. In the rare case that the old
-                    // leader had already replicated the entry to a majority, the new leader
-                    // applies it too, and the resent command is refused as a duplicate (names
-                    // are unique; usage flushes carry their (node, seq)).
+                    // ends the wait, never a timeout alone. If the old leader had already
+                    // replicated the entry to a majority, the new leader applies it too; the
+                    // resent write carries the same request id, so the state machine answers
+                    // it with the first outcome instead of applying it twice.
                     let mut changes = self.raft().metrics();
                     let new_leader = changes.wait_for(|m| m.current_leader != Some(l));
                     tokio::select! {
@@ -545,9 +600,14 @@ impl Node {
         let left = deadline.saturating_duration_since(Instant::now());
         let run = async {
             match req {
-                LeaderRequest::Write(command) => {
+                LeaderRequest::Write {
+                    request_id,
+                    command,
+                } => {
                     let p = Proposal {
                         at_ms: self.now_ms(),
+                        catalog: self.inner.catalog.fingerprint().to_string(),
+                        request_id: Some(request_id),
                         command,
                     };
                     self.raft().client_write(p).await.map(|r| {
@@ -721,6 +781,31 @@ impl Node {
 
     pub async fn shutdown(&self) {
         let _ = self.raft().shutdown().await;
+    }
+}
+
+/// Names the client writes this node receives: unique across the cluster (the node id) and
+/// across restarts of this node (the time it started, in nanoseconds).
+struct RequestIds {
+    prefix: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new(node: NodeId) -> Self {
+        let boot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        RequestIds {
+            prefix: format!("{node}-{boot:x}"),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.prefix)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The peer gRPC service: receives Raft messages, forwarded writes, bootstrap probes, join
 //! requests and demand reports from other nodes.
 
-use crate::network::{decode, encode};
+use crate::network::{decode, decode_binary, encode};
 use crate::node::{LeaderReply, LeaderRequest, Node};
 use crate::types::{NodeId, TypeConfig};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -10,7 +10,8 @@ use proto::peer::{DemandAck, DemandReport, JoinRequest, ProbeReply, ProbeRequest
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
-/// The largest Raft message accepted (a snapshot of the whole state travels in one).
+/// The largest Raft message accepted (snapshots travel in chunks of openraft's
+/// `snapshot_max_chunk_size`, 3 MiB by default; a batch of log entries can be larger).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct PeerService {
@@ -50,7 +51,8 @@ impl Peer for PeerService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_binary(req.get_ref())
+            .map_err(|e| Status::invalid_argument(format!("undecodable snapshot chunk: {e}")))?;
         let result = self.node.raft().install_snapshot(rpc).await;
         Ok(Response::new(encode(&result)))
     }

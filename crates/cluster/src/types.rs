@@ -1,6 +1,5 @@
 use model::{DomainError, Proposal, Reply};
 use serde::{Deserialize, Serialize};
-use std::io::Cursor;
 
 pub type NodeId = u64;
 
@@ -16,7 +15,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

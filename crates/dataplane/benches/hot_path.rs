@@ -48,6 +48,10 @@ fn config() -> DataplaneConfig {
                     app_auth: false,
                 })
                 .collect(),
+            acl: None,
+            api_acls: Default::default(),
+            grants: Default::default(),
+            suspended: false,
         });
     }
     let mut instances: Vec<InstanceConfig> = (0..4)
@@ -65,8 +69,7 @@ fn config() -> DataplaneConfig {
     DataplaneConfig {
         instances,
         groups,
-        suspended_accounts: vec![],
-        access: Default::default(),
+        apps: vec![],
     }
 }
 

@@ -3,9 +3,9 @@
 //! Both checks run after routing (they depend on the API) and before the instance limiter,
 //! so that refused callers never use up the instance's quota.
 
+use arc_swap::ArcSwap;
 use http::StatusCode;
 use signer::{NonceCache, RequestParts, Verifier};
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -129,40 +129,58 @@ pub struct AppCredential {
     pub secret: String,
 }
 
+/// One app as the signature check sees it.
+#[derive(Debug)]
+pub(crate) struct AppKey {
+    pub(crate) name: String,
+    pub(crate) secret: String,
+}
+
+/// AppKey -> app. A persistent map: a change clones it in O(1) and edits O(log n) of it.
+pub(crate) type AppKeys = imbl::HashMap<String, Arc<AppKey>>;
+
 /// Checks signed requests against the apps' secrets, with one replay cache per node.
-#[derive(Clone)]
-pub struct AppAuth {
-    /// AppKey -> (app name, secret).
-    by_key: Arc<HashMap<String, (String, String)>>,
+///
+/// One per data plane, shared by every compiled APP API: routes hold only the names of the
+/// apps granted on them, and the secrets are looked up by key at request time in a map that is
+/// swapped whole, so an app change (new app, new secret, removal) recompiles no route.
+pub(crate) struct AppAuth {
+    keys: ArcSwap<AppKeys>,
+    /// Shared across config changes, so a replay stays refused after a publish.
     nonces: Arc<NonceCache>,
-    verifier: Arc<Verifier>,
+    verifier: Verifier,
 }
 
 impl std::fmt::Debug for AppAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppAuth")
-            .field("apps", &self.by_key.len())
+            .field("apps", &self.keys.load().len())
             .finish()
     }
 }
 
 impl AppAuth {
-    /// `nonces` is shared across config changes, so a replay stays refused after a publish.
-    pub fn new(apps: &[AppCredential], nonces: Arc<NonceCache>) -> AppAuth {
-        let by_key = apps
-            .iter()
-            .map(|a| (a.key.clone(), (a.name.clone(), a.secret.clone())))
-            .collect();
+    pub(crate) fn new(nonces: Arc<NonceCache>) -> AppAuth {
         AppAuth {
-            by_key: Arc::new(by_key),
+            keys: ArcSwap::from_pointee(AppKeys::default()),
             nonces,
-            verifier: Arc::new(Verifier::new()),
+            verifier: Verifier::new(),
         }
+    }
+
+    /// The keys in force: clone the map (O(1)), change it, [`set_keys`](Self::set_keys).
+    pub(crate) fn keys(&self) -> Arc<AppKeys> {
+        self.keys.load_full()
+    }
+
+    /// Requests verified from now on see `keys`.
+    pub(crate) fn set_keys(&self, keys: AppKeys) {
+        self.keys.store(Arc::new(keys));
     }
 
     /// Verifies the signature of a request to an APP API that the `allowed` apps (by name) may
     /// call; returns the calling app's name.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         method: &http::Method,
         uri: &http::Uri,
@@ -179,12 +197,13 @@ impl AppAuth {
             ));
         }
         let mut app_name = None;
+        let keys = self.keys.load();
         let verified = self.verifier.verify(
             &req,
             |key: &str| {
-                self.by_key.get(key).map(|(name, secret)| {
-                    app_name = Some(name.clone());
-                    secret.clone()
+                keys.get(key).map(|app| {
+                    app_name = Some(app.name.clone());
+                    app.secret.as_bytes()
                 })
             },
             now_ms,
@@ -265,12 +284,16 @@ mod tests {
 
     #[test]
     fn signed_requests_from_authorised_apps_pass() {
-        let apps = [AppCredential {
-            name: "mobile".into(),
-            key: "key-1".into(),
-            secret: "secret-0123456789".into(),
-        }];
-        let auth = AppAuth::new(&apps, Arc::new(NonceCache::new(1024)));
+        let auth = AppAuth::new(Arc::new(NonceCache::new(1024)));
+        let mut keys = auth.keys().as_ref().clone();
+        keys.insert(
+            "key-1".into(),
+            Arc::new(AppKey {
+                name: "mobile".into(),
+                secret: "secret-0123456789".into(),
+            }),
+        );
+        auth.set_keys(keys);
         let now = 1_767_225_600_000;
         let signed = |nonce: &str| {
             let mut req = RequestParts::from_uri("GET", "/a?x=1");

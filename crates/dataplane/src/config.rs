@@ -1,51 +1,59 @@
 //! The plain-data configuration the data plane is compiled from.
 //!
-//! The lead's code builds a [`DataplaneConfig`] from the replicated state after every Raft apply
-//! and hands it to [`crate::Dataplane::publish`]. Keeping these types here (instead of using the
-//! `model` crate's) keeps the data plane independent of how the state is replicated.
+//! The unit of compilation is the group: a [`GroupConfig`] carries everything its routes need
+//! (its IP access control and its APIs', the apps granted on its APIs, whether its account is
+//! suspended), so that changing one group recompiles that group alone. App credentials are
+//! global, but only the signature check reads them, by key, at request time: changing an app
+//! recompiles nothing.
+//!
+//! Two ways in: a whole [`DataplaneConfig`] ([`crate::Dataplane::publish`], at startup and
+//! after a snapshot), or a [`ConfigUpdate`] naming what changed ([`crate::Dataplane::update`],
+//! after each applied command). Keeping these types here (instead of using the `model`
+//! crate's) keeps the data plane independent of how the state is replicated.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 /// Everything the data plane needs to route, gate and limit requests.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DataplaneConfig {
     /// All instances, including the built-in shared one ([`crate::SHARED_INSTANCE`]).
     pub instances: Vec<InstanceConfig>,
+    /// All groups, by unique name.
     pub groups: Vec<GroupConfig>,
-    /// Accounts whose groups' API calls are refused with 403 (overdue payment).
-    pub suspended_accounts: Vec<String>,
-    /// Who may call what: apps, APIs that need signed calls, groups' IP access control.
-    pub access: AccessConfig,
-}
-
-/// Access control: everything here is optional; an empty config lets everyone in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AccessConfig {
+    /// The apps that may sign calls to APIs with auth type APP.
     pub apps: Vec<crate::AppCredential>,
-    /// The apps (by name) authorised on each API. They matter on the stages where the API is
-    /// deployed with auth type APP ([`DeployedApi::app_auth`]); there, an API not listed here
-    /// lets no app in.
-    pub app_apis: Vec<AppApi>,
-    /// IP access control of groups and of APIs.
-    pub group_acls: Vec<GroupAcl>,
 }
 
-/// The apps authorised on an API.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppApi {
-    pub group: String,
-    pub api: String,
-    pub apps: Vec<String>,
+/// What changed since the last publish or update. Everything is by name: an upsert replaces
+/// the whole entry of that name (a group comes complete, with all its deployments), a removal
+/// of a name that is not loaded is a no-op. Within one update, removals are applied after
+/// upserts of the same kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigUpdate {
+    /// Instances added or changed (ceiling, region).
+    pub instances: Vec<InstanceConfig>,
+    pub removed_instances: Vec<String>,
+    /// Groups added or changed, each complete.
+    pub groups: Vec<GroupConfig>,
+    pub removed_groups: Vec<String>,
+    /// Apps added or changed (key, secret).
+    pub apps: Vec<crate::AppCredential>,
+    pub removed_apps: Vec<String>,
 }
 
-/// Allowed and denied CIDRs of a group (`api: None`) or of one of its APIs. A request must
-/// pass its group's and its API's.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupAcl {
-    pub group: String,
-    pub api: Option<String>,
+impl ConfigUpdate {
+    pub fn is_empty(&self) -> bool {
+        self == &ConfigUpdate::default()
+    }
+}
+
+/// Allowed and denied CIDRs (or single addresses). Denied blocks win; with allowed blocks, only
+/// they get in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpRules {
     pub allow: Vec<String>,
     pub deny: Vec<String>,
 }
@@ -60,7 +68,8 @@ pub struct InstanceConfig {
     pub region: String,
 }
 
-/// An API group: where its APIs are reachable and which instance carries them.
+/// An API group: where its APIs are reachable, which instance carries them, and who may call
+/// them. Self-contained, so that it can be compiled alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupConfig {
     pub name: String,
@@ -71,6 +80,38 @@ pub struct GroupConfig {
     /// A path prefix such as `/v1`; the API paths are matched after stripping it.
     pub base_path: Option<String>,
     pub deployments: Vec<DeployedApi>,
+    /// The group's IP access control, checked for every API; `None` lets every address in.
+    pub acl: Option<IpRules>,
+    /// Each API's own IP access control (by API name), checked after the group's.
+    pub api_acls: BTreeMap<String, IpRules>,
+    /// The apps (by name) authorised on each API (by API name). They matter on the stages where
+    /// the API is deployed with auth type APP ([`DeployedApi::app_auth`]); there, an API not
+    /// listed here lets no app in.
+    pub grants: BTreeMap<String, Vec<String>>,
+    /// The group's account is suspended (overdue payment): its API calls are refused with 403.
+    pub suspended: bool,
+}
+
+impl GroupConfig {
+    /// A group with no access control, not suspended.
+    pub fn new(
+        name: impl Into<String>,
+        account: impl Into<String>,
+        instance: impl Into<String>,
+    ) -> GroupConfig {
+        GroupConfig {
+            name: name.into(),
+            account: account.into(),
+            instance: instance.into(),
+            host: None,
+            base_path: None,
+            deployments: Vec::new(),
+            acl: None,
+            api_acls: BTreeMap::new(),
+            grants: BTreeMap::new(),
+            suspended: false,
+        }
+    }
 }
 
 /// One API deployed to one stage.
@@ -89,7 +130,7 @@ pub struct DeployedApi {
     /// Deadline for the backend's response head.
     pub timeout: Duration,
     /// Auth type APP: only signed calls of apps authorised on the API (see
-    /// [`AccessConfig::app_apis`]) get through. Per stage: each deployment keeps the auth type
+    /// [`GroupConfig::grants`]) get through. Per stage: each deployment keeps the auth type
     /// the API had when it was deployed there.
     pub app_auth: bool,
 }

@@ -43,6 +43,7 @@ mod per_thread;
 mod plane;
 mod pool;
 mod proxy;
+mod publish;
 mod request_id;
 mod router;
 mod server;
@@ -55,8 +56,8 @@ pub use access::{AppCredential, Denied, IpAcl};
 pub use catalog::SHARED_INSTANCE;
 pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
 pub use config::{
-    AccessConfig, AppApi, DataplaneConfig, DeployedApi, GroupAcl, GroupConfig, InstanceConfig,
-    Stage, UnknownStage,
+    ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules, Stage,
+    UnknownStage,
 };
 pub use error::{
     GatewayError, THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID,

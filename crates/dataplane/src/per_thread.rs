@@ -12,6 +12,7 @@
 //! slower.
 
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 thread_local! {
@@ -21,7 +22,10 @@ thread_local! {
 /// Slots per value: one per data-plane thread, as many as the CPUs (at most 16; more threads
 /// share slots).
 pub(crate) fn slot_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 16))
+    // Read once: `available_parallelism` reads the cgroup's CPU quota files on every call
+    // (~30 us), and every counter of every compiled route asks.
+    static SLOTS: OnceLock<usize> = OnceLock::new();
+    *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 16)))
 }
 
 /// Makes this thread use slot `index` (modulo [`slot_count`]).

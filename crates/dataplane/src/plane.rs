@@ -1,22 +1,25 @@
 //! [`Dataplane`]: the compiled configuration, the instances with their limiters and shares, the
 //! usage and metric counters, and the decision half of the hot path ([`Dataplane::decide`]).
+//! How the configuration gets compiled and swapped in is in [`crate::publish`].
 
+use crate::access::{AppAuth, IpAcl};
 use crate::clock::{Clock, MonotonicClock, Nanos};
-use crate::config::{DataplaneConfig, Stage};
+use crate::config::Stage;
 use crate::error::GatewayError;
 use crate::instance::InstanceState;
 use crate::limiter::DEFAULT_BURST;
 use crate::metrics::{self, GlobalStats, InstanceView, StatusCounters};
 use crate::pool::{BackendPools, PoolOptions};
 use crate::proxy::Backend;
+use crate::publish::Loaded;
 use crate::request_id::RequestIds;
-use crate::router::{Lookup, Router, RouterBuilder};
+use crate::router::{Lookup, Router};
 use crate::shares::{DEFAULT_SHARE_FLOOR, DemandReport, DemandTracker};
-use crate::usage::{UNMATCHED_API, UsageCell, UsageDelta, UsageKey, UsageRegistry};
+use crate::usage::{UsageCell, UsageDelta, UsageRegistry};
 use arc_swap::ArcSwap;
 use http::Method;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -67,12 +70,14 @@ impl std::fmt::Debug for DataplaneOptions {
     }
 }
 
-/// What [`Dataplane::publish`] compiled.
+/// What [`Dataplane::publish`] or [`Dataplane::update`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PublishReport {
-    /// Deployed APIs now routable.
+    /// Deployed APIs routable after the change (all of them, not only the changed ones).
     pub routes: usize,
-    /// Parts of the configuration that were left out, and why.
+    /// Groups compiled by this change (what it cost).
+    pub groups_compiled: usize,
+    /// Parts of the changed configuration that were left out, and why.
     pub warnings: Vec<String>,
 }
 
@@ -100,7 +105,7 @@ pub(crate) struct Access<'a> {
 
 impl Access<'_> {
     /// The refusal of the API's access control, if any.
-    fn check(&self, api: &Api) -> Option<crate::access::Denied> {
+    fn check(&self, api: &Api, apps: &AppAuth) -> Option<crate::access::Denied> {
         if let Some(ip) = self.peer {
             for acl in [&api.group.acl, &api.acl].into_iter().flatten() {
                 if let Err(d) = acl.check(ip) {
@@ -108,24 +113,27 @@ impl Access<'_> {
                 }
             }
         }
-        let (auth, allowed) = api.app_auth.as_ref()?;
+        let allowed = api.app_grants.as_deref()?;
         // Signature timestamps are wall-clock milliseconds; read the clock only for APP APIs.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        auth.check(self.method, self.uri, self.headers, allowed, now_ms)
+        apps.check(self.method, self.uri, self.headers, allowed, now_ms)
             .err()
     }
 }
 
 /// A group, compiled.
 pub(crate) struct GroupCtx {
+    pub(crate) name: String,
     pub(crate) account: String,
     /// `None` when the group lets every address in.
-    pub(crate) acl: Option<crate::access::IpAcl>,
+    pub(crate) acl: Option<IpAcl>,
     pub(crate) instance: Arc<InstanceState>,
-    pub(crate) suspended: bool,
+    /// Changed in place when a group changes in nothing else (an account suspended or
+    /// restored), so that this most frequent change of a billing cycle recompiles nothing.
+    pub(crate) suspended: AtomicBool,
     pub(crate) unmatched_usage: Arc<UsageCell>,
     pub(crate) unmatched_status: Arc<StatusCounters>,
 }
@@ -133,10 +141,11 @@ pub(crate) struct GroupCtx {
 /// A deployed API, compiled.
 pub(crate) struct Api {
     pub(crate) group: Arc<GroupCtx>,
-    /// For APIs whose auth type is APP: the verifier and the apps authorised on the API.
-    pub(crate) app_auth: Option<(crate::access::AppAuth, Vec<String>)>,
+    /// For APIs whose auth type is APP: the apps (by name) authorised on the API. Their keys and
+    /// secrets are looked up at request time ([`AppAuth`]), so app changes recompile no route.
+    pub(crate) app_grants: Option<Box<[String]>>,
     /// The API's own IP access control, checked after its group's; `None` lets all in.
-    pub(crate) acl: Option<crate::access::IpAcl>,
+    pub(crate) acl: Option<IpAcl>,
     pub(crate) name: String,
     pub(crate) backend: Backend,
     pub(crate) timeout: Duration,
@@ -144,39 +153,36 @@ pub(crate) struct Api {
     pub(crate) status: Arc<StatusCounters>,
 }
 
-/// The immutable compiled configuration the hot path reads through an `ArcSwap`.
+/// The immutable compiled configuration the hot path reads through an `ArcSwap`. Both parts
+/// are persistent maps, so that each configuration change makes the next snapshot from the
+/// previous one in O(1) plus what changed, and the two share the rest.
 pub(crate) struct Snapshot {
     pub(crate) router: Router<Arc<Api>, Arc<GroupCtx>>,
-    pub(crate) instances: Vec<Arc<InstanceState>>,
+    pub(crate) instances: imbl::OrdMap<Arc<str>, Arc<InstanceState>>,
 }
 
-/// Long-lived state reused across publishes. Touched by publish, drain and scrapes only.
-#[derive(Default)]
-struct Registry {
-    instances: HashMap<String, Arc<InstanceState>>,
-    usage: UsageRegistry,
-    statuses: HashMap<(String, String), Arc<StatusCounters>>,
-}
-
-impl Registry {
-    fn status(&mut self, instance: &str, api: &str) -> Arc<StatusCounters> {
-        self.statuses
-            .entry((instance.to_string(), api.to_string()))
-            .or_default()
-            .clone()
-    }
-}
+/// Status counters by (instance, API): the labels of the per-route metrics.
+pub(crate) type Statuses = HashMap<(String, String), Arc<StatusCounters>>;
 
 pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
-    burst: Duration,
+    pub(crate) burst: Duration,
     pub(crate) snapshot: ArcSwap<Snapshot>,
-    registry: Mutex<Registry>,
-    demand: Mutex<DemandTracker>,
-    n_nodes: AtomicUsize,
+    /// What is loaded, kept for incremental updates. Held by a publish or update for its
+    /// whole compile (which serialises writers), and by nothing else: not by the hot path,
+    /// metrics or usage draining.
+    pub(crate) loaded: Mutex<Loaded>,
+    /// Usage cells by key. Taken briefly by a compile (to fetch one group's cells) and by
+    /// [`Dataplane::drain_usage`].
+    pub(crate) usage: Mutex<UsageRegistry>,
+    /// Taken briefly by a compile (one group's counters) and by a scrape.
+    pub(crate) statuses: Mutex<Statuses>,
+    pub(crate) demand: Mutex<DemandTracker>,
+    pub(crate) n_nodes: AtomicUsize,
     pub(crate) request_ids: RequestIds,
-    /// Nonces of signed calls seen in the last 15 minutes, across config changes.
-    nonces: Arc<signer::NonceCache>,
+    /// The apps' keys and secrets, and the nonces of signed calls seen in the last 15
+    /// minutes (across config changes).
+    pub(crate) apps: AppAuth,
     pub(crate) pools: BackendPools,
     pub(crate) global: GlobalStats,
 }
@@ -193,7 +199,7 @@ impl std::fmt::Debug for Dataplane {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state behind these locks stays consistent even if a holder panicked.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -245,6 +251,16 @@ impl Verdict {
         self.rejection.as_ref()
     }
 
+    /// The group the request is attributed to: the matched API's, or for an unmatched request
+    /// the group owning the most specific (host, base path) it fell in, if a single one does.
+    pub fn group(&self) -> Option<&str> {
+        match &self.target {
+            Target::Api(api) => Some(&api.group.name),
+            Target::Group(g) => Some(&g.name),
+            Target::Nobody => None,
+        }
+    }
+
     /// The matched API's name.
     pub fn api(&self) -> Option<&str> {
         match &self.target {
@@ -289,7 +305,6 @@ impl Dataplane {
             idle_timeout: options.backend_pool_idle_timeout,
             max_idle: options.backend_pool_max_idle_per_host,
         });
-        let (router, _) = RouterBuilder::default().build();
         let demand = DemandTracker::new(
             options.node_id,
             options.demand_window.as_nanos() as u64,
@@ -301,14 +316,16 @@ impl Dataplane {
                 clock: options.clock,
                 burst: options.burst,
                 snapshot: ArcSwap::from_pointee(Snapshot {
-                    router,
-                    instances: Vec::new(),
+                    router: Router::default(),
+                    instances: imbl::OrdMap::new(),
                 }),
-                registry: Mutex::new(Registry::default()),
+                loaded: Mutex::new(Loaded::default()),
+                usage: Mutex::new(UsageRegistry::default()),
+                statuses: Mutex::new(Statuses::default()),
                 demand: Mutex::new(demand),
                 n_nodes: AtomicUsize::new(1),
                 request_ids: RequestIds::new(options.node_id),
-                nonces: Arc::new(signer::NonceCache::new(1 << 20)),
+                apps: AppAuth::new(Arc::new(signer::NonceCache::new(1 << 20))),
                 pools,
                 global: GlobalStats::default(),
             }),
@@ -319,156 +336,6 @@ impl Dataplane {
     /// expects).
     pub fn now(&self) -> Nanos {
         self.inner.clock.now()
-    }
-
-    /// Compiles `config` and swaps it in. Requests in flight finish on the configuration they
-    /// started with; instance limiters and counters carry over (ceilings change in place).
-    pub fn publish(&self, config: &DataplaneConfig) -> PublishReport {
-        let mut report = PublishReport::default();
-        let n_nodes = self.inner.n_nodes.load(Relaxed).max(1);
-        let mut reg = lock(&self.inner.registry);
-
-        let mut regions = HashMap::new();
-        let mut instances = Vec::with_capacity(config.instances.len());
-        for ic in &config.instances {
-            if regions
-                .insert(ic.name.as_str(), ic.region.as_str())
-                .is_some()
-            {
-                report
-                    .warnings
-                    .push(format!("instance '{}' is configured twice", ic.name));
-                continue;
-            }
-            let state = reg
-                .instances
-                .entry(ic.name.clone())
-                .or_insert_with(|| {
-                    Arc::new(InstanceState::new(
-                        &ic.name,
-                        ic.ceiling_rps,
-                        1.0 / n_nodes as f64,
-                        self.inner.burst,
-                    ))
-                })
-                .clone();
-            state.set_ceiling(ic.ceiling_rps);
-            instances.push(state);
-        }
-        // Removed instances live on only in snapshots still in use.
-        reg.instances
-            .retain(|name, _| regions.contains_key(name.as_str()));
-
-        let suspended: HashSet<&str> = config
-            .suspended_accounts
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let app_auth = crate::access::AppAuth::new(&config.access.apps, self.inner.nonces.clone());
-        let mut builder = RouterBuilder::default();
-        for g in &config.groups {
-            let Some(instance) = reg.instances.get(&g.instance).cloned() else {
-                report.warnings.push(format!(
-                    "group '{}' is on unknown instance '{}'; its APIs are not routed",
-                    g.name, g.instance
-                ));
-                continue;
-            };
-            let region = regions[g.instance.as_str()];
-            let usage_key = |api: &str| UsageKey {
-                account: g.account.clone(),
-                instance: g.instance.clone(),
-                api: api.to_string(),
-                region: region.to_string(),
-            };
-            // Compiles the access control of the group (`api: None`) or of one of its APIs.
-            let acl_of = |api: Option<&str>, report: &mut PublishReport| {
-                let a = config
-                    .access
-                    .group_acls
-                    .iter()
-                    .find(|a| a.group == g.name && a.api.as_deref() == api)?;
-                let (acl, warnings) = crate::access::IpAcl::new(&a.allow, &a.deny);
-                let whose = match api {
-                    None => format!("group '{}'", g.name),
-                    Some(api) => format!("group '{}' API '{api}'", g.name),
-                };
-                report
-                    .warnings
-                    .extend(warnings.into_iter().map(|w| format!("{whose}: {w}")));
-                Some(acl).filter(|acl| !acl.is_open())
-            };
-            let acl = acl_of(None, &mut report);
-            let ctx = Arc::new(GroupCtx {
-                account: g.account.clone(),
-                acl,
-                instance,
-                suspended: suspended.contains(g.account.as_str()),
-                unmatched_usage: reg.usage.cell(usage_key(UNMATCHED_API)),
-                unmatched_status: reg.status(&g.instance, UNMATCHED_API),
-            });
-            let bucket = builder.group(g.host.as_deref(), g.base_path.as_deref(), ctx.clone());
-            for d in &g.deployments {
-                let backend = match Backend::parse(&d.backend, &self.inner.pools) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        report
-                            .warnings
-                            .push(format!("group '{}' API '{}': {e}", g.name, d.api));
-                        continue;
-                    }
-                };
-                let app_auth = d.app_auth.then(|| {
-                    let apps = config
-                        .access
-                        .app_apis
-                        .iter()
-                        .find(|a| a.group == g.name && a.api == d.api)
-                        .map(|a| a.apps.clone())
-                        .unwrap_or_default();
-                    (app_auth.clone(), apps)
-                });
-                let api = Arc::new(Api {
-                    group: ctx.clone(),
-                    app_auth,
-                    acl: acl_of(Some(&d.api), &mut report),
-                    name: d.api.clone(),
-                    backend,
-                    timeout: d.timeout,
-                    usage: reg.usage.cell(usage_key(&d.api)),
-                    status: reg.status(&g.instance, &d.api),
-                });
-                match builder.insert(bucket, d.stage, d.method.clone(), &d.path, api) {
-                    Ok(()) => report.routes += 1,
-                    Err(e) => report
-                        .warnings
-                        .push(format!("group '{}' API '{}': {e}", g.name, d.api)),
-                }
-            }
-        }
-        let (router, errors) = builder.build();
-        for e in &errors {
-            if let crate::router::RouteError::Conflict { dropped, .. } = e {
-                report.routes -= dropped;
-            }
-        }
-        report
-            .warnings
-            .extend(errors.into_iter().map(|e| format!("not routed: {e}")));
-        self.inner
-            .snapshot
-            .store(Arc::new(Snapshot { router, instances }));
-        // Counters of APIs gone from the configuration (and from in-flight requests).
-        reg.statuses.retain(|_, c| Arc::strong_count(c) > 1);
-        self.inner.pools.retain_used();
-        drop(reg);
-
-        // New instances start at the even share; correct them from what is known of demand.
-        self.update_shares(self.now());
-        for w in &report.warnings {
-            tracing::warn!("{w}");
-        }
-        report
     }
 
     /// Admission on this data plane's clock; see [`decide_at`](Self::decide_at).
@@ -523,11 +390,11 @@ impl Dataplane {
                 let group = &api.group;
                 let rejection = if early.is_some() {
                     early
-                } else if group.suspended {
+                } else if group.suspended.load(Relaxed) {
                     Some(GatewayError::AccountSuspended {
                         account: group.account.clone(),
                     })
-                } else if let Some(denied) = access.and_then(|a| a.check(api)) {
+                } else if let Some(denied) = access.and_then(|a| a.check(api, &self.inner.apps)) {
                     // Before the limiter: refused callers use none of the instance's quota.
                     Some(GatewayError::Denied(denied))
                 } else if let Err(wait) = group.instance.admit(now) {
@@ -580,7 +447,10 @@ impl Dataplane {
         let mut demand = lock(&self.inner.demand);
         let report = demand.sample(
             now,
-            snapshot.instances.iter().map(|i| (&*i.name, i.arrivals())),
+            snapshot
+                .instances
+                .values()
+                .map(|i| (&*i.name, i.arrivals())),
         );
         Self::apply_shares(&demand, &snapshot, now);
         report
@@ -604,26 +474,36 @@ impl Dataplane {
         Self::apply_shares(&demand, &self.inner.snapshot.load(), now);
     }
 
-    fn update_shares(&self, now: Nanos) {
+    /// Sets the shares of `instances` (new ones, or ones whose ceiling changed) from what is
+    /// known of demand.
+    pub(crate) fn update_shares<'a>(&self, instances: impl IntoIterator<Item = &'a InstanceState>) {
+        let now = self.now();
         let demand = lock(&self.inner.demand);
-        Self::apply_shares(&demand, &self.inner.snapshot.load(), now);
-    }
-
-    fn apply_shares(demand: &DemandTracker, snapshot: &Snapshot, now: Nanos) {
         let mut scratch = Vec::new();
-        for instance in &snapshot.instances {
+        for instance in instances {
             let ceiling = f64::from(instance.ceiling_and_share().0);
             instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
         }
     }
 
-    /// Each instance's ceiling, this node's share and what its limiter admits.
+    fn apply_shares(demand: &DemandTracker, snapshot: &Snapshot, now: Nanos) {
+        let mut scratch = Vec::new();
+        for instance in snapshot.instances.values() {
+            let ceiling = f64::from(instance.ceiling_and_share().0);
+            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
+        }
+    }
+
+    /// Each instance's ceiling, this node's share and what its limiter admits, by instance name.
     pub fn instance_shares(&self) -> Vec<InstanceShare> {
-        let snapshot = self.inner.snapshot.load();
+        self.shares_of(&self.inner.snapshot.load())
+    }
+
+    fn shares_of(&self, snapshot: &Snapshot) -> Vec<InstanceShare> {
         let demand = lock(&self.inner.demand);
         snapshot
             .instances
-            .iter()
+            .values()
             .map(|i| {
                 let (ceiling_rps, share) = i.ceiling_and_share();
                 InstanceShare {
@@ -640,16 +520,16 @@ impl Dataplane {
     /// Takes and zeroes the usage counted since the previous call. Counts are never lost to a
     /// concurrent request: they land in this drain or the next.
     pub fn drain_usage(&self) -> Vec<UsageDelta> {
-        lock(&self.inner.registry).usage.drain()
+        lock(&self.inner.usage).drain()
     }
 
     /// Appends the data plane's metrics in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
-        let shares = self.instance_shares();
         let snapshot = self.inner.snapshot.load();
+        let shares = self.shares_of(&snapshot);
         let views: Vec<InstanceView> = snapshot
             .instances
-            .iter()
+            .values()
             .zip(&shares)
             .map(|(i, s)| InstanceView {
                 name: &i.name,
@@ -660,9 +540,22 @@ impl Dataplane {
                 stats: &i.stats,
             })
             .collect();
-        let reg = lock(&self.inner.registry);
-        let mut routes: Vec<(&str, &str, &StatusCounters)> = reg
-            .statuses
+        // Copied out under the lock (Arc clones), rendered without it.
+        let statuses: Vec<((String, String), Arc<StatusCounters>)> = {
+            let mut statuses = lock(&self.inner.statuses);
+            // The sweep for counters that an update could not release because a request in
+            // flight still held them: a scrape walks them all anyway. The last counts of a
+            // released route are rendered once more.
+            let mut all = Vec::with_capacity(statuses.len());
+            statuses.retain(|k, c| {
+                let used = Arc::strong_count(c) > 1;
+                all.push((k.clone(), c.clone()));
+                used
+            });
+            all
+        };
+        self.inner.pools.retain_used();
+        let mut routes: Vec<(&str, &str, &StatusCounters)> = statuses
             .iter()
             .map(|((i, a), c)| (i.as_str(), a.as_str(), &**c))
             .collect();

@@ -36,7 +36,7 @@ pub(crate) struct PoolOptions {
     pub(crate) max_idle: usize,
 }
 
-/// The pools of all backends, by authority. Touched at publish only.
+/// The pools of all backends, by authority. Touched at publish (and scrape) only.
 pub(crate) struct BackendPools {
     options: PoolOptions,
     pools: Mutex<HashMap<Authority, Arc<HostPool>>>,
@@ -62,8 +62,26 @@ impl BackendPools {
             .clone()
     }
 
-    /// Forgets the pools no route uses any more (their connections close when the last
-    /// in-flight request on them ends).
+    /// Forgets the pools of `authorities` that no route uses any more (their connections close
+    /// when the last in-flight request on them ends). By key, so that a configuration change
+    /// costs what it changed: called with the backends of the routes it retired.
+    pub(crate) fn release<'a>(&self, authorities: impl IntoIterator<Item = &'a Authority>) {
+        let mut pools = lock(&self.pools);
+        for a in authorities {
+            if pools.get(a).is_some_and(|p| Arc::strong_count(p) == 1) {
+                pools.remove(a);
+            }
+        }
+    }
+
+    /// How many pools there are.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.pools).len()
+    }
+
+    /// Forgets every pool no route uses any more: the sweep for those [`release`](Self::release)
+    /// found still in use by a request in flight. Run at scrapes, which walk everything anyway.
     pub(crate) fn retain_used(&self) {
         lock(&self.pools).retain(|_, p| Arc::strong_count(p) > 1);
     }

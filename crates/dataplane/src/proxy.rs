@@ -74,6 +74,11 @@ impl Backend {
         })
     }
 
+    /// The backend's authority: its pool's key.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
     /// The request target sent to the backend (origin form) for a request path (after the
     /// group's base path) and query. `original` is the client's request URI: reused as it is
     /// when nothing changes.

@@ -77,9 +77,12 @@ async fn gateway_for(backend: SocketAddr, apis: &[(Method, &str)]) -> SocketAddr
                     app_auth: false,
                 })
                 .collect(),
+            acl: None,
+            api_acls: Default::default(),
+            grants: Default::default(),
+            suspended: false,
         }],
-        suspended_accounts: vec![],
-        access: Default::default(),
+        apps: vec![],
     });
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -36,9 +36,12 @@ fn config(ceiling: u32) -> DataplaneConfig {
                 timeout: Duration::from_secs(1),
                 app_auth: false,
             }],
+            acl: None,
+            api_acls: Default::default(),
+            grants: Default::default(),
+            suspended: false,
         }],
-        suspended_accounts: vec![],
-        access: Default::default(),
+        apps: vec![],
     }
 }
 

@@ -127,6 +127,10 @@ fn group(
         host: host.map(str::to_string),
         base_path: None,
         deployments,
+        acl: None,
+        api_acls: Default::default(),
+        grants: Default::default(),
+        suspended: false,
     }
 }
 
@@ -168,6 +172,14 @@ fn config(b: &Backends, echo_instance: &str) -> DataplaneConfig {
         )],
     );
     host_group.base_path = Some("/v1".into());
+    let mut suspended_group = group(
+        "g-susp",
+        "acct-susp",
+        "dedicated",
+        Some("susp.test"),
+        vec![api("s", Method::GET, "/s", ok.clone(), 2000)],
+    );
+    suspended_group.suspended = true;
     let mut test_stage = api("echo-test", Method::GET, "/staged", ok.clone(), 2000);
     test_stage.stage = Stage::Test;
     DataplaneConfig {
@@ -205,13 +217,7 @@ fn config(b: &Backends, echo_instance: &str) -> DataplaneConfig {
                 Some("tiny.test"),
                 vec![api("t", Method::GET, "/t", ok.clone(), 2000)],
             ),
-            group(
-                "g-susp",
-                "acct-susp",
-                "dedicated",
-                Some("susp.test"),
-                vec![api("s", Method::GET, "/s", ok.clone(), 2000)],
-            ),
+            suspended_group,
             group(
                 "g-dead",
                 "acct-d",
@@ -235,8 +241,7 @@ fn config(b: &Backends, echo_instance: &str) -> DataplaneConfig {
                 ],
             ),
         ],
-        suspended_accounts: vec!["acct-susp".into()],
-        access: Default::default(),
+        apps: vec![],
     }
 }
 

@@ -1,6 +1,6 @@
 //! Commands about money: accounts, usage, bills, events, and the offline price calculator.
 
-use crate::output::{Format, Table, print};
+use crate::output::{Format, Page, Table, print, print_page};
 use crate::{Client, ms_to_utc};
 use anyhow::{Result, bail};
 use billing::{Decimal, EstimateRequest, InstanceDuration, InstanceUsage};
@@ -21,9 +21,20 @@ pub enum AccountCmd {
         alert_threshold: Option<String>,
     },
     List,
+    /// An account, with its last 20 ledger entries.
     Get {
         #[arg(long)]
         name: String,
+    },
+    /// Every movement of an account's balance, oldest first, a page at a time.
+    Ledger {
+        #[arg(long)]
+        name: String,
+        /// Only entries after this sequence number (the next_after_seq of the previous page).
+        #[arg(long, visible_alias = "after", default_value_t = 0)]
+        after_seq: u64,
+        #[command(flatten)]
+        limit: LimitArg,
     },
     /// Add US dollars to the balance; restores a suspended account once what it owes is paid.
     Recharge {
@@ -43,6 +54,27 @@ pub enum AccountCmd {
     },
 }
 
+/// How many records a page of a listing holds.
+#[derive(Debug, Args)]
+pub struct LimitArg {
+    /// The most records to show (1 to 1000; the server's default is 100). With -o json, the
+    /// output is then an object holding the records and where the next page starts; without,
+    /// the bare array it always was.
+    #[arg(long)]
+    limit: Option<u32>,
+}
+
+impl LimitArg {
+    fn get(&self) -> u32 {
+        self.limit.unwrap_or(0)
+    }
+
+    /// Whether to print JSON as a page object (see `Page::as_object`).
+    fn paged(&self) -> bool {
+        self.limit.is_some()
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UsageArgs {
     #[arg(long, default_value = "")]
@@ -50,13 +82,25 @@ pub struct UsageArgs {
     /// A day, YYYY-MM-DD (UTC).
     #[arg(long, default_value = "")]
     day: String,
+    /// Start after this account-day, ACCOUNT/YYYY-MM-DD (the next_after of the previous page).
+    #[arg(long, default_value = "")]
+    after: String,
+    #[command(flatten)]
+    limit: LimitArg,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BillCmd {
+    /// An account's bills, oldest first, a page at a time.
     List {
         #[arg(long)]
         account: String,
+        /// Only the bills of days after this one, YYYY-MM-DD (the next_after_day of the
+        /// previous page).
+        #[arg(long, default_value = "")]
+        after: String,
+        #[command(flatten)]
+        limit: LimitArg,
     },
     Get {
         #[arg(long)]
@@ -71,9 +115,11 @@ pub enum BillCmd {
 pub struct EventsArgs {
     #[arg(long, default_value = "")]
     account: String,
-    /// Only events after this sequence number.
+    /// Only events after this sequence number (the next_after_seq of the previous page).
     #[arg(long, default_value_t = 0)]
     after: u64,
+    #[command(flatten)]
+    limit: LimitArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,9 +167,15 @@ fn account_json(a: &pb::Account) -> Value {
         "last_cycle": a.last_cycle,
         "suspended_at_ms": a.suspended_at_ms,
         "purge_at_ms": a.purge_at_ms,
-        "ledger": a.ledger.iter().map(|e| json!({
-            "at_ms": e.at_ms, "what": e.what, "amount": e.amount, "balance_after": e.balance_after,
-        })).collect::<Vec<_>>(),
+        "ledger": a.ledger.iter().map(ledger_entry_json).collect::<Vec<_>>(),
+        "ledger_len": a.ledger_len,
+    })
+}
+
+fn ledger_entry_json(e: &pb::LedgerEntry) -> Value {
+    json!({
+        "seq": e.seq, "at_ms": e.at_ms, "what": e.what, "amount": e.amount,
+        "balance_after": e.balance_after,
     })
 }
 
@@ -196,6 +248,43 @@ pub async fn account(c: &mut Client, f: Format, cmd: AccountCmd) -> Result<()> {
                 .accounts;
             print_account(f, list.pop())
         }
+        AccountCmd::Ledger {
+            name,
+            after_seq,
+            limit,
+        } => {
+            let r = c
+                .describe_ledger(pb::DescribeLedgerRequest {
+                    account: name,
+                    after_seq,
+                    limit: limit.get(),
+                })
+                .await?
+                .into_inner();
+            let page = Page {
+                items: r.entries.iter().map(ledger_entry_json).collect(),
+                items_key: "entries",
+                next_key: "next_after_seq",
+                next: r.next_after_seq.map(Value::from),
+                flag: "--after-seq",
+                // A new command: no older shape to keep.
+                as_object: true,
+            };
+            print_page(f, page, || {
+                let mut t = Table::new(&["SEQ", "TIME (UTC)", "AMOUNT", "BALANCE AFTER", "WHAT"]);
+                for e in &r.entries {
+                    t.row(vec![
+                        e.seq.to_string(),
+                        ms_to_utc(e.at_ms),
+                        e.amount.clone(),
+                        e.balance_after.clone(),
+                        e.what.clone(),
+                    ]);
+                }
+                t
+            });
+            Ok(())
+        }
         AccountCmd::Recharge { name, amount } => {
             let r = c
                 .recharge(pb::RechargeRequest {
@@ -223,23 +312,33 @@ pub async fn account(c: &mut Client, f: Format, cmd: AccountCmd) -> Result<()> {
 }
 
 pub async fn usage(c: &mut Client, f: Format, a: UsageArgs) -> Result<()> {
-    let rows = c
+    let r = c
         .describe_usage(pb::DescribeUsageRequest {
             account: a.account,
             day: a.day,
+            after: a.after,
+            limit: a.limit.get(),
         })
         .await?
-        .into_inner()
-        .rows;
-    let v = json!(
-        rows.iter()
-            .map(|r| json!({
-                "day": r.day, "account": r.account, "instance": r.instance, "api": r.api,
-                "calls": r.calls, "bytes_out": r.bytes_out,
-            }))
-            .collect::<Vec<_>>()
-    );
-    print(f, v, || {
+        .into_inner();
+    let rows = r.rows;
+    let page = Page {
+        items: rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "day": r.day, "account": r.account, "instance": r.instance, "api": r.api,
+                    "calls": r.calls, "bytes_out": r.bytes_out,
+                })
+            })
+            .collect(),
+        items_key: "rows",
+        next_key: "next_after",
+        next: r.next_after.map(Value::from),
+        flag: "--after",
+        as_object: a.limit.paged(),
+    };
+    print_page(f, page, || {
         let mut t = Table::new(&["DAY", "ACCOUNT", "INSTANCE", "API", "CALLS", "BYTES OUT"]);
         for r in &rows {
             t.row(vec![
@@ -269,78 +368,118 @@ fn bill_json(b: &pb::Bill) -> Value {
 }
 
 pub async fn bill(c: &mut Client, f: Format, cmd: BillCmd) -> Result<()> {
-    let (account, day, one) = match cmd {
-        BillCmd::List { account } => (account, String::new(), false),
-        BillCmd::Get { account, day } => (account, day, true),
+    match cmd {
+        BillCmd::List {
+            account,
+            after,
+            limit,
+        } => bill_list(c, f, account, after, limit).await,
+        BillCmd::Get { account, day } => bill_get(c, f, account, day).await,
+    }
+}
+
+async fn bill_list(
+    c: &mut Client,
+    f: Format,
+    account: String,
+    after: String,
+    limit: LimitArg,
+) -> Result<()> {
+    let r = c
+        .describe_bills(pb::DescribeBillsRequest {
+            account,
+            after_day: after,
+            limit: limit.get(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let bills = r.bills;
+    let page = Page {
+        items: bills.iter().map(bill_json).collect(),
+        items_key: "bills",
+        next_key: "next_after_day",
+        next: r.next_after_day.map(Value::from),
+        flag: "--after",
+        as_object: limit.paged(),
     };
+    print_page(f, page, || {
+        let mut t = Table::new(&[
+            "DAY",
+            "TOTAL (USD)",
+            "BALANCE AFTER",
+            "STATE AFTER",
+            "LINES",
+        ]);
+        for b in &bills {
+            t.row(vec![
+                b.day.clone(),
+                b.total.clone(),
+                b.balance_after.clone(),
+                b.state_after.clone(),
+                b.lines.len().to_string(),
+            ]);
+        }
+        t
+    });
+    Ok(())
+}
+
+async fn bill_get(c: &mut Client, f: Format, account: String, day: String) -> Result<()> {
     let bills = c
-        .describe_bills(pb::DescribeBillsRequest { account, day })
+        .describe_bills(pb::DescribeBillsRequest {
+            account,
+            day,
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .bills;
-    if one {
-        let Some(b) = bills.first() else {
-            bail!("no such bill")
-        };
-        print(f, bill_json(b), || {
-            let mut t = Table::new(&["ITEM", "QUANTITY", "AMOUNT (USD)"]);
-            for l in &b.lines {
-                t.row(vec![l.item.clone(), l.quantity.clone(), l.amount.clone()]);
-            }
-            t.row(vec![
-                format!("TOTAL for {} on {} ({})", b.account, b.day, b.state_after),
-                String::new(),
-                b.total.clone(),
-            ]);
-            t
-        });
-    } else {
-        print(
-            f,
-            json!(bills.iter().map(bill_json).collect::<Vec<_>>()),
-            || {
-                let mut t = Table::new(&[
-                    "DAY",
-                    "TOTAL (USD)",
-                    "BALANCE AFTER",
-                    "STATE AFTER",
-                    "LINES",
-                ]);
-                for b in &bills {
-                    t.row(vec![
-                        b.day.clone(),
-                        b.total.clone(),
-                        b.balance_after.clone(),
-                        b.state_after.clone(),
-                        b.lines.len().to_string(),
-                    ]);
-                }
-                t
-            },
-        );
-    }
+    let Some(b) = bills.first() else {
+        bail!("no such bill")
+    };
+    print(f, bill_json(b), || {
+        let mut t = Table::new(&["ITEM", "QUANTITY", "AMOUNT (USD)"]);
+        for l in &b.lines {
+            t.row(vec![l.item.clone(), l.quantity.clone(), l.amount.clone()]);
+        }
+        t.row(vec![
+            format!("TOTAL for {} on {} ({})", b.account, b.day, b.state_after),
+            String::new(),
+            b.total.clone(),
+        ]);
+        t
+    });
     Ok(())
 }
 
 pub async fn events(c: &mut Client, f: Format, a: EventsArgs) -> Result<()> {
-    let events = c
+    let r = c
         .describe_events(pb::DescribeEventsRequest {
             account: a.account,
             after_seq: a.after,
+            limit: a.limit.get(),
         })
         .await?
-        .into_inner()
-        .events;
-    let v = json!(
-        events
+        .into_inner();
+    let events = r.events;
+    let page = Page {
+        items: events
             .iter()
-            .map(|e| json!({
-                "seq": e.seq, "at_ms": e.at_ms, "account": e.account, "kind": e.kind,
-                "detail": serde_json::from_str::<Value>(&e.detail_json).unwrap_or(Value::Null),
-            }))
-            .collect::<Vec<_>>()
-    );
-    print(f, v, || {
+            .map(|e| {
+                json!({
+                    "seq": e.seq, "at_ms": e.at_ms, "account": e.account, "kind": e.kind,
+                    "detail": serde_json::from_str::<Value>(&e.detail_json).unwrap_or(Value::Null),
+                })
+            })
+            .collect(),
+        items_key: "events",
+        next_key: "next_after_seq",
+        next: r.next_after_seq.map(Value::from),
+        flag: "--after",
+        as_object: a.limit.paged(),
+    };
+    print_page(f, page, || {
         let mut t = Table::new(&["SEQ", "TIME (UTC)", "ACCOUNT", "EVENT", "DETAIL"]);
         for e in &events {
             t.row(vec![

@@ -61,6 +61,74 @@ pub fn print(format: Format, value: Value, table: impl FnOnce() -> Table) {
     }
 }
 
+/// One page of a paged listing (bills, events, usage, a ledger).
+pub struct Page {
+    /// The page's records, as JSON.
+    pub items: Vec<Value>,
+    /// The JSON field holding the records when the page is printed as an object.
+    pub items_key: &'static str,
+    /// The JSON field holding where the next page starts.
+    pub next_key: &'static str,
+    /// Where the next page starts (`None`: this page is the last).
+    pub next: Option<Value>,
+    /// The flag that reads the next page, given `next`.
+    pub flag: &'static str,
+    /// Print JSON as `{items_key: [...], next_key: ...}`; otherwise as the bare array these
+    /// listings printed before they were paged, with the cursor on stderr.
+    pub as_object: bool,
+}
+
+impl Page {
+    /// The line that tells a person how to read the next page.
+    fn hint(&self) -> Option<String> {
+        let next = self.next.as_ref()?;
+        let v = next.as_str().map_or_else(|| next.to_string(), String::from);
+        Some(format!("more: {} {v} reads the next page", self.flag))
+    }
+}
+
+/// Prints a page as JSON or as `table`; when more pages follow, table output ends with a hint
+/// line naming the flag that reads the next one.
+pub fn print_page(format: Format, page: Page, table: impl FnOnce() -> Table) {
+    let (out, err) = render_page(format, page, table);
+    print!("{out}");
+    if let Some(e) = err {
+        eprintln!("{e}");
+    }
+}
+
+/// What [`print_page`] writes to stdout, and to stderr.
+fn render_page(
+    format: Format,
+    page: Page,
+    table: impl FnOnce() -> Table,
+) -> (String, Option<String>) {
+    let hint = page.hint();
+    match format {
+        Format::Json if page.as_object => {
+            let v = json!({ page.items_key: page.items, page.next_key: page.next });
+            (pretty(&v), None)
+        }
+        // Stdout stays the array scripts parse; the cursor goes where people see it.
+        Format::Json => (
+            pretty(&json!(page.items)),
+            hint.map(|h| format!("{h} (give --limit for JSON with {})", page.next_key)),
+        ),
+        Format::Table => {
+            let mut out = table().render();
+            if let Some(h) = hint {
+                out.push_str(&h);
+                out.push('\n');
+            }
+            (out, None)
+        }
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).expect("json") + "\n"
+}
+
 pub fn charge_type_name(c: i32) -> &'static str {
     match pb::ChargeType::try_from(c) {
         Ok(pb::ChargeType::Month) => "month",
@@ -218,4 +286,63 @@ pub fn cluster_table(s: &pb::ClusterStatus) -> Table {
 
 pub fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(as_object: bool, next: Option<Value>) -> Page {
+        Page {
+            items: vec![json!({"day": "2026-01-01"})],
+            items_key: "bills",
+            next_key: "next_after_day",
+            next,
+            flag: "--after",
+            as_object,
+        }
+    }
+
+    fn table() -> Table {
+        let mut t = Table::new(&["DAY"]);
+        t.row(vec!["2026-01-01".into()]);
+        t
+    }
+
+    #[test]
+    fn pages_keep_the_old_json_shape_unless_a_limit_is_given() {
+        let next = Some(json!("2026-01-01"));
+        let (out, err) = render_page(Format::Json, page(false, next.clone()), table);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v, json!([{"day": "2026-01-01"}]));
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "more: --after 2026-01-01 reads the next page (give --limit for JSON with next_after_day)"
+            )
+        );
+
+        let (out, err) = render_page(Format::Json, page(true, next), table);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"bills": [{"day": "2026-01-01"}], "next_after_day": "2026-01-01"})
+        );
+        assert_eq!(err, None);
+        let (out, _) = render_page(Format::Json, page(true, None), table);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["next_after_day"], Value::Null);
+    }
+
+    #[test]
+    fn tables_end_with_a_hint_while_pages_follow() {
+        let (out, err) = render_page(Format::Table, page(false, Some(json!(42))), table);
+        assert_eq!(
+            out,
+            "DAY\n2026-01-01\nmore: --after 42 reads the next page\n"
+        );
+        assert_eq!(err, None);
+        let (out, _) = render_page(Format::Table, page(false, None), table);
+        assert_eq!(out, "DAY\n2026-01-01\n");
+    }
 }

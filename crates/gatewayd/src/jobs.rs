@@ -16,6 +16,8 @@ use model::Command;
 use std::time::Duration;
 
 const DAY_MS: u64 = 86_400_000;
+/// The most events one webhook POST carries; the rest go in the next ticks.
+const EVENTS_PER_DELIVERY: usize = 100;
 
 fn is_leader(node: &Node) -> bool {
     node.status().leader_id == Some(node.id())
@@ -64,12 +66,21 @@ pub async fn deliver_events(node: Node, every: Duration) {
         let state = node.state();
         for acct in state.accounts.values() {
             let Some(url) = &acct.webhook else { continue };
-            let events: Vec<_> = state
-                .events
-                .iter()
-                .filter(|e| e.account == acct.name && e.seq > acct.events_acked)
-                .take(100)
-                .collect();
+            // Nothing new since the last delivery: no read of the history at all.
+            if acct.last_event_seq <= acct.events_acked {
+                continue;
+            }
+            let events = match node.history().events(
+                Some(&acct.name),
+                acct.events_acked,
+                EVENTS_PER_DELIVERY,
+            ) {
+                Ok(page) => page.items,
+                Err(e) => {
+                    tracing::warn!(account = %acct.name, "reading events failed, will retry: {e}");
+                    continue;
+                }
+            };
             let Some(last) = events.last().map(|e| e.seq) else {
                 continue;
             };

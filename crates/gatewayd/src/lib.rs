@@ -198,6 +198,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     cfg.catalog = catalog.clone();
     cfg.heartbeat = s.heartbeat;
     cfg.election_timeout = (s.election_timeout, s.election_timeout * 2);
+    cfg.snapshot_every = s.snapshot_every;
     cfg.peer_tls = tls.peer_client.clone();
     let node = Node::start(cfg).await.with_context(|| {
         format!(
@@ -249,23 +250,24 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     plane::accept_peer_demand(&node, dp.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
-    let background = [
-        tokio::spawn(plane::publish_configs(
-            node.subscribe(),
-            dp.clone(),
-            catalog.clone(),
-            plane::SharedInstance {
+    let _publisher = plane::spawn_publisher(
+        node.publication(),
+        dp.clone(),
+        plane::ConfigSource {
+            catalog: catalog.clone(),
+            shared: plane::SharedInstance {
                 ceiling_rps: s.shared_ceiling_rps,
                 region: s.shared_region.clone(),
             },
-        )),
-        tokio::spawn(plane::demand_loop(
-            node.clone(),
-            dp.clone(),
-            ready.clone(),
-            draining.clone(),
-        )),
-    ];
+        },
+    )
+    .context("cannot start the config publisher")?;
+    let background = [tokio::spawn(plane::demand_loop(
+        node.clone(),
+        dp.clone(),
+        ready.clone(),
+        draining.clone(),
+    ))];
     let meter = Arc::new(tokio::sync::Mutex::new(metering::Meter::new(
         node.clone(),
         dp.clone(),

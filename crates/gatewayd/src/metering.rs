@@ -10,7 +10,7 @@
 use cluster::Node;
 use dataplane::Dataplane;
 use model::Command;
-use model::ledger::UsageDelta;
+use model::UsageDelta;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;

@@ -72,6 +72,10 @@ pub struct Flags {
     /// and twice it [default: 500].
     #[arg(long, env = "GATEWAY_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
+    /// Take a Raft snapshot after this many log entries since the last one; the log before a
+    /// snapshot is purged, and a node that lags further is sent the snapshot [default: 5000].
+    #[arg(long, env = "GATEWAY_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
     /// The cluster-wide ceiling of the built-in shared instance, in requests per second; every
     /// node must use the same value [default: 5000].
     #[arg(long, env = "GATEWAY_SHARED_CEILING_RPS")]
@@ -188,6 +192,7 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
+    pub snapshot_every: u64,
     pub shared_ceiling_rps: u32,
     pub shared_region: String,
     pub bill_delay: Duration,
@@ -229,6 +234,7 @@ impl Flags {
             cluster_domain,
             heartbeat_ms,
             election_timeout_ms,
+            snapshot_every,
             shared_ceiling_rps,
             shared_region,
             bill_delay_seconds,
@@ -347,6 +353,10 @@ impl Flags {
             bail!("--usage-flush-ms {usage_flush_ms} is below the minimum of 10");
         }
         let limits = server_limits(&f)?;
+        let snapshot_every = f.snapshot_every.unwrap_or(5000);
+        if snapshot_every < 10 {
+            bail!("--snapshot-every {snapshot_every} is below the minimum of 10 log entries");
+        }
         let election = f.election_timeout_ms.unwrap_or(500);
         let heartbeat = f.heartbeat_ms.unwrap_or(100);
         if heartbeat == 0 || election <= heartbeat * 2 {
@@ -367,6 +377,7 @@ impl Flags {
             admin_token,
             heartbeat: Duration::from_millis(heartbeat),
             election_timeout: Duration::from_millis(election),
+            snapshot_every,
             shared_ceiling_rps: f.shared_ceiling_rps.unwrap_or(5000),
             shared_region: f.shared_region.unwrap_or_else(|| "cn-hangzhou".into()),
             bill_delay: Duration::from_secs(f.bill_delay_seconds.unwrap_or(3600)),

@@ -1,4 +1,3 @@
-use crate::ledger::UsageDelta;
 use crate::{
     Account, Api, ApiGroup, ApiToken, App, ChargeType, Deployment, Instance, Millis, Stage,
 };
@@ -7,11 +6,31 @@ use serde::{Deserialize, Serialize};
 
 /// What goes into the Raft log: a command stamped with the proposer's clock.
 ///
-/// The time travels with the command so that every replica applies the same instant.
+/// The time travels with the command so that every replica applies the same instant, and the
+/// catalog's fingerprint so that every replica prices it the same.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
     pub at_ms: Millis,
+    /// The fingerprint of the proposer's price catalog ([`catalog::Catalog::fingerprint`]):
+    /// a node that prices with another catalog must not apply it (see [`crate::State::apply`]).
+    pub catalog: String,
+    /// The client request this proposal carries, named by the node that first received it.
+    /// A proposal whose request was applied before is answered with the first outcome instead
+    /// of being applied again (see [`crate::State::apply`]): a write retried after a lost
+    /// reply, or proposed again through a new leader, is applied once.
+    pub request_id: Option<String>,
     pub command: Command,
+}
+
+/// What one node counted for one (account, instance, API, region) since its last flush.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageDelta {
+    pub account: String,
+    pub instance: String,
+    pub api: String,
+    pub region: String,
+    pub calls: u64,
+    pub bytes_out: u64,
 }
 
 /// The definition of an API as an operator writes it.

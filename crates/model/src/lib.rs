@@ -1,22 +1,37 @@
 //! The gateway's replicated state and the commands that change it.
 //!
 //! Every node holds one [`State`]; Raft delivers the same [`Proposal`]s to every node in the same
-//! order, and [`State::apply`] turns each into a [`Reply`] or a [`DomainError`]. `apply` is
-//! deterministic: it reads no clock (the proposer stamps each proposal with the time), does no
-//! I/O and draws no random numbers, so every replica reaches the same state. A command that fails
-//! changes nothing: every check runs before the first mutation.
+//! order, and [`State::apply`] turns each into an [`Applied`]: the [`Reply`] (or the
+//! [`DomainError`] that refused the command), a [`ChangeSet`] naming what changed, and the
+//! [`history`] records the command wrote. `apply` is deterministic: it reads no clock (the
+//! proposer stamps each proposal with the time, and time in the state never goes backwards),
+//! does no I/O and draws no random numbers, so every replica reaches the same state. A command
+//! that fails changes nothing: it runs on an O(1) copy that replaces the state only on success.
+//!
+//! # Layout
+//!
+//! - `command`: [`Command`], [`Proposal`], [`Reply`] and the types commands carry.
+//! - `state`: [`State`], the configuration in persistent (`imbl`) maps, and `apply`, which
+//!   dispatches each command family to its handler module: `instances`, `groups` (groups,
+//!   APIs, deployments, ACLs), `accounts` (accounts, recharges, alerts, tokens), `apps`,
+//!   `usage` (flushes from the nodes) and `cycle` (the daily billing cycle).
+//! - [`history`]: what commands write once and never change (ledger, bills, events, closed
+//!   usage); kept on disk by the storage layer, never in the state.
+//! - [`validate`]: field checks shared with the admin service, so both refuse the same input
+//!   with the same message.
 
 mod command;
 mod error;
-pub mod ledger;
+pub mod history;
 mod state;
 pub mod validate;
 
-pub use command::{ApiSpec, AuthType, Command, GroupChange, Proposal, Reply};
+pub use command::{ApiSpec, AuthType, Command, GroupChange, Proposal, Reply, UsageDelta};
 pub use error::DomainError;
 pub use state::{
-    Account, Api, ApiGroup, ApiToken, App, ChargeType, DEFAULT_ACCOUNT, Deployment, Instance,
-    IpRules, SpecChange, Stage, State,
+    Account, Api, ApiGroup, ApiToken, App, Applied, CatalogMismatch, ChangeSet, ChargeType,
+    DEFAULT_ACCOUNT, Deployment, Instance, IpRules, MonthToDate, REMEMBERED_REQUESTS,
+    ReleasedInstance, Sessions, SpecChange, Stage, State,
 };
 
 /// Unix time in milliseconds, as stamped on a proposal by the node that proposed it.

@@ -1,4 +1,6 @@
 use super::*;
+use crate::command::{AuthType, GroupChange, UsageDelta};
+use catalog::{SHARED_INSTANCE, Usd};
 use proptest::prelude::*;
 
 fn cat() -> &'static Catalog {
@@ -6,7 +8,12 @@ fn cat() -> &'static Catalog {
 }
 
 fn at(ms: Millis, command: Command) -> Proposal {
-    Proposal { at_ms: ms, command }
+    Proposal {
+        at_ms: ms,
+        catalog: cat().fingerprint().into(),
+        request_id: None,
+        command,
+    }
 }
 
 fn create(name: &str, spec: &str) -> Command {
@@ -39,11 +46,17 @@ fn api_spec(path: &str) -> ApiSpec {
     }
 }
 
-/// Applies and asserts that a refused command left the state exactly as it was.
+/// Applies and asserts that a refused command left the state exactly as it was, and that the
+/// indexes kept in step equal a rebuild.
 fn apply(s: &mut State, p: Proposal) -> Result<Reply, DomainError> {
+    apply_full(s, &p).reply
+}
+
+/// [`apply`], returning everything the command did.
+fn apply_full(s: &mut State, p: &Proposal) -> Applied {
     let before = s.clone();
-    let r = s.apply(&p, cat());
-    if r.is_err() {
+    let applied = s.apply(p, cat()).expect("the same catalog");
+    if applied.reply.is_err() {
         assert_eq!(
             *s,
             before,
@@ -51,7 +64,8 @@ fn apply(s: &mut State, p: Proposal) -> Result<Reply, DomainError> {
             p.command.kind()
         );
     }
-    r
+    assert!(s.indexes_consistent(), "indexes after {:?}", p.command);
+    applied
 }
 
 #[test]
@@ -322,15 +336,35 @@ fn arb_command() -> impl Strategy<Value = Command> {
     let inst = prop::sample::select(vec!["a", "b", "shared", "zz"]);
     let path = prop::sample::select(vec!["/x", "/x/{id}", "/y", "bad"]);
     let stage = prop::sample::select(Stage::ALL.to_vec());
+    let account = prop::sample::select(vec![DEFAULT_ACCOUNT, "acme", "zz"]);
+    let amount = prop::sample::select(vec!["0", "0.01", "5", "3000", "-1"]);
+    let cidr = prop::sample::select(vec!["10.0.0.0/8", "198.18.0.1/32", "bogus"]);
+    let charge = prop::sample::select(vec![ChargeType::Postpaid, ChargeType::Month]);
     prop_oneof![
-        (name.clone(), spec.clone()).prop_map(|(n, s)| create(n, s)),
+        (name.clone(), spec.clone(), charge, account.clone()).prop_map(|(n, s, c, a)| {
+            Command::CreateInstance {
+                name: n.into(),
+                spec: s.into(),
+                region: "cn-hongkong".into(),
+                charge_type: c,
+                account: a.into(),
+            }
+        }),
         (name.clone(), spec).prop_map(|(n, s)| Command::ModifyInstanceSpec {
             name: n.into(),
             spec: s.into()
         }),
         name.clone()
             .prop_map(|n| Command::DeleteInstance { name: n.into() }),
-        (name.clone(), inst.clone()).prop_map(|(n, i)| group(n, i, None)),
+        (name.clone(), inst.clone(), account.clone()).prop_map(|(n, i, a)| {
+            Command::CreateApiGroup {
+                name: n.into(),
+                account: a.into(),
+                instance: i.into(),
+                host: None,
+                base_path: Some(format!("/{n}")),
+            }
+        }),
         (name.clone(), inst).prop_map(|(n, i)| Command::ModifyApiGroup {
             name: n.into(),
             change: GroupChange {
@@ -340,42 +374,158 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         name.clone()
             .prop_map(|n| Command::DeleteApiGroup { name: n.into() }),
-        (name.clone(), name.clone(), path).prop_map(|(g, n, p)| Command::CreateApi {
+        (name.clone(), name.clone(), path.clone(), any::<bool>()).prop_map(|(g, n, p, app)| {
+            let mut spec = api_spec(p);
+            if app {
+                spec.auth = AuthType::App;
+            }
+            Command::CreateApi {
+                group: g.into(),
+                name: n.into(),
+                spec,
+            }
+        }),
+        (name.clone(), name.clone(), path).prop_map(|(g, n, p)| Command::ModifyApi {
             group: g.into(),
             name: n.into(),
             spec: api_spec(p)
+        }),
+        (name.clone(), name.clone()).prop_map(|(g, n)| Command::DeleteApi {
+            group: g.into(),
+            name: n.into(),
         }),
         (name.clone(), name.clone(), stage.clone()).prop_map(|(g, n, st)| Command::DeployApi {
             group: g.into(),
             name: n.into(),
             stage: st
         }),
-        (name.clone(), name, stage).prop_map(|(g, n, st)| Command::AbolishApi {
+        (name.clone(), name.clone(), stage).prop_map(|(g, n, st)| Command::AbolishApi {
             group: g.into(),
             name: n.into(),
             stage: st
         }),
+        (
+            name.clone(),
+            prop::option::of(name.clone()),
+            cidr.clone(),
+            cidr
+        )
+            .prop_map(|(g, api, allow, deny)| Command::SetIpAccessControl {
+                group: g.into(),
+                api: api.map(Into::into),
+                allow: vec![allow.into()],
+                deny: vec![deny.into()],
+            }),
+        account.clone().prop_map(|a| Command::CreateAccount {
+            name: a.into(),
+            webhook: None,
+            balance_alert: None,
+        }),
+        (account.clone(), amount.clone()).prop_map(|(a, m)| Command::Recharge {
+            account: a.into(),
+            amount: Usd::parse(m).unwrap(),
+        }),
+        (account.clone(), amount).prop_map(|(a, m)| Command::SetAccountAlert {
+            account: a.into(),
+            threshold: Some(Usd::parse(m).unwrap()),
+            webhook: None,
+        }),
+        (account.clone(), 0..20u64).prop_map(|(a, seq)| Command::AckEvents {
+            account: a.into(),
+            seq
+        }),
+        (1..3u64, 0..6u64, account.clone(), 0..3_000_000u64).prop_map(|(node, seq, a, calls)| {
+            Command::RecordUsage {
+                node,
+                seq,
+                deltas: vec![UsageDelta {
+                    account: a.into(),
+                    instance: SHARED_INSTANCE.into(),
+                    api: "x".into(),
+                    region: "cn-hongkong".into(),
+                    calls,
+                    bytes_out: calls * 100,
+                }],
+            }
+        }),
+        (0..3u64).prop_map(|d| Command::CloseCycle { day: d }),
+        (name.clone(), account.clone()).prop_map(|(n, a)| Command::CreateApp {
+            name: n.into(),
+            account: a.into(),
+            key: format!("key-{n}-0123456"),
+            secret: "0123456789abcdef".into(),
+        }),
+        name.clone()
+            .prop_map(|n| Command::DeleteApp { name: n.into() }),
+        (name.clone(), name.clone(), name.clone()).prop_map(|(g, api, app)| {
+            Command::AuthorizeApp {
+                group: g.into(),
+                api: api.into(),
+                app: app.into(),
+            }
+        }),
+        (name.clone(), name.clone(), name).prop_map(|(g, api, app)| {
+            Command::RevokeAppAuthorization {
+                group: g.into(),
+                api: api.into(),
+                app: app.into(),
+            }
+        }),
+        (
+            account,
+            prop::sample::select(vec!["0123456789abcdef", "bad"])
+        )
+            .prop_map(|(a, id)| {
+                Command::CreateToken {
+                    id: id.into(),
+                    account: a.into(),
+                    secret_sha256: "ab".repeat(32),
+                }
+            }),
     ]
 }
 
+/// Proposal times: mostly forward, by up to two days (so cycles close), sometimes backwards
+/// (a new leader whose clock is behind).
+fn arb_log() -> impl Strategy<Value = Vec<(i64, Command)>> {
+    prop::collection::vec((-3_600_000i64..2 * 86_400_000, arb_command()), 0..80)
+}
+
 proptest! {
-    /// Replicas that apply the same log agree, whatever the log holds, and a refused command
-    /// never changes anything (checked inside `apply`).
+    /// Replicas that apply the same log agree, whatever the log holds; a refused command never
+    /// changes anything and the indexes stay equal to a rebuild (checked inside `apply`); time
+    /// in the state never goes backwards; and what a snapshot carries (the binary encoding)
+    /// restores the same state.
     #[test]
-    fn replicas_agree(cmds in prop::collection::vec(arb_command(), 0..60)) {
+    fn replicas_agree(log in arb_log()) {
         let mut a = State::default();
         let mut b = State::default();
-        for (i, c) in cmds.into_iter().enumerate() {
-            let p = at(i as u64, c);
-            let ra = apply(&mut a, p.clone());
-            let rb = b.apply(&p, cat());
-            prop_assert_eq!(ra, rb);
+        let mut t: i64 = 1_767_225_600_000;
+        let mut history = Vec::new();
+        for (dt, c) in log {
+            t += dt;
+            let p = at(t as u64, c);
+            let clock_before = a.clock_ms;
+            let ra = apply_full(&mut a, &p);
+            prop_assert!(a.clock_ms >= clock_before);
+            let rb = b.apply(&p, cat()).unwrap();
+            prop_assert_eq!(&ra, &rb);
+            prop_assert_eq!(&a, &b);
+            history.extend(rb.history);
         }
-        prop_assert_eq!(&a, &b);
-        // What a snapshot carries restores the same state.
+        // A snapshot of the final state includes exactly the history written on the way.
+        let cut = a.history_cut();
+        prop_assert!(history.iter().all(|r| cut.includes(r)));
+        let bytes = postcard::to_stdvec(&a).unwrap();
+        let restored: State = postcard::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(&a, &restored);
         let json = serde_json::to_string(&a).unwrap();
         let restored: State = serde_json::from_str(&json).unwrap();
         prop_assert_eq!(a, restored);
+        // Every history record survives the binary encoding too.
+        let bytes = postcard::to_stdvec(&history).unwrap();
+        let restored: Vec<HistoryRecord> = postcard::from_bytes(&bytes).unwrap();
+        prop_assert_eq!(history, restored);
     }
 }
 
@@ -483,4 +633,95 @@ fn apps_are_authorised_per_api_and_acls_take_cidrs() {
     )
     .unwrap();
     assert!(s.groups["g"].api_acls.is_empty() && s.groups["g"].grants.is_empty());
+}
+
+#[test]
+fn a_proposal_priced_with_another_catalog_is_refused() {
+    let mut s = State::default();
+    apply(&mut s, at(1, create("prod", "api.s1.small"))).unwrap();
+    assert_eq!(s.catalog.as_deref(), Some(cat().fingerprint()));
+    let text = include_str!("../../../catalog/data/catalog.toml").replacen("2500", "2600", 1);
+    let other = Catalog::from_toml_str(&text).unwrap();
+    assert_ne!(other.fingerprint(), cat().fingerprint());
+    let before = s.clone();
+    // Proposed with the cluster's catalog, applied by a node with another one.
+    let e = s
+        .apply(&at(2, create("b", "api.s1.small")), &other)
+        .unwrap_err();
+    assert!(e.to_string().contains("same catalog"), "{e}");
+    assert_eq!(s, before);
+    assert!(s.check_catalog(&other).is_err());
+    assert!(s.check_catalog(cat()).is_ok());
+}
+
+#[test]
+fn time_never_goes_backwards_across_leaders() {
+    let mut s = State::default();
+    apply(&mut s, at(5_000, create("a", "api.s1.small"))).unwrap();
+    // A new leader whose clock is 4 s behind: the instance is created "at" the latest time.
+    let r = apply(&mut s, at(1_000, create("b", "api.s1.small"))).unwrap();
+    assert!(matches!(r, Reply::Instance(ref i) if i.created_at_ms == 5_000));
+    assert_eq!(s.clock_ms, 5_000);
+}
+
+fn with_id(ms: Millis, id: &str, command: Command) -> Proposal {
+    Proposal {
+        request_id: Some(id.into()),
+        ..at(ms, command)
+    }
+}
+
+#[test]
+fn a_repeated_request_gets_its_first_outcome_and_is_applied_once() {
+    let mut s = State::default();
+    let recharge = Command::Recharge {
+        account: DEFAULT_ACCOUNT.into(),
+        amount: Usd::parse("1.00").unwrap(),
+    };
+    let first = s
+        .apply(&with_id(1, "n1-a", recharge.clone()), cat())
+        .unwrap();
+    assert_eq!(first.history.len(), 1, "one ledger entry");
+    let after_first = s.clone();
+    // The same request again (a retry after a lost reply, or re-proposed by a new leader).
+    let again = s
+        .apply(&with_id(2, "n1-a", recharge.clone()), cat())
+        .unwrap();
+    assert_eq!(again.reply, first.reply);
+    assert!(again.history.is_empty() && again.changes.is_empty());
+    assert_eq!(s, after_first, "nothing applied twice");
+    // Another request with the same content is another write.
+    s.apply(&with_id(3, "n1-b", recharge), cat()).unwrap();
+    assert_eq!(
+        s.accounts[DEFAULT_ACCOUNT].billing.balance(),
+        Usd::parse("2.00").unwrap()
+    );
+    // A refused request stays refused, even once it would pass.
+    let make = |n: &str| Command::CreateApiGroup {
+        name: n.into(),
+        account: DEFAULT_ACCOUNT.into(),
+        instance: "later".into(),
+        host: None,
+        base_path: None,
+    };
+    let refused = s.apply(&with_id(4, "n2-x", make("g")), cat()).unwrap();
+    assert!(refused.reply.is_err());
+    apply(&mut s, at(5, create("later", "api.s1.small"))).unwrap();
+    let retried = s.apply(&with_id(6, "n2-x", make("g")), cat()).unwrap();
+    assert_eq!(retried.reply, refused.reply);
+    assert!(!s.groups.contains_key("g"));
+}
+
+#[test]
+fn sessions_remember_a_bounded_number_of_requests() {
+    let mut sessions = Sessions::default();
+    for i in 0..REMEMBERED_REQUESTS + 10 {
+        sessions.remember(&format!("r{i}"), Ok(Reply::Done));
+    }
+    assert_eq!(sessions.len(), REMEMBERED_REQUESTS);
+    assert!(
+        sessions.outcome("r9").is_none(),
+        "the oldest are forgotten first"
+    );
+    assert!(sessions.outcome("r10").is_some());
 }

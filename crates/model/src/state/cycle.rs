@@ -1,0 +1,534 @@
+//! The daily billing cycle: bills every account for a closed day, pays the bills from the
+//! balances, moves account states, and purges what has been suspended for six months.
+//!
+//! A cycle costs O(accounts) whatever the history holds: the month's earlier usage, which the
+//! monthly price tiers need, is carried in each account's [`super::MonthToDate`], and the
+//! day's bills and usage leave the state as history records.
+
+use super::{ChargeType, Effects, Instance, MonthToDate, State, billing_err, groups, ts};
+use crate::history::{Bill, BillLine, DayUsage, HistoryRecord};
+use crate::{DomainError, Millis, Reply};
+use billing::{Day, Event, PaygInstance};
+use catalog::{Catalog, Usd};
+
+pub(super) fn close(
+    s: &mut State,
+    day: u64,
+    now: Millis,
+    catalog: &Catalog,
+    fx: &mut Effects,
+) -> Result<Reply, DomainError> {
+    let expected = s.next_open_day().unwrap_or(day);
+    if day != expected {
+        return Err(DomainError::FailedPrecondition(if day < expected {
+            format!("the cycle of day {day} is already closed")
+        } else {
+            format!("close the cycle of day {expected} before day {day}")
+        }));
+    }
+    if now < Day::from_index(day).end().unix_secs() * 1000 {
+        return Err(DomainError::FailedPrecondition(format!(
+            "the cycle of day {day} has not ended yet"
+        )));
+    }
+    let month_first = Day::from_index(day).month().start().day().index();
+    let usage_today = s.usage.get(&day).cloned().unwrap_or_default();
+    let empty = DayUsage::default();
+    let names: Vec<String> = s.accounts.keys().cloned().collect();
+    for name in names {
+        let today = usage_today.get(&name).unwrap_or(&empty);
+        let lines = bill_lines(s, &name, day, month_first, today, catalog)?;
+        let total: Usd = lines.iter().map(|l| l.amount).sum();
+        let settled = billing::settle_cycle(
+            &s.account(&name)?.billing,
+            Day::from_index(day),
+            total,
+            ts(now),
+        )
+        .map_err(billing_err)?;
+        let what = format!("bill {}", Day::from_index(day));
+        s.book(&name, now, what, -total, settled, fx)?;
+        let (billing, purge_events) = billing::purge_due(&s.account(&name)?.billing, ts(now));
+        let purged = purge_events.iter().any(|e| matches!(e, Event::Purged));
+        s.set_billing(&name, billing, fx)?;
+        let acct = s.account_mut(&name)?;
+        add_to_month(&mut acct.month_to_date, month_first, today);
+        let bill = Bill {
+            day,
+            lines,
+            total,
+            balance_after: acct.billing.balance(),
+            state_after: acct.billing.state(),
+            issued_at_ms: now,
+        };
+        fx.history.push(HistoryRecord::Bill {
+            account: name.clone(),
+            bill,
+        });
+        if today != &empty {
+            fx.history.push(HistoryRecord::Usage {
+                account: name.clone(),
+                day,
+                usage: today.clone(),
+            });
+        }
+        s.push_events(&name, now, purge_events, fx);
+        if purged {
+            // Six months suspended: the account's API configuration is cleared.
+            let doomed: Vec<String> = s.groups_of_account(&name).map(|g| g.name.clone()).collect();
+            for g in doomed {
+                groups::remove_group(s, &g);
+                fx.changes.groups.insert(g);
+            }
+        }
+    }
+    s.last_closed_day = Some(day);
+    // The closed day's usage is history now.
+    let open = s.usage.split(&day).1;
+    s.usage = open;
+    s.released.retain(|r| super::day_of(r.released_at_ms) > day);
+    Ok(Reply::CycleClosed { day })
+}
+
+/// Adds a closed day's usage to its month's running counts (starting them over in a new month).
+fn add_to_month(mtd: &mut MonthToDate, month_first: u64, today: &DayUsage) {
+    if mtd.month_first_day != month_first {
+        *mtd = MonthToDate {
+            month_first_day: month_first,
+            ..MonthToDate::default()
+        };
+    }
+    mtd.shared_calls = mtd.shared_calls.saturating_add(today.shared_calls);
+    for (region, bytes) in &today.bytes_by_region {
+        let b = mtd.bytes_by_region.entry(region.clone()).or_default();
+        *b = b.saturating_add(*bytes);
+    }
+}
+
+/// The lines of `account`'s bill for `day`.
+fn bill_lines(
+    s: &State,
+    account: &str,
+    day: u64,
+    month_first: u64,
+    today: &DayUsage,
+    catalog: &Catalog,
+) -> Result<Vec<BillLine>, DomainError> {
+    let acct = s.account(account)?;
+    let cycle = Day::from_index(day);
+    let month = cycle.month();
+    let mtd = &acct.month_to_date;
+    let this_month = mtd.month_first_day == month_first;
+    let mut lines = Vec::new();
+    if today.shared_calls > 0 {
+        let free = billing::free_quota_applies(catalog.shared(), ts(acct.created_at_ms), month);
+        let before = if this_month { mtd.shared_calls } else { 0 };
+        let amount = billing::daily_call_charge(catalog.shared(), before, today.shared_calls, free);
+        lines.push(BillLine {
+            item: format!(
+                "API calls on the shared instance{}",
+                if free {
+                    " (first-year free quota applies)"
+                } else {
+                    ""
+                }
+            ),
+            quantity: format!(
+                "{} calls ({} earlier this month)",
+                today.shared_calls, before
+            ),
+            amount,
+        });
+    }
+    for (region, bytes) in &today.bytes_by_region {
+        let Ok(r) = catalog.region(region) else {
+            continue;
+        };
+        let before = match this_month {
+            true => mtd.bytes_by_region.get(region).copied().unwrap_or(0),
+            false => 0,
+        };
+        let amount = billing::daily_traffic_charge(r.traffic_per_gb, before, *bytes);
+        lines.push(BillLine {
+            item: format!("Outbound traffic, {region}"),
+            quantity: format!("{bytes} bytes"),
+            amount,
+        });
+    }
+    let live = s.instances_of_account(account).map(|i| (i, None));
+    let released = s
+        .released
+        .iter()
+        .filter(|r| r.instance.account == account)
+        .map(|r| (&r.instance, Some(r.released_at_ms)));
+    for (inst, released_at) in live.chain(released) {
+        let Some(payg) = payg_of(inst, released_at)? else {
+            continue;
+        };
+        let amount = payg.day_amount(catalog, cycle).map_err(billing_err)?;
+        if amount > Usd::ZERO {
+            lines.push(BillLine {
+                item: format!(
+                    "Instance {} ({}, {}), pay-as-you-go",
+                    inst.name, inst.spec, inst.region
+                ),
+                quantity: "hours started this day".into(),
+                amount,
+            });
+        }
+    }
+    Ok(lines)
+}
+
+/// The pay-as-you-go part of an instance's life, if it has one: all of it for a postpaid
+/// instance, and what follows the end of its term for a subscription.
+fn payg_of(
+    inst: &Instance,
+    released_at: Option<Millis>,
+) -> Result<Option<PaygInstance>, DomainError> {
+    let since = match inst.charge_type {
+        ChargeType::Postpaid => inst.created_at_ms,
+        ChargeType::Month | ChargeType::Year => match inst.subscription_end_ms {
+            Some(end) if released_at.is_none_or(|r| r > end) => end,
+            _ => return Ok(None),
+        },
+    };
+    let spec_at_since = inst
+        .spec_history
+        .iter()
+        .rev()
+        .find(|c| c.at_ms <= since)
+        .map(|c| c.spec.clone())
+        .unwrap_or_else(|| inst.spec.clone());
+    let mut p = PaygInstance::new(&inst.region, &spec_at_since, ts(since));
+    for c in inst.spec_history.iter().filter(|c| c.at_ms > since) {
+        p.change_spec(&c.spec, ts(c.at_ms)).map_err(billing_err)?;
+    }
+    if let Some(r) = released_at {
+        p.release(ts(r.max(since))).map_err(billing_err)?;
+    }
+    Ok(Some(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::UsageDelta;
+    use crate::history::EventRecord;
+    use crate::state::usage::MAX_CALLS_PER_FLUSH;
+    use crate::state::{ChargeType, day_of};
+    use crate::{Command, DEFAULT_ACCOUNT, Proposal};
+    use billing::AccountState;
+    use catalog::SHARED_INSTANCE;
+
+    thread_local! {
+        /// The history every command of a test (a thread) wrote, as storage would keep it.
+        static HISTORY: std::cell::RefCell<Vec<HistoryRecord>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    const DAY_MS: u64 = 86_400_000;
+    /// 2026-01-01T00:00:00Z.
+    const T0: u64 = 1_767_225_600_000;
+
+    fn usd(s: &str) -> Usd {
+        Usd::parse(s).unwrap()
+    }
+
+    fn run(s: &mut State, at_ms: u64, command: Command) -> Result<Reply, DomainError> {
+        let before = s.clone();
+        let applied = s
+            .apply(
+                &Proposal {
+                    at_ms,
+                    catalog: Catalog::builtin().fingerprint().into(),
+                    request_id: None,
+                    command,
+                },
+                Catalog::builtin(),
+            )
+            .unwrap();
+        if applied.reply.is_err() {
+            assert_eq!(*s, before, "a refused command changed the state");
+        }
+        HISTORY.with(|h| h.borrow_mut().extend(applied.history));
+        applied.reply
+    }
+
+    fn bills(account: &str) -> Vec<Bill> {
+        HISTORY.with(|h| {
+            h.borrow()
+                .iter()
+                .filter_map(|r| match r {
+                    HistoryRecord::Bill { account: a, bill } if a == account => Some(bill.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    fn events(account: &str) -> Vec<EventRecord> {
+        HISTORY.with(|h| {
+            h.borrow()
+                .iter()
+                .filter_map(|r| match r {
+                    HistoryRecord::Event(e) if e.account == account => Some(e.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    fn calls(node: u64, seq: u64, n: u64) -> Command {
+        Command::RecordUsage {
+            node,
+            seq,
+            deltas: vec![UsageDelta {
+                account: "acme".into(),
+                instance: SHARED_INSTANCE.into(),
+                api: "items".into(),
+                region: "cn-hongkong".into(),
+                calls: n,
+                bytes_out: n * 1000,
+            }],
+        }
+    }
+
+    fn setup() -> State {
+        let mut s = State::default();
+        let create = Command::CreateAccount {
+            name: "acme".into(),
+            webhook: None,
+            balance_alert: None,
+        };
+        run(&mut s, T0, create).unwrap();
+        s
+    }
+
+    #[test]
+    fn absurd_usage_and_recharges_are_refused_not_panics() {
+        let mut s = setup();
+        let before = s.clone();
+        let e = run(&mut s, T0 + 1, calls(1, 1, MAX_CALLS_PER_FLUSH + 1)).unwrap_err();
+        assert!(e.to_string().contains("in one flush"), "{e}");
+        assert_eq!(s, before);
+        // The largest allowed flushes, many times over: the day's counters saturate and the
+        // day still closes.
+        for seq in 1..=40 {
+            run(&mut s, T0 + 1 + seq, calls(1, seq, MAX_CALLS_PER_FLUSH)).unwrap();
+        }
+        run(
+            &mut s,
+            T0 + DAY_MS + 1,
+            Command::CloseCycle { day: day_of(T0) },
+        )
+        .unwrap();
+        let recharge = |amount: &str| Command::Recharge {
+            account: "acme".into(),
+            amount: usd(amount),
+        };
+        run(&mut s, T0 + DAY_MS + 2, recharge("9223372036854")).unwrap();
+        let before = s.clone();
+        let e = run(&mut s, T0 + DAY_MS + 3, recharge("9223372036854")).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn retried_usage_flushes_count_once() {
+        let mut s = setup();
+        run(&mut s, T0 + 1, calls(1, 10, 5)).unwrap();
+        let r = run(&mut s, T0 + 2, calls(1, 10, 5)).unwrap();
+        assert_eq!(r, Reply::UsageRecorded { duplicate: true });
+        run(&mut s, T0 + 3, calls(2, 10, 7)).unwrap();
+        assert_eq!(s.usage[&day_of(T0)]["acme"].shared_calls, 12);
+        run(&mut s, T0 + DAY_MS, Command::CloseCycle { day: day_of(T0) }).unwrap();
+        assert!(s.usage.is_empty(), "a closed day's usage is history");
+    }
+
+    #[test]
+    fn a_cycle_bills_once_and_in_order() {
+        let mut s = setup();
+        run(
+            &mut s,
+            T0 + 1,
+            Command::Recharge {
+                account: "acme".into(),
+                amount: usd("100"),
+            },
+        )
+        .unwrap();
+        // 2,000,000 calls on day one: the first million are free (first year), the second at 0.9.
+        run(&mut s, T0 + 2, calls(1, 1, 2_000_000)).unwrap();
+        let d0 = day_of(T0);
+        let e = run(&mut s, T0 + 3, Command::CloseCycle { day: d0 }).unwrap_err();
+        assert!(e.to_string().contains("has not ended"), "{e}");
+        run(&mut s, T0 + DAY_MS + 1, Command::CloseCycle { day: d0 }).unwrap();
+        let bill = &bills("acme")[0];
+        assert_eq!(bill.lines[0].amount, usd("0.9"));
+        // Traffic: 2e9 bytes at 0.156/GiB.
+        assert_eq!(
+            bill.lines[1].amount,
+            billing::traffic_amount(usd("0.156"), 2_000_000_000)
+        );
+        assert_eq!(
+            s.accounts["acme"].billing.balance(),
+            usd("100") - bill.total
+        );
+        // Closing it again, or skipping a day, is refused and changes nothing.
+        let e = run(&mut s, T0 + DAY_MS + 2, Command::CloseCycle { day: d0 }).unwrap_err();
+        assert!(e.to_string().contains("already closed"), "{e}");
+        let e = run(&mut s, T0 + 9 * DAY_MS, Command::CloseCycle { day: d0 + 2 }).unwrap_err();
+        assert!(e.to_string().contains("before day"), "{e}");
+        // Usage that arrives late for a closed day is billed with the next one.
+        run(&mut s, T0 + DAY_MS + 3, calls(1, 2, 10)).unwrap();
+        assert_eq!(s.usage[&(d0 + 1)]["acme"].shared_calls, 10);
+    }
+
+    #[test]
+    fn unpaid_bills_suspend_recharges_restore_and_six_months_purge() {
+        let mut s = setup();
+        let group = Command::CreateApiGroup {
+            name: "g".into(),
+            account: "acme".into(),
+            instance: SHARED_INSTANCE.into(),
+            host: None,
+            base_path: None,
+        };
+        run(&mut s, T0, group).unwrap();
+        run(&mut s, T0 + 1, calls(1, 1, 3_000_000)).unwrap();
+        let d0 = day_of(T0);
+        run(&mut s, T0 + DAY_MS, Command::CloseCycle { day: d0 }).unwrap();
+        assert_eq!(s.accounts["acme"].billing.state(), AccountState::Suspended);
+        assert!(
+            events("acme")
+                .iter()
+                .any(|e| matches!(e.event, Event::Suspended { .. }))
+        );
+        // Management still works while suspended.
+        run(
+            &mut s,
+            T0 + DAY_MS + 1,
+            Command::SetAccountAlert {
+                account: "acme".into(),
+                threshold: Some(usd("5")),
+                webhook: None,
+            },
+        )
+        .unwrap();
+        let owed = s.accounts["acme"].billing.owed();
+        run(
+            &mut s,
+            T0 + DAY_MS + 2,
+            Command::Recharge {
+                account: "acme".into(),
+                amount: owed,
+            },
+        )
+        .unwrap();
+        assert!(s.accounts["acme"].billing.serves_api_calls());
+        assert!(
+            events("acme")
+                .iter()
+                .any(|e| matches!(e.event, Event::Restored { .. }))
+        );
+        // Suspend again, then let six months of cycles pass.
+        run(&mut s, T0 + DAY_MS + 3, calls(1, 2, 1_000_000)).unwrap();
+        let mut day = d0 + 1;
+        while day < d0 + 200 {
+            run(&mut s, (day + 1) * DAY_MS, Command::CloseCycle { day }).unwrap();
+            day += 1;
+        }
+        assert_eq!(s.accounts["acme"].billing.state(), AccountState::Purged);
+        let events = events("acme");
+        let warned = events
+            .iter()
+            .position(|e| matches!(e.event, Event::PurgeWarning { .. }));
+        let purged = events.iter().position(|e| matches!(e.event, Event::Purged));
+        assert!(warned.unwrap() < purged.unwrap(), "the warning comes first");
+        assert!(s.groups.is_empty(), "the API configuration is purged");
+        assert!(s.usage.len() <= 1, "only open days' usage is kept");
+        assert!(s.indexes_consistent());
+    }
+
+    #[test]
+    fn subscriptions_are_paid_up_front() {
+        let mut s = setup();
+        let create = |charge_type| Command::CreateInstance {
+            name: "sub".into(),
+            spec: "api.s1.small".into(),
+            region: "ap-southeast-1".into(),
+            charge_type,
+            account: "acme".into(),
+        };
+        let e = run(&mut s, T0, create(ChargeType::Month)).unwrap_err();
+        assert!(e.to_string().contains("recharge first"), "{e}");
+        run(
+            &mut s,
+            T0,
+            Command::Recharge {
+                account: "acme".into(),
+                amount: usd("2000"),
+            },
+        )
+        .unwrap();
+        run(&mut s, T0 + 1, create(ChargeType::Month)).unwrap();
+        assert_eq!(s.accounts["acme"].billing.balance(), usd("1440"));
+        // An upgrade mid-term pays the prorated difference; a downgrade costs nothing.
+        let modify = |spec: &str| Command::ModifyInstanceSpec {
+            name: "sub".into(),
+            spec: spec.into(),
+        };
+        let e = run(&mut s, T0 + 2, modify("api.s2.large")).unwrap_err();
+        assert!(
+            e.to_string().contains("upgrading the subscription costs"),
+            "{e}"
+        );
+        run(&mut s, T0 + 2, modify("api.s1.medium")).unwrap();
+        // At the start of the term the whole difference is due: 1560 - 560.
+        assert_eq!(s.accounts["acme"].billing.balance(), usd("440"));
+        let balance = s.accounts["acme"].billing.balance();
+        run(&mut s, T0 + 3, modify("api.s1.small")).unwrap();
+        assert_eq!(s.accounts["acme"].billing.balance(), balance);
+        // The default account is untouched by all this.
+        assert_eq!(s.accounts[DEFAULT_ACCOUNT].billing.balance(), Usd::ZERO);
+    }
+
+    #[test]
+    fn payg_instances_bill_started_hours_at_the_spec_in_force() {
+        let mut s = setup();
+        run(
+            &mut s,
+            T0,
+            Command::Recharge {
+                account: "acme".into(),
+                amount: usd("100"),
+            },
+        )
+        .unwrap();
+        let create = Command::CreateInstance {
+            name: "p".into(),
+            spec: "api.s1.small".into(),
+            region: "ap-southeast-1".into(),
+            charge_type: ChargeType::Postpaid,
+            account: "acme".into(),
+        };
+        run(&mut s, T0, create).unwrap();
+        // 9.5 hours, then released: 10 started hours at 0.93.
+        run(
+            &mut s,
+            T0 + 9 * 3_600_000 + 1_800_000,
+            Command::DeleteInstance { name: "p".into() },
+        )
+        .unwrap();
+        run(&mut s, T0 + DAY_MS, Command::CloseCycle { day: day_of(T0) }).unwrap();
+        let bills = bills("acme");
+        let line = bills[0]
+            .lines
+            .iter()
+            .find(|l| l.item.starts_with("Instance p"))
+            .unwrap();
+        assert_eq!(line.amount, usd("9.3"));
+        assert!(s.released.is_empty(), "fully billed, so no longer kept");
+    }
+}
