@@ -20,11 +20,15 @@
 //! 4. **1,000 accounts over 365 daily cycles** (nodes on a development clock file): each account
 //!    has a recharge and a pay-as-you-go dedicated instance, so every day bills every account.
 //!    The clock advances `BENCH_SCALE_DAY_STEP` days at a time and each step waits until the
-//!    leader has closed the days. Reported: the year's duration, the admin write before and after
-//!    it, the Raft data on disk, and how long a new learner takes to catch up.
+//!    leader has closed the days (the leader's job ticks every 50 ms in dev mode and closes at
+//!    most 64 days a tick; no flag sets the tick). Reported: the year's duration, the admin
+//!    write (the same probe write, and a Recharge) before and after it, the Raft data on disk,
+//!    and how long a new learner (`Cluster::add_node`) takes to apply the leader's index and
+//!    answer DescribeBills for the last day.
 //!
 //! The probe writes of every row go to one group of their own (`/probe`), so that the rows differ
-//! only in what else the state holds. The figures are printed as Markdown tables and written as
+//! only in what else the state holds. Each row also reports its elections (Raft terms won while
+//! it ran): a write that waits for a new leader pays for one. The figures are printed as Markdown tables and written as
 //! JSON to `target/bench-scale.json` (or `BENCH_SCALE_JSON`).
 //!
 //! Sizes and bounds (production defaults; quick-mode defaults in brackets):
@@ -497,6 +501,11 @@ where
     None
 }
 
+/// The Raft term as node `id` sees it.
+async fn term(c: &Cluster, id: u64) -> Option<u64> {
+    c.status(id).await.map(|s| s.term)
+}
+
 /// Waits until every running node has applied what the leader had applied when called.
 async fn wait_applied_everywhere(c: &mut Cluster, bound: Duration) -> Option<Duration> {
     let leader = c.wait_leader(SETTLE).await;
@@ -926,6 +935,8 @@ struct ApiRow {
     sampled: Sampled,
     rss_kb: BTreeMap<u64, u64>,
     raft_bytes: BTreeMap<u64, (u64, u64)>,
+    /// Raft terms won during loading and sampling: each is an election, which a write pays for.
+    elections: Option<u64>,
     restart: Option<Restart>,
 }
 
@@ -948,6 +959,7 @@ struct Restart {
 async fn api_row(cfg: &Config, row: u8, layout: Option<Layout>, restart: bool) -> ApiRow {
     let backend = Server::start("ok").await;
     let (mut c, leader, via) = start_cluster().await;
+    let first_term = term(&c, leader).await;
     let mut probe = Probe::create(&admin(&c, via), &backend).await;
     let (mut groups, mut apis, mut applied_after_load) = (None, None, None);
     if let Some(layout) = layout {
@@ -971,6 +983,9 @@ async fn api_row(cfg: &Config, row: u8, layout: Option<Layout>, restart: bool) -
         .iter()
         .map(|(id, n)| (*id, dir_size(&n.dir.join("raft"))))
         .collect();
+    let now_leader = c.wait_leader(SETTLE).await;
+    let last_term = term(&c, now_leader).await;
+    let elections = first_term.zip(last_term).map(|(a, b)| b.saturating_sub(a));
     let restart = match (&sampled.last_path, restart) {
         (Some(path), true) => {
             let other = followers(&c, leader).into_iter().find(|f| *f != via);
@@ -987,6 +1002,7 @@ async fn api_row(cfg: &Config, row: u8, layout: Option<Layout>, restart: bool) -
         sampled,
         rss_kb,
         raft_bytes,
+        elections,
         restart,
     }
 }
@@ -1072,11 +1088,12 @@ async fn create_account(a: Admin, k: usize) -> Result<(), tonic::Status> {
         async move { a.create_account(r).await.map(|_| ()) }
     })
     .await?;
-    // Not retried: a recharge made twice is harmless here but would not be a retry.
+    // Not retried: a recharge is not idempotent, and one whose reply was lost would count twice.
     let mut a2 = a.clone();
     a2.recharge(req(RechargeRequest {
         account: name.clone(),
         amount: RECHARGE_USD.into(),
+        ..Default::default()
     }))
     .await?;
     with_retries(|| {
@@ -1093,7 +1110,7 @@ async fn create_account(a: Admin, k: usize) -> Result<(), tonic::Status> {
     .await
 }
 
-/// `n` recharges of 0.01 through `via`, one at a time, over the accounts in turn.
+/// `n` recharges of 0.01 through `a`, one at a time, over the accounts in turn.
 async fn sample_recharges(a: &Admin, accounts: usize, n: usize) -> (Histogram<u64>, usize) {
     let (mut h, mut errors) = (new_hist(), 0);
     for i in 0..n {
@@ -1103,6 +1120,7 @@ async fn sample_recharges(a: &Admin, accounts: usize, n: usize) -> (Histogram<u6
             .recharge(req(RechargeRequest {
                 account: format!("acct{}", i % accounts),
                 amount: "0.01".into(),
+                ..Default::default()
             }))
             .await;
         match r {
@@ -1167,16 +1185,20 @@ struct BillingRow {
     raft_bytes: BTreeMap<u64, (u64, u64)>,
     snapshots: Vec<(PathBuf, u64)>,
     rss_kb: BTreeMap<u64, u64>,
+    /// The leader's applied index when the learner was started.
+    learner_target: Option<u64>,
+    /// From the learner's start until it had applied `learner_target`.
     learner_applied: Option<Duration>,
     /// Until the learner answered DescribeBills for the last day closed.
     learner_bills: Option<Duration>,
     /// Of the days closed, how many the learner then had a bill for.
     learner_bill_days: u64,
-    learner_target: Option<u64>,
+    /// Raft terms won from the start until the learner was added.
+    elections: Option<u64>,
 }
 
-/// Advances the clock `step` days at a time until `days` days are closed or `limit` passes;
-/// returns the days closed and the duration of each step.
+/// Advances the clock `cfg.day_step` days at a time until `cfg.days` days are closed or
+/// `cfg.year_limit` has passed; returns the days closed and the duration of each step.
 async fn run_year(
     clock: &Clock,
     a: &Admin,
@@ -1188,7 +1210,7 @@ async fn run_year(
     let (mut closed, mut steps) = (0u64, Vec::new());
     while closed < cfg.days && start.elapsed() < cfg.year_limit {
         let upto = (closed + cfg.day_step).min(cfg.days);
-        // Day d is due once it has ended and the bill delay has passed.
+        // The step's last day is due once it has ended and the bill delay has passed.
         clock.set(JAN_1_MS + upto * DAY_MS + BILL_DELAY_SECS * 1000 + 1000);
         let want = date_of_day(first_day + upto - 1);
         let t = Instant::now();
@@ -1232,6 +1254,7 @@ async fn billing_row(cfg: &Config) -> BillingRow {
         c.spawn(id);
     }
     let leader = c.wait_leader(SETTLE).await;
+    let first_term = term(&c, leader).await;
     let via = followers(&c, leader)[0];
     let a = admin(&c, via);
     let clients = admins(&c);
@@ -1285,6 +1308,9 @@ async fn billing_row(cfg: &Config) -> BillingRow {
         })
         .collect();
     let rss_kb = rss_of_nodes(&c);
+    let now_leader = c.wait_leader(SETTLE).await;
+    let last_term = term(&c, now_leader).await;
+    let elections = first_term.zip(last_term).map(|(a, b)| b.saturating_sub(a));
 
     // A new learner: joins by itself (its id is not among the voters) and catches up.
     let leader = c.wait_leader(SETTLE).await;
@@ -1328,6 +1354,7 @@ async fn billing_row(cfg: &Config) -> BillingRow {
         learner_bills,
         learner_bill_days,
         learner_target,
+        elections,
     }
 }
 
@@ -1338,9 +1365,9 @@ fn print_api_summary(rows: &[ApiRow]) {
     let base = &rows[0].sampled;
     let (b_write, b_route) = (q_ms(&base.write, 0.5), q_ms(&base.routable_all, 0.99));
     println!(
-        "| row | APIs stored | load s | write p50 ms | write p99 ms | x empty (p50) | routable p50 ms (each node) | routable p99 ms (each node) | routable p99 ms (all nodes) | x empty (p99 all) | not routable | errors |"
+        "| row | APIs stored | load s | write p50 ms | write p99 ms | x empty (p50) | routable p50 ms (each node) | routable p99 ms (each node) | routable p99 ms (all nodes) | x empty (p99 all) | not routable | errors | elections |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|");
     for r in rows {
         let s = &r.sampled;
         let load = match (&r.groups, &r.apis) {
@@ -1348,7 +1375,7 @@ fn print_api_summary(rows: &[ApiRow]) {
             _ => "-".into(),
         };
         println!(
-            "| {} | {} | {load} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {load} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             if r.row == 1 {
                 "1 (empty)".to_string()
             } else {
@@ -1363,7 +1390,8 @@ fn print_api_summary(rows: &[ApiRow]) {
             cell(q_ms(&s.routable_all, 0.99)),
             cell(ratio(q_ms(&s.routable_all, 0.99), b_route)),
             s.not_routable,
-            errors_text(&s.errors)
+            errors_text(&s.errors),
+            r.elections.map_or("?".into(), |e| e.to_string())
         );
     }
 }
@@ -1506,6 +1534,7 @@ fn api_row_json(r: &ApiRow, empty: &ApiRow) -> Value {
         "probe": r.sampled.json(),
         "write_p50_ratio_to_empty": ratio(q_ms(&r.sampled.write, 0.5), q_ms(&empty.sampled.write, 0.5)),
         "rss": rss_json(empty, r),
+        "elections": r.elections,
         "raft_dir_bytes": r.raft_bytes.iter().map(|(id, (ap, al))| (id.to_string(), json!({"apparent": ap, "allocated": al}))).collect::<serde_json::Map<_, _>>(),
         "restart": r.restart.as_ref().map(|x| json!({
             "node": x.node,
@@ -1577,6 +1606,10 @@ fn print_billing(b: &BillingRow, cfg: &Config) {
             cell(ratio(q_ms(d1, 0.5), q_ms(d0, 0.5)))
         );
     }
+    println!(
+        "\n- elections during the row (before the learner): {}",
+        b.elections.map_or("?".into(), |e| e.to_string())
+    );
     if b.recharge_errors > 0 {
         println!("\n- failed recharges: {}", b.recharge_errors);
     }
@@ -1638,6 +1671,7 @@ fn billing_json(b: &BillingRow) -> Value {
         "learner_applied_secs": b.learner_applied.map(|d| d.as_secs_f64()),
         "learner_bills_secs": b.learner_bills.map(|d| d.as_secs_f64()),
         "learner_bill_days": b.learner_bill_days,
+        "elections": b.elections,
     })
 }
 

@@ -138,6 +138,7 @@ async fn a_restarted_node_has_the_same_history_as_the_others() {
     let recharge = |account: &str, amount: &str| RechargeRequest {
         account: account.into(),
         amount: amount.into(),
+        ..Default::default()
     };
     // Days pass: every day bills both accounts' pay-as-you-go instance.
     let mut day = 0;
@@ -255,4 +256,53 @@ async fn a_node_with_another_catalog_refuses_to_apply_and_says_why() {
         .unwrap();
     c.spawn(3);
     converge(&c, &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recharge_retried_with_its_request_id_is_applied_once() {
+    let c = Cluster::start(binaries!(), 3).await;
+    c.ctl_json(1, &["account", "create", "--name", "acme"]);
+    let recharge = |via: u64, id: &str| {
+        c.ctl_json(
+            via,
+            &[
+                "account",
+                "recharge",
+                "--name",
+                "acme",
+                "--amount",
+                "1.00",
+                "--request-id",
+                id,
+            ],
+        )
+    };
+    let first = recharge(1, "pay-1");
+    assert_eq!(first["balance"], "1.00", "{first}");
+    // The same request again, through other nodes (as a client retrying after a lost reply):
+    // answered with the first outcome, credited once.
+    for via in [2, 3, 1] {
+        let again = recharge(via, "pay-1");
+        assert_eq!(again["balance"], "1.00", "{again}");
+    }
+    let second = recharge(2, "pay-2");
+    assert_eq!(second["balance"], "2.00", "{second}");
+    let out = c.ctl(
+        1,
+        &[
+            "account",
+            "recharge",
+            "--name",
+            "acme",
+            "--amount",
+            "1",
+            "--request-id",
+            "a b",
+        ],
+    );
+    assert!(
+        !out.success && out.stderr.contains("request_id"),
+        "{}",
+        out.stderr
+    );
 }

@@ -69,6 +69,34 @@ impl AdminService {
             to_status(e)
         })
     }
+
+    /// [`Self::write`] under a request id the client can retry with: its own, or one made up
+    /// here and given back in an "outcome unknown" error. Ids are scoped by `scope` (the
+    /// account written to), so that no one can be answered with another account's outcome.
+    async fn write_as(
+        &self,
+        scope: &str,
+        request_id: String,
+        cmd: Command,
+    ) -> Result<Reply, Status> {
+        let request_id = if request_id.is_empty() {
+            auth::random_hex(12)?
+        } else {
+            check(validate::request_id(&request_id))?;
+            request_id
+        };
+        let kind = cmd.kind();
+        let scoped = format!("client:{scope}:{request_id}");
+        self.node.write_request(scoped, cmd).await.map_err(|e| {
+            tracing::debug!(command = kind, "refused: {e}");
+            match e {
+                ClusterError::OutcomeUnknown { reason, .. } => Status::deadline_exceeded(format!(
+                    "outcome unknown: {reason}; the write may still be applied, so retry it with request id {request_id} (gatewayctl --request-id {request_id}): it is applied at most once"
+                )),
+                e => to_status(e),
+            }
+        })
+    }
 }
 
 /// Maps a cluster or domain error to the gRPC status a client can act on.
@@ -76,6 +104,9 @@ pub fn to_status(e: ClusterError) -> Status {
     match e {
         ClusterError::Domain(d) => domain_status(d),
         ClusterError::Unavailable(m) => Status::unavailable(m),
+        // Not UNAVAILABLE, which clients may retry blindly: only a retry with the same
+        // request id is safe.
+        e @ ClusterError::OutcomeUnknown { .. } => Status::deadline_exceeded(e.to_string()),
         ClusterError::Invalid(m) => Status::failed_precondition(m),
         ClusterError::Internal(m) => Status::internal(m),
     }
@@ -566,10 +597,14 @@ impl Admin for AdminService {
             )));
         }
         self.account_reply(
-            self.write(Command::Recharge {
-                account: r.account,
-                amount,
-            })
+            self.write_as(
+                &r.account.clone(),
+                r.request_id,
+                Command::Recharge {
+                    account: r.account,
+                    amount,
+                },
+            )
             .await?,
         )
     }

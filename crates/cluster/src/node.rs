@@ -87,11 +87,26 @@ pub enum ClusterError {
     /// No leader, or the leader has no quorum: nothing was written.
     #[error("{0}")]
     Unavailable(String),
+    /// The write was sent to a leader but no answer came back: it may or may not be applied.
+    /// Retrying with the same request id applies it at most once.
+    #[error(
+        "outcome unknown: {reason}; the write may still be applied, so retry it with the same request id ({request_id}): it is applied at most once"
+    )]
+    OutcomeUnknown { request_id: String, reason: String },
     /// A membership request that cannot be done as asked.
     #[error("{0}")]
     Invalid(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl LeaderRequest {
+    fn request_id(&self) -> Option<&str> {
+        match self {
+            LeaderRequest::Write { request_id, .. } => Some(request_id),
+            _ => None,
+        }
+    }
 }
 
 /// What a follower asks the leader to do on its behalf.
@@ -478,6 +493,8 @@ impl Node {
     async fn to_leader(&self, req: LeaderRequest) -> Result<Option<Reply>, ClusterError> {
         let deadline = Instant::now() + self.inner.write_timeout;
         let mut metrics = self.raft().metrics();
+        // Set once a leader may have received the write without our hearing back.
+        let mut sent_unanswered = false;
         loop {
             let leader = metrics.borrow().current_leader;
             let outcome = match leader {
@@ -491,10 +508,19 @@ impl Node {
                     // it with the first outcome instead of applying it twice.
                     let mut changes = self.raft().metrics();
                     let new_leader = changes.wait_for(|m| m.current_leader != Some(l));
-                    tokio::select! {
+                    sent_unanswered = true;
+                    let reply = tokio::select! {
                         r = self.forward(l, &req, deadline) => r,
                         _ = new_leader => LeaderReply::NotLeader { leader: None },
+                    };
+                    // A definite answer from the leader settles it; a transport error or a
+                    // leader change does not.
+                    if matches!(reply, LeaderReply::Done { .. } | LeaderReply::Failed(_))
+                        || matches!(reply, LeaderReply::NotLeader { leader } if leader != Some(l))
+                    {
+                        sent_unanswered = false;
                     }
+                    reply
                 }
                 None => LeaderReply::NotLeader { leader: None },
             };
@@ -520,7 +546,16 @@ impl Node {
             // No usable leader yet: wait for the metrics to change, or give up at the deadline.
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ClusterError::Unavailable(self.no_leader_message()));
+                return Err(match req.request_id() {
+                    Some(id) if sent_unanswered => ClusterError::OutcomeUnknown {
+                        request_id: id.to_string(),
+                        reason: format!(
+                            "the leader did not answer within {:?}",
+                            self.inner.write_timeout
+                        ),
+                    },
+                    _ => ClusterError::Unavailable(self.no_leader_message()),
+                });
             }
             let step = left.min(Duration::from_millis(100));
             let _ = tokio::time::timeout(step, metrics.changed()).await;
@@ -598,6 +633,7 @@ impl Node {
             )));
         }
         let left = deadline.saturating_duration_since(Instant::now());
+        let request_id = req.request_id().map(str::to_string);
         let run = async {
             match req {
                 LeaderRequest::Write {
@@ -675,11 +711,19 @@ impl Node {
             }
         };
         match tokio::time::timeout(left, run).await {
-            Err(_) => LeaderReply::Failed(ClusterError::Unavailable(format!(
-                "no quorum: node {} could not commit the request within {:?}; it may still be applied if a majority returns",
-                self.id(),
-                self.inner.write_timeout
-            ))),
+            Err(_) => {
+                let reason = format!(
+                    "node {} proposed the request but could not commit it within {:?}",
+                    self.id(),
+                    self.inner.write_timeout
+                );
+                LeaderReply::Failed(match request_id {
+                    Some(request_id) => ClusterError::OutcomeUnknown { request_id, reason },
+                    None => ClusterError::Unavailable(format!(
+                        "no quorum: {reason}; it may still be applied if a majority returns"
+                    )),
+                })
+            }
             Ok(Ok((_, Some(Err(domain))))) => LeaderReply::Failed(ClusterError::Domain(domain)),
             Ok(Ok((index, reply))) => LeaderReply::Done {
                 index,

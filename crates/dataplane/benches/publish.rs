@@ -70,7 +70,7 @@ fn api(name: String, method: Method, path: String, backend: String) -> DeployedA
 }
 
 fn group(i: usize, rng: &mut Rng) -> GroupConfig {
-    let host_bound = i % 5 == 0;
+    let host_bound = i.is_multiple_of(5);
     let mut g = GroupConfig::new(
         format!("g{i}"),
         format!("acct{}", i % 500),
@@ -93,7 +93,7 @@ fn group(i: usize, rng: &mut Rng) -> GroupConfig {
             if j >= 18 {
                 d.stage = Stage::Test;
             }
-            d.app_auth = i % 4 == 0 && j == 0;
+            d.app_auth = i.is_multiple_of(4) && j == 0;
             d
         })
         .collect();
@@ -110,7 +110,7 @@ fn group(i: usize, rng: &mut Rng) -> GroupConfig {
             },
         );
     }
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         g.grants.insert(
             format!("api-{i}-0"),
             vec![format!("app{}", i % APPS), format!("app{}", (i + 1) % APPS)],

@@ -27,10 +27,12 @@ pub struct DataplaneConfig {
     pub apps: Vec<crate::AppCredential>,
 }
 
-/// What changed since the last publish or update. Everything is by name: an upsert replaces
-/// the whole entry of that name (a group comes complete, with all its deployments), a removal
-/// of a name that is not loaded is a no-op. Within one update, removals are applied after
-/// upserts of the same kind.
+/// What changed since the last publish or update, for [`crate::Dataplane::update`].
+/// Everything is by name: an upsert replaces the whole entry of that name (a group comes
+/// complete, with all its deployments, ACLs and grants), a removal of a name that is not loaded
+/// is a no-op. Within one update, upserts apply in order (the last of a name wins), then
+/// removals; an entry that did not change costs a comparison, so sending more than changed is
+/// harmless.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConfigUpdate {
     /// Instances added or changed (ceiling, region).

@@ -2,10 +2,19 @@
 //!
 //! This crate owns:
 //!
-//! - **Routing** ([`Dataplane::publish`]): a plain-data [`DataplaneConfig`], built by the caller
-//!   from the replicated state, is compiled into an immutable snapshot (hosts, base paths,
-//!   stages, methods, `matchit` path patterns) and swapped in through an `ArcSwap`, so the
-//!   request path takes no lock and in-flight requests keep the snapshot they started with.
+//! - **Routing and publishing**: plain-data configuration, built by the caller from the
+//!   replicated state, compiled into an immutable snapshot (hosts, base paths, stages, methods,
+//!   `matchit` path patterns) swapped in through an `ArcSwap`, so the request path takes no
+//!   lock and in-flight requests keep the snapshot they started with. A [`GroupConfig`] is
+//!   self-contained (its ACLs, app grants and suspension travel with it), so a change costs
+//!   what changed: [`Dataplane::update`] takes a [`ConfigUpdate`] (instances, groups and apps
+//!   upserted or removed by name), recompiles only the named groups and puts their router
+//!   buckets into a persistent map (`imbl`) that the new snapshot shares with the previous
+//!   one; an app change edits only the shared key map of the signature check, and a
+//!   suspension flips a flag in place. [`Dataplane::publish`] takes a whole
+//!   [`DataplaneConfig`] (startup, snapshots) and applies its difference from what is loaded
+//!   the same way. Lookup does not walk the groups: the request path's prefixes are looked up
+//!   by hash (a few lookups, with 5 groups or 5,000).
 //! - **The account gate**: APIs of suspended accounts answer 403.
 //! - **Instance limiters and their cluster shares**: each instance's cluster-wide ceiling C is
 //!   enforced on this node as `C * w` by a lock-free GCRA limiter ([`GcraLimiter`]) whose rate
@@ -24,9 +33,23 @@
 //! It does not know how configuration is replicated, how demand reports travel between nodes,
 //! or where usage goes: the caller wires those (see the `gatewayd` binary).
 //!
-//! The hot path: accept -> parse head -> resolve -> count the call -> account gate -> instance
-//! limiter -> proxy over a pooled connection -> count bytes out -> respond. Counters on it are
-//! kept per server thread (`per_thread`), so that threads never write each other's cache lines.
+//! The hot path: accept -> parse head -> resolve -> count the call -> account gate -> access
+//! checks -> instance limiter -> proxy over a pooled connection -> count bytes out -> respond.
+//! Counters on it are kept per server thread (`per_thread`), so that threads never write each
+//! other's cache lines.
+//!
+//! # Layout
+//!
+//! - `config`: the plain-data configuration ([`DataplaneConfig`], [`GroupConfig`],
+//!   [`ConfigUpdate`]).
+//! - `publish`: what is loaded, and compiling a change into the next snapshot.
+//! - `router`: the persistent (host, base path) -> bucket map and the request lookup.
+//! - `plane`: [`Dataplane`], its snapshot and counters, and the decision half of the hot
+//!   path ([`Dataplane::decide`]).
+//! - `access`, `instance`, `limiter`, `shares`, `usage`, `metrics`, `per_thread`: the checks
+//!   and counters the decision uses.
+//! - `server`, `threads`, `h1`, `direct`, `proxy`, `pool`, `body`, `ops`: the servers and the
+//!   backend side.
 
 mod access;
 mod body;

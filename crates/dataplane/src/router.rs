@@ -304,6 +304,9 @@ fn under<'p>(path: &'p str, base: &str) -> Option<&'p str> {
     }
 }
 
+/// A bucket and its base path, in a table with few buckets.
+type FewEntry<T, O> = (Box<str>, Arc<Bucket<T, O>>);
+
 /// The buckets of one host (or of any host), by base path.
 struct Table<T, O> {
     buckets: Map<Arc<Bucket<T, O>>>,
@@ -312,7 +315,7 @@ struct Table<T, O> {
     /// many entries as the longest base path has bytes.
     lens: Arc<Vec<(usize, usize)>>,
     /// With at most [`FEW`] buckets: the buckets, longest base path first.
-    few: Option<Arc<[(Box<str>, Arc<Bucket<T, O>>)]>>,
+    few: Option<Arc<[FewEntry<T, O>]>>,
 }
 
 // Manual: the derive would ask for `T: Clone, O: Clone`, which sharing through `Arc` needs not.
@@ -343,7 +346,7 @@ impl<T, O> Table<T, O> {
             None => (self.buckets.remove(base).is_some(), false),
         };
         self.few = (self.buckets.len() <= FEW).then(|| {
-            let mut few: Vec<(Box<str>, _)> = self
+            let mut few: Vec<FewEntry<T, O>> = self
                 .buckets
                 .iter()
                 .map(|(base, b)| (Box::from(base.as_str()), b.clone()))

@@ -42,6 +42,10 @@ pub enum AccountCmd {
         name: String,
         #[arg(long)]
         amount: String,
+        /// Names the recharge so that retrying it applies it at most once: after an "outcome
+        /// unknown" error, retry with the id the error gave.
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
     /// Set the balance alert threshold (empty removes it) and optionally the webhook.
     SetAlert {
@@ -285,11 +289,16 @@ pub async fn account(c: &mut Client, f: Format, cmd: AccountCmd) -> Result<()> {
             });
             Ok(())
         }
-        AccountCmd::Recharge { name, amount } => {
+        AccountCmd::Recharge {
+            name,
+            amount,
+            request_id,
+        } => {
             let r = c
                 .recharge(pb::RechargeRequest {
                     account: name,
                     amount,
+                    request_id,
                 })
                 .await?;
             print_account(f, r.into_inner().account)
