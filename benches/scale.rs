@@ -38,7 +38,9 @@
 //! `BENCH_SCALE_ROW3_GROUPS` (5000 [100]), `BENCH_SCALE_ACCOUNTS` (1000 [20]),
 //! `BENCH_SCALE_DAYS` (365 [30]), `BENCH_SCALE_DAY_STEP` (1), `BENCH_SCALE_INFLIGHT` (48 [16]),
 //! `BENCH_SCALE_LOAD_SECS` (3600 [300]: loading stops there and the row is measured at the size
-//! reached), `BENCH_SCALE_YEAR_SECS` (3600 [300]: likewise for the days).
+//! reached), `BENCH_SCALE_YEAR_SECS` (3600 [300]: likewise for the days), and
+//! `BENCH_SCALE_NODE_ARGS` (none: more gatewayd flags for every node, split at whitespace, e.g.
+//! `--snapshot-every 1000` where the binary has it).
 //!
 //! Every wait polls against a deadline; every request loop is bounded in count and time.
 
@@ -139,6 +141,8 @@ struct Config {
     inflight: usize,
     load_limit: Duration,
     year_limit: Duration,
+    /// More flags for every node.
+    node_args: Vec<String>,
 }
 
 impl Config {
@@ -169,6 +173,9 @@ impl Config {
             inflight: pick("BENCH_SCALE_INFLIGHT", 48, 16).max(1) as usize,
             load_limit: Duration::from_secs(pick("BENCH_SCALE_LOAD_SECS", 3600, 300)),
             year_limit: Duration::from_secs(pick("BENCH_SCALE_YEAR_SECS", 3600, 300)),
+            node_args: std::env::var("BENCH_SCALE_NODE_ARGS")
+                .map(|v| v.split_whitespace().map(String::from).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -348,8 +355,9 @@ fn mb(bytes: u64) -> String {
 // Clusters and admin calls
 
 /// Starts 3 voters and waits for a leader; returns it and a follower.
-async fn start_cluster() -> (Cluster, u64, u64) {
+async fn start_cluster(cfg: &Config) -> (Cluster, u64, u64) {
     let mut c = Cluster::new(testkit::binaries!(), 3);
+    c.extra_args = cfg.node_args.clone();
     for id in 1..=3 {
         c.spawn(id);
     }
@@ -958,7 +966,7 @@ struct Restart {
 /// Row 1 (no layout) or rows 2-3: a fresh cluster, loaded, then probed.
 async fn api_row(cfg: &Config, row: u8, layout: Option<Layout>, restart: bool) -> ApiRow {
     let backend = Server::start("ok").await;
-    let (mut c, leader, via) = start_cluster().await;
+    let (mut c, leader, via) = start_cluster(cfg).await;
     let first_term = term(&c, leader).await;
     let mut probe = Probe::create(&admin(&c, via), &backend).await;
     let (mut groups, mut apis, mut applied_after_load) = (None, None, None);
@@ -1250,6 +1258,7 @@ async fn billing_row(cfg: &Config) -> BillingRow {
         "--bill-delay-seconds".into(),
         BILL_DELAY_SECS.to_string(),
     ];
+    c.extra_args.extend(cfg.node_args.iter().cloned());
     for id in 1..=3 {
         c.spawn(id);
     }
@@ -1273,6 +1282,17 @@ async fn billing_row(cfg: &Config) -> BillingRow {
         cfg.accounts,
         setup.elapsed.as_secs_f64()
     );
+    // The probe group belongs to the default account, whose calls (the routability polls) and
+    // their outbound bytes are billed too: unfunded, it is suspended by its first bill and its
+    // groups purged six months later, and the probe writes after the year would find no group.
+    a.clone()
+        .recharge(req(RechargeRequest {
+            account: "default".into(),
+            amount: RECHARGE_USD.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("recharge the default account");
     wait_applied_everywhere(&mut c, APPLIED_BOUND).await;
     let mut probe = Probe::create(&a, &backend).await;
     let day0_probe = warm_and_sample(&c, via, &mut probe, cfg.samples).await;
@@ -1610,6 +1630,15 @@ fn print_billing(b: &BillingRow, cfg: &Config) {
         "\n- elections during the row (before the learner): {}",
         b.elections.map_or("?".into(), |e| e.to_string())
     );
+    for (when, sampled) in [("day 0", &b.day0_probe), ("after the year", &b.after_probe)] {
+        if !sampled.errors.is_empty() || sampled.not_routable > 0 {
+            println!(
+                "- probe writes {when}: errors {}, not routable {}",
+                errors_text(&sampled.errors),
+                sampled.not_routable
+            );
+        }
+    }
     if b.recharge_errors > 0 {
         println!("\n- failed recharges: {}", b.recharge_errors);
     }
@@ -1710,6 +1739,9 @@ async fn run() {
         cfg.load_limit.as_secs(),
         cfg.year_limit.as_secs()
     );
+    if !cfg.node_args.is_empty() {
+        println!("- more flags for every node: {}", cfg.node_args.join(" "));
+    }
     println!(
         "- nodes: 3 real gatewayd processes (release) on 127.0.0.1, a fresh cluster per row; client: tonic, 2 tokio worker threads in this process; backend: an HTTP server in this process answering 200"
     );
@@ -1725,6 +1757,7 @@ async fn run() {
         "quick": cfg.quick,
         "samples": cfg.samples,
         "inflight": cfg.inflight,
+        "node_args": cfg.node_args,
     });
 
     let mut rows = vec![api_row(&cfg, 1, None, false).await];

@@ -175,6 +175,11 @@ struct Inner {
     id: NodeId,
     raft: Raft,
     channels: Channels,
+    /// Connections for demand reports only. Reports go every 100 ms with a 100 ms timeout;
+    /// through a partition they are cancelled by the hundred, and HTTP/2 servers drop a
+    /// connection with too many reset streams. On their own connections that cannot take the
+    /// one carrying Raft and forwarded writes (and a forwarded write's reply) with it.
+    demand_channels: Channels,
     state: watch::Receiver<Arc<State>>,
     publication: Arc<Publication>,
     history: History,
@@ -245,6 +250,7 @@ impl Node {
                 id: cfg.node_id,
                 raft,
                 channels,
+                demand_channels: Channels::new(cfg.peer_tls.clone()),
                 state,
                 publication,
                 history,
@@ -323,7 +329,7 @@ impl Node {
             .map(|(_, addr)| {
                 let data = data.clone();
                 async move {
-                    let Ok(mut c) = self.channels().get(&addr) else {
+                    let Ok(mut c) = self.inner.demand_channels.get(&addr) else {
                         return;
                     };
                     let mut req =
