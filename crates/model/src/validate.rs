@@ -272,6 +272,22 @@ pub fn timeout_ms(value: u64) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// A client's request id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
+pub fn request_id(id: &str) -> Result<(), DomainError> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            "request_id",
+            "must be 1 to 64 of A-Z a-z 0-9 . _ : -",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,21 +342,5 @@ mod tests {
         assert!(method("get").is_err());
         assert!(timeout_ms(0).is_err());
         assert!(timeout_ms(5000).is_ok());
-    }
-}
-
-/// A client's request id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
-pub fn request_id(id: &str) -> Result<(), DomainError> {
-    let ok = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(
-            "request_id",
-            "must be 1 to 64 of A-Z a-z 0-9 . _ : -",
-        ))
     }
 }
