@@ -514,17 +514,19 @@ impl Node {
                     // it with the first outcome instead of applying it twice.
                     let mut changes = self.raft().metrics();
                     let new_leader = changes.wait_for(|m| m.current_leader != Some(l));
-                    sent_unanswered = true;
-                    let reply = tokio::select! {
+                    let (reply, delivered) = tokio::select! {
                         r = self.forward(l, &req, deadline) => r,
-                        _ = new_leader => LeaderReply::NotLeader { leader: None },
+                        // It may have reached the old leader before the change.
+                        _ = new_leader => (LeaderReply::NotLeader { leader: None }, true),
                     };
-                    // A definite answer from the leader settles it; a transport error or a
-                    // leader change does not.
-                    if matches!(reply, LeaderReply::Done { .. } | LeaderReply::Failed(_))
-                        || matches!(reply, LeaderReply::NotLeader { leader } if leader != Some(l))
-                    {
-                        sent_unanswered = false;
+                    // A definite answer from the leader settles it; a request that may have
+                    // reached a leader without an answer coming back does not.
+                    match reply {
+                        LeaderReply::NotLeader { .. } if delivered => sent_unanswered = true,
+                        LeaderReply::NotLeader { .. } => {}
+                        LeaderReply::Done { .. } | LeaderReply::Failed(_) => {
+                            sent_unanswered = false
+                        }
                     }
                     reply
                 }
@@ -587,14 +589,20 @@ impl Node {
         )
     }
 
-    /// Sends a request to the leader's peer service.
-    async fn forward(&self, leader: NodeId, req: &LeaderRequest, deadline: Instant) -> LeaderReply {
+    /// Sends a request to the leader's peer service. The flag says whether the request may
+    /// have reached the leader: false only when it certainly did not (no connection).
+    async fn forward(
+        &self,
+        leader: NodeId,
+        req: &LeaderRequest,
+        deadline: Instant,
+    ) -> (LeaderReply, bool) {
         let m = self.raft().metrics().borrow().clone();
         let Some(node) = m.membership_config.membership().get_node(&leader).cloned() else {
-            return LeaderReply::NotLeader { leader: None };
+            return (LeaderReply::NotLeader { leader: None }, false);
         };
         let Ok(mut client) = self.channels().get(&node.addr) else {
-            return LeaderReply::NotLeader { leader: None };
+            return (LeaderReply::NotLeader { leader: None }, false);
         };
         let mut r = tonic::Request::new(encode(req));
         r.set_timeout(
@@ -603,16 +611,24 @@ impl Node {
                 .max(Duration::from_millis(1)),
         );
         match client.forward(r).await {
-            Ok(resp) => decode(resp.get_ref()).unwrap_or_else(|e| {
-                LeaderReply::Failed(ClusterError::Internal(format!(
-                    "bad reply from leader: {e}"
-                )))
-            }),
+            Ok(resp) => {
+                let reply = decode(resp.get_ref()).unwrap_or_else(|e| {
+                    LeaderReply::Failed(ClusterError::Internal(format!(
+                        "bad reply from leader: {e}"
+                    )))
+                });
+                (reply, true)
+            }
             Err(status) => {
                 tracing::debug!(leader, "forward failed: {status}");
-                LeaderReply::NotLeader {
+                // tonic reports a failed connection as UNAVAILABLE "tcp connect error": the
+                // request was never written. Anything else may have reached the leader.
+                let not_sent = status.code() == tonic::Code::Unavailable
+                    && status.message().contains("connect");
+                let reply = LeaderReply::NotLeader {
                     leader: Some(leader),
-                }
+                };
+                (reply, !not_sent)
             }
         }
     }

@@ -47,6 +47,11 @@ use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
+/// sled's page cache. Its default (1 GiB) fills as history is written and read, and shows as
+/// resident memory that grows with time; the log and history are read in order and by page,
+/// so a small cache serves them.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
@@ -58,6 +63,7 @@ pub fn open(dir: &Path, catalog: Arc<Catalog>) -> Result<(LogStore, StateMachine
     let db = sled::Config::new()
         .path(dir.join("sled"))
         .mode(sled::Mode::HighThroughput)
+        .cache_capacity(SLED_CACHE_BYTES)
         .open()
         .map_err(|e| StorageIOError::write(&e))?;
     let log = LogStore::new(&db)?;
