@@ -23,10 +23,9 @@
 use arbitrary::Unstructured;
 use catalog::{Catalog, SHARED_INSTANCE, Usd};
 use libfuzzer_sys::fuzz_target;
-use model::ledger::UsageDelta;
 use model::{
     ApiSpec, AuthType, ChargeType, Command, DEFAULT_ACCOUNT, GroupChange, Proposal, Stage, State,
-    validate,
+    UsageDelta, validate,
 };
 use std::sync::OnceLock;
 
@@ -62,11 +61,22 @@ const PATHS: &[&str] = &[
     "/a//b",
     "/x/{id}/{id}",
 ];
-const HOSTS: &[&str] = &["api.example.com", "api.example.com:8080", "other.org", "UPPER.org"];
+const HOSTS: &[&str] = &[
+    "api.example.com",
+    "api.example.com:8080",
+    "other.org",
+    "UPPER.org",
+];
 const BASES: &[&str] = &["/v1", "/v2", "/", "/v1/"];
 const BACKENDS: &[&str] = &["http://127.0.0.1:9000", "http://svc.ns:80/v1", "https://x"];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "get", "ANY"];
-const CIDRS: &[&str] = &["198.18.0.0/15", "2001:db8::/32", "10.0.0.1", "1.2.3.4/33", "x"];
+const CIDRS: &[&str] = &[
+    "198.18.0.0/15",
+    "2001:db8::/32",
+    "10.0.0.1",
+    "1.2.3.4/33",
+    "x",
+];
 
 /// A string picked from a pool most of the time, or arbitrary.
 fn pick(u: &mut Unstructured<'_>, pool: &[&str]) -> arbitrary::Result<String> {
@@ -387,9 +397,11 @@ fn base_state() -> &'static State {
         for (i, command) in cmds.into_iter().enumerate() {
             let p = Proposal {
                 at_ms: T0 + i as u64 * 1000,
+                catalog: cat.fingerprint().into(),
+                request_id: None,
                 command,
             };
-            if let Err(e) = s.apply(&p, cat) {
+            if let Err(e) = s.apply(&p, cat).expect("the same catalog").reply {
                 panic!("base state: {:?} refused: {e}", p.command.kind());
             }
         }
@@ -403,12 +415,28 @@ fn apply(a: &mut State, b: &mut State, p: &Proposal) {
     // `State` and everything in it derive `PartialEq`, so an equal state serialises to the same
     // bytes; the serialised forms are compared (and shown) only when that check fails.
     let before = a.clone();
-    let ra = a.apply(p, cat);
+    // Proposals read from JSON may name no catalog: they are stamped with this one, as a
+    // leader would. (Another catalog is refused whole; `model`'s tests cover that.)
+    let mut p = p.clone();
+    if p.catalog.is_empty() {
+        p.catalog = cat.fingerprint().into();
+    }
+    let p = &p;
+    let ra = a.apply(p, cat).map(|applied| applied.reply);
     if debug() {
         eprintln!("{} -> {:?}", p.command.kind(), ra.as_ref().map(|_| ()));
     }
-    if let Err(e) = &ra {
-        if *a != before {
+    let refused = match &ra {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(e) = refused {
+        // A refusal is remembered under the proposal's request id (the retry of a refused
+        // write is refused alike); nothing else may change.
+        let mut unchanged = a.clone();
+        unchanged.sessions = before.sessions.clone();
+        if unchanged != before {
             let (old, new) = (
                 serde_json::to_vec(&before).expect("a state serialises"),
                 serde_json::to_vec(&*a).expect("a state serialises"),
@@ -424,7 +452,7 @@ fn apply(a: &mut State, b: &mut State, p: &Proposal) {
         // The error names something; it must print.
         let _ = e.to_string();
     }
-    let rb = b.apply(p, cat);
+    let rb = b.apply(p, cat).map(|applied| applied.reply);
     assert_eq!(ra, rb, "replicas disagree on {:?}", p.command);
 }
 
@@ -530,6 +558,12 @@ fn structured(data: &[u8]) -> arbitrary::Result<()> {
         };
         proposals.push(Proposal {
             at_ms,
+            catalog: Catalog::builtin().fingerprint().into(),
+            request_id: if u.arbitrary::<bool>()? {
+                Some(format!("r{}", u.int_in_range(0u8..=3)?))
+            } else {
+                None
+            },
             command: command(&mut u)?,
         });
     }

@@ -35,9 +35,8 @@
 
 use bytes::Bytes;
 use dataplane::{
-    AccessConfig, AppApi, AppCredential, Dataplane, DataplaneConfig, DataplaneOptions,
-    DeployedApi, FakeClock, GroupAcl, GroupConfig, InstanceConfig, SHARED_INSTANCE,
-    ServerLimits, Stage,
+    AppCredential, Dataplane, DataplaneConfig, DataplaneOptions, DeployedApi, FakeClock,
+    GroupConfig, InstanceConfig, IpRules, SHARED_INSTANCE, ServerLimits, Stage,
 };
 use http::Method;
 use http_body_util::{BodyExt, Full, Limited};
@@ -110,36 +109,65 @@ fn config(backend: SocketAddr) -> DataplaneConfig {
     let be_prefixed = format!("http://{backend}/prefix/");
     let dead = "http://127.0.0.1:1".to_string();
     let any = Method::from_bytes(b"ANY").unwrap();
-    let group = |name: &str, account: &str, instance: &str, host: Option<&str>, base: Option<&str>| {
-        GroupConfig {
-            name: name.into(),
-            account: account.into(),
-            instance: instance.into(),
-            host: host.map(Into::into),
-            base_path: base.map(Into::into),
-            deployments: vec![],
-        }
-    };
+    let group =
+        |name: &str, account: &str, instance: &str, host: Option<&str>, base: Option<&str>| {
+            GroupConfig {
+                host: host.map(Into::into),
+                base_path: base.map(Into::into),
+                ..GroupConfig::new(name, account, instance)
+            }
+        };
     let mut open = group("open", "default", SHARED_INSTANCE, None, Some("/v1"));
     open.deployments = vec![
         deployed(Stage::Release, "get-item", Method::GET, "/items/{id}", &be),
-        deployed(Stage::Release, "post-item", Method::POST, "/items", &be_prefixed),
+        deployed(
+            Stage::Release,
+            "post-item",
+            Method::POST,
+            "/items",
+            &be_prefixed,
+        ),
         deployed(Stage::Release, "files", any.clone(), "/files/{*rest}", &be),
         deployed(Stage::Release, "dead", Method::GET, "/dead", &dead),
         deployed(Stage::Release, "private", Method::GET, "/private", &be),
         deployed(Stage::Test, "test-item", Method::GET, "/items/[id]", &be),
     ];
-    let mut signed = group("signed", "acme", SHARED_INSTANCE, Some("api.example.com"), None);
+    open.api_acls.insert(
+        "private".into(),
+        IpRules {
+            allow: vec!["198.18.0.0/15".into()],
+            deny: vec![],
+        },
+    );
+    let mut signed = group(
+        "signed",
+        "acme",
+        SHARED_INSTANCE,
+        Some("api.example.com"),
+        None,
+    );
     signed.deployments = vec![
         deployed(Stage::Release, "secure", any.clone(), "/secure", &be),
         deployed(Stage::Release, "public", Method::GET, "/public", &be),
     ];
-    let mut acl = group("acl", "acme", SHARED_INSTANCE, Some("acl.example.com"), None);
+    signed.grants.insert("secure".into(), vec!["mobile".into()]);
+    let mut acl = group(
+        "acl",
+        "acme",
+        SHARED_INSTANCE,
+        Some("acl.example.com"),
+        None,
+    );
     acl.deployments = vec![deployed(Stage::Release, "acl-x", any.clone(), "/x", &be)];
+    acl.acl = Some(IpRules {
+        allow: vec![],
+        deny: vec!["127.0.0.0/8".into()],
+    });
     let mut slow = group("slow", "acme", "tiny", None, Some("/slow"));
     slow.deployments = vec![deployed(Stage::Release, "slow-x", Method::GET, "/x", &be)];
     let mut owed = group("owed", "broke", SHARED_INSTANCE, None, Some("/owed"));
     owed.deployments = vec![deployed(Stage::Release, "owed-x", Method::GET, "/x", &be)];
+    owed.suspended = true;
     DataplaneConfig {
         instances: vec![
             InstanceConfig {
@@ -154,33 +182,11 @@ fn config(backend: SocketAddr) -> DataplaneConfig {
             },
         ],
         groups: vec![open, signed, acl, slow, owed],
-        suspended_accounts: vec!["broke".into()],
-        access: AccessConfig {
-            apps: vec![AppCredential {
-                name: "mobile".into(),
-                key: APP_KEY.into(),
-                secret: APP_SECRET.into(),
-            }],
-            app_apis: vec![AppApi {
-                group: "signed".into(),
-                api: "secure".into(),
-                apps: vec!["mobile".into()],
-            }],
-            group_acls: vec![
-                GroupAcl {
-                    group: "acl".into(),
-                    api: None,
-                    allow: vec![],
-                    deny: vec!["127.0.0.0/8".into()],
-                },
-                GroupAcl {
-                    group: "open".into(),
-                    api: Some("private".into()),
-                    allow: vec!["198.18.0.0/15".into()],
-                    deny: vec![],
-                },
-            ],
-        },
+        apps: vec![AppCredential {
+            name: "mobile".into(),
+            key: APP_KEY.into(),
+            secret: APP_SECRET.into(),
+        }],
     }
 }
 
@@ -222,7 +228,12 @@ fn harness() -> &'static Harness {
             };
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            tokio::spawn(dataplane::serve(listener, dp, limits, std::future::pending()));
+            tokio::spawn(dataplane::serve(
+                listener,
+                dp,
+                limits,
+                std::future::pending(),
+            ));
             addr
         });
         Harness {
@@ -289,7 +300,8 @@ fn sign_marked(data: &[u8], nonce: u64) -> Option<Vec<u8>> {
 
 /// Sent after the input: completes a head left open, then asks the gateway to close the
 /// connection once every request before it is answered (a 404 from the gateway itself).
-const TERMINATOR: &[u8] = b"\r\n\r\nGET /__fuzz_end HTTP/1.1\r\nHost: end\r\nConnection: close\r\n\r\n";
+const TERMINATOR: &[u8] =
+    b"\r\n\r\nGET /__fuzz_end HTTP/1.1\r\nHost: end\r\nConnection: close\r\n\r\n";
 /// With no byte from the gateway for this long, the client closes its write side.
 const QUIET: Duration = Duration::from_millis(25);
 
@@ -347,9 +359,8 @@ fuzz_target!(|data: &[u8]| {
         }
         None => data,
     };
-    let response = h
-        .rt
-        .block_on(async { tokio::time::timeout(RUN_TIMEOUT, exchange(h.gateway, data)).await });
+    let response =
+        h.rt.block_on(async { tokio::time::timeout(RUN_TIMEOUT, exchange(h.gateway, data)).await });
     if debug() {
         eprintln!("--> {}", String::from_utf8_lossy(data));
         match &response {

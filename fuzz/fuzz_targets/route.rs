@@ -12,8 +12,8 @@
 
 use arbitrary::Arbitrary;
 use dataplane::{
-    AccessConfig, Dataplane, DataplaneConfig, DataplaneOptions, DeployedApi, FakeClock,
-    GroupAcl, GroupConfig, InstanceConfig, SHARED_INSTANCE, Stage,
+    Dataplane, DataplaneConfig, DataplaneOptions, DeployedApi, FakeClock, GroupConfig,
+    InstanceConfig, IpRules, SHARED_INSTANCE, Stage,
 };
 use http::Method;
 use libfuzzer_sys::fuzz_target;
@@ -128,6 +128,15 @@ fn fixed_config() -> DataplaneConfig {
                     api(Stage::Test, "test-item", Method::GET, "/items/[id]"),
                     api(Stage::Pre, "root", Method::GET, "/"),
                 ],
+                api_acls: [(
+                    "files".to_string(),
+                    IpRules {
+                        allow: vec![],
+                        deny: vec!["10.0.0.0/8".into()],
+                    },
+                )]
+                .into(),
+                ..GroupConfig::new("open", "default", SHARED_INSTANCE)
             },
             GroupConfig {
                 name: "hosted".into(),
@@ -140,6 +149,11 @@ fn fixed_config() -> DataplaneConfig {
                     api(Stage::Release, "p", Method::GET, "/p/{id}/q/{rest}"),
                     api(Stage::Release, "any", any, "/any"),
                 ],
+                acl: Some(IpRules {
+                    allow: vec!["198.18.0.0/15".into()],
+                    deny: vec![],
+                }),
+                ..GroupConfig::new("hosted", "acme", "tiny")
             },
             GroupConfig {
                 name: "owed".into(),
@@ -148,27 +162,11 @@ fn fixed_config() -> DataplaneConfig {
                 host: None,
                 base_path: Some("owed/".into()),
                 deployments: vec![api(Stage::Release, "owed", Method::GET, "/x")],
+                suspended: true,
+                ..GroupConfig::new("owed", "broke", SHARED_INSTANCE)
             },
         ],
-        suspended_accounts: vec!["broke".into()],
-        access: AccessConfig {
-            apps: vec![],
-            app_apis: vec![],
-            group_acls: vec![
-                GroupAcl {
-                    group: "hosted".into(),
-                    api: None,
-                    allow: vec!["198.18.0.0/15".into()],
-                    deny: vec![],
-                },
-                GroupAcl {
-                    group: "open".into(),
-                    api: Some("files".into()),
-                    allow: vec![],
-                    deny: vec!["10.0.0.0/8".into()],
-                },
-            ],
-        },
+        apps: vec![],
     }
 }
 
@@ -216,7 +214,11 @@ fn resolve(dp: &Dataplane, names: &HashSet<String>, r: &Request, now: u64) {
     let host = r.host.as_deref();
     let v1 = dp.decide_at(host, stage, &method, &r.path, now);
     let v2 = dp.decide_at(host, stage, &method, &r.path, now);
-    assert_eq!(v1.api(), v2.api(), "routing is not a function of its inputs");
+    assert_eq!(
+        v1.api(),
+        v2.api(),
+        "routing is not a function of its inputs"
+    );
     if let Some(api) = v1.api() {
         assert!(names.contains(api), "matched unknown API {api}");
     }
@@ -243,25 +245,22 @@ fn fuzzed(groups: &[FuzzGroup], requests: &[Request]) {
     for (gi, g) in groups.iter().take(8).enumerate() {
         let name = format!("g{gi}");
         let account = format!("acct{gi}");
-        if g.suspended {
-            config.suspended_accounts.push(account.clone());
-        }
-        if let Some((allow, deny)) = &g.acl {
-            config.access.group_acls.push(GroupAcl {
-                group: name.clone(),
-                api: None,
-                allow: allow.clone(),
-                deny: deny.clone(),
-            });
-        }
-        for (ai, allow, deny) in g.api_acls.iter().take(4) {
-            config.access.group_acls.push(GroupAcl {
-                group: name.clone(),
-                api: Some(format!("{name}-a{}", ai % 8)),
-                allow: allow.clone(),
-                deny: deny.clone(),
-            });
-        }
+        let acl = g.acl.as_ref().map(|(allow, deny)| IpRules {
+            allow: allow.clone(),
+            deny: deny.clone(),
+        });
+        let api_acls = g
+            .api_acls
+            .iter()
+            .take(4)
+            .map(|(ai, allow, deny)| {
+                let rules = IpRules {
+                    allow: allow.clone(),
+                    deny: deny.clone(),
+                };
+                (format!("{name}-a{}", ai % 8), rules)
+            })
+            .collect();
         let deployments = g
             .apis
             .iter()
@@ -286,12 +285,17 @@ fn fuzzed(groups: &[FuzzGroup], requests: &[Request]) {
             })
             .collect();
         config.groups.push(GroupConfig {
-            name,
-            account,
-            instance: if g.dedicated { "tiny" } else { SHARED_INSTANCE }.into(),
             host: g.host.clone(),
             base_path: g.base_path.clone(),
             deployments,
+            acl,
+            api_acls,
+            suspended: g.suspended,
+            ..GroupConfig::new(
+                name,
+                account,
+                if g.dedicated { "tiny" } else { SHARED_INSTANCE },
+            )
         });
     }
     let report = dp.publish(&config);

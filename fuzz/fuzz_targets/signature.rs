@@ -226,7 +226,11 @@ fn wire_round_trip(input: &Input) {
         return; // the key or nonce cannot be a header value
     }
     // What the data plane does (crates/dataplane/src/access.rs, `AppAuth::check`).
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     let mut arrived = RequestParts::from_uri(parts.method.as_str(), pq);
     for (name, value) in &parts.headers {
         arrived.headers.push((
@@ -249,14 +253,20 @@ fn wire_round_trip(input: &Input) {
 /// Half 4: the parsing helpers.
 fn helpers(input: &Input) {
     let from = RequestParts::from_uri(input.method.clone(), &input.target);
-    assert!(!from.path.is_empty(), "from_uri gives '/' for an empty path");
+    assert!(
+        !from.path.is_empty(),
+        "from_uri gives '/' for an empty path"
+    );
     let _ = parse_urlencoded(&input.target);
     let _ = content_md5(&input.body);
     // path_and_query is read back by from_uri (documented), for a path without `?`/`#` and
     // parameters that are not both empty (an empty `&&` segment is skipped by design).
     if input.path.starts_with('/')
         && !input.path.contains(['?', '#'])
-        && input.query.iter().all(|(k, v)| !(k.is_empty() && v.is_empty()))
+        && input
+            .query
+            .iter()
+            .all(|(k, v)| !(k.is_empty() && v.is_empty()))
     {
         let mut req = RequestParts::new(input.method.clone(), input.path.clone());
         req.query = input.query.clone();

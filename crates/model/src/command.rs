@@ -13,11 +13,13 @@ pub struct Proposal {
     pub at_ms: Millis,
     /// The fingerprint of the proposer's price catalog ([`catalog::Catalog::fingerprint`]):
     /// a node that prices with another catalog must not apply it (see [`crate::State::apply`]).
+    #[serde(default)]
     pub catalog: String,
     /// The client request this proposal carries, named by the node that first received it.
     /// A proposal whose request was applied before is answered with the first outcome instead
     /// of being applied again (see [`crate::State::apply`]): a write retried after a lost
     /// reply, or proposed again through a new leader, is applied once.
+    #[serde(default)]
     pub request_id: Option<String>,
     pub command: Command,
 }
