@@ -1058,18 +1058,6 @@ async fn restart_follower(c: &mut Cluster, id: u64, last_path: &str) -> Restart 
 // ------------------------------------------------------------------------------------------
 // Row 4: accounts and a year of daily cycles
 
-/// The development clock every node of row 4 reads.
-struct Clock(PathBuf);
-
-impl Clock {
-    fn set(&self, ms: u64) {
-        // Write then rename, so a node never reads a half-written file.
-        let tmp = self.0.with_extension("tmp");
-        std::fs::write(&tmp, ms.to_string()).expect("write the clock");
-        std::fs::rename(&tmp, &self.0).expect("move the clock");
-    }
-}
-
 /// `YYYY-MM-DD` of a day counted from 1970-01-01 (proleptic Gregorian, as billing prints it).
 fn date_of_day(day: u64) -> String {
     let z = day as i64 + 719_468;
@@ -1208,7 +1196,7 @@ struct BillingRow {
 /// Advances the clock `cfg.day_step` days at a time until `cfg.days` days are closed or
 /// `cfg.year_limit` has passed; returns the days closed and the duration of each step.
 async fn run_year(
-    clock: &Clock,
+    clock: &testkit::DevClock,
     a: &Admin,
     cfg: &Config,
     probe_account: &str,
@@ -1248,16 +1236,12 @@ async fn run_year(
 async fn billing_row(cfg: &Config) -> BillingRow {
     let backend = Server::start("ok").await;
     let mut c = Cluster::new(testkit::binaries!(), 3);
-    let clock = Clock(c.dir().join("clock"));
+    let clock = testkit::DevClock(c.dir().join("clock"));
     // 01:00 on day 0: the first write starts the first daily cycle on day 0.
     clock.set(JAN_1_MS + HOUR_MS);
-    c.extra_args = vec![
-        "--dev-mode".into(),
-        "--dev-clock-file".into(),
-        clock.0.display().to_string(),
-        "--bill-delay-seconds".into(),
-        BILL_DELAY_SECS.to_string(),
-    ];
+    c.extra_args = clock.node_args();
+    c.extra_args
+        .extend(["--bill-delay-seconds".into(), BILL_DELAY_SECS.to_string()]);
     c.extra_args.extend(cfg.node_args.iter().cloned());
     for id in 1..=3 {
         c.spawn(id);

@@ -3,11 +3,10 @@
 //! months of daily cycles pass in seconds.
 
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use testkit::http::{Response, Server};
-use testkit::{Cluster, binaries, eventually};
+use testkit::{Cluster, DevClock, binaries, eventually};
 
 const SETTLE: Duration = Duration::from_secs(20);
 const HOUR_MS: u64 = 3_600_000;
@@ -33,31 +32,18 @@ impl Traffic {
     }
 }
 
-struct Clock(PathBuf);
-
-impl Clock {
-    fn set(&self, ms: u64) {
-        // Write then rename, so a node never reads a half-written file.
-        let tmp = self.0.with_extension("tmp");
-        std::fs::write(&tmp, ms.to_string()).unwrap();
-        std::fs::rename(&tmp, &self.0).unwrap();
-    }
-}
-
 /// A cluster whose nodes take their time from a file.
-async fn cluster_with_clock(start_ms: u64) -> (Cluster, Clock) {
+async fn cluster_with_clock(start_ms: u64) -> (Cluster, DevClock) {
     let mut c = Cluster::new(binaries!(), 3);
-    let clock = Clock(c.dir().join("clock"));
+    let clock = DevClock(c.dir().join("clock"));
     clock.set(start_ms);
-    c.extra_args = vec![
-        "--dev-mode".into(),
-        "--dev-clock-file".into(),
-        clock.0.display().to_string(),
+    c.extra_args = clock.node_args();
+    c.extra_args.extend([
         "--usage-flush-ms".into(),
         "100".into(),
         "--shared-region".into(),
         "cn-hangzhou".into(),
-    ];
+    ]);
     for id in 1..=3 {
         c.spawn(id);
     }

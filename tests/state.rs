@@ -9,7 +9,7 @@ use proto::admin::{
 };
 use std::path::PathBuf;
 use std::time::Duration;
-use testkit::{Cluster, binaries, eventually};
+use testkit::{Cluster, DevClock, binaries, eventually};
 use tonic::transport::Channel;
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -19,32 +19,19 @@ const JAN_1: u64 = 1_767_225_600_000;
 
 type Admin = AdminClient<Channel>;
 
-struct Clock(PathBuf);
-
-impl Clock {
-    fn set(&self, ms: u64) {
-        // Write then rename, so a node never reads a half-written file.
-        let tmp = self.0.with_extension("tmp");
-        std::fs::write(&tmp, ms.to_string()).unwrap();
-        std::fs::rename(&tmp, &self.0).unwrap();
-    }
-}
-
 /// Three voters on a development clock that snapshot every few entries, so that a node that
 /// was down is sent a snapshot rather than the log.
-async fn cluster(snapshot_every: u64) -> (Cluster, Clock) {
+async fn cluster(snapshot_every: u64) -> (Cluster, DevClock) {
     let mut c = Cluster::new(binaries!(), 3);
-    let clock = Clock(c.dir().join("clock"));
+    let clock = DevClock(c.dir().join("clock"));
     clock.set(JAN_1);
-    c.extra_args = vec![
-        "--dev-mode".into(),
-        "--dev-clock-file".into(),
-        clock.0.display().to_string(),
+    c.extra_args = clock.node_args();
+    c.extra_args.extend([
         "--bill-delay-seconds".into(),
         "0".into(),
         "--snapshot-every".into(),
         snapshot_every.to_string(),
-    ];
+    ]);
     for id in 1..=3 {
         c.spawn(id);
     }
