@@ -180,7 +180,12 @@ async fn tokens_are_required_and_account_tokens_reach_only_their_account() {
         ),
         (
             &["account", "recharge", "--name", "b", "--amount", "5"],
-            "belongs to another account",
+            "needs the operator's token",
+        ),
+        // Not even its own: a tenant cannot add money it never paid.
+        (
+            &["account", "recharge", "--name", "a", "--amount", "5000"],
+            "needs the operator's token",
         ),
         (
             &["bill", "list", "--account", "b"],

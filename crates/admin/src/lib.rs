@@ -589,7 +589,9 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::AccountReply>, Status> {
         let p = Principal::of(&req);
         let r = req.into_inner();
-        p.require_account("account", &r.account, &r.account)?;
+        // Money comes in only through the operator (who has been paid): an account's own token
+        // could otherwise credit itself, clear its suspension and buy subscriptions for free.
+        p.require_operator("recharging an account")?;
         let amount = accounts::parse_usd("amount", &r.amount)?;
         if amount <= catalog::Usd::ZERO {
             return Err(Status::invalid_argument(format!(
