@@ -2,10 +2,14 @@
 //!
 //! This crate owns everything between an admin call and the replicated [`model::State`]:
 //! - [`store`]: the openraft log store and state machine on sled, flushed before acknowledging;
-//! - [`network`]: openraft's messages over tonic gRPC, one long-lived channel per peer;
+//!   the history trees read a page at a time ([`History`]), snapshot files streamed in frames,
+//!   and the [`Publication`] of each applied state with what changed;
+//! - [`network`]: openraft's messages over tonic gRPC, one long-lived channel per peer (and
+//!   separate ones for demand reports);
 //! - [`service`]: the peer gRPC service that receives them;
 //! - [`node`]: a running node: bootstrap (initialise once, or join), writes forwarded to the
-//!   leader, membership changes, status, and the published state that readers watch.
+//!   leader under a request id that the state machine applies at most once, membership
+//!   changes, status, and the published state that readers watch.
 
 pub mod network;
 pub mod node;
