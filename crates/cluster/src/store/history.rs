@@ -19,7 +19,7 @@
 //!
 //! A snapshot installed from the leader replaces the history: it is written into a new
 //! generation's tree, which becomes current only once complete (a crash half-way leaves the
-//! old one current), and the old tree is dropped later (see [`HistoryTrees::drop_stale`]).
+//! old one current), and the old tree is dropped later (see `HistoryTrees::drop_stale`).
 
 use crate::types::LogId;
 use model::history::{Bill, DayUsage, EventRecord, HistoryRecord, LedgerEntry};

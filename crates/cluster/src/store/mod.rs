@@ -8,7 +8,7 @@
 //! - `meta`: the vote, the committed log id and the last purged log id;
 //! - `sm`: which snapshot file is current, and which history generation;
 //! - `history.N`: what applied commands wrote once (see [`history`]);
-//! - the snapshot files (see [`snapshot`]).
+//! - the snapshot files (see the `snapshot` module).
 //!
 //! The state machine's configuration ([`State`]) lives in memory in persistent maps: applying
 //! an entry changes O(log n) of it, and publishing it to readers is an O(1) clone. Its durable
