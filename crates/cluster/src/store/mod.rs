@@ -274,10 +274,6 @@ impl Changes {
             (Changes::Some(a), Changes::Some(b)) => a.merge(b),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        matches!(self, Changes::Some(c) if c.is_empty())
-    }
 }
 
 /// The applied state as readers see it: the latest state, and the changes not yet taken by

@@ -132,11 +132,7 @@ pub(crate) fn install(
         from: BufReader::with_capacity(1 << 20, from),
         copy,
     };
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(SnapshotError::Magic);
-    }
+    check_magic(&mut r)?;
     let mut buf = Vec::new();
     let (header, state) = read_config(&mut r, &mut buf)?;
     let mut batch = sled::Batch::default();
@@ -200,12 +196,17 @@ enum Tail {
 
 fn open(path: &Path) -> Result<BufReader<std::fs::File>, SnapshotError> {
     let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    check_magic(&mut r)?;
+    Ok(r)
+}
+
+fn check_magic(r: &mut impl Read) -> Result<(), SnapshotError> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
     if &magic != MAGIC {
         return Err(SnapshotError::Magic);
     }
-    Ok(r)
+    Ok(())
 }
 
 fn read_config(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<(Header, State), SnapshotError> {

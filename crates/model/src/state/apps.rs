@@ -68,12 +68,7 @@ fn delete(s: &mut State, name: &str, fx: &mut Effects) -> Result<Reply, DomainEr
     let granted = s.index.grants_by_app.remove(name).unwrap_or_default();
     for (group, api) in granted {
         if let Some(g) = s.groups.get_mut(&group) {
-            if let Some(apps) = g.grants.get_mut(&api) {
-                apps.remove(name);
-                if apps.is_empty() {
-                    g.grants.remove(&api);
-                }
-            }
+            index_remove(&mut g.grants, &api, &name.to_string());
             fx.changes.groups.insert(group);
         }
     }
@@ -136,11 +131,7 @@ fn revoke(
         &(group.to_string(), api.to_string()),
     );
     let g = s.group_mut(group)?;
-    let apps = g.grants.get_mut(api).expect("checked above");
-    apps.remove(app);
-    if apps.is_empty() {
-        g.grants.remove(api);
-    }
+    index_remove(&mut g.grants, &api.to_string(), &app.to_string());
     fx.changes.groups.insert(group.to_string());
     Ok(Reply::Group(g.clone()))
 }
