@@ -288,8 +288,18 @@ async fn writes_without_quorum_are_unavailable_and_name_the_leader() {
         out.stderr
     );
     assert!(started.elapsed() < Duration::from_secs(12));
-    // Reads keep working from the last applied state.
-    assert!(instance_names(&c, keep).is_some());
+    // A linearizable read (the default) cannot be served without a quorum, and says so...
+    let read = c.ctl(keep, &["instance", "list"]);
+    assert!(!read.success);
+    assert!(read.stderr.contains("no quorum"), "{}", read.stderr);
+    // ...while a local read is served from the last applied state.
+    let local = c.ctl(
+        keep,
+        &["--consistency", "local", "instance", "list", "-o", "json"],
+    );
+    assert!(local.success, "{}", local.stderr);
+    let names: serde_json::Value = serde_json::from_str(&local.stdout).unwrap();
+    assert!(names.as_array().is_some(), "{names}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! with the field at fault before anything is proposed), turns it into a [`model::Command`],
 //! has the [`cluster::Node`] commit it (forwarding to the leader when needed), and maps the
 //! outcome to a gRPC status. Reads are served from the state this node has applied, and from
-//! its copy of the history (ledgers, bills, events, closed days' usage), a page at a time.
+//! its copy of the history (ledgers, bills, events, closed days' usage), a page at a time;
+//! they are linearizable by default (a read index from the leader first), or local on request.
 //!
 //! # Layout
 //!
@@ -35,6 +36,10 @@ use tonic::{Request, Response, Status};
 pub use auth::{Authenticator, Principal};
 pub use convert::instance_to_pb;
 
+/// The request metadata that chooses how fresh a read must be: `linearizable` (the default)
+/// or `local`.
+pub const CONSISTENCY_HEADER: &str = "x-consistency";
+
 /// The admin service of one node.
 pub struct AdminService {
     node: Node,
@@ -59,6 +64,22 @@ impl AdminService {
         match self.node.state().groups.get(name) {
             Some(g) => p.require_account("API group", name, &g.account),
             None => Ok(()),
+        }
+    }
+
+    /// Makes the read that follows linearizable, unless the caller asked for local consistency
+    /// with the `x-consistency: local` metadata (gatewayctl `--consistency local`): then the
+    /// read is served from what this node has applied, which may lag the cluster, but costs no
+    /// round trip to the leader and works without a quorum.
+    async fn read_barrier<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match req.metadata().get(CONSISTENCY_HEADER).map(|v| v.to_str()) {
+            None | Some(Ok("linearizable")) => {
+                self.node.linearizable_read().await.map_err(to_status)
+            }
+            Some(Ok("local")) => Ok(()),
+            Some(_) => Err(Status::invalid_argument(format!(
+                "{CONSISTENCY_HEADER}: must be 'linearizable' (the default) or 'local'"
+            ))),
         }
     }
 
@@ -199,6 +220,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeInstancesRequest>,
     ) -> Result<Response<pb::DescribeInstancesReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
@@ -351,6 +373,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeApiGroupsRequest>,
     ) -> Result<Response<pb::DescribeApiGroupsReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
@@ -431,6 +454,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeApisRequest>,
     ) -> Result<Response<pb::DescribeApisReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let r = req.into_inner();
         let state = self.node.state();
@@ -562,6 +586,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeAccountsRequest>,
     ) -> Result<Response<pb::DescribeAccountsReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
@@ -641,6 +666,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeUsageRequest>,
     ) -> Result<Response<pb::DescribeUsageReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let r = req.into_inner();
         let account = p.scope(r.account)?;
@@ -679,6 +705,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeBillsRequest>,
     ) -> Result<Response<pb::DescribeBillsReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let r = req.into_inner();
         p.require_account("account", &r.account, &r.account)?;
@@ -724,6 +751,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeEventsRequest>,
     ) -> Result<Response<pb::DescribeEventsReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let r = req.into_inner();
         let account = p.scope(r.account)?;
@@ -747,6 +775,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeLedgerRequest>,
     ) -> Result<Response<pb::DescribeLedgerReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let r = req.into_inner();
         // An account token may leave the account out: its own is the only one it sees.
@@ -804,6 +833,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeAppsRequest>,
     ) -> Result<Response<pb::DescribeAppsReply>, Status> {
+        self.read_barrier(&req).await?;
         let p = Principal::of(&req);
         let name = req.into_inner().name;
         let state = self.node.state();
@@ -897,6 +927,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeTokensRequest>,
     ) -> Result<Response<pb::DescribeTokensReply>, Status> {
+        self.read_barrier(&req).await?;
         Principal::of(&req).require_operator("listing tokens")?;
         let account = req.into_inner().account;
         let tokens = self

@@ -6,7 +6,7 @@ use crate::store::{self, LogStore, Publication};
 use crate::types::{NodeId, Raft, Response, StorageError};
 use catalog::Catalog;
 use model::{Command, DomainError, Proposal, Reply, State};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use proto::peer::{JoinRequest, ProbeRequest};
 use serde::{Deserialize, Serialize};
@@ -128,6 +128,9 @@ pub(crate) enum LeaderRequest {
     Remove {
         id: NodeId,
     },
+    /// The read index of a linearizable read: the leader confirms with a quorum that it still
+    /// leads and answers with its commit index, which the asking node applies before reading.
+    ReadIndex,
 }
 
 /// The leader's answer, with the log index to wait for locally.
@@ -535,6 +538,10 @@ impl Node {
             match outcome {
                 LeaderReply::Done { index, reply } => {
                     let reply = reply.map(|r| *r);
+                    if matches!(req, LeaderRequest::ReadIndex) {
+                        self.applied_before(index, deadline).await?;
+                        return Ok(None);
+                    }
                     // A node that removed itself never receives the entry that removes it.
                     if matches!(req, LeaderRequest::Remove { id } if id == self.id()) {
                         return Ok(reply);
@@ -568,6 +575,34 @@ impl Node {
             let step = left.min(Duration::from_millis(100));
             let _ = tokio::time::timeout(step, metrics.changed()).await;
         }
+    }
+
+    /// Waits until this node has applied `index`, or fails at the deadline: a read must not be
+    /// served from a node that lags behind the read index.
+    async fn applied_before(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft()
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                let applied = self.raft().metrics().borrow().last_applied.map(|l| l.index);
+                ClusterError::Unavailable(format!(
+                    "this node (node {}) has applied up to index {} and did not reach the read index {index} within {:?}; retry, or read with local consistency",
+                    self.id(),
+                    applied.unwrap_or(0),
+                    self.inner.write_timeout
+                ))
+            })
+    }
+
+    /// Makes the next read of this node's state linearizable: the leader confirms with a
+    /// quorum that it still leads (openraft's read index, no log entry written) and this node
+    /// then applies up to the leader's commit index. After it returns, [`Node::state`] holds
+    /// every write acknowledged before the call began, wherever it was acknowledged.
+    pub async fn linearizable_read(&self) -> Result<(), ClusterError> {
+        self.to_leader(LeaderRequest::ReadIndex).await.map(|_| ())
     }
 
     fn no_leader_message(&self) -> String {
@@ -654,6 +689,34 @@ impl Node {
                 stale.as_millis()
             )));
         }
+        if matches!(req, LeaderRequest::ReadIndex) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            return match tokio::time::timeout(left, self.raft().get_read_log_id()).await {
+                Err(_) => LeaderReply::Failed(ClusterError::Unavailable(format!(
+                    "no quorum: node {} could not confirm its leadership for a read within {:?}",
+                    self.id(),
+                    self.inner.write_timeout
+                ))),
+                Ok(Ok((read, _applied))) => LeaderReply::Done {
+                    index: read.map(|l| l.index).unwrap_or(0),
+                    reply: None,
+                },
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    LeaderReply::NotLeader {
+                        leader: f.leader_id,
+                    }
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                    LeaderReply::Failed(ClusterError::Unavailable(format!(
+                        "no quorum: node {} could not confirm its leadership for a read: {e}",
+                        self.id()
+                    )))
+                }
+                Ok(Err(RaftError::Fatal(e))) => {
+                    LeaderReply::Failed(ClusterError::Internal(e.to_string()))
+                }
+            };
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let request_id = req.request_id().map(str::to_string);
         let run = async {
@@ -730,6 +793,7 @@ impl Node {
                         .await
                         .map(|r| (r.log_id.index, None))
                 }
+                LeaderRequest::ReadIndex => unreachable!("a read index is answered above"),
             }
         };
         match tokio::time::timeout(left, run).await {

@@ -59,6 +59,24 @@ struct Conn {
     /// How long to wait for the server's answer, in seconds.
     #[arg(long, global = true, default_value_t = 15)]
     rpc_timeout: u64,
+    /// How fresh reads must be: `linearizable` sees every write acknowledged before the read
+    /// began, on any node (one round trip to the leader, needs a quorum); `local` reads what
+    /// the node asked has applied, which may lag, but is cheap and works without a quorum.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "GATEWAY_CONSISTENCY",
+        default_value = "linearizable"
+    )]
+    consistency: Consistency,
+}
+
+/// How fresh an admin read must be (see `--consistency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Consistency {
+    Linearizable,
+    Local,
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,18 +385,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 type Client = AdminClient<InterceptedService<Channel, Auth>>;
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token and the read consistency to every call.
 #[derive(Clone)]
-struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+struct Auth {
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+    local_reads: bool,
+}
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.token {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if self.local_reads {
+            req.metadata_mut()
+                .insert(CONSISTENCY_HEADER, MetadataValue::from_static("local"));
         }
         Ok(req)
     }
 }
+
+/// The admin service's read-consistency metadata (`admin::CONSISTENCY_HEADER`; gatewayctl
+/// does not link the server crate).
+const CONSISTENCY_HEADER: &str = "x-consistency";
 
 fn token(cli: &Conn) -> Result<Option<String>> {
     if let Some(path) = &cli.token_file {
@@ -420,7 +449,7 @@ async fn connect(cli: &Conn) -> Result<Client> {
         (None, false) => endpoint.connect().await,
     };
     let channel = connected.with_context(|| format!("cannot connect to {}", cli.endpoint))?;
-    let auth = match token(cli)? {
+    let token = match token(cli)? {
         Some(t) => Some(
             format!("Bearer {t}")
                 .parse()
@@ -428,7 +457,11 @@ async fn connect(cli: &Conn) -> Result<Client> {
         ),
         None => None,
     };
-    Ok(AdminClient::with_interceptor(channel, Auth(auth)))
+    let auth = Auth {
+        token,
+        local_reads: cli.consistency == Consistency::Local,
+    };
+    Ok(AdminClient::with_interceptor(channel, auth))
 }
 
 /// Runs the CLI and returns the process exit code.
