@@ -507,7 +507,15 @@ impl Node {
         loop {
             let leader = metrics.borrow().current_leader;
             let outcome = match leader {
-                Some(l) if l == self.id() => self.lead(req.clone(), deadline).await,
+                Some(l) if l == self.id() => {
+                    let reply = self.lead(req.clone(), deadline).await;
+                    // This node may have proposed the write before it learnt that it no
+                    // longer leads; the new leader may have the entry and commit it.
+                    if matches!(reply, LeaderReply::NotLeader { .. }) {
+                        sent_unanswered = true;
+                    }
+                    reply
+                }
                 Some(l) => {
                     // A leader that is cut off may never answer: when another leader is
                     // elected meanwhile, stop waiting and send to it. Only a leader change
@@ -522,14 +530,10 @@ impl Node {
                         // It may have reached the old leader before the change.
                         _ = new_leader => (LeaderReply::NotLeader { leader: None }, true),
                     };
-                    // A definite answer from the leader settles it; a request that may have
-                    // reached a leader without an answer coming back does not.
-                    match reply {
-                        LeaderReply::NotLeader { .. } if delivered => sent_unanswered = true,
-                        LeaderReply::NotLeader { .. } => {}
-                        LeaderReply::Done { .. } | LeaderReply::Failed(_) => {
-                            sent_unanswered = false
-                        }
+                    // A request that may have reached a leader without an answer coming back
+                    // may be applied, whatever later attempts are told.
+                    if matches!(reply, LeaderReply::NotLeader { .. }) && delivered {
+                        sent_unanswered = true;
                     }
                     reply
                 }
@@ -554,6 +558,16 @@ impl Node {
                         .applied_index_at_least(Some(index), "read your write")
                         .await;
                     return Ok(reply);
+                }
+                // A refusal before proposing ("no quorum") speaks for this attempt only: an
+                // earlier one may have been proposed and may still commit.
+                LeaderReply::Failed(ClusterError::Unavailable(reason))
+                    if sent_unanswered && req.request_id().is_some() =>
+                {
+                    return Err(ClusterError::OutcomeUnknown {
+                        request_id: req.request_id().unwrap_or_default().to_string(),
+                        reason: format!("an earlier attempt got no answer, and then: {reason}"),
+                    });
                 }
                 LeaderReply::Failed(e) => return Err(e),
                 LeaderReply::NotLeader { .. } => {}

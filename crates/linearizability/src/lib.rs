@@ -69,6 +69,9 @@ pub enum Completion<O> {
     Unknown,
 }
 
+/// An operation of model `M`'s history.
+pub type OperationOf<M> = Operation<<M as Model>::Input, <M as Model>::Output>;
+
 /// What a successful check covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
@@ -133,20 +136,17 @@ impl std::fmt::Display for Anomaly {
 pub const DEFAULT_BUDGET: u64 = 20_000_000;
 
 /// Checks `history` against `model` with [`DEFAULT_BUDGET`].
-pub fn check<M: Model>(
-    model: &M,
-    history: &[Operation<M::Input, M::Output>],
-) -> Result<Report, CheckError> {
+pub fn check<M: Model>(model: &M, history: &[OperationOf<M>]) -> Result<Report, CheckError> {
     check_with_budget(model, history, DEFAULT_BUDGET)
 }
 
 /// Checks `history` against `model`, each partition within `budget` search steps.
 pub fn check_with_budget<M: Model>(
     model: &M,
-    history: &[Operation<M::Input, M::Output>],
+    history: &[OperationOf<M>],
     budget: u64,
 ) -> Result<Report, CheckError> {
-    let mut partitions: BTreeMap<M::Key, Vec<&Operation<M::Input, M::Output>>> = BTreeMap::new();
+    let mut partitions: BTreeMap<M::Key, Vec<&OperationOf<M>>> = BTreeMap::new();
     for (index, op) in history.iter().enumerate() {
         if let Completion::Returned { at, .. } = op.completion
             && at < op.call
@@ -187,7 +187,7 @@ struct Event {
 /// in the reverse order (so the list is restored exactly).
 struct Search<'a, M: Model> {
     model: &'a M,
-    ops: &'a [&'a Operation<M::Input, M::Output>],
+    ops: &'a [&'a OperationOf<M>],
     events: Vec<Event>,
     next: Vec<usize>,
     prev: Vec<usize>,
@@ -199,7 +199,7 @@ struct Search<'a, M: Model> {
 }
 
 impl<'a, M: Model> Search<'a, M> {
-    fn new(model: &'a M, ops: &'a [&'a Operation<M::Input, M::Output>], budget: u64) -> Self {
+    fn new(model: &'a M, ops: &'a [&'a OperationOf<M>], budget: u64) -> Self {
         let mut timed: Vec<(u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
         for (i, op) in ops.iter().enumerate() {
             let end = match op.completion {

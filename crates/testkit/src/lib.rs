@@ -4,9 +4,11 @@
 //! 127.0.0.1 with ports picked by the OS and data in a temp dir, kills them with SIGKILL or
 //! stops them with SIGTERM, restarts them on the same data, and runs `gatewayctl` against them.
 //! [`eventually`] polls a condition until a deadline, so tests never sleep to synchronise.
-//! When a test panics, the logs of its nodes are printed.
+//! When a test panics, the logs of its nodes are printed. [`netns`] puts test hosts in network
+//! namespaces, for tests that cut the network between nodes.
 
 pub mod http;
+pub mod netns;
 pub mod pki;
 
 use proto::admin::admin_client::AdminClient;
