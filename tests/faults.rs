@@ -909,3 +909,137 @@ async fn the_checker_catches_stale_local_reads_that_linearizable_reads_prevent()
         }
     }
 }
+
+/// Recharges through every node while the leader is isolated and healed, a follower stops
+/// hearing the leader and then the leader is isolated, and the leader is paused: each
+/// recharge whose outcome is unknown is retried with its request id until it is known, and in
+/// the end the balance and the ledger hold every recharge exactly once (the two causes of
+/// duplicates in issue 22, and the pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recharges_through_cuts_and_leader_changes_apply_exactly_once() {
+    let Some(net) = network() else { return };
+    let mut g = cluster(net).await;
+    let admins: Arc<Vec<Admin>> = Arc::new(
+        (0..NODES)
+            .map(|i| Admin::new(g.endpoint(i), false))
+            .collect(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let acknowledged = Arc::new(Mutex::new(0u64));
+    // Clients: each sends recharges of 1.00 through the nodes in turn until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3u64)
+        .map(|client| {
+            let (admins, acknowledged, stop) = (admins.clone(), acknowledged.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 400 {
+                    let request = pb::RechargeRequest {
+                        account: account_name(0),
+                        amount: "1.00".into(),
+                        request_id: format!("once-{client}-{sent}"),
+                    };
+                    let mut node = (client + sent) as usize % NODES;
+                    sent += 1;
+                    loop {
+                        let mut a = admins[node].clone();
+                        match a.client.recharge(a.req(request.clone())).await {
+                            Ok(_) => {
+                                *acknowledged.lock().unwrap() += 1;
+                                break;
+                            }
+                            Err(s) if write_failure(&s) == Some(Output::NoEffect) => break,
+                            Err(s) => {
+                                assert!(Instant::now() < deadline, "outcome still unknown: {s}");
+                                node = (node + 1) % NODES;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let pause = |d: u64| tokio::time::sleep(Duration::from_millis(d));
+    // 1. The leader is cut off both ways, and healed after 2.5 s.
+    let l = eventually("a leader", SETTLE, || leader(&g)).await;
+    pause(300).await;
+    g.net.isolate(l);
+    pause(2500).await;
+    g.net.heal();
+    pause(1500).await;
+    // 2. A follower stops hearing the leader; 0.5 s later the leader is isolated; healed at 8 s.
+    let l = eventually("a leader", SETTLE, || leader(&g)).await;
+    let f = (l + 1) % NODES;
+    g.net.cut_one_way(l, f);
+    pause(500).await;
+    g.net.isolate(l);
+    pause(7500).await;
+    g.net.heal();
+    pause(1500).await;
+    // 3. The leader is paused for 5 s.
+    let l = eventually("a leader", SETTLE, || leader(&g)).await;
+    g.signal(l, "STOP");
+    pause(5000).await;
+    g.signal(l, "CONT");
+    pause(1500).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acknowledged = *acknowledged.lock().unwrap();
+    converged(&g).await;
+    // Every node's ledger and balance: exactly the acknowledged recharges.
+    for i in 0..NODES {
+        let a = Admin::new(g.endpoint(i), true);
+        let mut entries = 0u64;
+        let mut after_seq = 0;
+        loop {
+            let mut c = a.client.clone();
+            let page = c
+                .describe_ledger(a.req(pb::DescribeLedgerRequest {
+                    account: account_name(0),
+                    after_seq,
+                    limit: 1000,
+                }))
+                .await
+                .expect("ledger")
+                .into_inner();
+            entries += page
+                .entries
+                .iter()
+                .filter(|e| e.amount.starts_with("1.00"))
+                .count() as u64;
+            match page.next_after_seq {
+                Some(s) => after_seq = s,
+                None => break,
+            }
+        }
+        let mut c = a.client.clone();
+        let balance = c
+            .describe_accounts(a.req(pb::DescribeAccountsRequest {
+                name: account_name(0),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .accounts[0]
+            .balance
+            .clone();
+        eprintln!(
+            "node {}: {acknowledged} acknowledged, {entries} ledger entries, balance {balance}",
+            i + 1
+        );
+        assert_eq!(entries, acknowledged, "node {}: ledger entries", i + 1);
+        assert_eq!(
+            micros(&balance),
+            acknowledged as i64 * 1_000_000,
+            "node {}: balance",
+            i + 1
+        );
+    }
+    assert!(
+        acknowledged >= 100,
+        "only {acknowledged} recharges acknowledged"
+    );
+}
