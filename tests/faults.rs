@@ -1043,3 +1043,83 @@ async fn recharges_through_cuts_and_leader_changes_apply_exactly_once() {
         "only {acknowledged} recharges acknowledged"
     );
 }
+
+/// The cluster status node `i` reports, if it answers within a second.
+async fn status(g: &Gateways, i: usize) -> Option<pb::ClusterStatus> {
+    let a = Admin::new(g.endpoint(i), true);
+    let mut c = a.client.clone();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        c.describe_cluster(a.req(pb::DescribeClusterRequest {})),
+    )
+    .await
+    .ok()?
+    .ok()
+    .map(|r| r.into_inner())
+}
+
+/// A follower cut off for 20 s while writes go on, and a follower paused for 10 s, come back
+/// without an election (pre-vote: they did not raise their term while away) and catch up
+/// within 2 s of being heard again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_back_from_a_partition_or_a_pause_catches_up_without_an_election() {
+    let Some(net) = network() else { return };
+    let mut g = cluster(net).await;
+    let l = eventually("a leader", SETTLE, || leader(&g)).await;
+    let writer = Admin::new(g.endpoint(l), false);
+    let mut seq = 0u64;
+    for (away, how) in [
+        (Duration::from_secs(20), "cut off"),
+        (Duration::from_secs(10), "paused"),
+    ] {
+        let f = (l + 1 + seq as usize % 2) % NODES;
+        let term = status(&g, l).await.expect("leader status").term;
+        if how == "cut off" {
+            g.net.isolate(f);
+        } else {
+            g.signal(f, "STOP");
+        }
+        // Writes while it is away, bounded in count and time.
+        let until = Instant::now() + away;
+        while Instant::now() < until && seq < 2_000 {
+            let mut w = writer.clone();
+            w.client
+                .recharge(w.req(pb::RechargeRequest {
+                    account: account_name(0),
+                    amount: "0.01".into(),
+                    request_id: format!("away-{seq}"),
+                }))
+                .await
+                .expect("the majority keeps writing");
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let target = status(&g, l).await.expect("leader status").applied_index;
+        let back = Instant::now();
+        if how == "cut off" {
+            g.net.heal();
+        } else {
+            g.signal(f, "CONT");
+        }
+        eventually(&format!("node {} caught up", f + 1), SETTLE, || async {
+            let s = status(&g, f).await?;
+            (s.applied_index >= target).then_some(())
+        })
+        .await;
+        let caught_up = back.elapsed();
+        let s = status(&g, l).await.expect("leader status");
+        eprintln!(
+            "node {} {how} for {away:?} ({seq} writes so far): caught up {caught_up:?} after it was heard again; leader {:?} term {} (was node {} term {term})",
+            f + 1,
+            s.leader_id,
+            s.term,
+            l + 1
+        );
+        assert_eq!(s.leader_id, Some(l as u64 + 1), "the leader was deposed");
+        assert_eq!(s.term, term, "an election happened");
+        assert!(
+            caught_up < Duration::from_secs(2),
+            "caught up in {caught_up:?}"
+        );
+    }
+}

@@ -9,10 +9,12 @@
 //! - [`service`]: the peer gRPC service that receives them;
 //! - [`node`]: a running node: bootstrap (initialise once, or join), writes forwarded to the
 //!   leader under a request id that the state machine applies at most once, membership
-//!   changes, status, and the published state that readers watch.
+//!   changes, status, and the published state that readers watch;
+//! - `prevote`: a voter stands for election only when a majority has lost the leader too.
 
 pub mod network;
 pub mod node;
+mod prevote;
 pub mod service;
 // openraft's trait methods return its `StorageError` (over 200 bytes); the store's helpers
 // return the same type rather than boxing it only to unbox it again at the trait boundary.

@@ -1,6 +1,7 @@
 //! A running cluster node: Raft, its storage and network, bootstrap, and the write path.
 
 use crate::network::{Channels, PeerNetworkFactory, decode, encode};
+use crate::prevote::LeaderContact;
 use crate::store::history::History;
 use crate::store::{self, LogStore, Publication};
 use crate::types::{NodeId, Raft, Response, StorageError};
@@ -174,8 +175,10 @@ pub struct NodeStatus {
 /// Handles the demand reports peers send for the limiter shares; set by the data plane wiring.
 pub type DemandHandler = Box<dyn Fn(NodeId, &[u8]) + Send + Sync>;
 
-struct Inner {
+pub(crate) struct Inner {
     id: NodeId,
+    /// When a leader was last heard (see `prevote`).
+    pub(crate) contact: LeaderContact,
     raft: Raft,
     channels: Channels,
     /// Connections for demand reports only. Reports go every 100 ms with a 100 ms timeout;
@@ -263,8 +266,13 @@ impl Node {
                 write_timeout: cfg.write_timeout,
                 election_max: cfg.election_timeout.1,
                 demand_handler: OnceLock::new(),
+                contact: LeaderContact::new(),
             }),
         };
+        tokio::spawn(
+            node.clone()
+                .gate_elections(cfg.heartbeat, cfg.election_timeout.0),
+        );
         let voters = cfg.voters.clone();
         let me = cfg.advertise_peer.clone();
         if !voters.contains_key(&cfg.node_id) {
@@ -285,6 +293,15 @@ impl Node {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// The peer service accepted a leader's AppendEntries.
+    pub(crate) fn heard_from_leader(&self) {
+        self.inner.contact.heard();
     }
 
     pub(crate) fn channels(&self) -> &Channels {

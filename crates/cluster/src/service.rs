@@ -4,7 +4,9 @@
 use crate::network::{decode, decode_binary, encode};
 use crate::node::{LeaderReply, LeaderRequest, Node};
 use crate::types::{NodeId, TypeConfig};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use proto::peer::peer_server::{Peer, PeerServer};
 use proto::peer::{DemandAck, DemandReport, JoinRequest, ProbeReply, ProbeRequest, RaftPayload};
 use std::time::{Duration, Instant};
@@ -38,6 +40,12 @@ impl Peer for PeerService {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
         let result = self.node.raft().append_entries(rpc).await;
+        // Accepted from the leader of our term (a stale leader is answered `HigherVote`).
+        if let Ok(resp) = &result
+            && !matches!(resp, AppendEntriesResponse::HigherVote(_))
+        {
+            self.node.heard_from_leader();
+        }
         Ok(Response::new(encode(&result)))
     }
 
@@ -72,6 +80,10 @@ impl Peer for PeerService {
             initialized,
             leader_id: status.leader_id,
             term: status.term,
+            millis_since_leader_contact: self
+                .node
+                .leader_contact_age()
+                .map(|age| age.as_millis() as u64),
         }))
     }
 
