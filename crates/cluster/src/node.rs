@@ -175,8 +175,21 @@ pub struct NodeStatus {
 /// Handles the demand reports peers send for the limiter shares; set by the data plane wiring.
 pub type DemandHandler = Box<dyn Fn(NodeId, &[u8]) + Send + Sync>;
 
+/// How far behind what it has stored a node may apply and still be ready (see
+/// [`Node::is_caught_up`]).
+pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(1);
+
+/// What readiness remembers between checks.
+#[derive(Default)]
+struct Readiness {
+    seen_leader: bool,
+    /// (when, last stored log index) samples of the last window.
+    stored: std::collections::VecDeque<(Instant, u64)>,
+}
+
 pub(crate) struct Inner {
     id: NodeId,
+    readiness: std::sync::Mutex<Readiness>,
     /// When a leader was last heard (see `prevote`).
     pub(crate) contact: LeaderContact,
     raft: Raft,
@@ -267,6 +280,7 @@ impl Node {
                 election_max: cfg.election_timeout.1,
                 demand_handler: OnceLock::new(),
                 contact: LeaderContact::new(),
+                readiness: Default::default(),
             }),
         };
         tokio::spawn(
@@ -931,13 +945,33 @@ impl Node {
             .collect()
     }
 
-    /// True once this node has applied everything the cluster had committed when it learnt of
-    /// the current leader: its config is current enough to serve.
+    /// Whether this node's state is current enough to serve: it has known a leader since it
+    /// started, and it has applied every entry it had stored [`CATCH_UP_WINDOW`] ago. Entries
+    /// appended since (usage records arrive every second) are not waited for, so a node that
+    /// keeps up stays ready instead of flapping on every append; a node replaying a backlog is
+    /// not ready until it applies entries within the window of receiving them. A leader lost
+    /// later does not make the node unready by itself: the data plane serves on from its last
+    /// state. Meant to be asked regularly (the readiness loop does, every 100 ms).
     pub fn is_caught_up(&self) -> bool {
         let m = self.raft().metrics().borrow().clone();
-        m.current_leader.is_some()
-            && m.last_applied.is_some()
-            && m.last_applied.map(|l| l.index) >= m.last_log_index
+        let mut r = self
+            .inner
+            .readiness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        r.seen_leader |= m.current_leader.is_some();
+        let now = Instant::now();
+        r.stored.push_back((now, m.last_log_index.unwrap_or(0)));
+        // Keep the newest sample that is at least a window old at the front.
+        while r
+            .stored
+            .get(1)
+            .is_some_and(|(at, _)| now.duration_since(*at) >= CATCH_UP_WINDOW)
+        {
+            r.stored.pop_front();
+        }
+        let target = r.stored.front().map_or(0, |(_, index)| *index);
+        r.seen_leader && m.last_applied.is_some_and(|l| l.index >= target)
     }
 
     pub async fn shutdown(&self) {
