@@ -432,6 +432,9 @@ async fn run_op(
                 amount: format!("0.{cents:02}"),
                 request_id: format!("c{client}-{seq}"),
             };
+            // Once an attempt may have been applied, a later attempt refused with "nothing
+            // written" says nothing about the first: keep asking until one is answered.
+            let mut uncertain = false;
             loop {
                 match admin.client.recharge(admin.req(request.clone())).await {
                     Ok(r) => {
@@ -443,7 +446,9 @@ async fn run_op(
                         return rec.record(client, call, input, done);
                     }
                     Err(s) => {
-                        if let Some(output) = write_failure(&s) {
+                        let failure = write_failure(&s);
+                        uncertain |= failure.is_none();
+                        if let Some(output) = failure.filter(|_| !uncertain) {
                             let done = Completion::Returned {
                                 at: rec.now(),
                                 output,
@@ -941,6 +946,8 @@ async fn recharges_through_cuts_and_leader_changes_apply_exactly_once() {
                     };
                     let mut node = (client + sent) as usize % NODES;
                     sent += 1;
+                    // "Nothing written" settles it only while no attempt may have been applied.
+                    let mut uncertain = false;
                     loop {
                         let mut a = admins[node].clone();
                         match a.client.recharge(a.req(request.clone())).await {
@@ -948,8 +955,11 @@ async fn recharges_through_cuts_and_leader_changes_apply_exactly_once() {
                                 *acknowledged.lock().unwrap() += 1;
                                 break;
                             }
-                            Err(s) if write_failure(&s) == Some(Output::NoEffect) => break,
+                            Err(s) if !uncertain && write_failure(&s) == Some(Output::NoEffect) => {
+                                break;
+                            }
                             Err(s) => {
+                                uncertain |= write_failure(&s).is_none();
                                 assert!(Instant::now() < deadline, "outcome still unknown: {s}");
                                 node = (node + 1) % NODES;
                                 tokio::time::sleep(Duration::from_millis(100)).await;
