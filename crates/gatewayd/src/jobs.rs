@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use model::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 const DAY_MS: u64 = 86_400_000;
@@ -52,6 +53,10 @@ pub async fn close_cycles(node: Node, issue_delay: Duration, every: Duration) {
     }
 }
 
+/// Webhook deliveries that failed (refused, unreachable, timed out, unusable URL), for
+/// `/metrics` (`gateway_webhook_failures_total`).
+pub static WEBHOOK_FAILURES: AtomicU64 = AtomicU64::new(0);
+
 /// POSTs each account's new events to its webhook, retrying until it answers 2xx.
 pub async fn deliver_events(node: Node, every: Duration) {
     let client: Client<HttpConnector, Full<Bytes>> =
@@ -89,10 +94,14 @@ pub async fn deliver_events(node: Node, every: Duration) {
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body.to_string())));
             let Ok(req) = req else {
+                WEBHOOK_FAILURES.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(account = %acct.name, "webhook URL {url} is unusable");
                 continue;
             };
             let sent = tokio::time::timeout(Duration::from_secs(3), client.request(req)).await;
+            if !matches!(&sent, Ok(Ok(resp)) if resp.status().is_success()) {
+                WEBHOOK_FAILURES.fetch_add(1, Ordering::Relaxed);
+            }
             match sent {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     let ack = Command::AckEvents {

@@ -261,6 +261,11 @@ pub fn raft_metrics(node: &Node, out: &mut String) {
         let v = u8::from(s.state == role);
         let _ = writeln!(out, "gateway_raft_role{{role=\"{role}\"}} {v}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_webhook_failures_total Event deliveries to account webhooks that failed (this node delivers while it leads).\n# TYPE gateway_webhook_failures_total counter\ngateway_webhook_failures_total {}",
+        crate::jobs::WEBHOOK_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[cfg(test)]
