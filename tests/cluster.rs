@@ -470,3 +470,36 @@ async fn readiness_holds_on_every_node_under_steady_traffic_and_writes() {
     assert!(not_ready.is_empty(), "/readyz was not 200: {not_ready:?}");
     assert!(writes > seconds * 5, "only {writes} writes");
 }
+
+/// `group delete` refuses while the group's APIs are deployed, and says which; live traffic
+/// keeps being served; `--force` deletes it and its traffic then gets 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_delete_refuses_deployed_apis_unless_forced() {
+    let c = Cluster::start(binaries!(), 1).await;
+    let backend = testkit::http::Server::start("ok").await;
+    c.deploy_get_api("g", "a", &format!("http://{}", backend.addr), &[]);
+    let addr = c.http_addr(1);
+    eventually("/a routed", SETTLE, || async {
+        testkit::http::get(&addr, "/a")
+            .await
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    let out = c.ctl(1, &["group", "delete", "--name", "g"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("RELEASE: a") && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
+    let r = testkit::http::get(&addr, "/a").await.expect("served");
+    assert_eq!(r.status, 200, "the refused delete changed nothing");
+    let out = c.ctl(1, &["group", "delete", "--name", "g", "--force"]);
+    assert!(out.success, "{}", out.stderr);
+    eventually("/a gone", SETTLE, || async {
+        testkit::http::get(&addr, "/a")
+            .await
+            .filter(|r| r.status == 404)
+    })
+    .await;
+}

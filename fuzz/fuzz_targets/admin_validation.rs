@@ -164,7 +164,10 @@ fn command(u: &mut Unstructured<'_>) -> arbitrary::Result<Command> {
                 base_path: opt(u, |u| opt(u, |u| pick(u, BASES)))?,
             },
         },
-        5 => Command::DeleteApiGroup { name: name(u)? },
+        5 => Command::DeleteApiGroup {
+            name: name(u)?,
+            force: u.arbitrary()?,
+        },
         6 => Command::CreateApi {
             group: name(u)?,
             name: name(u)?,

@@ -400,9 +400,9 @@ impl Admin for AdminService {
         req: Request<pb::DeleteApiGroupRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
         let p = Principal::of(&req);
-        let name = req.into_inner().name;
+        let pb::DeleteApiGroupRequest { name, force } = req.into_inner();
         self.check_group(&p, &name)?;
-        deleted(self.write(Command::DeleteApiGroup { name }).await?)
+        deleted(self.write(Command::DeleteApiGroup { name, force }).await?)
     }
 
     async fn create_api(

@@ -198,9 +198,13 @@ enum GroupCmd {
         #[arg(long)]
         name: String,
     },
+    /// Delete an API group and its APIs; refused while any is deployed unless --force.
     Delete {
         #[arg(long)]
         name: String,
+        /// Delete even while APIs are deployed: their calls then get 404.
+        #[arg(long)]
+        force: bool,
     },
     /// Set the group's IP access control (comma-separated CIDRs; deny wins; no allow list
     /// allows everyone not denied).
@@ -743,9 +747,9 @@ async fn group(c: &mut Client, f: Format, cmd: GroupCmd) -> Result<()> {
                 .groups;
             print_group(f, list.pop())
         }
-        GroupCmd::Delete { name } => {
+        GroupCmd::Delete { name, force } => {
             let r = c
-                .delete_api_group(pb::DeleteApiGroupRequest { name })
+                .delete_api_group(pb::DeleteApiGroupRequest { name, force })
                 .await?;
             print_deleted(f, r.into_inner());
             Ok(())

@@ -350,8 +350,10 @@ mod tests {
                     },
                 }
             }),
-            name.clone()
-                .prop_map(|n| Command::DeleteApiGroup { name: n.into() }),
+            name.clone().prop_map(|n| Command::DeleteApiGroup {
+                name: n.into(),
+                force: true,
+            }),
             (name.clone(), name.clone(), method, path, any::<bool>()).prop_map(
                 |(g, n, m, p, app)| Command::CreateApi {
                     group: g.into(),

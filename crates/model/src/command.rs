@@ -120,6 +120,9 @@ pub enum Command {
     },
     DeleteApiGroup {
         name: String,
+        /// Delete even while APIs are deployed (their traffic then gets 404).
+        #[serde(default)]
+        force: bool,
     },
     CreateApi {
         group: String,

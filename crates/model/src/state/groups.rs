@@ -23,7 +23,7 @@ pub(super) fn apply(
             base_path,
         } => create_group(s, name, account, instance, host, base_path, now)?,
         Command::ModifyApiGroup { name, change } => modify_group(s, name, change)?,
-        Command::DeleteApiGroup { name } => delete_group(s, name)?,
+        Command::DeleteApiGroup { name, force } => delete_group(s, name, *force)?,
         Command::CreateApi { group, name, spec } => create_api(s, group, name, spec, now)?,
         Command::ModifyApi { group, name, spec } => modify_api(s, group, name, spec)?,
         Command::DeleteApi { group, name } => delete_api(s, group, name)?,
@@ -41,7 +41,7 @@ pub(super) fn apply(
     let group = match command {
         Command::CreateApiGroup { name, .. }
         | Command::ModifyApiGroup { name, .. }
-        | Command::DeleteApiGroup { name } => name,
+        | Command::DeleteApiGroup { name, .. } => name,
         Command::CreateApi { group, .. }
         | Command::ModifyApi { group, .. }
         | Command::DeleteApi { group, .. }
@@ -139,8 +139,24 @@ fn modify_group(s: &mut State, name: &str, change: &GroupChange) -> Result<Reply
     Ok(Reply::Group(g.clone()))
 }
 
-fn delete_group(s: &mut State, name: &str) -> Result<Reply, DomainError> {
-    s.group(name)?;
+fn delete_group(s: &mut State, name: &str, force: bool) -> Result<Reply, DomainError> {
+    let g = s.group(name)?;
+    // Deleting a group that serves traffic turns its calls into 404s: only when asked to.
+    let deployed: Vec<String> = g
+        .deployments
+        .iter()
+        .filter(|(_, apis)| !apis.is_empty())
+        .map(|(stage, apis)| {
+            let names: Vec<&str> = apis.keys().map(String::as_str).collect();
+            format!("{}: {}", stage.as_str(), names.join(", "))
+        })
+        .collect();
+    if !force && !deployed.is_empty() {
+        return Err(DomainError::FailedPrecondition(format!(
+            "API group '{name}' has deployed APIs ({}); abolish them first, or delete with force (gatewayctl group delete --force) to stop their traffic too",
+            deployed.join("; ")
+        )));
+    }
     remove_group(s, name);
     Ok(deleted("API group", name))
 }

@@ -319,6 +319,37 @@ fn deployment_is_a_snapshot_of_the_definition() {
 }
 
 #[test]
+fn a_group_with_deployed_apis_is_deleted_only_with_force() {
+    let mut s = State::default();
+    apply(&mut s, at(1, group("g", SHARED_INSTANCE, None))).unwrap();
+    let create = Command::CreateApi {
+        group: "g".into(),
+        name: "a".into(),
+        spec: api_spec("/a"),
+    };
+    apply(&mut s, at(2, create)).unwrap();
+    let deploy = Command::DeployApi {
+        group: "g".into(),
+        name: "a".into(),
+        stage: Stage::Release,
+    };
+    apply(&mut s, at(3, deploy)).unwrap();
+    let delete = |force| Command::DeleteApiGroup {
+        name: "g".into(),
+        force,
+    };
+    let err = apply(&mut s, at(4, delete(false))).unwrap_err();
+    assert!(
+        matches!(&err, DomainError::FailedPrecondition(m) if m.contains("RELEASE: a") && m.contains("--force")),
+        "{err}"
+    );
+    assert!(s.groups.contains_key("g"), "nothing changed");
+    apply(&mut s, at(5, delete(true))).unwrap();
+    assert!(!s.groups.contains_key("g"));
+    assert!(s.indexes_consistent());
+}
+
+#[test]
 fn stage_names() {
     assert_eq!(Stage::parse("release").unwrap(), Stage::Release);
     assert_eq!(Stage::parse("PRE").unwrap(), Stage::Pre);
@@ -372,8 +403,10 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 ..Default::default()
             }
         }),
-        name.clone()
-            .prop_map(|n| Command::DeleteApiGroup { name: n.into() }),
+        name.clone().prop_map(|n| Command::DeleteApiGroup {
+            name: n.into(),
+            force: true
+        }),
         (name.clone(), name.clone(), path.clone(), any::<bool>()).prop_map(|(g, n, p, app)| {
             let mut spec = api_spec(p);
             if app {
