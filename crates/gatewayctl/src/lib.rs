@@ -5,6 +5,7 @@
 //! `-o json`, as JSON for scripts. Any error exits non-zero with the server's message.
 
 mod call;
+mod docs;
 mod money;
 mod output;
 
@@ -122,6 +123,17 @@ enum Cmd {
     Call(call::CallArgs),
     /// Check a running cluster against an instance spec's SLA (open-loop load test).
     Loadtest(Box<loadtest::LoadtestArgs>),
+    /// Print a shell completion script: `gatewayctl completions bash > /etc/bash_completion.d/gatewayctl`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (gatewayctl.1 and one per subcommand) into a directory.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -504,11 +516,17 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Pricing(money::PricingCmd::Estimate(a)) => return money::estimate(f, a),
         Cmd::Loadtest(args) => return run_loadtest(&conn, *args).await,
         Cmd::Call(a) => return call::call(f, a).await,
+        Cmd::Completions { shell } => return docs::completions(shell, &mut std::io::stdout()),
+        Cmd::Man { dir } => return docs::man_pages(&dir),
         other => other,
     };
     let mut c = connect(&conn).await?;
     match command {
-        Cmd::Pricing(_) | Cmd::Loadtest(_) | Cmd::Call(_) => unreachable!("handled above"),
+        Cmd::Pricing(_)
+        | Cmd::Loadtest(_)
+        | Cmd::Call(_)
+        | Cmd::Completions { .. }
+        | Cmd::Man { .. } => unreachable!("handled above"),
         Cmd::Account(cmd) => money::account(&mut c, f, cmd).await,
         Cmd::Usage(a) => money::usage(&mut c, f, a).await,
         Cmd::Bill(cmd) => money::bill(&mut c, f, cmd).await,
