@@ -1,15 +1,35 @@
 //! The daily billing cycle: bills every account for a closed day, pays the bills from the
-//! balances, moves account states, and purges what has been suspended for six months.
+//! balances, moves account states, purges what has been suspended for six months (its
+//! instances released with its configuration), and keeps subscription terms: warnings before
+//! a term ends, automatic renewals, and the end of a term that was not renewed.
 //!
-//! A cycle costs O(accounts) whatever the history holds: the month's earlier usage, which the
-//! monthly price tiers need, is carried in each account's [`super::MonthToDate`], and the
-//! day's bills and usage leave the state as history records.
+//! A cycle costs O(accounts + instances) whatever the history holds: the month's earlier
+//! usage, which the monthly price tiers need, is carried in each account's
+//! [`super::MonthToDate`], and the day's bills and usage leave the state as history records.
+//!
+//! # The end of a subscription's term
+//!
+//! A term never turns into pay-as-you-go. The owner is warned 7 days and 1 day before the
+//! term ends (`term_ending`). At the end, an instance set to auto-renew pays its next term
+//! (the same length as it was bought for) from the balance (`term_renewed`); one that is not,
+//! or whose balance does not cover the term, is stopped as of the term's end
+//! (`instance_stopped`, reason `term_ended`): its APIs are refused and nothing is billed, but
+//! it keeps its capacity and its API groups, and `gatewayctl instance renew` starts it again.
+//! [`TERM_GRACE_DAYS`] after the term's end it is released with the API groups it hosts
+//! (`instance_released`). The cycle runs once a day, an hour or so after midnight (UTC), so
+//! each of these happens at the first cycle after its time; the stop is recorded as of the
+//! term's end.
 
-use super::{ChargeType, Effects, Instance, MonthToDate, State, billing_err, groups, ts};
+use super::{
+    ChargeType, Effects, Instance, MonthToDate, ReleasedInstance, State, StopReason, Stopped,
+    TERM_GRACE_DAYS, billing_err, groups, index_remove, instances, ts,
+};
 use crate::history::{Bill, BillLine, DayUsage, HistoryRecord};
 use crate::{DomainError, Millis, Reply};
-use billing::{Day, Event, PaygInstance};
+use billing::{Day, Event, PaygInstance, Term};
 use catalog::{Catalog, Usd};
+
+const DAY_MS: Millis = 86_400_000;
 
 pub(super) fn close(
     s: &mut State,
@@ -48,9 +68,17 @@ pub(super) fn close(
         .map_err(billing_err)?;
         let what = format!("bill {}", Day::from_index(day));
         s.book(&name, now, what, -total, settled, fx)?;
-        let (billing, purge_events) = billing::purge_due(&s.account(&name)?.billing, ts(now));
+        let (billing, mut purge_events) = billing::purge_due(&s.account(&name)?.billing, ts(now));
         let purged = purge_events.iter().any(|e| matches!(e, Event::Purged));
-        s.set_billing(&name, billing, fx)?;
+        for e in &mut purge_events {
+            if let Event::PurgeWarning {
+                releases_instances, ..
+            } = e
+            {
+                *releases_instances = s.instances_of_account(&name).map(|i| i.name.clone()).collect();
+            }
+        }
+        let instance_events = s.set_billing(&name, billing, now, fx)?;
         let acct = s.account_mut(&name)?;
         add_to_month(&mut acct.month_to_date, month_first, today);
         let bill = Bill {
@@ -73,12 +101,27 @@ pub(super) fn close(
             });
         }
         s.push_events(&name, now, purge_events, fx);
+        s.push_events(&name, now, instance_events, fx);
         if purged {
-            // Six months suspended: the account's API configuration is cleared.
+            // Six months suspended: the account's API configuration is cleared, and its
+            // instances are released with it.
             let doomed: Vec<String> = s.groups_of_account(&name).map(|g| g.name.clone()).collect();
             for g in doomed {
                 groups::remove_group(s, &g);
                 fx.changes.groups.insert(g);
+            }
+            let instances: Vec<String> = s.instances_of_account(&name).map(|i| i.name.clone()).collect();
+            for i in instances {
+                release(s, &i, "account_purged", now, fx);
+            }
+        }
+        keep_terms(s, &name, now, catalog, fx)?;
+        // Stops that ended by the end of this day touch no hour billed from now on.
+        let day_end = (day + 1) * DAY_MS;
+        let names: Vec<String> = s.instances_of_account(&name).filter(|i| !i.stops.is_empty()).map(|i| i.name.clone()).collect();
+        for i in names {
+            if let Some(inst) = s.instances.get_mut(&i) {
+                inst.stops.retain(|st| st.until_ms.is_none_or(|u| u > day_end));
             }
         }
     }
@@ -123,7 +166,8 @@ fn bill_lines(
     if today.shared_calls > 0 {
         let free = billing::free_quota_applies(catalog.shared(), ts(acct.created_at_ms), month);
         let before = if this_month { mtd.shared_calls } else { 0 };
-        let amount = billing::daily_call_charge(catalog.shared(), before, today.shared_calls, free);
+        let amount =
+            billing::daily_call_charge_cents(catalog.shared(), before, today.shared_calls, free);
         lines.push(BillLine {
             item: format!(
                 "API calls on the shared instance{}",
@@ -138,6 +182,7 @@ fn bill_lines(
                 today.shared_calls, before
             ),
             amount,
+            instance: Some(catalog::SHARED_INSTANCE.to_string()),
         });
     }
     for (region, bytes) in &today.bytes_by_region {
@@ -148,11 +193,12 @@ fn bill_lines(
             true => mtd.bytes_by_region.get(region).copied().unwrap_or(0),
             false => 0,
         };
-        let amount = billing::daily_traffic_charge(r.traffic_per_gb, before, *bytes);
+        let amount = billing::daily_traffic_charge_cents(r.traffic_per_gb, before, *bytes);
         lines.push(BillLine {
             item: format!("Outbound traffic, {region}"),
             quantity: format!("{bytes} bytes"),
             amount,
+            instance: None,
         });
     }
     let live = s.instances_of_account(account).map(|i| (i, None));
@@ -165,49 +211,198 @@ fn bill_lines(
         let Some(payg) = payg_of(inst, released_at)? else {
             continue;
         };
-        let amount = payg.day_amount(catalog, cycle).map_err(billing_err)?;
+        let hours = payg
+            .billed_hours(catalog, cycle.start(), cycle.end())
+            .map_err(billing_err)?;
+        // Hourly prices are whole cents in the document; rounding keeps any catalog's so.
+        let amount = hours.iter().map(|h| h.price).sum::<Usd>().round_cents();
         if amount > Usd::ZERO {
             lines.push(BillLine {
                 item: format!(
                     "Instance {} ({}, {}), pay-as-you-go",
                     inst.name, inst.spec, inst.region
                 ),
-                quantity: "hours started this day".into(),
+                quantity: format!("{} hours run this day", hours.len()),
                 amount,
+                instance: Some(inst.name.clone()),
             });
         }
     }
     Ok(lines)
 }
 
-/// The pay-as-you-go part of an instance's life, if it has one: all of it for a postpaid
-/// instance, and what follows the end of its term for a subscription.
+/// The pay-as-you-go life of an instance, with the stops the bills still need; `None` for a
+/// subscription, which is paid up front and never billed by the hour.
 fn payg_of(
     inst: &Instance,
     released_at: Option<Millis>,
 ) -> Result<Option<PaygInstance>, DomainError> {
-    let since = match inst.charge_type {
-        ChargeType::Postpaid => inst.created_at_ms,
-        ChargeType::Month | ChargeType::Year => match inst.subscription_end_ms {
-            Some(end) if released_at.is_none_or(|r| r > end) => end,
-            _ => return Ok(None),
-        },
-    };
-    let spec_at_since = inst
+    if inst.charge_type != ChargeType::Postpaid {
+        return Ok(None);
+    }
+    let since = inst.created_at_ms;
+    let first = inst
         .spec_history
-        .iter()
-        .rev()
-        .find(|c| c.at_ms <= since)
-        .map(|c| c.spec.clone())
-        .unwrap_or_else(|| inst.spec.clone());
-    let mut p = PaygInstance::new(&inst.region, &spec_at_since, ts(since));
-    for c in inst.spec_history.iter().filter(|c| c.at_ms > since) {
+        .first()
+        .map_or(inst.spec.as_str(), |c| c.spec.as_str());
+    let mut p = PaygInstance::new(&inst.region, first, ts(since));
+    for c in inst.spec_history.iter().skip(1) {
         p.change_spec(&c.spec, ts(c.at_ms)).map_err(billing_err)?;
+    }
+    for st in &inst.stops {
+        p.add_stop(ts(st.from_ms.max(since)), st.until_ms.map(ts))
+            .map_err(billing_err)?;
     }
     if let Some(r) = released_at {
         p.release(ts(r.max(since))).map_err(billing_err)?;
     }
     Ok(Some(p))
+}
+
+/// Releases instance `name` without its owner asking (`reason`: `term_ended`,
+/// `account_purged`), with the API groups it hosts.
+fn release(s: &mut State, name: &str, reason: &str, now: Millis, fx: &mut Effects) {
+    let hosted: Vec<String> = s
+        .index
+        .groups_by_instance
+        .get(name)
+        .map(|set| set.iter().cloned().collect())
+        .unwrap_or_default();
+    for g in &hosted {
+        groups::remove_group(s, g);
+        fx.changes.groups.insert(g.clone());
+    }
+    let Some(inst) = s.instances.remove(name) else {
+        return;
+    };
+    index_remove(
+        &mut s.index.instances_by_account,
+        &inst.account,
+        &name.to_string(),
+    );
+    let account = inst.account.clone();
+    if inst.charge_type == ChargeType::Postpaid {
+        // Kept until its last hours are billed, like one its owner deletes.
+        s.released.push_back(ReleasedInstance {
+            instance: inst,
+            released_at_ms: now,
+        });
+    }
+    fx.changes.instances.insert(name.to_string());
+    let event = Event::InstanceReleased {
+        instance: name.to_string(),
+        reason: reason.to_string(),
+        removed_groups: hosted,
+    };
+    s.push_events(&account, now, vec![event], fx);
+}
+
+/// Warns of, renews, stops and releases `account`'s subscriptions as their terms require (see
+/// the module docs).
+fn keep_terms(
+    s: &mut State,
+    account: &str,
+    now: Millis,
+    catalog: &Catalog,
+    fx: &mut Effects,
+) -> Result<(), DomainError> {
+    let grace_ms = Millis::from(TERM_GRACE_DAYS) * DAY_MS;
+    let subs: Vec<String> = s
+        .instances_of_account(account)
+        .filter(|i| i.charge_type != ChargeType::Postpaid && i.subscription_end_ms.is_some())
+        .map(|i| i.name.clone())
+        .collect();
+    for name in subs {
+        let inst = s.instances.get(&name).expect("listed above").clone();
+        let end = inst.subscription_end_ms.expect("filtered above");
+        if let Some(Stopped {
+            reason: StopReason::TermEnded,
+            since_ms,
+        }) = inst.stopped
+        {
+            if now >= since_ms.saturating_add(grace_ms) {
+                release(s, &name, "term_ended", now, fx);
+            }
+            continue;
+        }
+        if now >= end {
+            if inst.auto_renew && renew_automatically(s, &name, now, catalog, fx) {
+                continue;
+            }
+            let inst = s.instances.get_mut(&name).expect("listed above");
+            let end = inst.subscription_end_ms.expect("filtered above");
+            inst.stop(end, StopReason::TermEnded);
+            fx.changes.instances.insert(name.clone());
+            let hosted: Vec<String> = s
+                .index
+                .groups_by_instance
+                .get(&name)
+                .map(|set| set.iter().cloned().collect())
+                .unwrap_or_default();
+            fx.changes.groups.extend(hosted.iter().cloned());
+            let event = Event::InstanceStopped {
+                instance: name.clone(),
+                reason: StopReason::TermEnded.as_str().into(),
+                release_at: Some(ts(end.saturating_add(grace_ms))),
+                hosted_groups: hosted,
+            };
+            s.push_events(account, now, vec![event], fx);
+            continue;
+        }
+        let left = end - now;
+        let due = if left <= DAY_MS {
+            2
+        } else if left <= 7 * DAY_MS {
+            1
+        } else {
+            0
+        };
+        if due > inst.term_warnings {
+            s.instances.get_mut(&name).expect("listed above").term_warnings = due;
+            let event = Event::TermEnding {
+                instance: name.clone(),
+                term_end: ts(end),
+                auto_renew: inst.auto_renew,
+                grace_days: TERM_GRACE_DAYS,
+            };
+            s.push_events(account, now, vec![event], fx);
+        }
+    }
+    Ok(())
+}
+
+/// Renews an auto-renewing instance whose term has ended, term after term until it runs past
+/// `now` (a bounded catch-up); false if the balance did not cover the first.
+fn renew_automatically(
+    s: &mut State,
+    name: &str,
+    now: Millis,
+    catalog: &Catalog,
+    fx: &mut Effects,
+) -> bool {
+    let mut renewed = false;
+    for _ in 0..24 {
+        let Some(inst) = s.instances.get(name) else {
+            break;
+        };
+        if inst.subscription_end_ms.is_none_or(|end| end > now) {
+            break;
+        }
+        let term = match inst.charge_type {
+            ChargeType::Year => Term::Years(1),
+            _ => Term::Months(1),
+        };
+        // A refusal (the balance does not cover the term) changes nothing.
+        if instances::renew_at(s, name, term, now, true, catalog, fx).is_err() {
+            break;
+        }
+        renewed = true;
+    }
+    renewed
+        && s
+            .instances
+            .get(name)
+            .is_some_and(|i| i.subscription_end_ms.is_some_and(|end| end > now))
 }
 
 #[cfg(test)]
@@ -366,11 +561,13 @@ mod tests {
         run(&mut s, T0 + DAY_MS + 1, Command::CloseCycle { day: d0 }).unwrap();
         let bill = &bills("acme")[0];
         assert_eq!(bill.lines[0].amount, usd("0.9"));
-        // Traffic: 2e9 bytes at 0.156/GiB.
+        // Traffic: 2e9 bytes at 0.156/GiB = 0.290573..., in whole cents; the remainder is
+        // carried to the next day.
         assert_eq!(
             bill.lines[1].amount,
-            billing::traffic_amount(usd("0.156"), 2_000_000_000)
+            billing::traffic_amount(usd("0.156"), 2_000_000_000).round_cents()
         );
+        assert_eq!(bill.lines[1].amount, usd("0.29"));
         assert_eq!(
             s.accounts["acme"].billing.balance(),
             usd("100") - bill.total
@@ -411,8 +608,8 @@ mod tests {
             T0 + DAY_MS + 1,
             Command::SetAccountAlert {
                 account: "acme".into(),
-                threshold: Some(usd("5")),
-                webhook: None,
+                threshold: crate::Update::Set(usd("5")),
+                webhook: crate::Update::Keep,
             },
         )
         .unwrap();

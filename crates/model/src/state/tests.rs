@@ -427,8 +427,8 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         (account.clone(), amount).prop_map(|(a, m)| Command::SetAccountAlert {
             account: a.into(),
-            threshold: Some(Usd::parse(m).unwrap()),
-            webhook: None,
+            threshold: crate::Update::Set(Usd::parse(m).unwrap()),
+            webhook: crate::Update::Keep,
         }),
         (account.clone(), 0..20u64).prop_map(|(a, seq)| Command::AckEvents {
             account: a.into(),
