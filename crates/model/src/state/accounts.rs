@@ -5,7 +5,6 @@ use crate::command::Update;
 use crate::{Command, DomainError, Millis, Reply, validate};
 use catalog::Usd;
 
-
 pub(super) fn apply(
     s: &mut State,
     command: &Command,

@@ -75,7 +75,10 @@ pub(super) fn close(
                 releases_instances, ..
             } = e
             {
-                *releases_instances = s.instances_of_account(&name).map(|i| i.name.clone()).collect();
+                *releases_instances = s
+                    .instances_of_account(&name)
+                    .map(|i| i.name.clone())
+                    .collect();
             }
         }
         let instance_events = s.set_billing(&name, billing, now, fx)?;
@@ -110,7 +113,10 @@ pub(super) fn close(
                 groups::remove_group(s, &g);
                 fx.changes.groups.insert(g);
             }
-            let instances: Vec<String> = s.instances_of_account(&name).map(|i| i.name.clone()).collect();
+            let instances: Vec<String> = s
+                .instances_of_account(&name)
+                .map(|i| i.name.clone())
+                .collect();
             for i in instances {
                 release(s, &i, "account_purged", now, fx);
             }
@@ -118,10 +124,15 @@ pub(super) fn close(
         keep_terms(s, &name, now, catalog, fx)?;
         // Stops that ended by the end of this day touch no hour billed from now on.
         let day_end = (day + 1) * DAY_MS;
-        let names: Vec<String> = s.instances_of_account(&name).filter(|i| !i.stops.is_empty()).map(|i| i.name.clone()).collect();
+        let names: Vec<String> = s
+            .instances_of_account(&name)
+            .filter(|i| !i.stops.is_empty())
+            .map(|i| i.name.clone())
+            .collect();
         for i in names {
             if let Some(inst) = s.instances.get_mut(&i) {
-                inst.stops.retain(|st| st.until_ms.is_none_or(|u| u > day_end));
+                inst.stops
+                    .retain(|st| st.until_ms.is_none_or(|u| u > day_end));
             }
         }
     }
@@ -358,7 +369,10 @@ fn keep_terms(
             0
         };
         if due > inst.term_warnings {
-            s.instances.get_mut(&name).expect("listed above").term_warnings = due;
+            s.instances
+                .get_mut(&name)
+                .expect("listed above")
+                .term_warnings = due;
             let event = Event::TermEnding {
                 instance: name.clone(),
                 term_end: ts(end),
@@ -399,8 +413,7 @@ fn renew_automatically(
         renewed = true;
     }
     renewed
-        && s
-            .instances
+        && s.instances
             .get(name)
             .is_some_and(|i| i.subscription_end_ms.is_some_and(|end| end > now))
 }
@@ -412,8 +425,9 @@ mod tests {
     use crate::history::EventRecord;
     use crate::state::usage::MAX_CALLS_PER_FLUSH;
     use crate::state::{ChargeType, day_of};
+    use crate::state::{StopReason, Stopped};
     use crate::{Command, DEFAULT_ACCOUNT, Proposal};
-    use billing::AccountState;
+    use billing::{AccountState, Term};
     use catalog::SHARED_INSTANCE;
 
     thread_local! {
@@ -727,5 +741,447 @@ mod tests {
             .unwrap();
         assert_eq!(line.amount, usd("9.3"));
         assert!(s.released.is_empty(), "fully billed, so no longer kept");
+    }
+
+    fn ledger(account: &str) -> Vec<crate::history::LedgerEntry> {
+        HISTORY.with(|h| {
+            h.borrow()
+                .iter()
+                .filter_map(|r| match r {
+                    HistoryRecord::Ledger {
+                        account: a, entry, ..
+                    } if a == account => Some(entry.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    fn recharge(amount: &str) -> Command {
+        Command::Recharge {
+            account: "acme".into(),
+            amount: usd(amount),
+        }
+    }
+
+    fn instance_line(bill: &Bill, name: &str) -> Option<Usd> {
+        bill.lines
+            .iter()
+            .find(|l| l.instance.as_deref() == Some(name))
+            .map(|l| l.amount)
+    }
+
+    /// Closes every day from the next open one up to (not including) `until_day`, each at
+    /// 01:00 the day after.
+    fn close_until(s: &mut State, until_day: u64) {
+        while let Some(day) = s.next_open_day().filter(|d| *d < until_day) {
+            run(
+                s,
+                (day + 1) * DAY_MS + 3_600_000,
+                Command::CloseCycle { day },
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_suspended_accounts_payg_instances_stop_and_restart_with_the_recharge() {
+        let mut s = setup();
+        run(&mut s, T0, recharge("30")).unwrap();
+        let create = Command::CreateInstance {
+            name: "p".into(),
+            spec: "api.s1.small".into(),
+            region: "cn-hangzhou".into(), // 0.87 an hour, 20.88 a day
+            charge_type: ChargeType::Postpaid,
+            account: "acme".into(),
+        };
+        run(&mut s, T0, create).unwrap();
+        let d0 = day_of(T0);
+        // Day 0: 20.88 of 30; day 1 leaves it owing: suspended at 01:00 on day 2.
+        close_until(&mut s, d0 + 2);
+        assert_eq!(s.accounts["acme"].billing.state(), AccountState::Suspended);
+        let inst = &s.instances["p"];
+        let suspended_at = (d0 + 2) * DAY_MS + 3_600_000;
+        assert_eq!(
+            inst.stopped,
+            Some(Stopped {
+                since_ms: suspended_at,
+                reason: StopReason::AccountSuspended
+            })
+        );
+        // Day 2: the hour 00:00-01:00 ran, then nothing. Days 3 and 4: nothing at all.
+        close_until(&mut s, d0 + 5);
+        let b = bills("acme");
+        assert_eq!(instance_line(&b[2], "p"), Some(usd("0.87")));
+        assert_eq!(instance_line(&b[3], "p"), None);
+        assert_eq!(instance_line(&b[4], "p"), None);
+        assert!(
+            events("acme").iter().any(|e| matches!(
+                &e.event,
+                Event::InstanceStopped { instance, reason, .. } if instance == "p" && reason == "account_suspended"
+            ))
+        );
+        // A recharge at 10:20 on day 5 restores the account and starts the instance: billing
+        // resumes with the hour 10:00-11:00 (hours count from the creation at 00:00).
+        let owed = s.accounts["acme"].billing.owed();
+        let restored_at = (d0 + 5) * DAY_MS + 10 * 3_600_000 + 20 * 60_000;
+        run(
+            &mut s,
+            restored_at,
+            Command::Recharge {
+                account: "acme".into(),
+                amount: owed + usd("100"),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.instances["p"].stopped, None);
+        assert!(
+            events("acme").iter().any(
+                |e| matches!(&e.event, Event::InstanceStarted { instance } if instance == "p")
+            )
+        );
+        close_until(&mut s, d0 + 7);
+        let b = bills("acme");
+        assert_eq!(instance_line(&b[5], "p"), Some(usd("12.18"))); // 14 hours: 10:00 to 23:00
+        assert_eq!(instance_line(&b[6], "p"), Some(usd("20.88")));
+        // Stops that no open day needs are dropped.
+        assert!(s.instances["p"].stops.is_empty());
+        assert!(s.indexes_consistent());
+    }
+
+    #[test]
+    fn the_purge_releases_the_accounts_instances_and_its_warning_says_so() {
+        let mut s = setup();
+        run(&mut s, T0, recharge("1")).unwrap();
+        let create = Command::CreateInstance {
+            name: "p".into(),
+            spec: "api.s1.small".into(),
+            region: "cn-hangzhou".into(),
+            charge_type: ChargeType::Postpaid,
+            account: "acme".into(),
+        };
+        run(&mut s, T0, create).unwrap();
+        let group = Command::CreateApiGroup {
+            name: "g".into(),
+            account: "acme".into(),
+            instance: "p".into(),
+            host: None,
+            base_path: None,
+        };
+        run(&mut s, T0, group).unwrap();
+        let d0 = day_of(T0);
+        close_until(&mut s, d0 + 200);
+        assert_eq!(s.accounts["acme"].billing.state(), AccountState::Purged);
+        assert!(s.instances.is_empty() && s.groups.is_empty());
+        assert!(s.released.is_empty(), "billed to the end, then forgotten");
+        let ev = events("acme");
+        let warning = ev
+            .iter()
+            .find_map(|e| match &e.event {
+                Event::PurgeWarning {
+                    releases_instances, ..
+                } => Some(releases_instances.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(warning, ["p"]);
+        assert!(ev.iter().any(|e| matches!(
+            &e.event,
+            Event::InstanceReleased { instance, reason, .. } if instance == "p" && reason == "account_purged"
+        )));
+        // Suspended by the first bill (20.88 of 1): the next day bills the hour in which that
+        // happened, and nothing accrues after it, through the six months and the purge.
+        let b = bills("acme");
+        assert_eq!(b[0].total, usd("20.88"));
+        assert_eq!(b[1].total, usd("0.87"));
+        assert!(b.iter().skip(2).all(|b| b.total == Usd::ZERO));
+        assert_eq!(s.accounts["acme"].billing.owed(), usd("20.75"));
+        assert!(s.indexes_consistent());
+    }
+
+    fn subscription(name: &str, auto_renew: bool) -> Command {
+        Command::CreateInstanceWith {
+            name: name.into(),
+            spec: "api.s1.small".into(),
+            region: "ap-southeast-1".into(), // 560 a month
+            charge_type: ChargeType::Month,
+            account: "acme".into(),
+            options: crate::InstanceOptions { auto_renew },
+        }
+    }
+
+    fn term_events(account: &str) -> Vec<Event> {
+        events(account)
+            .into_iter()
+            .map(|e| e.event)
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::TermEnding { .. }
+                        | Event::TermRenewed { .. }
+                        | Event::InstanceStopped { .. }
+                        | Event::InstanceStarted { .. }
+                        | Event::InstanceReleased { .. }
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unrenewed_term_warns_stops_at_its_end_and_is_released_after_the_grace() {
+        let mut s = setup();
+        run(&mut s, T0, recharge("600")).unwrap();
+        run(&mut s, T0, subscription("sub", false)).unwrap();
+        let group = Command::CreateApiGroup {
+            name: "g".into(),
+            account: "acme".into(),
+            instance: "sub".into(),
+            host: None,
+            base_path: None,
+        };
+        run(&mut s, T0, group).unwrap();
+        let end = s.instances["sub"].subscription_end_ms.unwrap();
+        assert_eq!(end, T0 + 31 * DAY_MS); // 2026-02-01
+        let d0 = day_of(T0);
+        close_until(&mut s, d0 + 23);
+        assert_eq!(term_events("acme"), [], "nothing until 7 days before");
+        close_until(&mut s, d0 + 25);
+        let ending = |e: &Event| matches!(e, Event::TermEnding { term_end, .. } if term_end.unix_secs() * 1000 == end);
+        assert_eq!(term_events("acme").iter().filter(|e| ending(e)).count(), 1);
+        close_until(&mut s, d0 + 29);
+        assert_eq!(term_events("acme").iter().filter(|e| ending(e)).count(), 1);
+        close_until(&mut s, d0 + 30);
+        assert_eq!(
+            term_events("acme").iter().filter(|e| ending(e)).count(),
+            2,
+            "and 1 day before"
+        );
+        assert!(s.instances["sub"].stopped.is_none());
+        // The cycle after the end stops it, as of the end; it is never billed by the hour.
+        close_until(&mut s, d0 + 31);
+        let inst = &s.instances["sub"];
+        assert_eq!(
+            inst.stopped,
+            Some(Stopped {
+                since_ms: end,
+                reason: StopReason::TermEnded
+            })
+        );
+        assert!(!s.serves_group(&s.groups["g"]));
+        assert!(matches!(
+            term_events("acme").last().unwrap(),
+            Event::InstanceStopped { reason, hosted_groups, .. } if reason == "term_ended" && hosted_groups == &["g".to_string()]
+        ));
+        close_until(&mut s, d0 + 37);
+        assert!(s.instances.contains_key("sub"), "kept through the grace");
+        close_until(&mut s, d0 + 38);
+        assert!(!s.instances.contains_key("sub"), "released after 7 days");
+        assert!(!s.groups.contains_key("g"));
+        assert!(matches!(
+            term_events("acme").last().unwrap(),
+            Event::InstanceReleased { reason, removed_groups, .. } if reason == "term_ended" && removed_groups == &["g".to_string()]
+        ));
+        // No bill ever had a line for it.
+        assert!(
+            bills("acme")
+                .iter()
+                .all(|b| instance_line(b, "sub").is_none())
+        );
+        assert_eq!(s.accounts["acme"].billing.balance(), usd("40"));
+        assert!(s.indexes_consistent());
+    }
+
+    #[test]
+    fn renewals_pay_from_the_balance_and_restart_a_stopped_instance() {
+        let mut s = setup();
+        run(&mut s, T0, recharge("600")).unwrap();
+        run(&mut s, T0, subscription("sub", false)).unwrap();
+        let renew = |term| Command::RenewInstance {
+            name: "sub".into(),
+            term,
+        };
+        let e = run(&mut s, T0 + 1, renew(Term::Months(1))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("renewing instance 'sub' for 1 month costs 560.00"),
+            "{e}"
+        );
+        let payg = Command::CreateInstance {
+            name: "p".into(),
+            spec: "api.s1.small".into(),
+            region: "ap-southeast-1".into(),
+            charge_type: ChargeType::Postpaid,
+            account: "acme".into(),
+        };
+        run(&mut s, T0, payg).unwrap();
+        let e = run(
+            &mut s,
+            T0 + 1,
+            Command::RenewInstance {
+                name: "p".into(),
+                term: Term::Months(1),
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("is pay-as-you-go"), "{e}");
+        run(&mut s, T0, Command::DeleteInstance { name: "p".into() }).unwrap();
+        // Renewed before its end: the term runs on from the end.
+        run(&mut s, T0 + 2, recharge("2000")).unwrap();
+        let end = s.instances["sub"].subscription_end_ms.unwrap();
+        run(&mut s, T0 + 3, renew(Term::Months(2))).unwrap();
+        let inst = &s.instances["sub"];
+        assert_eq!(
+            inst.subscription_end_ms,
+            Some(ts_ms(ts(end).plus_months(2)))
+        );
+        assert_eq!(
+            ledger("acme").last().unwrap().what,
+            "renewal sub (2 months)"
+        );
+        assert_eq!(ledger("acme").last().unwrap().amount, usd("-1120"));
+        // Let it end unrenewed, then renew in the grace: it starts again from now.
+        let end = inst.subscription_end_ms.unwrap();
+        close_until(&mut s, day_of(end) + 2);
+        assert!(s.instances["sub"].stopped.is_some());
+        let at = s.clock_ms;
+        run(&mut s, at, recharge("6000")).unwrap();
+        run(&mut s, at, renew(Term::Years(1))).unwrap();
+        let inst = &s.instances["sub"];
+        assert_eq!(inst.stopped, None);
+        assert_eq!(inst.charge_type, ChargeType::Year);
+        assert_eq!(
+            inst.subscription_end_ms,
+            Some(ts_ms(ts(at).plus_months(12)))
+        );
+        assert!(matches!(
+            term_events("acme").last().unwrap(),
+            Event::InstanceStarted { .. }
+        ));
+    }
+
+    fn ts_ms(t: billing::Timestamp) -> u64 {
+        t.unix_secs() * 1000
+    }
+
+    #[test]
+    fn auto_renew_pays_the_next_term_or_stops_when_the_balance_is_short() {
+        let mut s = setup();
+        run(&mut s, T0, recharge("1200")).unwrap();
+        run(&mut s, T0, subscription("sub", true)).unwrap();
+        let first_end = s.instances["sub"].subscription_end_ms.unwrap();
+        close_until(&mut s, day_of(first_end) + 1);
+        let inst = &s.instances["sub"];
+        assert_eq!(inst.stopped, None);
+        let second_end = ts_ms(ts(first_end).plus_months(1));
+        assert_eq!(
+            inst.subscription_end_ms,
+            Some(second_end),
+            "renewed from the end, no gap"
+        );
+        assert!(term_events("acme").iter().any(|e| matches!(
+            e,
+            Event::TermRenewed {
+                automatic: true,
+                ..
+            }
+        )));
+        assert_eq!(s.accounts["acme"].billing.balance(), usd("80"));
+        // 80 does not pay the next 560: stopped at the end instead.
+        close_until(&mut s, day_of(second_end) + 1);
+        assert_eq!(
+            s.instances["sub"].stopped.map(|st| st.since_ms),
+            Some(second_end)
+        );
+        // Auto-renew is a subscription's setting only.
+        run(
+            &mut s,
+            second_end + DAY_MS,
+            Command::SetInstanceAutoRenew {
+                name: "sub".into(),
+                auto_renew: false,
+            },
+        )
+        .unwrap();
+        assert!(!s.instances["sub"].auto_renew);
+    }
+
+    #[test]
+    fn adjustments_are_whole_cents_with_a_reason_in_the_ledger() {
+        let mut s = setup();
+        let adjust = |amount: &str, reason: &str| Command::AdjustBalance {
+            account: "acme".into(),
+            amount: usd(amount),
+            reason: reason.into(),
+        };
+        run(&mut s, T0, adjust("12.50", "refund of the outage of 1 Jan")).unwrap();
+        run(&mut s, T0 + 1, adjust("-2.25", "charge missed on 2 Jan")).unwrap();
+        assert_eq!(s.accounts["acme"].billing.balance(), usd("10.25"));
+        let l = ledger("acme");
+        assert_eq!(l[0].what, "adjustment: refund of the outage of 1 Jan");
+        assert_eq!(
+            (l[1].amount, l[1].balance_after),
+            (usd("-2.25"), usd("10.25"))
+        );
+        for (amount, reason, field) in [
+            ("0", "x", "amount"),
+            ("0.001", "x", "amount"),
+            ("1", "", "reason"),
+            ("1", "a\nb", "reason"),
+        ] {
+            let e = run(&mut s, T0 + 2, adjust(amount, reason)).unwrap_err();
+            assert!(e.to_string().contains(&format!("invalid {field}")), "{e}");
+        }
+        let e = run(&mut s, T0 + 2, recharge("1.005")).unwrap_err();
+        assert!(e.to_string().contains("fractions of a cent"), "{e}");
+    }
+
+    #[test]
+    fn alert_updates_keep_what_they_do_not_name_and_survive_json() {
+        use crate::Update;
+        let mut s = setup();
+        let set = |threshold: Update<Usd>, webhook: Update<String>| Command::SetAccountAlert {
+            account: "acme".into(),
+            threshold,
+            webhook,
+        };
+        let through_json = |c: Command| -> Command {
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap()
+        };
+        run(
+            &mut s,
+            T0,
+            through_json(set(Update::Set(usd("5")), Update::Keep)),
+        )
+        .unwrap();
+        run(
+            &mut s,
+            T0,
+            through_json(set(
+                Update::Keep,
+                Update::Set("http://127.0.0.1:9/h".into()),
+            )),
+        )
+        .unwrap();
+        let a = &s.accounts["acme"];
+        assert_eq!(a.billing.balance_alert_threshold(), Some(usd("5")), "kept");
+        assert_eq!(a.webhook.as_deref(), Some("http://127.0.0.1:9/h"));
+        run(&mut s, T0, through_json(set(Update::Keep, Update::Clear))).unwrap();
+        assert_eq!(s.accounts["acme"].webhook, None, "removed");
+        assert_eq!(
+            s.accounts["acme"].billing.balance_alert_threshold(),
+            Some(usd("5"))
+        );
+        // The balance (0) is below 5: alerted once, not again when the same threshold is set.
+        let alerts = || {
+            events("acme")
+                .iter()
+                .filter(|e| matches!(e.event, Event::BalanceBelowThreshold { .. }))
+                .count()
+        };
+        assert_eq!(alerts(), 1);
+        run(&mut s, T0, set(Update::Set(usd("5")), Update::Keep)).unwrap();
+        assert_eq!(alerts(), 1);
+        run(&mut s, T0, set(Update::Clear, Update::Keep)).unwrap();
+        assert_eq!(s.accounts["acme"].billing.balance_alert_threshold(), None);
     }
 }

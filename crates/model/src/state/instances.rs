@@ -336,14 +336,13 @@ pub(super) fn renew_at(
     } else {
         (now, None)
     };
-    let paid = billing::pay_upfront(&s.account(&account)?.billing, amount, ts(now)).map_err(
-        |e| {
+    let paid =
+        billing::pay_upfront(&s.account(&account)?.billing, amount, ts(now)).map_err(|e| {
             DomainError::FailedPrecondition(format!(
                 "account '{account}': renewing instance '{name}' for {} costs {amount}: {e}",
                 term_name(term)
             ))
-        },
-    )?;
+        })?;
     s.book(
         &account,
         now,
