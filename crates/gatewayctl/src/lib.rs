@@ -131,6 +131,11 @@ enum InstanceCmd {
         charge_type: ChargeArg,
         #[arg(long, default_value = "")]
         account: String,
+        /// Renew the subscription from the balance at the end of each term (month or year).
+        /// Without it, a term that ends unrenewed stops the instance, and it is released 7
+        /// days later.
+        #[arg(long)]
+        auto_renew: bool,
     },
     List,
     Get {
@@ -146,6 +151,28 @@ enum InstanceCmd {
     Delete {
         #[arg(long)]
         name: String,
+    },
+    /// Pay another subscription term from the account's balance, at the catalog's price. It
+    /// runs on from the end of the paid term (or from now, for an instance stopped at the end
+    /// of its term, which starts it again).
+    Renew {
+        #[arg(long)]
+        name: String,
+        #[arg(long, group = "term", required = true)]
+        months: Option<u32>,
+        #[arg(long, group = "term", required = true)]
+        years: Option<u32>,
+        /// Names the renewal so that retrying it pays at most once: after an "outcome
+        /// unknown" error, retry with the id the error gave.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Turn a subscription's automatic renewal on or off.
+    SetAutoRenew {
+        #[arg(long)]
+        name: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        auto_renew: bool,
     },
 }
 
@@ -595,6 +622,7 @@ async fn instance(c: &mut Client, f: Format, cmd: InstanceCmd) -> Result<()> {
             region,
             charge_type,
             account,
+            auto_renew,
         } => {
             let charge_type = match charge_type {
                 ChargeArg::Postpaid => pb::ChargeType::Postpaid,
@@ -608,7 +636,30 @@ async fn instance(c: &mut Client, f: Format, cmd: InstanceCmd) -> Result<()> {
                     region,
                     charge_type,
                     account,
+                    auto_renew,
                 })
+                .await?;
+            print_instance(f, r.into_inner().instance)
+        }
+        InstanceCmd::Renew {
+            name,
+            months,
+            years,
+            request_id,
+        } => {
+            let r = c
+                .renew_instance(pb::RenewInstanceRequest {
+                    name,
+                    months: months.unwrap_or(0),
+                    years: years.unwrap_or(0),
+                    request_id,
+                })
+                .await?;
+            print_instance(f, r.into_inner().instance)
+        }
+        InstanceCmd::SetAutoRenew { name, auto_renew } => {
+            let r = c
+                .set_instance_auto_renew(pb::SetInstanceAutoRenewRequest { name, auto_renew })
                 .await?;
             print_instance(f, r.into_inner().instance)
         }
@@ -976,7 +1027,7 @@ async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
     }
     .into_inner();
     match f {
-        Format::Json => print(f, output::cluster_json(&status), || Table::new(&[])),
+        Format::Json | Format::Csv => print(f, output::cluster_json(&status), || Table::new(&[])),
         Format::Table => {
             println!(
                 "node {} ({})  leader: {}  term: {}  last log: {}  applied: {}\n",

@@ -769,8 +769,8 @@ mod tests {
                     },
                     _ => model::Command::SetAccountAlert {
                         account,
-                        threshold: Some(catalog::Usd::parse("100").unwrap()),
-                        webhook: None,
+                        threshold: model::Update::Set(catalog::Usd::parse("100").unwrap()),
+                        webhook: model::Update::Keep,
                     },
                 };
                 entry(i, 1_767_225_600_000 + i, command)
