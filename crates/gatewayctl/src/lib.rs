@@ -1122,6 +1122,44 @@ mod tests {
             ],
             &["account", "recharge", "--name", "a", "--amount", "10.5"],
             &["account", "set-alert", "--name", "a", "--threshold", "3"],
+            &["account", "set-alert", "--name", "a", "--webhook", ""],
+            &[
+                "account", "adjust", "--name", "a", "--amount", "-2.50", "--reason", "refund",
+            ],
+            &[
+                "instance",
+                "create",
+                "--name",
+                "n",
+                "--spec",
+                "s",
+                "--region",
+                "r",
+                "--charge-type",
+                "year",
+                "--auto-renew",
+            ],
+            &["instance", "renew", "--name", "n", "--months", "3"],
+            &["instance", "renew", "--name", "n", "--years", "1"],
+            &[
+                "instance",
+                "set-auto-renew",
+                "--name",
+                "n",
+                "--auto-renew",
+                "false",
+            ],
+            &[
+                "bill",
+                "statement",
+                "--account",
+                "a",
+                "--month",
+                "2026-01",
+                "-o",
+                "csv",
+            ],
+            &["account", "ledger", "--name", "a", "-o", "csv"],
             &["usage", "--account", "a", "--day", "2026-01-02"],
             &["bill", "list", "--account", "a"],
             &[
@@ -1241,6 +1279,31 @@ mod tests {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{form:?}: {e}"));
             let _ = format!("{cli:?}");
         }
+        // And these must not: a renewal names one term, set-alert something to set.
+        let refused: &[&[&str]] = &[
+            &["instance", "renew", "--name", "n"],
+            &[
+                "instance", "renew", "--name", "n", "--months", "1", "--years", "1",
+            ],
+            &["account", "set-alert", "--name", "a"],
+        ];
+        for form in refused {
+            let args = std::iter::once("gatewayctl").chain(form.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{form:?}");
+        }
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let rows = [
+            json!({"a": "x", "b": 1, "c": null}),
+            json!({"a": "he said \"hi\", then left", "b": 2, "c": "l1\nl2"}),
+        ];
+        assert_eq!(
+            output::csv(&rows),
+            "a,b,c\nx,1,\n\"he said \"\"hi\"\", then left\",2,\"l1\nl2\"\n"
+        );
+        assert_eq!(output::csv(&[]), "");
     }
 
     #[test]
