@@ -18,10 +18,11 @@
 //! | [`Purged`](AccountState::Purged) | still owing six months after the suspension (and at least seven days after the warning): the API configuration may be cleared | fail |
 //!
 //! A recharge that brings the balance back to zero or more restores service at once (from
-//! Suspended, and from Purged too, though a purged configuration is gone). Bills keep coming
-//! while suspended (instances keep running and are billed), so the amount owed can grow; a
-//! recharge that does not cover it all keeps the account suspended and does not restart the
-//! six months.
+//! Suspended, and from Purged too, though a purged configuration is gone). While suspended the
+//! account's pay-as-you-go instances are stopped and accrue nothing (the model crate stops
+//! them), so what is owed does not grow with them; a recharge that does not cover it all keeps
+//! the account suspended and does not restart the six months. The purge releases the
+//! account's instances with its configuration; [`Event::PurgeWarning`] names them.
 //!
 //! # Alerts
 //!

@@ -134,8 +134,8 @@ pub fn daily_call_charge_cents(
 /// `free_quota_months` (12) months from the account's creation. A calendar month gets the full
 /// quota when any part of it lies in the first year: it ends after the creation and starts
 /// before the first anniversary. So the month of creation gets it in full, and so does the month
-/// that straddles the anniversary (its first calls, which are the free ones, are made while
-/// the account is still in its first year). An account created at 00:00 on the 1st of a month
+/// that straddles the anniversary (the quota comes off the month's count, and part of the
+/// month lies in the first year). An account created at 00:00 on the 1st of a month
 /// gets exactly 12 months; otherwise 13 calendar months, the first and last of them partial.
 /// The answer depends on the month alone, never on the day, so daily bills stay consistent.
 pub fn free_quota_applies(
