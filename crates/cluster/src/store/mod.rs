@@ -767,9 +767,12 @@ mod tests {
                         account,
                         amount: catalog::Usd::parse("1.25").unwrap(),
                     },
+                    // A new threshold each time: setting the same one again does not alert.
                     _ => model::Command::SetAccountAlert {
                         account,
-                        threshold: model::Update::Set(catalog::Usd::parse("100").unwrap()),
+                        threshold: model::Update::Set(
+                            catalog::Usd::parse(&format!("{}", 100 + i)).unwrap(),
+                        ),
                         webhook: model::Update::Keep,
                     },
                 };
