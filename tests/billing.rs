@@ -508,6 +508,40 @@ async fn suspension_stops_the_meter_restoration_resumes_it_and_the_purge_release
         2,
         &["account", "recharge", "--name", "acme", "--amount", "30"],
     );
+    // Alert settings through the Raft log: what a command does not name is kept, an empty
+    // webhook removes it.
+    ok(
+        &c,
+        1,
+        &["account", "set-alert", "--name", "acme", "--threshold", "5"],
+    );
+    let a = ok(
+        &c,
+        2,
+        &[
+            "account",
+            "set-alert",
+            "--name",
+            "acme",
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+        ],
+    );
+    assert_eq!(a["balance_alert"], "5.00", "kept: {a}");
+    assert_eq!(a["webhook"], "http://127.0.0.1:9/hook");
+    let a = ok(
+        &c,
+        3,
+        &["account", "set-alert", "--name", "acme", "--webhook", ""],
+    );
+    assert_eq!(a["webhook"], Value::Null, "removed: {a}");
+    assert_eq!(a["balance_alert"], "5.00");
+    let a = ok(
+        &c,
+        1,
+        &["account", "set-alert", "--name", "acme", "--threshold", ""],
+    );
+    assert_eq!(a["balance_alert"], Value::Null);
     // Pay-as-you-go api.s1.small in cn-hangzhou: 0.87 an hour, from 01:00 on January 1.
     ok(
         &c,

@@ -331,7 +331,10 @@ pub fn check_alerts(account: &AccountBilling) -> (AccountBilling, Vec<Event>) {
     if short && !next.overdue_alert_sent {
         events.push(Event::OverdueAlert {
             balance: next.balance,
-            next_7_days: recent.mul_ratio(i128::from(ALERT_WINDOW_DAYS), days),
+            // A forecast people read: whole cents, like every amount they see.
+            next_7_days: recent
+                .mul_ratio(i128::from(ALERT_WINDOW_DAYS), days)
+                .round_cents(),
         });
     }
     next.overdue_alert_sent = short;

@@ -815,6 +815,17 @@ mod tests {
         assert_eq!(instance_line(&b[2], "p"), Some(usd("0.87")));
         assert_eq!(instance_line(&b[3], "p"), None);
         assert_eq!(instance_line(&b[4], "p"), None);
+        // One created while suspended starts stopped.
+        let create = Command::CreateInstance {
+            name: "q".into(),
+            spec: "api.s1.small".into(),
+            region: "cn-hangzhou".into(),
+            charge_type: ChargeType::Postpaid,
+            account: "acme".into(),
+        };
+        let at = s.clock_ms;
+        run(&mut s, at, create).unwrap();
+        assert!(s.instances["q"].stopped.is_some());
         assert!(
             events("acme").iter().any(|e| matches!(
                 &e.event,
@@ -844,6 +855,10 @@ mod tests {
         let b = bills("acme");
         assert_eq!(instance_line(&b[5], "p"), Some(usd("12.18"))); // 14 hours: 10:00 to 23:00
         assert_eq!(instance_line(&b[6], "p"), Some(usd("20.88")));
+        assert_eq!(
+            s.instances["q"].stopped, None,
+            "started by the recharge too"
+        );
         // Stops that no open day needs are dropped.
         assert!(s.instances["p"].stops.is_empty());
         assert!(s.indexes_consistent());

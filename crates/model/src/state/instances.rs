@@ -145,7 +145,7 @@ fn create(
         )?;
         subscription_end_ms = Some(sub.end().unix_secs() * 1000);
     }
-    let inst = Instance {
+    let mut inst = Instance {
         name: name.to_string(),
         spec: spec.to_string(),
         region: region.to_string(),
@@ -164,6 +164,20 @@ fn create(
         stopped: None,
         stops: Vec::new(),
     };
+    // A pay-as-you-go instance of a suspended account starts stopped: it would accrue hours
+    // while its APIs are refused. The recharge that restores the account starts it.
+    if charge_type == ChargeType::Postpaid
+        && !s.account(account)?.billing.serves_api_calls()
+        && inst.stop(now, StopReason::AccountSuspended)
+    {
+        let event = Event::InstanceStopped {
+            instance: name.to_string(),
+            reason: StopReason::AccountSuspended.as_str().into(),
+            release_at: None,
+            hosted_groups: Vec::new(),
+        };
+        s.push_events(account, now, vec![event], fx);
+    }
     s.instances.insert(name.to_string(), inst.clone());
     s.index
         .instances_by_account
