@@ -1100,6 +1100,7 @@ async fn create_account(a: Admin, k: usize) -> Result<(), tonic::Status> {
             region: "cn-hangzhou".into(),
             charge_type: ChargeType::Postpaid as i32,
             account: name.clone(),
+            auto_renew: false,
         });
         async move { a.create_instance(r).await.map(|_| ()) }
     })
@@ -1148,7 +1149,7 @@ async fn has_bill(a: &Admin, account: &str, day: &str) -> bool {
     let r = a
         .describe_bills(req(DescribeBillsRequest {
             account: account.into(),
-            day: day.into(),
+            day: Some(day.into()),
             ..Default::default()
         }))
         .await;

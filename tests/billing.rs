@@ -433,3 +433,571 @@ async fn metered_calls_equal_requests_sent_across_a_sigterm_restart() {
     })
     .await;
 }
+
+/// `gatewayctl ARGS` through node `via`, which must fail; returns its error output.
+fn refused(c: &Cluster, via: u64, args: &[&str]) -> String {
+    let out = c.ctl(via, args);
+    assert!(!out.success, "{args:?} succeeded: {}", out.stdout);
+    out.stderr
+}
+
+/// Every event of `acme`, oldest first, read a page at a time.
+fn events_of(c: &Cluster, via: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = "0".to_string();
+    for _ in 0..100 {
+        let page = ok(
+            c,
+            via,
+            &[
+                "events",
+                "--account",
+                "acme",
+                "--after",
+                &after,
+                "--limit",
+                "1000",
+            ],
+        );
+        all.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_after_seq"].as_u64() {
+            Some(next) => after = next.to_string(),
+            None => return all,
+        }
+    }
+    panic!("more than 100 pages of events");
+}
+
+/// The details of `acme`'s events of `kind`.
+fn events_of_kind(c: &Cluster, via: u64, kind: &str) -> Vec<Value> {
+    events_of(c, via)
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .map(|e| e["detail"].clone())
+        .collect()
+}
+
+/// The amount of `bill`'s line for instance `name`, if it has one.
+fn instance_amount(bill: &Value, name: &str) -> Option<String> {
+    bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["instance"] == name)
+        .map(|l| l["amount"].as_str().unwrap().to_string())
+}
+
+/// The bill of `day` (YYYY-MM-DD), once it has been issued.
+async fn bill_of(c: &Cluster, day: &str) -> Value {
+    eventually(&format!("the bill of {day}"), SETTLE, || async {
+        bills(c, 1).into_iter().find(|b| b["day"] == day)
+    })
+    .await
+}
+
+fn instance(c: &Cluster, via: u64, name: &str) -> Value {
+    ok(c, via, &["instance", "get", "--name", name])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_stops_the_meter_restoration_resumes_it_and_the_purge_releases_instances() {
+    let (c, clock) = cluster_with_clock(JAN_1 + HOUR_MS).await;
+    ok(&c, 1, &["account", "create", "--name", "acme"]);
+    ok(
+        &c,
+        2,
+        &["account", "recharge", "--name", "acme", "--amount", "30"],
+    );
+    // Alert settings through the Raft log: what a command does not name is kept, an empty
+    // webhook removes it.
+    ok(
+        &c,
+        1,
+        &["account", "set-alert", "--name", "acme", "--threshold", "5"],
+    );
+    let a = ok(
+        &c,
+        2,
+        &[
+            "account",
+            "set-alert",
+            "--name",
+            "acme",
+            "--webhook",
+            "http://127.0.0.1:9/hook",
+        ],
+    );
+    assert_eq!(a["balance_alert"], "5.00", "kept: {a}");
+    assert_eq!(a["webhook"], "http://127.0.0.1:9/hook");
+    let a = ok(
+        &c,
+        3,
+        &["account", "set-alert", "--name", "acme", "--webhook", ""],
+    );
+    assert_eq!(a["webhook"], Value::Null, "removed: {a}");
+    assert_eq!(a["balance_alert"], "5.00");
+    let a = ok(
+        &c,
+        1,
+        &["account", "set-alert", "--name", "acme", "--threshold", ""],
+    );
+    assert_eq!(a["balance_alert"], Value::Null);
+    // Pay-as-you-go api.s1.small in cn-hangzhou: 0.87 an hour, from 01:00 on January 1.
+    ok(
+        &c,
+        3,
+        &[
+            "instance",
+            "create",
+            "--name",
+            "ded",
+            "--spec",
+            "api.s1.small",
+            "--region",
+            "cn-hangzhou",
+            "--account",
+            "acme",
+        ],
+    );
+    // 20.01 (23 hours) and 20.88 leave it owing: suspended when January 2 closes.
+    clock.set(JAN_1 + 2 * DAY_MS + HOUR_MS + 1);
+    eventually("the suspension", SETTLE, || async {
+        (account(&c, 1)["state"] == "suspended").then_some(())
+    })
+    .await;
+    let i = instance(&c, 2, "ded");
+    assert_eq!(i["status"], "stopped");
+    assert_eq!(i["stopped_reason"], "account_suspended");
+    let stopped = events_of_kind(&c, 3, "instance_stopped");
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+
+    // January 3 bills only the hour before the suspension; January 4 nothing.
+    clock.set(JAN_1 + 4 * DAY_MS + HOUR_MS + 1);
+    let jan3 = bill_of(&c, "2026-01-03").await;
+    assert_eq!(instance_amount(&jan3, "ded").as_deref(), Some("0.87"));
+    let jan4 = bill_of(&c, "2026-01-04").await;
+    assert_eq!(instance_amount(&jan4, "ded"), None, "{jan4}");
+    assert_eq!(jan4["total"], "0.00");
+
+    // A recharge at 10:20 on January 5 restores the account and starts the instance: billing
+    // resumes with the hour 10:00-11:00 (hours count from its creation at 01:00).
+    clock.set(JAN_1 + 4 * DAY_MS + 10 * HOUR_MS + 20 * 60_000);
+    ok(
+        &c,
+        1,
+        &["account", "recharge", "--name", "acme", "--amount", "60"],
+    );
+    assert_eq!(instance(&c, 2, "ded")["status"], "running");
+    assert_eq!(events_of_kind(&c, 3, "instance_started").len(), 1);
+    clock.set(JAN_1 + 5 * DAY_MS + HOUR_MS + 1);
+    let jan5 = bill_of(&c, "2026-01-05").await;
+    assert_eq!(instance_amount(&jan5, "ded").as_deref(), Some("12.18")); // 14 x 0.87
+    // 30 + 60 - (20.01 + 20.88 + 0.87 + 12.18): whole cents.
+    assert_eq!(account(&c, 2)["balance"], "36.06");
+
+    // An operator's debit, retried with its request id, is applied once; an account cannot
+    // adjust its own balance.
+    let token = ok(&c, 1, &["token", "create", "--account", "acme"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own = c.ctl_with_token(
+        2,
+        Some(&token),
+        &[
+            "account", "adjust", "--name", "acme", "--amount", "+100", "--reason", "gift",
+        ],
+    );
+    assert!(
+        !own.success && own.stderr.contains("PermissionDenied"),
+        "{own:?}"
+    );
+    let adjust = [
+        "account",
+        "adjust",
+        "--name",
+        "acme",
+        "--amount",
+        "-40",
+        "--reason",
+        "hours billed short in December",
+        "--request-id",
+        "adj-1",
+    ];
+    ok(&c, 1, &adjust);
+    let a = ok(&c, 3, &adjust);
+    assert_eq!(a["balance"], "-3.94", "applied once");
+    assert_eq!(a["state"], "suspended", "a debit can suspend");
+    let e = refused(
+        &c,
+        1,
+        &[
+            "account", "adjust", "--name", "acme", "--amount", "1.005", "--reason", "x",
+        ],
+    );
+    assert!(e.contains("fractions of a cent"), "{e}");
+    assert_eq!(instance(&c, 2, "ded")["status"], "stopped");
+
+    // Six months later the purge: the warning names the instance, the purge releases it.
+    let purge_at = account(&c, 2)["purge_at_ms"].as_u64().unwrap();
+    clock.set(purge_at - 3 * DAY_MS);
+    let warning = eventually("the purge warning", SETTLE, || async {
+        events_of_kind(&c, 1, "purge_warning").pop()
+    })
+    .await;
+    assert_eq!(warning["releases_instances"], serde_json::json!(["ded"]));
+    assert_eq!(
+        instance(&c, 2, "ded")["status"],
+        "stopped",
+        "not before its time"
+    );
+    clock.set(purge_at + 8 * DAY_MS);
+    eventually("the purge", SETTLE, || async {
+        (account(&c, 3)["state"] == "purged").then_some(())
+    })
+    .await;
+    assert!(
+        ok(&c, 1, &["instance", "list"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the purge released the instance"
+    );
+    let released = events_of_kind(&c, 2, "instance_released");
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0]["reason"], "account_purged");
+    // From the debit's suspension on, nothing accrued: only the hour it happened in.
+    let closed = (purge_at + 8 * DAY_MS - HOUR_MS) / DAY_MS - JAN_1 / DAY_MS;
+    let all = eventually("every cycle to be closed", SETTLE, || async {
+        let all = bills(&c, 1);
+        (all.len() as u64 == closed).then_some(all)
+    })
+    .await;
+    let after: Vec<&Value> = all
+        .iter()
+        .filter(|b| b["day"].as_str().unwrap() > "2026-01-06")
+        .collect();
+    assert!(after.len() > 150, "{} bills", after.len());
+    assert!(after.iter().all(|b| b["total"] == "0.00"));
+
+    // The ledger is whole: every entry, exported as CSV.
+    let ledger_len = account(&c, 1)["ledger_len"].as_u64().unwrap();
+    assert!(ledger_len > 20);
+    let out = c.ctl(1, &["account", "ledger", "--name", "acme", "-o", "csv"]);
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.lines().count() as u64,
+        ledger_len + 1,
+        "a header and every entry"
+    );
+    assert_eq!(
+        out.stdout
+            .lines()
+            .filter(|l| l.contains("adjustment: hours billed short in December"))
+            .count(),
+        1
+    );
+
+    // January's statement: the days, the instance's charges, in JSON and CSV.
+    let st = ok(
+        &c,
+        2,
+        &[
+            "bill",
+            "statement",
+            "--account",
+            "acme",
+            "--month",
+            "2026-01",
+        ],
+    );
+    assert_eq!(st["days"].as_array().unwrap().len(), 31);
+    let ded = st["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "ded")
+        .cloned()
+        .unwrap();
+    // 20.01 + 20.88 + 0.87 + 12.18 + 0.87 (the hour of January 6 before the debit's
+    // suspension at 01:00).
+    assert_eq!(ded["amount"], "54.81");
+    let sum: f64 = all
+        .iter()
+        .filter(|b| b["day"].as_str().unwrap().starts_with("2026-01"))
+        .map(|b| b["total"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(st["total"], format!("{sum:.2}"));
+    let csv = c.ctl(
+        2,
+        &[
+            "bill",
+            "statement",
+            "--account",
+            "acme",
+            "--month",
+            "2026-01",
+            "-o",
+            "csv",
+        ],
+    );
+    assert!(csv.success, "{}", csv.stderr);
+    assert!(csv.stdout.lines().next().unwrap().contains("section"));
+    assert!(csv.stdout.lines().any(|l| l.contains("54.81")));
+    let e = refused(&c, 1, &["bill", "get", "--account", "acme", "--day", ""]);
+    assert!(e.contains("must not be empty"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_terms_warn_renew_stop_and_release() {
+    let (c, clock) = cluster_with_clock(JAN_1 + HOUR_MS).await;
+    ok(&c, 1, &["account", "create", "--name", "acme"]);
+    ok(
+        &c,
+        1,
+        &["account", "recharge", "--name", "acme", "--amount", "3000"],
+    );
+    let create = |name: &str, charge: &str, auto: bool| {
+        let mut args = vec![
+            "instance",
+            "create",
+            "--name",
+            name,
+            "--spec",
+            "api.s1.small",
+            "--region",
+            "ap-southeast-1",
+            "--account",
+            "acme",
+            "--charge-type",
+            charge,
+        ];
+        if auto {
+            args.push("--auto-renew");
+        }
+        ok(&c, 2, &args)
+    };
+    // api.s1.small in Singapore: 560 a month.
+    let sub = create("sub", "month", false);
+    assert_eq!(sub["term_end"], "2026-02-01 01:00:00");
+    assert_eq!(sub["term_end_ms"], JAN_1 + 31 * DAY_MS + HOUR_MS);
+    assert_eq!(sub["auto_renew"], false);
+    assert_eq!(create("auto", "month", true)["auto_renew"], true);
+    let table = c.ctl(3, &["instance", "get", "--name", "sub"]);
+    assert!(
+        table.stdout.contains("2026-02-01 01:00:00 (1769907600000)"),
+        "{}",
+        table.stdout
+    );
+    create("pay", "postpaid", false);
+    let e = refused(
+        &c,
+        1,
+        &["instance", "renew", "--name", "pay", "--months", "1"],
+    );
+    assert!(e.contains("pay-as-you-go"), "{e}");
+    ok(&c, 1, &["instance", "delete", "--name", "pay"]);
+    let e = refused(
+        &c,
+        1,
+        &["instance", "renew", "--name", "sub", "--months", "5"],
+    );
+    assert!(
+        e.contains("costs 2800.00") && e.contains("recharge first"),
+        "{e}"
+    );
+    // Renewed before its end, with a request id: the term runs on from its end, paid once.
+    let renew = [
+        "instance",
+        "renew",
+        "--name",
+        "sub",
+        "--months",
+        "1",
+        "--request-id",
+        "renew-1",
+    ];
+    ok(&c, 1, &renew);
+    let sub = ok(&c, 2, &renew);
+    assert_eq!(sub["term_end"], "2026-03-01 01:00:00");
+    // 3000 - 3 x 560 (the hour of the deleted instance is billed when the day closes).
+    assert_eq!(account(&c, 1)["balance"], "1320.00");
+    ok(
+        &c,
+        1,
+        &[
+            "group",
+            "create",
+            "--name",
+            "g",
+            "--account",
+            "acme",
+            "--instance",
+            "sub",
+        ],
+    );
+
+    // February 1: the auto-renewing instance pays its next month at its term's end.
+    clock.set(JAN_1 + 31 * DAY_MS + HOUR_MS + 1);
+    let renewed = eventually("the automatic renewal", SETTLE, || async {
+        events_of_kind(&c, 1, "term_renewed")
+            .into_iter()
+            .find(|e| e["automatic"] == true)
+    })
+    .await;
+    assert_eq!(renewed["instance"], "auto");
+    assert_eq!(instance(&c, 2, "auto")["term_end"], "2026-03-01 01:00:00");
+    assert_eq!(account(&c, 1)["balance"], "759.07");
+    let auto = ok(
+        &c,
+        3,
+        &[
+            "instance",
+            "set-auto-renew",
+            "--name",
+            "auto",
+            "--auto-renew",
+            "false",
+        ],
+    );
+    assert_eq!(auto["auto_renew"], false);
+
+    // Warnings 7 days and 1 day before the end, once each.
+    let endings = |c: &Cluster| {
+        events_of_kind(c, 1, "term_ending")
+            .into_iter()
+            .filter(|e| e["instance"] == "sub")
+            .count()
+    };
+    clock.set(JAN_1 + 51 * DAY_MS + HOUR_MS + 1); // February 21
+    bill_of(&c, "2026-02-20").await;
+    assert_eq!(endings(&c), 0);
+    clock.set(JAN_1 + 52 * DAY_MS + HOUR_MS + 1); // February 22: 7 days before
+    bill_of(&c, "2026-02-21").await;
+    assert_eq!(endings(&c), 1);
+    clock.set(JAN_1 + 58 * DAY_MS + HOUR_MS + 1); // February 28: 1 day before
+    bill_of(&c, "2026-02-27").await;
+    assert_eq!(endings(&c), 2);
+    assert_eq!(instance(&c, 1, "sub")["status"], "running");
+
+    // March 1: both terms end unrenewed: stopped, never billed by the hour.
+    clock.set(JAN_1 + 59 * DAY_MS + HOUR_MS + 1);
+    bill_of(&c, "2026-02-28").await;
+    let sub = eventually("sub to stop", SETTLE, || async {
+        let i = instance(&c, 2, "sub");
+        (i["status"] == "stopped").then_some(i)
+    })
+    .await;
+    assert_eq!(sub["stopped_reason"], "term_ended");
+    assert_eq!(sub["release_at"], "2026-03-08 01:00:00");
+    let stopped = events_of_kind(&c, 3, "instance_stopped");
+    assert!(
+        stopped
+            .iter()
+            .any(|e| e["instance"] == "sub" && e["hosted_groups"] == serde_json::json!(["g"])),
+        "{stopped:?}"
+    );
+    // Renewed in the grace period: running again, for a month from now.
+    let auto = ok(
+        &c,
+        1,
+        &["instance", "renew", "--name", "auto", "--months", "1"],
+    );
+    assert_eq!(auto["status"], "running");
+    assert_eq!(auto["term_end"], "2026-04-01 01:00:00");
+
+    // March 8: the grace is over: sub is released with its group.
+    clock.set(JAN_1 + 66 * DAY_MS + HOUR_MS + 1);
+    let released = eventually("the release", SETTLE, || async {
+        events_of_kind(&c, 1, "instance_released").pop()
+    })
+    .await;
+    assert_eq!(released["instance"], "sub");
+    assert_eq!(released["reason"], "term_ended");
+    assert_eq!(released["removed_groups"], serde_json::json!(["g"]));
+    assert!(ok(&c, 2, &["group", "list"]).as_array().unwrap().is_empty());
+    let names: Vec<String> = ok(&c, 2, &["instance", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["auto"]);
+    // No bill ever charged a subscription by the hour.
+    for b in bills(&c, 3) {
+        assert_eq!(instance_amount(&b, "sub"), None, "{b}");
+        assert_eq!(instance_amount(&b, "auto"), None, "{b}");
+    }
+}
+
+/// The pricing document's shared-instance example (12 million calls in a month, the first
+/// year's free million, tiers of 10 million), scaled a million times down with a catalog whose
+/// tiers count single calls: 12 calls, 1 free, 11 billable: `10 x 0.9 + 1 x 0.6 = 9.60`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_free_quota_comes_off_first_on_a_cluster() {
+    let mut c = Cluster::new(binaries!(), 3);
+    let clock = DevClock(c.dir().join("clock"));
+    clock.set(JAN_1 + HOUR_MS);
+    let builtin = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/catalog/data/catalog.toml"),
+    )
+    .unwrap();
+    let scaled = builtin
+        .replace("free_calls_per_month = 1000000", "free_calls_per_month = 1")
+        .replace("up_to_calls = 10000000\n", "up_to_calls = 10\n")
+        .replace("up_to_calls = 100000000\n", "up_to_calls = 100\n")
+        .replace(
+            "usd_per_million_calls = \"0.9\"",
+            "usd_per_million_calls = \"900000\"",
+        )
+        .replace(
+            "usd_per_million_calls = \"0.6\"",
+            "usd_per_million_calls = \"600000\"",
+        )
+        .replace(
+            "usd_per_million_calls = \"0.45\"",
+            "usd_per_million_calls = \"450000\"",
+        );
+    assert_ne!(scaled, builtin);
+    let catalog = c.dir().join("scaled.toml");
+    std::fs::write(&catalog, scaled).unwrap();
+    c.extra_args = clock.node_args();
+    c.extra_args.extend([
+        "--usage-flush-ms".into(),
+        "100".into(),
+        "--shared-region".into(),
+        "cn-hongkong".into(),
+        "--catalog".into(),
+        catalog.display().to_string(),
+    ]);
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    c.wait_leader(SETTLE).await;
+    let backend = Server::start("item").await;
+    let hook = Server::start("ok").await;
+    let t = Traffic::default();
+    setup_api(&c, &t, &backend, &hook).await;
+    eventually("the setup's calls to be metered", SETTLE, || async {
+        (metered_calls(&c, 1) == t.sent()).then_some(())
+    })
+    .await;
+    let more = 12usize
+        .checked_sub(t.sent() as usize)
+        .expect("the setup made at most 12 calls");
+    assert_eq!(send(&c, &t, more).await.0, more);
+    eventually("12 metered calls", SETTLE, || async {
+        (metered_calls(&c, 1) == 12).then_some(())
+    })
+    .await;
+    clock.set(JAN_1 + DAY_MS + HOUR_MS + 1);
+    let bill = bill_of(&c, "2026-01-01").await;
+    let calls = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["item"].as_str().unwrap().starts_with("API calls"))
+        .cloned()
+        .unwrap();
+    assert_eq!(calls["amount"], "9.60", "{bill}"); // not 9.30
+}

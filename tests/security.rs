@@ -187,6 +187,32 @@ async fn tokens_are_required_and_account_tokens_reach_only_their_account() {
             &["account", "recharge", "--name", "a", "--amount", "5000"],
             "needs the operator's token",
         ),
+        // Nor credit itself with an adjustment.
+        (
+            &[
+                "account", "adjust", "--name", "a", "--amount", "+5000", "--reason", "gift",
+            ],
+            "needs the operator's token",
+        ),
+        (
+            &["instance", "renew", "--name", "b-inst", "--months", "1"],
+            "belongs to another account",
+        ),
+        (
+            &[
+                "instance",
+                "set-auto-renew",
+                "--name",
+                "b-inst",
+                "--auto-renew",
+                "true",
+            ],
+            "belongs to another account",
+        ),
+        (
+            &["bill", "statement", "--account", "b", "--month", "2026-01"],
+            "belongs to another account",
+        ),
         (
             &["bill", "list", "--account", "b"],
             "belongs to another account",

@@ -92,6 +92,18 @@ fn name(u: &mut Unstructured<'_>) -> arbitrary::Result<String> {
     pick(u, NAMES)
 }
 
+/// Keep, clear or set, each a third of the time.
+fn update<T>(
+    u: &mut Unstructured<'_>,
+    f: impl FnOnce(&mut Unstructured<'_>) -> arbitrary::Result<T>,
+) -> arbitrary::Result<model::Update<T>> {
+    Ok(match u.int_in_range(0..=2u8)? {
+        0 => model::Update::Keep,
+        1 => model::Update::Clear,
+        _ => model::Update::Set(f(u)?),
+    })
+}
+
 fn opt<T>(
     u: &mut Unstructured<'_>,
     f: impl FnOnce(&mut Unstructured<'_>) -> arbitrary::Result<T>,
@@ -203,8 +215,8 @@ fn command(u: &mut Unstructured<'_>) -> arbitrary::Result<Command> {
         },
         13 => Command::SetAccountAlert {
             account: name(u)?,
-            threshold: opt(u, usd)?,
-            webhook: opt(u, |u| opt(u, |u| pick(u, BACKENDS)))?,
+            threshold: update(u, usd)?,
+            webhook: update(u, |u| pick(u, BACKENDS))?,
         },
         14 => {
             let n = u.int_in_range(0..=3)?;

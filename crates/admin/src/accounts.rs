@@ -104,6 +104,7 @@ pub fn bill_to_pb(account: &str, b: &Bill) -> pb::Bill {
                 item: l.item.clone(),
                 quantity: l.quantity.clone(),
                 amount: l.amount.to_string(),
+                instance: l.instance.clone().unwrap_or_default(),
             })
             .collect(),
         total: b.total.to_string(),

@@ -27,6 +27,22 @@ pub fn instance_to_pb(i: &Instance, catalog: &catalog::Catalog) -> pb::Instance 
             .last()
             .map(|c| c.at_ms)
             .unwrap_or(i.created_at_ms),
+        term_end_ms: i.subscription_end_ms,
+        auto_renew: i.auto_renew,
+        status: if i.stopped.is_some() {
+            "stopped"
+        } else {
+            "running"
+        }
+        .into(),
+        stopped_reason: i.stopped.map(|s| s.reason.as_str().to_string()),
+        stopped_at_ms: i.stopped.map(|s| s.since_ms),
+        release_at_ms: i.stopped.and_then(|s| match s.reason {
+            model::StopReason::TermEnded => {
+                Some(s.since_ms + u64::from(model::TERM_GRACE_DAYS) * 86_400_000)
+            }
+            model::StopReason::AccountSuspended => None,
+        }),
     }
 }
 

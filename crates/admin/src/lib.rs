@@ -27,7 +27,10 @@ mod tests;
 
 use catalog::{Catalog, SHARED_INSTANCE};
 use cluster::{ClusterError, HistoryError, Node};
-use model::{AuthType, ChargeType, Command, DomainError, GroupChange, Reply, Stage, validate};
+use model::{
+    AuthType, ChargeType, Command, DomainError, GroupChange, InstanceOptions, Reply, Stage, Update,
+    validate,
+};
 use proto::admin as pb;
 use proto::admin::admin_server::{Admin, AdminServer};
 use std::sync::Arc;
@@ -199,13 +202,21 @@ impl Admin for AdminService {
         self.catalog
             .region(&r.region)
             .map_err(|e| Status::invalid_argument(format!("invalid region: {e}")))?;
+        if r.auto_renew && charge_type == ChargeType::Postpaid {
+            return Err(Status::invalid_argument(
+                "invalid auto_renew: only a subscription (charge type month or year) renews; pay-as-you-go is billed by the hour",
+            ));
+        }
         let reply = self
-            .write(Command::CreateInstance {
+            .write(Command::CreateInstanceWith {
                 name: r.name,
                 spec: r.spec,
                 region: r.region,
                 charge_type,
                 account,
+                options: InstanceOptions {
+                    auto_renew: r.auto_renew,
+                },
             })
             .await?;
         match reply {
@@ -274,6 +285,68 @@ impl Admin for AdminService {
         let name = req.into_inner().name;
         self.check_instance(&p, &name)?;
         deleted(self.write(Command::DeleteInstance { name }).await?)
+    }
+
+    async fn renew_instance(
+        &self,
+        req: Request<pb::RenewInstanceRequest>,
+    ) -> Result<Response<pb::InstanceReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        // An account renews its own instances, from its own balance (as it buys them).
+        self.check_instance(&p, &r.name)?;
+        let term = match (r.months, r.years) {
+            (m, 0) if m > 0 => billing::Term::Months(m),
+            (0, y) if y > 0 => billing::Term::Years(y),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid term: give months or years, exactly one of them and more than 0 (got months {}, years {})",
+                    r.months, r.years
+                )));
+            }
+        };
+        // Request ids are scoped by the account paying, as for recharges.
+        let scope = self
+            .node
+            .state()
+            .instances
+            .get(&r.name)
+            .map(|i| i.account.clone())
+            .unwrap_or_default();
+        match self
+            .write_as(
+                &scope,
+                r.request_id,
+                Command::RenewInstance { name: r.name, term },
+            )
+            .await?
+        {
+            Reply::Instance(i) => Ok(Response::new(pb::InstanceReply {
+                instance: Some(instance_to_pb(&i, &self.catalog)),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn set_instance_auto_renew(
+        &self,
+        req: Request<pb::SetInstanceAutoRenewRequest>,
+    ) -> Result<Response<pb::InstanceReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        self.check_instance(&p, &r.name)?;
+        match self
+            .write(Command::SetInstanceAutoRenew {
+                name: r.name,
+                auto_renew: r.auto_renew,
+            })
+            .await?
+        {
+            Reply::Instance(i) => Ok(Response::new(pb::InstanceReply {
+                instance: Some(instance_to_pb(&i, &self.catalog)),
+            })),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn describe_specs(
@@ -636,6 +709,36 @@ impl Admin for AdminService {
         )
     }
 
+    async fn adjust_balance(
+        &self,
+        req: Request<pb::AdjustBalanceRequest>,
+    ) -> Result<Response<pb::AccountReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        // Like a recharge, and for the same reason: an account must not credit itself.
+        p.require_operator("adjusting an account's balance")?;
+        let amount = accounts::parse_usd("amount", r.amount.trim_start_matches('+'))?;
+        if amount == catalog::Usd::ZERO {
+            return Err(Status::invalid_argument(
+                "invalid amount: must not be 0: a credit is positive (+12.50), a debit negative (-12.50)",
+            ));
+        }
+        check(validate::whole_cents("amount", amount))?;
+        check(validate::reason(&r.reason))?;
+        self.account_reply(
+            self.write_as(
+                &r.account.clone(),
+                r.request_id,
+                Command::AdjustBalance {
+                    account: r.account,
+                    amount,
+                    reason: r.reason,
+                },
+            )
+            .await?,
+        )
+    }
+
     async fn set_balance_alert(
         &self,
         req: Request<pb::SetBalanceAlertRequest>,
@@ -643,14 +746,27 @@ impl Admin for AdminService {
         let p = Principal::of(&req);
         let r = req.into_inner();
         p.require_account("account", &r.account, &r.account)?;
-        let threshold = if r.threshold.is_empty() {
-            None
-        } else {
-            Some(accounts::parse_usd("threshold", &r.threshold)?)
+        let threshold = match r.threshold.as_deref() {
+            None => Update::Keep,
+            Some("") => Update::Clear,
+            Some(t) => {
+                let t = accounts::parse_usd("threshold", t)?;
+                check(validate::threshold(t))?;
+                Update::Set(t)
+            }
         };
-        let webhook = r.webhook.map(|w| if w.is_empty() { None } else { Some(w) });
-        if let Some(Some(w)) = &webhook {
-            check(validate::webhook(w))?;
+        let webhook = match r.webhook {
+            None => Update::Keep,
+            Some(w) if w.is_empty() => Update::Clear,
+            Some(w) => {
+                check(validate::webhook(&w))?;
+                Update::Set(w)
+            }
+        };
+        if threshold == Update::Keep && webhook == Update::Keep {
+            return Err(Status::invalid_argument(
+                "nothing to change: give a threshold (empty removes it), a webhook (empty removes it), or both",
+            ));
         }
         self.account_reply(
             self.write(Command::SetAccountAlert {
@@ -709,7 +825,15 @@ impl Admin for AdminService {
         let p = Principal::of(&req);
         let r = req.into_inner();
         p.require_account("account", &r.account, &r.account)?;
-        let day = accounts::parse_opt_day("day", &r.day)?;
+        let day = match r.day.as_deref() {
+            None => None,
+            Some("") => {
+                return Err(Status::invalid_argument(
+                    "invalid day: must not be empty: give a date like 2026-01-31 (or leave day out to list the bills)",
+                ));
+            }
+            Some(d) => Some(accounts::parse_day("day", d)?),
+        };
         let after_day = accounts::parse_opt_day("after_day", &r.after_day)?;
         let limit = paging::limit(r.limit)?;
         if day.is_some() && after_day.is_some() {
@@ -726,7 +850,7 @@ impl Admin for AdminService {
                 .ok_or_else(|| {
                     domain_status(DomainError::not_found(
                         "bill",
-                        &format!("{}@{}", r.account, r.day),
+                        &format!("{}@{}", r.account, accounts::day_name(day)),
                     ))
                 })?;
             return Ok(Response::new(pb::DescribeBillsReply {

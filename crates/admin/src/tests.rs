@@ -110,8 +110,8 @@ async fn busy_cluster() -> (Fixture, u64) {
     for name in ["acme", "beta"] {
         f.write(Command::SetAccountAlert {
             account: name.into(),
-            threshold: Some(catalog::Usd::parse("100").unwrap()),
-            webhook: None,
+            threshold: model::Update::Set(catalog::Usd::parse("100").unwrap()),
+            webhook: model::Update::Keep,
         })
         .await;
     }
@@ -239,7 +239,7 @@ async fn history_reads_page_through_everything_once() {
     let one = svc
         .describe_bills(Request::new(pb::DescribeBillsRequest {
             account: "acme".into(),
-            day: day(d0 + 1),
+            day: Some(day(d0 + 1)),
             ..Default::default()
         }))
         .await
@@ -348,7 +348,7 @@ async fn bad_paging_input_and_other_accounts_are_refused() {
     let e = code(
         svc.describe_bills(Request::new(pb::DescribeBillsRequest {
             account: "acme".into(),
-            day: accounts::day_name(d0),
+            day: Some(accounts::day_name(d0)),
             after_day: accounts::day_name(d0),
             ..Default::default()
         }))

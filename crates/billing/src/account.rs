@@ -18,10 +18,11 @@
 //! | [`Purged`](AccountState::Purged) | still owing six months after the suspension (and at least seven days after the warning): the API configuration may be cleared | fail |
 //!
 //! A recharge that brings the balance back to zero or more restores service at once (from
-//! Suspended, and from Purged too, though a purged configuration is gone). Bills keep coming
-//! while suspended (instances keep running and are billed), so the amount owed can grow; a
-//! recharge that does not cover it all keeps the account suspended and does not restart the
-//! six months.
+//! Suspended, and from Purged too, though a purged configuration is gone). While suspended the
+//! account's pay-as-you-go instances are stopped and accrue nothing (the model crate stops
+//! them), so what is owed does not grow with them; a recharge that does not cover it all keeps
+//! the account suspended and does not restart the six months. The purge releases the
+//! account's instances with its configuration; [`Event::PurgeWarning`] names them.
 //!
 //! # Alerts
 //!
@@ -76,10 +77,50 @@ pub enum Event {
     Suspended { owed: Usd, purge_after: Timestamp },
     /// What was owed is paid: API calls are served again.
     Restored { balance: Usd },
-    /// The API configuration will be purged at `purge_at` unless the account is recharged.
-    PurgeWarning { purge_at: Timestamp },
+    /// The API configuration will be purged at `purge_at` unless the account is recharged, and
+    /// the dedicated instances named are released with it.
+    PurgeWarning {
+        purge_at: Timestamp,
+        #[serde(default)]
+        releases_instances: Vec<String>,
+    },
     /// The API configuration may now be cleared.
     Purged,
+    /// A subscription's paid term ends at `term_end` (sent 7 days and 1 day before). Without
+    /// a renewal the instance is stopped then, and released `grace_days` later.
+    TermEnding {
+        instance: String,
+        term_end: Timestamp,
+        auto_renew: bool,
+        grace_days: u32,
+    },
+    /// A subscription was renewed: paid `amount` from the balance, now runs to `term_end`.
+    TermRenewed {
+        instance: String,
+        term_end: Timestamp,
+        amount: Usd,
+        automatic: bool,
+    },
+    /// An instance was stopped: its APIs are refused and it accrues nothing. `reason` is
+    /// `account_suspended` (started again by the recharge that restores the account) or
+    /// `term_ended` (released at `release_at` with the API groups it hosts unless renewed).
+    InstanceStopped {
+        instance: String,
+        reason: String,
+        release_at: Option<Timestamp>,
+        #[serde(default)]
+        hosted_groups: Vec<String>,
+    },
+    /// A stopped instance runs again (and pay-as-you-go billing resumes from this hour).
+    InstanceStarted { instance: String },
+    /// An instance was released by the system: `term_ended` (its grace period passed) or
+    /// `account_purged`. The API groups it hosted were removed with it.
+    InstanceReleased {
+        instance: String,
+        reason: String,
+        #[serde(default)]
+        removed_groups: Vec<String>,
+    },
 }
 
 /// An account's billing state.
@@ -240,15 +281,38 @@ pub fn pay_upfront(
 }
 
 /// Sets (or with `None` removes) the balance alert threshold; alerts at once if the balance is
-/// already below it.
+/// already below a new threshold. Setting the threshold it already has changes nothing, so it
+/// does not alert a second time.
 pub fn set_balance_alert(
     account: &AccountBilling,
     threshold: Option<Usd>,
 ) -> (AccountBilling, Vec<Event>) {
+    if account.balance_alert_threshold == threshold {
+        return (account.clone(), Vec::new());
+    }
     let mut next = account.clone();
     next.balance_alert_threshold = threshold;
     next.balance_alert_sent = false;
     check_alerts(&next)
+}
+
+/// An operator's correction of the balance at `now`: a credit (positive) or a debit
+/// (negative, e.g. a charge billed too little). The state follows the balance as after any
+/// movement: a credit that covers what is owed restores service, a debit can suspend it.
+pub fn adjust(
+    account: &AccountBilling,
+    amount: Usd,
+    now: Timestamp,
+) -> Result<(AccountBilling, Vec<Event>), BillingError> {
+    if amount == Usd::ZERO {
+        return Err(BillingError::InvalidAmount(amount));
+    }
+    let mut next = account.clone();
+    next.balance = account
+        .balance
+        .checked_add(amount)
+        .ok_or(BillingError::Overflow)?;
+    Ok(transition(account, next, now))
 }
 
 /// Evaluates the overdue and balance alerts (see the module docs). [`settle_cycle`],
@@ -267,7 +331,10 @@ pub fn check_alerts(account: &AccountBilling) -> (AccountBilling, Vec<Event>) {
     if short && !next.overdue_alert_sent {
         events.push(Event::OverdueAlert {
             balance: next.balance,
-            next_7_days: recent.mul_ratio(i128::from(ALERT_WINDOW_DAYS), days),
+            // A forecast people read: whole cents, like every amount they see.
+            next_7_days: recent
+                .mul_ratio(i128::from(ALERT_WINDOW_DAYS), days)
+                .round_cents(),
         });
     }
     next.overdue_alert_sent = short;
@@ -302,6 +369,7 @@ pub fn purge_due(account: &AccountBilling, now: Timestamp) -> (AccountBilling, V
             next.purge_warned_at = Some(now);
             events.push(Event::PurgeWarning {
                 purge_at: next.purge_at().expect("suspended"),
+                releases_instances: Vec::new(),
             });
         }
         Some(_) if now >= purge_at => {
@@ -527,7 +595,13 @@ mod tests {
         assert_eq!((b.clone(), events), (a.clone(), vec![]));
         let warn = purge_at.minus_secs(PURGE_WARNING_SECS);
         let (b, events) = purge_due(&a, warn);
-        assert_eq!(events, [Event::PurgeWarning { purge_at }]);
+        assert_eq!(
+            events,
+            [Event::PurgeWarning {
+                purge_at,
+                releases_instances: vec![]
+            }]
+        );
         let (b, events) = purge_due(&b, purge_at.minus_secs(1));
         assert_eq!(events, [], "the warning is sent once");
         let (c, events) = purge_due(&b, purge_at);
@@ -549,7 +623,8 @@ mod tests {
         assert_eq!(
             events,
             [Event::PurgeWarning {
-                purge_at: new_purge_at
+                purge_at: new_purge_at,
+                releases_instances: vec![]
             }]
         );
         assert_eq!(purge_due(&b, new_purge_at.minus_secs(1)).1, []);
@@ -657,11 +732,27 @@ mod tests {
         let (a, events) = settle(&a, 2, "0.01");
         assert_eq!(below(&events), 0, "once");
         // Set while already below: at once. Removed: never.
-        let (_, events) = set_balance_alert(&a, Some(usd("60")));
+        let (a, events) = set_balance_alert(&a, Some(usd("60")));
         assert!(matches!(events[..], [Event::BalanceBelowThreshold { .. }]));
+        let (a, events) = set_balance_alert(&a, Some(usd("60")));
+        assert_eq!(events, [], "the same threshold again does not alert twice");
         let (a, events) = set_balance_alert(&a, None);
         assert_eq!(events, []);
         assert_eq!(below(&settle(&a, 3, "40").1), 0);
+    }
+
+    #[test]
+    fn adjustments_credit_and_debit_and_move_the_state() {
+        let t = t0();
+        let (a, _) = settle(&funded("10"), 0, "15"); // owes 5
+        assert_eq!(a.state(), AccountState::Suspended);
+        let (b, events) = adjust(&a, usd("5"), t).unwrap();
+        assert!(b.serves_api_calls());
+        assert!(events.contains(&Event::Restored { balance: Usd::ZERO }));
+        let (c, events) = adjust(&b, usd("-1"), t).unwrap();
+        assert_eq!(c.state(), AccountState::Suspended);
+        assert!(matches!(events[0], Event::Suspended { .. }));
+        assert!(adjust(&c, Usd::ZERO, t).is_err());
     }
 
     #[test]

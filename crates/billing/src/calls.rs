@@ -1,10 +1,11 @@
 //! The shared instance's call pricing: graduated monthly tiers, the first-year free quota, and
 //! daily bills that add up exactly to the month's price.
 //!
-//! Calls are numbered from 1 within a calendar month (per account, all of its shared-instance
-//! calls: every request the gateway received, throttled or failed ones included). Call number
-//! `k` is priced by the tier whose range holds `k`, so a tier's price applies only to the calls
-//! inside it. The free quota covers the month's first calls: numbers `1..=free`.
+//! Calls are counted within a calendar month (per account, all of its shared-instance calls:
+//! every request the gateway received, throttled or failed ones included). The free quota
+//! comes off the month's count first; the billable calls that remain are numbered from 1, and
+//! billable call number `k` is priced by the tier whose range holds `k`, so a tier's price
+//! applies only to the calls inside it.
 
 use crate::time::{Month, Timestamp};
 use catalog::{SharedPricing, Usd};
@@ -42,9 +43,11 @@ pub struct CallBreakdown {
 
 /// Splits a month's `calls` into the free quota (if it applies) and the tiers.
 ///
-/// Each tier is one bill line, rounded once; the month's price is the sum of the lines. Because
-/// each line only grows with `calls`, so does the total, which makes daily differences
-/// non-negative.
+/// The free quota comes off the month's count first and the tiers apply to what remains, as
+/// the pricing document's example computes it (12 million calls in the first year: 11 million
+/// billable, `10 x 0.9 + 1 x 0.6 = 9.6`). Each tier is one bill line, rounded once; the month's
+/// price is the sum of the lines. Because each line only grows with `calls`, so does the total,
+/// which makes daily differences non-negative.
 pub fn call_breakdown(shared: &SharedPricing, calls: u64, free_quota: bool) -> CallBreakdown {
     let free = if free_quota {
         shared.free_calls_per_month
@@ -52,6 +55,7 @@ pub fn call_breakdown(shared: &SharedPricing, calls: u64, free_quota: bool) -> C
         0
     };
     let free_calls = calls.min(free);
+    let billable = calls - free_calls;
     let mut above = 0;
     let tiers: Vec<TierCharge> = shared
         .tiers
@@ -59,10 +63,9 @@ pub fn call_breakdown(shared: &SharedPricing, calls: u64, free_quota: bool) -> C
         .enumerate()
         .map(|(i, t)| {
             let up_to = t.up_to_calls;
-            // Billable call numbers in this tier: (max(above, free), min(up_to, calls)].
-            let low = above.max(free);
-            let high = up_to.map_or(calls, |u| u.min(calls));
-            let in_tier = high.saturating_sub(low);
+            // Billable calls numbered (above, min(up_to, billable)] fall in this tier.
+            let high = up_to.map_or(billable, |u| u.min(billable));
+            let in_tier = high.saturating_sub(above);
             let charge = TierCharge {
                 tier: i + 1,
                 above,
@@ -109,14 +112,30 @@ pub fn daily_call_charge(
         - monthly_call_price(shared, calls_before, free_quota)
 }
 
+/// A day's call charge in whole cents: the growth of the month's price rounded to cents,
+/// `round(price(before + today)) - round(price(before))`. That is the day's exact amount plus
+/// the sub-cent remainder carried from the days before it, rounded half up; the remainder left
+/// over is carried to the next day, so a month's daily lines add up exactly to the month's
+/// price in cents.
+pub fn daily_call_charge_cents(
+    shared: &SharedPricing,
+    calls_before: u64,
+    calls_today: u64,
+    free_quota: bool,
+) -> Usd {
+    let after = calls_before.saturating_add(calls_today);
+    monthly_call_price(shared, after, free_quota).round_cents()
+        - monthly_call_price(shared, calls_before, free_quota).round_cents()
+}
+
 /// Whether the free quota applies to `month` for an account created at `account_created`.
 ///
 /// The document grants the quota "each calendar month for the first year", the first year being
 /// `free_quota_months` (12) months from the account's creation. A calendar month gets the full
 /// quota when any part of it lies in the first year: it ends after the creation and starts
 /// before the first anniversary. So the month of creation gets it in full, and so does the month
-/// that straddles the anniversary (its first calls, which are the free ones, are made while
-/// the account is still in its first year). An account created at 00:00 on the 1st of a month
+/// that straddles the anniversary (the quota comes off the month's count, and part of the
+/// month lies in the first year). An account created at 00:00 on the 1st of a month
 /// gets exactly 12 months; otherwise 13 calendar months, the first and last of them partial.
 /// The answer depends on the month alone, never on the day, so daily bills stay consistent.
 pub fn free_quota_applies(
@@ -186,17 +205,20 @@ mod tests {
     }
 
     #[test]
-    fn the_free_quota_covers_the_months_first_million_calls() {
+    fn the_free_quota_comes_off_the_months_count_first() {
         assert_eq!(price(M, true), Usd::ZERO);
         assert_eq!(price(M - 1, true), Usd::ZERO);
         assert_eq!(price(M + 1, true), usd("0.000001"));
-        // The free calls take tier 1's first places: 9 M x 0.9 + 2 M x 0.6 = 9.3.
-        assert_eq!(price(12 * M, true), usd("9.3"));
+        // The document's example: 12 M calls, 11 M billable: 10 M x 0.9 + 1 M x 0.6 = 9.6.
+        assert_eq!(price(12 * M, true), usd("9.6"));
         let b = call_breakdown(shared(), 12 * M, true);
         assert_eq!(b.free_calls, M);
-        assert_eq!((b.tiers[0].calls, b.tiers[1].calls), (9 * M, 2 * M));
-        // It never reaches beyond tier 1's price: saving is always 1 M x 0.9.
-        assert_eq!(price(500 * M, false) - price(500 * M, true), usd("0.9"));
+        assert_eq!((b.tiers[0].calls, b.tiers[1].calls), (10 * M, M));
+        // Tier 2 starts at the 10,000,001st billable call: the 11,000,001st call of the month.
+        assert_eq!(price(11 * M, true), usd("9"));
+        assert_eq!(price(11 * M + 1, true), usd("9.000001"));
+        // What the quota saves is the price of the month's last million calls.
+        assert_eq!(price(500 * M, false) - price(500 * M, true), usd("0.45"));
     }
 
     fn ts(y: i32, mo: u8, d: u8, h: u8) -> Timestamp {
@@ -303,14 +325,34 @@ mod tests {
         }
 
         #[test]
-        fn the_free_quota_saves_at_most_a_million_tier_one_calls(calls in 0u64..1_000_000_000) {
+        fn the_free_quota_prices_the_month_a_million_calls_shorter(calls in 0u64..1_000_000_000) {
+            // The tiers apply to what remains after the free million.
+            prop_assert_eq!(price(calls, true), price(calls.saturating_sub(M), false));
             let saving = price(calls, false) - price(calls, true);
             prop_assert!(saving >= Usd::ZERO);
-            // The saving is the free calls at tier 1's price, give or take one rounding.
-            let free = calls.min(M);
-            let exact = i128::from(free) * 900_000; // in millionths of a micro-dollar
-            prop_assert!((i128::from(saving.micros()) * 1_000_000 - exact).abs() <= 1_000_000);
-            prop_assert_eq!(call_breakdown(shared(), calls, true).free_calls, free);
+            prop_assert!(saving <= usd("0.9"));
+            prop_assert_eq!(call_breakdown(shared(), calls, true).free_calls, calls.min(M));
+        }
+
+        #[test]
+        fn daily_cent_lines_add_up_to_the_monthly_price_in_cents(
+            days in proptest::collection::vec(
+                prop_oneof![0u64..1_000, 0u64..50_000, 0u64..5_000_000, 0u64..40_000_000], 1..=31),
+            free in any::<bool>(),
+        ) {
+            let mut before = 0;
+            let mut sum = Usd::ZERO;
+            for calls in &days {
+                let exact = daily_call_charge(shared(), before, *calls, free);
+                let cents = daily_call_charge_cents(shared(), before, *calls, free);
+                prop_assert!(cents.is_whole_cents());
+                prop_assert!(cents >= Usd::ZERO);
+                // The carried remainder never moves a day's line by a cent or more.
+                prop_assert!((cents - exact).micros().abs() < 10_000);
+                sum += cents;
+                before += calls;
+            }
+            prop_assert_eq!(sum, price(before, free).round_cents());
         }
     }
 }

@@ -2,7 +2,7 @@
 //! calls, a dedicated instance for some hours, months or years, and outbound traffic, priced
 //! with the same functions the bills use.
 //!
-//! In JSON, the money and quantity fields of an [`Estimate`] are numbers (`"total_usd": 24.9`),
+//! In JSON, the money and quantity fields of an [`Estimate`] are numbers (`"total_usd": 25.2`),
 //! printed from the exact values (the shortest decimal that reads back as the same number).
 
 use crate::BillingError;
@@ -381,13 +381,13 @@ mod tests {
         r.traffic_gb = Some(dec("100"));
         let e = estimate(cat(), &r).unwrap();
         let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["total_usd"], serde_json::json!(24.9));
+        assert_eq!(v["total_usd"], serde_json::json!(25.2));
         assert_eq!(v["line_items"][0]["unit"], "million calls");
-        assert_eq!(v["line_items"][1]["quantity"], serde_json::json!(9.0));
+        assert_eq!(v["line_items"][1]["quantity"], serde_json::json!(10.0));
         assert_eq!(v["line_items"][1]["unit_price_usd"], serde_json::json!(0.9));
-        assert_eq!(v["line_items"][1]["amount_usd"], serde_json::json!(8.1));
+        assert_eq!(v["line_items"][1]["amount_usd"], serde_json::json!(9.0));
         let text = serde_json::to_string(&e).unwrap();
-        assert!(text.contains("\"total_usd\":24.9"), "{text}");
+        assert!(text.contains("\"total_usd\":25.2"), "{text}");
         let back: Estimate = serde_json::from_str(&text).unwrap();
         assert_eq!(back, e);
         // The request reads from JSON too, with the hours as a decimal string.

@@ -33,6 +33,14 @@ pub struct SpecChange {
     pub spec: String,
 }
 
+/// A stretch of time in which an instance was stopped (its account suspended): `[from, until)`,
+/// `until` being `None` while it is still stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stop {
+    pub from: Timestamp,
+    pub until: Option<Timestamp>,
+}
+
 /// What a pay-as-you-go instance's bill depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaygInstance {
@@ -42,6 +50,9 @@ pub struct PaygInstance {
     pub released: Option<Timestamp>,
     /// The spec at creation (`at == created`), then every change, in time order.
     pub specs: Vec<SpecChange>,
+    /// When it was stopped, in time order and not overlapping; only the last may be open.
+    #[serde(default)]
+    pub stops: Vec<Stop>,
 }
 
 /// One billed hour.
@@ -64,7 +75,48 @@ impl PaygInstance {
                 at: created,
                 spec: spec.to_string(),
             }],
+            stops: Vec::new(),
         }
+    }
+
+    /// Records that the instance was stopped from `from` until `until` (`None`: still stopped).
+    /// Stops must come in time order, after the creation, and not overlap.
+    pub fn add_stop(
+        &mut self,
+        from: Timestamp,
+        until: Option<Timestamp>,
+    ) -> Result<(), BillingError> {
+        let invalid = |m: String| Err(BillingError::InvalidSpecHistory(m));
+        if until.is_some_and(|u| u < from) {
+            return invalid(format!("a stop from {from} ends before it starts"));
+        }
+        match self.stops.last() {
+            Some(Stop { until: None, .. }) => {
+                return invalid("the instance is already stopped".into());
+            }
+            Some(Stop { until: Some(u), .. }) if from < *u => {
+                return invalid(format!("a stop from {from} overlaps the previous one"));
+            }
+            _ => {}
+        }
+        self.stops.push(Stop { from, until });
+        Ok(())
+    }
+
+    /// Whether the instance ran at some moment of `[start, end)`, that is, was not stopped
+    /// all of it.
+    fn ran_during(&self, start: Timestamp, end: Timestamp) -> bool {
+        let (start, end) = (start.unix_secs(), end.unix_secs());
+        let stopped: u64 = self
+            .stops
+            .iter()
+            .map(|s| {
+                let from = s.from.unix_secs().max(start);
+                let until = s.until.map_or(end, |u| u.unix_secs().min(end));
+                until.saturating_sub(from)
+            })
+            .sum();
+        stopped < end - start
     }
 
     /// Records a spec change at `at`.
@@ -104,8 +156,9 @@ impl PaygInstance {
         Some(life.div_ceil(SECS_PER_HOUR).max(1))
     }
 
-    /// The billed hours that start in `[from, to)`. For a running instance the window must be
-    /// bounded (e.g. a day): its hours have no end.
+    /// The billed hours that start in `[from, to)`: those in which the instance ran at some
+    /// moment. For a running instance the window must be bounded (e.g. a day): its hours have no
+    /// end.
     pub fn billed_hours(
         &self,
         catalog: &Catalog,
@@ -132,6 +185,9 @@ impl PaygInstance {
                 .released
                 .map_or(end, |r| r.min(end))
                 .max(start.plus_secs(1));
+            if !self.ran_during(start, end) {
+                continue;
+            }
             let (spec, price) = segments
                 .iter()
                 .filter(|s| s.overlaps(start, end))
@@ -348,6 +404,35 @@ mod tests {
             i.day_amount(cat(), created.day().next()).unwrap(),
             usd("0.93")
         );
+    }
+
+    #[test]
+    fn a_stopped_instance_runs_no_hours_and_resumes_with_the_hour_it_starts_in() {
+        // Created at 09:00, stopped at 11:30, started again at 15:10, released at 17:00.
+        let mut i = PaygInstance::new(SG, SMALL, t(0));
+        i.add_stop(t(2 * H + H / 2), Some(t(6 * H + H / 6)))
+            .unwrap();
+        i.release(t(8 * H)).unwrap();
+        let hours = i.billed_hours(cat(), t(0), t(24 * H)).unwrap();
+        let starts: Vec<u64> = hours
+            .iter()
+            .map(|h| (h.start.unix_secs() - t(0).unix_secs()) / H)
+            .collect();
+        // Hour 2 ran until 11:30; hours 3, 4 and 5 were stopped throughout; hour 6 (15:00)
+        // holds the restart.
+        assert_eq!(starts, [0, 1, 2, 6, 7]);
+        assert_eq!(i.total(cat()).unwrap(), usd("4.65"));
+        // Still stopped: nothing from the stop on but the hour it happened in.
+        let mut i = PaygInstance::new(SG, SMALL, t(0));
+        i.add_stop(t(H + 1), None).unwrap();
+        assert_eq!(i.day_amount(cat(), t(0).day()).unwrap(), usd("1.86"));
+        assert_eq!(i.day_amount(cat(), t(0).day().next()).unwrap(), Usd::ZERO);
+        // Overlapping or out-of-order stops are refused.
+        assert!(i.add_stop(t(2 * H), None).is_err());
+        let mut i = PaygInstance::new(SG, SMALL, t(0));
+        i.add_stop(t(H), Some(t(3 * H))).unwrap();
+        assert!(i.add_stop(t(2 * H), Some(t(4 * H))).is_err());
+        assert!(i.add_stop(t(5 * H), Some(t(4 * H))).is_err());
     }
 
     #[test]

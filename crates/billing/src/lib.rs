@@ -21,19 +21,25 @@
 //!   cost 0.9 USD per million, calls 10,000,001 to 100,000,000 cost 0.6, the rest 0.45. Every
 //!   request the gateway received counts, throttled and failed ones included. Each tier is a bill
 //!   line, rounded once.
-//! * **The free quota is the month's first calls.** In the first year, calls 1 to 1,000,000 of
-//!   each calendar month are free; they take tier 1's first places, so they save 0.9 USD.
+//! * **The free quota comes off the month's count first.** In the first year, 1,000,000 calls
+//!   of each calendar month are free; the tiers apply to the calls that remain (the pricing
+//!   document's example: 12 million calls are 11 million billable, `10 x 0.9 + 1 x 0.6`).
 //! * **The month that straddles the first anniversary gets the full free quota.** The first year
 //!   is 12 months from the account's creation; a calendar month gets the quota when any part of
 //!   it lies in the first year (the month of creation included). The rule depends on the month
 //!   only, so it never changes in the middle of a month's daily bills.
-//! * **Daily bills add up exactly.** A day's charge for calls (or traffic) is the growth of the
-//!   month's price: `price(calls up to the end of the day) - price(calls before it)`. The days of
-//!   a month add up to exactly the month's price, with no rounding drift.
+//! * **Daily bills add up exactly, in whole cents.** A day's charge for calls (or traffic) is the
+//!   growth of the month's price rounded to cents (half up):
+//!   `round(price(calls up to the end of the day)) - round(price(calls before it))`. That is the
+//!   day's exact amount plus the sub-cent remainder carried from the earlier days; what is left
+//!   over is carried to the next day. The days of a month add up to exactly the month's price
+//!   in cents, with no rounding drift, and every bill line and balance is whole cents.
 //! * **Pay-as-you-go hours are counted from creation, and a spec change does not restart them.**
-//!   Hour `k` of an instance is `[created + k h, created + (k+1) h)`; every hour that starts
-//!   before the release is billed in full, once (so 9.5 hours are billed 10, and anything up to
-//!   an hour is billed one). An hour in which the spec changed is billed at the highest hourly
+//!   Hour `k` of an instance is `[created + k h, created + (k+1) h)`; every hour in which the
+//!   instance ran at some moment before the release is billed in full, once (so 9.5 hours are
+//!   billed 10, and anything up to an hour is billed one). A stopped instance (its account
+//!   suspended) runs no hours: the hours wholly inside a stop are not billed, and billing
+//!   resumes with the hour in which it is started again. An hour in which the spec changed is billed at the highest hourly
 //!   price in force during it: the same wall-clock hour is never billed twice, an upgrade is paid
 //!   from the hour it happens in, and a brief upgrade inside an hour cannot go unpaid. An hour
 //!   is billed on the (UTC) day it starts, so the daily amounts add up to the whole life.
@@ -41,6 +47,9 @@
 //!   annual price, where the document's "Annual Subscription Price (US$/month)" column actually
 //!   holds a whole year's price (12 x monthly x 0.85); the catalog stores it as
 //!   `annual_per_year`. A term ends on the same day of the month (clamped to the month's end).
+//!   A renewal pays the next term from the balance, at the same prices. A term that ends
+//!   unrenewed never turns into pay-as-you-go: the instance is stopped at the term's end and
+//!   released after a grace period (see the model crate).
 //! * **A subscription upgrade is charged pro rata; a downgrade waits for the renewal.** An upgrade
 //!   applies at once and charges `(new term price - old term price) x remaining days / term days`
 //!   (a started day counts). A downgrade applies at the end of the paid term; nothing is
@@ -66,11 +75,10 @@
 //!
 //! 1. **Shared instance, 12 million calls and 100 GB in China (Hong Kong).** The document says
 //!    the calls cost USD 6.9 "(10 x 0.6 + 1 x 0.9 = 6.9)" and the total is USD 22.5. That prices
-//!    10 million calls at tier 2's 0.6 and 1 million at tier 1's 0.9: tiers reversed, and only 11
-//!    million calls (12 minus the free million). Graduated tiers price the first 10 million at
-//!    0.9 and the next 2 at 0.6. In the first year the first million is free:
-//!    `9 x 0.9 + 2 x 0.6 = 9.3`, total `9.3 + 15.6 = 24.9`. After the first year:
-//!    `10 x 0.9 + 2 x 0.6 = 10.2`, total `10.2 + 15.6 = 25.8`. The traffic fee,
+//!    10 million calls at tier 2's 0.6 and 1 million at tier 1's 0.9: the tiers' prices are
+//!    swapped. The 11 million is right: the free million comes off the 12 first, and the tiers
+//!    apply to the rest, `10 x 0.9 + 1 x 0.6 = 9.6`, total `9.6 + 15.6 = 25.2`. After the
+//!    first year: `10 x 0.9 + 2 x 0.6 = 10.2`, total `10.2 + 15.6 = 25.8`. The traffic fee,
 //!    `100 x 0.156 = 15.6`, is right.
 //! 2. **Subscription api.s1.small in Singapore, one month and 10 GB.** The document writes the
 //!    traffic fee as "1000 x 0.117 = 1.17"; 1000 x 0.117 is 117. The traffic is 10 GB:
@@ -89,24 +97,24 @@ pub mod time;
 pub mod traffic;
 
 pub use account::{
-    AccountBilling, AccountState, Event, check_alerts, pay_upfront, purge_due, recharge,
+    AccountBilling, AccountState, Event, adjust, check_alerts, pay_upfront, purge_due, recharge,
     set_balance_alert, settle_cycle,
 };
 pub use calls::{
-    CallBreakdown, TierCharge, call_breakdown, daily_call_charge, free_quota_applies,
-    monthly_call_price,
+    CallBreakdown, TierCharge, call_breakdown, daily_call_charge, daily_call_charge_cents,
+    free_quota_applies, monthly_call_price,
 };
 pub use catalog::{Catalog, CatalogError, Usd};
 pub use decimal::{Decimal, ParseDecimalError};
 pub use estimate::{
     Estimate, EstimateRequest, InstanceDuration, InstanceUsage, LineItem, estimate,
 };
-pub use instance::{BilledHour, PaygInstance, SpecChange};
+pub use instance::{BilledHour, PaygInstance, SpecChange, Stop};
 pub use subscription::{Subscription, SubscriptionChange, Term, subscription_price};
 pub use time::{Day, Month, Timestamp};
 pub use traffic::{
     BYTES_PER_GB, BackendLocation, TrafficKind, backend_traffic_billable, daily_traffic_charge,
-    traffic_amount,
+    daily_traffic_charge_cents, traffic_amount,
 };
 
 /// Why a price or a lifecycle step could not be computed.

@@ -60,6 +60,14 @@ pub fn daily_traffic_charge(per_gb: Usd, bytes_before: u64, bytes_today: u64) ->
     traffic_amount(per_gb, after) - traffic_amount(per_gb, bytes_before)
 }
 
+/// A day's traffic charge in whole cents: `round(amount(before + today)) -
+/// round(amount(before))`, the day's exact amount plus the sub-cent remainder carried from the
+/// month's earlier days, so a month's daily lines add up exactly to its amount in cents.
+pub fn daily_traffic_charge_cents(per_gb: Usd, bytes_before: u64, bytes_today: u64) -> Usd {
+    let after = bytes_before.saturating_add(bytes_today);
+    traffic_amount(per_gb, after).round_cents() - traffic_amount(per_gb, bytes_before).round_cents()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,8 @@
 
 use billing::{
     BYTES_PER_GB, Catalog, Decimal, Estimate, EstimateRequest, InstanceDuration, InstanceUsage,
-    PaygInstance, Subscription, Term, Timestamp, Usd, daily_call_charge, daily_traffic_charge,
-    estimate, monthly_call_price, traffic_amount,
+    PaygInstance, Subscription, Term, Timestamp, Usd, daily_call_charge, daily_call_charge_cents,
+    daily_traffic_charge, daily_traffic_charge_cents, estimate, monthly_call_price, traffic_amount,
 };
 
 fn usd(s: &str) -> Usd {
@@ -38,7 +38,8 @@ fn shared_example(first_year: bool) -> Estimate {
 
 /// Document: "12 million API requests ... 100 GB ... in China (Hong Kong), you need to pay a total
 /// of USD 22.5 (the fee for API calls is USD 6.9 (10 x 0.6 + 1 x 0.9 = 6.9), and the traffic fee is
-/// USD 15.6 (100 x 0.156 = 15.6))". Slip: the tiers are graduated, 0.9 for the first 10 million.
+/// USD 15.6 (100 x 0.156 = 15.6))". The free million comes off first, leaving 11 million billable
+/// calls (the document's 10 + 1); its slip is only the swapped prices: 10 x 0.9 + 1 x 0.6 = 9.6.
 #[test]
 fn shared_instance_in_the_first_year() {
     let e = shared_example(true);
@@ -51,18 +52,18 @@ fn shared_instance_in_the_first_year() {
             ),
             (
                 "API calls, tier 1 (up to 10,000,000 calls/month)".into(),
-                usd("8.1")
+                usd("9")
             ),
             (
                 "API calls, tier 2 (10,000,001 to 100,000,000 calls/month)".into(),
-                usd("1.2")
+                usd("0.6")
             ),
             ("Outbound traffic to the internet".into(), usd("15.6")),
         ]
     );
-    assert_eq!(e.total_usd, usd("24.9")); // not 22.5
+    assert_eq!(e.total_usd, usd("25.2")); // not 22.5
     let shared = Catalog::builtin().shared();
-    assert_eq!(monthly_call_price(shared, 12_000_000, true), usd("9.3")); // not 6.9
+    assert_eq!(monthly_call_price(shared, 12_000_000, true), usd("9.6")); // not 6.9
 }
 
 #[test]
@@ -79,7 +80,7 @@ fn shared_instance_billed_daily_adds_up_to_the_example() {
     // 12 M calls and 100 GB spread unevenly over a 30-day month, billed day by day.
     let c = Catalog::builtin();
     let per_gb = c.region("cn-hongkong").unwrap().traffic_per_gb;
-    let (mut calls, mut bytes, mut total) = (0u64, 0u64, Usd::ZERO);
+    let (mut calls, mut bytes, mut total, mut exact) = (0u64, 0u64, Usd::ZERO, Usd::ZERO);
     for day in 0..30u64 {
         let today_calls = if day == 29 {
             12_000_000 - calls
@@ -91,12 +92,18 @@ fn shared_instance_billed_daily_adds_up_to_the_example() {
         } else {
             day * 123_456_789
         };
-        total += daily_call_charge(c.shared(), calls, today_calls, true);
-        total += daily_traffic_charge(per_gb, bytes, today_bytes);
+        exact += daily_call_charge(c.shared(), calls, today_calls, true);
+        exact += daily_traffic_charge(per_gb, bytes, today_bytes);
+        let day_cents = daily_call_charge_cents(c.shared(), calls, today_calls, true)
+            + daily_traffic_charge_cents(per_gb, bytes, today_bytes);
+        assert!(day_cents.is_whole_cents(), "day {day}: {day_cents}");
+        total += day_cents;
         calls += today_calls;
         bytes += today_bytes;
     }
-    assert_eq!(total, usd("24.9"));
+    assert_eq!(exact, usd("25.2"));
+    // The bills people see are in whole cents, and still add up to the example.
+    assert_eq!(total, usd("25.2"));
 }
 
 /// Document: "api.s1.small ... in Singapore ... 9.5 hours and ... 10 GB ... USD 10.47 (the instance

@@ -28,6 +28,18 @@ impl Usd {
         self.0
     }
 
+    /// The amount in whole cents, rounded half up (toward +infinity at exactly half a cent):
+    /// what people see on a bill line or a balance.
+    pub const fn round_cents(self) -> Usd {
+        const CENT: i64 = 10_000;
+        Usd(self.0.saturating_add(CENT / 2).div_euclid(CENT) * CENT)
+    }
+
+    /// Whether the amount is a whole number of cents.
+    pub const fn is_whole_cents(self) -> bool {
+        self.0 % 10_000 == 0
+    }
+
     /// Parses "12", "12.5", "-0.000001".
     pub fn parse(s: &str) -> Result<Usd, ParseUsdError> {
         let err = || ParseUsdError(s.to_string());
@@ -158,6 +170,18 @@ impl std::iter::Sum for Usd {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn cents_round_half_up() {
+        let r = |s: &str| Usd::parse(s).unwrap().round_cents().to_string();
+        assert_eq!(r("9.119995"), "9.12");
+        assert_eq!(r("0.004999"), "0.00");
+        assert_eq!(r("0.005"), "0.01");
+        assert_eq!(r("-0.005"), "0.00");
+        assert_eq!(r("-0.005001"), "-0.01");
+        assert!(Usd::parse("1.23").unwrap().is_whole_cents());
+        assert!(!Usd::parse("1.234").unwrap().is_whole_cents());
+    }
 
     #[test]
     fn the_extremes_print_and_read_back() {

@@ -161,6 +161,11 @@ enum InstanceCmd {
         charge_type: ChargeArg,
         #[arg(long, default_value = "")]
         account: String,
+        /// Renew the subscription from the balance at the end of each term (month or year).
+        /// Without it, a term that ends unrenewed stops the instance, and it is released 7
+        /// days later.
+        #[arg(long)]
+        auto_renew: bool,
     },
     List,
     Get {
@@ -176,6 +181,28 @@ enum InstanceCmd {
     Delete {
         #[arg(long)]
         name: String,
+    },
+    /// Pay another subscription term from the account's balance, at the catalog's price. It
+    /// runs on from the end of the paid term (or from now, for an instance stopped at the end
+    /// of its term, which starts it again).
+    Renew {
+        #[arg(long)]
+        name: String,
+        #[arg(long, group = "term", required = true)]
+        months: Option<u32>,
+        #[arg(long, group = "term", required = true)]
+        years: Option<u32>,
+        /// Names the renewal so that retrying it pays at most once: after an "outcome
+        /// unknown" error, retry with the id the error gave.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Turn a subscription's automatic renewal on or off.
+    SetAutoRenew {
+        #[arg(long)]
+        name: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        auto_renew: bool,
     },
 }
 
@@ -650,6 +677,7 @@ async fn instance(c: &mut Client, f: Format, cmd: InstanceCmd) -> Result<()> {
             region,
             charge_type,
             account,
+            auto_renew,
         } => {
             let charge_type = match charge_type {
                 ChargeArg::Postpaid => pb::ChargeType::Postpaid,
@@ -663,7 +691,30 @@ async fn instance(c: &mut Client, f: Format, cmd: InstanceCmd) -> Result<()> {
                     region,
                     charge_type,
                     account,
+                    auto_renew,
                 })
+                .await?;
+            print_instance(f, r.into_inner().instance)
+        }
+        InstanceCmd::Renew {
+            name,
+            months,
+            years,
+            request_id,
+        } => {
+            let r = c
+                .renew_instance(pb::RenewInstanceRequest {
+                    name,
+                    months: months.unwrap_or(0),
+                    years: years.unwrap_or(0),
+                    request_id,
+                })
+                .await?;
+            print_instance(f, r.into_inner().instance)
+        }
+        InstanceCmd::SetAutoRenew { name, auto_renew } => {
+            let r = c
+                .set_instance_auto_renew(pb::SetInstanceAutoRenewRequest { name, auto_renew })
                 .await?;
             print_instance(f, r.into_inner().instance)
         }
@@ -1031,7 +1082,7 @@ async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
     }
     .into_inner();
     match f {
-        Format::Json => print(f, output::cluster_json(&status), || Table::new(&[])),
+        Format::Json | Format::Csv => print(f, output::cluster_json(&status), || Table::new(&[])),
         Format::Table => {
             println!(
                 "node {} ({})  leader: {}  term: {}  last log: {}  applied: {}\n",
@@ -1126,6 +1177,44 @@ mod tests {
             ],
             &["account", "recharge", "--name", "a", "--amount", "10.5"],
             &["account", "set-alert", "--name", "a", "--threshold", "3"],
+            &["account", "set-alert", "--name", "a", "--webhook", ""],
+            &[
+                "account", "adjust", "--name", "a", "--amount", "-2.50", "--reason", "refund",
+            ],
+            &[
+                "instance",
+                "create",
+                "--name",
+                "n",
+                "--spec",
+                "s",
+                "--region",
+                "r",
+                "--charge-type",
+                "year",
+                "--auto-renew",
+            ],
+            &["instance", "renew", "--name", "n", "--months", "3"],
+            &["instance", "renew", "--name", "n", "--years", "1"],
+            &[
+                "instance",
+                "set-auto-renew",
+                "--name",
+                "n",
+                "--auto-renew",
+                "false",
+            ],
+            &[
+                "bill",
+                "statement",
+                "--account",
+                "a",
+                "--month",
+                "2026-01",
+                "-o",
+                "csv",
+            ],
+            &["account", "ledger", "--name", "a", "-o", "csv"],
             &["usage", "--account", "a", "--day", "2026-01-02"],
             &["bill", "list", "--account", "a"],
             &[
@@ -1245,6 +1334,31 @@ mod tests {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{form:?}: {e}"));
             let _ = format!("{cli:?}");
         }
+        // And these must not: a renewal names one term, set-alert something to set.
+        let refused: &[&[&str]] = &[
+            &["instance", "renew", "--name", "n"],
+            &[
+                "instance", "renew", "--name", "n", "--months", "1", "--years", "1",
+            ],
+            &["account", "set-alert", "--name", "a"],
+        ];
+        for form in refused {
+            let args = std::iter::once("gatewayctl").chain(form.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{form:?}");
+        }
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let rows = [
+            json!({"a": "x", "b": 1, "c": null}),
+            json!({"a": "he said \"hi\", then left", "b": 2, "c": "l1\nl2"}),
+        ];
+        assert_eq!(
+            output::csv(&rows),
+            "a,b,c\nx,1,\n\"he said \"\"hi\"\", then left\",2,\"l1\nl2\"\n"
+        );
+        assert_eq!(output::csv(&[]), "");
     }
 
     #[test]

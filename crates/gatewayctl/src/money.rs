@@ -21,12 +21,13 @@ pub enum AccountCmd {
         alert_threshold: Option<String>,
     },
     List,
-    /// An account, with its last 20 ledger entries.
+    /// An account, with its last 20 ledger entries (`account ledger` shows them all).
     Get {
         #[arg(long)]
         name: String,
     },
-    /// Every movement of an account's balance, oldest first, a page at a time.
+    /// Every movement of an account's balance, oldest first: all of it, or with --limit a
+    /// page at a time. `-o csv` or `-o json` exports it.
     Ledger {
         #[arg(long)]
         name: String,
@@ -35,6 +36,21 @@ pub enum AccountCmd {
         after_seq: u64,
         #[command(flatten)]
         limit: LimitArg,
+    },
+    /// Credit (+X) or debit (-X) the balance, in whole cents, with the reason written to the
+    /// ledger: refunds and corrections. Operator only.
+    Adjust {
+        #[arg(long)]
+        name: String,
+        /// Signed US dollars, e.g. +12.50 or -3.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        /// Names the adjustment so that retrying it applies it at most once: after an
+        /// "outcome unknown" error, retry with the id the error gave.
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
     /// Add US dollars to the balance; restores a suspended account once what it owes is paid.
     Recharge {
@@ -47,12 +63,13 @@ pub enum AccountCmd {
         #[arg(long, default_value = "")]
         request_id: String,
     },
-    /// Set the balance alert threshold (empty removes it) and optionally the webhook.
+    /// Set the balance alert threshold, the webhook, or both; what is not given is kept, and
+    /// an empty value removes it (`--webhook ""`).
     SetAlert {
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "")]
-        threshold: String,
+        #[arg(long, required_unless_present = "webhook")]
+        threshold: Option<String>,
         #[arg(long)]
         webhook: Option<String>,
     },
@@ -112,6 +129,15 @@ pub enum BillCmd {
         /// YYYY-MM-DD (UTC).
         #[arg(long)]
         day: String,
+    },
+    /// A month's statement: each day's bill and its lines, each instance's charges and usage,
+    /// and each API's calls and traffic. `-o csv` gives one line per item.
+    Statement {
+        #[arg(long)]
+        account: String,
+        /// YYYY-MM (UTC).
+        #[arg(long)]
+        month: String,
     },
 }
 
@@ -257,14 +283,17 @@ pub async fn account(c: &mut Client, f: Format, cmd: AccountCmd) -> Result<()> {
             after_seq,
             limit,
         } => {
-            let r = c
-                .describe_ledger(pb::DescribeLedgerRequest {
+            let r = if limit.paged() {
+                c.describe_ledger(pb::DescribeLedgerRequest {
                     account: name,
                     after_seq,
                     limit: limit.get(),
                 })
                 .await?
-                .into_inner();
+                .into_inner()
+            } else {
+                whole_ledger(c, name, after_seq).await?
+            };
             let page = Page {
                 items: r.entries.iter().map(ledger_entry_json).collect(),
                 items_key: "entries",
@@ -303,6 +332,22 @@ pub async fn account(c: &mut Client, f: Format, cmd: AccountCmd) -> Result<()> {
                 .await?;
             print_account(f, r.into_inner().account)
         }
+        AccountCmd::Adjust {
+            name,
+            amount,
+            reason,
+            request_id,
+        } => {
+            let r = c
+                .adjust_balance(pb::AdjustBalanceRequest {
+                    account: name,
+                    amount,
+                    reason,
+                    request_id,
+                })
+                .await?;
+            print_account(f, r.into_inner().account)
+        }
         AccountCmd::SetAlert {
             name,
             threshold,
@@ -318,6 +363,32 @@ pub async fn account(c: &mut Client, f: Format, cmd: AccountCmd) -> Result<()> {
             print_account(f, r.into_inner().account)
         }
     }
+}
+
+/// Every ledger entry after `after_seq`, read a page of 1000 at a time.
+async fn whole_ledger(
+    c: &mut Client,
+    account: String,
+    mut after_seq: u64,
+) -> Result<pb::DescribeLedgerReply> {
+    let mut all = pb::DescribeLedgerReply::default();
+    // A ledger grows by a few entries a day: this bound is far beyond any real one.
+    for _ in 0..10_000 {
+        let page = c
+            .describe_ledger(pb::DescribeLedgerRequest {
+                account: account.clone(),
+                after_seq,
+                limit: 1000,
+            })
+            .await?
+            .into_inner();
+        all.entries.extend(page.entries);
+        match page.next_after_seq {
+            Some(next) if next > after_seq => after_seq = next,
+            _ => return Ok(all),
+        }
+    }
+    bail!("the ledger of {account} has more than 10,000,000 entries: read it with --limit")
 }
 
 pub async fn usage(c: &mut Client, f: Format, a: UsageArgs) -> Result<()> {
@@ -368,7 +439,7 @@ fn bill_json(b: &pb::Bill) -> Value {
     json!({
         "account": b.account,
         "day": b.day,
-        "lines": b.lines.iter().map(|l| json!({"item": l.item, "quantity": l.quantity, "amount": l.amount})).collect::<Vec<_>>(),
+        "lines": b.lines.iter().map(|l| json!({"item": l.item, "quantity": l.quantity, "amount": l.amount, "instance": l.instance})).collect::<Vec<_>>(),
         "total": b.total,
         "balance_after": b.balance_after,
         "state_after": b.state_after,
@@ -384,7 +455,176 @@ pub async fn bill(c: &mut Client, f: Format, cmd: BillCmd) -> Result<()> {
             limit,
         } => bill_list(c, f, account, after, limit).await,
         BillCmd::Get { account, day } => bill_get(c, f, account, day).await,
+        BillCmd::Statement { account, month } => statement(c, f, account, month).await,
     }
+}
+
+/// Parses `YYYY-MM`.
+fn parse_month(s: &str) -> Result<billing::Month> {
+    let bad = || anyhow::anyhow!("invalid --month: '{s}' is not a month like 2026-01");
+    let (y, m) = s.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (y, m) = (
+        y.parse::<i32>().map_err(|_| bad())?,
+        m.parse::<u8>().map_err(|_| bad())?,
+    );
+    billing::Month::new(y, m).ok_or_else(bad)
+}
+
+/// Adds decimal US dollar strings exactly.
+fn add_usd(a: &str, b: &str) -> Result<String> {
+    let p = |s: &str| {
+        billing::Usd::parse(s).map_err(|e| anyhow::anyhow!("the server sent an amount {e}"))
+    };
+    Ok((p(a)? + p(b)?).to_string())
+}
+
+async fn statement(c: &mut Client, f: Format, account: String, month: String) -> Result<()> {
+    let m = parse_month(&month)?;
+    let first = m.start().day();
+    let before = billing::Day::from_index(first.index() - 1).to_string();
+    let in_month = |day: &str| day.starts_with(&format!("{m}-"));
+    // The month's bills: at most 31, one page.
+    let bills: Vec<pb::Bill> = c
+        .describe_bills(pb::DescribeBillsRequest {
+            account: account.clone(),
+            after_day: before.clone(),
+            limit: 31,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .bills
+        .into_iter()
+        .filter(|b| in_month(&b.day))
+        .collect();
+    // The month's usage, by day, instance and API, a page at a time (bounded: a month of an
+    // account's usage is 31 account-days).
+    let mut usage: Vec<pb::UsageRow> = Vec::new();
+    let mut after = format!("{account}/{before}");
+    for _ in 0..64 {
+        let page = c
+            .describe_usage(pb::DescribeUsageRequest {
+                account: account.clone(),
+                after: after.clone(),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let past = page.rows.iter().any(|r| !in_month(&r.day));
+        usage.extend(page.rows.into_iter().filter(|r| in_month(&r.day)));
+        match page.next_after {
+            Some(next) if !past => after = next,
+            _ => break,
+        }
+    }
+    let mut apis: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
+    let mut instances: std::collections::BTreeMap<String, (u64, u64, String)> = Default::default();
+    for r in &usage {
+        let a = apis.entry((r.instance.clone(), r.api.clone())).or_default();
+        a.0 += r.calls;
+        a.1 += r.bytes_out;
+        let i = instances
+            .entry(r.instance.clone())
+            .or_insert((0, 0, "0".into()));
+        i.0 += r.calls;
+        i.1 += r.bytes_out;
+    }
+    let mut total = "0".to_string();
+    let mut rows = Vec::new();
+    for b in &bills {
+        total = add_usd(&total, &b.total)?;
+        for l in &b.lines {
+            if !l.instance.is_empty() {
+                let i = instances
+                    .entry(l.instance.clone())
+                    .or_insert((0, 0, "0".into()));
+                i.2 = add_usd(&i.2, &l.amount)?;
+            }
+            rows.push(json!({
+                "section": "day", "day": b.day, "instance": l.instance, "api": "",
+                "item": l.item, "quantity": l.quantity, "calls": "", "bytes_out": "",
+                "amount": l.amount,
+            }));
+        }
+    }
+    for (name, (calls, bytes, amount)) in &instances {
+        rows.push(json!({
+            "section": "instance", "day": "", "instance": name, "api": "",
+            "item": "hours and calls billed this month", "quantity": "", "calls": calls,
+            "bytes_out": bytes, "amount": amount,
+        }));
+    }
+    for ((instance, api), (calls, bytes)) in &apis {
+        rows.push(json!({
+            "section": "api", "day": "", "instance": instance, "api": api,
+            "item": "usage this month", "quantity": "", "calls": calls, "bytes_out": bytes,
+            "amount": "",
+        }));
+    }
+    rows.push(json!({
+        "section": "total", "day": "", "instance": "", "api": "", "item": format!("{account} {m}"),
+        "quantity": format!("{} daily bills", bills.len()), "calls": "", "bytes_out": "",
+        "amount": total,
+    }));
+    match f {
+        Format::Csv => print!("{}", crate::output::csv(&rows)),
+        Format::Json => {
+            let v = json!({
+                "account": account,
+                "month": m.to_string(),
+                "total": total,
+                "days": bills.iter().map(bill_json).collect::<Vec<_>>(),
+                "instances": instances.iter().map(|(n, (calls, bytes, amount))| json!({
+                    "instance": n, "calls": calls, "bytes_out": bytes, "amount": amount,
+                })).collect::<Vec<_>>(),
+                "apis": apis.iter().map(|((i, a), (calls, bytes))| json!({
+                    "instance": i, "api": a, "calls": calls, "bytes_out": bytes,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Table => {
+            let mut t = Table::new(&["DAY", "ITEM", "QUANTITY", "AMOUNT (USD)"]);
+            for r in rows.iter().filter(|r| r["section"] == "day") {
+                t.row(vec![
+                    r["day"].as_str().unwrap_or_default().into(),
+                    r["item"].as_str().unwrap_or_default().into(),
+                    r["quantity"].as_str().unwrap_or_default().into(),
+                    r["amount"].as_str().unwrap_or_default().into(),
+                ]);
+            }
+            print!("{}", t.render());
+            let mut t = Table::new(&["INSTANCE", "CALLS", "BYTES OUT", "CHARGED (USD)"]);
+            for (n, (calls, bytes, amount)) in &instances {
+                t.row(vec![
+                    n.clone(),
+                    calls.to_string(),
+                    bytes.to_string(),
+                    amount.clone(),
+                ]);
+            }
+            print!("\n{}", t.render());
+            let mut t = Table::new(&["INSTANCE", "API", "CALLS", "BYTES OUT"]);
+            for ((i, a), (calls, bytes)) in &apis {
+                t.row(vec![
+                    i.clone(),
+                    a.clone(),
+                    calls.to_string(),
+                    bytes.to_string(),
+                ]);
+            }
+            print!("\n{}", t.render());
+            println!(
+                "\nTOTAL for {account} in {m}: {total} USD ({} daily bills)",
+                bills.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn bill_list(
@@ -435,10 +675,15 @@ async fn bill_list(
 }
 
 async fn bill_get(c: &mut Client, f: Format, account: String, day: String) -> Result<()> {
+    if day.trim().is_empty() {
+        bail!(
+            "invalid --day: must not be empty: give a date like 2026-01-31 (bill list shows them all)"
+        );
+    }
     let bills = c
         .describe_bills(pb::DescribeBillsRequest {
             account,
-            day,
+            day: Some(day),
             ..Default::default()
         })
         .await?

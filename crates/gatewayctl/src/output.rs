@@ -1,4 +1,4 @@
-//! How results are shown: aligned tables for people, JSON for scripts.
+//! How results are shown: aligned tables for people, JSON for scripts, CSV for spreadsheets.
 
 use proto::admin as pb;
 use serde_json::{Value, json};
@@ -7,6 +7,51 @@ use serde_json::{Value, json};
 pub enum Format {
     Table,
     Json,
+    /// Comma-separated values: a header line, then a line per record (a listing's records, or
+    /// the one record shown). Nested values are written as JSON text.
+    Csv,
+}
+
+/// One CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(v: &Value) -> String {
+    let text = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// `records` (JSON objects) as CSV: the header is the first record's fields, in order.
+pub fn csv(records: &[Value]) -> String {
+    let Some(Value::Object(first)) = records.first() else {
+        return String::new();
+    };
+    let keys: Vec<&String> = first.keys().collect();
+    let mut out = keys
+        .iter()
+        .map(|k| csv_field(&Value::String((*k).clone())))
+        .collect::<Vec<_>>()
+        .join(",");
+    out.push('\n');
+    for r in records {
+        let line: Vec<String> = keys.iter().map(|k| csv_field(&r[k.as_str()])).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// A value as CSV: an array's elements are the records, anything else is one record.
+fn value_csv(v: &Value) -> String {
+    match v {
+        Value::Array(items) => csv(items),
+        other => csv(std::slice::from_ref(other)),
+    }
 }
 
 /// A table: a header and rows of cells, printed with aligned columns.
@@ -58,6 +103,7 @@ pub fn print(format: Format, value: Value, table: impl FnOnce() -> Table) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
         Format::Table => print!("{}", table().render()),
+        Format::Csv => print!("{}", value_csv(&value)),
     }
 }
 
@@ -122,6 +168,8 @@ fn render_page(
             }
             (out, None)
         }
+        // The records only; the cursor goes where people see it.
+        Format::Csv => (csv(&page.items), hint),
     }
 }
 
@@ -148,12 +196,41 @@ pub fn instance_json(i: &pb::Instance) -> Value {
         "account": i.account,
         "created_at_ms": i.created_at_ms,
         "spec_changed_at_ms": i.spec_changed_at_ms,
+        "status": i.status,
+        "term_end": i.term_end_ms.map(crate::ms_to_utc),
+        "term_end_ms": i.term_end_ms,
+        "auto_renew": i.auto_renew,
+        "stopped_reason": i.stopped_reason,
+        "stopped_at_ms": i.stopped_at_ms,
+        "release_at": i.release_at_ms.map(crate::ms_to_utc),
+        "release_at_ms": i.release_at_ms,
     })
 }
 
 pub fn instances_table(list: &[pb::Instance]) -> Table {
-    let mut t = Table::new(&["NAME", "SPEC", "MAX RPS", "REGION", "CHARGE", "ACCOUNT"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "SPEC",
+        "MAX RPS",
+        "REGION",
+        "CHARGE",
+        "ACCOUNT",
+        "STATUS",
+        "TERM ENDS (UTC)",
+    ]);
     for i in list {
+        let status = match &i.stopped_reason {
+            Some(r) => format!("stopped ({r})"),
+            None => i.status.clone(),
+        };
+        let term = match i.term_end_ms {
+            Some(ms) => format!(
+                "{} ({ms}){}",
+                crate::ms_to_utc(ms),
+                if i.auto_renew { ", auto-renew" } else { "" }
+            ),
+            None => "-".into(),
+        };
         t.row(vec![
             i.name.clone(),
             i.spec.clone(),
@@ -161,6 +238,8 @@ pub fn instances_table(list: &[pb::Instance]) -> Table {
             i.region.clone(),
             charge_type_name(i.charge_type).into(),
             i.account.clone(),
+            status,
+            term,
         ]);
     }
     t

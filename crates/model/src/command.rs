@@ -80,6 +80,37 @@ impl AuthType {
     }
 }
 
+/// How a command changes one optional field. Three cases where `Option<Option<T>>` would make
+/// two of them the same once it has been through JSON (the Raft log's encoding writes `None`
+/// and `Some(None)` both as `null`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update<T> {
+    /// Leave the field as it is.
+    #[default]
+    Keep,
+    /// Remove the value.
+    Clear,
+    Set(T),
+}
+
+impl<T: Clone> Update<T> {
+    /// The field's value after the update.
+    pub fn applied_to(&self, current: Option<T>) -> Option<T> {
+        match self {
+            Update::Keep => current,
+            Update::Clear => None,
+            Update::Set(v) => Some(v.clone()),
+        }
+    }
+}
+
+/// Options of a new dedicated instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceOptions {
+    /// Renew a subscription's term from the balance when it ends (ignored for pay-as-you-go).
+    pub auto_renew: bool,
+}
+
 /// A change to an API group; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupChange {
@@ -100,9 +131,31 @@ pub enum Command {
         charge_type: ChargeType,
         account: String,
     },
+    /// [`Command::CreateInstance`] with options. A variant of its own so that the original
+    /// command keeps its shape in logs written before the options existed.
+    CreateInstanceWith {
+        name: String,
+        spec: String,
+        region: String,
+        charge_type: ChargeType,
+        account: String,
+        options: InstanceOptions,
+    },
     ModifyInstanceSpec {
         name: String,
         spec: String,
+    },
+    /// Pays another subscription term of instance `name` from its account's balance, at the
+    /// catalog's price. The term runs on from the end of the paid one, or from now for an
+    /// instance stopped at the end of its term (which starts it again).
+    RenewInstance {
+        name: String,
+        term: billing::Term,
+    },
+    /// Whether a subscription renews itself from the balance at the end of its term.
+    SetInstanceAutoRenew {
+        name: String,
+        auto_renew: bool,
     },
     DeleteInstance {
         name: String,
@@ -157,12 +210,18 @@ pub enum Command {
         account: String,
         amount: Usd,
     },
-    /// Sets the balance alert threshold (`None` removes it) and, when given, the webhook
-    /// (`Some(None)` removes it).
+    /// Sets, removes or keeps the balance alert threshold and the webhook.
     SetAccountAlert {
         account: String,
-        threshold: Option<Usd>,
-        webhook: Option<Option<String>>,
+        threshold: Update<Usd>,
+        webhook: Update<String>,
+    },
+    /// An operator's correction of an account's balance: a credit (positive) or a debit
+    /// (negative), in whole cents, written to the ledger with its reason.
+    AdjustBalance {
+        account: String,
+        amount: Usd,
+        reason: String,
     },
     /// A node's usage counts since its last flush. `(node, seq)` is applied at most once, so
     /// a retried flush never counts twice.
@@ -229,7 +288,10 @@ impl Command {
     pub fn kind(&self) -> &'static str {
         match self {
             Command::CreateInstance { .. } => "CreateInstance",
+            Command::CreateInstanceWith { .. } => "CreateInstanceWith",
             Command::ModifyInstanceSpec { .. } => "ModifyInstanceSpec",
+            Command::RenewInstance { .. } => "RenewInstance",
+            Command::SetInstanceAutoRenew { .. } => "SetInstanceAutoRenew",
             Command::DeleteInstance { .. } => "DeleteInstance",
             Command::CreateApiGroup { .. } => "CreateApiGroup",
             Command::ModifyApiGroup { .. } => "ModifyApiGroup",
@@ -242,6 +304,7 @@ impl Command {
             Command::CreateAccount { .. } => "CreateAccount",
             Command::Recharge { .. } => "Recharge",
             Command::SetAccountAlert { .. } => "SetAccountAlert",
+            Command::AdjustBalance { .. } => "AdjustBalance",
             Command::RecordUsage { .. } => "RecordUsage",
             Command::CloseCycle { .. } => "CloseCycle",
             Command::AckEvents { .. } => "AckEvents",

@@ -38,7 +38,12 @@ pub struct DayUsage {
 pub struct BillLine {
     pub item: String,
     pub quantity: String,
+    /// Whole cents (the sub-cent remainder of a monthly line is carried to the next day).
     pub amount: Usd,
+    /// The instance the line is for: a dedicated instance's hours, or the shared instance's
+    /// calls; `None` for traffic, which is billed by region.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// An account's bill for one daily cycle.
@@ -57,7 +62,8 @@ pub struct Bill {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     pub at_ms: Millis,
-    /// `recharge`, `bill DAY`, `subscription INSTANCE`, `upgrade INSTANCE`.
+    /// `recharge`, `bill DAY`, `subscription INSTANCE`, `upgrade INSTANCE`, `renewal INSTANCE
+    /// (TERM)`, `adjustment: REASON`.
     pub what: String,
     /// Positive adds to the balance, negative takes from it.
     pub amount: Usd,

@@ -26,12 +26,15 @@ pub mod history;
 mod state;
 pub mod validate;
 
-pub use command::{ApiSpec, AuthType, Command, GroupChange, Proposal, Reply, UsageDelta};
+pub use command::{
+    ApiSpec, AuthType, Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageDelta,
+};
 pub use error::DomainError;
 pub use state::{
     Account, Api, ApiGroup, ApiToken, App, Applied, CatalogMismatch, ChangeSet, ChargeType,
     DEFAULT_ACCOUNT, Deployment, Instance, IpRules, MonthToDate, REMEMBERED_REQUESTS,
-    ReleasedInstance, Sessions, SpecChange, Stage, State,
+    ReleasedInstance, Sessions, SpecChange, Stage, State, StopPeriod, StopReason, Stopped,
+    TERM_GRACE_DAYS,
 };
 
 /// Unix time in milliseconds, as stamped on a proposal by the node that proposed it.

@@ -273,6 +273,37 @@ pub fn timeout_ms(value: u64) -> Result<(), DomainError> {
 }
 
 /// A client's request id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
+/// An amount of money that moves a balance: whole cents, as every balance is.
+pub fn whole_cents(field: &str, amount: catalog::Usd) -> Result<(), DomainError> {
+    if amount.is_whole_cents() {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(
+            field,
+            format!("{amount} has fractions of a cent; give at most 2 decimals, like 12.34"),
+        ))
+    }
+}
+
+/// A balance alert threshold: not negative.
+pub fn threshold(t: catalog::Usd) -> Result<(), DomainError> {
+    if t < catalog::Usd::ZERO {
+        return Err(DomainError::invalid("threshold", "must not be negative"));
+    }
+    Ok(())
+}
+
+/// Why an operator adjusted a balance: 1 to 200 characters, no control characters.
+pub fn reason(r: &str) -> Result<(), DomainError> {
+    if r.trim().is_empty() || r.chars().count() > 200 || r.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            "reason",
+            "must be 1 to 200 characters without control characters (what the adjustment is for)",
+        ));
+    }
+    Ok(())
+}
+
 pub fn request_id(id: &str) -> Result<(), DomainError> {
     let ok = (1..=64).contains(&id.len())
         && id

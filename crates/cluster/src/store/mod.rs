@@ -767,10 +767,13 @@ mod tests {
                         account,
                         amount: catalog::Usd::parse("1.25").unwrap(),
                     },
+                    // A new threshold each time: setting the same one again does not alert.
                     _ => model::Command::SetAccountAlert {
                         account,
-                        threshold: Some(catalog::Usd::parse("100").unwrap()),
-                        webhook: None,
+                        threshold: model::Update::Set(
+                            catalog::Usd::parse(&format!("{}", 100 + i)).unwrap(),
+                        ),
+                        webhook: model::Update::Keep,
                     },
                 };
                 entry(i, 1_767_225_600_000 + i, command)

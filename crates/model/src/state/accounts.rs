@@ -1,6 +1,7 @@
 //! Accounts and their admin tokens: create, recharge, alerts, webhook acknowledgements.
 
 use super::{Account, ApiToken, Effects, State, deleted, ts};
+use crate::command::Update;
 use crate::{Command, DomainError, Millis, Reply, validate};
 use catalog::Usd;
 
@@ -21,7 +22,12 @@ pub(super) fn apply(
             account,
             threshold,
             webhook,
-        } => set_alert(s, account, *threshold, webhook, now, fx),
+        } => set_alert(s, account, threshold, webhook, now, fx),
+        Command::AdjustBalance {
+            account,
+            amount,
+            reason,
+        } => adjust(s, account, *amount, reason, now, fx),
         Command::AckEvents { account, seq } => {
             let acct = s.account_mut(account)?;
             acct.events_acked = acct.events_acked.max(*seq);
@@ -53,8 +59,8 @@ fn create(
     if let Some(w) = webhook {
         validate::webhook(w)?;
     }
-    if balance_alert.is_some_and(|t| t < Usd::ZERO) {
-        return Err(DomainError::invalid("threshold", "must not be negative"));
+    if let Some(t) = balance_alert {
+        validate::threshold(t)?;
     }
     if s.accounts.contains_key(name) {
         return Err(DomainError::already_exists("account", name));
@@ -79,6 +85,7 @@ fn recharge(
             format!("{amount} must be more than 0"),
         ));
     }
+    validate::whole_cents("amount", amount)?;
     let acct = s.account(account)?;
     let outcome = billing::recharge(&acct.billing, amount, ts(now))
         .map_err(|e| DomainError::invalid("amount", e.to_string()))?;
@@ -89,23 +96,54 @@ fn recharge(
 fn set_alert(
     s: &mut State,
     account: &str,
-    threshold: Option<Usd>,
-    webhook: &Option<Option<String>>,
+    threshold: &Update<Usd>,
+    webhook: &Update<String>,
     now: Millis,
     fx: &mut Effects,
 ) -> Result<Reply, DomainError> {
-    if let Some(Some(w)) = webhook {
+    if let Update::Set(w) = webhook {
         validate::webhook(w)?;
     }
-    if threshold.is_some_and(|t| t < Usd::ZERO) {
-        return Err(DomainError::invalid("threshold", "must not be negative"));
+    if let Update::Set(t) = threshold {
+        validate::threshold(*t)?;
     }
-    let (b, events) = billing::set_balance_alert(&s.account(account)?.billing, threshold);
-    s.set_billing(account, b, fx)?;
-    if let Some(w) = webhook {
-        s.account_mut(account)?.webhook = w.clone();
-    }
+    let acct = s.account(account)?;
+    let threshold = threshold.applied_to(acct.billing.balance_alert_threshold());
+    let (b, events) = billing::set_balance_alert(&acct.billing, threshold);
+    let instance_events = s.set_billing(account, b, now, fx)?;
+    let acct = s.account_mut(account)?;
+    acct.webhook = webhook.applied_to(acct.webhook.take());
     s.push_events(account, now, events, fx);
+    s.push_events(account, now, instance_events, fx);
+    Ok(Reply::Account(Box::new(s.account(account)?.clone())))
+}
+
+fn adjust(
+    s: &mut State,
+    account: &str,
+    amount: Usd,
+    reason: &str,
+    now: Millis,
+    fx: &mut Effects,
+) -> Result<Reply, DomainError> {
+    if amount == Usd::ZERO {
+        return Err(DomainError::invalid(
+            "amount",
+            "must not be 0: a credit is positive (+12.50), a debit negative (-12.50)",
+        ));
+    }
+    validate::whole_cents("amount", amount)?;
+    validate::reason(reason)?;
+    let outcome = billing::adjust(&s.account(account)?.billing, amount, ts(now))
+        .map_err(|e| DomainError::invalid("amount", e.to_string()))?;
+    s.book(
+        account,
+        now,
+        format!("adjustment: {reason}"),
+        amount,
+        outcome,
+        fx,
+    )?;
     Ok(Reply::Account(Box::new(s.account(account)?.clone())))
 }
 

@@ -99,8 +99,98 @@ pub struct Instance {
     /// Every spec the instance has had, oldest first; the last is `spec`. Billing prices each
     /// stretch of time at the spec then in force.
     pub spec_history: Vec<SpecChange>,
-    /// The end of a subscription's paid term; after it the instance is billed by the hour.
+    /// The end of a subscription's paid term. A term that ends unrenewed stops the instance
+    /// (see [`TERM_GRACE_DAYS`]); it never turns into pay-as-you-go.
     pub subscription_end_ms: Option<Millis>,
+    /// When the paid span that ends at `subscription_end_ms` started, and its length: what a
+    /// mid-term upgrade is prorated over.
+    #[serde(default)]
+    pub term_start_ms: Option<Millis>,
+    #[serde(default)]
+    pub term: Option<billing::Term>,
+    /// Renew the subscription from the balance when its term ends.
+    #[serde(default)]
+    pub auto_renew: bool,
+    /// The term-end warnings sent for the current term: 1 after the 7-day one, 2 after the
+    /// 1-day one.
+    #[serde(default)]
+    pub term_warnings: u8,
+    /// Why and since when the instance is stopped; `None` while it runs.
+    #[serde(default)]
+    pub stopped: Option<Stopped>,
+    /// The stops that bills not closed yet still need, oldest first (only the last may be
+    /// open). Older ones are dropped as days close, so this stays short.
+    #[serde(default)]
+    pub stops: Vec<StopPeriod>,
+}
+
+/// How long an instance stopped at the end of its unrenewed term is kept (renewable, with its
+/// API groups) before it is released.
+pub const TERM_GRACE_DAYS: u32 = 7;
+
+/// Why an instance is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// Its account is suspended for an unpaid bill; the recharge that restores the account
+    /// starts it again.
+    AccountSuspended,
+    /// Its subscription's term ended unrenewed; a renewal starts it again, and it is released
+    /// [`TERM_GRACE_DAYS`] after the term's end otherwise.
+    TermEnded,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::AccountSuspended => "account_suspended",
+            StopReason::TermEnded => "term_ended",
+        }
+    }
+}
+
+/// A stopped instance: its APIs are refused and it accrues nothing, but it keeps its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    pub since_ms: Millis,
+    pub reason: StopReason,
+}
+
+/// A stretch of time an instance was stopped: `[from_ms, until_ms)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopPeriod {
+    pub from_ms: Millis,
+    pub until_ms: Option<Millis>,
+}
+
+impl Instance {
+    /// Stops the instance at `at_ms`, if it runs.
+    pub(crate) fn stop(&mut self, at_ms: Millis, reason: StopReason) -> bool {
+        if self.stopped.is_some() {
+            return false;
+        }
+        self.stopped = Some(Stopped {
+            since_ms: at_ms,
+            reason,
+        });
+        self.stops.push(StopPeriod {
+            from_ms: at_ms,
+            until_ms: None,
+        });
+        true
+    }
+
+    /// Starts the instance again at `at_ms`, if it is stopped.
+    pub(crate) fn start(&mut self, at_ms: Millis) -> bool {
+        if self.stopped.take().is_none() {
+            return false;
+        }
+        if let Some(last) = self.stops.last_mut()
+            && last.until_ms.is_none()
+        {
+            last.until_ms = Some(at_ms.max(last.from_ms));
+        }
+        true
+    }
 }
 
 /// Usage of the closed days of the current month: the shared instance's call tiers and the
@@ -490,9 +580,12 @@ impl State {
     ) -> Result<Reply, DomainError> {
         use Command as C;
         match command {
-            C::CreateInstance { .. } | C::ModifyInstanceSpec { .. } | C::DeleteInstance { .. } => {
-                instances::apply(self, command, now, catalog, fx)
-            }
+            C::CreateInstance { .. }
+            | C::CreateInstanceWith { .. }
+            | C::ModifyInstanceSpec { .. }
+            | C::DeleteInstance { .. }
+            | C::RenewInstance { .. }
+            | C::SetInstanceAutoRenew { .. } => instances::apply(self, command, now, catalog, fx),
             C::CreateApiGroup { .. }
             | C::ModifyApiGroup { .. }
             | C::DeleteApiGroup { .. }
@@ -505,6 +598,7 @@ impl State {
             C::CreateAccount { .. }
             | C::Recharge { .. }
             | C::SetAccountAlert { .. }
+            | C::AdjustBalance { .. }
             | C::AckEvents { .. }
             | C::CreateToken { .. }
             | C::RevokeToken { .. } => accounts::apply(self, command, now, fx),
@@ -605,19 +699,79 @@ impl State {
         }
     }
 
-    /// Sets an account's billing state, noting a change in whether its calls are served.
+    /// Whether the data plane serves the calls to the APIs of group `g`: its account is not
+    /// suspended, and it runs on the shared instance or on a dedicated one that is not stopped.
+    pub fn serves_group(&self, g: &ApiGroup) -> bool {
+        self.accounts
+            .get(&g.account)
+            .is_some_and(|a| a.billing.serves_api_calls())
+            && self
+                .instances
+                .get(&g.instance)
+                .is_none_or(|i| i.stopped.is_none())
+    }
+
+    /// Sets an account's billing state at `now`, noting a change in whether its calls are
+    /// served. Suspension stops the account's pay-as-you-go instances (they accrue nothing
+    /// while stopped); restoration starts them again, billed from the hour it happens in.
+    /// Returns the events of the instances stopped or started, for the caller to note after
+    /// its own.
     pub(crate) fn set_billing(
         &mut self,
         account: &str,
         billing: AccountBilling,
+        now: Millis,
         fx: &mut Effects,
-    ) -> Result<(), DomainError> {
+    ) -> Result<Vec<Event>, DomainError> {
         let acct = self.account_mut(account)?;
-        if acct.billing.serves_api_calls() != billing.serves_api_calls() {
-            fx.changes.accounts.insert(account.to_string());
-        }
+        let (was, will) = (acct.billing.serves_api_calls(), billing.serves_api_calls());
         acct.billing = billing;
-        Ok(())
+        if was == will {
+            return Ok(Vec::new());
+        }
+        fx.changes.accounts.insert(account.to_string());
+        let names: Vec<String> = self
+            .index
+            .instances_by_account
+            .get(account)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        for name in names {
+            let Some(inst) = self.instances.get_mut(&name) else {
+                continue;
+            };
+            let changed = if will {
+                matches!(
+                    inst.stopped,
+                    Some(Stopped {
+                        reason: StopReason::AccountSuspended,
+                        ..
+                    })
+                ) && inst.start(now)
+            } else {
+                inst.charge_type == ChargeType::Postpaid
+                    && inst.stop(now, StopReason::AccountSuspended)
+            };
+            if !changed {
+                continue;
+            }
+            fx.changes.instances.insert(name.clone());
+            if let Some(hosted) = self.index.groups_by_instance.get(&name) {
+                fx.changes.groups.extend(hosted.iter().cloned());
+            }
+            events.push(if will {
+                Event::InstanceStarted { instance: name }
+            } else {
+                Event::InstanceStopped {
+                    instance: name,
+                    reason: StopReason::AccountSuspended.as_str().into(),
+                    release_at: None,
+                    hosted_groups: Vec::new(),
+                }
+            });
+        }
+        Ok(events)
     }
 
     /// Moves money, writes the ledger entry, and notes the events the move causes.
@@ -631,7 +785,7 @@ impl State {
         fx: &mut Effects,
     ) -> Result<(), DomainError> {
         let (billing, events) = outcome;
-        self.set_billing(account, billing, fx)?;
+        let instance_events = self.set_billing(account, billing, at_ms, fx)?;
         let acct = self.account_mut(account)?;
         acct.ledger_len += 1;
         let record = HistoryRecord::Ledger {
@@ -646,6 +800,7 @@ impl State {
         };
         fx.history.push(record);
         self.push_events(account, at_ms, events, fx);
+        self.push_events(account, at_ms, instance_events, fx);
         Ok(())
     }
 

@@ -372,13 +372,44 @@ fn arb_command() -> impl Strategy<Value = Command> {
     let cidr = prop::sample::select(vec!["10.0.0.0/8", "198.18.0.1/32", "bogus"]);
     let charge = prop::sample::select(vec![ChargeType::Postpaid, ChargeType::Month]);
     prop_oneof![
-        (name.clone(), spec.clone(), charge, account.clone()).prop_map(|(n, s, c, a)| {
+        (name.clone(), spec.clone(), charge.clone(), account.clone()).prop_map(|(n, s, c, a)| {
             Command::CreateInstance {
                 name: n.into(),
                 spec: s.into(),
                 region: "cn-hongkong".into(),
                 charge_type: c,
                 account: a.into(),
+            }
+        }),
+        (
+            name.clone(),
+            spec.clone(),
+            charge,
+            account.clone(),
+            any::<bool>()
+        )
+            .prop_map(|(n, s, c, a, auto_renew)| Command::CreateInstanceWith {
+                name: n.into(),
+                spec: s.into(),
+                region: "cn-hongkong".into(),
+                charge_type: c,
+                account: a.into(),
+                options: crate::InstanceOptions { auto_renew },
+            }),
+        (name.clone(), 0..3u32, any::<bool>()).prop_map(|(n, k, years)| {
+            Command::RenewInstance {
+                name: n.into(),
+                term: if years {
+                    billing::Term::Years(k)
+                } else {
+                    billing::Term::Months(k)
+                },
+            }
+        }),
+        (name.clone(), any::<bool>()).prop_map(|(n, auto_renew)| {
+            Command::SetInstanceAutoRenew {
+                name: n.into(),
+                auto_renew,
             }
         }),
         (name.clone(), spec).prop_map(|(n, s)| Command::ModifyInstanceSpec {
@@ -458,10 +489,17 @@ fn arb_command() -> impl Strategy<Value = Command> {
             account: a.into(),
             amount: Usd::parse(m).unwrap(),
         }),
+        (account.clone(), amount.clone(), name.clone()).prop_map(|(a, m, reason)| {
+            Command::AdjustBalance {
+                account: a.into(),
+                amount: Usd::parse(m).unwrap(),
+                reason: reason.into(),
+            }
+        }),
         (account.clone(), amount).prop_map(|(a, m)| Command::SetAccountAlert {
             account: a.into(),
-            threshold: Some(Usd::parse(m).unwrap()),
-            webhook: None,
+            threshold: crate::Update::Set(Usd::parse(m).unwrap()),
+            webhook: crate::Update::Keep,
         }),
         (account.clone(), 0..20u64).prop_map(|(a, seq)| Command::AckEvents {
             account: a.into(),
