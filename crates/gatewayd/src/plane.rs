@@ -150,11 +150,9 @@ fn group(state: &State, g: &ApiGroup) -> GroupConfig {
             .iter()
             .map(|(api, apps)| (api.clone(), apps.iter().cloned().collect()))
             .collect(),
-        // Overdue bills stop API calls (not management) until a recharge covers them.
-        suspended: state
-            .accounts
-            .get(&g.account)
-            .is_some_and(|a| !a.billing.serves_api_calls()),
+        // Overdue bills stop API calls (not management) until a recharge covers them, and a
+        // stopped instance (an unrenewed subscription past its term) serves none.
+        suspended: !state.serves_group(g),
     }
 }
 
