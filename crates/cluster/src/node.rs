@@ -1,18 +1,19 @@
 //! A running cluster node: Raft, its storage and network, bootstrap, and the write path.
 
 use crate::network::{Channels, PeerNetworkFactory, decode, encode};
+use crate::standing::{Fence, Standing};
 use crate::store::history::History;
 use crate::store::{self, LogStore, Publication};
 use crate::types::{NodeId, Raft, Response, StorageError};
 use catalog::Catalog;
 use model::{Command, DomainError, Proposal, Reply, State};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
-use proto::peer::{JoinRequest, ProbeRequest};
+use openraft::{BasicNode, ChangeMembers, Config, Membership, ServerState, SnapshotPolicy};
+use proto::peer::{JoinRequest, ProbeReply, ProbeRequest, RemovingRequest};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -56,6 +57,13 @@ pub struct NodeConfig {
     /// TLS for connections to peers (this node's certificate and the cluster CA); `None` dials
     /// them in plaintext.
     pub peer_tls: Option<tls::ClientTls>,
+    /// The cluster this node must belong to (`--cluster-id`): checked against the data dir
+    /// and the peers, and used to initialise a new cluster. `None`: whatever the data dir
+    /// says, or the first leader that reaches a pristine node.
+    pub cluster_id: Option<String>,
+    /// Stop serving (see [`Node::not_serving`]) after this long without contact with a quorum;
+    /// `None` serves the last configuration however old it is.
+    pub max_stale_config: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -74,6 +82,8 @@ impl NodeConfig {
             snapshot_every: 5000,
             write_timeout: Duration::from_secs(5),
             peer_tls: None,
+            cluster_id: None,
+            max_stale_config: None,
         }
     }
 }
@@ -156,6 +166,16 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
 }
 
+/// Whether `id` is a member of `mem` once any change in progress completes: a voter of the
+/// target configuration or a learner. (During a joint change that removes a voter, the voter
+/// is still in the old configuration but no longer in the target one.)
+pub(crate) fn is_member(mem: &Membership<NodeId, BasicNode>, id: NodeId) -> bool {
+    mem.get_joint_config()
+        .last()
+        .is_some_and(|target| target.contains(&id))
+        || mem.learner_ids().any(|l| l == id)
+}
+
 /// The cluster as the answering node sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
@@ -166,10 +186,20 @@ pub struct NodeStatus {
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// The cluster this node belongs to (or expects to), if known.
+    pub cluster_id: Option<String>,
+    /// Why this node refuses API traffic, if it does (see [`Node::not_serving`]).
+    pub not_serving: Option<String>,
+    /// What this node is waiting for before it can take part, if anything.
+    pub waiting: Option<String>,
 }
 
 /// Handles the demand reports peers send for the limiter shares; set by the data plane wiring.
 pub type DemandHandler = Box<dyn Fn(NodeId, &[u8]) + Send + Sync>;
+
+/// Told whether the node may serve API traffic ([`Node::not_serving`]): at once when a leader
+/// announces this node's removal or the node finds it was removed, and every 100 ms otherwise.
+pub type ServingHook = Box<dyn Fn(Option<String>) + Send + Sync>;
 
 struct Inner {
     id: NodeId,
@@ -190,6 +220,19 @@ struct Inner {
     write_timeout: Duration,
     election_max: Duration,
     demand_handler: OnceLock<DemandHandler>,
+    /// The cluster id, quorum contact and removal fence (shared with the peer network and
+    /// service).
+    standing: Arc<Standing>,
+    max_stale_config: Option<Duration>,
+    /// Why this node knows it is no longer a member, once it does.
+    removed: watch::Sender<Option<String>>,
+    /// Set when this node's cluster id and a peer's differ: the node must not run.
+    conflict: watch::Sender<Option<String>>,
+    /// What the bootstrap or the join is waiting for (see [`NodeStatus::waiting`]).
+    waiting_setup: Mutex<Option<String>>,
+    /// What the node waits for once it is part of a cluster (a leader), set by the watcher.
+    waiting_leader: Mutex<Option<String>>,
+    serving_hook: OnceLock<ServingHook>,
 }
 
 /// A running node. Cheap to clone.
@@ -217,6 +260,10 @@ impl Node {
         std::fs::create_dir_all(&dir).map_err(|e| {
             ClusterError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
+        let standing = Arc::new(
+            Standing::open(&cfg.data_dir, cfg.cluster_id.as_deref())
+                .map_err(ClusterError::Invalid)?,
+        );
         let (log, sm) = store::open(&dir, cfg.catalog.clone()).map_err(storage_err)?;
         let pristine = log.is_pristine().map_err(storage_err)?;
         let publication = sm.publication();
@@ -239,7 +286,7 @@ impl Node {
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),
-            PeerNetworkFactory::new(channels.clone()),
+            PeerNetworkFactory::new(channels.clone(), standing.clone()),
             log.clone(),
             sm,
         )
@@ -260,8 +307,17 @@ impl Node {
                 write_timeout: cfg.write_timeout,
                 election_max: cfg.election_timeout.1,
                 demand_handler: OnceLock::new(),
+                standing,
+                max_stale_config: cfg.max_stale_config,
+                removed: watch::Sender::new(None),
+                conflict: watch::Sender::new(None),
+                waiting_setup: Mutex::new(None),
+                waiting_leader: Mutex::new(None),
+                serving_hook: OnceLock::new(),
             }),
         };
+        let joins = !cfg.voters.contains_key(&cfg.node_id);
+        tokio::spawn(node.clone().watch_standing(cfg.voters.clone(), joins));
         let voters = cfg.voters.clone();
         let me = cfg.advertise_peer.clone();
         if !voters.contains_key(&cfg.node_id) {
@@ -335,6 +391,7 @@ impl Node {
                     let mut req =
                         tonic::Request::new(proto::peer::DemandReport { node_id: me, data });
                     req.set_timeout(timeout);
+                    self.inner.standing.stamp(req.metadata_mut());
                     let _ = c.report_demand(req).await;
                 }
             });
@@ -354,33 +411,57 @@ impl Node {
         let id = self.id();
         let lowest = voters.keys().next().copied();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut said = Said::default();
         loop {
             tick.tick().await;
             if !log.is_pristine().unwrap_or(false)
                 || self.raft().is_initialized().await.unwrap_or(true)
             {
+                self.set_waiting_setup(None);
                 return; // Some leader has reached us: we are part of a cluster.
             }
-            let mut all_answer = true;
+            let mut silent = Vec::new();
             let mut someone_initialized = false;
             for (&peer, addr) in voters.iter().filter(|(p, _)| **p != id) {
                 match self.probe(addr).await {
-                    Some(initialized) => someone_initialized |= initialized,
-                    None => {
-                        tracing::debug!(node = id, peer, "voter not reachable yet");
-                        all_answer = false;
-                    }
+                    Some(reply) => someone_initialized |= reply.initialized,
+                    None => silent.push(format!("node {peer} at {addr}")),
                 }
             }
+            let waiting = if someone_initialized {
+                "a leader of the initialised cluster to reach this node".to_string()
+            } else if !silent.is_empty() {
+                format!(
+                    "every initial voter to answer before the cluster is initialised; not answering: {}",
+                    silent.join(", ")
+                )
+            } else {
+                let lowest = lowest.unwrap_or(id);
+                format!("node {lowest} (the lowest voter id) to initialise the cluster")
+            };
+            said.log(&waiting);
+            self.set_waiting_setup(Some(waiting));
             if someone_initialized {
                 // Wait for the leader to replicate to us (we are in its membership).
                 continue;
             }
-            if all_answer && lowest == Some(id) {
+            if silent.is_empty() && lowest == Some(id) {
                 let members: BTreeMap<NodeId, BasicNode> = voters
                     .iter()
                     .map(|(k, v)| (*k, BasicNode::new(v)))
                     .collect();
+                // The cluster's id is on disk before the cluster exists: every entry this
+                // node sends as its first leader carries it.
+                match self.inner.standing.for_new_cluster() {
+                    Ok(cluster) => {
+                        tracing::info!(node = id, cluster_id = %cluster, "initialising cluster {cluster}")
+                    }
+                    Err(e) => {
+                        tracing::error!(node = id, "cannot initialise the cluster: {e}");
+                        continue;
+                    }
+                }
+                self.set_waiting_setup(None);
                 match self.raft().initialize(members).await {
                     Ok(()) => tracing::info!(node = id, "initialised the cluster"),
                     Err(e) => tracing::info!(node = id, "cluster already initialised: {e}"),
@@ -393,13 +474,33 @@ impl Node {
     /// Asks the voters, until one answers yes, to add this node as a learner.
     async fn join_as_learner(self, voters: BTreeMap<NodeId, String>, me: String) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut said = Said::default();
         loop {
             tick.tick().await;
-            if self.try_join(&voters, &me).await {
-                tracing::info!(node = self.id(), "joined the cluster as a learner");
-                return;
+            match self.try_join(&voters, &me).await {
+                Ok(()) => {
+                    self.set_waiting_setup(None);
+                    tracing::info!(node = self.id(), "joined the cluster as a learner");
+                    return;
+                }
+                Err(why) => {
+                    let waiting = format!(
+                        "a voter to add this node as a learner (asked {}): {why}",
+                        voters.values().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    said.log(&waiting);
+                    self.set_waiting_setup(Some(waiting));
+                }
             }
         }
+    }
+
+    fn set_waiting_setup(&self, w: Option<String>) {
+        *self
+            .inner
+            .waiting_setup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = w;
     }
 
     /// A learner that shuts down leaves the membership, so that scaling the nodes down removes
@@ -419,17 +520,22 @@ impl Node {
         }
     }
 
-    /// Asks a voter whether it is part of a cluster; `None` when it does not answer.
-    async fn probe(&self, addr: &str) -> Option<bool> {
+    /// Asks a peer whether it is part of a cluster, which, and whether this node is a member
+    /// of it; `None` when it does not answer.
+    async fn probe(&self, addr: &str) -> Option<ProbeReply> {
         let mut c = self.channels().get(addr).ok()?;
         let mut req = tonic::Request::new(ProbeRequest {
             from_node_id: self.id(),
         });
         req.set_timeout(Duration::from_millis(500));
-        c.probe(req).await.ok().map(|r| r.into_inner().initialized)
+        self.inner.standing.stamp(req.metadata_mut());
+        c.probe(req).await.ok().map(|r| r.into_inner())
     }
 
-    async fn try_join(&self, voters: &BTreeMap<NodeId, String>, me: &str) -> bool {
+    /// Asks each voter in turn to add this node as a learner; the error says what the last
+    /// one answered.
+    async fn try_join(&self, voters: &BTreeMap<NodeId, String>, me: &str) -> Result<(), String> {
+        let mut why = String::from("no voter answered");
         for addr in voters.values() {
             let Ok(mut c) = self.channels().get(addr) else {
                 continue;
@@ -439,13 +545,18 @@ impl Node {
                 peer_addr: me.to_string(),
             });
             req.set_timeout(self.inner.write_timeout);
-            if let Ok(r) = c.join(req).await
-                && let Ok(LeaderReply::Done { .. }) = decode::<LeaderReply>(r.get_ref())
-            {
-                return true;
+            self.inner.standing.stamp(req.metadata_mut());
+            match c.join(req).await {
+                Ok(r) => match decode::<LeaderReply>(r.get_ref()) {
+                    Ok(LeaderReply::Done { .. }) => return Ok(()),
+                    Ok(LeaderReply::Failed(e)) => why = format!("{addr} answered: {e}"),
+                    Ok(LeaderReply::NotLeader { .. }) => why = format!("{addr} knows no leader"),
+                    Err(e) => why = format!("{addr} sent an undecodable reply: {e}"),
+                },
+                Err(status) => why = format!("{addr}: {}", status.message()),
             }
         }
-        false
+        Err(why)
     }
 
     /// Proposes a command and returns its reply once it is committed and applied here.
@@ -610,6 +721,7 @@ impl Node {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1)),
         );
+        self.inner.standing.stamp(r.metadata_mut());
         match client.forward(r).await {
             Ok(resp) => {
                 let reply = decode(resp.get_ref()).unwrap_or_else(|e| {
@@ -725,6 +837,10 @@ impl Node {
                             Some(Err(DomainError::not_found("node", &id.to_string()))),
                         ));
                     };
+                    // The node stops serving before it stops receiving the log: it never
+                    // serves a change made after its removal.
+                    self.announce_removal(id, mem.get_node(&id).map(|n| n.addr.clone()))
+                        .await;
                     self.raft()
                         .change_membership(change, false)
                         .await
@@ -815,6 +931,19 @@ impl Node {
                 }
             })
             .collect();
+        let waiting = self
+            .inner
+            .waiting_setup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .or_else(|| {
+                self.inner
+                    .waiting_leader
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            });
         NodeStatus {
             node_id: self.id(),
             leader_id: m.current_leader,
@@ -823,6 +952,9 @@ impl Node {
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
             members,
+            cluster_id: self.inner.standing.cluster_id(),
+            not_serving: self.not_serving(),
+            waiting,
         }
     }
 
@@ -847,6 +979,313 @@ impl Node {
 
     pub async fn shutdown(&self) {
         let _ = self.raft().shutdown().await;
+    }
+
+    pub(crate) fn standing(&self) -> &Standing {
+        &self.inner.standing
+    }
+
+    /// Why this node must not serve API traffic now, if it must not: it was removed from the
+    /// cluster, a leader announced its removal, or (with `max_stale_config`) it has had no
+    /// contact with a quorum for longer than that. `None`: serve.
+    pub fn not_serving(&self) -> Option<String> {
+        let me = self.id();
+        if let Some(why) = self.removed() {
+            return Some(format!("node {me} was removed from the cluster: {why}"));
+        }
+        if let Some(f) = self.fence() {
+            return Some(format!(
+                "node {} is removing node {me} from the cluster",
+                f.leader
+            ));
+        }
+        let max = self.inner.max_stale_config?;
+        // Worded without the age, so that it reads the same for as long as it lasts.
+        (self.inner.standing.contact_age() > max).then(|| {
+            format!(
+                "node {me} has had no contact with a quorum of the cluster for more than {} ms (--max-stale-config): its configuration may be stale",
+                max.as_millis()
+            )
+        })
+    }
+
+    /// Registers what to tell when the node may or may not serve (once).
+    pub fn set_serving_hook(&self, h: ServingHook) {
+        if self.inner.serving_hook.set(h).is_ok() {
+            self.refresh_serving();
+        }
+    }
+
+    fn refresh_serving(&self) {
+        if let Some(h) = self.inner.serving_hook.get() {
+            h(self.not_serving());
+        }
+    }
+
+    /// Why this node knows it is no longer a member, once it does.
+    pub fn removed(&self) -> Option<String> {
+        self.inner.removed.borrow().clone()
+    }
+
+    /// Resolves once this node knows it was removed, with why.
+    pub async fn wait_removed(&self) -> String {
+        let mut rx = self.inner.removed.subscribe();
+        match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Resolves if this node's cluster id and a peer's differ, with a message naming both:
+    /// such a node must not run.
+    pub async fn wait_conflict(&self) -> String {
+        let mut rx = self.inner.conflict.subscribe();
+        match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    fn fence(&self) -> Option<Fence> {
+        self.inner
+            .standing
+            .fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A leader is about to remove this node: stop serving now.
+    pub(crate) fn set_fence(&self, leader: NodeId) {
+        tracing::warn!(
+            node = self.id(),
+            leader,
+            "node {leader} is removing this node from the cluster: no longer serving API traffic"
+        );
+        *self
+            .inner
+            .standing
+            .fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Fence {
+            leader,
+            at: Instant::now(),
+        });
+        // Before the leader hears back, so before it proposes the removal.
+        self.refresh_serving();
+    }
+
+    /// Tells node `id` (at `addr`) that this leader is about to remove it, so that it stops
+    /// serving first. Best effort: a node that cannot be reached is cut off anyway, and learns
+    /// of its removal from its peers when it is reachable again.
+    async fn announce_removal(&self, id: NodeId, addr: Option<String>) {
+        if id == self.id() {
+            self.set_fence(id);
+            return;
+        }
+        let Some(addr) = addr else { return };
+        let Ok(mut c) = self.channels().get(&addr) else {
+            return;
+        };
+        let mut req = tonic::Request::new(RemovingRequest {
+            node_id: id,
+            leader_id: self.id(),
+        });
+        req.set_timeout(Duration::from_secs(1));
+        self.inner.standing.stamp(req.metadata_mut());
+        if let Err(e) = c.removing(req).await {
+            tracing::warn!(
+                node = self.id(),
+                "could not tell node {id} at {addr} that it is being removed ({}); removing it anyway",
+                e.message()
+            );
+        }
+    }
+
+    /// Keeps this node's standing current, every 100 ms, for as long as it runs:
+    /// - as leader, its quorum contact from openraft's `millis_since_quorum_ack`;
+    /// - removal: from the membership it applied, or, when it hears from no quorum, from its
+    ///   peers' memberships (a removed node receives no more log entries, so it may never apply
+    ///   the entry that removes it);
+    /// - the cluster id: checked against the peers' (`voters`, then the members) until one
+    ///   answers with the same id;
+    /// - what it waits for, logged every few seconds.
+    ///
+    /// `joins`: the node joins as a learner, so a membership without it means "not yet" until
+    /// it has been a member.
+    async fn watch_standing(self, voters: BTreeMap<NodeId, String>, joins: bool) {
+        let me = self.id();
+        let stale_after = self.inner.election_max * 2;
+        let fence_hold = self.inner.write_timeout * 2;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_member = false;
+        let mut id_confirmed = voters.keys().all(|&v| v == me);
+        let mut last_probe: Option<Instant> = None;
+        let mut leaderless_since: Option<Instant> = None;
+        let mut said = Said::default();
+        loop {
+            tick.tick().await;
+            let m = self.raft().metrics().borrow().clone();
+            if m.running_state.is_err() || m.state == ServerState::Shutdown {
+                return;
+            }
+            if m.state == ServerState::Leader
+                && let Some(ms) = m.millis_since_quorum_ack
+            {
+                self.inner.standing.note_contact(Duration::from_millis(ms));
+            }
+            let mem = m.membership_config.membership();
+            let mem_log = *m.membership_config.log_id();
+            let applied =
+                mem_log.is_some() && m.last_applied.map(|l| l.index) >= mem_log.map(|l| l.index);
+            let member = is_member(mem, me);
+            was_member |= member;
+            let armed = was_member || !joins;
+            let removed = self.removed().is_some();
+            if member && removed {
+                // Added again (by an operator, or a learner that rejoined).
+                tracing::warn!(node = me, "this node is a member again");
+                self.inner.removed.send_replace(None);
+            } else if !member && !removed && armed && applied {
+                let index = mem_log.map_or(0, |l| l.index);
+                self.mark_removed(format!(
+                    "the membership it applied (log index {index}) does not include it"
+                ));
+            }
+            let contact_fresh = self.inner.standing.contact_age() <= stale_after;
+            if let Some(f) = self.fence()
+                && f.at.elapsed() > fence_hold
+                && member
+                && contact_fresh
+                && self.removed().is_none()
+            {
+                tracing::warn!(
+                    node = me,
+                    "the removal announced by node {} did not happen: serving again",
+                    f.leader
+                );
+                *self
+                    .inner
+                    .standing
+                    .fence
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+            }
+
+            // Ask the peers when this node may be cut off from the log: it has not confirmed
+            // its cluster id yet, or it is a member that hears from no quorum.
+            let suspect = armed && mem_log.is_some() && self.removed().is_none() && !contact_fresh;
+            let due = last_probe.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if (suspect || !id_confirmed) && due {
+                last_probe = Some(Instant::now());
+                let mut peers: BTreeMap<NodeId, String> = voters.clone();
+                peers.extend(mem.nodes().map(|(id, n)| (*id, n.addr.clone())));
+                peers.remove(&me);
+                let replies = futures::future::join_all(
+                    peers
+                        .iter()
+                        .map(|(id, addr)| async { (*id, addr.clone(), self.probe(addr).await) }),
+                )
+                .await;
+                let mine = (
+                    mem_log.map_or(0, |l| l.leader_id.term),
+                    mem_log.map(|l| l.index),
+                );
+                for (peer, addr, reply) in replies {
+                    let Some(r) = reply else { continue };
+                    if let Some(ours) = self.inner.standing.cluster_id()
+                        && !r.cluster_id.is_empty()
+                    {
+                        if r.cluster_id != ours {
+                            self.mark_conflict(format!(
+                                "{} belongs to cluster {ours}, but peer node {peer} at {addr} belongs to cluster {}",
+                                self.inner.standing.source(),
+                                r.cluster_id
+                            ));
+                            return;
+                        }
+                        id_confirmed = true;
+                    }
+                    let theirs = (r.membership_term, r.membership_index);
+                    if suspect
+                        && !r.asker_is_member
+                        && r.membership_index.is_some()
+                        && theirs >= mine
+                        && self.removed().is_none()
+                    {
+                        self.mark_removed(format!(
+                            "node {peer}'s membership (log index {}) does not include it",
+                            r.membership_index.unwrap_or(0)
+                        ));
+                    }
+                }
+            }
+
+            self.refresh_serving();
+
+            // What it waits for.
+            if m.current_leader.is_none() && mem_log.is_some() && self.removed().is_none() {
+                let since = *leaderless_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > stale_after {
+                    let voters: Vec<String> = mem.voter_ids().map(|v| v.to_string()).collect();
+                    let waiting = format!(
+                        "no leader known for {:.0} s (term {}): waiting for a majority of the voters [{}] to elect one",
+                        since.elapsed().as_secs_f64(),
+                        m.current_term,
+                        voters.join(", ")
+                    );
+                    said.log(&waiting);
+                    *self
+                        .inner
+                        .waiting_leader
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(waiting);
+                }
+            } else {
+                leaderless_since = None;
+                *self
+                    .inner
+                    .waiting_leader
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+            }
+        }
+    }
+
+    fn mark_removed(&self, why: String) {
+        tracing::error!(
+            node = self.id(),
+            "this node was removed from the cluster: {why}; it no longer serves API traffic"
+        );
+        self.inner.removed.send_replace(Some(why));
+        self.refresh_serving();
+    }
+
+    fn mark_conflict(&self, why: String) {
+        tracing::error!(node = self.id(), "{why}");
+        self.inner.conflict.send_replace(Some(why));
+    }
+}
+
+/// Logs what a node waits for when it changes, and again every few seconds while it lasts.
+#[derive(Default)]
+struct Said {
+    last: Option<(String, Instant)>,
+}
+
+impl Said {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn log(&mut self, waiting: &str) {
+        let due = match &self.last {
+            Some((text, at)) => text != waiting || at.elapsed() >= Self::EVERY,
+            None => true,
+        };
+        if due {
+            tracing::warn!("waiting for {waiting}");
+            self.last = Some((waiting.to_string(), Instant::now()));
+        }
     }
 }
 
