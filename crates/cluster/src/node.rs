@@ -1123,6 +1123,8 @@ impl Node {
         let mut id_confirmed = voters.keys().all(|&v| v == me);
         let mut last_probe: Option<Instant> = None;
         let mut leaderless_since: Option<Instant> = None;
+        // The membership (leader term, log index) that showed this node removed.
+        let mut removed_by: Option<(u64, Option<u64>)> = None;
         let mut said = Said::default();
         loop {
             tick.tick().await;
@@ -1137,22 +1139,15 @@ impl Node {
             }
             let mem = m.membership_config.membership();
             let mem_log = *m.membership_config.log_id();
+            let mine = (
+                mem_log.map_or(0, |l| l.leader_id.term),
+                mem_log.map(|l| l.index),
+            );
             let applied =
                 mem_log.is_some() && m.last_applied.map(|l| l.index) >= mem_log.map(|l| l.index);
             let member = is_member(mem, me);
             was_member |= member;
             let armed = was_member || !joins;
-            let removed = self.removed().is_some();
-            if member && removed {
-                // Added again (by an operator, or a learner that rejoined).
-                tracing::warn!(node = me, "this node is a member again");
-                self.inner.removed.send_replace(None);
-            } else if !member && !removed && armed && applied {
-                let index = mem_log.map_or(0, |l| l.index);
-                self.mark_removed(format!(
-                    "the membership it applied (log index {index}) does not include it"
-                ));
-            }
             let contact_fresh = self.inner.standing.contact_age() <= stale_after;
             if let Some(f) = self.fence()
                 && f.at.elapsed() > fence_hold
@@ -1188,10 +1183,6 @@ impl Node {
                         .map(|(id, addr)| async { (*id, addr.clone(), self.probe(addr).await) }),
                 )
                 .await;
-                let mine = (
-                    mem_log.map_or(0, |l| l.leader_id.term),
-                    mem_log.map(|l| l.index),
-                );
                 for (peer, addr, reply) in replies {
                     let Some(r) = reply else { continue };
                     if let Some(ours) = self.inner.standing.cluster_id()
@@ -1214,12 +1205,30 @@ impl Node {
                         && theirs >= mine
                         && self.removed().is_none()
                     {
+                        removed_by = Some(theirs);
                         self.mark_removed(format!(
                             "node {peer}'s membership (log index {}) does not include it",
                             r.membership_index.unwrap_or(0)
                         ));
                     }
                 }
+            }
+
+            // Its own membership, once the cluster id is settled (a data dir of another
+            // cluster has a membership without this node too; that is not a removal).
+            let id_settled = id_confirmed || last_probe.is_some();
+            let removed = self.removed().is_some();
+            if member && removed && removed_by.is_none_or(|by| mine > by) {
+                // Added again (by an operator, or a learner that rejoined).
+                tracing::warn!(node = me, "this node is a member again");
+                removed_by = None;
+                self.inner.removed.send_replace(None);
+            } else if !member && !removed && armed && applied && id_settled {
+                removed_by = Some(mine);
+                let index = mem_log.map_or(0, |l| l.index);
+                self.mark_removed(format!(
+                    "the membership it applied (log index {index}) does not include it"
+                ));
             }
 
             self.refresh_serving();
