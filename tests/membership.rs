@@ -264,7 +264,7 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     a.extra_args.clear();
     let status = wait_exit(&mut a, 3).await;
     assert!(!status.success());
-    let log = a.log_tail(3, 20);
+    let log = a.log_tail(3, 1000);
     assert!(
         log.contains(&id_a) && log.contains("--cluster-id is not-this-one"),
         "{log}"

@@ -1277,20 +1277,32 @@ impl Node {
     }
 }
 
-/// Logs what a node waits for when it changes, and again every few seconds while it lasts.
-#[derive(Default)]
+/// Logs what a node waits for when it changes, and again every few seconds while it lasts;
+/// not in the first seconds, when waiting for the other nodes to start is normal.
 struct Said {
+    since: Instant,
     last: Option<(String, Instant)>,
+}
+
+impl Default for Said {
+    fn default() -> Self {
+        Said {
+            since: Instant::now(),
+            last: None,
+        }
+    }
 }
 
 impl Said {
     const EVERY: Duration = Duration::from_secs(5);
+    const QUIET: Duration = Duration::from_secs(2);
 
     fn log(&mut self, waiting: &str) {
-        let due = match &self.last {
-            Some((text, at)) => text != waiting || at.elapsed() >= Self::EVERY,
-            None => true,
-        };
+        let due = self.since.elapsed() >= Self::QUIET
+            && match &self.last {
+                Some((text, at)) => text != waiting || at.elapsed() >= Self::EVERY,
+                None => true,
+            };
         if due {
             tracing::warn!("waiting for {waiting}");
             self.last = Some((waiting.to_string(), Instant::now()));
