@@ -303,8 +303,9 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(ok.success(), "cp -a {} {}", from.display(), to.display());
 }
 
-/// A voter whose peers never answer: it says what it waits for, every few seconds, and
-/// `cluster status` exits non-zero saying why; once the voters are up it succeeds.
+/// A voter whose peers never answer, and a node that is to join them: each says what it
+/// waits for, every few seconds, and `cluster status` exits non-zero saying why; once the
+/// voters are up it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_status_without_a_leader_exits_non_zero() {
     let mut c = Cluster::new(binaries!(), 3);
@@ -338,11 +339,33 @@ async fn cluster_status_without_a_leader_exits_non_zero() {
     )
     .await;
 
+    // A node that is to join as a learner, while no voter answers, says so too.
+    c.add_node(4);
+    let out = eventually("node 4's admin API", SETTLE, || async {
+        let out = c.ctl(4, &["cluster", "status"]);
+        out.stderr.contains("no leader").then_some(out)
+    })
+    .await;
+    assert!(!out.success);
+    eventually("node 4 to say what it waits for", SETTLE, || async {
+        let out = c.ctl(4, &["cluster", "status"]);
+        out.stderr
+            .contains("waiting for a voter to add this node as a learner")
+            .then_some(())
+    })
+    .await;
+
     c.spawn(2);
     c.spawn(3);
     c.wait_leader(SETTLE).await;
-    let out = c.ctl(1, &["cluster", "status"]);
-    assert!(out.success, "with a leader it succeeds: {}", out.stderr);
+    for id in [1, 4] {
+        let out = eventually(&format!("node {id} to know the leader"), SETTLE, || async {
+            let out = c.ctl(id, &["cluster", "status"]);
+            out.success.then_some(out)
+        })
+        .await;
+        assert!(out.stdout.contains("cluster: "), "{}", out.stdout);
+    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -233,6 +233,9 @@ struct Inner {
     /// What the node waits for once it is part of a cluster (a leader), set by the watcher.
     waiting_leader: Mutex<Option<String>>,
     serving_hook: OnceLock<ServingHook>,
+    /// Set once this node is part of the cluster for this run: at once for an initial voter,
+    /// after its join for a learner (until then, a membership without it is no removal).
+    joined: std::sync::atomic::AtomicBool,
 }
 
 /// A running node. Cheap to clone.
@@ -266,6 +269,10 @@ impl Node {
         );
         let (log, sm) = store::open(&dir, cfg.catalog.clone()).map_err(storage_err)?;
         let pristine = log.is_pristine().map_err(storage_err)?;
+        if !pristine {
+            // Data from before cluster ids (no file): `--cluster-id` names its cluster.
+            standing.claim_data().map_err(ClusterError::Internal)?;
+        }
         let publication = sm.publication();
         let history = sm.history();
         let state = publication.subscribe();
@@ -314,9 +321,15 @@ impl Node {
                 waiting_setup: Mutex::new(None),
                 waiting_leader: Mutex::new(None),
                 serving_hook: OnceLock::new(),
+                joined: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let joins = !cfg.voters.contains_key(&cfg.node_id);
+        if !joins {
+            node.inner
+                .joined
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         tokio::spawn(node.clone().watch_standing(cfg.voters.clone(), joins));
         let voters = cfg.voters.clone();
         let me = cfg.advertise_peer.clone();
@@ -480,6 +493,9 @@ impl Node {
             match self.try_join(&voters, &me).await {
                 Ok(()) => {
                     self.set_waiting_setup(None);
+                    self.inner
+                        .joined
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(node = self.id(), "joined the cluster as a learner");
                     return;
                 }
@@ -1146,7 +1162,11 @@ impl Node {
             let applied =
                 mem_log.is_some() && m.last_applied.map(|l| l.index) >= mem_log.map(|l| l.index);
             let member = is_member(mem, me);
-            was_member |= member;
+            // A learner is armed once it has joined in this run and then seen itself in the
+            // membership it applied; a restarted learner may still hold the membership from
+            // before it left, or one from before it was removed, while it joins again.
+            let joined = self.inner.joined.load(std::sync::atomic::Ordering::Relaxed);
+            was_member |= member && joined;
             let armed = was_member || !joins;
             let contact_fresh = self.inner.standing.contact_age() <= stale_after;
             if let Some(f) = self.fence()

@@ -164,6 +164,15 @@ impl Standing {
         self.identity.load().as_ref().map(|i| i.id.clone())
     }
 
+    /// For a data dir that holds a cluster but no id (made before cluster ids): writes the
+    /// `--cluster-id` it was started with, if any.
+    pub(crate) fn claim_data(&self) -> Result<(), String> {
+        match self.cluster_id() {
+            Some(id) => self.persist(&id),
+            None => Ok(()),
+        }
+    }
+
     /// The id to initialise a new cluster with: `--cluster-id`, or a new one; written to the
     /// data dir before the cluster is initialised.
     pub(crate) fn for_new_cluster(&self) -> Result<String, String> {
