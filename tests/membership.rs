@@ -124,11 +124,10 @@ async fn a_removed_node_stops_serving_and_never_serves_a_later_change() {
         "node 4 knew it was removed {:?} after the removal returned",
         known - removal_returned
     );
-    assert_eq!(
-        readyz(&ops4).await,
-        Some(503),
-        "a removed node is not ready"
-    );
+    eventually("a removed node to be not ready", REMOVAL_BOUND, || async {
+        (readyz(&ops4).await == Some(503)).then_some(())
+    })
+    .await;
     let status = c.ctl(4, &["cluster", "status"]);
     assert!(
         !status.success,
