@@ -213,6 +213,69 @@ async fn a_removed_node_exits_when_asked_to() {
     assert!(log.contains("membership"), "it says how it knows: {log}");
 }
 
+/// A voter paused while it is removed (as by a long GC pause or a stopped VM) misses the log
+/// entries that remove it: once it runs again it stops serving (the leader's announcement,
+/// delivered late, or its peers) and learns from its peers, whose membership is newer than its
+/// own and no longer lists it, that it was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_during_its_removal_learns_it_from_its_peers() {
+    let mut c = Cluster::start(binaries!(), 4).await;
+    let backend = Server::start("hello").await;
+    c.deploy_get_api("g", "a", &format!("http://{}", backend.addr), &[]);
+    let http4 = c.http_addr(4);
+    eventually("node 4 to serve the API", SETTLE, || async {
+        get(&http4, "/a").await.filter(|r| r.status == 200)
+    })
+    .await;
+    if c.wait_leader(SETTLE).await == 4 {
+        // Node 4 must not lead: pausing the leader would only elect another first.
+        c.kill(4);
+        c.wait_leader_other_than(Some(4), SETTLE).await;
+        c.spawn(4);
+        eventually("node 4 to serve again", SETTLE, || async {
+            get(&http4, "/a").await.filter(|r| r.status == 200)
+        })
+        .await;
+    }
+    let pid = c.nodes[&4].pid().unwrap();
+    testkit::signal(pid, "STOP");
+    let out = c.ctl(1, &["cluster", "remove", "--node-id", "4"]);
+    assert!(out.success, "remove node 4: {}", out.stderr);
+    let log = c.log_tail(1, 400) + &c.log_tail(2, 400) + &c.log_tail(3, 400);
+    assert!(
+        log.contains("could not tell node 4"),
+        "the leader says it could not tell node 4"
+    );
+    testkit::signal(pid, "CONT");
+    let resumed = Instant::now();
+    eventually(
+        "node 4 to answer 503 NodeNotServing",
+        REMOVAL_BOUND,
+        || async {
+            let r = get(&http4, "/a").await?;
+            (r.status == 503 && r.header("x-ca-error-code") == Some("NodeNotServing")).then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "node 4 stopped serving {:?} after it ran again",
+        resumed.elapsed()
+    );
+    // It received no log entry after its pause, so only its peers can tell it.
+    let line = eventually("node 4 to know it was removed", REMOVAL_BOUND, || async {
+        c.log_tail(4, 400)
+            .lines()
+            .find(|l| l.contains("this node was removed from the cluster"))
+            .map(String::from)
+    })
+    .await;
+    eprintln!(
+        "node 4 knew it was removed {:?} after it ran again: {line}",
+        resumed.elapsed()
+    );
+    assert!(line.contains("'s membership (log index"), "{line}");
+}
+
 /// A node whose data dir belongs to another cluster refuses to run, naming both ids; so does
 /// one whose `--cluster-id` contradicts its data dir. With its own data it rejoins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
