@@ -336,9 +336,16 @@ impl Node {
         if !voters.contains_key(&cfg.node_id) {
             // Not an initial voter: (re)join as a learner, whether new or restarted, since a
             // learner leaves the membership when it shuts down (see `leave_if_learner`).
+            node.set_waiting_setup(Some(
+                "a voter to add this node as a learner (asking them now)".into(),
+            ));
             let n = node.clone();
             tokio::spawn(async move { n.join_as_learner(voters, me).await });
         } else if pristine {
+            node.set_waiting_setup(Some(
+                "every initial voter to answer before the cluster is initialised (asking them now)"
+                    .into(),
+            ));
             let n = node.clone();
             tokio::spawn(async move { n.bootstrap(voters, log).await });
         }
