@@ -22,13 +22,19 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 pub struct PeerService {
     node: Node,
+    /// When a refused request was last logged: a node of another cluster that keeps sending
+    /// (every heartbeat) is logged every 10 s, not every 100 ms.
+    refused_logged: std::sync::Mutex<Option<Instant>>,
 }
 
 impl PeerService {
     pub fn new(node: Node) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        PeerServer::new(PeerService {
+            node,
+            refused_logged: std::sync::Mutex::new(None),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 
@@ -44,7 +50,14 @@ impl PeerService {
             .standing()
             .check_incoming(req.metadata(), adopt)
             .map_err(|e| {
-                tracing::warn!(node = self.node.id(), "refused a peer request: {e}");
+                let mut last = self
+                    .refused_logged
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    *last = Some(Instant::now());
+                    tracing::warn!(node = self.node.id(), "refused a peer request: {e}");
+                }
                 Status::failed_precondition(e)
             })
     }
