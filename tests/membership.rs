@@ -428,6 +428,16 @@ async fn cluster_status_without_a_leader_exits_non_zero() {
         .await;
         assert!(out.stdout.contains("cluster: "), "{}", out.stdout);
     }
+
+    // A majority of the voters lost: node 1 (leader or not) cannot reach a quorum, and says so.
+    c.kill(2);
+    c.kill(3);
+    let out = eventually("node 1 to report the lost quorum", SETTLE, || async {
+        let out = c.ctl(1, &["cluster", "status"]);
+        (!out.success && out.stderr.contains("a majority of the voters [1, 2, 3]")).then_some(out)
+    })
+    .await;
+    eprintln!("without a quorum: {}", out.stderr.trim());
 }
 
 // ------------------------------------------------------------------------------------------

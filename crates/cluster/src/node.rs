@@ -954,12 +954,18 @@ impl Node {
                 }
             })
             .collect();
-        let waiting = self
-            .inner
-            .waiting_setup
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        // The bootstrap and join loops notice a little after the fact that a leader has
+        // reached this node: a member with a leader waits for them no longer.
+        let set_up = m.current_leader.is_some() && is_member(mem, self.id());
+        let waiting = (!set_up)
+            .then(|| {
+                self.inner
+                    .waiting_setup
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+            .flatten()
             .or_else(|| {
                 self.inner
                     .waiting_leader
@@ -1143,6 +1149,7 @@ impl Node {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_member = false;
+        let mut was_leader = false;
         let mut id_confirmed = voters.keys().all(|&v| v == me);
         let mut last_probe: Option<Instant> = None;
         let mut leaderless_since: Option<Instant> = None;
@@ -1155,11 +1162,19 @@ impl Node {
             if m.running_state.is_err() || m.state == ServerState::Shutdown {
                 return;
             }
-            if m.state == ServerState::Leader
-                && let Some(ms) = m.millis_since_quorum_ack
-            {
-                self.inner.standing.note_contact(Duration::from_millis(ms));
+            if m.state == ServerState::Leader {
+                // Elected: a quorum granted its votes just now (openraft reports no quorum
+                // acknowledgement until the followers answer the first entries).
+                let ms = if was_leader {
+                    m.millis_since_quorum_ack
+                } else {
+                    Some(0)
+                };
+                if let Some(ms) = ms {
+                    self.inner.standing.note_contact(Duration::from_millis(ms));
+                }
             }
+            was_leader = m.state == ServerState::Leader;
             let mem = m.membership_config.membership();
             let mem_log = *m.membership_config.log_id();
             let mine = (
@@ -1260,32 +1275,51 @@ impl Node {
 
             self.refresh_serving();
 
-            // What it waits for.
-            if m.current_leader.is_none() && mem_log.is_some() && self.removed().is_none() {
+            // What it waits for: a leader, or (with one) contact with a quorum through it.
+            let voters = || {
+                mem.voter_ids()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let waiting = if mem_log.is_none() || self.removed().is_some() {
+                None
+            } else if m.current_leader.is_none() {
                 let since = *leaderless_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > stale_after {
-                    let voters: Vec<String> = mem.voter_ids().map(|v| v.to_string()).collect();
-                    let waiting = format!(
-                        "no leader known for {:.0} s (term {}): waiting for a majority of the voters [{}] to elect one",
-                        since.elapsed().as_secs_f64(),
-                        m.current_term,
-                        voters.join(", ")
-                    );
-                    said.log(&waiting);
-                    *self
-                        .inner
-                        .waiting_leader
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(waiting);
-                }
+                (since.elapsed() > stale_after).then(|| {
+                    (
+                        "no leader",
+                        format!(
+                            "a majority of the voters [{}] to elect a leader (none known for {:.0} s, term {})",
+                            voters(),
+                            since.elapsed().as_secs_f64(),
+                            m.current_term
+                        ),
+                    )
+                })
             } else {
                 leaderless_since = None;
-                *self
-                    .inner
-                    .waiting_leader
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
+                let age = self.inner.standing.contact_age();
+                (age > stale_after).then(|| {
+                    (
+                        "no quorum",
+                        format!(
+                            "contact with a majority of the voters [{}] (none for {:.0} s; leader: node {})",
+                            voters(),
+                            age.as_secs_f64(),
+                            m.current_leader.unwrap_or_default()
+                        ),
+                    )
+                })
+            };
+            if let Some((key, text)) = &waiting {
+                said.log_as(key, text);
             }
+            *self
+                .inner
+                .waiting_leader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = waiting.map(|(_, text)| text);
         }
     }
 
@@ -1325,14 +1359,20 @@ impl Said {
     const QUIET: Duration = Duration::from_secs(2);
 
     fn log(&mut self, waiting: &str) {
+        self.log_as(waiting, waiting);
+    }
+
+    /// Logs `waiting`, which may change in details (a count of seconds) while its `key` (what
+    /// it is about) stays the same: logged again when the key changes or every few seconds.
+    fn log_as(&mut self, key: &str, waiting: &str) {
         let due = self.since.elapsed() >= Self::QUIET
             && match &self.last {
-                Some((text, at)) => text != waiting || at.elapsed() >= Self::EVERY,
+                Some((last, at)) => last != key || at.elapsed() >= Self::EVERY,
                 None => true,
             };
         if due {
             tracing::warn!("waiting for {waiting}");
-            self.last = Some((waiting.to_string(), Instant::now()));
+            self.last = Some((key.to_string(), Instant::now()));
         }
     }
 }

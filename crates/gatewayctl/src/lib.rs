@@ -330,7 +330,8 @@ enum TokenCmd {
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
     /// The cluster as the node sees it. Exits non-zero, after printing it, when the node knows
-    /// no leader (it cannot accept writes) or does not serve API traffic.
+    /// no leader or has no contact with a quorum (it cannot accept writes), or does not serve
+    /// API traffic.
     Status,
     AddLearner {
         #[arg(long)]
@@ -1009,10 +1010,17 @@ async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
 }
 
 /// What makes a status unhealthy, for `cluster status`'s exit code: no leader known (the
-/// cluster cannot accept writes through this node), or the node does not serve API traffic.
+/// cluster cannot accept writes through this node), a leader out of touch with a quorum, or
+/// the node does not serve API traffic.
 fn status_problem(s: &pb::ClusterStatus) -> Result<()> {
     if let Some(why) = &s.not_serving {
         bail!("node {} does not serve API traffic: {why}", s.node_id);
+    }
+    if let (Some(leader), Some(w)) = (s.leader_id, &s.waiting) {
+        bail!(
+            "node {} knows node {leader} as leader but is waiting for {w}: the cluster may not accept writes",
+            s.node_id
+        );
     }
     if s.leader_id.is_none() {
         let waiting = s
