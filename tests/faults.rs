@@ -510,6 +510,7 @@ async fn run_op(
                             region: REGION.into(),
                             charge_type: pb::ChargeType::Postpaid as i32,
                             account: "fleet".into(),
+                            auto_renew: false,
                         }))
                         .await
                         .map(|_| ());

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not when it is compiled: a build script binary reused from a
+    // copied target dir would otherwise compile another checkout's .proto files.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [root.join("admin.proto"), root.join("peer.proto")];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

@@ -1146,6 +1146,9 @@ impl AdminService {
                     matched_index: m.matched_index,
                 })
                 .collect(),
+            cluster_id: s.cluster_id.unwrap_or_default(),
+            not_serving: s.not_serving,
+            waiting: s.waiting,
         }
     }
 

@@ -9,20 +9,28 @@
 //! - [`service`]: the peer gRPC service that receives them;
 //! - [`node`]: a running node: bootstrap (initialise once, or join), writes forwarded to the
 //!   leader under a request id that the state machine applies at most once, membership
-//!   changes, status, and the published state that readers watch;
-//! - `prevote`: a voter stands for election only when a majority has lost the leader too.
+//!   changes, status, and the published state that readers watch; and the watcher that decides
+//!   whether the node may serve ([`Node::not_serving`]: removed, or out of touch with a
+//!   quorum);
+//! - `prevote`: a voter stands for election only when a majority has lost the leader too;
+//! - `standing`: the cluster id (in the data dir, on every peer message), the time of the
+//!   last contact with a quorum, and a leader's removal announcement.
 
 pub mod network;
 pub mod node;
 mod prevote;
 pub mod service;
+mod standing;
 // openraft's trait methods return its `StorageError` (over 200 bytes); the store's helpers
 // return the same type rather than boxing it only to unbox it again at the trait boundary.
 #[allow(clippy::result_large_err)]
 pub mod store;
 mod types;
 
-pub use node::{Clock, ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, SystemClock};
+pub use node::{
+    Clock, ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, ServingHook, SystemClock,
+};
+pub use standing::check_cluster_id;
 pub use store::history::{History, HistoryError, Page};
 pub use store::{Changes, Publication};
 pub use types::{NodeId, Response, TypeConfig};

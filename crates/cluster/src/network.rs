@@ -4,6 +4,7 @@
 //! replication stream and forwarded write to that peer. Payloads are openraft's own serde types
 //! as JSON inside a protobuf `bytes` field (see `proto/peer.proto` for why).
 
+use crate::standing::{QUORUM_AGE_HEADER, Standing};
 use crate::types::{NodeId, TypeConfig};
 use openraft::BasicNode;
 use openraft::error::{
@@ -99,11 +100,12 @@ pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_js
 #[derive(Clone)]
 pub struct PeerNetworkFactory {
     channels: Channels,
+    standing: Arc<Standing>,
 }
 
 impl PeerNetworkFactory {
-    pub fn new(channels: Channels) -> Self {
-        PeerNetworkFactory { channels }
+    pub(crate) fn new(channels: Channels, standing: Arc<Standing>) -> Self {
+        PeerNetworkFactory { channels, standing }
     }
 }
 
@@ -115,6 +117,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             addr: node.addr.clone(),
             channels: self.channels.clone(),
+            standing: self.standing.clone(),
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct PeerNetwork {
     target: NodeId,
     addr: String,
     channels: Channels,
+    /// Stamps this node's cluster id on every message, and its quorum age on AppendEntries.
+    standing: Arc<Standing>,
 }
 
 /// Which peer RPC to call.
@@ -157,6 +162,12 @@ impl PeerNetwork {
         };
         let mut request = tonic::Request::new(payload);
         request.set_timeout(option.hard_ttl());
+        self.standing.stamp(request.metadata_mut());
+        if matches!(rpc, Rpc::AppendEntries) {
+            request
+                .metadata_mut()
+                .insert(QUORUM_AGE_HEADER, self.standing.quorum_age_header());
+        }
         let reply = match rpc {
             Rpc::AppendEntries => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,

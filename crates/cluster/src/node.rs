@@ -1,19 +1,19 @@
 //! A running cluster node: Raft, its storage and network, bootstrap, and the write path.
 
 use crate::network::{Channels, PeerNetworkFactory, decode, encode};
-use crate::prevote::LeaderContact;
+use crate::standing::{Fence, Standing};
 use crate::store::history::History;
 use crate::store::{self, LogStore, Publication};
 use crate::types::{NodeId, Raft, Response, StorageError};
 use catalog::Catalog;
 use model::{Command, DomainError, Proposal, Reply, State};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
-use proto::peer::{JoinRequest, ProbeRequest};
+use openraft::{BasicNode, ChangeMembers, Config, Membership, ServerState, SnapshotPolicy};
+use proto::peer::{JoinRequest, ProbeReply, ProbeRequest, RemovingRequest};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -57,6 +57,13 @@ pub struct NodeConfig {
     /// TLS for connections to peers (this node's certificate and the cluster CA); `None` dials
     /// them in plaintext.
     pub peer_tls: Option<tls::ClientTls>,
+    /// The cluster this node must belong to (`--cluster-id`): checked against the data dir
+    /// and the peers, and used to initialise a new cluster. `None`: whatever the data dir
+    /// says, or the first leader that reaches a pristine node.
+    pub cluster_id: Option<String>,
+    /// Stop serving (see [`Node::not_serving`]) after this long without contact with a quorum;
+    /// `None` serves the last configuration however old it is.
+    pub max_stale_config: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -75,6 +82,8 @@ impl NodeConfig {
             snapshot_every: 5000,
             write_timeout: Duration::from_secs(5),
             peer_tls: None,
+            cluster_id: None,
+            max_stale_config: None,
         }
     }
 }
@@ -160,6 +169,16 @@ pub struct MemberStatus {
     pub matched_index: Option<u64>,
 }
 
+/// Whether `id` is a member of `mem` once any change in progress completes: a voter of the
+/// target configuration or a learner. (During a joint change that removes a voter, the voter
+/// is still in the old configuration but no longer in the target one.)
+pub(crate) fn is_member(mem: &Membership<NodeId, BasicNode>, id: NodeId) -> bool {
+    mem.get_joint_config()
+        .last()
+        .is_some_and(|target| target.contains(&id))
+        || mem.learner_ids().any(|l| l == id)
+}
+
 /// The cluster as the answering node sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
@@ -170,6 +189,12 @@ pub struct NodeStatus {
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub members: Vec<MemberStatus>,
+    /// The cluster this node belongs to (or expects to), if known.
+    pub cluster_id: Option<String>,
+    /// Why this node refuses API traffic, if it does (see [`Node::not_serving`]).
+    pub not_serving: Option<String>,
+    /// What this node is waiting for before it can take part, if anything.
+    pub waiting: Option<String>,
 }
 
 /// Handles the demand reports peers send for the limiter shares; set by the data plane wiring.
@@ -187,11 +212,13 @@ struct Readiness {
     stored: std::collections::VecDeque<(Instant, u64)>,
 }
 
-pub(crate) struct Inner {
+/// Told whether the node may serve API traffic ([`Node::not_serving`]): at once when a leader
+/// announces this node's removal or the node finds it was removed, and every 100 ms otherwise.
+pub type ServingHook = Box<dyn Fn(Option<String>) + Send + Sync>;
+
+struct Inner {
     id: NodeId,
     readiness: std::sync::Mutex<Readiness>,
-    /// When a leader was last heard (see `prevote`).
-    pub(crate) contact: LeaderContact,
     raft: Raft,
     channels: Channels,
     /// Connections for demand reports only. Reports go every 100 ms with a 100 ms timeout;
@@ -209,6 +236,22 @@ pub(crate) struct Inner {
     write_timeout: Duration,
     election_max: Duration,
     demand_handler: OnceLock<DemandHandler>,
+    /// The cluster id, quorum contact and removal fence (shared with the peer network and
+    /// service).
+    standing: Arc<Standing>,
+    max_stale_config: Option<Duration>,
+    /// Why this node knows it is no longer a member, once it does.
+    removed: watch::Sender<Option<String>>,
+    /// Set when this node's cluster id and a peer's differ: the node must not run.
+    conflict: watch::Sender<Option<String>>,
+    /// What the bootstrap or the join is waiting for (see [`NodeStatus::waiting`]).
+    waiting_setup: Mutex<Option<String>>,
+    /// What the node waits for once it is part of a cluster (a leader), set by the watcher.
+    waiting_leader: Mutex<Option<String>>,
+    serving_hook: OnceLock<ServingHook>,
+    /// Set once this node is part of the cluster for this run: at once for an initial voter,
+    /// after its join for a learner (until then, a membership without it is no removal).
+    joined: std::sync::atomic::AtomicBool,
 }
 
 /// A running node. Cheap to clone.
@@ -236,8 +279,16 @@ impl Node {
         std::fs::create_dir_all(&dir).map_err(|e| {
             ClusterError::Internal(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
+        let standing = Arc::new(
+            Standing::open(&cfg.data_dir, cfg.cluster_id.as_deref())
+                .map_err(ClusterError::Invalid)?,
+        );
         let (log, sm) = store::open(&dir, cfg.catalog.clone()).map_err(storage_err)?;
         let pristine = log.is_pristine().map_err(storage_err)?;
+        if !pristine {
+            // Data from before cluster ids (no file): `--cluster-id` names its cluster.
+            standing.claim_data().map_err(ClusterError::Internal)?;
+        }
         let publication = sm.publication();
         let history = sm.history();
         let state = publication.subscribe();
@@ -258,7 +309,7 @@ impl Node {
         let raft = Raft::new(
             cfg.node_id,
             Arc::new(raft_config),
-            PeerNetworkFactory::new(channels.clone()),
+            PeerNetworkFactory::new(channels.clone(), standing.clone()),
             log.clone(),
             sm,
         )
@@ -279,10 +330,24 @@ impl Node {
                 write_timeout: cfg.write_timeout,
                 election_max: cfg.election_timeout.1,
                 demand_handler: OnceLock::new(),
-                contact: LeaderContact::new(),
                 readiness: Default::default(),
+                standing,
+                max_stale_config: cfg.max_stale_config,
+                removed: watch::Sender::new(None),
+                conflict: watch::Sender::new(None),
+                waiting_setup: Mutex::new(None),
+                waiting_leader: Mutex::new(None),
+                serving_hook: OnceLock::new(),
+                joined: std::sync::atomic::AtomicBool::new(false),
             }),
         };
+        let joins = !cfg.voters.contains_key(&cfg.node_id);
+        if !joins {
+            node.inner
+                .joined
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::spawn(node.clone().watch_standing(cfg.voters.clone(), joins));
         tokio::spawn(
             node.clone()
                 .gate_elections(cfg.heartbeat, cfg.election_timeout.0),
@@ -292,9 +357,16 @@ impl Node {
         if !voters.contains_key(&cfg.node_id) {
             // Not an initial voter: (re)join as a learner, whether new or restarted, since a
             // learner leaves the membership when it shuts down (see `leave_if_learner`).
+            node.set_waiting_setup(Some(
+                "a voter to add this node as a learner (asking them now)".into(),
+            ));
             let n = node.clone();
             tokio::spawn(async move { n.join_as_learner(voters, me).await });
         } else if pristine {
+            node.set_waiting_setup(Some(
+                "every initial voter to answer before the cluster is initialised (asking them now)"
+                    .into(),
+            ));
             let n = node.clone();
             tokio::spawn(async move { n.bootstrap(voters, log).await });
         }
@@ -307,15 +379,6 @@ impl Node {
 
     pub fn raft(&self) -> &Raft {
         &self.inner.raft
-    }
-
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
-    }
-
-    /// The peer service accepted a leader's AppendEntries.
-    pub(crate) fn heard_from_leader(&self) {
-        self.inner.contact.heard();
     }
 
     pub(crate) fn channels(&self) -> &Channels {
@@ -369,6 +432,7 @@ impl Node {
                     let mut req =
                         tonic::Request::new(proto::peer::DemandReport { node_id: me, data });
                     req.set_timeout(timeout);
+                    self.inner.standing.stamp(req.metadata_mut());
                     let _ = c.report_demand(req).await;
                 }
             });
@@ -388,33 +452,57 @@ impl Node {
         let id = self.id();
         let lowest = voters.keys().next().copied();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut said = Said::default();
         loop {
             tick.tick().await;
             if !log.is_pristine().unwrap_or(false)
                 || self.raft().is_initialized().await.unwrap_or(true)
             {
+                self.set_waiting_setup(None);
                 return; // Some leader has reached us: we are part of a cluster.
             }
-            let mut all_answer = true;
+            let mut silent = Vec::new();
             let mut someone_initialized = false;
             for (&peer, addr) in voters.iter().filter(|(p, _)| **p != id) {
                 match self.probe(addr).await {
-                    Some(initialized) => someone_initialized |= initialized,
-                    None => {
-                        tracing::debug!(node = id, peer, "voter not reachable yet");
-                        all_answer = false;
-                    }
+                    Some(reply) => someone_initialized |= reply.initialized,
+                    None => silent.push(format!("node {peer} at {addr}")),
                 }
             }
+            let waiting = if someone_initialized {
+                "a leader of the initialised cluster to reach this node".to_string()
+            } else if !silent.is_empty() {
+                format!(
+                    "every initial voter to answer before the cluster is initialised; not answering: {}",
+                    silent.join(", ")
+                )
+            } else {
+                let lowest = lowest.unwrap_or(id);
+                format!("node {lowest} (the lowest voter id) to initialise the cluster")
+            };
+            said.log(&waiting);
+            self.set_waiting_setup(Some(waiting));
             if someone_initialized {
                 // Wait for the leader to replicate to us (we are in its membership).
                 continue;
             }
-            if all_answer && lowest == Some(id) {
+            if silent.is_empty() && lowest == Some(id) {
                 let members: BTreeMap<NodeId, BasicNode> = voters
                     .iter()
                     .map(|(k, v)| (*k, BasicNode::new(v)))
                     .collect();
+                // The cluster's id is on disk before the cluster exists: every entry this
+                // node sends as its first leader carries it.
+                match self.inner.standing.for_new_cluster() {
+                    Ok(cluster) => {
+                        tracing::info!(node = id, cluster_id = %cluster, "initialising cluster {cluster}")
+                    }
+                    Err(e) => {
+                        tracing::error!(node = id, "cannot initialise the cluster: {e}");
+                        continue;
+                    }
+                }
+                self.set_waiting_setup(None);
                 match self.raft().initialize(members).await {
                     Ok(()) => tracing::info!(node = id, "initialised the cluster"),
                     Err(e) => tracing::info!(node = id, "cluster already initialised: {e}"),
@@ -427,13 +515,36 @@ impl Node {
     /// Asks the voters, until one answers yes, to add this node as a learner.
     async fn join_as_learner(self, voters: BTreeMap<NodeId, String>, me: String) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut said = Said::default();
         loop {
             tick.tick().await;
-            if self.try_join(&voters, &me).await {
-                tracing::info!(node = self.id(), "joined the cluster as a learner");
-                return;
+            match self.try_join(&voters, &me).await {
+                Ok(()) => {
+                    self.set_waiting_setup(None);
+                    self.inner
+                        .joined
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(node = self.id(), "joined the cluster as a learner");
+                    return;
+                }
+                Err(why) => {
+                    let waiting = format!(
+                        "a voter to add this node as a learner (asked {}): {why}",
+                        voters.values().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                    said.log(&waiting);
+                    self.set_waiting_setup(Some(waiting));
+                }
             }
         }
+    }
+
+    fn set_waiting_setup(&self, w: Option<String>) {
+        *self
+            .inner
+            .waiting_setup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = w;
     }
 
     /// A learner that shuts down leaves the membership, so that scaling the nodes down removes
@@ -453,17 +564,22 @@ impl Node {
         }
     }
 
-    /// Asks a voter whether it is part of a cluster; `None` when it does not answer.
-    async fn probe(&self, addr: &str) -> Option<bool> {
+    /// Asks a peer whether it is part of a cluster, which, and whether this node is a member
+    /// of it; `None` when it does not answer.
+    async fn probe(&self, addr: &str) -> Option<ProbeReply> {
         let mut c = self.channels().get(addr).ok()?;
         let mut req = tonic::Request::new(ProbeRequest {
             from_node_id: self.id(),
         });
         req.set_timeout(Duration::from_millis(500));
-        c.probe(req).await.ok().map(|r| r.into_inner().initialized)
+        self.inner.standing.stamp(req.metadata_mut());
+        c.probe(req).await.ok().map(|r| r.into_inner())
     }
 
-    async fn try_join(&self, voters: &BTreeMap<NodeId, String>, me: &str) -> bool {
+    /// Asks each voter in turn to add this node as a learner; the error says what the last
+    /// one answered.
+    async fn try_join(&self, voters: &BTreeMap<NodeId, String>, me: &str) -> Result<(), String> {
+        let mut why = String::from("no voter answered");
         for addr in voters.values() {
             let Ok(mut c) = self.channels().get(addr) else {
                 continue;
@@ -473,13 +589,18 @@ impl Node {
                 peer_addr: me.to_string(),
             });
             req.set_timeout(self.inner.write_timeout);
-            if let Ok(r) = c.join(req).await
-                && let Ok(LeaderReply::Done { .. }) = decode::<LeaderReply>(r.get_ref())
-            {
-                return true;
+            self.inner.standing.stamp(req.metadata_mut());
+            match c.join(req).await {
+                Ok(r) => match decode::<LeaderReply>(r.get_ref()) {
+                    Ok(LeaderReply::Done { .. }) => return Ok(()),
+                    Ok(LeaderReply::Failed(e)) => why = format!("{addr} answered: {e}"),
+                    Ok(LeaderReply::NotLeader { .. }) => why = format!("{addr} knows no leader"),
+                    Err(e) => why = format!("{addr} sent an undecodable reply: {e}"),
+                },
+                Err(status) => why = format!("{addr}: {}", status.message()),
             }
         }
-        false
+        Err(why)
     }
 
     /// Proposes a command and returns its reply once it is committed and applied here.
@@ -690,6 +811,7 @@ impl Node {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1)),
         );
+        self.inner.standing.stamp(r.metadata_mut());
         match client.forward(r).await {
             Ok(resp) => {
                 let reply = decode(resp.get_ref()).unwrap_or_else(|e| {
@@ -833,6 +955,10 @@ impl Node {
                             Some(Err(DomainError::not_found("node", &id.to_string()))),
                         ));
                     };
+                    // The node stops serving before it stops receiving the log: it never
+                    // serves a change made after its removal.
+                    self.announce_removal(id, mem.get_node(&id).map(|n| n.addr.clone()))
+                        .await;
                     self.raft()
                         .change_membership(change, false)
                         .await
@@ -924,6 +1050,25 @@ impl Node {
                 }
             })
             .collect();
+        // The bootstrap and join loops notice a little after the fact that a leader has
+        // reached this node: a member with a leader waits for them no longer.
+        let set_up = m.current_leader.is_some() && is_member(mem, self.id());
+        let waiting = (!set_up)
+            .then(|| {
+                self.inner
+                    .waiting_setup
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+            .flatten()
+            .or_else(|| {
+                self.inner
+                    .waiting_leader
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            });
         NodeStatus {
             node_id: self.id(),
             leader_id: m.current_leader,
@@ -932,6 +1077,9 @@ impl Node {
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
             members,
+            cluster_id: self.inner.standing.cluster_id(),
+            not_serving: self.not_serving(),
+            waiting,
         }
     }
 
@@ -976,6 +1124,372 @@ impl Node {
 
     pub async fn shutdown(&self) {
         let _ = self.raft().shutdown().await;
+    }
+
+    pub(crate) fn standing(&self) -> &Standing {
+        &self.inner.standing
+    }
+
+    /// Why this node must not serve API traffic now, if it must not: it was removed from the
+    /// cluster, a leader announced its removal, or (with `max_stale_config`) it has had no
+    /// contact with a quorum for longer than that. `None`: serve.
+    pub fn not_serving(&self) -> Option<String> {
+        let me = self.id();
+        if let Some(why) = self.removed() {
+            return Some(format!("node {me} was removed from the cluster: {why}"));
+        }
+        if let Some(f) = self.fence() {
+            return Some(format!(
+                "node {} is removing node {me} from the cluster",
+                f.leader
+            ));
+        }
+        let max = self.inner.max_stale_config?;
+        // Worded without the age, so that it reads the same for as long as it lasts.
+        (self.inner.standing.contact_age() > max).then(|| {
+            format!(
+                "node {me} has had no contact with a quorum of the cluster for more than {} ms (--max-stale-config): its configuration may be stale",
+                max.as_millis()
+            )
+        })
+    }
+
+    /// Registers what to tell when the node may or may not serve (once).
+    pub fn set_serving_hook(&self, h: ServingHook) {
+        if self.inner.serving_hook.set(h).is_ok() {
+            self.refresh_serving();
+        }
+    }
+
+    fn refresh_serving(&self) {
+        if let Some(h) = self.inner.serving_hook.get() {
+            h(self.not_serving());
+        }
+    }
+
+    /// Why this node knows it is no longer a member, once it does.
+    pub fn removed(&self) -> Option<String> {
+        self.inner.removed.borrow().clone()
+    }
+
+    /// Resolves once this node knows it was removed, with why.
+    pub async fn wait_removed(&self) -> String {
+        let mut rx = self.inner.removed.subscribe();
+        match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Resolves if this node's cluster id and a peer's differ, with a message naming both:
+    /// such a node must not run.
+    pub async fn wait_conflict(&self) -> String {
+        let mut rx = self.inner.conflict.subscribe();
+        match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    fn fence(&self) -> Option<Fence> {
+        self.inner
+            .standing
+            .fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A leader is about to remove this node: stop serving now.
+    pub(crate) fn set_fence(&self, leader: NodeId) {
+        tracing::warn!(
+            node = self.id(),
+            leader,
+            "node {leader} is removing this node from the cluster: no longer serving API traffic"
+        );
+        *self
+            .inner
+            .standing
+            .fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Fence {
+            leader,
+            at: Instant::now(),
+        });
+        // Before the leader hears back, so before it proposes the removal.
+        self.refresh_serving();
+    }
+
+    /// Tells node `id` (at `addr`) that this leader is about to remove it, so that it stops
+    /// serving first. Best effort: a node that cannot be reached is cut off anyway, and learns
+    /// of its removal from its peers when it is reachable again.
+    async fn announce_removal(&self, id: NodeId, addr: Option<String>) {
+        if id == self.id() {
+            self.set_fence(id);
+            return;
+        }
+        let Some(addr) = addr else { return };
+        let Ok(mut c) = self.channels().get(&addr) else {
+            return;
+        };
+        let mut req = tonic::Request::new(RemovingRequest {
+            node_id: id,
+            leader_id: self.id(),
+        });
+        req.set_timeout(Duration::from_secs(1));
+        self.inner.standing.stamp(req.metadata_mut());
+        if let Err(e) = c.removing(req).await {
+            tracing::warn!(
+                node = self.id(),
+                "could not tell node {id} at {addr} that it is being removed ({}); removing it anyway",
+                e.message()
+            );
+        }
+    }
+
+    /// Keeps this node's standing current, every 100 ms, for as long as it runs:
+    /// - as leader, its quorum contact from openraft's `millis_since_quorum_ack`;
+    /// - removal: from the membership it applied, or, when it hears from no quorum, from its
+    ///   peers' memberships (a removed node receives no more log entries, so it may never apply
+    ///   the entry that removes it);
+    /// - the cluster id: checked against the peers' (`voters`, then the members) until one
+    ///   answers with the same id;
+    /// - what it waits for, logged every few seconds.
+    ///
+    /// `joins`: the node joins as a learner, so a membership without it means "not yet" until
+    /// it has been a member.
+    async fn watch_standing(self, voters: BTreeMap<NodeId, String>, joins: bool) {
+        let me = self.id();
+        let stale_after = self.inner.election_max * 2;
+        let fence_hold = self.inner.write_timeout * 2;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_member = false;
+        let mut was_leader = false;
+        let mut id_confirmed = voters.keys().all(|&v| v == me);
+        let mut last_probe: Option<Instant> = None;
+        let mut leaderless_since: Option<Instant> = None;
+        // The membership (leader term, log index) that showed this node removed.
+        let mut removed_by: Option<(u64, Option<u64>)> = None;
+        let mut said = Said::default();
+        loop {
+            tick.tick().await;
+            let m = self.raft().metrics().borrow().clone();
+            if m.running_state.is_err() || m.state == ServerState::Shutdown {
+                return;
+            }
+            if m.state == ServerState::Leader {
+                // Elected: a quorum granted its votes just now (openraft reports no quorum
+                // acknowledgement until the followers answer the first entries).
+                let ms = if was_leader {
+                    m.millis_since_quorum_ack
+                } else {
+                    Some(0)
+                };
+                if let Some(ms) = ms {
+                    self.inner.standing.note_contact(Duration::from_millis(ms));
+                }
+            }
+            was_leader = m.state == ServerState::Leader;
+            let mem = m.membership_config.membership();
+            let mem_log = *m.membership_config.log_id();
+            let mine = (
+                mem_log.map_or(0, |l| l.leader_id.term),
+                mem_log.map(|l| l.index),
+            );
+            let applied =
+                mem_log.is_some() && m.last_applied.map(|l| l.index) >= mem_log.map(|l| l.index);
+            let member = is_member(mem, me);
+            // A learner is armed once it has joined in this run and then seen itself in the
+            // membership it applied; a restarted learner may still hold the membership from
+            // before it left, or one from before it was removed, while it joins again.
+            let joined = self.inner.joined.load(std::sync::atomic::Ordering::Relaxed);
+            was_member |= member && joined;
+            let armed = was_member || !joins;
+            let contact_fresh = self.inner.standing.contact_age() <= stale_after;
+            if let Some(f) = self.fence()
+                && f.at.elapsed() > fence_hold
+                && member
+                && contact_fresh
+                && self.removed().is_none()
+            {
+                tracing::warn!(
+                    node = me,
+                    "the removal announced by node {} did not happen: serving again",
+                    f.leader
+                );
+                *self
+                    .inner
+                    .standing
+                    .fence
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+            }
+
+            // Ask the peers when this node may be cut off from the log: it has not confirmed
+            // its cluster id yet, or it is a member that hears from no quorum.
+            let suspect = armed && mem_log.is_some() && self.removed().is_none() && !contact_fresh;
+            let due = last_probe.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if (suspect || !id_confirmed) && due {
+                last_probe = Some(Instant::now());
+                let mut peers: BTreeMap<NodeId, String> = voters.clone();
+                peers.extend(mem.nodes().map(|(id, n)| (*id, n.addr.clone())));
+                peers.remove(&me);
+                let replies = futures::future::join_all(
+                    peers
+                        .iter()
+                        .map(|(id, addr)| async { (*id, addr.clone(), self.probe(addr).await) }),
+                )
+                .await;
+                for (peer, addr, reply) in replies {
+                    let Some(r) = reply else { continue };
+                    if let Some(ours) = self.inner.standing.cluster_id()
+                        && !r.cluster_id.is_empty()
+                    {
+                        if r.cluster_id != ours {
+                            self.mark_conflict(format!(
+                                "{} belongs to cluster {ours}, but peer node {peer} at {addr} belongs to cluster {}",
+                                self.inner.standing.source(),
+                                r.cluster_id
+                            ));
+                            return;
+                        }
+                        id_confirmed = true;
+                    }
+                    let theirs = (r.membership_term, r.membership_index);
+                    if suspect
+                        && !r.asker_is_member
+                        && r.membership_index.is_some()
+                        && theirs >= mine
+                        && self.removed().is_none()
+                    {
+                        removed_by = Some(theirs);
+                        self.mark_removed(format!(
+                            "node {peer}'s membership (log index {}) does not include it",
+                            r.membership_index.unwrap_or(0)
+                        ));
+                    }
+                }
+            }
+
+            // Its own membership, once the cluster id is settled (a data dir of another
+            // cluster has a membership without this node too; that is not a removal).
+            let id_settled = id_confirmed || last_probe.is_some();
+            let removed = self.removed().is_some();
+            if member && removed && removed_by.is_none_or(|by| mine > by) {
+                // Added again (by an operator, or a learner that rejoined).
+                tracing::warn!(node = me, "this node is a member again");
+                removed_by = None;
+                self.inner.removed.send_replace(None);
+            } else if !member && !removed && armed && applied && id_settled {
+                removed_by = Some(mine);
+                let index = mem_log.map_or(0, |l| l.index);
+                self.mark_removed(format!(
+                    "the membership it applied (log index {index}) does not include it"
+                ));
+            }
+
+            self.refresh_serving();
+
+            // What it waits for: a leader, or (with one) contact with a quorum through it.
+            let voters = || {
+                mem.voter_ids()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let waiting = if mem_log.is_none() || self.removed().is_some() {
+                None
+            } else if m.current_leader.is_none() {
+                let since = *leaderless_since.get_or_insert_with(Instant::now);
+                (since.elapsed() > stale_after).then(|| {
+                    (
+                        "no leader",
+                        format!(
+                            "a majority of the voters [{}] to elect a leader (none known for {:.0} s, term {})",
+                            voters(),
+                            since.elapsed().as_secs_f64(),
+                            m.current_term
+                        ),
+                    )
+                })
+            } else {
+                leaderless_since = None;
+                let age = self.inner.standing.contact_age();
+                (age > stale_after).then(|| {
+                    (
+                        "no quorum",
+                        format!(
+                            "contact with a majority of the voters [{}] (none for {:.0} s; leader: node {})",
+                            voters(),
+                            age.as_secs_f64(),
+                            m.current_leader.unwrap_or_default()
+                        ),
+                    )
+                })
+            };
+            if let Some((key, text)) = &waiting {
+                said.log_as(key, text);
+            }
+            *self
+                .inner
+                .waiting_leader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = waiting.map(|(_, text)| text);
+        }
+    }
+
+    fn mark_removed(&self, why: String) {
+        tracing::error!(
+            node = self.id(),
+            "this node was removed from the cluster: {why}; it no longer serves API traffic"
+        );
+        self.inner.removed.send_replace(Some(why));
+        self.refresh_serving();
+    }
+
+    fn mark_conflict(&self, why: String) {
+        tracing::error!(node = self.id(), "{why}");
+        self.inner.conflict.send_replace(Some(why));
+    }
+}
+
+/// Logs what a node waits for when it changes, and again every few seconds while it lasts;
+/// not in the first seconds, when waiting for the other nodes to start is normal.
+struct Said {
+    since: Instant,
+    last: Option<(String, Instant)>,
+}
+
+impl Default for Said {
+    fn default() -> Self {
+        Said {
+            since: Instant::now(),
+            last: None,
+        }
+    }
+}
+
+impl Said {
+    const EVERY: Duration = Duration::from_secs(5);
+    const QUIET: Duration = Duration::from_secs(2);
+
+    fn log(&mut self, waiting: &str) {
+        self.log_as(waiting, waiting);
+    }
+
+    /// Logs `waiting`, which may change in details (a count of seconds) while its `key` (what
+    /// it is about) stays the same: logged again when the key changes or every few seconds.
+    fn log_as(&mut self, key: &str, waiting: &str) {
+        let due = self.since.elapsed() >= Self::QUIET
+            && match &self.last {
+                Some((last, at)) => last != key || at.elapsed() >= Self::EVERY,
+                None => true,
+            };
+        if due {
+            tracing::warn!("waiting for {waiting}");
+            self.last = Some((key.to_string(), Instant::now()));
+        }
     }
 }
 

@@ -20,61 +20,22 @@ use crate::node::Node;
 use crate::types::NodeId;
 use openraft::ServerState;
 use proto::peer::ProbeRequest;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-/// When this node last heard from a leader of the current term.
-pub(crate) struct LeaderContact {
-    epoch: Instant,
-    /// Milliseconds since `epoch`, plus one; 0 = never.
-    last: AtomicU64,
-    /// Whether the election timer is on, as last set (for logging changes only).
-    electing: AtomicBool,
-}
-
-impl LeaderContact {
-    pub(crate) fn new() -> Self {
-        LeaderContact {
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            electing: AtomicBool::new(true),
-        }
-    }
-
-    /// A leader's AppendEntries was accepted.
-    pub(crate) fn heard(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last.store(ms + 1, Ordering::Relaxed);
-    }
-
-    /// How long ago a leader was last heard; `None` if never since this process started.
-    pub(crate) fn age(&self) -> Option<Duration> {
-        match self.last.load(Ordering::Relaxed) {
-            0 => None,
-            last => Some(
-                self.epoch
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(last - 1)),
-            ),
-        }
-    }
-}
+use std::time::Duration;
 
 impl Node {
-    /// How long ago this node last heard from a leader, as `Probe` answers it: a leader that
-    /// has a quorum counts as hearing itself; `None` if never.
+    /// How long ago this node was last in touch with a leader that had a quorum, as `Probe`
+    /// answers it (see `standing`: a leader's own quorum acknowledgements; a follower's last
+    /// AppendEntries, dated back by its leader's quorum age); `None` if never since it started.
     pub(crate) fn leader_contact_age(&self) -> Option<Duration> {
-        let m = self.raft().metrics().borrow().clone();
-        if m.state == ServerState::Leader {
-            return m.millis_since_quorum_ack.map(Duration::from_millis);
-        }
-        self.inner().contact.age()
+        let standing = self.standing();
+        standing.had_contact().then(|| standing.contact_age())
     }
 
     /// Switches this node's election timer on or off, every heartbeat, as the module docs say.
     pub(crate) async fn gate_elections(self, heartbeat: Duration, election_min: Duration) {
         let mut tick = tokio::time::interval(heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut electing = true;
         loop {
             tick.tick().await;
             if self.raft().metrics().borrow().state == ServerState::Shutdown {
@@ -82,7 +43,8 @@ impl Node {
             }
             let allow = self.may_stand(heartbeat, election_min).await;
             self.raft().runtime_config().elect(allow);
-            if self.inner().contact.electing.swap(allow, Ordering::Relaxed) != allow {
+            if electing != allow {
+                electing = allow;
                 tracing::debug!(node = self.id(), allow, "election timer switched");
             }
         }
@@ -95,9 +57,7 @@ impl Node {
             return true;
         }
         if self
-            .inner()
-            .contact
-            .age()
+            .leader_contact_age()
             .is_some_and(|age| age < election_min)
         {
             return false;

@@ -52,6 +52,9 @@ pub enum GatewayError {
     HeadersTooLarge { limit: usize },
     #[error("Bad request: {0}")]
     BadRequest(&'static str),
+    /// This node does not serve API traffic (see [`crate::Dataplane::set_not_serving`]).
+    #[error("This gateway node is not serving API traffic: {reason}")]
+    NodeNotServing { reason: Arc<String> },
 }
 
 impl GatewayError {
@@ -66,6 +69,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NodeNotServing { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,6 +85,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "RequestBodyTooLarge",
             GatewayError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
             GatewayError::BadRequest(_) => "BadRequest",
+            GatewayError::NodeNotServing { .. } => "NodeNotServing",
         }
     }
 

@@ -16,7 +16,7 @@ use crate::request_id::RequestIds;
 use crate::router::{Lookup, Router};
 use crate::shares::{DEFAULT_SHARE_FLOOR, DemandReport, DemandTracker};
 use crate::usage::{UsageCell, UsageDelta, UsageRegistry};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Method;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -185,6 +185,11 @@ pub(crate) struct Inner {
     pub(crate) apps: AppAuth,
     pub(crate) pools: BackendPools,
     pub(crate) global: GlobalStats,
+    /// The serving gate: while set, every request is answered 503 `NodeNotServing` with this
+    /// reason (see [`Dataplane::set_not_serving`]). `gate_closed` mirrors it so that the hot
+    /// path reads one relaxed boolean while the gate is open.
+    pub(crate) gate_closed: AtomicBool,
+    pub(crate) gate_reason: ArcSwapOption<String>,
 }
 
 /// The data plane of one node. Cheap to clone; all clones share state.
@@ -328,8 +333,25 @@ impl Dataplane {
                 apps: AppAuth::new(Arc::new(signer::NonceCache::new(1 << 20))),
                 pools,
                 global: GlobalStats::default(),
+                gate_closed: AtomicBool::new(false),
+                gate_reason: ArcSwapOption::empty(),
             }),
         }
+    }
+
+    /// Stops this node serving API traffic (`Some(reason)`: every request is answered 503
+    /// with code `NodeNotServing` and the reason in its message, and counts no call), or lets
+    /// it serve again (`None`). The caller decides: e.g. the node was removed from its cluster,
+    /// or its configuration may be stale.
+    pub fn set_not_serving(&self, reason: Option<String>) {
+        let closed = reason.is_some();
+        self.inner.gate_reason.store(reason.map(Arc::new));
+        self.inner.gate_closed.store(closed, Relaxed);
+    }
+
+    /// Why this node does not serve API traffic, if it does not.
+    pub fn not_serving(&self) -> Option<Arc<String>> {
+        self.inner.gate_reason.load_full()
     }
 
     /// Now, on this data plane's clock (what [`apply_peer_demand`](Self::apply_peer_demand)
@@ -380,6 +402,15 @@ impl Dataplane {
         access: Option<&Access<'_>>,
         now: Nanos,
     ) -> Verdict {
+        if self.inner.gate_closed.load(Relaxed)
+            && let Some(reason) = self.inner.gate_reason.load_full()
+        {
+            return Verdict {
+                target: Target::Nobody,
+                rejection: Some(GatewayError::NodeNotServing { reason }),
+                base_len: 0,
+            };
+        }
         let snapshot = self.inner.snapshot.load();
         match snapshot.router.lookup(host, stage, method, path) {
             Lookup::Api {
@@ -561,5 +592,32 @@ impl Dataplane {
             .collect();
         routes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         metrics::render(out, &views, &routes, &self.inner.global);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_gate_answers_every_request_until_it_opens() {
+        let dp = Dataplane::new(1);
+        let code = |dp: &Dataplane| {
+            let v = dp.decide(Some("a.example"), Stage::Release, &Method::GET, "/x");
+            v.rejection()
+                .map(|e| (e.status().as_u16(), e.code(), e.to_string()))
+        };
+        assert_eq!(code(&dp).unwrap().1, "ApiNotFound");
+        dp.set_not_serving(Some("node 4 was removed from the cluster".into()));
+        let (status, c, message) = code(&dp).unwrap();
+        assert_eq!((status, c), (503, "NodeNotServing"));
+        assert!(message.contains("node 4 was removed"), "{message}");
+        assert_eq!(
+            dp.not_serving().as_deref().map(String::as_str),
+            Some("node 4 was removed from the cluster")
+        );
+        dp.set_not_serving(None);
+        assert_eq!(code(&dp).unwrap().1, "ApiNotFound");
+        assert!(dp.not_serving().is_none());
     }
 }

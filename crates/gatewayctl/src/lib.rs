@@ -390,6 +390,9 @@ enum TokenCmd {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
+    /// The cluster as the node sees it. Exits non-zero, after printing it, when the node knows
+    /// no leader or has no contact with a quorum (it cannot accept writes), or does not serve
+    /// API traffic.
     Status,
     AddLearner {
         #[arg(long)]
@@ -1068,6 +1071,7 @@ async fn tokens(c: &mut Client, f: Format, cmd: TokenCmd) -> Result<()> {
 }
 
 async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
+    let is_status = matches!(cmd, ClusterCmd::Status);
     let status = match cmd {
         ClusterCmd::Status => c.describe_cluster(pb::DescribeClusterRequest {}).await?,
         ClusterCmd::AddLearner { node_id, peer_addr } => {
@@ -1093,8 +1097,52 @@ async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
                 output::opt(status.last_log_index),
                 output::opt(status.applied_index),
             );
+            if !status.cluster_id.is_empty() {
+                println!("cluster: {}", status.cluster_id);
+            }
+            if let Some(w) = &status.waiting {
+                println!("waiting for: {w}");
+            }
+            if let Some(why) = &status.not_serving {
+                println!("not serving API traffic: {why}");
+            }
             print!("{}", output::cluster_table(&status).render());
         }
+    }
+    if is_status {
+        status_problem(&status)?;
+    }
+    Ok(())
+}
+
+/// What makes a status unhealthy, for `cluster status`'s exit code: no leader known (the
+/// cluster cannot accept writes through this node), a leader out of touch with a quorum, or
+/// the node does not serve API traffic.
+fn status_problem(s: &pb::ClusterStatus) -> Result<()> {
+    if let Some(why) = &s.not_serving {
+        bail!("node {} does not serve API traffic: {why}", s.node_id);
+    }
+    if let (Some(leader), Some(w)) = (s.leader_id, &s.waiting) {
+        bail!(
+            "node {} knows node {leader} as leader but is waiting for {w}: the cluster may not accept writes",
+            s.node_id
+        );
+    }
+    if s.leader_id.is_none() {
+        let waiting = s
+            .waiting
+            .as_deref()
+            .map(|w| format!(": it is waiting for {w}"))
+            .unwrap_or_else(|| {
+                format!(
+                    ": it is a {} in term {} and has not heard from a leader",
+                    s.state, s.term
+                )
+            });
+        bail!(
+            "no leader is known to node {}, so the cluster cannot accept writes through it{waiting}",
+            s.node_id
+        );
     }
     Ok(())
 }

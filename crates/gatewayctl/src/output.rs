@@ -332,6 +332,9 @@ pub fn cluster_json(s: &pb::ClusterStatus) -> Value {
         "state": s.state,
         "last_log_index": s.last_log_index,
         "applied_index": s.applied_index,
+        "cluster_id": s.cluster_id,
+        "not_serving": s.not_serving,
+        "waiting": s.waiting,
         "members": s.members.iter().map(|m| json!({
             "node_id": m.node_id,
             "peer_addr": m.peer_addr,

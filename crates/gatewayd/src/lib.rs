@@ -200,6 +200,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     cfg.election_timeout = (s.election_timeout, s.election_timeout * 2);
     cfg.snapshot_every = s.snapshot_every;
     cfg.peer_tls = tls.peer_client.clone();
+    cfg.cluster_id = s.cluster_id.clone();
+    cfg.max_stale_config = s.max_stale_config;
     let node = Node::start(cfg).await.with_context(|| {
         format!(
             "cannot start node {} in {}",
@@ -248,6 +250,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     // The data plane: config from every applied state, shares from the peers' demand.
     let dp = dataplane::Dataplane::new(s.node_id);
     plane::accept_peer_demand(&node, dp.clone());
+    plane::gate_serving(&node, dp.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
     let _publisher = plane::spawn_publisher(
@@ -326,14 +329,32 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
 
     // Run until asked to stop, or until Raft itself stops (a storage failure): then exit
     // non-zero, so that a supervisor restarts the node rather than leave it serving stale
-    // config without ever catching up again.
-    let raft_failure = tokio::select! {
-        _ = shutdown => None,
-        e = raft_stopped(node.clone()) => Some(e),
+    // config without ever catching up again. A node whose cluster id and its peers' differ
+    // must not run either. A removed node exits with success when asked to
+    // (--exit-when-removed): its end is what the operator wanted, and a supervisor that
+    // restarts only failures leaves it down.
+    let exit_when_removed = async {
+        if s.exit_when_removed {
+            node.wait_removed().await
+        } else {
+            std::future::pending().await
+        }
     };
-    if let Some(e) = &raft_failure {
-        tracing::error!("raft stopped: {e}; shutting down");
-    }
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        e = raft_stopped(node.clone()) => {
+            tracing::error!("raft stopped: {e}; shutting down");
+            Some(format!("raft stopped: {e}"))
+        }
+        e = node.wait_conflict() => {
+            tracing::error!("{e}: this node refuses to run; shutting down");
+            Some(format!("{e}: this node refuses to run"))
+        }
+        why = exit_when_removed => {
+            tracing::warn!(node = s.node_id, "node {} was removed from the cluster ({why}); exiting (--exit-when-removed)", s.node_id);
+            None
+        }
+    };
     // Stop being ready first, so load balancers stop sending; then drain the data plane.
     draining.store(true, Ordering::Relaxed);
     ready.store(false, Ordering::Relaxed);
@@ -358,7 +379,9 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             tonic_health::ServingStatus::NotServing,
         )
         .await;
-    node.leave_if_learner(Duration::from_secs(3)).await;
+    if node.removed().is_none() {
+        node.leave_if_learner(Duration::from_secs(3)).await;
+    }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = ops_task.await;
@@ -368,8 +391,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     node.shutdown().await;
     let _ = peer_task.await;
     tracing::info!(node = s.node_id, "gatewayd stopped");
-    match raft_failure {
-        Some(e) => Err(anyhow::anyhow!("raft stopped: {e}")),
+    match failure {
+        Some(e) => Err(anyhow::anyhow!(e)),
         None => Ok(()),
     }
 }

@@ -205,7 +205,7 @@ pub async fn demand_loop(
             dp.set_serving_nodes(&members, node.id());
         }
         ready.store(
-            node.is_caught_up() && !draining.load(Ordering::Relaxed),
+            node.is_caught_up() && !draining.load(Ordering::Relaxed) && dp.not_serving().is_none(),
             Ordering::Relaxed,
         );
         let report = dp.demand_report();
@@ -214,6 +214,22 @@ pub async fn demand_loop(
             Err(e) => tracing::warn!("demand report: {e}"),
         }
     }
+}
+
+/// Closes the data plane's serving gate while the node must not serve (removed from the
+/// cluster, or out of touch with a quorum for longer than `--max-stale-config`), and opens it
+/// again when it may; logs each change.
+pub fn gate_serving(node: &Node, dp: Dataplane) {
+    node.set_serving_hook(Box::new(move |reason: Option<String>| {
+        if dp.not_serving().as_deref() == reason.as_ref() {
+            return;
+        }
+        match &reason {
+            Some(why) => tracing::warn!("not serving API traffic (503 NodeNotServing): {why}"),
+            None => tracing::info!("serving API traffic again"),
+        }
+        dp.set_not_serving(reason);
+    }));
 }
 
 /// Feeds peers' demand reports to the data plane.

@@ -45,6 +45,20 @@ pub struct Flags {
     /// The HOST:PORT peers use to reach this node [default: its entry in --peers, or --listen-peer].
     #[arg(long, env = "GATEWAY_ADVERTISE_PEER")]
     pub advertise_peer: Option<String>,
+    /// The cluster this node belongs to. Checked against the id in the data dir and the
+    /// peers' (the node refuses to start on a mismatch), and used when this node initialises a
+    /// new cluster [default: the data dir's; a new cluster makes a random one].
+    #[arg(long, env = "GATEWAY_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Stop serving API traffic (503 NodeNotServing, /readyz 503) after this long without
+    /// contact with a quorum of the cluster, e.g. 30s, 1500ms, 2m; resume on contact. Off by
+    /// default: a node cut off keeps serving its last configuration.
+    #[arg(long, env = "GATEWAY_MAX_STALE_CONFIG")]
+    pub max_stale_config: Option<String>,
+    /// Exit (status 0, after draining) once this node knows it was removed from the cluster,
+    /// instead of running on without serving.
+    #[arg(long, env = "GATEWAY_EXIT_WHEN_REMOVED", num_args = 0..=1, default_missing_value = "true")]
+    pub exit_when_removed: Option<bool>,
     /// A price catalog file to use instead of the built-in one (every node must use the same).
     #[arg(long, env = "GATEWAY_CATALOG")]
     pub catalog: Option<PathBuf>,
@@ -202,6 +216,9 @@ pub struct Settings {
     pub limits: dataplane::ServerLimits,
     pub http_threads: usize,
     pub tls: TlsSettings,
+    pub cluster_id: Option<String>,
+    pub max_stale_config: Option<Duration>,
+    pub exit_when_removed: bool,
 }
 
 impl Flags {
@@ -226,6 +243,9 @@ impl Flags {
             listen_ops,
             peers,
             advertise_peer,
+            cluster_id,
+            max_stale_config,
+            exit_when_removed,
             catalog,
             admin_token_file,
             peers_from_statefulset,
@@ -364,6 +384,25 @@ impl Flags {
                 "--election-timeout-ms ({election}) must be more than twice --heartbeat-ms ({heartbeat})"
             );
         }
+        if let Some(id) = &f.cluster_id {
+            cluster::check_cluster_id(id).map_err(|e| anyhow!("invalid --cluster-id: {e}"))?;
+        }
+        let max_stale_config = match &f.max_stale_config {
+            None => None,
+            Some(text) => {
+                let d = parse_duration(text)
+                    .map_err(|e| anyhow!("invalid --max-stale-config '{text}': {e}"))?;
+                // Below an election timeout, an ordinary leader change would stop the node.
+                let min = Duration::from_millis(election * 2);
+                if d < min {
+                    bail!(
+                        "--max-stale-config {text} is below twice --election-timeout-ms ({} ms): every leader election would stop the data plane",
+                        min.as_millis()
+                    );
+                }
+                Some(d)
+            }
+        };
         Ok(Settings {
             node_id,
             data_dir: f.data_dir.unwrap_or_else(|| PathBuf::from("gateway-data")),
@@ -387,6 +426,9 @@ impl Flags {
             limits,
             http_threads,
             tls,
+            cluster_id: f.cluster_id,
+            max_stale_config,
+            exit_when_removed: f.exit_when_removed.unwrap_or(false),
         })
     }
 }
@@ -509,6 +551,27 @@ fn server_limits(f: &Flags) -> Result<dataplane::ServerLimits> {
         },
         drain_timeout: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
     })
+}
+
+/// Parses a duration: a whole number with the unit `ms`, `s`, `m` or `h` (`1500ms`, `30s`).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow!("expected a whole number and a unit (ms, s, m or h), e.g. 30s"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => bail!("unknown unit '{unit}': use ms, s, m or h, e.g. 30s"),
+    };
+    if d.is_zero() {
+        bail!("must be more than zero");
+    }
+    Ok(d)
 }
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -653,6 +716,46 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--admin-token-file")
+        );
+    }
+
+    #[test]
+    fn membership_flags() {
+        let s = Flags::default().resolve().unwrap();
+        assert_eq!(s.max_stale_config, None, "off by default");
+        assert!(!s.exit_when_removed);
+        let s = Flags {
+            max_stale_config: Some("1500ms".into()),
+            cluster_id: Some("prod-1".into()),
+            exit_when_removed: Some(true),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.max_stale_config, Some(Duration::from_millis(1500)));
+        assert_eq!(s.cluster_id.as_deref(), Some("prod-1"));
+        assert!(s.exit_when_removed);
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for (bad, says) in [
+            ("30", "unknown unit"),
+            ("s", "whole number"),
+            ("0s", "more than zero"),
+            ("500ms", "below twice --election-timeout-ms"),
+        ] {
+            refused(
+                Flags {
+                    max_stale_config: Some(bad.into()),
+                    ..Default::default()
+                },
+                &["--max-stale-config", says],
+            );
+        }
+        refused(
+            Flags {
+                cluster_id: Some("a b".into()),
+                ..Default::default()
+            },
+            &["--cluster-id", "1 to 64 characters"],
         );
     }
 
