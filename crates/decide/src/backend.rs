@@ -2,7 +2,7 @@
 //! server reaches it through, which this crate leaves to the layer that connects
 //! ([`Upstreams`]): the decision needs to know where a request goes, not how.
 
-use crate::plane::DataplaneOptions;
+use crate::options::DataplaneOptions;
 use http::HeaderValue;
 use http::Uri;
 use http::uri::{Authority, PathAndQuery};

@@ -44,19 +44,25 @@
 //! - `error`, `config`, `access`, [`request_id`], `metrics`, `usage`, `shares`, `router`:
 //!   the checks and counters a decision uses.
 //! - `instance`: an instance's limiter and counters.
-//! - `backend`: backend addresses and the [`Upstreams`] seam.
-//! - `plane`: [`Dataplane`], its snapshot and counters, and the decision itself
+//! - `options`: a data plane's tunables; `backend`: backend addresses and the [`Upstreams`]
+//!   seam.
+//! - `compiled`: groups and APIs compiled, the snapshot the hot path reads;
+//!   `loaded`: what is loaded, for incremental updates.
+//! - `plane`: [`Dataplane`], its state and counters, and the decision itself
 //!   ([`Dataplane::decide`]).
-//! - `publish`: what is loaded, and compiling a change into the next snapshot.
+//! - `publish`: compiling a change into the next snapshot.
 
 mod access;
 mod backend;
 mod clock;
+mod compiled;
 mod config;
 mod error;
 mod instance;
 mod limiter;
+mod loaded;
 mod metrics;
+mod options;
 pub mod per_thread;
 mod plane;
 mod publish;
@@ -70,15 +76,15 @@ pub use access::{AppCredential, Denied, IpAcl};
 pub use backend::{Backend, BackendError, DEFAULT_BACKEND_TIMEOUT, Unconnected, Upstreams};
 pub use catalog::SHARED_INSTANCE;
 pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
+pub use compiled::{Api, UsageHandle};
 pub use config::{
     ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules, Stage,
     UnknownStage,
 };
 pub use error::GatewayError;
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
-pub use plane::{
-    Access, Api, Dataplane, DataplaneOptions, InstanceShare, PublishReport, UsageHandle, Verdict,
-};
+pub use options::DataplaneOptions;
+pub use plane::{Access, Dataplane, InstanceShare, PublishReport, Verdict};
 pub use router::RouteError;
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
 pub use usage::{UNMATCHED_API, UsageDelta};

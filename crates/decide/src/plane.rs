@@ -1,73 +1,27 @@
 //! [`Dataplane`]: the compiled configuration, the instances with their limiters and shares, the
 //! usage and metric counters, and the decision half of the hot path ([`Dataplane::decide`]).
-//! How the configuration gets compiled and swapped in is in [`crate::publish`].
+//! What the configuration compiles to is in [`crate::compiled`]; how it gets compiled and
+//! swapped in, in [`crate::publish`].
 
-use crate::access::{AppAuth, IpAcl};
-use crate::backend::{Backend, Unconnected, Upstreams};
-use crate::clock::{Clock, MonotonicClock, Nanos};
+use crate::access::AppAuth;
+use crate::backend::{Unconnected, Upstreams};
+use crate::clock::{Clock, Nanos};
+use crate::compiled::{Api, Snapshot, Statuses, Target, UsageHandle, lock};
 use crate::config::Stage;
 use crate::error::GatewayError;
 use crate::instance::InstanceState;
-use crate::limiter::DEFAULT_BURST;
+use crate::loaded::Loaded;
 use crate::metrics::{self, GlobalStats, InstanceView, StatusCounters};
-use crate::publish::Loaded;
+use crate::options::DataplaneOptions;
 use crate::request_id::{RequestId, RequestIds};
 use crate::router::{Lookup, Router};
-use crate::shares::{DEFAULT_SHARE_FLOOR, DemandReport, DemandTracker};
-use crate::usage::{UsageCell, UsageDelta, UsageRegistry};
+use crate::shares::{DemandReport, DemandTracker};
+use crate::usage::{UsageDelta, UsageRegistry};
 use arc_swap::ArcSwap;
 use http::Method;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Tunables of a [`Dataplane`]; `Default` gives production values.
-#[derive(Clone)]
-pub struct DataplaneOptions {
-    /// This node's id (in request ids; excluded from its own peers).
-    pub node_id: u64,
-    pub clock: Arc<dyn Clock>,
-    /// Limiter burst tolerance, as a duration of quota.
-    pub burst: Duration,
-    /// Least fraction of a ceiling a serving node keeps (see [`crate::share`]).
-    pub share_floor: f64,
-    /// Shortest window offered rates are measured over.
-    pub demand_window: Duration,
-    /// Peer reports older than this are ignored.
-    pub stale_after: Duration,
-    pub backend_connect_timeout: Duration,
-    pub backend_pool_idle_timeout: Duration,
-    pub backend_pool_max_idle_per_host: usize,
-}
-
-impl Default for DataplaneOptions {
-    fn default() -> Self {
-        DataplaneOptions {
-            node_id: 0,
-            clock: Arc::new(MonotonicClock::new()),
-            burst: DEFAULT_BURST,
-            share_floor: DEFAULT_SHARE_FLOOR,
-            demand_window: Duration::from_millis(100),
-            stale_after: Duration::from_secs(1),
-            backend_connect_timeout: Duration::from_secs(3),
-            backend_pool_idle_timeout: Duration::from_secs(60),
-            backend_pool_max_idle_per_host: 256,
-        }
-    }
-}
-
-impl std::fmt::Debug for DataplaneOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataplaneOptions")
-            .field("node_id", &self.node_id)
-            .field("burst", &self.burst)
-            .field("share_floor", &self.share_floor)
-            .field("demand_window", &self.demand_window)
-            .field("stale_after", &self.stale_after)
-            .finish_non_exhaustive()
-    }
-}
 
 /// What [`Dataplane::publish`] or [`Dataplane::update`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -123,78 +77,6 @@ impl Access<'_> {
     }
 }
 
-/// A group, compiled.
-pub(crate) struct GroupCtx {
-    pub(crate) name: String,
-    pub(crate) account: String,
-    /// `None` when the group lets every address in.
-    pub(crate) acl: Option<IpAcl>,
-    pub(crate) instance: Arc<InstanceState>,
-    /// Changed in place when a group changes in nothing else (an account suspended or
-    /// restored), so that this most frequent change of a billing cycle recompiles nothing.
-    pub(crate) suspended: AtomicBool,
-    pub(crate) unmatched_usage: Arc<UsageCell>,
-    pub(crate) unmatched_status: Arc<StatusCounters>,
-}
-
-/// A deployed API, compiled.
-pub struct Api<U: Upstreams> {
-    pub(crate) group: Arc<GroupCtx>,
-    /// For APIs whose auth type is APP: the apps (by name) authorised on the API. Their keys and
-    /// secrets are looked up at request time ([`AppAuth`]), so app changes recompile no route.
-    pub(crate) app_grants: Option<Box<[String]>>,
-    /// The API's own IP access control, checked after its group's; `None` lets all in.
-    pub(crate) acl: Option<IpAcl>,
-    pub(crate) name: String,
-    pub(crate) backend: Backend<U::Pool>,
-    pub(crate) timeout: Duration,
-    pub(crate) usage: Arc<UsageCell>,
-    pub(crate) status: Arc<StatusCounters>,
-}
-
-impl<U: Upstreams> Api<U> {
-    /// Where the API's requests go.
-    #[inline]
-    pub fn backend(&self) -> &Backend<U::Pool> {
-        &self.backend
-    }
-
-    /// How long the backend may take to answer; zero for the default.
-    #[inline]
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// Counts a backend answer that took `elapsed`, in its instance's latency histogram.
-    #[inline]
-    pub fn record_latency(&self, elapsed: Duration) {
-        self.group.instance.stats.latency.record(elapsed);
-    }
-
-    /// Counts a backend that did not answer in time.
-    #[inline]
-    pub fn count_backend_timeout(&self) {
-        self.group.instance.stats.backend_timeouts.add(1);
-    }
-
-    /// Counts a backend that could not be reached or broke off.
-    #[inline]
-    pub fn count_backend_error(&self) {
-        self.group.instance.stats.backend_errors.add(1);
-    }
-}
-
-/// The immutable compiled configuration the hot path reads through an `ArcSwap`. Both parts
-/// are persistent maps, so that each configuration change makes the next snapshot from the
-/// previous one in O(1) plus what changed, and the two share the rest.
-pub(crate) struct Snapshot<U: Upstreams> {
-    pub(crate) router: Router<Arc<Api<U>>, Arc<GroupCtx>>,
-    pub(crate) instances: imbl::OrdMap<Arc<str>, Arc<InstanceState>>,
-}
-
-/// Status counters by (instance, API): the labels of the per-route metrics.
-pub(crate) type Statuses = HashMap<(String, String), Arc<StatusCounters>>;
-
 pub(crate) struct Inner<U: Upstreams> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) burst: Duration,
@@ -234,43 +116,6 @@ impl<U: Upstreams> Clone for Dataplane<U> {
 impl<U: Upstreams> std::fmt::Debug for Dataplane<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataplane").finish_non_exhaustive()
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state behind these locks stays consistent even if a holder panicked.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Who a request is attributed to.
-pub(crate) enum Target<U: Upstreams> {
-    Api(Arc<Api<U>>),
-    Group(Arc<GroupCtx>),
-    Nobody,
-}
-
-impl<U: Upstreams> Target<U> {
-    /// The usage cell the request's calls and bytes are counted in.
-    pub(crate) fn usage(&self) -> Option<&UsageCell> {
-        match self {
-            Target::Api(api) => Some(&api.usage),
-            Target::Group(g) => Some(&g.unmatched_usage),
-            Target::Nobody => None,
-        }
-    }
-}
-
-/// The usage a response's bytes are counted in, as the response body sends them: what the
-/// request resolved to, and nothing else of the data plane.
-pub struct UsageHandle<U: Upstreams>(Target<U>);
-
-impl<U: Upstreams> UsageHandle<U> {
-    /// Counts `n` bytes sent to the client.
-    #[inline]
-    pub fn add_bytes(&self, n: u64) {
-        if let Some(usage) = self.0.usage() {
-            usage.add_bytes(n);
-        }
     }
 }
 

@@ -29,84 +29,17 @@
 
 use crate::access::{AppCredential, AppKey, IpAcl};
 use crate::backend::{Backend, Upstreams};
+use crate::compiled::{Api, GroupCtx, Snapshot, Statuses, lock};
 use crate::config::{ConfigUpdate, DataplaneConfig, GroupConfig, InstanceConfig, IpRules};
 use crate::instance::InstanceState;
+use crate::loaded::{CompiledGroup, Loaded, LoadedGroup, LoadedInstance};
 use crate::metrics::StatusCounters;
-use crate::plane::{Api, Dataplane, GroupCtx, PublishReport, Snapshot, Statuses, lock};
-use crate::router::{BucketBuilder, BucketKey, Router};
+use crate::plane::{Dataplane, PublishReport};
+use crate::router::{BucketBuilder, BucketKey};
 use crate::usage::{UNMATCHED_API, UsageKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-
-/// An instance as loaded.
-struct LoadedInstance {
-    config: InstanceConfig,
-    /// Kept while the instance exists, so its limiter and counters survive changes.
-    state: Arc<InstanceState>,
-}
-
-/// A group as loaded.
-struct LoadedGroup<U: Upstreams> {
-    config: GroupConfig,
-    /// `None` while its instance is unknown (its APIs are not routed until it appears).
-    compiled: Option<CompiledGroup<U>>,
-}
-
-/// What a group compiled to, kept so that its bucket can be rebuilt without recompiling it
-/// (when another group at the same host and base path changes).
-struct CompiledGroup<U: Upstreams> {
-    key: BucketKey,
-    ctx: Arc<GroupCtx>,
-    /// The routable deployments: their index in the group's `deployments`, compiled.
-    apis: Vec<(usize, Arc<Api<U>>)>,
-}
-
-/// The groups compiled into one router bucket, and how many routes the bucket holds.
-#[derive(Default)]
-struct LoadedBucket {
-    /// By name: a bucket shared by several groups is built in name order, so that which of two
-    /// conflicting patterns wins does not depend on the order of changes.
-    members: BTreeSet<String>,
-    routes: usize,
-}
-
-/// What is loaded in a [`Dataplane`], for incremental updates.
-pub(crate) struct Loaded<U: Upstreams> {
-    instances: HashMap<String, LoadedInstance>,
-    /// The snapshot's instances, cloned into each snapshot in O(1).
-    instance_states: imbl::OrdMap<Arc<str>, Arc<InstanceState>>,
-    groups: HashMap<String, LoadedGroup<U>>,
-    /// The names of the groups on each instance (compiled, or waiting for the instance): what an
-    /// instance change recompiles, found without a scan.
-    by_instance: HashMap<String, BTreeSet<String>>,
-    buckets: HashMap<BucketKey, LoadedBucket>,
-    /// The router of the current snapshot; each change edits it and clones it into the next.
-    router: Router<Arc<Api<U>>, Arc<GroupCtx>>,
-    /// Deployed APIs routable: the sum of the buckets' routes.
-    routes: usize,
-    apps: HashMap<String, AppCredential>,
-    /// The apps claiming each key. Keys are unique in a valid configuration; when they are not,
-    /// the first claimant by name holds the key, whatever the order of the changes was.
-    key_claims: HashMap<String, BTreeSet<String>>,
-}
-
-// Not derived: that would ask `U: Default`.
-impl<U: Upstreams> Default for Loaded<U> {
-    fn default() -> Self {
-        Loaded {
-            instances: HashMap::new(),
-            instance_states: imbl::OrdMap::new(),
-            groups: HashMap::new(),
-            by_instance: HashMap::new(),
-            buckets: HashMap::new(),
-            router: Router::default(),
-            routes: 0,
-            apps: HashMap::new(),
-            key_claims: HashMap::new(),
-        }
-    }
-}
 
 /// A change to apply: borrowed from a [`ConfigUpdate`], or the difference between a full
 /// configuration and what is loaded.
@@ -697,7 +630,8 @@ mod tests {
     use super::*;
     use crate::clock::FakeClock;
     use crate::config::{DeployedApi, Stage};
-    use crate::plane::{Access, DataplaneOptions};
+    use crate::options::DataplaneOptions;
+    use crate::plane::Access;
     use http::Method;
     use proptest::prelude::*;
     use std::collections::BTreeMap;

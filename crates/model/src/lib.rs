@@ -21,17 +21,20 @@
 //!   with the same message.
 
 mod command;
+mod entity;
 mod error;
 pub mod history;
 mod state;
 pub mod validate;
 
-pub use command::{ApiSpec, AuthType, Command, GroupChange, Proposal, Reply, UsageDelta};
+pub use command::{Command, GroupChange, Proposal, Reply, UsageDelta};
+pub use entity::{
+    Account, Api, ApiGroup, ApiSpec, ApiToken, App, AuthType, ChargeType, Deployment, Instance,
+    IpRules, MonthToDate, ReleasedInstance, SpecChange, Stage,
+};
 pub use error::DomainError;
 pub use state::{
-    Account, Api, ApiGroup, ApiToken, App, Applied, CatalogMismatch, ChangeSet, ChargeType,
-    DEFAULT_ACCOUNT, Deployment, Instance, IpRules, MonthToDate, REMEMBERED_REQUESTS,
-    ReleasedInstance, Sessions, SpecChange, Stage, State,
+    Applied, CatalogMismatch, ChangeSet, DEFAULT_ACCOUNT, REMEMBERED_REQUESTS, Sessions, State,
 };
 
 /// Unix time in milliseconds, as stamped on a proposal by the node that proposed it.
