@@ -20,7 +20,8 @@ pub mod service;
 pub mod store;
 mod types;
 
-pub use node::{Clock, ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, SystemClock};
+pub use model::{Clock, SystemClock};
+pub use node::{ClusterError, MemberStatus, Node, NodeConfig, NodeStatus};
 pub use store::history::{History, HistoryError, Page};
 pub use store::{Changes, Publication};
 pub use types::{NodeId, Response, TypeConfig};

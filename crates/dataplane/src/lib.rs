@@ -70,9 +70,9 @@ pub use decide::wire::{
 pub use decide::{
     AppCredential, ConfigUpdate, DEFAULT_BURST, DEFAULT_SHARE_FLOOR, DataplaneConfig,
     DataplaneOptions, DemandReport, Denied, DeployedApi, FakeClock, GONE_AFTER, GatewayError,
-    GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, IpAcl, IpRules,
-    MonotonicClock, Nanos, PublishReport, RouteError, SHARED_INSTANCE, Stage, UNMATCHED_API,
-    UnknownStage, UsageDelta, share, shares,
+    GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, IpAcl, IpRules, Nanos,
+    PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock, UNMATCHED_API, UsageDelta,
+    share, shares,
 };
 pub use decide::{BackendError, Clock};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};

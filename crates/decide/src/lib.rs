@@ -40,7 +40,7 @@
 //!
 //! Lower modules first; nothing imports a module above it.
 //!
-//! - `clock`, [`per_thread`], [`wire`], `limiter`: leaves.
+//! - [`per_thread`], [`wire`], `limiter`: leaves. Time comes from `model`'s [`Clock`].
 //! - `error`, `config`, `access`, [`request_id`], `metrics`, `usage`, `shares`, `router`:
 //!   the checks and counters a decision uses.
 //! - `instance`: an instance's limiter and counters.
@@ -54,7 +54,6 @@
 
 mod access;
 mod backend;
-mod clock;
 mod compiled;
 mod config;
 mod error;
@@ -75,16 +74,16 @@ pub mod wire;
 pub use access::{AppCredential, Denied, IpAcl};
 pub use backend::{Backend, BackendError, DEFAULT_BACKEND_TIMEOUT, Unconnected, Upstreams};
 pub use catalog::SHARED_INSTANCE;
-pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
 pub use compiled::{Api, UsageHandle};
 pub use config::{
-    ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules, Stage,
-    UnknownStage,
+    ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules,
 };
 pub use error::GatewayError;
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
+pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
+pub use model::{Stage, UsageDelta};
 pub use options::DataplaneOptions;
 pub use plane::{Access, Dataplane, InstanceShare, PublishReport, Verdict};
 pub use router::RouteError;
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
-pub use usage::{UNMATCHED_API, UsageDelta};
+pub use usage::UNMATCHED_API;

@@ -1,8 +1,8 @@
 //! [`DataplaneOptions`]: the tunables of a data plane.
 
-use crate::clock::{Clock, MonotonicClock};
 use crate::limiter::DEFAULT_BURST;
 use crate::shares::DEFAULT_SHARE_FLOOR;
+use model::clock::{Clock, SystemClock};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ impl Default for DataplaneOptions {
     fn default() -> Self {
         DataplaneOptions {
             node_id: 0,
-            clock: Arc::new(MonotonicClock::new()),
+            clock: Arc::new(SystemClock::new()),
             burst: DEFAULT_BURST,
             share_floor: DEFAULT_SHARE_FLOOR,
             demand_window: Duration::from_millis(100),

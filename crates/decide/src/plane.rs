@@ -5,7 +5,6 @@
 
 use crate::access::AppAuth;
 use crate::backend::{Unconnected, Upstreams};
-use crate::clock::{Clock, Nanos};
 use crate::compiled::{Api, Snapshot, Statuses, Target, UsageHandle, lock};
 use crate::config::Stage;
 use crate::error::GatewayError;
@@ -16,9 +15,11 @@ use crate::options::DataplaneOptions;
 use crate::request_id::{RequestId, RequestIds};
 use crate::router::{Lookup, Router};
 use crate::shares::{DemandReport, DemandTracker};
-use crate::usage::{UsageDelta, UsageRegistry};
+use crate::usage::UsageRegistry;
 use arc_swap::ArcSwap;
 use http::Method;
+use model::UsageDelta;
+use model::clock::{Clock, Nanos};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

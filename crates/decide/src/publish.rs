@@ -628,11 +628,11 @@ fn rebuild_buckets<U: Upstreams>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FakeClock;
     use crate::config::{DeployedApi, Stage};
     use crate::options::DataplaneOptions;
     use crate::plane::Access;
     use http::Method;
+    use model::clock::FakeClock;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::time::Duration;

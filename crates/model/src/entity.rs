@@ -29,16 +29,22 @@ impl ChargeType {
 }
 
 /// A release stage an API can be deployed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A deployment stage, chosen per request by the `X-Ca-Stage` header.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Stage {
+    #[default]
     Release,
     Pre,
     Test,
 }
 
 impl Stage {
+    /// Every stage, in [`index`](Self::index) order.
     pub const ALL: [Stage; 3] = [Stage::Release, Stage::Pre, Stage::Test];
 
+    /// The header spelling: `RELEASE`, `PRE`, `TEST`.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Release => "RELEASE",
@@ -47,14 +53,37 @@ impl Stage {
         }
     }
 
-    /// Parses `RELEASE`, `PRE` or `TEST` (any case).
-    pub fn parse(s: &str) -> Result<Stage, DomainError> {
+    /// The stage's position in [`ALL`](Self::ALL).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Parses a header value, case-insensitively.
+    pub fn from_header(value: &[u8]) -> Option<Stage> {
         Stage::ALL
             .into_iter()
-            .find(|st| st.as_str().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                DomainError::invalid("stage", format!("'{s}' is not one of RELEASE, PRE, TEST"))
-            })
+            .find(|st| value.eq_ignore_ascii_case(st.as_str().as_bytes()))
+    }
+
+    /// Parses `RELEASE`, `PRE` or `TEST` (any case).
+    pub fn parse(s: &str) -> Result<Stage, DomainError> {
+        Stage::from_header(s.as_bytes()).ok_or_else(|| {
+            DomainError::invalid("stage", format!("'{s}' is not one of RELEASE, PRE, TEST"))
+        })
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Stage {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Stage::parse(s)
     }
 }
 
@@ -248,6 +277,24 @@ impl AuthType {
                 "auth_type",
                 format!("'{s}' is not one of ANONYMOUS, APP"),
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_parse_case_insensitively() {
+        assert_eq!("release".parse::<Stage>(), Ok(Stage::Release));
+        assert_eq!("Pre".parse::<Stage>(), Ok(Stage::Pre));
+        assert_eq!(Stage::from_header(b"TEST"), Some(Stage::Test));
+        assert!("prod".parse::<Stage>().is_err());
+        assert_eq!(Stage::from_header(b"RELEASEX"), None);
+        for (i, s) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(s.as_str().parse::<Stage>(), Ok(s));
+            assert_eq!(s.index(), i);
         }
     }
 }

@@ -20,6 +20,7 @@
 //! - [`validate`]: field checks shared with the admin service, so both refuse the same input
 //!   with the same message.
 
+pub mod clock;
 mod command;
 mod entity;
 mod error;
@@ -27,6 +28,7 @@ pub mod history;
 mod state;
 pub mod validate;
 
+pub use clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use command::{Command, GroupChange, Proposal, Reply, UsageDelta};
 pub use entity::{
     Account, Api, ApiGroup, ApiSpec, ApiToken, App, AuthType, ChargeType, Deployment, Instance,
