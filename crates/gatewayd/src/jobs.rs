@@ -9,9 +9,6 @@
 use bytes::Bytes;
 use cluster::Node;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use model::Command;
 use std::time::Duration;
 
@@ -54,8 +51,6 @@ pub async fn close_cycles(node: Node, issue_delay: Duration, every: Duration) {
 
 /// POSTs each account's new events to its webhook, retrying until it answers 2xx.
 pub async fn deliver_events(node: Node, every: Duration) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -85,16 +80,15 @@ pub async fn deliver_events(node: Node, every: Duration) {
                 continue;
             };
             let body = serde_json::json!({ "account": acct.name, "events": events });
-            let req = hyper::Request::post(url.as_str())
+            let req = http::Request::post(url.as_str())
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body.to_string())));
             let Ok(req) = req else {
                 tracing::warn!(account = %acct.name, "webhook URL {url} is unusable");
                 continue;
             };
-            let sent = tokio::time::timeout(Duration::from_secs(3), client.request(req)).await;
-            match sent {
-                Ok(Ok(resp)) if resp.status().is_success() => {
+            match upstream::client::send(req, Duration::from_secs(3)).await {
+                Ok(answer) if answer.status.is_success() => {
                     let ack = Command::AckEvents {
                         account: acct.name.clone(),
                         seq: last,
@@ -103,13 +97,12 @@ pub async fn deliver_events(node: Node, every: Duration) {
                         tracing::warn!(account = %acct.name, "acknowledging events failed: {e}");
                     }
                 }
-                Ok(Ok(resp)) => {
-                    tracing::warn!(account = %acct.name, status = %resp.status(), "webhook refused events; will retry")
+                Ok(answer) => {
+                    tracing::warn!(account = %acct.name, status = %answer.status, "webhook refused events; will retry")
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(account = %acct.name, "webhook unreachable, will retry: {e}")
                 }
-                Err(_) => tracing::warn!(account = %acct.name, "webhook timed out, will retry"),
             }
         }
     }

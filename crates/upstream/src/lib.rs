@@ -12,6 +12,8 @@
 //! - **The bodies**: the request body a handler gets ([`RequestBody`]) and the response body,
 //!   which counts the bytes it sends through a [`decide::UsageHandle`] ([`ResponseBody`]).
 //! - **The answers the gateway makes itself** ([`error_response`]).
+//! - **A small HTTP/1 client** ([`client`]) for the gateway's own calls: webhooks and
+//!   `gatewayctl call` (one request per connection, the answer read whole).
 //!
 //! It decides nothing: which backend, and whether at all, is the `decide` crate's.
 //!
@@ -24,8 +26,10 @@
 //! - `direct`: the lean exchange over a pooled socket.
 //! - `body`: request and response bodies.
 //! - `respond`, `proxy`: the gateway's own answers, and forwarding.
+//! - [`client`]: stands apart; uses none of the above.
 
 mod body;
+pub mod client;
 mod direct;
 mod limited;
 mod pool;
