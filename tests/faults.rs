@@ -310,13 +310,19 @@ impl Drop for Gateways {
             self.kill(i);
         }
         if std::thread::panicking() {
+            // Keep the whole logs: a backtrace can fill the last lines.
+            let kept =
+                std::env::temp_dir().join(format!("gateway-faults-logs-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&kept);
             for i in 0..NODES {
+                let _ = std::fs::copy(self.log_path(i), kept.join(format!("node-{}.log", i + 1)));
                 eprintln!(
                     "----- node {} log (last 60 lines) -----\n{}",
                     i + 1,
                     self.log_tail(i, 60)
                 );
             }
+            eprintln!("the nodes' whole logs are kept in {}", kept.display());
         }
     }
 }

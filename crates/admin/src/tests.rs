@@ -3,10 +3,9 @@
 //! limits are checked, and an account token reads only its own account.
 
 use super::*;
-use cluster::{Clock, NodeConfig};
-use model::UsageDelta;
+use cluster::NodeConfig;
+use model::{FakeClock, UsageDelta};
 use proto::admin::admin_server::Admin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tonic::Code;
 
@@ -15,12 +14,9 @@ const JAN_1: u64 = 1_767_225_600_000;
 const DAY_MS: u64 = 86_400_000;
 const HOUR_MS: u64 = 3_600_000;
 
-struct FakeClock(AtomicU64);
-
-impl Clock for FakeClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
+/// A [`FakeClock`] reads its nanoseconds as Unix time.
+fn ms_to_nanos(ms: u64) -> u64 {
+    ms * 1_000_000
 }
 
 struct Fixture {
@@ -32,7 +28,7 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(FakeClock(AtomicU64::new(JAN_1 + HOUR_MS)));
+        let clock = Arc::new(FakeClock::new(ms_to_nanos(JAN_1 + HOUR_MS)));
         let mut cfg = NodeConfig::new(1, dir.path().to_path_buf(), "127.0.0.1:1".into());
         cfg.clock = clock.clone();
         cfg.election_timeout = (Duration::from_millis(150), Duration::from_millis(300));
@@ -75,9 +71,7 @@ impl Fixture {
 
     /// Moves the clock into the next day and closes the day before it.
     async fn close_day(&self, day: u64) {
-        self.clock
-            .0
-            .store((day + 1) * DAY_MS + HOUR_MS, Ordering::SeqCst);
+        self.clock.set(ms_to_nanos((day + 1) * DAY_MS + HOUR_MS));
         self.write(Command::CloseCycle { day }).await;
     }
 }

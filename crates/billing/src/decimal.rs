@@ -1,4 +1,5 @@
-//! Exact non-negative decimal quantities (hours, GB), never floats.
+//! Exact non-negative decimal quantities (hours, GB), never floats. Same fixed point as money
+//! (millionths), parsed and written by the same code ([`catalog::parse_millionths`]).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -43,34 +44,19 @@ impl Decimal {
     /// Parses `12`, `9.5`, `0.000001`.
     pub fn parse(s: &str) -> Result<Decimal, ParseDecimalError> {
         let err = || ParseDecimalError(s.to_string());
-        let t = s.trim();
-        let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-        let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > 6 || t.ends_with('.')
-        {
+        // The shared fixed-point grammar, without a sign: quantities are never negative.
+        if s.trim().starts_with('-') {
             return Err(err());
         }
-        let whole: u64 = whole.parse().map_err(|_| err())?;
-        let frac: u64 = format!("{frac:0<6}").parse().map_err(|_| err())?;
-        whole
-            .checked_mul(Self::SCALE)
-            .and_then(|w| w.checked_add(frac))
-            .map(Decimal)
-            .ok_or_else(err)
+        let millionths = catalog::parse_millionths(s).ok_or_else(err)?;
+        u64::try_from(millionths).map(Decimal).map_err(|_| err())
     }
 }
 
 impl fmt::Display for Decimal {
     /// As few decimals as the value needs: `9.5`, `100`, `0.000001`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let whole = self.0 / Self::SCALE;
-        let frac = self.0 % Self::SCALE;
-        if frac == 0 {
-            write!(f, "{whole}")
-        } else {
-            let frac = format!("{frac:06}");
-            write!(f, "{whole}.{}", frac.trim_end_matches('0'))
-        }
+        catalog::write_millionths(f, i128::from(self.0), 0)
     }
 }
 

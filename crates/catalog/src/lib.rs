@@ -10,7 +10,7 @@
 
 mod money;
 
-pub use money::{ParseUsdError, Usd};
+pub use money::{ParseUsdError, Usd, parse_millionths, write_millionths};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -4,6 +4,52 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::ops::{Add, AddAssign, Neg, Sub, SubAssign};
 
+/// Parses the fixed-point grammar of every exact quantity here: `12`, `12.5`, `-0.000001`
+/// (an optional minus, digits, at most six decimals), in millionths. `None` when the text is not
+/// in it or does not fit an `i128`. In `i128`, so that the most negative `i64` amount (one
+/// millionth more in magnitude than the most positive) reads back as it prints.
+///
+/// The one parser of the workspace's fixed-point numbers: [`Usd`], and `billing`'s quantities.
+pub fn parse_millionths(s: &str) -> Option<i128> {
+    let t = s.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(frac) || frac.len() > 6 {
+        return None;
+    }
+    if digits.ends_with('.') {
+        return None;
+    }
+    let whole: i128 = whole.parse().ok()?;
+    let frac: i128 = format!("{frac:0<6}").parse().ok()?;
+    let value = whole.checked_mul(1_000_000)?.checked_add(frac)?;
+    Some(if neg { -value } else { value })
+}
+
+/// Writes `millionths` as a decimal with as few decimals as it needs, but at least
+/// `min_decimals` (and no point at all for a whole number when that is 0): `12.50` (2), `9.5`,
+/// `100` (0), `0.000001`. The one formatter of the workspace's fixed-point numbers.
+pub fn write_millionths(
+    f: &mut fmt::Formatter<'_>,
+    millionths: i128,
+    min_decimals: usize,
+) -> fmt::Result {
+    let sign = if millionths < 0 { "-" } else { "" };
+    let abs = millionths.unsigned_abs();
+    let whole = abs / 1_000_000;
+    let frac = format!("{:06}", abs % 1_000_000);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() && min_decimals == 0 {
+        write!(f, "{sign}{whole}")
+    } else {
+        write!(f, "{sign}{whole}.{frac:0<min_decimals$}")
+    }
+}
+
 /// An amount of US dollars, counted in micro-dollars (1 USD = 1,000,000).
 ///
 /// Signed, because a balance can go below zero. Written and read as a decimal string
@@ -42,30 +88,10 @@ impl Usd {
 
     /// Parses "12", "12.5", "-0.000001".
     pub fn parse(s: &str) -> Result<Usd, ParseUsdError> {
-        let err = || ParseUsdError(s.to_string());
-        let t = s.trim();
-        let (neg, digits) = match t.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, t),
-        };
-        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !all_digits(whole) || !all_digits(frac) || frac.len() > 6 {
-            return Err(err());
-        }
-        if digits.ends_with('.') {
-            return Err(err());
-        }
-        let whole: i128 = whole.parse().map_err(|_| err())?;
-        let frac_micros: i128 = format!("{frac:0<6}").parse().map_err(|_| err())?;
-        // In i128, so that the most negative amount (one micro-dollar more in magnitude than
-        // the most positive) reads back as it prints.
-        let micros = whole
-            .checked_mul(i128::from(Self::MICROS_PER_USD))
-            .and_then(|w| w.checked_add(frac_micros))
-            .ok_or_else(err)?;
-        let signed = if neg { -micros } else { micros };
-        i64::try_from(signed).map(Usd).map_err(|_| err())
+        let micros = parse_millionths(s).ok_or_else(|| ParseUsdError(s.to_string()))?;
+        i64::try_from(micros)
+            .map(Usd)
+            .map_err(|_| ParseUsdError(s.to_string()))
     }
 
     /// `self + o`, or `None` if the sum is out of range.
@@ -98,12 +124,7 @@ impl Usd {
 impl fmt::Display for Usd {
     /// At least two decimals, more only where the amount needs them: 12.50, 0.000001.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        let whole = abs / Self::MICROS_PER_USD as u64;
-        let frac = format!("{:06}", abs % Self::MICROS_PER_USD as u64);
-        let frac = frac.trim_end_matches('0');
-        write!(f, "{sign}{whole}.{frac:0<2}")
+        write_millionths(f, i128::from(self.0), 2)
     }
 }
 

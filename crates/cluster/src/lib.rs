@@ -27,9 +27,8 @@ mod standing;
 pub mod store;
 mod types;
 
-pub use node::{
-    Clock, ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, ServingHook, SystemClock,
-};
+pub use model::{Clock, SystemClock};
+pub use node::{ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, ServingHook};
 pub use standing::check_cluster_id;
 pub use store::history::{History, HistoryError, Page};
 pub use store::{Changes, Publication};

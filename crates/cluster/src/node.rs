@@ -6,7 +6,7 @@ use crate::store::history::History;
 use crate::store::{self, LogStore, Publication};
 use crate::types::{NodeId, Raft, Response, StorageError};
 use catalog::Catalog;
-use model::{Command, DomainError, Proposal, Reply, State};
+use model::{Clock, Command, DomainError, Proposal, Reply, State, SystemClock};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Membership, ServerState, SnapshotPolicy};
 use proto::peer::{JoinRequest, ProbeReply, ProbeRequest, RemovingRequest};
@@ -16,25 +16,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// Where this node's wall-clock time comes from. Proposals carry the leader's time, so the
-/// state machine never reads a clock; tests substitute a clock they drive.
-pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> u64;
-}
-
-/// The operating system's clock.
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
-}
 
 /// How a node is set up.
 pub struct NodeConfig {
@@ -47,6 +28,9 @@ pub struct NodeConfig {
     /// learner.
     pub voters: BTreeMap<NodeId, String>,
     pub catalog: Arc<Catalog>,
+    /// Where this node's wall-clock time comes from ([`Clock::now_ms`]). Proposals carry the
+    /// leader's time, so the state machine never reads a clock; tests substitute a clock they
+    /// drive.
     pub clock: Arc<dyn Clock>,
     pub heartbeat: Duration,
     pub election_timeout: (Duration, Duration),
@@ -76,7 +60,7 @@ impl NodeConfig {
             advertise_peer,
             voters,
             catalog: Arc::new(Catalog::builtin().clone()),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SystemClock::new()),
             heartbeat: Duration::from_millis(100),
             election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
             snapshot_every: 5000,

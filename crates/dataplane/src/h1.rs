@@ -12,10 +12,9 @@
 //! while the backend answers) and HTTP/2 with prior knowledge. hyper also keeps TLS connections
 //! (their protocol comes from ALPN).
 
-use crate::body::{RequestBody, ResponseBody};
-use crate::error::X_CA_REQUEST_ID;
-use crate::server::ConnInfo;
+use crate::conn::ConnInfo;
 use bytes::{Bytes, BytesMut};
+use decide::wire::{X_CA_REQUEST_ID, content_length, lists, put_header};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Body;
@@ -25,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use upstream::{RequestBody, ResponseBody};
 
 /// Request headers beyond this many get 431 (hyper's server allows as many).
 const MAX_HEADERS: usize = 100;
@@ -142,23 +142,6 @@ const BARE_400: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const BARE_431: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-
-/// Whether a comma-separated header value lists `token` (case-insensitive).
-pub(crate) fn lists(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// A Content-Length value: digits only (RFC 9110 8.6; no sign, no list), without overflow.
-pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
 
 /// Parses a request head off the front of `buf`. `spans` is scratch space, for where the
 /// headers are.
@@ -389,13 +372,6 @@ async fn write_response<S: AsyncWrite + Unpin>(
     Ok(keep_alive)
 }
 
-pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The current time as an HTTP date, formatted at most once a second per thread.
 fn http_date() -> [u8; 29] {
     use std::cell::Cell;
@@ -425,28 +401,6 @@ mod tests {
 
     fn parsed(input: &str) -> Parsed {
         parse(&mut BytesMut::from(input.as_bytes()), &mut Vec::new())
-    }
-
-    #[test]
-    fn content_lengths_are_digits_only() {
-        assert_eq!(content_length(b"0"), Some(0));
-        assert_eq!(content_length(b"1234"), Some(1234));
-        for bad in [
-            &b""[..],
-            b"+5",
-            b"-1",
-            b"5, 5",
-            b" 5",
-            b"0x10",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(
-                content_length(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 
     #[test]

@@ -1,6 +1,13 @@
-//! The gateway's data plane: everything between a client's request and its backend.
+//! The gateway's data plane: everything between a client's request and its backend. It is
+//! built in three layers, each using only those below it:
 //!
-//! This crate owns:
+//! 1. `decide`: the decisions (routing, account gate, access, limiters and shares, usage and
+//!    metrics), with no I/O; its items are re-exported here.
+//! 2. `upstream`: the backend side (pools, the direct exchange, forwarding, bodies).
+//! 3. this crate: the servers (listeners, server threads, the lean HTTP/1 loop, hyper, the ops
+//!    endpoint).
+//!
+//! Together they own:
 //!
 //! - **Routing and publishing**: plain-data configuration, built by the caller from the
 //!   replicated state, compiled into an immutable snapshot (hosts, base paths, stages, methods,
@@ -40,58 +47,35 @@
 //!
 //! # Layout
 //!
-//! - `config`: the plain-data configuration ([`DataplaneConfig`], [`GroupConfig`],
-//!   [`ConfigUpdate`]).
-//! - `publish`: what is loaded, and compiling a change into the next snapshot.
-//! - `router`: the persistent (host, base path) -> bucket map and the request lookup.
-//! - `plane`: [`Dataplane`], its snapshot and counters, and the decision half of the hot
-//!   path ([`Dataplane::decide`]).
-//! - `access`, `instance`, `limiter`, `shares`, `usage`, `metrics`, `per_thread`: the checks
-//!   and counters the decision uses.
-//! - `server`, `threads`, `h1`, `direct`, `proxy`, `pool`, `body`, `ops`: the servers and the
-//!   backend side.
+//! Lower modules first; nothing imports a module above it.
+//!
+//! - `conn`: a client connection (limits, what a handler knows of it, the connection cap,
+//!   where connections come from); `sideline`: work polled beside a connection.
+//! - `h1`: the lean HTTP/1 loop for bodiless requests on plain-text connections.
+//! - `server`: one connection (lean loop, then hyper), the request handler, accept loops.
+//! - `threads`: a server thread and runtime per core, fed by one accepting thread.
+//! - `ops`: the ops endpoint.
 
-mod access;
-mod body;
-mod clock;
-mod config;
-mod direct;
-mod error;
+mod conn;
 mod h1;
-mod instance;
-mod limiter;
-mod metrics;
 mod ops;
-mod per_thread;
-mod plane;
-mod pool;
-mod proxy;
-mod publish;
-mod request_id;
-mod router;
 mod server;
-mod shares;
 mod sideline;
 mod threads;
-mod usage;
 
-pub use access::{AppCredential, Denied, IpAcl};
-pub use catalog::SHARED_INSTANCE;
-pub use clock::{Clock, FakeClock, MonotonicClock, Nanos};
-pub use config::{
-    ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules, Stage,
-    UnknownStage,
+pub use conn::ServerLimits;
+pub use decide::wire::{
+    THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID, X_CA_STAGE,
 };
-pub use error::{
-    GatewayError, THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID,
-    X_CA_STAGE,
+pub use decide::{
+    AppCredential, ConfigUpdate, DEFAULT_BURST, DEFAULT_SHARE_FLOOR, DataplaneConfig,
+    DataplaneOptions, DemandReport, Denied, DeployedApi, FakeClock, GONE_AFTER, GatewayError,
+    GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, IpAcl, IpRules, Nanos,
+    PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock, UNMATCHED_API, UsageDelta,
+    share, shares,
 };
-pub use limiter::{DEFAULT_BURST, GcraLimiter};
+pub use decide::{BackendError, Clock};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};
-pub use plane::{Dataplane, DataplaneOptions, InstanceShare, PublishReport, Verdict};
-pub use proxy::BackendError;
-pub use router::RouteError;
-pub use server::{ServerLimits, serve, serve_tls};
-pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
+pub use server::{serve, serve_tls};
 pub use threads::{ServerThreads, bind_listener, serve_threads};
-pub use usage::{UNMATCHED_API, UsageDelta};
+pub use upstream::{Dataplane, Verdict};

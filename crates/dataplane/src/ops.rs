@@ -1,8 +1,7 @@
 //! The ops HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
 
-use crate::body::{RequestBody, ResponseBody};
-use crate::plane::Dataplane;
-use crate::server::{ServerLimits, Source, accept_loop, connection_permits};
+use crate::conn::{ServerLimits, Source, connection_permits};
+use crate::server::accept_loop;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -11,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use upstream::{Dataplane, RequestBody, ResponseBody};
 
 /// Appends metrics (Prometheus text) that the data plane does not own, e.g. Raft role and term.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;

@@ -1,15 +1,15 @@
 //! The data-plane HTTP server: accepting, connection limits and timeouts, graceful shutdown, and
 //! the request handler tying decision and proxy together.
 
-use crate::body::{RequestBody, ResponseBody};
-use crate::config::Stage;
-use crate::error::{GatewayError, X_CA_STAGE};
-use crate::plane::{Dataplane, Target};
-use crate::proxy::{self, ForwardError};
+use crate::conn::{
+    AwaitingBackend, ConnInfo, ServerLimits, Source, Ticket, TrackedIo, connection_permits,
+    ip_header,
+};
 use crate::sideline::{Next, Side, Sideline};
-use crate::threads::Load;
+use decide::wire::X_CA_STAGE;
+use decide::{Access, GatewayError, Stage};
 use http::header::{CONTENT_LENGTH, HOST};
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,165 +17,16 @@ use hyper_util::server::conn::auto::Builder;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-
-/// Limits protecting the server from large and slow clients.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerLimits {
-    /// Larger request bodies get 413: refused up front when `Content-Length` says so, cut off
-    /// when a streamed body grows past it.
-    pub max_body_bytes: u64,
-    /// Larger request heads (request line and headers) get 431.
-    pub max_header_bytes: usize,
-    /// A request head must arrive within this time (HTTP/1); otherwise the connection is closed.
-    /// hyper starts this timer as soon as a connection waits for a request, so it also bounds
-    /// how long an idle HTTP/1 keep-alive connection stays open.
-    pub header_read_timeout: Duration,
-    /// A connection on which no byte moves for this long, while no request waits on a backend,
-    /// is closed (idle keep-alive connections, clients that stop reading, stalled handshakes).
-    pub idle_timeout: Duration,
-    /// Connections served at once; further clients wait in the listen backlog.
-    pub max_connections: usize,
-    /// On shutdown, how long in-flight requests may take before their connections are dropped.
-    pub drain_timeout: Duration,
-}
-
-impl Default for ServerLimits {
-    fn default() -> Self {
-        ServerLimits {
-            max_body_bytes: 8 * 1024 * 1024,
-            max_header_bytes: 16 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
-            drain_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// What a request handler knows about its connection.
-pub(crate) struct ConnInfo {
-    pub(crate) peer: SocketAddr,
-    /// The peer's IP address as a header value (for `X-Forwarded-For`).
-    pub(crate) peer_ip: HeaderValue,
-    /// The client's address, for IP access control.
-    pub(crate) peer_addr: std::net::IpAddr,
-    /// Whether the client connected over TLS (`X-Forwarded-Proto: https`).
-    pub(crate) tls: bool,
-    pub(crate) limits: Arc<ServerLimits>,
-    /// Requests of this connection waiting on a backend; the idle timer leaves them alone
-    /// (the backend timeout bounds them).
-    awaiting_backend: AtomicU32,
-    /// Bumped whenever bytes move on the socket.
-    activity: AtomicU64,
-    /// Set by [`crate::h1`] while it waits for a request head, and the heads it has read: the
-    /// watchdog times the wait out (hyper times its own).
-    pub(crate) waiting_head: AtomicBool,
-    pub(crate) heads: AtomicU64,
-    /// The server is shutting down: finish the request in hand, then close.
-    pub(crate) draining: AtomicBool,
-}
-
-struct AwaitingBackend<'a>(&'a AtomicU32);
-
-impl<'a> AwaitingBackend<'a> {
-    fn new(counter: &'a AtomicU32) -> Self {
-        counter.fetch_add(1, Relaxed);
-        AwaitingBackend(counter)
-    }
-}
-
-impl Drop for AwaitingBackend<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// A socket that notes when bytes move, for the idle timer. Only the connection's own task
-/// polls it, so a relaxed store of a private count is enough.
-pub(crate) struct TrackedIo<S> {
-    inner: S,
-    info: Arc<ConnInfo>,
-    moved: u64,
-    /// Bytes already read from `inner` and to be read again first: what [`crate::h1`] had read
-    /// when it handed the connection to hyper.
-    pub(crate) rewind: bytes::Bytes,
-}
-
-impl<S> TrackedIo<S> {
-    fn bump(&mut self) {
-        self.moved += 1;
-        self.info.activity.store(self.moved, Relaxed);
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for TrackedIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.rewind.is_empty() {
-            let n = self.rewind.len().min(buf.remaining());
-            let head = self.rewind.split_to(n);
-            buf.put_slice(&head);
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.bump();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.bump();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.bump();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+use upstream::{
+    Client, Dataplane, ForwardError, RequestBody, ResponseBody, error_response, forward,
+};
 
 fn http_builder(limits: &ServerLimits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -195,90 +46,6 @@ fn http_builder(limits: &ServerLimits) -> Builder<TokioExecutor> {
         .max_header_list_size(buf.min(u32::MAX as usize) as u32)
         .max_concurrent_streams(256);
     builder
-}
-
-fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
-    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
-}
-
-/// The connection cap: one permit per connection served, shared by every accept loop of a
-/// server.
-pub(crate) fn connection_permits(limits: &ServerLimits) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(limits.max_connections.max(1)))
-}
-
-/// What a served connection holds until it ends: its place under the connection cap, and its
-/// count in its server thread's load (see [`crate::threads`]).
-pub(crate) struct Ticket {
-    _permit: OwnedSemaphorePermit,
-    _load: Option<Load>,
-}
-
-impl Ticket {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, load: Option<Load>) -> Self {
-        Ticket {
-            _permit: permit,
-            _load: load,
-        }
-    }
-}
-
-/// A connection accepted on one thread for another to serve.
-pub(crate) struct Handed {
-    pub(crate) stream: std::net::TcpStream,
-    pub(crate) peer: SocketAddr,
-    pub(crate) ticket: Ticket,
-}
-
-/// Where an accept loop's connections come from.
-pub(crate) enum Source {
-    /// Accepted here; each first takes a permit, so that clients over the cap wait in the
-    /// listen backlog.
-    Listener(TcpListener, Arc<Semaphore>),
-    /// Accepted elsewhere and handed over, permit and all.
-    Handed(mpsc::UnboundedReceiver<Handed>),
-}
-
-impl Source {
-    /// The next connection; `None` once a handing thread has stopped.
-    async fn next(&mut self) -> Option<(TcpStream, SocketAddr, Ticket)> {
-        match self {
-            Source::Listener(listener, permits) => {
-                let permit = permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let (stream, peer) = accept(listener).await;
-                Some((stream, peer, Ticket::new(permit, None)))
-            }
-            Source::Handed(handed) => loop {
-                let Handed {
-                    stream,
-                    peer,
-                    ticket,
-                } = handed.recv().await?;
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => return Some((stream, peer, ticket)),
-                    Err(e) => tracing::warn!(error = %e, "cannot serve a handed connection"),
-                }
-            },
-        }
-    }
-}
-
-/// Accepts a connection, backing off on errors (out of descriptors or memory) instead of
-/// spinning.
-pub(crate) async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
 }
 
 /// Serves the connections of `source` until `shutdown` resolves, then stops taking new ones,
@@ -358,7 +125,7 @@ struct Open(Option<Dataplane>);
 impl Open {
     fn new(gauge: Option<Dataplane>) -> Self {
         if let Some(dp) = &gauge {
-            dp.inner.global.open_connections.fetch_add(1, Relaxed);
+            dp.count_connection(true);
         }
         Open(gauge)
     }
@@ -367,7 +134,7 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         if let Some(dp) = &self.0 {
-            dp.inner.global.open_connections.fetch_sub(1, Relaxed);
+            dp.count_connection(false);
         }
     }
 }
@@ -431,12 +198,7 @@ async fn serve_connection<S, H, Fut>(
     H: Fn(Request<RequestBody>, Arc<ConnInfo>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let io = TrackedIo {
-        inner: stream,
-        info: info.clone(),
-        moved: 0,
-        rewind: bytes::Bytes::new(),
-    };
+    let io = TrackedIo::new(stream, info.clone());
     let (mut watchdog, ticker) = Watchdog::new(&info.limits, lean);
     let mut side = Sideline::new(
         async move {
@@ -688,12 +450,11 @@ async fn handle(
     conn: &ConnInfo,
     req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
-    let inner = &*dp.inner;
-    let now = inner.clock.now();
-    let request_id = inner.request_ids.next();
+    let now = dp.now();
+    let request_id = dp.next_request_id();
     let limits = &*conn.limits;
     let (stage, early) = early_rejection(&req, limits);
-    let access = crate::plane::Access {
+    let access = Access {
         peer: Some(conn.peer_addr),
         method: req.method(),
         uri: req.uri(),
@@ -708,48 +469,49 @@ async fn handle(
         Some(&access),
         now,
     );
-    let mut response = match (&verdict.target, &verdict.rejection) {
-        (Target::Api(api), None) => {
+    let mut response = match verdict.admitted_api() {
+        Some(api) => {
             let forwarded = {
                 let _waiting = AwaitingBackend::new(&conn.awaiting_backend);
-                proxy::forward(
-                    &api.backend,
-                    api.timeout,
+                let client = Client {
+                    ip: &conn.peer_ip,
+                    tls: conn.tls,
+                };
+                forward(
+                    api.backend(),
+                    api.timeout(),
                     req,
-                    verdict.base_len,
-                    conn,
+                    verdict.base_len(),
+                    client,
                     request_id,
                     limits.max_body_bytes,
                     now,
                 )
                 .await
             };
-            let stats = &api.group.instance.stats;
             match forwarded {
                 Ok(response) => {
-                    let elapsed = inner.clock.now().saturating_sub(now);
-                    stats.latency.record(Duration::from_nanos(elapsed));
+                    api.record_latency(Duration::from_nanos(dp.now().saturating_sub(now)));
                     response
                 }
                 Err(e) => {
                     match e {
-                        ForwardError::Timeout(_) => {
-                            stats.backend_timeouts.add(1);
-                        }
-                        ForwardError::Broken(_) => {
-                            stats.backend_errors.add(1);
-                        }
+                        ForwardError::Timeout(_) => api.count_backend_timeout(),
+                        ForwardError::Broken(_) => api.count_backend_error(),
                         ForwardError::BodyTooLarge => {}
                     }
-                    e.into_gateway_error(limits.max_body_bytes)
-                        .to_response(&request_id.header_value())
+                    let error = e.into_gateway_error(limits.max_body_bytes);
+                    error_response(&error, &request_id.header_value())
                 }
             }
         }
-        (_, Some(rejection)) => rejection.to_response(&request_id.header_value()),
-        (_, None) => GatewayError::BadRequest("no route").to_response(&request_id.header_value()),
+        None => {
+            let rejection = verdict.rejection();
+            let error = rejection.unwrap_or(&GatewayError::BadRequest("no route"));
+            error_response(error, &request_id.header_value())
+        }
     };
     verdict.record_status(dp, response.status());
-    response.body_mut().count_into(verdict.into_target());
+    response.body_mut().count_into(verdict.into_usage());
     response
 }

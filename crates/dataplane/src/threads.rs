@@ -12,13 +12,13 @@
 //! of 65, which showed in the latency tail. Counting is what Envoy's "exact balance" does too.
 //! The hand-off costs a wake-up per new connection, nothing per request.
 
-use crate::plane::Dataplane;
-use crate::server::{Handed, ServerLimits, Source, Ticket, accept, connection_permits, serve_one};
+use crate::conn::{Handed, Load, Loads, ServerLimits, Source, Ticket, accept, connection_permits};
+use crate::server::serve_one;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use tokio::sync::{Semaphore, mpsc, watch};
+use upstream::Dataplane;
 
 /// The data plane's listening socket on `addr`.
 pub fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
@@ -31,41 +31,6 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Open connections per server thread.
-#[derive(Debug)]
-struct Loads(Vec<AtomicUsize>);
-
-impl Loads {
-    /// The thread to serve the next connection: the one serving the fewest, the first from
-    /// `start` among equals (so that ties go round in turn).
-    fn pick(&self, start: usize) -> usize {
-        let n = self.0.len();
-        (0..n)
-            .map(|k| (start + k) % n)
-            .min_by_key(|&i| self.0[i].load(Relaxed))
-            .unwrap_or(0)
-    }
-}
-
-/// One connection counted against a server thread while it is served.
-pub(crate) struct Load {
-    loads: Arc<Loads>,
-    thread: usize,
-}
-
-impl Load {
-    fn new(loads: Arc<Loads>, thread: usize) -> Self {
-        loads.0[thread].fetch_add(1, Relaxed);
-        Load { loads, thread }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.loads.0[self.thread].fetch_sub(1, Relaxed);
-    }
-}
-
 /// The data plane's server threads; see [`serve_threads`].
 #[derive(Debug)]
 pub struct ServerThreads {
@@ -76,7 +41,7 @@ pub struct ServerThreads {
 impl ServerThreads {
     /// Connections open on each server thread.
     pub fn connections_per_thread(&self) -> Vec<usize> {
-        self.loads.0.iter().map(|n| n.load(Relaxed)).collect()
+        self.loads.counts()
     }
 
     /// Waits until every thread has drained and stopped; the first error, if any.
@@ -114,7 +79,7 @@ pub fn serve_threads(
     let n = threads.max(1);
     let permits = connection_permits(&limits);
     let limits = Arc::new(limits);
-    let loads = Arc::new(Loads((0..n).map(|_| AtomicUsize::new(0)).collect()));
+    let loads = Arc::new(Loads::new(n));
     let mut handles = Vec::with_capacity(n + 1);
     let mut hand_to = Vec::with_capacity(n);
     for index in 0..n {
@@ -125,7 +90,7 @@ pub fn serve_threads(
         handles.push(spawn_runtime_thread(
             format!("gw-http-{index}"),
             move || {
-                crate::per_thread::set_slot(index);
+                decide::per_thread::set_slot(index);
                 async move { serve_one(Source::Handed(rx), dp, limits, tls, stop).await }
             },
         )?);
@@ -220,32 +185,5 @@ impl Acceptor {
         }
         // Dropping the senders tells the server threads that no more connections come.
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_go_to_the_least_busy_thread_and_ties_take_turns() {
-        let loads = Arc::new(Loads((0..3).map(|_| AtomicUsize::new(0)).collect()));
-        let mut held = Vec::new();
-        for turn in 0..6 {
-            let thread = loads.pick(turn % 3);
-            held.push(Load::new(loads.clone(), thread));
-        }
-        let per_thread: Vec<usize> = loads.0.iter().map(|n| n.load(Relaxed)).collect();
-        assert_eq!(per_thread, [2, 2, 2]);
-        // Thread 1's connections close: it gets the next ones, whoever's turn it is.
-        held.retain(|l| l.thread != 1);
-        assert_eq!(loads.pick(0), 1);
-        assert_eq!(loads.pick(2), 1);
-        held.push(Load::new(loads.clone(), 1));
-        held.push(Load::new(loads.clone(), 1));
-        // Equal again: the turn decides.
-        assert_eq!((loads.pick(0), loads.pick(1), loads.pick(2)), (0, 1, 2));
-        drop(held);
-        assert!(loads.0.iter().all(|n| n.load(Relaxed) == 0));
     }
 }

@@ -5,10 +5,10 @@ use crate::output::{Format, print};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::json;
 use std::time::Duration;
+use upstream::client::exchange;
 
 #[derive(Debug, Args)]
 pub struct CallArgs {
@@ -37,24 +37,6 @@ pub struct CallArgs {
     ca: Option<std::path::PathBuf>,
 }
 
-/// Sends `req` over `io` (a fresh connection) and returns the response with its whole body.
-async fn exchange<I>(
-    io: I,
-    req: hyper::Request<Full<Bytes>>,
-) -> Result<(hyper::StatusCode, hyper::HeaderMap, Bytes)>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .context("HTTP handshake failed")?;
-    tokio::spawn(conn);
-    let resp = tx.send_request(req).await.context("the request failed")?;
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await?.to_bytes();
-    Ok((parts.status, parts.headers, body))
-}
-
 fn nonce() -> Result<String> {
     use std::io::Read;
     let mut buf = [0u8; 16];
@@ -66,7 +48,7 @@ fn nonce() -> Result<String> {
 
 /// Sends the request; fails (exit 1) when the answer is not a 2xx.
 pub async fn call(f: Format, a: CallArgs) -> Result<()> {
-    let uri: hyper::Uri = a
+    let uri: http::Uri = a
         .url
         .parse()
         .with_context(|| format!("invalid --url {}", a.url))?;
@@ -101,7 +83,7 @@ pub async fn call(f: Format, a: CallArgs) -> Result<()> {
             .as_millis() as u64;
         signer::Signer::new(key.as_str(), secret.trim()).sign(&mut parts, now_ms, &nonce()?);
     }
-    let mut req = hyper::Request::builder()
+    let mut req = http::Request::builder()
         .method(method.as_str())
         .uri(parts.path_and_query())
         .header("host", authority.as_str());
@@ -132,16 +114,20 @@ pub async fn call(f: Format, a: CallArgs) -> Result<()> {
             let stream = tls::connect(&tls, host, port)
                 .await
                 .with_context(|| format!("cannot reach {authority} over TLS"))?;
-            exchange(TokioIo::new(stream), req).await
+            Ok(exchange(stream, req).await?)
         } else {
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let stream = tokio::net::TcpStream::connect((host, port))
                 .await
                 .with_context(|| format!("cannot reach {authority}"))?;
-            exchange(TokioIo::new(stream), req).await
+            Ok(exchange(stream, req).await?)
         }
     };
-    let (status, resp_headers, body) = tokio::time::timeout(Duration::from_secs(30), answer)
+    let upstream::client::Answer {
+        status,
+        headers: resp_headers,
+        body,
+    } = tokio::time::timeout(Duration::from_secs(30), answer)
         .await
         .context("no answer within 30 s")??;
     let headers: Vec<(String, String)> = resp_headers

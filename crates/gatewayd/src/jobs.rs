@@ -9,9 +9,6 @@
 use bytes::Bytes;
 use cluster::Node;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use model::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -59,8 +56,6 @@ pub static WEBHOOK_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// POSTs each account's new events to its webhook, retrying until it answers 2xx.
 pub async fn deliver_events(node: Node, every: Duration) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -90,7 +85,7 @@ pub async fn deliver_events(node: Node, every: Duration) {
                 continue;
             };
             let body = serde_json::json!({ "account": acct.name, "events": events });
-            let req = hyper::Request::post(url.as_str())
+            let req = http::Request::post(url.as_str())
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body.to_string())));
             let Ok(req) = req else {
@@ -98,12 +93,12 @@ pub async fn deliver_events(node: Node, every: Duration) {
                 tracing::warn!(account = %acct.name, "webhook URL {url} is unusable");
                 continue;
             };
-            let sent = tokio::time::timeout(Duration::from_secs(3), client.request(req)).await;
-            if !matches!(&sent, Ok(Ok(resp)) if resp.status().is_success()) {
+            let sent = upstream::client::send(req, Duration::from_secs(3)).await;
+            if !matches!(&sent, Ok(answer) if answer.status.is_success()) {
                 WEBHOOK_FAILURES.fetch_add(1, Ordering::Relaxed);
             }
             match sent {
-                Ok(Ok(resp)) if resp.status().is_success() => {
+                Ok(answer) if answer.status.is_success() => {
                     let ack = Command::AckEvents {
                         account: acct.name.clone(),
                         seq: last,
@@ -112,13 +107,12 @@ pub async fn deliver_events(node: Node, every: Duration) {
                         tracing::warn!(account = %acct.name, "acknowledging events failed: {e}");
                     }
                 }
-                Ok(Ok(resp)) => {
-                    tracing::warn!(account = %acct.name, status = %resp.status(), "webhook refused events; will retry")
+                Ok(answer) => {
+                    tracing::warn!(account = %acct.name, status = %answer.status, "webhook refused events; will retry")
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(account = %acct.name, "webhook unreachable, will retry: {e}")
                 }
-                Err(_) => tracing::warn!(account = %acct.name, "webhook timed out, will retry"),
             }
         }
     }

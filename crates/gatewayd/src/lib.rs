@@ -41,9 +41,11 @@ pub fn main() -> Result<()> {
 }
 
 /// Development time source: the Unix milliseconds written in a file (see `--dev-clock-file`).
+/// Monotonic time is the system's.
 struct FileClock {
     path: std::path::PathBuf,
     last: std::sync::atomic::AtomicU64,
+    monotonic: model::SystemClock,
 }
 
 impl FileClock {
@@ -51,11 +53,16 @@ impl FileClock {
         FileClock {
             path,
             last: std::sync::atomic::AtomicU64::new(0),
+            monotonic: model::SystemClock::new(),
         }
     }
 }
 
-impl cluster::Clock for FileClock {
+impl model::Clock for FileClock {
+    fn now(&self) -> model::Nanos {
+        self.monotonic.now()
+    }
+
     fn now_ms(&self) -> u64 {
         // A file being rewritten can be read empty: keep the last good reading then.
         let read = std::fs::read_to_string(&self.path)

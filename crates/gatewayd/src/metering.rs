@@ -47,14 +47,6 @@ impl Meter {
                 .drain_usage()
                 .into_iter()
                 .filter(|d| d.calls > 0 || d.bytes_out > 0)
-                .map(|d| UsageDelta {
-                    account: d.account,
-                    instance: d.instance,
-                    api: d.api,
-                    region: d.region,
-                    calls: d.calls,
-                    bytes_out: d.bytes_out,
-                })
                 .collect();
             if deltas.is_empty() {
                 return true;

@@ -6,7 +6,7 @@ use catalog::Catalog;
 use cluster::{Changes, Node, Publication};
 use dataplane::{
     AppCredential, ConfigUpdate, Dataplane, DataplaneConfig, DemandReport, DeployedApi,
-    GroupConfig, InstanceConfig, IpRules, SHARED_INSTANCE, Stage,
+    GroupConfig, InstanceConfig, IpRules, SHARED_INSTANCE,
 };
 use model::{ApiGroup, ChangeSet, State};
 use std::fmt::Write as _;
@@ -114,11 +114,7 @@ fn group(state: &State, g: &ApiGroup) -> GroupConfig {
         .deployments
         .iter()
         .flat_map(|(stage, apis)| {
-            let stage = match stage {
-                model::Stage::Release => Stage::Release,
-                model::Stage::Pre => Stage::Pre,
-                model::Stage::Test => Stage::Test,
-            };
+            let stage = *stage;
             apis.iter().filter_map(move |(name, d)| {
                 Some(DeployedApi {
                     stage,
@@ -518,7 +514,7 @@ mod tests {
                 "/v2/y",
             ] {
                 for method in [http::Method::GET, http::Method::POST] {
-                    for stage in Stage::ALL {
+                    for stage in model::Stage::ALL {
                         let v = dp.decide(host, stage, &method, path);
                         out.push(format!(
                             "{host:?} {stage} {method} {path} -> {:?} {:?}",

@@ -25,6 +25,7 @@
 //! Entry points: [`run`] (a [`Config`] in, a [`Report`] out) for tests and programs, and
 //! [`run_cli`] with [`LoadtestArgs`] for `gatewayctl loadtest`.
 
+mod assemble;
 mod cli;
 mod client;
 mod collect;
@@ -40,13 +41,14 @@ pub use client::Outcome;
 pub use config::{
     Ceiling, Config, Criteria, Load, SlaLoad, SpecChange, Stop, Target, parse_duration,
 };
+pub use report::{Check, Status, Verdict};
 pub use report::{
     CriteriaReport, GeneratorReport, Lag, Latency, Mode, Outcomes, PhaseReport, Report, SCHEMA,
     SpecChangeReport, TargetReport, WindowReport, all_pass,
 };
 pub use schedule::{Expectation, PhaseKind, PhasePlan, Schedule, TargetMap, split_connections};
 pub use svg::render as render_svg;
-pub use verdict::{Check, Status, Verdict, judge_phase};
+pub use verdict::judge_phase;
 
 use client::{Conn, Endpoint};
 use collect::Sample;
@@ -343,11 +345,11 @@ pub async fn run(
     let stats = collector
         .await
         .map_err(|e| LoadtestError::Internal(e.to_string()))?;
-    Ok(report::build(
+    Ok(assemble::build(
         &config,
         &schedule,
         &stats,
-        report::RunFacts {
+        assemble::RunFacts {
             connections_per_target: per_target,
             elapsed_s,
             warmup_connect_failures,

@@ -1,8 +1,8 @@
 //! A self-contained SVG chart of a report: admitted, throttled and failed requests per second
 //! against the ceiling, with the phases shaded and labelled. Written by hand as text.
 
+use crate::report::Status;
 use crate::report::{Report, WindowReport};
-use crate::verdict::Status;
 use std::fmt::Write as _;
 
 const W: f64 = 1100.0;

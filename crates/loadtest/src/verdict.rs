@@ -11,54 +11,9 @@
 //!   generator sent under 99% of the planned rate or its p99 send lag exceeded 10 ms.
 
 use crate::config::Criteria;
+pub use crate::report::{Check, SCHEDULE_CHECK, Status, Verdict};
 use crate::report::{PhaseReport, WindowReport};
 use crate::schedule::Expectation;
-use serde::{Deserialize, Serialize};
-
-/// The outcome of a check or of a phase.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Pass,
-    Fail,
-    /// Worth a look but not a failure (only checks have it).
-    Warn,
-    /// Not judged.
-    #[default]
-    Skip,
-}
-
-impl Status {
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-            Status::Warn => "WARN",
-            Status::Skip => "SKIP",
-        }
-    }
-}
-
-/// One criterion with the numbers behind it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Check {
-    /// `success`, `p99`, `offered`, `admitted`, `admitted_windows`, `errors` or `schedule`.
-    pub name: String,
-    pub status: Status,
-    pub observed: f64,
-    pub limit: f64,
-    /// A sentence with the numbers, for people.
-    pub detail: String,
-}
-
-/// A phase's verdict: `fail` if any check failed, `skip` for phases that are not judged.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub status: Status,
-    pub checks: Vec<Check>,
-}
-
-pub const SCHEDULE_CHECK: &str = "schedule";
 
 fn check(name: &str, pass: bool, observed: f64, limit: f64, detail: String) -> Check {
     Check {

@@ -1,5 +1,6 @@
-use crate::{
-    Account, Api, ApiGroup, ApiToken, App, ChargeType, Deployment, Instance, Millis, Stage,
+use crate::Millis;
+use crate::entity::{
+    Account, Api, ApiGroup, ApiSpec, ApiToken, App, ChargeType, Deployment, Instance, Stage,
 };
 use catalog::Usd;
 use serde::{Deserialize, Serialize};
@@ -33,51 +34,6 @@ pub struct UsageDelta {
     pub region: String,
     pub calls: u64,
     pub bytes_out: u64,
-}
-
-/// The definition of an API as an operator writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiSpec {
-    /// An HTTP method from [`crate::validate::METHODS`].
-    pub method: String,
-    /// A path pattern such as `/items/{id}`, matched after the group's base path.
-    pub path: String,
-    /// `http://HOST:PORT[/prefix]`.
-    pub backend: String,
-    pub timeout_ms: u64,
-    /// Who may call it: anyone, or only authorised apps with signed requests.
-    #[serde(default)]
-    pub auth: AuthType,
-}
-
-/// How an API authenticates its callers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AuthType {
-    #[default]
-    Anonymous,
-    /// Requests signed with an authorised app's AppKey and AppSecret (`X-Ca-Signature`).
-    App,
-}
-
-impl AuthType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthType::Anonymous => "ANONYMOUS",
-            AuthType::App => "APP",
-        }
-    }
-
-    /// `ANONYMOUS` or `APP` (any case); empty is anonymous.
-    pub fn parse(s: &str) -> Result<AuthType, crate::DomainError> {
-        match s.to_ascii_uppercase().as_str() {
-            "" | "ANONYMOUS" => Ok(AuthType::Anonymous),
-            "APP" => Ok(AuthType::App),
-            _ => Err(crate::DomainError::invalid(
-                "auth_type",
-                format!("'{s}' is not one of ANONYMOUS, APP"),
-            )),
-        }
-    }
 }
 
 /// How a command changes one optional field. Three cases where `Option<Option<T>>` would make

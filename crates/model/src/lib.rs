@@ -20,21 +20,24 @@
 //! - [`validate`]: field checks shared with the admin service, so both refuse the same input
 //!   with the same message.
 
+pub mod clock;
 mod command;
+mod entity;
 mod error;
 pub mod history;
 mod state;
 pub mod validate;
 
-pub use command::{
-    ApiSpec, AuthType, Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageDelta,
+pub use clock::{Clock, FakeClock, Nanos, SystemClock};
+pub use command::{Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageDelta};
+pub use entity::{
+    Account, Api, ApiGroup, ApiSpec, ApiToken, App, AuthType, ChargeType, Deployment, Instance,
+    IpRules, MonthToDate, ReleasedInstance, SpecChange, Stage, StopPeriod, StopReason, Stopped,
+    TERM_GRACE_DAYS,
 };
 pub use error::DomainError;
 pub use state::{
-    Account, Api, ApiGroup, ApiToken, App, Applied, CatalogMismatch, ChangeSet, ChargeType,
-    DEFAULT_ACCOUNT, Deployment, Instance, IpRules, MonthToDate, REMEMBERED_REQUESTS,
-    ReleasedInstance, Sessions, SpecChange, Stage, State, StopPeriod, StopReason, Stopped,
-    TERM_GRACE_DAYS,
+    Applied, CatalogMismatch, ChangeSet, DEFAULT_ACCOUNT, REMEMBERED_REQUESTS, Sessions, State,
 };
 
 /// Unix time in milliseconds, as stamped on a proposal by the node that proposed it.

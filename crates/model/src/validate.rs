@@ -247,19 +247,18 @@ pub fn cidr(field: &str, value: &str) -> Result<(), DomainError> {
     })
 }
 
-/// Parses a CIDR block into its network address and prefix length.
-pub fn parse_cidr(value: &str) -> Option<(std::net::IpAddr, u8)> {
-    let (addr, len) = match value.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (value, None),
-    };
-    let ip: std::net::IpAddr = addr.parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
-        None => max,
-    };
-    Some((ip, len))
+/// Parses a CIDR block, `198.18.0.0/15` or `2001:db8::/32`; a bare address is a block of one
+/// (/32 or /128). The one CIDR parser: validation and the data plane's IP access control both
+/// use it.
+pub fn parse_cidr(value: &str) -> Option<ipnet::IpNet> {
+    if value.contains('/') {
+        value.parse().ok()
+    } else {
+        value
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    }
 }
 
 pub fn timeout_ms(value: u64) -> Result<(), DomainError> {

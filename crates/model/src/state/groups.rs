@@ -3,7 +3,8 @@
 use super::{
     Api, ApiGroup, Deployment, Effects, IpRules, Stage, State, deleted, index_remove, route_of,
 };
-use crate::command::{ApiSpec, GroupChange};
+use crate::command::GroupChange;
+use crate::entity::ApiSpec;
 use crate::{Command, DomainError, Millis, Reply, validate};
 use catalog::SHARED_INSTANCE;
 use imbl::OrdMap;

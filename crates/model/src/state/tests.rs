@@ -1,5 +1,6 @@
 use super::*;
-use crate::command::{AuthType, GroupChange, UsageDelta};
+use crate::command::{GroupChange, UsageDelta};
+use crate::entity::{ApiSpec, AuthType};
 use catalog::{SHARED_INSTANCE, Usd};
 use proptest::prelude::*;
 

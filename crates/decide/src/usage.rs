@@ -10,7 +10,7 @@
 //! in this drain) or after it (and is in the next one), never in neither.
 
 use crate::per_thread::PerThread;
-use serde::{Deserialize, Serialize};
+use model::UsageDelta;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -25,19 +25,6 @@ pub(crate) struct UsageKey {
     pub instance: String,
     pub api: String,
     pub region: String,
-}
-
-/// Counts taken by [`crate::Dataplane::drain_usage`] since the previous drain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UsageDelta {
-    pub account: String,
-    pub instance: String,
-    pub api: String,
-    pub region: String,
-    /// Received requests, throttled and rejected ones included.
-    pub calls: u64,
-    /// Response body bytes sent to clients.
-    pub bytes_out: u64,
 }
 
 /// One thread's counts of one key.

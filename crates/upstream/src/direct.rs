@@ -11,20 +11,20 @@
 //! body and the response at once: a backend may answer before it has read the whole body, or
 //! echo it as it reads.
 
-use crate::body::{BoxError, ResponseBody};
-use crate::error::X_CA_REQUEST_ID;
-use crate::h1::{content_length, lists};
-use crate::pool::HostPool;
-use crate::proxy::{connection_options, is_hop_by_hop};
-use crate::request_id::RequestId;
+use crate::limited::BoxError;
+use crate::pool::{BackendStream, HostPool, READ_RESERVE};
 use bytes::{Bytes, BytesMut};
+use decide::Nanos;
+use decide::request_id::RequestId;
+use decide::wire::{
+    X_CA_REQUEST_ID, connection_options, content_length, is_hop_by_hop, lists, put_header,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use std::io::ErrorKind;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Response heads larger than this are refused as invalid (hyper's client allows about as much).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -32,44 +32,6 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Chunk-size lines and trailer lines longer than this are refused as invalid.
 const MAX_LINE_BYTES: usize = 4 * 1024;
-/// Room made in the read buffer before each read.
-const READ_RESERVE: usize = 8 * 1024;
-
-/// A keep-alive connection to a backend, with its buffers: bytes read and not yet consumed, and
-/// the request head being written (kept to reuse its allocation).
-pub(crate) struct BackendStream {
-    io: TcpStream,
-    read: BytesMut,
-    write: Vec<u8>,
-    /// Scratch space for parsing response heads.
-    kept: Vec<[u32; 4]>,
-}
-
-impl BackendStream {
-    pub(crate) fn new(io: TcpStream) -> Self {
-        BackendStream {
-            io,
-            read: BytesMut::with_capacity(READ_RESERVE),
-            write: Vec::with_capacity(1024),
-            kept: Vec::new(),
-        }
-    }
-
-    /// Whether an idle connection can take a request: the backend has neither closed it nor
-    /// sent anything unasked. Costs a syscall only when the socket has signalled readiness.
-    pub(crate) fn is_alive(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readiness can be left over from the last response; a read tells.
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
-            }
-        }
-    }
-}
 
 /// Why an exchange failed; the message is what the client's 502 says.
 #[derive(Debug, thiserror::Error)]
@@ -237,21 +199,21 @@ impl Framing {
 /// The lean server loop ([`crate::h1`]) writes them as they are; a response served by hyper
 /// gets them as a header map first ([`HeaderBlock::into_map`]).
 #[derive(Debug)]
-pub(crate) struct HeaderBlock {
+pub struct HeaderBlock {
     lines: Bytes,
     /// The lines include a `Content-Length`, a `Date`.
-    pub(crate) has_length: bool,
-    pub(crate) has_date: bool,
-    pub(crate) request_id: RequestId,
+    pub has_length: bool,
+    pub has_date: bool,
+    pub request_id: RequestId,
 }
 
 impl HeaderBlock {
-    pub(crate) fn lines(&self) -> &[u8] {
+    pub fn lines(&self) -> &[u8] {
         &self.lines
     }
 
     /// Adds the lines, and the request id, to `headers`.
-    pub(crate) fn into_map(self, headers: &mut HeaderMap) {
+    pub fn into_map(self, headers: &mut HeaderMap) {
         let mut rest = self.lines;
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
             let line = rest.split_to(end + 1);
@@ -389,7 +351,7 @@ fn parse_head(
         let mut lines = Vec::with_capacity(len);
         for &[n, n_end, v, v_end] in kept.iter() {
             let (n, n_end, v, v_end) = (n as usize, n_end as usize, v as usize, v_end as usize);
-            crate::h1::put_header(&mut lines, &head[n..n_end], &head[v..v_end]);
+            put_header(&mut lines, &head[n..n_end], &head[v..v_end]);
         }
         Bytes::from(lines)
     };
@@ -477,8 +439,8 @@ pub(crate) async fn exchange(
     method: &Method,
     encode: impl Fn(&mut Vec<u8>),
     request_id: RequestId,
-    now: crate::clock::Nanos,
-) -> Result<Response<ResponseBody>, ExchangeError> {
+    now: Nanos,
+) -> Result<Response<Exchanged>, ExchangeError> {
     let head_request = method == Method::HEAD;
     loop {
         let (mut stream, reused) = match pool.checkout_direct(now) {
@@ -515,8 +477,8 @@ fn respond(
     head: Head,
     mut stream: BackendStream,
     pool: &Arc<HostPool>,
-    now: crate::clock::Nanos,
-) -> Response<ResponseBody> {
+    now: Nanos,
+) -> Response<Exchanged> {
     let Head {
         status,
         block,
@@ -533,18 +495,31 @@ fn respond(
             if keep_alive && stream.read.is_empty() {
                 pool.put_direct(stream, now);
             }
-            ResponseBody::full(bytes)
+            Reply::Whole(bytes)
         }
-        None => ResponseBody::direct(DirectBody {
+        None => Reply::Stream(DirectBody {
             stream: Some(stream),
             framing,
             pool: pool.clone(),
             keep_alive,
         }),
     };
-    let mut response = Response::new(body.with_header_block(block));
+    let mut response = Response::new(Exchanged { block, body });
     *response.status_mut() = status;
     response
+}
+
+/// What an exchange read: the backend's header lines, as they were read (they travel with the
+/// body instead of through a header map), and its body.
+pub(crate) struct Exchanged {
+    pub(crate) block: HeaderBlock,
+    pub(crate) body: Reply,
+}
+
+/// A response body: all of it, when it came with the head, or the rest to read.
+pub(crate) enum Reply {
+    Whole(Bytes),
+    Stream(DirectBody),
 }
 
 /// A response body read from the backend's socket as the client takes it. The connection goes
@@ -732,7 +707,7 @@ mod tests {
             &mut BytesMut::from(input.as_bytes()),
             &mut Vec::new(),
             head_request,
-            crate::request_id::RequestIds::new(1).next(),
+            decide::request_id::RequestIds::new(1).next(),
         )
     }
 

@@ -20,7 +20,7 @@
 //! 50/s, the same booking holds and the next ones are 20 ms apart: no extra admissions.
 //! The burst tolerance is small (50 ms of quota by default) so that 1 s windows stay accurate.
 
-use crate::clock::{NANOS_PER_SEC, Nanos};
+use model::clock::{NANOS_PER_SEC, Nanos};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 

@@ -13,9 +13,9 @@
 //! - `update` after an app's secret changes, and after an account (10 groups) is suspended;
 //! - `decide` (lookup, counters, limiter) at this size and with one group.
 //!
-//! Run: `cargo bench -p dataplane --bench publish`.
+//! Run: `cargo bench -p decide --bench publish`.
 
-use dataplane::{
+use decide::{
     AppCredential, ConfigUpdate, Dataplane, DataplaneConfig, DeployedApi, GroupConfig,
     InstanceConfig, IpRules, Stage,
 };
@@ -202,14 +202,14 @@ fn main() {
     row(
         "(a) publish everything into an empty data plane",
         time(3, |_| {
-            let dp = Dataplane::new(1);
+            let dp: Dataplane = Dataplane::new(1);
             let report = dp.publish(&cfg);
             assert_eq!(report.routes, routes, "{:?}", report.warnings.first());
             // Dropped within the timing, as the measurement before incremental updates was.
             dp
         }),
     );
-    let dp = Dataplane::new(1);
+    let dp: Dataplane = Dataplane::new(1);
     dp.publish(&cfg);
     row(
         "(a) publish the same config again (diff finds nothing)",
@@ -288,7 +288,7 @@ fn main() {
         }),
     );
 
-    let small = Dataplane::new(1);
+    let small: Dataplane = Dataplane::new(1);
     let mut one = config(2);
     one.groups.remove(0);
     small.publish(&one);

@@ -10,7 +10,7 @@ use http::HeaderValue;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub(crate) struct RequestIds {
+pub struct RequestIds {
     prefix: [u8; 12],
     counters: PerThread<AtomicU64>,
 }
@@ -27,7 +27,7 @@ fn hex(out: &mut [u8], mut value: u64) {
 }
 
 impl RequestIds {
-    pub(crate) fn new(node_id: u64) -> Self {
+    pub fn new(node_id: u64) -> Self {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -43,7 +43,7 @@ impl RequestIds {
         }
     }
 
-    pub(crate) fn next(&self) -> RequestId {
+    pub fn next(&self) -> RequestId {
         let (slot, counter) = self.counters.local_indexed();
         let n = ((slot as u64) << COUNTER_BITS)
             | (counter.fetch_add(1, Relaxed) & ((1 << COUNTER_BITS) - 1));
@@ -56,14 +56,14 @@ impl RequestIds {
 
 /// One request's id: 24 hex digits, kept on the stack until a header needs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RequestId([u8; 24]);
+pub struct RequestId([u8; 24]);
 
 impl RequestId {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
-    pub(crate) fn header_value(&self) -> HeaderValue {
+    pub fn header_value(&self) -> HeaderValue {
         HeaderValue::from_bytes(&self.0).expect("hex digits are a valid header value")
     }
 }

@@ -1,175 +1,21 @@
 //! Forwarding an admitted request to its backend over a pooled connection, and back.
 
-use crate::body::{BodyTooLarge, Checkout, LimitedBody, RequestBody, ResponseBody};
-use crate::clock::Nanos;
+use crate::body::{Checkout, RequestBody, ResponseBody};
 use crate::direct::{self, ExchangeError};
-use crate::error::{GatewayError, X_CA_REQUEST_ID};
-use crate::h1::put_header;
-use crate::pool::{BackendPools, HostPool};
-use crate::request_id::RequestId;
-use crate::server::ConnInfo;
-use http::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery};
-use http::{Method, Request, Response, Uri, Version};
+use crate::limited::{BodyTooLarge, LimitedBody};
+use crate::pool::{HostPool, Sender};
+use decide::request_id::RequestId;
+use decide::wire::{
+    X_CA_REQUEST_ID, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, connection_options,
+    is_hop_by_hop, put_header, strip_hop_by_hop,
+};
+use decide::{DEFAULT_BACKEND_TIMEOUT, GatewayError, Nanos};
+use http::header::{CONNECTION, HOST, HeaderMap, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, Version};
 use hyper::body::{Body, Incoming};
 use std::sync::Arc;
 use std::time::Duration;
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// The timeout used when a deployment says zero.
-pub(crate) const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a backend address was refused at publish time.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BackendError {
-    #[error("backend '{0}' is not a valid http://HOST:PORT[/prefix] URL")]
-    Invalid(String),
-    #[error("backend '{0}': only http:// backends are supported")]
-    Scheme(String),
-}
-
-/// A parsed backend address, `http://HOST:PORT[/prefix]`, with the pool of its connections.
-#[derive(Clone)]
-pub(crate) struct Backend {
-    authority: Authority,
-    /// The `Host` header sent to the backend: its authority.
-    host: HeaderValue,
-    /// Without trailing slash; empty for none.
-    prefix: String,
-    pool: Arc<HostPool>,
-}
-
-impl Backend {
-    pub(crate) fn parse(url: &str, pools: &BackendPools) -> Result<Backend, BackendError> {
-        let uri: Uri = url
-            .trim()
-            .parse()
-            .map_err(|_| BackendError::Invalid(url.to_string()))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(_) => return Err(BackendError::Scheme(url.to_string())),
-            None => return Err(BackendError::Invalid(url.to_string())),
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| BackendError::Invalid(url.to_string()))?;
-        if uri.query().is_some() {
-            return Err(BackendError::Invalid(url.to_string()));
-        }
-        // As HTTP clients do: the default port is left out.
-        let host = match authority.port_u16() {
-            Some(80) => HeaderValue::from_str(authority.host()),
-            _ => HeaderValue::from_str(authority.as_str()),
-        }
-        .map_err(|_| BackendError::Invalid(url.to_string()))?;
-        Ok(Backend {
-            pool: pools.get(&authority),
-            authority,
-            host,
-            prefix: uri.path().trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// The backend's authority: its pool's key.
-    pub(crate) fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    /// The request target sent to the backend (origin form) for a request path (after the
-    /// group's base path) and query. `original` is the client's request URI: reused as it is
-    /// when nothing changes.
-    fn target(&self, original: Uri, base_len: usize) -> Option<Uri> {
-        let path = original.path().get(base_len..).unwrap_or("");
-        if self.prefix.is_empty()
-            && base_len == 0
-            && original.scheme().is_none()
-            && original.authority().is_none()
-            && path.starts_with('/')
-        {
-            return Some(original);
-        }
-        let path = if path.is_empty() { "/" } else { path };
-        let pq = self.path_and_query(path, original.query())?;
-        Some(Uri::from(pq))
-    }
-
-    fn path_and_query(&self, path: &str, query: Option<&str>) -> Option<PathAndQuery> {
-        let mut pq = String::with_capacity(
-            self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
-        pq.push_str(&self.prefix);
-        pq.push_str(path);
-        if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
-        }
-        PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()
-    }
-
-    /// The full backend URL for a request path and query.
-    #[cfg(test)]
-    fn uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
-        Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(self.path_and_query(path, query)?)
-            .build()
-            .ok()
-    }
-}
-
-/// Whether a header is hop-by-hop whatever `Connection` lists (RFC 9110 7.6.1): `Connection`,
-/// `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding` or `Upgrade`, in any case.
-pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
-    const FIXED: [&[u8]; 6] = [
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    FIXED.iter().any(|f| name.eq_ignore_ascii_case(f))
-        || name
-            .get(..6)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
-}
-
-/// The header names a `Connection` value lists as this hop's: its options other than
-/// `keep-alive` and `close`.
-pub(crate) fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-                && !t.eq_ignore_ascii_case(b"close")
-        })
-}
-
-/// Removes the hop-by-hop headers: those of [`is_hop_by_hop`] and those `Connection` names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let hop = |k: &HeaderName| is_hop_by_hop(k.as_str().as_bytes());
-    // Most messages have none, or only `Connection: keep-alive`: one pass tells.
-    if !headers.keys().any(hop) {
-        return;
-    }
-    let mut remove: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| connection_options(v.as_bytes()))
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    remove.extend(headers.keys().filter(|k| hop(k)).cloned());
-    for name in remove {
-        headers.remove(name);
-    }
-}
 
 /// What a request gains on its way to the backend.
 pub(crate) struct Forwarding<'a> {
@@ -325,22 +171,37 @@ fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// What went wrong talking to the backend.
 #[derive(Debug)]
-pub(crate) enum ForwardError {
+pub enum ForwardError {
+    /// The backend did not answer within this time.
     Timeout(Duration),
+    /// The backend could not be reached or broke off; what the client's 502 says.
     Broken(&'static str),
+    /// The client's streamed body grew past the limit.
     BodyTooLarge,
+}
+
+/// A backend as the compiled routes hold it: its address and its pool.
+pub type Backend = decide::Backend<Arc<HostPool>>;
+
+/// The client a request comes from, as forwarding tells the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Client<'a> {
+    /// The client's IP address as a header value (for `X-Forwarded-For`).
+    pub ip: &'a HeaderValue,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
 }
 
 /// Sends the request to `backend` and returns its response head (the body streams on).
 /// `base_len` is the length of the group's base path at the start of the request path; `now`
 /// is the request's arrival on the data plane's clock.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn forward(
+pub async fn forward(
     backend: &Backend,
     timeout: Duration,
     req: Request<RequestBody>,
     base_len: usize,
-    conn: &ConnInfo,
+    client: Client<'_>,
     request_id: RequestId,
     max_body: u64,
     now: Nanos,
@@ -356,15 +217,15 @@ pub(crate) async fn forward(
     } else {
         timeout
     };
-    let scheme = if conn.tls { "https" } else { "http" };
+    let scheme = if client.tls { "https" } else { "http" };
     let body = match body {
         RequestBody::Incoming(body) if !body.is_end_stream() => Some(body),
         _ => None,
     };
     let Some(body) = body else {
         let forwarding = Forwarding {
-            backend_host: &backend.host,
-            client_ip: &conn.peer_ip,
+            backend_host: backend.host(),
+            client_ip: client.ip,
             scheme,
             uri_host: authority.as_ref().map(Authority::as_str),
             request_id,
@@ -373,11 +234,11 @@ pub(crate) async fn forward(
         let encode = |out: &mut Vec<u8>| {
             encode_request_head(out, &parts.method, target, &parts.headers, &forwarding)
         };
-        let exchange = direct::exchange(&backend.pool, &parts.method, encode, request_id, now);
+        let exchange = direct::exchange(backend.pool(), &parts.method, encode, request_id, now);
         let mut response = match tokio::time::timeout(timeout, exchange).await {
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(e)) => {
-                tracing::debug!(backend = %backend.authority, error = %e, "backend exchange failed");
+                tracing::debug!(backend = %backend.authority(), error = %e, "backend exchange failed");
                 return Err(ForwardError::Broken(match e {
                     ExchangeError::Connect => "could not connect to the backend",
                     ExchangeError::Broken => {
@@ -385,7 +246,7 @@ pub(crate) async fn forward(
                     }
                 }));
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(response)) => response.map(ResponseBody::direct),
         };
         // The client is answered in its own version, whatever the backend's.
         *response.version_mut() = parts.version;
@@ -400,8 +261,8 @@ pub(crate) async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     // Room for what is added below, in one step.
     parts.headers.reserve(5);
-    set_forwarded(&mut parts.headers, &conn.peer_ip, scheme, host);
-    parts.headers.insert(HOST, backend.host.clone());
+    set_forwarded(&mut parts.headers, client.ip, scheme, host);
+    parts.headers.insert(HOST, backend.host().clone());
     // Backends are spoken to in HTTP/1.1 whatever the client used.
     let client_version = parts.version;
     parts
@@ -426,7 +287,7 @@ pub(crate) async fn forward(
         .insert(X_CA_REQUEST_ID, request_id.header_value());
     let conn = Checkout {
         tx,
-        pool: backend.pool.clone(),
+        pool: backend.pool().clone(),
     };
     Ok(Response::from_parts(
         parts,
@@ -440,15 +301,15 @@ async fn send(
     backend: &Backend,
     mut req: Request<LimitedBody>,
     now: Nanos,
-) -> Result<(Response<Incoming>, crate::pool::Sender), ForwardError> {
-    let pool = &backend.pool;
+) -> Result<(Response<Incoming>, Sender), ForwardError> {
+    let pool = backend.pool();
     loop {
         let (mut tx, pooled) = match pool.checkout(now) {
             Some(tx) => (tx, true),
             None => match pool.connect().await {
                 Ok(tx) => (tx, false),
                 Err(e) => {
-                    tracing::debug!(backend = %backend.authority, error = %e, "backend connect failed");
+                    tracing::debug!(backend = %backend.authority(), error = %e, "backend connect failed");
                     return Err(ForwardError::Broken("could not connect to the backend"));
                 }
             },
@@ -474,7 +335,8 @@ async fn send(
 }
 
 impl ForwardError {
-    pub(crate) fn into_gateway_error(self, max_body: u64) -> GatewayError {
+    /// The answer the client gets; `max_body` is the server's body limit.
+    pub fn into_gateway_error(self, max_body: u64) -> GatewayError {
         match self {
             ForwardError::Timeout(d) => GatewayError::GatewayTimeout(d),
             ForwardError::Broken(why) => GatewayError::BadGateway(why),
@@ -486,56 +348,10 @@ impl ForwardError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::MonotonicClock;
-    use crate::pool::PoolOptions;
     use http::header::{
-        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+        HeaderName, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+        UPGRADE,
     };
-
-    fn pools() -> BackendPools {
-        BackendPools::new(PoolOptions {
-            clock: Arc::new(MonotonicClock::new()),
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(1),
-            max_idle: 1,
-        })
-    }
-
-    #[test]
-    fn backend_targets() {
-        let pools = pools();
-        let plain = Backend::parse("http://127.0.0.1:8081", &pools).unwrap();
-        let prefixed = Backend::parse("http://127.0.0.1:8081/api", &pools).unwrap();
-        let uri: Uri = "/base/p/1?a=b".parse().unwrap();
-        assert_eq!(plain.target(uri.clone(), 0).unwrap(), "/base/p/1?a=b");
-        assert_eq!(plain.target(uri.clone(), 5).unwrap(), "/p/1?a=b");
-        assert_eq!(prefixed.target(uri, 5).unwrap(), "/api/p/1?a=b");
-        let base: Uri = "/base?x".parse().unwrap();
-        assert_eq!(plain.target(base, 5).unwrap(), "/?x");
-        let absolute: Uri = "http://api.example.com/p".parse().unwrap();
-        assert_eq!(plain.target(absolute, 0).unwrap(), "/p");
-        assert_eq!(plain.host, "127.0.0.1:8081");
-        assert_eq!(Backend::parse("http://svc:80", &pools).unwrap().host, "svc");
-    }
-
-    #[test]
-    fn backend_urls() {
-        let pools = pools();
-        let b = Backend::parse("http://127.0.0.1:8081/api/", &pools).unwrap();
-        assert_eq!(
-            b.uri("/p/1", Some("a=b")).unwrap().to_string(),
-            "http://127.0.0.1:8081/api/p/1?a=b"
-        );
-        let b = Backend::parse("http://svc:80", &pools).unwrap();
-        assert_eq!(b.uri("/", None).unwrap().to_string(), "http://svc:80/");
-        assert!(matches!(
-            Backend::parse("https://x", &pools),
-            Err(BackendError::Scheme(_))
-        ));
-        assert!(Backend::parse("not a url", &pools).is_err());
-        assert!(Backend::parse("/relative", &pools).is_err());
-        assert!(Backend::parse("http://x/?q=1", &pools).is_err());
-    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {
@@ -601,7 +417,7 @@ mod tests {
             client_ip: &HeaderValue::from_static("10.0.0.1"),
             scheme: "https",
             uri_host,
-            request_id: crate::request_id::RequestIds::new(7).next(),
+            request_id: decide::request_id::RequestIds::new(7).next(),
         };
         let mut out = Vec::new();
         encode_request_head(&mut out, &Method::GET, "/p?q=1", &map, &fwd);
@@ -710,7 +526,7 @@ mod tests {
                 host,
             );
             map.insert(HOST, HeaderValue::from_static("backend:8081"));
-            map.remove(crate::error::X_CA_REQUEST_ID);
+            map.remove(X_CA_REQUEST_ID);
             let mut edited: Vec<String> = map
                 .iter()
                 .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))

@@ -8,12 +8,12 @@
 //!
 //! Two ways in: a whole [`DataplaneConfig`] ([`crate::Dataplane::publish`], at startup and
 //! after a snapshot), or a [`ConfigUpdate`] naming what changed ([`crate::Dataplane::update`],
-//! after each applied command). Keeping these types here (instead of using the `model`
-//! crate's) keeps the data plane independent of how the state is replicated.
+//! after each applied command). These are the data plane's own shapes, not the replicated
+//! state's: the data plane does not depend on how the state is kept or replicated (it shares
+//! only the `model` crate's small value types, [`Stage`] among them).
 
+pub use model::Stage;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// Everything the data plane needs to route, gate and limit requests.
@@ -135,77 +135,4 @@ pub struct DeployedApi {
     /// [`GroupConfig::grants`]) get through. Per stage: each deployment keeps the auth type
     /// the API had when it was deployed there.
     pub app_auth: bool,
-}
-
-/// A deployment stage, chosen per request by the `X-Ca-Stage` header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum Stage {
-    #[default]
-    Release,
-    Pre,
-    Test,
-}
-
-impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Release, Stage::Pre, Stage::Test];
-
-    /// The header spelling: `RELEASE`, `PRE`, `TEST`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Release => "RELEASE",
-            Stage::Pre => "PRE",
-            Stage::Test => "TEST",
-        }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Parses a header value, case-insensitively.
-    pub fn from_header(value: &[u8]) -> Option<Stage> {
-        if value.eq_ignore_ascii_case(b"RELEASE") {
-            Some(Stage::Release)
-        } else if value.eq_ignore_ascii_case(b"PRE") {
-            Some(Stage::Pre)
-        } else if value.eq_ignore_ascii_case(b"TEST") {
-            Some(Stage::Test)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The stage name was not `RELEASE`, `PRE` or `TEST`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown stage '{0}'; valid stages are RELEASE, PRE, TEST")]
-pub struct UnknownStage(pub String);
-
-impl FromStr for Stage {
-    type Err = UnknownStage;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Stage::from_header(s.as_bytes()).ok_or_else(|| UnknownStage(s.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stage_parses_case_insensitively() {
-        assert_eq!("release".parse::<Stage>(), Ok(Stage::Release));
-        assert_eq!("Pre".parse::<Stage>(), Ok(Stage::Pre));
-        assert_eq!("TEST".parse::<Stage>(), Ok(Stage::Test));
-        assert!("prod".parse::<Stage>().is_err());
-        for s in Stage::ALL {
-            assert_eq!(s.as_str().parse::<Stage>(), Ok(s));
-        }
-    }
 }

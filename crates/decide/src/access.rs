@@ -5,6 +5,8 @@
 
 use arc_swap::ArcSwap;
 use http::StatusCode;
+use ipnet::IpNet;
+use model::validate::parse_cidr;
 use signer::{NonceCache, RequestParts, Verifier};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,37 +19,6 @@ pub struct Denied {
     pub message: String,
 }
 
-/// A CIDR block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cidr {
-    net: IpAddr,
-    len: u8,
-}
-
-impl Cidr {
-    fn parse(s: &str) -> Option<Cidr> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (s, None),
-        };
-        let net: IpAddr = addr.trim().parse().ok()?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let len = match len {
-            Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
-            None => max,
-        };
-        Some(Cidr { net, len })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, canonical(ip)) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), self.len),
-            _ => false,
-        }
-    }
-}
-
 /// An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) is matched as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -56,25 +27,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
-    let full = usize::from(len / 8);
-    let rest = len % 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    if rest == 0 {
-        return true;
-    }
-    let mask = 0xffu8 << (8 - rest);
-    a[full] & mask == b[full] & mask
-}
-
 /// The IP access control of a group or an API: denied blocks win; with allowed blocks, only
 /// they get in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpAcl {
-    allow: Vec<Cidr>,
-    deny: Vec<Cidr>,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
 }
 
 impl IpAcl {
@@ -85,7 +43,7 @@ impl IpAcl {
         let mut parse = |list: &[String]| {
             list.iter()
                 .filter_map(|c| {
-                    let parsed = Cidr::parse(c);
+                    let parsed = parse_cidr(c);
                     if parsed.is_none() {
                         warnings.push(format!("ignoring invalid CIDR '{c}'"));
                     }
@@ -105,8 +63,9 @@ impl IpAcl {
     }
 
     pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
-        let denied = self.deny.iter().any(|c| c.contains(ip));
-        let allowed = self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip));
+        let ip = canonical(ip);
+        let denied = self.deny.iter().any(|c| c.contains(&ip));
+        let allowed = self.allow.is_empty() || self.allow.iter().any(|c| c.contains(&ip));
         if denied || !allowed {
             return Err(Denied {
                 status: StatusCode::FORBIDDEN,
@@ -271,15 +230,18 @@ mod tests {
 
     #[test]
     fn odd_prefix_lengths() {
-        let c = Cidr::parse("198.18.0.0/15").unwrap();
-        assert!(c.contains(ip("198.19.0.0")));
-        assert!(!c.contains(ip("198.20.0.0")));
+        let c = parse_cidr("198.18.0.0/15").unwrap();
+        assert!(c.contains(&ip("198.19.0.0")));
+        assert!(!c.contains(&ip("198.20.0.0")));
         assert!(
-            Cidr::parse("0.0.0.0/0")
+            parse_cidr("0.0.0.0/0")
                 .unwrap()
-                .contains(ip("203.0.113.9"))
+                .contains(&ip("203.0.113.9"))
         );
-        assert!(Cidr::parse("1.2.3.4/33").is_none());
+        assert!(parse_cidr("1.2.3.4/33").is_none());
+        // A bare address is a block of one.
+        let one = parse_cidr("10.0.0.7").unwrap();
+        assert!(one.contains(&ip("10.0.0.7")) && !one.contains(&ip("10.0.0.8")));
     }
 
     #[test]

@@ -10,20 +10,25 @@
 //! out); connections idle for longer than the idle timeout are closed, at the latest by a
 //! reaper that runs every half timeout while the pool has connections.
 
-use crate::body::LimitedBody;
-use crate::clock::{Clock, Nanos};
-use crate::direct::BackendStream;
-use crate::per_thread::PerThread;
+use crate::limited::LimitedBody;
+use bytes::BytesMut;
+use decide::per_thread::PerThread;
+use decide::{Clock, DataplaneOptions, Nanos, Upstreams};
 use http::uri::Authority;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
+
+/// Room made in a backend connection's read buffer before each read.
+pub(crate) const READ_RESERVE: usize = 8 * 1024;
 
 pub(crate) type Sender = SendRequest<LimitedBody>;
 
@@ -37,9 +42,39 @@ pub(crate) struct PoolOptions {
 }
 
 /// The pools of all backends, by authority. Touched at publish (and scrape) only.
-pub(crate) struct BackendPools {
+pub struct BackendPools {
     options: PoolOptions,
     pools: Mutex<HashMap<Authority, Arc<HostPool>>>,
+}
+
+/// The data plane's backends: routes hold their backend's [`HostPool`].
+impl Upstreams for BackendPools {
+    type Pool = Arc<HostPool>;
+
+    fn new(options: &DataplaneOptions) -> Self {
+        BackendPools::new(PoolOptions {
+            clock: options.clock.clone(),
+            connect_timeout: options.backend_connect_timeout,
+            idle_timeout: options.backend_pool_idle_timeout,
+            max_idle: options.backend_pool_max_idle_per_host,
+        })
+    }
+
+    fn pool(&self, authority: &Authority) -> Arc<HostPool> {
+        self.get(authority)
+    }
+
+    fn release(&self, authorities: &[Authority]) {
+        BackendPools::release(self, authorities);
+    }
+
+    fn retain_used(&self) {
+        BackendPools::retain_used(self);
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.pools).len()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,12 +109,6 @@ impl BackendPools {
         }
     }
 
-    /// How many pools there are.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        lock(&self.pools).len()
-    }
-
     /// Forgets every pool no route uses any more: the sweep for those [`release`](Self::release)
     /// found still in use by a request in flight. Run at scrapes, which walk everything anyway.
     pub(crate) fn retain_used(&self) {
@@ -104,7 +133,7 @@ fn my_shard<C>(shards: &Shards<C>) -> MutexGuard<'_, VecDeque<Idle<C>>> {
 }
 
 /// The idle connections to one backend authority.
-pub(crate) struct HostPool {
+pub struct HostPool {
     authority: Authority,
     options: PoolOptions,
     idle_nanos: u64,
@@ -306,5 +335,41 @@ impl HostPool {
                 }
             }
         });
+    }
+}
+
+/// A keep-alive connection to a backend, with its buffers: bytes read and not yet consumed, and
+/// the request head being written (kept to reuse its allocation).
+pub(crate) struct BackendStream {
+    pub(crate) io: TcpStream,
+    pub(crate) read: BytesMut,
+    pub(crate) write: Vec<u8>,
+    /// Scratch space for parsing response heads.
+    pub(crate) kept: Vec<[u32; 4]>,
+}
+
+impl BackendStream {
+    pub(crate) fn new(io: TcpStream) -> Self {
+        BackendStream {
+            io,
+            read: BytesMut::with_capacity(READ_RESERVE),
+            write: Vec::with_capacity(1024),
+            kept: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the backend has neither closed it nor
+    /// sent anything unasked. Costs a syscall only when the socket has signalled readiness.
+    pub(crate) fn is_alive(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Readiness can be left over from the last response; a read tells.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
+            }
+        }
     }
 }

@@ -1,85 +1,21 @@
-//! Body types: the request body with its size limit, and the response body that counts the bytes
-//! sent to the client.
+//! Body types: the request body as a handler gets it, and the response body that counts the
+//! bytes sent to the client (through a [`UsageHandle`]).
 
-use crate::direct::{DirectBody, HeaderBlock};
-use crate::plane::Target;
-use crate::pool::{HostPool, Sender};
+use crate::direct::{DirectBody, Exchanged, HeaderBlock, Reply};
+use crate::limited::BoxError;
+use crate::pool::{BackendPools, HostPool, Sender};
 use bytes::Bytes;
+use decide::UsageHandle;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// A request's body as the handler gets it: none (read by [`crate::h1`], which takes only
 /// bodiless requests), or hyper's stream.
-pub(crate) enum RequestBody {
+pub enum RequestBody {
     Empty,
     Incoming(Incoming),
-}
-
-/// The request body grew past the limit while streaming.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds {limit} bytes")]
-pub(crate) struct BodyTooLarge {
-    pub(crate) limit: u64,
-}
-
-/// A request body cut off with [`BodyTooLarge`] once more than `limit` bytes went through.
-/// (A declared `Content-Length` over the limit is refused before any of this.)
-pub(crate) struct LimitedBody {
-    inner: Incoming,
-    remaining: u64,
-    limit: u64,
-}
-
-impl LimitedBody {
-    pub(crate) fn new(inner: Incoming, limit: u64) -> Self {
-        LimitedBody {
-            inner,
-            remaining: limit,
-            limit,
-        }
-    }
-}
-
-impl Body for LimitedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > this.remaining {
-                        this.remaining = 0;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: this.limit,
-                        }))));
-                    }
-                    this.remaining -= len;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 enum Kind {
@@ -92,9 +28,9 @@ enum Kind {
 
 /// The backend connection a streamed response came over: back to its pool once the body has
 /// been read to the end, closed (dropped) otherwise.
-pub(crate) struct Checkout {
-    pub(crate) tx: Sender,
-    pub(crate) pool: Arc<HostPool>,
+pub struct Checkout {
+    pub tx: Sender,
+    pub pool: Arc<HostPool>,
 }
 
 impl Checkout {
@@ -105,10 +41,10 @@ impl Checkout {
 
 /// A response body: the backend's, streamed, or one the gateway made. Data frames are added to
 /// the usage cell's outbound bytes as they are handed to hyper for sending.
-pub(crate) struct ResponseBody {
+pub struct ResponseBody {
     kind: Kind,
     /// Whose usage the bytes are counted in.
-    usage: Option<Target>,
+    usage: Option<UsageHandle<BackendPools>>,
     /// The backend's header lines, when it answered a bodiless request: they travel with the
     /// body, as they were read, instead of through a header map. Whoever writes the response
     /// head takes them ([`take_header_block`](Self::take_header_block)).
@@ -116,7 +52,7 @@ pub(crate) struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn full(bytes: Bytes) -> Self {
+    pub fn full(bytes: Bytes) -> Self {
         ResponseBody {
             kind: Kind::Full(Some(bytes)),
             usage: None,
@@ -125,7 +61,7 @@ impl ResponseBody {
     }
 
     /// The backend's body; `conn` goes back to its pool when the body has been read.
-    pub(crate) fn stream(body: Incoming, conn: Option<Checkout>) -> Self {
+    pub fn stream(body: Incoming, conn: Option<Checkout>) -> Self {
         let mut body = ResponseBody {
             kind: Kind::Stream(body, conn),
             usage: None,
@@ -135,21 +71,20 @@ impl ResponseBody {
         body
     }
 
-    /// A body read by [`crate::direct`].
-    pub(crate) fn direct(body: DirectBody) -> Self {
+    /// The body of an exchange of [`crate::direct`], with the backend's header lines.
+    pub(crate) fn direct(exchanged: Exchanged) -> Self {
+        let Exchanged { block, body } = exchanged;
         ResponseBody {
-            kind: Kind::Direct(body),
+            kind: match body {
+                Reply::Whole(bytes) => Kind::Full(Some(bytes)),
+                Reply::Stream(body) => Kind::Direct(body),
+            },
             usage: None,
-            header_block: None,
+            header_block: Some(block),
         }
     }
 
-    pub(crate) fn with_header_block(mut self, block: HeaderBlock) -> Self {
-        self.header_block = Some(block);
-        self
-    }
-
-    pub(crate) fn take_header_block(&mut self) -> Option<HeaderBlock> {
+    pub fn take_header_block(&mut self) -> Option<HeaderBlock> {
         self.header_block.take()
     }
 
@@ -163,9 +98,9 @@ impl ResponseBody {
         }
     }
 
-    /// Counts the body's bytes, as they are sent, in the usage of what the request resolved to.
-    pub(crate) fn count_into(&mut self, target: Target) {
-        self.usage = Some(target);
+    /// Counts the body's bytes, as they are sent, in `usage` (what the request resolved to).
+    pub fn count_into(&mut self, usage: UsageHandle<BackendPools>) {
+        self.usage = Some(usage);
     }
 }
 
@@ -193,8 +128,7 @@ impl Body for ResponseBody {
                 .poll_data(cx)
                 .map(|data| data.map(|data| data.map(Frame::data))),
         };
-        if let (Poll::Ready(Some(Ok(frame))), Some(usage)) =
-            (&polled, this.usage.as_ref().and_then(Target::usage))
+        if let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
             && let Some(data) = frame.data_ref()
         {
             usage.add_bytes(data.len() as u64);

@@ -3,10 +3,10 @@
 //! counters + status counter. Baselines in the same run: a bare `matchit` lookup of the same
 //! pattern set, and one read of the monotonic clock (which the decision includes).
 //!
-//! Run: `cargo bench -p dataplane --bench hot_path`.
+//! Run: `cargo bench -p decide --bench hot_path`.
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use dataplane::{Dataplane, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, Stage};
+use decide::{Dataplane, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, Stage};
 use http::{Method, StatusCode};
 use std::time::{Duration, Instant};
 
@@ -74,7 +74,7 @@ fn config() -> DataplaneConfig {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let dp = Dataplane::new(1);
+    let dp: Dataplane = Dataplane::new(1);
     let report = dp.publish(&config());
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     assert_eq!(report.routes, GROUPS * APIS);

@@ -1,74 +1,28 @@
 //! [`Dataplane`]: the compiled configuration, the instances with their limiters and shares, the
 //! usage and metric counters, and the decision half of the hot path ([`Dataplane::decide`]).
-//! How the configuration gets compiled and swapped in is in [`crate::publish`].
+//! What the configuration compiles to is in [`crate::compiled`]; how it gets compiled and
+//! swapped in, in [`crate::publish`].
 
-use crate::access::{AppAuth, IpAcl};
-use crate::clock::{Clock, MonotonicClock, Nanos};
+use crate::access::AppAuth;
+use crate::backend::{Unconnected, Upstreams};
+use crate::compiled::{Api, Snapshot, Statuses, Target, UsageHandle, lock};
 use crate::config::Stage;
 use crate::error::GatewayError;
 use crate::instance::InstanceState;
-use crate::limiter::DEFAULT_BURST;
+use crate::loaded::Loaded;
 use crate::metrics::{self, GlobalStats, InstanceView, StatusCounters};
-use crate::pool::{BackendPools, PoolOptions};
-use crate::proxy::Backend;
-use crate::publish::Loaded;
-use crate::request_id::RequestIds;
+use crate::options::DataplaneOptions;
+use crate::request_id::{RequestId, RequestIds};
 use crate::router::{Lookup, Router};
-use crate::shares::{DEFAULT_SHARE_FLOOR, DemandReport, DemandTracker};
-use crate::usage::{UsageCell, UsageDelta, UsageRegistry};
+use crate::shares::{DemandReport, DemandTracker};
+use crate::usage::UsageRegistry;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Method;
-use std::collections::HashMap;
+use model::UsageDelta;
+use model::clock::{Clock, Nanos};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Tunables of a [`Dataplane`]; `Default` gives production values.
-#[derive(Clone)]
-pub struct DataplaneOptions {
-    /// This node's id (in request ids; excluded from its own peers).
-    pub node_id: u64,
-    pub clock: Arc<dyn Clock>,
-    /// Limiter burst tolerance, as a duration of quota.
-    pub burst: Duration,
-    /// Least fraction of a ceiling a serving node keeps (see [`crate::share`]).
-    pub share_floor: f64,
-    /// Shortest window offered rates are measured over.
-    pub demand_window: Duration,
-    /// Peer reports older than this are ignored.
-    pub stale_after: Duration,
-    pub backend_connect_timeout: Duration,
-    pub backend_pool_idle_timeout: Duration,
-    pub backend_pool_max_idle_per_host: usize,
-}
-
-impl Default for DataplaneOptions {
-    fn default() -> Self {
-        DataplaneOptions {
-            node_id: 0,
-            clock: Arc::new(MonotonicClock::new()),
-            burst: DEFAULT_BURST,
-            share_floor: DEFAULT_SHARE_FLOOR,
-            demand_window: Duration::from_millis(100),
-            stale_after: Duration::from_secs(1),
-            backend_connect_timeout: Duration::from_secs(3),
-            backend_pool_idle_timeout: Duration::from_secs(60),
-            backend_pool_max_idle_per_host: 256,
-        }
-    }
-}
-
-impl std::fmt::Debug for DataplaneOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataplaneOptions")
-            .field("node_id", &self.node_id)
-            .field("burst", &self.burst)
-            .field("share_floor", &self.share_floor)
-            .field("demand_window", &self.demand_window)
-            .field("stale_after", &self.stale_after)
-            .finish_non_exhaustive()
-    }
-}
 
 /// What [`Dataplane::publish`] or [`Dataplane::update`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,16 +50,16 @@ pub struct InstanceShare {
 
 /// What access control needs of a request: the client's address, and the parts a signature
 /// covers.
-pub(crate) struct Access<'a> {
-    pub(crate) peer: Option<std::net::IpAddr>,
-    pub(crate) method: &'a Method,
-    pub(crate) uri: &'a http::Uri,
-    pub(crate) headers: &'a http::HeaderMap,
+pub struct Access<'a> {
+    pub peer: Option<std::net::IpAddr>,
+    pub method: &'a Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a http::HeaderMap,
 }
 
 impl Access<'_> {
     /// The refusal of the API's access control, if any.
-    fn check(&self, api: &Api, apps: &AppAuth) -> Option<crate::access::Denied> {
+    fn check<U: Upstreams>(&self, api: &Api<U>, apps: &AppAuth) -> Option<crate::access::Denied> {
         if let Some(ip) = self.peer {
             for acl in [&api.group.acl, &api.acl].into_iter().flatten() {
                 if let Err(d) = acl.check(ip) {
@@ -124,54 +78,14 @@ impl Access<'_> {
     }
 }
 
-/// A group, compiled.
-pub(crate) struct GroupCtx {
-    pub(crate) name: String,
-    pub(crate) account: String,
-    /// `None` when the group lets every address in.
-    pub(crate) acl: Option<IpAcl>,
-    pub(crate) instance: Arc<InstanceState>,
-    /// Changed in place when a group changes in nothing else (an account suspended or
-    /// restored), so that this most frequent change of a billing cycle recompiles nothing.
-    pub(crate) suspended: AtomicBool,
-    pub(crate) unmatched_usage: Arc<UsageCell>,
-    pub(crate) unmatched_status: Arc<StatusCounters>,
-}
-
-/// A deployed API, compiled.
-pub(crate) struct Api {
-    pub(crate) group: Arc<GroupCtx>,
-    /// For APIs whose auth type is APP: the apps (by name) authorised on the API. Their keys and
-    /// secrets are looked up at request time ([`AppAuth`]), so app changes recompile no route.
-    pub(crate) app_grants: Option<Box<[String]>>,
-    /// The API's own IP access control, checked after its group's; `None` lets all in.
-    pub(crate) acl: Option<IpAcl>,
-    pub(crate) name: String,
-    pub(crate) backend: Backend,
-    pub(crate) timeout: Duration,
-    pub(crate) usage: Arc<UsageCell>,
-    pub(crate) status: Arc<StatusCounters>,
-}
-
-/// The immutable compiled configuration the hot path reads through an `ArcSwap`. Both parts
-/// are persistent maps, so that each configuration change makes the next snapshot from the
-/// previous one in O(1) plus what changed, and the two share the rest.
-pub(crate) struct Snapshot {
-    pub(crate) router: Router<Arc<Api>, Arc<GroupCtx>>,
-    pub(crate) instances: imbl::OrdMap<Arc<str>, Arc<InstanceState>>,
-}
-
-/// Status counters by (instance, API): the labels of the per-route metrics.
-pub(crate) type Statuses = HashMap<(String, String), Arc<StatusCounters>>;
-
-pub(crate) struct Inner {
+pub(crate) struct Inner<U: Upstreams> {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) burst: Duration,
-    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) snapshot: ArcSwap<Snapshot<U>>,
     /// What is loaded, kept for incremental updates. Held by a publish or update for its
     /// whole compile (which serialises writers), and by nothing else: not by the hot path,
     /// metrics or usage draining.
-    pub(crate) loaded: Mutex<Loaded>,
+    pub(crate) loaded: Mutex<Loaded<U>>,
     /// Usage cells by key. Taken briefly by a compile (to fetch one group's cells) and by
     /// [`Dataplane::drain_usage`].
     pub(crate) usage: Mutex<UsageRegistry>,
@@ -183,7 +97,7 @@ pub(crate) struct Inner {
     /// The apps' keys and secrets, and the nonces of signed calls seen in the last 15
     /// minutes (across config changes).
     pub(crate) apps: AppAuth,
-    pub(crate) pools: BackendPools,
+    pub(crate) pools: U,
     pub(crate) global: GlobalStats,
     /// The serving gate: while set, every request is answered 503 `NodeNotServing` with this
     /// reason (see [`Dataplane::set_not_serving`]). `gate_closed` mirrors it so that the hot
@@ -193,50 +107,34 @@ pub(crate) struct Inner {
 }
 
 /// The data plane of one node. Cheap to clone; all clones share state.
-#[derive(Clone)]
-pub struct Dataplane {
-    pub(crate) inner: Arc<Inner>,
+pub struct Dataplane<U: Upstreams = Unconnected> {
+    pub(crate) inner: Arc<Inner<U>>,
 }
 
-impl std::fmt::Debug for Dataplane {
+impl<U: Upstreams> Clone for Dataplane<U> {
+    fn clone(&self) -> Self {
+        Dataplane {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<U: Upstreams> std::fmt::Debug for Dataplane<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataplane").finish_non_exhaustive()
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The state behind these locks stays consistent even if a holder panicked.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Who a request is attributed to.
-pub(crate) enum Target {
-    Api(Arc<Api>),
-    Group(Arc<GroupCtx>),
-    Nobody,
-}
-
-impl Target {
-    /// The usage cell the request's calls and bytes are counted in.
-    pub(crate) fn usage(&self) -> Option<&UsageCell> {
-        match self {
-            Target::Api(api) => Some(&api.usage),
-            Target::Group(g) => Some(&g.unmatched_usage),
-            Target::Nobody => None,
-        }
-    }
-}
-
 /// The outcome of [`Dataplane::decide`]: the request is either admitted for forwarding, or
 /// answered by the gateway with an error.
-pub struct Verdict {
-    pub(crate) target: Target,
+pub struct Verdict<U: Upstreams = Unconnected> {
+    pub(crate) target: Target<U>,
     pub(crate) rejection: Option<GatewayError>,
     /// Bytes of the request path taken by the group's base path.
     pub(crate) base_len: usize,
 }
 
-impl std::fmt::Debug for Verdict {
+impl<U: Upstreams> std::fmt::Debug for Verdict<U> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Verdict")
             .field("api", &self.api())
@@ -245,7 +143,7 @@ impl std::fmt::Debug for Verdict {
     }
 }
 
-impl Verdict {
+impl<U: Upstreams> Verdict<U> {
     /// Admitted: the request goes to its backend.
     pub fn is_admitted(&self) -> bool {
         self.rejection.is_none() && matches!(self.target, Target::Api(_))
@@ -274,17 +172,32 @@ impl Verdict {
         }
     }
 
-    /// What the request resolved to, for counting its response bytes (see
-    /// [`crate::body::ResponseBody::count_into`]): moved, not cloned, so that the request
-    /// touches the route's shared reference count only once.
-    pub(crate) fn into_target(self) -> Target {
-        self.target
+    /// The API the request goes to, when it is admitted.
+    #[inline]
+    pub fn admitted_api(&self) -> Option<&Api<U>> {
+        match (&self.target, &self.rejection) {
+            (Target::Api(api), None) => Some(api),
+            _ => None,
+        }
+    }
+
+    /// Bytes of the request path taken by the group's base path: the backend gets the rest.
+    #[inline]
+    pub fn base_len(&self) -> usize {
+        self.base_len
+    }
+
+    /// Where the response's bytes are counted: moved out of the verdict, not cloned, so that
+    /// the request touches the route's shared reference count only once.
+    #[inline]
+    pub fn into_usage(self) -> UsageHandle<U> {
+        UsageHandle(self.target)
     }
 
     /// Counts the response status in the metrics of the API (or group) the request resolved to.
     /// The server calls it when the response head is ready.
     #[inline]
-    pub fn record_status(&self, dataplane: &Dataplane, status: http::StatusCode) {
+    pub fn record_status(&self, dataplane: &Dataplane<U>, status: http::StatusCode) {
         let status = status.as_u16();
         match &self.target {
             Target::Api(api) => api.status.record(status),
@@ -294,7 +207,7 @@ impl Verdict {
     }
 }
 
-impl Dataplane {
+impl<U: Upstreams> Dataplane<U> {
     /// A data plane with default options for node `node_id`, with an empty configuration.
     pub fn new(node_id: u64) -> Self {
         Self::with_options(DataplaneOptions {
@@ -304,12 +217,7 @@ impl Dataplane {
     }
 
     pub fn with_options(options: DataplaneOptions) -> Self {
-        let pools = BackendPools::new(PoolOptions {
-            clock: options.clock.clone(),
-            connect_timeout: options.backend_connect_timeout,
-            idle_timeout: options.backend_pool_idle_timeout,
-            max_idle: options.backend_pool_max_idle_per_host,
-        });
+        let pools = U::new(&options);
         let demand = DemandTracker::new(
             options.node_id,
             options.demand_window.as_nanos() as u64,
@@ -360,9 +268,31 @@ impl Dataplane {
         self.inner.clock.now()
     }
 
+    /// The next request id (unique across the cluster: it carries the node id).
+    #[inline]
+    pub fn next_request_id(&self) -> RequestId {
+        self.inner.request_ids.next()
+    }
+
+    /// Counts a client connection opened (`true`) or closed, for the `open_connections` gauge.
+    pub fn count_connection(&self, opened: bool) {
+        let open = &self.inner.global.open_connections;
+        if opened {
+            open.fetch_add(1, Relaxed);
+        } else {
+            open.fetch_sub(1, Relaxed);
+        }
+    }
+
     /// Admission on this data plane's clock; see [`decide_at`](Self::decide_at).
     #[inline]
-    pub fn decide(&self, host: Option<&str>, stage: Stage, method: &Method, path: &str) -> Verdict {
+    pub fn decide(
+        &self,
+        host: Option<&str>,
+        stage: Stage,
+        method: &Method,
+        path: &str,
+    ) -> Verdict<U> {
         self.decide_with(
             host,
             stage,
@@ -384,7 +314,7 @@ impl Dataplane {
         method: &Method,
         path: &str,
         now: Nanos,
-    ) -> Verdict {
+    ) -> Verdict<U> {
         self.decide_with(host, stage, method, path, None, None, now)
     }
 
@@ -392,7 +322,7 @@ impl Dataplane {
     /// a body over the limit) is still resolved and counted, but takes no limiter slot.
     // The hot path's inputs, passed as they are rather than gathered into a struct per request.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn decide_with(
+    pub fn decide_with(
         &self,
         host: Option<&str>,
         stage: Stage,
@@ -401,7 +331,7 @@ impl Dataplane {
         early: Option<GatewayError>,
         access: Option<&Access<'_>>,
         now: Nanos,
-    ) -> Verdict {
+    ) -> Verdict<U> {
         if self.inner.gate_closed.load(Relaxed)
             && let Some(reason) = self.inner.gate_reason.load_full()
         {
@@ -517,7 +447,7 @@ impl Dataplane {
         }
     }
 
-    fn apply_shares(demand: &DemandTracker, snapshot: &Snapshot, now: Nanos) {
+    fn apply_shares(demand: &DemandTracker, snapshot: &Snapshot<U>, now: Nanos) {
         let mut scratch = Vec::new();
         for instance in snapshot.instances.values() {
             let ceiling = f64::from(instance.ceiling_and_share().0);
@@ -530,7 +460,7 @@ impl Dataplane {
         self.shares_of(&self.inner.snapshot.load())
     }
 
-    fn shares_of(&self, snapshot: &Snapshot) -> Vec<InstanceShare> {
+    fn shares_of(&self, snapshot: &Snapshot<U>) -> Vec<InstanceShare> {
         let demand = lock(&self.inner.demand);
         snapshot
             .instances

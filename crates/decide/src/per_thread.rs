@@ -7,7 +7,7 @@
 //! proxy's user time. Here each thread writes its own slot, and readers (a scrape, a usage
 //! drain, a demand report), which are rare, sum the slots.
 //!
-//! A thread's slot is set by [`set_slot`] (the server threads do, see [`crate::threads`]);
+//! A thread's slot is set by [`set_slot`] (the server threads do, see the `dataplane` crate);
 //! other threads use slot 0. Threads sharing a slot stay correct (the slots are atomics), only
 //! slower.
 
@@ -21,7 +21,7 @@ thread_local! {
 
 /// Slots per value: one per data-plane thread, as many as the CPUs (at most 16; more threads
 /// share slots).
-pub(crate) fn slot_count() -> usize {
+pub fn slot_count() -> usize {
     // Read once: `available_parallelism` reads the cgroup's CPU quota files on every call
     // (~30 us), and every counter of every compiled route asks.
     static SLOTS: OnceLock<usize> = OnceLock::new();
@@ -29,24 +29,24 @@ pub(crate) fn slot_count() -> usize {
 }
 
 /// Makes this thread use slot `index` (modulo [`slot_count`]).
-pub(crate) fn set_slot(index: usize) {
+pub fn set_slot(index: usize) {
     SLOT.with(|s| s.set(index));
 }
 
 /// This thread's slot, below `len`.
 #[inline]
-pub(crate) fn slot(len: usize) -> usize {
+pub fn slot(len: usize) -> usize {
     SLOT.with(|s| s.get()) % len
 }
 
 /// A value aligned to two cache lines: x86's adjacent-line prefetcher pulls lines in pairs.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub(crate) struct Padded<T>(pub(crate) T);
+pub struct Padded<T>(pub T);
 
 /// One `T` per thread slot.
 #[derive(Debug)]
-pub(crate) struct PerThread<T> {
+pub struct PerThread<T> {
     slots: Box<[Padded<T>]>,
 }
 
@@ -61,34 +61,34 @@ impl<T: Default> Default for PerThread<T> {
 impl<T> PerThread<T> {
     /// This thread's value.
     #[inline]
-    pub(crate) fn local(&self) -> &T {
+    pub fn local(&self) -> &T {
         &self.slots[slot(self.slots.len())].0
     }
 
     /// This thread's slot number and value.
     #[inline]
-    pub(crate) fn local_indexed(&self) -> (usize, &T) {
+    pub fn local_indexed(&self) -> (usize, &T) {
         let i = slot(self.slots.len());
         (i, &self.slots[i].0)
     }
 
     /// Every thread's value.
-    pub(crate) fn all(&self) -> impl Iterator<Item = &T> {
+    pub fn all(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().map(|p| &p.0)
     }
 }
 
 /// A counter summed over threads.
 #[derive(Debug, Default)]
-pub(crate) struct Counter(PerThread<AtomicU64>);
+pub struct Counter(PerThread<AtomicU64>);
 
 impl Counter {
     #[inline]
-    pub(crate) fn add(&self, n: u64) {
+    pub fn add(&self, n: u64) {
         self.0.local().fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn get(&self) -> u64 {
+    pub fn get(&self) -> u64 {
         self.0
             .all()
             .map(|c| c.load(Relaxed))

@@ -2,10 +2,10 @@
 //! `ceiling * share`, and its counters. One per instance name, kept across publishes so that
 //! neither the limiter's booking nor the counters are lost when the configuration changes.
 
-use crate::clock::Nanos;
 use crate::limiter::GcraLimiter;
 use crate::metrics::InstanceStats;
 use crate::per_thread::Counter;
+use model::clock::Nanos;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -22,7 +22,7 @@
 //! rather than keep a dead node's part unused. The price of that choice: while the cluster is
 //! partitioned, each side admits up to the ceiling.
 
-use crate::clock::Nanos;
+use model::clock::Nanos;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 

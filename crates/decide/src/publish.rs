@@ -28,69 +28,18 @@
 //! status counters across any number of changes: no counted call is lost.
 
 use crate::access::{AppCredential, AppKey, IpAcl};
+use crate::backend::{Backend, Upstreams};
+use crate::compiled::{Api, GroupCtx, Snapshot, Statuses, lock};
 use crate::config::{ConfigUpdate, DataplaneConfig, GroupConfig, InstanceConfig, IpRules};
 use crate::instance::InstanceState;
+use crate::loaded::{CompiledGroup, Loaded, LoadedGroup, LoadedInstance};
 use crate::metrics::StatusCounters;
-use crate::plane::{Api, Dataplane, GroupCtx, PublishReport, Snapshot, Statuses, lock};
-use crate::proxy::Backend;
-use crate::router::{BucketBuilder, BucketKey, Router};
+use crate::plane::{Dataplane, PublishReport};
+use crate::router::{BucketBuilder, BucketKey};
 use crate::usage::{UNMATCHED_API, UsageKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-
-/// An instance as loaded.
-struct LoadedInstance {
-    config: InstanceConfig,
-    /// Kept while the instance exists, so its limiter and counters survive changes.
-    state: Arc<InstanceState>,
-}
-
-/// A group as loaded.
-struct LoadedGroup {
-    config: GroupConfig,
-    /// `None` while its instance is unknown (its APIs are not routed until it appears).
-    compiled: Option<CompiledGroup>,
-}
-
-/// What a group compiled to, kept so that its bucket can be rebuilt without recompiling it
-/// (when another group at the same host and base path changes).
-struct CompiledGroup {
-    key: BucketKey,
-    ctx: Arc<GroupCtx>,
-    /// The routable deployments: their index in the group's `deployments`, compiled.
-    apis: Vec<(usize, Arc<Api>)>,
-}
-
-/// The groups compiled into one router bucket, and how many routes the bucket holds.
-#[derive(Default)]
-struct LoadedBucket {
-    /// By name: a bucket shared by several groups is built in name order, so that which of two
-    /// conflicting patterns wins does not depend on the order of changes.
-    members: BTreeSet<String>,
-    routes: usize,
-}
-
-/// What is loaded in a [`Dataplane`], for incremental updates.
-#[derive(Default)]
-pub(crate) struct Loaded {
-    instances: HashMap<String, LoadedInstance>,
-    /// The snapshot's instances, cloned into each snapshot in O(1).
-    instance_states: imbl::OrdMap<Arc<str>, Arc<InstanceState>>,
-    groups: HashMap<String, LoadedGroup>,
-    /// The names of the groups on each instance (compiled, or waiting for the instance): what an
-    /// instance change recompiles, found without a scan.
-    by_instance: HashMap<String, BTreeSet<String>>,
-    buckets: HashMap<BucketKey, LoadedBucket>,
-    /// The router of the current snapshot; each change edits it and clones it into the next.
-    router: Router<Arc<Api>, Arc<GroupCtx>>,
-    /// Deployed APIs routable: the sum of the buckets' routes.
-    routes: usize,
-    apps: HashMap<String, AppCredential>,
-    /// The apps claiming each key. Keys are unique in a valid configuration; when they are not,
-    /// the first claimant by name holds the key, whatever the order of the changes was.
-    key_claims: HashMap<String, BTreeSet<String>>,
-}
 
 /// A change to apply: borrowed from a [`ConfigUpdate`], or the difference between a full
 /// configuration and what is loaded.
@@ -105,17 +54,27 @@ struct Changes<'a> {
 }
 
 /// What applying a change found to do.
-#[derive(Default)]
-struct Work {
+struct Work<U: Upstreams> {
     /// Groups to recompile (or to take out of the router), in name order.
     groups: BTreeSet<String>,
     /// Router buckets to rebuild (or remove).
     buckets: BTreeSet<BucketKey>,
     /// Compiled groups replaced or removed: dropped after the swap, and then the counters and
     /// pools only they used are released.
-    retired: Vec<CompiledGroup>,
+    retired: Vec<CompiledGroup<U>>,
     /// New instances and changed ceilings: their shares are set after the swap.
     shares: Vec<Arc<InstanceState>>,
+}
+
+impl<U: Upstreams> Default for Work<U> {
+    fn default() -> Self {
+        Work {
+            groups: BTreeSet::new(),
+            buckets: BTreeSet::new(),
+            retired: Vec::new(),
+            shares: Vec::new(),
+        }
+    }
 }
 
 /// True when `a` and `b` differ at most in `suspended`.
@@ -168,7 +127,7 @@ fn status_of(statuses: &mut Statuses, instance: &str, api: &str) -> Arc<StatusCo
         .clone()
 }
 
-impl Dataplane {
+impl<U: Upstreams> Dataplane<U> {
     /// Replaces the whole configuration with `config` (at startup, after a snapshot, in
     /// tests). It is diffed against what is loaded and only the difference is compiled (see
     /// [`update`](Self::update)); an entry configured twice is warned about and its first
@@ -244,7 +203,7 @@ impl Dataplane {
 
     fn apply(
         &self,
-        loaded: &mut Loaded,
+        loaded: &mut Loaded<U>,
         changes: &Changes<'_>,
         mut report: PublishReport,
     ) -> PublishReport {
@@ -271,7 +230,7 @@ impl Dataplane {
         report
     }
 
-    fn apply_instances(&self, loaded: &mut Loaded, changes: &Changes<'_>, work: &mut Work) {
+    fn apply_instances(&self, loaded: &mut Loaded<U>, changes: &Changes<'_>, work: &mut Work<U>) {
         let n_nodes = self.inner.n_nodes.load(Relaxed).max(1);
         for &ic in &changes.instances {
             match loaded.instances.get_mut(&ic.name) {
@@ -320,7 +279,12 @@ impl Dataplane {
     }
 
     /// App changes edit the shared key map: O(log n) each, and no route is recompiled.
-    fn apply_apps(&self, loaded: &mut Loaded, changes: &Changes<'_>, report: &mut PublishReport) {
+    fn apply_apps(
+        &self,
+        loaded: &mut Loaded<U>,
+        changes: &Changes<'_>,
+        report: &mut PublishReport,
+    ) {
         let mut changed_keys = BTreeSet::new();
         for &a in &changes.apps {
             if let Some(old) = loaded.apps.get(&a.name) {
@@ -377,7 +341,12 @@ impl Dataplane {
     }
 
     /// Compiles the marked groups and notes the buckets they left and joined.
-    fn compile_groups(&self, loaded: &mut Loaded, work: &mut Work, report: &mut PublishReport) {
+    fn compile_groups(
+        &self,
+        loaded: &mut Loaded<U>,
+        work: &mut Work<U>,
+        report: &mut PublishReport,
+    ) {
         for name in std::mem::take(&mut work.groups) {
             let Some(lg) = loaded.groups.get_mut(&name) else {
                 continue;
@@ -415,11 +384,11 @@ impl Dataplane {
         g: &GroupConfig,
         instance: &LoadedInstance,
         report: &mut PublishReport,
-    ) -> CompiledGroup {
+    ) -> CompiledGroup<U> {
         let acl = compile_acl(g.acl.as_ref(), || format!("group '{}'", g.name), report);
         let mut backends = Vec::with_capacity(g.deployments.len());
         for (i, d) in g.deployments.iter().enumerate() {
-            match Backend::parse(&d.backend, &self.inner.pools) {
+            match Backend::parse(&d.backend, |a| self.inner.pools.pool(a)) {
                 Ok(b) => backends.push((i, b)),
                 Err(e) => report
                     .warnings
@@ -503,7 +472,7 @@ impl Dataplane {
     /// still held by a request in flight are swept at the next scrape
     /// ([`Dataplane::render_metrics`]). Usage cells are not touched: a drain takes their last
     /// counts before forgetting them.
-    fn release(&self, retired: Vec<CompiledGroup>) {
+    fn release(&self, retired: Vec<CompiledGroup<U>>) {
         if retired.is_empty() {
             return;
         }
@@ -531,7 +500,7 @@ impl Dataplane {
 }
 
 /// Applies group upserts and removals to what is loaded, marking what must be recompiled.
-fn apply_groups(loaded: &mut Loaded, changes: &Changes<'_>, work: &mut Work) {
+fn apply_groups<U: Upstreams>(loaded: &mut Loaded<U>, changes: &Changes<'_>, work: &mut Work<U>) {
     for &g in &changes.groups {
         match loaded.groups.get_mut(&g.name) {
             Some(lg) if lg.config == *g => {}
@@ -613,7 +582,11 @@ fn unindex(by_instance: &mut HashMap<String, BTreeSet<String>>, instance: &str, 
 
 /// Rebuilds the router buckets at `keys` from their member groups' compiled APIs (normally one
 /// group each), or removes the empty ones. O(size of those buckets + log n) each.
-fn rebuild_buckets(loaded: &mut Loaded, keys: &BTreeSet<BucketKey>, report: &mut PublishReport) {
+fn rebuild_buckets<U: Upstreams>(
+    loaded: &mut Loaded<U>,
+    keys: &BTreeSet<BucketKey>,
+    report: &mut PublishReport,
+) {
     for key in keys {
         let Some(lb) = loaded.buckets.get_mut(key) else {
             continue;
@@ -655,15 +628,52 @@ fn rebuild_buckets(loaded: &mut Loaded, keys: &BTreeSet<BucketKey>, report: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::FakeClock;
     use crate::config::{DeployedApi, Stage};
-    use crate::plane::{Access, DataplaneOptions};
+    use crate::options::DataplaneOptions;
+    use crate::plane::Access;
     use http::Method;
+    use model::clock::FakeClock;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::time::Duration;
 
     const SEC: u64 = 1_000_000_000;
+
+    /// Pools counted as the server's are (one per authority, released once unused), so that
+    /// the tests see what publishing keeps.
+    #[derive(Default)]
+    struct Counted(std::sync::Mutex<HashMap<http::uri::Authority, Arc<()>>>);
+
+    impl Upstreams for Counted {
+        type Pool = Arc<()>;
+
+        fn new(_: &DataplaneOptions) -> Self {
+            Counted::default()
+        }
+
+        fn pool(&self, authority: &http::uri::Authority) -> Arc<()> {
+            lock(&self.0).entry(authority.clone()).or_default().clone()
+        }
+
+        fn release(&self, authorities: &[http::uri::Authority]) {
+            let mut pools = lock(&self.0);
+            for a in authorities {
+                if pools.get(a).is_some_and(|p| Arc::strong_count(p) == 1) {
+                    pools.remove(a);
+                }
+            }
+        }
+
+        fn retain_used(&self) {
+            lock(&self.0).retain(|_, p| Arc::strong_count(p) > 1);
+        }
+
+        fn len(&self) -> usize {
+            lock(&self.0).len()
+        }
+    }
+
+    type Dataplane = crate::plane::Dataplane<Counted>;
 
     fn dataplane() -> Dataplane {
         Dataplane::with_options(DataplaneOptions {
@@ -703,11 +713,11 @@ mod tests {
         g
     }
 
-    fn get(dp: &Dataplane, path: &str) -> crate::Verdict {
+    fn get(dp: &Dataplane, path: &str) -> crate::Verdict<Counted> {
         dp.decide(None, Stage::Release, &Method::GET, path)
     }
 
-    fn code(v: &crate::Verdict) -> Option<&'static str> {
+    fn code(v: &crate::Verdict<Counted>) -> Option<&'static str> {
         v.rejection().map(|e| e.code())
     }
 

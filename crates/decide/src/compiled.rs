@@ -1,0 +1,122 @@
+//! The configuration as the hot path reads it: groups and APIs compiled, with their counters and
+//! backends, in an immutable [`Snapshot`]; and who a request is attributed to ([`Target`]).
+
+use crate::access::IpAcl;
+use crate::backend::{Backend, Upstreams};
+use crate::instance::InstanceState;
+use crate::metrics::StatusCounters;
+use crate::router::Router;
+use crate::usage::UsageCell;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A group, compiled.
+pub(crate) struct GroupCtx {
+    pub(crate) name: String,
+    pub(crate) account: String,
+    /// `None` when the group lets every address in.
+    pub(crate) acl: Option<IpAcl>,
+    pub(crate) instance: Arc<InstanceState>,
+    /// Changed in place when a group changes in nothing else (an account suspended or
+    /// restored), so that this most frequent change of a billing cycle recompiles nothing.
+    pub(crate) suspended: AtomicBool,
+    pub(crate) unmatched_usage: Arc<UsageCell>,
+    pub(crate) unmatched_status: Arc<StatusCounters>,
+}
+
+/// A deployed API, compiled.
+pub struct Api<U: Upstreams> {
+    pub(crate) group: Arc<GroupCtx>,
+    /// For APIs whose auth type is APP: the apps (by name) authorised on the API. Their keys and
+    /// secrets are looked up at request time ([`AppAuth`]), so app changes recompile no route.
+    pub(crate) app_grants: Option<Box<[String]>>,
+    /// The API's own IP access control, checked after its group's; `None` lets all in.
+    pub(crate) acl: Option<IpAcl>,
+    pub(crate) name: String,
+    pub(crate) backend: Backend<U::Pool>,
+    pub(crate) timeout: Duration,
+    pub(crate) usage: Arc<UsageCell>,
+    pub(crate) status: Arc<StatusCounters>,
+}
+
+impl<U: Upstreams> Api<U> {
+    /// Where the API's requests go.
+    #[inline]
+    pub fn backend(&self) -> &Backend<U::Pool> {
+        &self.backend
+    }
+
+    /// How long the backend may take to answer; zero for the default.
+    #[inline]
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Counts a backend answer that took `elapsed`, in its instance's latency histogram.
+    #[inline]
+    pub fn record_latency(&self, elapsed: Duration) {
+        self.group.instance.stats.latency.record(elapsed);
+    }
+
+    /// Counts a backend that did not answer in time.
+    #[inline]
+    pub fn count_backend_timeout(&self) {
+        self.group.instance.stats.backend_timeouts.add(1);
+    }
+
+    /// Counts a backend that could not be reached or broke off.
+    #[inline]
+    pub fn count_backend_error(&self) {
+        self.group.instance.stats.backend_errors.add(1);
+    }
+}
+
+/// The immutable compiled configuration the hot path reads through an `ArcSwap`. Both parts
+/// are persistent maps, so that each configuration change makes the next snapshot from the
+/// previous one in O(1) plus what changed, and the two share the rest.
+pub(crate) struct Snapshot<U: Upstreams> {
+    pub(crate) router: Router<Arc<Api<U>>, Arc<GroupCtx>>,
+    pub(crate) instances: imbl::OrdMap<Arc<str>, Arc<InstanceState>>,
+}
+
+/// Status counters by (instance, API): the labels of the per-route metrics.
+pub(crate) type Statuses = HashMap<(String, String), Arc<StatusCounters>>;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The state behind these locks stays consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Who a request is attributed to.
+pub(crate) enum Target<U: Upstreams> {
+    Api(Arc<Api<U>>),
+    Group(Arc<GroupCtx>),
+    Nobody,
+}
+
+impl<U: Upstreams> Target<U> {
+    /// The usage cell the request's calls and bytes are counted in.
+    pub(crate) fn usage(&self) -> Option<&UsageCell> {
+        match self {
+            Target::Api(api) => Some(&api.usage),
+            Target::Group(g) => Some(&g.unmatched_usage),
+            Target::Nobody => None,
+        }
+    }
+}
+
+/// The usage a response's bytes are counted in, as the response body sends them: what the
+/// request resolved to, and nothing else of the data plane.
+pub struct UsageHandle<U: Upstreams>(pub(crate) Target<U>);
+
+impl<U: Upstreams> UsageHandle<U> {
+    /// Counts `n` bytes sent to the client.
+    #[inline]
+    pub fn add_bytes(&self, n: u64) {
+        if let Some(usage) = self.0.usage() {
+            usage.add_bytes(n);
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Why the gateway answers a request itself: [`GatewayError`], its status and its stable code.
+//! The response made of one is the server's (see the `upstream` crate's `error_response`).
+
+use http::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the gateway answered a request itself instead of the backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The instance's limiter on this node refused the request.
+    #[error("Throttled by INSTANCE Flow Control (instance {instance})")]
+    Throttled {
+        instance: Arc<str>,
+        retry_after_secs: u64,
+    },
+    /// Refused by the API's access control (IP access control, signature, app authorisation).
+    #[error("{}", .0.message)]
+    Denied(crate::access::Denied),
+    #[error("No API matches {method} {path} in stage {stage}")]
+    NotFound {
+        method: String,
+        path: String,
+        stage: &'static str,
+    },
+    #[error(
+        "Account {account} is suspended for overdue payment: API calls are refused until the \
+         balance is settled; management operations still work"
+    )]
+    AccountSuspended { account: String },
+    #[error("Bad gateway: {0}")]
+    BadGateway(&'static str),
+    #[error("The backend did not answer within {} ms", .0.as_millis())]
+    GatewayTimeout(Duration),
+    #[error("The request body is larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("The request headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("Bad request: {0}")]
+    BadRequest(&'static str),
+    /// This node does not serve API traffic (see [`crate::Dataplane::set_not_serving`]).
+    #[error("This gateway node is not serving API traffic: {reason}")]
+    NodeNotServing { reason: Arc<String> },
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Denied(d) => d.status,
+            GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
+            GatewayError::AccountSuspended { .. } => StatusCode::FORBIDDEN,
+            GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NodeNotServing { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A stable, machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::Throttled { .. } => "Throttled",
+            GatewayError::Denied(d) => d.code,
+            GatewayError::NotFound { .. } => "ApiNotFound",
+            GatewayError::AccountSuspended { .. } => "AccountSuspended",
+            GatewayError::BadGateway(_) => "BackendUnavailable",
+            GatewayError::GatewayTimeout(_) => "BackendTimeout",
+            GatewayError::BodyTooLarge { .. } => "RequestBodyTooLarge",
+            GatewayError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
+            GatewayError::BadRequest(_) => "BadRequest",
+            GatewayError::NodeNotServing { .. } => "NodeNotServing",
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The data plane's decisions: everything the gateway decides about a request before it talks
+//! to a backend, with no I/O, no async runtime and no HTTP server or client in it (the
+//! `upstream` crate talks to backends, the `dataplane` crate serves clients).
+//!
+//! This crate owns:
+//!
+//! - **Routing and publishing**: plain-data configuration, built by the caller from the
+//!   replicated state, compiled into an immutable snapshot (hosts, base paths, stages, methods,
+//!   `matchit` path patterns) swapped in through an `ArcSwap`, so the request path takes no
+//!   lock and in-flight requests keep the snapshot they started with. A [`GroupConfig`] is
+//!   self-contained (its ACLs, app grants and suspension travel with it), so a change costs
+//!   what changed: [`Dataplane::update`] takes a [`ConfigUpdate`] (instances, groups and apps
+//!   upserted or removed by name), recompiles only the named groups and puts their router
+//!   buckets into a persistent map (`imbl`) that the new snapshot shares with the previous
+//!   one; an app change edits only the shared key map of the signature check, and a
+//!   suspension flips a flag in place. [`Dataplane::publish`] takes a whole
+//!   [`DataplaneConfig`] (startup, snapshots) and applies its difference from what is loaded
+//!   the same way. Lookup does not walk the groups: the request path's prefixes are looked up
+//!   by hash (a few lookups, with 5 groups or 5,000).
+//! - **The account gate**: APIs of suspended accounts answer 403.
+//! - **Access checks**: IP access control and signed app calls ([`IpAcl`], [`AppCredential`]).
+//! - **Instance limiters and their cluster shares**: each instance's cluster-wide ceiling C is
+//!   enforced on this node as `C * w` by a lock-free GCRA limiter ([`GcraLimiter`]) whose rate
+//!   changes in place; the share `w` follows the demand that nodes report to each other
+//!   ([`Dataplane::demand_report`], [`Dataplane::apply_peer_demand`], [`share`]).
+//! - **Usage counters** for billing, per (account, instance, API, region)
+//!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//! - **The wire names**: the `X-Ca-*` headers and the byte-level header helpers ([`wire`]).
+//!
+//! A compiled route holds its backend's connection pool, of a type this crate does not know:
+//! [`Dataplane`] is generic over the [`Upstreams`] that keep the pools ([`Unconnected`] when
+//! deciding alone: tests, benchmarks, fuzzing), so the request path looks nothing up and
+//! dispatches nothing dynamically.
+//!
+//! Counters on the hot path are kept per server thread ([`per_thread`]), so that threads never
+//! write each other's cache lines. Time comes from a [`Clock`], so that every decision can be
+//! run on a [`FakeClock`].
+//!
+//! # Layout
+//!
+//! Lower modules first; nothing imports a module above it.
+//!
+//! - [`per_thread`], [`wire`], `limiter`: leaves. Time comes from `model`'s [`Clock`].
+//! - `error`, `config`, `access`, [`request_id`], `metrics`, `usage`, `shares`, `router`:
+//!   the checks and counters a decision uses.
+//! - `instance`: an instance's limiter and counters.
+//! - `options`: a data plane's tunables; `backend`: backend addresses and the [`Upstreams`]
+//!   seam.
+//! - `compiled`: groups and APIs compiled, the snapshot the hot path reads;
+//!   `loaded`: what is loaded, for incremental updates.
+//! - `plane`: [`Dataplane`], its state and counters, and the decision itself
+//!   ([`Dataplane::decide`]).
+//! - `publish`: compiling a change into the next snapshot.
+
+mod access;
+mod backend;
+mod compiled;
+mod config;
+mod error;
+mod instance;
+mod limiter;
+mod loaded;
+mod metrics;
+mod options;
+pub mod per_thread;
+mod plane;
+mod publish;
+pub mod request_id;
+mod router;
+mod shares;
+mod usage;
+pub mod wire;
+
+pub use access::{AppCredential, Denied, IpAcl};
+pub use backend::{Backend, BackendError, DEFAULT_BACKEND_TIMEOUT, Unconnected, Upstreams};
+pub use catalog::SHARED_INSTANCE;
+pub use compiled::{Api, UsageHandle};
+pub use config::{
+    ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules,
+};
+pub use error::GatewayError;
+pub use limiter::{DEFAULT_BURST, GcraLimiter};
+pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
+pub use model::{Stage, UsageDelta};
+pub use options::DataplaneOptions;
+pub use plane::{Access, Dataplane, InstanceShare, PublishReport, Verdict};
+pub use router::RouteError;
+pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
+pub use usage::UNMATCHED_API;
