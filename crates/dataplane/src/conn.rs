@@ -69,6 +69,9 @@ pub(crate) struct ConnInfo {
     pub(crate) heads: AtomicU64,
     /// The server is shutting down: finish the request in hand, then close.
     pub(crate) draining: AtomicBool,
+    /// The node is leaving ([`decide::Dataplane::begin_closing`]): answer HTTP/1 requests
+    /// with `Connection: close`, so clients reconnect elsewhere while this node still serves.
+    pub(crate) closing: Arc<AtomicBool>,
 }
 
 pub(crate) struct AwaitingBackend<'a>(&'a AtomicU32);

@@ -102,7 +102,8 @@ where
                     let method_head = head.request.method() == Method::HEAD;
                     let version_10 = head.request.version() == http::Version::HTTP_10;
                     let response = handler(head.request, info.clone()).await;
-                    let keep_alive = keep_alive && !info.draining.load(Relaxed);
+                    let keep_alive =
+                        keep_alive && !info.draining.load(Relaxed) && !info.closing.load(Relaxed);
                     let exchange = Exchange {
                         keep_alive,
                         method_head,

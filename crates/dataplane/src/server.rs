@@ -64,6 +64,10 @@ where
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let builder = Arc::new(http_builder(&limits));
+    let closing = open_connections
+        .as_ref()
+        .map(|dp| dp.closing_flag())
+        .unwrap_or_default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -88,6 +92,7 @@ where
             waiting_head: AtomicBool::new(false),
             heads: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            closing: closing.clone(),
         });
         let conn = Connection {
             info,
@@ -242,11 +247,20 @@ async fn serve_connection<S, H, Fut>(
         let handler = handler.clone();
         let info = service_info.clone();
         let req = req.map(RequestBody::Incoming);
+        let req_version = req.version();
         async move {
-            let mut response = handler(req, info).await;
+            let version = req_version;
+            let mut response = handler(req, info.clone()).await;
             // hyper writes heads from the map only.
             if let Some(block) = response.body_mut().take_header_block() {
                 block.into_map(response.headers_mut());
+            }
+            // Leaving: hyper closes an HTTP/1 connection after a response that says so.
+            if info.closing.load(Relaxed) && version < http::Version::HTTP_2 {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             Ok::<_, Infallible>(response)
         }

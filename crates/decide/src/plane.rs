@@ -102,6 +102,8 @@ pub(crate) struct Inner<U: Upstreams> {
     /// The serving gate: while set, every request is answered 503 `NodeNotServing` with this
     /// reason (see [`Dataplane::set_not_serving`]). `gate_closed` mirrors it so that the hot
     /// path reads one relaxed boolean while the gate is open.
+    /// Set once when the node begins to leave ([`Dataplane::begin_closing`]).
+    pub(crate) closing: Arc<AtomicBool>,
     pub(crate) gate_closed: AtomicBool,
     pub(crate) gate_reason: ArcSwapOption<String>,
 }
@@ -241,6 +243,7 @@ impl<U: Upstreams> Dataplane<U> {
                 apps: AppAuth::new(Arc::new(signer::NonceCache::new(1 << 20))),
                 pools,
                 global: GlobalStats::default(),
+                closing: Arc::new(AtomicBool::new(false)),
                 gate_closed: AtomicBool::new(false),
                 gate_reason: ArcSwapOption::empty(),
             }),
@@ -272,6 +275,18 @@ impl<U: Upstreams> Dataplane<U> {
     #[inline]
     pub fn next_request_id(&self) -> RequestId {
         self.inner.request_ids.next()
+    }
+
+    /// The node is going away: from now on every HTTP/1 response says `Connection: close`, so
+    /// that keep-alive clients move to another node before the listener closes (see
+    /// [`Dataplane::closing_flag`]). There is no way back: a node leaves once.
+    pub fn begin_closing(&self) {
+        self.inner.closing.store(true, Relaxed);
+    }
+
+    /// The flag [`Dataplane::begin_closing`] sets, for the servers' connections to read.
+    pub fn closing_flag(&self) -> Arc<AtomicBool> {
+        self.inner.closing.clone()
     }
 
     /// Counts a client connection opened (`true`) or closed, for the `open_connections` gauge.

@@ -362,11 +362,16 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
             None
         }
     };
-    // Stop being ready first, so load balancers stop sending; then drain the data plane.
+    // Leaving, in an order that loses no request: /readyz fails first, so load balancers stop
+    // sending; for the delay the node keeps accepting and serving, but every HTTP/1 response
+    // says `Connection: close`, so keep-alive clients reconnect elsewhere; then the listener
+    // closes, idle connections close between requests, and in-flight ones drain
+    // (--drain-seconds); usage is flushed last.
     draining.store(true, Ordering::Relaxed);
     ready.store(false, Ordering::Relaxed);
+    dp.begin_closing();
     if !s.shutdown_delay.is_zero() {
-        tracing::info!(delay = ?s.shutdown_delay, "not ready; serving on until load balancers notice");
+        tracing::info!(delay = ?s.shutdown_delay, "not ready; serving with Connection: close until load balancers notice");
         tokio::time::sleep(s.shutdown_delay).await;
     }
     let _ = dp_stop_tx.send(true);

@@ -112,8 +112,9 @@ pub struct Flags {
     /// instead of the system clock, so tests can run months of billing cycles in seconds.
     #[arg(long, env = "GATEWAY_DEV_CLOCK_FILE")]
     pub dev_clock_file: Option<PathBuf>,
-    /// On SIGTERM, how long to keep serving after /readyz turns 503, in ms, so that load
-    /// balancers stop sending before the listener closes (Kubernetes: a few seconds) [default: 0].
+    /// On SIGTERM, how long to keep serving after /readyz turns 503, in ms, answering every
+    /// HTTP/1 request with `Connection: close`, so that load balancers stop sending and
+    /// keep-alive clients move on before the listener closes [default: 3000].
     #[arg(long, env = "GATEWAY_SHUTDOWN_DELAY_MS")]
     pub shutdown_delay_ms: Option<u64>,
     /// Data plane: the largest request body, in bytes; larger ones get 413 [default: 8388608].
@@ -422,7 +423,7 @@ impl Flags {
             bill_delay: Duration::from_secs(f.bill_delay_seconds.unwrap_or(3600)),
             usage_flush: Duration::from_millis(usage_flush_ms),
             dev_clock_file: f.dev_clock_file,
-            shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(0)),
+            shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(3000)),
             limits,
             http_threads,
             tls,
