@@ -1,6 +1,7 @@
 //! End-to-end runs of the generator against in-process servers on 127.0.0.1.
 //!
-//! The tests that measure time take turns (one lock) so they do not compete for the CPU.
+//! These runs measure time, so they must not compete for the CPU: `.config/nextest.toml` puts
+//! them in the `timing` group and runs each alone.
 
 mod common;
 
@@ -13,9 +14,6 @@ use loadtest::{
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::sync::Mutex;
-
-static SERIAL: Mutex<()> = Mutex::const_new(());
 
 fn check<'a>(r: &'a Report, phase: &str, name: &str) -> &'a loadtest::Check {
     let p = r
@@ -32,7 +30,6 @@ fn check<'a>(r: &'a Report, phase: &str, name: &str) -> &'a loadtest::Check {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn achieved_rate_is_within_one_percent_of_requested() {
-    let _turn = SERIAL.lock().await;
     let server = TestServer::start(Behaviour::Ok).await;
     let config = Config::rate(
         vec![Target::new(server.url("/ping"), 1)],
@@ -77,7 +74,6 @@ async fn achieved_rate_is_within_one_percent_of_requested() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_stall_shows_in_the_tail() {
-    let _turn = SERIAL.lock().await;
     // Request 1000 (at about t = 1 s) freezes the server for one second.
     let server = TestServer::start(Behaviour::StallOnce {
         at: 1000,
@@ -116,7 +112,6 @@ async fn a_one_second_stall_shows_in_the_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_targets_split_as_asked() {
-    let _turn = SERIAL.lock().await;
     let a = TestServer::start(Behaviour::Ok).await;
     let b = TestServer::start(Behaviour::Ok).await;
     let mut config = Config::rate(
@@ -168,7 +163,6 @@ fn sla_config(url: String, ceiling: f64) -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sla_run_against_a_limiter_at_the_ceiling_passes() {
-    let _turn = SERIAL.lock().await;
     let server = TestServer::start(Behaviour::Throttle {
         rate: 400.0,
         burst: 100.0,
@@ -197,7 +191,6 @@ async fn sla_run_against_a_limiter_at_the_ceiling_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sla_run_fails_when_the_limiter_is_below_the_ceiling() {
-    let _turn = SERIAL.lock().await;
     // The server admits 300/s but the instance promises 400/s.
     let server = TestServer::start(Behaviour::Throttle {
         rate: 300.0,
@@ -214,7 +207,6 @@ async fn sla_run_fails_when_the_limiter_is_below_the_ceiling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_change_mid_run_moves_the_admitted_rate() {
-    let _turn = SERIAL.lock().await;
     let server = TestServer::start(Behaviour::Throttle {
         rate: 400.0,
         burst: 100.0,
@@ -343,7 +335,6 @@ const OUTCOME_KEYS: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_writes_json_report_with_a_stable_schema_and_an_svg() {
-    let _turn = SERIAL.lock().await;
     let server = TestServer::start(Behaviour::Ok).await;
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
@@ -509,7 +500,6 @@ async fn cli_writes_json_report_with_a_stable_schema_and_an_svg() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_target_counts_connection_errors_and_stops() {
-    let _turn = SERIAL.lock().await;
     // A port that was just free: nothing listens there.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -531,7 +521,6 @@ async fn unreachable_target_counts_connection_errors_and_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_server_times_out_and_the_run_stops() {
-    let _turn = SERIAL.lock().await;
     let server = TestServer::start(Behaviour::Hang).await;
     let mut config = Config::rate(
         vec![Target::new(server.url("/"), 1)],
@@ -560,7 +549,6 @@ async fn a_hanging_server_times_out_and_the_run_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_by_the_server_are_reopened_without_errors() {
-    let _turn = SERIAL.lock().await;
     let server = TestServer::start(Behaviour::CloseEach).await;
     let mut config = Config::rate(
         vec![Target::new(server.url("/"), 1)],
