@@ -15,6 +15,21 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// The p99 budget of the runs that must pass.
+///
+/// These runs judge rates, phases and errors end to end; the latency verdict itself is tested
+/// on recorded latencies (`verdict::tests`), and a stalling server must still fail
+/// (`a_one_second_stall_shows_in_the_tail`). Here the generator and the server share a machine
+/// whose other work can keep the process off the CPU for tens of milliseconds, and a late send
+/// counts in the latency by design (no coordinated omission), so the default 50 ms budget
+/// would judge the machine, not the code. Half a second still fails a one-second stall.
+const BUSY_MACHINE_P99: Duration = Duration::from_millis(500);
+
+fn on_a_busy_machine(mut c: Config) -> Config {
+    c.criteria.p99_budget = BUSY_MACHINE_P99;
+    c
+}
+
 fn check<'a>(r: &'a Report, phase: &str, name: &str) -> &'a loadtest::Check {
     let p = r
         .phases
@@ -31,11 +46,11 @@ fn check<'a>(r: &'a Report, phase: &str, name: &str) -> &'a loadtest::Check {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn achieved_rate_is_within_one_percent_of_requested() {
     let server = TestServer::start(Behaviour::Ok).await;
-    let config = Config::rate(
+    let config = on_a_busy_machine(Config::rate(
         vec![Target::new(server.url("/ping"), 1)],
         2000.0,
         Stop::Duration(Duration::from_secs(3)),
-    );
+    ));
     let report = run(config, None).await.unwrap();
     let p = &report.phases[0];
     print!("{}", report.summary_table());
@@ -158,7 +173,7 @@ fn sla_config(url: String, ceiling: f64) -> Config {
     sla.overload = Duration::from_secs(3);
     let mut c = Config::with_load(vec![Target::new(url, 1)], Load::Sla(sla));
     c.connections = 32;
-    c
+    on_a_busy_machine(c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,6 +367,9 @@ async fn cli_writes_json_report_with_a_stable_schema_and_an_svg() {
         "1000",
         "--connections",
         "4",
+        // See BUSY_MACHINE_P99.
+        "--p99-budget",
+        "500ms",
         "--quiet",
         "--json",
         json.to_str().unwrap(),
@@ -550,11 +568,11 @@ async fn a_hanging_server_times_out_and_the_run_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_closed_by_the_server_are_reopened_without_errors() {
     let server = TestServer::start(Behaviour::CloseEach).await;
-    let mut config = Config::rate(
+    let mut config = on_a_busy_machine(Config::rate(
         vec![Target::new(server.url("/"), 1)],
         200.0,
         Stop::Requests(200),
-    );
+    ));
     config.connections = 4;
     let report = run(config, None).await.unwrap();
     let p = &report.phases[0];

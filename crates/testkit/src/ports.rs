@@ -12,8 +12,9 @@
 //! that could go stale:
 //!
 //! - **Outside the ephemeral range.** Leases come from the ports below the kernel's
-//!   `ip_local_port_range` (and above the gateway's default ports), which the OS never hands
-//!   out for port 0 or for outgoing connections. So nothing but a lease holder binds them.
+//!   `ip_local_port_range` (and above the gateway's default ports), or above it where the range
+//!   starts too low, which the OS never hands out for port 0 or for outgoing connections. So
+//!   nothing but a lease holder binds them.
 //! - **A claim the kernel arbitrates.** A lease holds a UDP socket bound to 127.0.0.1 on the
 //!   same port number. UDP and TCP have separate port spaces, so the node is free to bind the
 //!   TCP port, while a second bind of the UDP port, from any process, fails with "address in
@@ -32,6 +33,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The lowest port leased: above gatewayd's default ports (8080, 9090, 9091, 9100), so a test
 /// of the defaults never meets a lease.
 const POOL_START: u16 = 15000;
+/// The fewest ports a pool may have.
+const POOL_MIN: u16 = 1000;
 
 /// A TCP port on 127.0.0.1 reserved for this process until the lease is dropped.
 #[derive(Debug)]
@@ -48,17 +51,13 @@ impl PortLease {
     ///
     /// When every port of the pool is taken.
     pub fn take() -> PortLease {
-        let end = ephemeral_start();
-        assert!(
-            end > POOL_START + 1000,
-            "the ephemeral port range starts at {end}: too few ports below it for tests"
-        );
-        let size = u32::from(end - POOL_START);
+        let (start, end) = pool();
+        let size = u32::from(end - start);
         // Start each search at a different place, so that processes starting together do not
         // all race for the same few ports (each claim is still exclusive if they do).
         let mut at = start_offset() % size;
         for _ in 0..size {
-            let port = POOL_START + at as u16;
+            let port = start + at as u16;
             at = (at + 1) % size;
             let Ok(claim) = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)) else {
                 continue;
@@ -73,7 +72,7 @@ impl PortLease {
                 _claim: claim,
             };
         }
-        panic!("no free test port in {POOL_START}..{end}");
+        panic!("no free test port in {start}..{end}");
     }
 
     pub fn port(&self) -> u16 {
@@ -92,13 +91,32 @@ pub fn free_port() -> u16 {
     port
 }
 
-/// The first port the kernel hands out for port 0 (Linux: `ip_local_port_range`).
-fn ephemeral_start() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        // The Linux default, and IANA's dynamic range starts higher still.
-        .unwrap_or(32768)
+/// The ports leases come from, `start..end`: below the ephemeral range, or above it.
+///
+/// # Panics
+///
+/// When neither side of the ephemeral range has room.
+fn pool() -> (u16, u16) {
+    let (low, high) = ephemeral_range();
+    if low >= POOL_START + POOL_MIN {
+        (POOL_START, low)
+    } else if high <= u16::MAX - POOL_MIN {
+        (high + 1, u16::MAX)
+    } else {
+        panic!("the ephemeral port range {low}-{high} leaves too few ports for tests")
+    }
+}
+
+/// The ports the kernel hands out for port 0 (Linux: `ip_local_port_range`, both ends
+/// included).
+fn ephemeral_range() -> (u16, u16) {
+    let read = || -> Option<(u16, u16)> {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        let mut ends = text.split_whitespace().map(|p| p.parse().ok());
+        Some((ends.next()??, ends.next()??))
+    };
+    // Otherwise the Linux default.
+    read().unwrap_or((32768, 60999))
 }
 
 fn start_offset() -> u32 {
@@ -127,7 +145,10 @@ mod tests {
         ports.dedup();
         assert_eq!(ports.len(), leases.len());
         for l in &leases {
-            assert!(l.port() >= POOL_START && l.port() < ephemeral_start());
+            let (start, end) = pool();
+            assert!((start..end).contains(&l.port()));
+            let (low, high) = ephemeral_range();
+            assert!(!(low..=high).contains(&l.port()));
             // Another claim on the same port fails, as it would in another process.
             assert!(UdpSocket::bind((Ipv4Addr::LOCALHOST, l.port())).is_err());
             // The TCP port itself is free for the node.
