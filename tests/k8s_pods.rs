@@ -577,6 +577,8 @@ impl Pods {
             .env_remove("GATEWAY_TOKEN")
             .env_remove("GATEWAY_TOKEN_FILE")
             .env_remove("GATEWAY_TLS_CA")
+            // A wait that gives up (or a panic) drops this future: the process goes with it.
+            .kill_on_drop(true)
             .stdin(Stdio::null())
             .output()
             .await
@@ -618,6 +620,7 @@ impl Pods {
         let out = tokio::process::Command::new("ip")
             .args(["netns", "exec", &self.pods[ordinal as usize].netns])
             .args(["timeout", "5", "bash", "-c", &script])
+            .kill_on_drop(true)
             .stdin(Stdio::null())
             .output()
             .await
