@@ -597,3 +597,22 @@ pub fn signal(pid: u32, name: &str) {
         .arg(pid.to_string())
         .status();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guarded_child_dies_with_a_panicking_test() {
+        let mut pid = 0;
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let child = KillOnDrop::spawn(Command::new("sleep").arg("60")).unwrap();
+            pid = child.id();
+            assert!(Path::new(&format!("/proc/{pid}")).exists());
+            panic!("the test fails while its child runs");
+        }));
+        assert!(failed.is_err());
+        // Killed and reaped: not even a zombie is left.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
