@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo bench --bench scale` (cargo builds gatewayd in release for benches), or
 //! `BENCH_SCALE_QUICK=1 cargo bench --bench scale` for a smoke test with small sizes. Every row
-//! runs on a fresh 3-node cluster started with `testkit` (127.0.0.1, ports from the OS, data in
+//! runs on a fresh 3-node cluster started with `testkit` (127.0.0.1, leased ports, data in
 //! a temp dir, every node killed when its cluster is dropped):
 //!
 //! 1. **Empty cluster**: the latency of one admin write, CreateApi then DeployApi (RELEASE),

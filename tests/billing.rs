@@ -238,6 +238,9 @@ async fn a_month_of_cycles_bills_suspends_restores_and_purges() {
             .then_some(())
     })
     .await;
+    // The leader sent the alert once it had applied the bill; node 1 may be a follower.
+    let leader = c.wait_leader(SETTLE).await;
+    c.wait_caught_up(leader, &[1]).await;
     assert_eq!(account(&c, 1)["state"], "overdue");
 
     // Day 2 closes, and the leader is killed as it happens: the new leader bills nothing twice.

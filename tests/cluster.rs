@@ -166,6 +166,9 @@ async fn a_fourth_node_joins_as_a_learner_and_receives_the_state() {
 async fn bad_input_is_refused_clearly_and_changes_nothing() {
     let c = Cluster::start(binaries!(), 3).await;
     assert!(create(&c, 1, "prod").success);
+    // The checks below read through nodes 2 and 3: they must have applied "prod" first, or
+    // the list changes under the test and `instance get prod` may not find it.
+    c.wait_caught_up(1, &[2, 3]).await;
     let cases: &[(&[&str], &str)] = &[
         (
             &[
@@ -340,19 +343,33 @@ fn malformed_peers_stop_the_node_with_a_clear_message() {
     assert!(err.contains("malformed --peers entry '2=nohost'"), "{err}");
 }
 
+/// The ports gatewayd listens on when given no flags (admin, peer, data plane, ops).
+const DEFAULT_PORTS: [u16; 4] = [9090, 9091, 8080, 9100];
+
 /// With no flags at all, gatewayd runs a single-node cluster on the default ports with its
-/// data in ./gateway-data, and gatewayctl reaches it without flags too. No other test uses the
-/// default ports (the others take theirs from the ephemeral range).
+/// data in ./gateway-data, and gatewayctl reaches it without flags too.
+///
+/// The point is the flagless path, so the ports cannot be chosen: no other test uses them (the
+/// others lease theirs, see `testkit::ports`), `.config/nextest.toml` runs this test alone in
+/// its group, and if another program holds a default port anyway the test fails saying so,
+/// rather than talking to that program's node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_flags_make_a_working_single_node_cluster() {
+    for port in DEFAULT_PORTS {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            panic!("this test needs gatewayd's default port 127.0.0.1:{port} free, but: {e}");
+        }
+    }
     let bins = binaries!();
     let cwd = tempfile_dir();
-    let mut node = std::process::Command::new(&bins.gatewayd)
-        .current_dir(&cwd)
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let log = cwd.join("gatewayd.log");
+    let mut node = testkit::KillOnDrop::spawn(
+        std::process::Command::new(&bins.gatewayd)
+            .current_dir(&cwd)
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(&log).unwrap()),
+    )
+    .unwrap();
     let ctl = |args: &[&str]| {
         std::process::Command::new(&bins.gatewayctl)
             .args(args)
@@ -360,7 +377,12 @@ async fn no_flags_make_a_working_single_node_cluster() {
             .output()
             .unwrap()
     };
-    let created = eventually("the default node to take a write", SETTLE, || async {
+    let created = eventually("the default node to take a write", SETTLE, || {
+        // A node that could not bind a default port exits: say why instead of timing out.
+        if let Some(status) = node.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("gatewayd exited ({status}) before taking a write:\n{log}");
+        }
         let o = ctl(&[
             "instance",
             "create",
@@ -371,7 +393,7 @@ async fn no_flags_make_a_working_single_node_cluster() {
             "--region",
             "ap-southeast-1",
         ]);
-        o.status.success().then_some(o)
+        std::future::ready(o.status.success().then_some(o))
     })
     .await;
     assert!(String::from_utf8_lossy(&created.stdout).contains("solo"));

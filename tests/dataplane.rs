@@ -788,7 +788,7 @@ async fn a_spec_change_raises_the_admitted_rate() {
 async fn backend_failures_map_to_502_and_504() {
     let c = Cluster::start(binaries!(), 3).await;
     let backend = Backend::start().await;
-    // Nothing listens on a port handed out and released.
+    // Nothing listens on a leased port until its holder binds it: connections are refused.
     let closed = format!("http://127.0.0.1:{}", testkit::free_port());
     ctl_ok(
         &c,

@@ -20,7 +20,8 @@
 //! ready pods, without a failed request.
 //!
 //! Needs root (network namespaces, veth, bridge), iproute2 and python3; without network
-//! namespaces the test says it is skipped and passes. Everything it creates (processes,
+//! namespaces the test says it is skipped and passes, except under CI (`CI` set to anything but
+//! `false` or `0`, as CI services set it), where it fails: CI must not be green without it. Everything it creates (processes,
 //! namespaces, links, /etc/netns entries, temp files) is removed when it ends, panics included,
 //! and leftovers of a test process that was killed are swept when the next one starts. After a
 //! failure (or with `K8S_PODS_KEEP=1`) the pods' logs and data stay in `$TMPDIR/gwpods-<pid>`.
@@ -29,11 +30,11 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use testkit::{Binaries, CtlOutput, binaries, eventually};
+use testkit::{Binaries, CtlOutput, KillOnDrop, binaries, eventually};
 
 /// How long any single wait may take.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -77,6 +78,11 @@ fn ip(args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Whether this runs under CI, which sets `CI` (to `true` on every common service).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 fn must(r: Result<String, String>) -> String {
@@ -162,8 +168,8 @@ struct Pod {
     veth: String,
     ip: String,
     dir: PathBuf,
-    gatewayd: Option<Child>,
-    backend: Option<Child>,
+    gatewayd: Option<KillOnDrop>,
+    backend: Option<KillOnDrop>,
 }
 
 impl Pod {
@@ -213,6 +219,11 @@ impl Pods {
         let tag = format!("{TAG}{pid}");
         let probe = format!("{tag}-probe");
         if let Err(e) = ip(&["netns", "add", &probe]) {
+            // CI must run this test: there a skip would be a pass that checked nothing.
+            assert!(
+                !in_ci(),
+                "CI is set, and this test needs network namespaces (root and iproute2), but {e}"
+            );
             eprintln!(
                 "SKIPPED: this test needs network namespaces (root and iproute2), and here {e}"
             );
@@ -400,23 +411,24 @@ impl Pods {
         )
         .unwrap();
         let log = std::fs::File::create(dir.join("backend.log")).unwrap();
-        let backend = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "python3",
-                "-m",
-                "http.server",
-                "8000",
-            ])
-            .args(["--bind", "127.0.0.1", "--directory"])
-            .arg(dir.join("www"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start the backend");
+        let backend = KillOnDrop::spawn(
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &netns,
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8000",
+                ])
+                .args(["--bind", "127.0.0.1", "--directory"])
+                .arg(dir.join("www"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log)),
+        )
+        .expect("start the backend");
         self.pods.last_mut().unwrap().backend = Some(backend);
     }
 
@@ -480,12 +492,12 @@ impl Pods {
             )
             .env("GATEWAY_SHUTDOWN_DELAY_MS", SHUTDOWN_DELAY_MS.to_string())
             .env("RUST_LOG", "info,openraft=warn");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start gatewayd");
+        let child = KillOnDrop::spawn(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone().unwrap()))
+                .stderr(Stdio::from(log)),
+        )
+        .expect("start gatewayd");
         pod.gatewayd = Some(child);
     }
 
@@ -565,6 +577,8 @@ impl Pods {
             .env_remove("GATEWAY_TOKEN")
             .env_remove("GATEWAY_TOKEN_FILE")
             .env_remove("GATEWAY_TLS_CA")
+            // A wait that gives up (or a panic) drops this future: the process goes with it.
+            .kill_on_drop(true)
             .stdin(Stdio::null())
             .output()
             .await
@@ -606,6 +620,7 @@ impl Pods {
         let out = tokio::process::Command::new("ip")
             .args(["netns", "exec", &self.pods[ordinal as usize].netns])
             .args(["timeout", "5", "bash", "-c", &script])
+            .kill_on_drop(true)
             .stdin(Stdio::null())
             .output()
             .await
@@ -1155,9 +1170,18 @@ async fn partition_the_leader(pods: &mut Pods, steps: &Steps, want: &mut BTreeSe
         out.stderr
     );
     assert!(took < Duration::from_secs(12), "refused after {took:?}");
-    // ...and still answers reads, from its last state (without the majority's write).
+    // ...refuses a linearizable read (the default), and answers a local one from its last
+    // state (without the majority's write).
+    let strict = pods.ctl_inside(cut, &["instance", "list"]).await;
+    assert!(
+        !strict.success,
+        "a cut-off pod cannot serve a linearizable read"
+    );
     let listed = pods
-        .ctl_inside(cut, &["instance", "list", "-o", "json"])
+        .ctl_inside(
+            cut,
+            &["--consistency", "local", "instance", "list", "-o", "json"],
+        )
         .await
         .json();
     let listed: BTreeSet<String> = listed

@@ -25,16 +25,11 @@ async fn tokens_are_required_and_account_tokens_reach_only_their_account() {
         "--admin-token-file".into(),
         token_file.display().to_string(),
     ];
+    c.admin_token = Some(OPERATOR.into());
     for id in 1..=3 {
         c.spawn(id);
     }
-    // wait_leader uses the unauthenticated status call, so poll with the operator's token.
-    testkit::eventually("a leader", SETTLE, || async {
-        let out = c.ctl_with_token(1, Some(OPERATOR), &["cluster", "status", "-o", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
-        v["leader_id"].as_u64()
-    })
-    .await;
+    c.wait_leader(SETTLE).await;
     let op = |args: &[&str]| {
         let mut a = args.to_vec();
         a.extend(["-o", "json"]);
@@ -91,6 +86,8 @@ async fn tokens_are_required_and_account_tokens_reach_only_their_account() {
     let a_token = t["token"].as_str().unwrap().to_string();
     let a_id = t["id"].as_str().unwrap().to_string();
     assert!(a_token.starts_with("gwt_"));
+    // Account a's token is used through nodes 3 and 1 next: they must know it.
+    c.wait_caught_up(2, &[1, 3]).await;
     let listed = op(&["token", "list"]);
     assert!(
         !listed
@@ -122,6 +119,7 @@ async fn tokens_are_required_and_account_tokens_reach_only_their_account() {
         "a",
         "created in the token's own account"
     );
+    c.wait_caught_up(3, &[1, 2]).await;
     let mine = a(1, &["instance", "list", "-o", "json"]).json();
     let names: Vec<&str> = mine
         .as_array()
@@ -325,15 +323,20 @@ async fn app_apis_take_only_signed_calls_of_authorised_apps_and_acls_deny_addres
     let addr = c.http_addr(3);
     let unsigned = "GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
 
-    // Deployed but nobody authorised: even a correct signature is refused; unsigned too.
-    testkit::eventually("the API to require signatures", SETTLE, || async {
-        let (status, _) = raw(&addr, unsigned).await;
-        (status == 401).then_some(())
+    // Deployed but nobody authorised: even a correct signature is refused; unsigned too. (Wait
+    // for node 3 to serve both the API and the app: it publishes what it applies a moment
+    // later, and an unknown app is refused otherwise.)
+    testkit::eventually("node 3 to know the API and the app", SETTLE, || async {
+        let (status, text) = raw(
+            &addr,
+            &signed_head(&key, &secret, "/a", now_ms(), &format!("n-0-{}", now_ms())),
+        )
+        .await;
+        (status == 403 && text.contains("AppUnauthorized")).then_some(())
     })
     .await;
-    let (status, text) = raw(&addr, &signed_head(&key, &secret, "/a", now_ms(), "n-0")).await;
-    assert_eq!(status, 403, "{text}");
-    assert!(text.contains("AppUnauthorized"), "{text}");
+    let (status, text) = raw(&addr, unsigned).await;
+    assert_eq!(status, 401, "{text}");
 
     c.ctl_json(
         1,

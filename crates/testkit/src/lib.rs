@@ -1,23 +1,28 @@
 //! Test support for the gateway's integration tests and benchmarks.
 //!
 //! This crate owns how tests run real nodes: [`Cluster`] starts `gatewayd` processes on
-//! 127.0.0.1 with ports picked by the OS and data in a temp dir, kills them with SIGKILL or
-//! stops them with SIGTERM, restarts them on the same data, and runs `gatewayctl` against them.
-//! [`eventually`] polls a condition until a deadline, so tests never sleep to synchronise.
-//! When a test panics, the logs of its nodes are printed. [`netns`] puts test hosts in network
-//! namespaces, for tests that cut the network between nodes.
+//! 127.0.0.1 with ports leased so that no other test process can take them ([`ports`]) and
+//! data in a temp dir, kills them with SIGKILL or stops them with SIGTERM, restarts them on
+//! the same data, and runs `gatewayctl` against them. Every process a test spawns is held in a
+//! [`KillOnDrop`], so a panicking test leaves none behind. [`eventually`] polls a condition
+//! until a deadline, and [`Cluster::wait_caught_up`] waits for a node to apply what another
+//! has, so tests never sleep or hope to synchronise. When a test panics, the logs of its nodes
+//! are printed. [`netns`] puts test hosts in network namespaces, for tests that cut the
+//! network between nodes.
 
 pub mod http;
 pub mod netns;
 pub mod pki;
+pub mod ports;
+
+pub use ports::{PortLease, free_port};
 
 use proto::admin::admin_client::AdminClient;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::TcpListener;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -39,19 +44,37 @@ macro_rules! binaries {
     };
 }
 
-/// A port on 127.0.0.1 that the OS says is free, never handed out twice by this process.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap();
-    let given = given.get_or_insert_with(HashSet::new);
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind an ephemeral port")
-            .port();
-        if given.insert(port) {
-            return port;
-        }
+/// A child process that is killed (SIGKILL) and reaped when dropped: a test that panics, or
+/// returns early, leaves no process behind holding its ports or its data directory. Derefs to
+/// the [`Child`] for everything else.
+#[derive(Debug)]
+pub struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    /// Spawns `cmd` under the guard.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<KillOnDrop> {
+        cmd.spawn().map(KillOnDrop)
+    }
+}
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Both are harmless when the child has already exited and been waited for.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -83,13 +106,16 @@ pub struct Ports {
 }
 
 impl Ports {
-    fn pick() -> Ports {
-        Ports {
-            admin: free_port(),
-            peer: free_port(),
-            http: free_port(),
-            ops: free_port(),
-        }
+    /// Leases four ports; they stay the node's across restarts for as long as the leases live.
+    fn lease() -> (Ports, [PortLease; 4]) {
+        let leases = [(); 4].map(|_| PortLease::take());
+        let ports = Ports {
+            admin: leases[0].port(),
+            peer: leases[1].port(),
+            http: leases[2].port(),
+            ops: leases[3].port(),
+        };
+        (ports, leases)
     }
 }
 
@@ -99,7 +125,10 @@ pub struct NodeProc {
     pub id: u64,
     pub dir: PathBuf,
     pub ports: Ports,
-    child: Option<Child>,
+    /// Held while the node exists, so that no other test process takes its ports, even while
+    /// it is stopped between a kill and a restart.
+    _leases: [PortLease; 4],
+    child: Option<KillOnDrop>,
 }
 
 impl NodeProc {
@@ -185,6 +214,9 @@ pub struct Cluster {
     pub extra_env: Vec<(String, String)>,
     /// The cluster CA when every listener serves TLS (see [`Cluster::new_tls`]).
     pub pki: Option<pki::Pki>,
+    /// The operator's token, for the status calls of the waits ([`Cluster::status`]) when the
+    /// nodes require one (`--admin-token-file`).
+    pub admin_token: Option<String>,
 }
 
 impl Cluster {
@@ -206,6 +238,7 @@ impl Cluster {
             extra_args: Vec::new(),
             extra_env: Vec::new(),
             pki: None,
+            admin_token: None,
         }
     }
 
@@ -253,10 +286,12 @@ impl Cluster {
     }
 
     fn new_node(root: &Path, id: u64) -> NodeProc {
+        let (ports, leases) = Ports::lease();
         NodeProc {
             id,
             dir: root.join(format!("node-{id}")),
-            ports: Ports::pick(),
+            ports,
+            _leases: leases,
             child: None,
         }
     }
@@ -329,11 +364,11 @@ impl Cluster {
             .append(true)
             .open(node.log_path())
             .expect("log file");
-        let child = cmd
-            .stdout(Stdio::from(log.try_clone().expect("log fd")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn gatewayd");
+        let child = KillOnDrop::spawn(
+            cmd.stdout(Stdio::from(log.try_clone().expect("log fd")))
+                .stderr(Stdio::from(log)),
+        )
+        .expect("spawn gatewayd");
         node.child = Some(child);
     }
 
@@ -472,10 +507,37 @@ impl Cluster {
     /// The cluster status as node `id` reports it, if it answers.
     pub async fn status(&self, id: u64) -> Option<proto::admin::ClusterStatus> {
         let mut c = self.admin(id).await;
-        c.describe_cluster(proto::admin::DescribeClusterRequest {})
-            .await
-            .ok()
-            .map(|r| r.into_inner())
+        let mut req = tonic::Request::new(proto::admin::DescribeClusterRequest {});
+        if let Some(token) = &self.admin_token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .expect("a token fit for a header");
+            req.metadata_mut().insert("authorization", value);
+        }
+        c.describe_cluster(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until each of `readers` has applied the log up to the index `writer` has applied
+    /// now, and returns that index.
+    ///
+    /// A write returns once it is applied on the node that answered it, so `writer`'s applied
+    /// index is at least the write's own: after this, a read on any of `readers` sees the
+    /// write. This is read-after-write across nodes that waits on the Raft log, not on luck.
+    pub async fn wait_caught_up(&self, writer: u64, readers: &[u64]) -> u64 {
+        let wait = Duration::from_secs(20);
+        let index = eventually(&format!("node {writer}'s applied index"), wait, || async {
+            self.status(writer).await?.applied_index
+        })
+        .await;
+        for &reader in readers {
+            let what = format!("node {reader} to apply index {index} (applied on node {writer})");
+            eventually(&what, wait, || async {
+                let applied = self.status(reader).await?.applied_index?;
+                (applied >= index).then_some(())
+            })
+            .await;
+        }
+        index
     }
 
     /// Waits until every running node agrees on one leader, and returns it.
@@ -541,4 +603,23 @@ pub fn signal(pid: u32, name: &str) {
         .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guarded_child_dies_with_a_panicking_test() {
+        let mut pid = 0;
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let child = KillOnDrop::spawn(Command::new("sleep").arg("60")).unwrap();
+            pid = child.id();
+            assert!(Path::new(&format!("/proc/{pid}")).exists());
+            panic!("the test fails while its child runs");
+        }));
+        assert!(failed.is_err());
+        // Killed and reaped: not even a zombie is left.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
 }

@@ -683,6 +683,26 @@ mod tests {
         }
     }
 
+    /// Opens the store in `dir` again after every handle to it was dropped. sled gives its
+    /// lock file up when its background threads let go of the database, a moment after the
+    /// last handle is dropped (later on a busy machine), and offers nothing to wait on: so
+    /// poll, with a deadline, while the lock is still held; any other error fails at once.
+    async fn reopen(dir: &Path, cat: Arc<Catalog>) -> (LogStore, StateMachine) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open(dir, cat.clone()) {
+                Ok(store) => return store,
+                Err(e)
+                    if format!("{e:?}").contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopening the store: {e:?}"),
+            }
+        }
+    }
+
     /// openraft's own storage test suite, against the sled store.
     #[test]
     fn openraft_storage_suite() -> Result<(), StorageError> {
@@ -732,7 +752,7 @@ mod tests {
             // Applied after the snapshot: only in memory, replayed from the log after a restart.
             sm.apply([entry(3, create("b"))]).await.unwrap();
         }
-        let (_log, mut sm) = open(dir.path(), cat).unwrap();
+        let (_log, mut sm) = reopen(dir.path(), cat).await;
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(2));
         let state = sm.publication().subscribe().borrow().clone();
@@ -858,7 +878,7 @@ mod tests {
         // history from sled.
         let full = all_history(&b);
         drop((log_b, b));
-        let (_log_b, b) = open(dir_b.path(), cat).unwrap();
+        let (_log_b, b) = reopen(dir_b.path(), cat).await;
         assert_eq!(*b.publication().subscribe().borrow().clone(), *at_snapshot);
         assert_eq!(all_history(&b).1, full.1);
     }
