@@ -525,3 +525,108 @@ async fn group_delete_refuses_deployed_apis_unless_forced() {
     })
     .await;
 }
+
+/// Reads one HTTP/1 response (head and a Content-Length body) from a keep-alive connection;
+/// the head in lower case, or `None` at EOF.
+async fn read_response(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                buf.drain(..end + 4 + len);
+                return Some(head);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(SETTLE, sock.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// SIGTERM: `/readyz` fails first; during the shutdown delay the node keeps accepting and
+/// serving, and answers keep-alive requests with `Connection: close`; nothing it accepted is
+/// refused; after the delay it stops listening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_readiness_first_then_serves_with_connection_close() {
+    use tokio::io::AsyncWriteExt;
+    let mut c = Cluster::new(binaries!(), 1);
+    c.extra_args = vec!["--shutdown-delay-ms".into(), "2000".into()];
+    c.spawn(1);
+    c.wait_leader(SETTLE).await;
+    let backend = testkit::http::Server::start("ok").await;
+    c.deploy_get_api("g", "a", &format!("http://{}", backend.addr), &[]);
+    let (addr, ops) = (c.http_addr(1), c.ops_addr(1));
+    eventually("/a routed", SETTLE, || async {
+        testkit::http::get(&addr, "/a")
+            .await
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    let request = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    kept.write_all(request).await.unwrap();
+    let head = read_response(&mut kept, &mut buf)
+        .await
+        .expect("a response");
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("connection: close"),
+        "{head}"
+    );
+
+    let pid = c.nodes[&1].pid().expect("running");
+    let signalled = Instant::now();
+    testkit::signal(pid, "TERM");
+    // Readiness fails first, while the data plane still serves.
+    eventually("/readyz 503", Duration::from_secs(2), || async {
+        testkit::http::get(&ops, "/readyz")
+            .await
+            .filter(|r| r.status == 503)
+    })
+    .await;
+    let not_ready_after = signalled.elapsed();
+    // The kept connection is answered, and told to close.
+    kept.write_all(request).await.unwrap();
+    let head = read_response(&mut kept, &mut buf)
+        .await
+        .expect("answered while closing");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        read_response(&mut kept, &mut buf).await.is_none(),
+        "then closed"
+    );
+    // A new connection during the delay is accepted and served, with the same advice.
+    let mut fresh = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("still accepting");
+    let mut fresh_buf = Vec::new();
+    fresh.write_all(request).await.unwrap();
+    let head = read_response(&mut fresh, &mut fresh_buf)
+        .await
+        .expect("served during the delay");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let served_until = signalled.elapsed();
+    assert!(
+        served_until < Duration::from_millis(2000),
+        "the checks took {served_until:?}, longer than the delay"
+    );
+    // After the delay, the node stops listening and exits cleanly.
+    assert!(
+        c.terminate(1, Duration::from_secs(20)),
+        "exit 0 after draining"
+    );
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+    eprintln!(
+        "readyz 503 after {not_ready_after:?}; served with Connection: close until at least {served_until:?}"
+    );
+}
