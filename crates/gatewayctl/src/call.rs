@@ -15,6 +15,7 @@ pub struct CallArgs {
     /// The URL to call, e.g. http://127.0.0.1:8080/shop/items/1?x=1 (or https://, with --ca).
     #[arg(long)]
     url: String,
+    /// The HTTP method.
     #[arg(long, default_value = "GET")]
     method: String,
     /// A request header, `Name: value` (repeatable).

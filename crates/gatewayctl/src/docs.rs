@@ -70,3 +70,37 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod help {
+    use super::*;
+
+    /// Every command and every flag says what it is for in `--help` (clap's own `help` and
+    /// `version` aside).
+    #[test]
+    fn every_command_and_flag_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_global_set() && !path.is_empty() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{here} (command)"));
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "gatewayctl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+}

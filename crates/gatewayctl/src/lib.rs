@@ -139,6 +139,7 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum ListOnly {
+    /// List them.
     List,
 }
 
@@ -151,15 +152,21 @@ enum ChargeArg {
 
 #[derive(Debug, Subcommand)]
 enum InstanceCmd {
+    /// Create a dedicated instance (pay-as-you-go, or a monthly or annual subscription paid now).
     Create {
+        /// The instance's name.
         #[arg(long)]
         name: String,
+        /// A spec from `gatewayctl spec list`, e.g. api.s1.small.
         #[arg(long)]
         spec: String,
+        /// A region from `gatewayctl region list`, e.g. cn-hongkong.
         #[arg(long)]
         region: String,
+        /// How it is paid: by the hour, or a month or a year up front.
         #[arg(long, value_enum, default_value = "postpaid")]
         charge_type: ChargeArg,
+        /// The owning account (operators only; empty: the default account, or your own).
         #[arg(long, default_value = "")]
         account: String,
         /// Renew the subscription from the balance at the end of each term (month or year).
@@ -168,18 +175,26 @@ enum InstanceCmd {
         #[arg(long)]
         auto_renew: bool,
     },
+    /// List the instances you may see.
     List,
+    /// Show one instance: spec, ceiling, region, charge type, term end, running or stopped.
     Get {
+        /// The instance's name.
         #[arg(long)]
         name: String,
     },
+    /// Change an instance's spec; every node enforces the new ceiling within about a second.
     ModifySpec {
+        /// The instance's name.
         #[arg(long)]
         name: String,
+        /// A spec from `gatewayctl spec list`, e.g. api.s1.small.
         #[arg(long)]
         spec: String,
     },
+    /// Release an instance (refused while it hosts API groups).
     Delete {
+        /// The instance's name.
         #[arg(long)]
         name: String,
     },
@@ -187,10 +202,13 @@ enum InstanceCmd {
     /// runs on from the end of the paid term (or from now, for an instance stopped at the end
     /// of its term, which starts it again).
     Renew {
+        /// The instance's name.
         #[arg(long)]
         name: String,
+        /// Renew for this many months.
         #[arg(long, group = "term", required = true)]
         months: Option<u32>,
+        /// Renew for this many years.
         #[arg(long, group = "term", required = true)]
         years: Option<u32>,
         /// Names the renewal so that retrying it pays at most once: after an "outcome
@@ -200,8 +218,10 @@ enum InstanceCmd {
     },
     /// Turn a subscription's automatic renewal on or off.
     SetAutoRenew {
+        /// The instance's name.
         #[arg(long)]
         name: String,
+        /// true or false.
         #[arg(long, action = clap::ArgAction::Set)]
         auto_renew: bool,
     },
@@ -209,37 +229,50 @@ enum InstanceCmd {
 
 #[derive(Debug, Subcommand)]
 enum GroupCmd {
+    /// Create an API group on the shared instance or a dedicated one.
     Create {
+        /// The API group's name.
         #[arg(long)]
         name: String,
         /// `shared` or a dedicated instance.
         #[arg(long, default_value = "shared")]
         instance: String,
+        /// Match only requests for this Host (empty: any host).
         #[arg(long)]
         host: Option<String>,
+        /// Match only paths under this prefix, e.g. /shop (stripped before forwarding).
         #[arg(long)]
         base_path: Option<String>,
+        /// The owning account (operators only; empty: the default account, or your own).
         #[arg(long, default_value = "")]
         account: String,
     },
     /// Change a group's instance, host or base path (an empty value removes host or base path).
     Modify {
+        /// The API group's name.
         #[arg(long)]
         name: String,
+        /// `shared` or a dedicated instance to move the group to.
         #[arg(long)]
         instance: Option<String>,
+        /// Match only requests for this Host (empty: any host).
         #[arg(long)]
         host: Option<String>,
+        /// Match only paths under this prefix, e.g. /shop (stripped before forwarding).
         #[arg(long)]
         base_path: Option<String>,
     },
+    /// List the API groups you may see.
     List,
+    /// Show one API group, its APIs and deployments.
     Get {
+        /// The API group's name.
         #[arg(long)]
         name: String,
     },
     /// Delete an API group and its APIs; refused while any is deployed unless --force.
     Delete {
+        /// The API group's name.
         #[arg(long)]
         name: String,
         /// Delete even while APIs are deployed: their calls then get 404.
@@ -249,10 +282,13 @@ enum GroupCmd {
     /// Set the group's IP access control (comma-separated CIDRs; deny wins; no allow list
     /// allows everyone not denied).
     SetAcl {
+        /// The API group's name.
         #[arg(long)]
         name: String,
+        /// CIDRs allowed, comma-separated (empty: everyone not denied).
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
+        /// CIDRs denied, comma-separated (deny wins).
         #[arg(long, value_delimiter = ',')]
         deny: Vec<String>,
     },
@@ -260,10 +296,13 @@ enum GroupCmd {
 
 #[derive(Debug, Args)]
 struct ApiDef {
+    /// The HTTP method, e.g. GET.
     #[arg(long)]
     method: String,
+    /// The path pattern after the group's base path, e.g. /items/{id}.
     #[arg(long)]
     path: String,
+    /// Where calls go: http://HOST:PORT[/prefix] (the prefix is prepended to the path).
     #[arg(long)]
     backend: String,
     /// Backend timeout, e.g. 5s, 300ms.
@@ -276,81 +315,113 @@ struct ApiDef {
 
 #[derive(Debug, Subcommand)]
 enum ApiCmd {
+    /// Define an API in a group (not served until deployed).
     Create {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
         #[command(flatten)]
         def: ApiDef,
     },
+    /// Change an API's definition (deployed stages keep theirs until deployed again).
     Modify {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
         #[command(flatten)]
         def: ApiDef,
     },
+    /// List the APIs of one group, or of every group you may see.
     List {
+        /// The API group.
         #[arg(long, default_value = "")]
         group: String,
     },
+    /// Show one API's definition and where it is deployed.
     Get {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
     },
+    /// Delete an API (refused while it is deployed).
     Delete {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
     },
+    /// Deploy the API's current definition to a stage: traffic sees it at once.
     Deploy {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
+        /// RELEASE, PRE or TEST (a request picks its stage with X-Ca-Stage).
         #[arg(long, default_value = "RELEASE")]
         stage: String,
     },
+    /// Take the API off a stage: its calls then get 404.
     Abolish {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
+        /// RELEASE, PRE or TEST (a request picks its stage with X-Ca-Stage).
         #[arg(long, default_value = "RELEASE")]
         stage: String,
     },
     /// Let an app call the API.
     Authorize {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
+        /// The app's name.
         #[arg(long)]
         app: String,
     },
     /// Take an app's authorisation away.
     Revoke {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
+        /// The app's name.
         #[arg(long)]
         app: String,
     },
     /// Set the API's own IP access control, checked after its group's (comma-separated
     /// CIDRs; deny wins; no allow list allows everyone not denied; neither removes it).
     SetAcl {
+        /// The API group.
         #[arg(long)]
         group: String,
+        /// The API's name.
         #[arg(long)]
         name: String,
+        /// CIDRs allowed, comma-separated (empty: everyone not denied).
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
+        /// CIDRs denied, comma-separated (deny wins).
         #[arg(long, value_delimiter = ',')]
         deny: Vec<String>,
     },
@@ -360,13 +431,18 @@ enum ApiCmd {
 enum AppCmd {
     /// Create an app; its AppKey and AppSecret are printed (the secret only now).
     Create {
+        /// The app's name.
         #[arg(long)]
         name: String,
+        /// The owning account (operators only; empty: the default account, or your own).
         #[arg(long, default_value = "")]
         account: String,
     },
+    /// List the apps you may see.
     List,
+    /// Delete an app: its key stops working at once.
     Delete {
+        /// The app's name.
         #[arg(long)]
         name: String,
     },
@@ -376,14 +452,19 @@ enum AppCmd {
 enum TokenCmd {
     /// Create a token that acts for one account; it is printed once.
     Create {
+        /// The account the token acts for.
         #[arg(long)]
         account: String,
     },
+    /// List the tokens (ids and accounts, never the secrets).
     List {
+        /// The account the token acts for.
         #[arg(long, default_value = "")]
         account: String,
     },
+    /// Revoke a token: it stops working at once.
     Revoke {
+        /// The token's id, as `token list` shows it.
         #[arg(long)]
         id: String,
     },
@@ -395,18 +476,24 @@ enum ClusterCmd {
     /// no leader or has no contact with a quorum (it cannot accept writes), or does not serve
     /// API traffic.
     Status,
+    /// Add a node as a learner (it receives everything and serves, but does not vote).
     AddLearner {
+        /// The node's id.
         #[arg(long)]
         node_id: u64,
         /// The learner's peer address, HOST:PORT.
         #[arg(long)]
         peer_addr: String,
     },
+    /// Make a learner a voter.
     Promote {
+        /// The node's id.
         #[arg(long)]
         node_id: u64,
     },
+    /// Take a node out of the cluster; it stops serving (see README, Membership).
     Remove {
+        /// The node's id.
         #[arg(long)]
         node_id: u64,
     },

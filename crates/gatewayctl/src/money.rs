@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Subcommand)]
 pub enum AccountCmd {
+    /// Create an account (the owner of instances, groups and apps, and what is billed).
     Create {
+        /// The account's name.
         #[arg(long)]
         name: String,
         /// Where notifications are POSTed, http://HOST:PORT/path.
@@ -20,15 +22,18 @@ pub enum AccountCmd {
         #[arg(long)]
         alert_threshold: Option<String>,
     },
+    /// List the accounts you may see.
     List,
     /// An account, with its last 20 ledger entries (`account ledger` shows them all).
     Get {
+        /// The account's name.
         #[arg(long)]
         name: String,
     },
     /// Every movement of an account's balance, oldest first: all of it, or with --limit a
     /// page at a time. `-o csv` or `-o json` exports it.
     Ledger {
+        /// The account's name.
         #[arg(long)]
         name: String,
         /// Only entries after this sequence number (the next_after_seq of the previous page).
@@ -40,11 +45,13 @@ pub enum AccountCmd {
     /// Credit (+X) or debit (-X) the balance, in whole cents, with the reason written to the
     /// ledger: refunds and corrections. Operator only.
     Adjust {
+        /// The account's name.
         #[arg(long)]
         name: String,
         /// Signed US dollars, e.g. +12.50 or -3.
         #[arg(long, allow_hyphen_values = true)]
         amount: String,
+        /// Why, kept in the ledger (e.g. a refund's ticket).
         #[arg(long)]
         reason: String,
         /// Names the adjustment so that retrying it applies it at most once: after an
@@ -54,8 +61,10 @@ pub enum AccountCmd {
     },
     /// Add US dollars to the balance; restores a suspended account once what it owes is paid.
     Recharge {
+        /// The account's name.
         #[arg(long)]
         name: String,
+        /// US dollars, in whole cents, e.g. 25.00.
         #[arg(long)]
         amount: String,
         /// Names the recharge so that retrying it applies it at most once: after an "outcome
@@ -66,10 +75,13 @@ pub enum AccountCmd {
     /// Set the balance alert threshold, the webhook, or both; what is not given is kept, and
     /// an empty value removes it (`--webhook ""`).
     SetAlert {
+        /// The account's name.
         #[arg(long)]
         name: String,
+        /// Alert when the balance drops below this many US dollars (empty removes it).
         #[arg(long, required_unless_present = "webhook")]
         threshold: Option<String>,
+        /// POST events to this http(s) URL (empty removes it).
         #[arg(long)]
         webhook: Option<String>,
     },
@@ -98,6 +110,7 @@ impl LimitArg {
 
 #[derive(Debug, Args)]
 pub struct UsageArgs {
+    /// Only this account (empty: every account you may see).
     #[arg(long, default_value = "")]
     account: String,
     /// A day, YYYY-MM-DD (UTC).
@@ -114,6 +127,7 @@ pub struct UsageArgs {
 pub enum BillCmd {
     /// An account's bills, oldest first, a page at a time.
     List {
+        /// The account.
         #[arg(long)]
         account: String,
         /// Only the bills of days after this one, YYYY-MM-DD (the next_after_day of the
@@ -123,7 +137,9 @@ pub enum BillCmd {
         #[command(flatten)]
         limit: LimitArg,
     },
+    /// Show one day's bill of an account.
     Get {
+        /// The account.
         #[arg(long)]
         account: String,
         /// YYYY-MM-DD (UTC).
@@ -133,6 +149,7 @@ pub enum BillCmd {
     /// A month's statement: each day's bill and its lines, each instance's charges and usage,
     /// and each API's calls and traffic. `-o csv` gives one line per item.
     Statement {
+        /// The account.
         #[arg(long)]
         account: String,
         /// YYYY-MM (UTC).
@@ -143,6 +160,7 @@ pub enum BillCmd {
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
+    /// Only this account (empty: every account you may see).
     #[arg(long, default_value = "")]
     account: String,
     /// Only events after this sequence number (the next_after_seq of the previous page).
@@ -160,6 +178,7 @@ pub enum PricingCmd {
 
 #[derive(Debug, Args)]
 pub struct EstimateArgs {
+    /// A region from `gatewayctl region list`.
     #[arg(long)]
     region: String,
     /// Shared-instance API calls in a month.
