@@ -11,7 +11,7 @@
 //!   on 198.18.0.0/15; skipped, saying so, where they cannot be made).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -443,173 +443,62 @@ async fn cluster_status_without_a_leader_exits_non_zero() {
 // ------------------------------------------------------------------------------------------
 // --max-stale-config under a partition, in network namespaces
 
-/// Runs `ip ARGS`; the error names the command and what `ip` said.
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn must(r: Result<String, String>) -> String {
-    r.unwrap_or_else(|e| panic!("network setup: {e}"))
-}
-
-/// Three nodes, each in its own network namespace on a bridge, with a backend on each
+/// Three nodes, each in its own network namespace (`testkit::netns`), with a backend on each
 /// namespace's loopback. Everything is removed on drop.
 struct Net {
-    tag: String,
-    bridge: Option<String>,
-    subnet: String,
+    net: testkit::netns::Net,
     root: tempfile::TempDir,
-    hosts: Vec<Host>,
-}
-
-struct Host {
-    netns: String,
-    veth: String,
-    ip: String,
-    gatewayd: Option<std::process::Child>,
-    backend: Option<std::process::Child>,
+    gatewayd: Vec<Option<Child>>,
+    backends: Vec<Child>,
 }
 
 const PEER_PORT: u16 = 9091;
 const HTTP_PORT: u16 = 8080;
 
 impl Net {
+    /// The network and the backends; `None` (after saying why) where namespaces cannot be
+    /// made, except under CI, where that fails the test.
     fn setup(n: usize) -> Option<Net> {
-        let tag = format!("gwmem-{}", std::process::id());
-        let probe = format!("{tag}-probe");
-        if let Err(e) = ip(&["netns", "add", &probe]) {
-            eprintln!(
-                "SKIPPED: this test needs network namespaces (root and iproute2), and here {e}"
-            );
-            return None;
-        }
-        let _ = ip(&["netns", "del", &probe]);
-        let mut net = Net {
-            tag,
-            bridge: None,
-            subnet: String::new(),
-            root: tempfile::Builder::new().prefix("gwmem-").tempdir().unwrap(),
-            hosts: Vec::new(),
+        let net = match testkit::netns::Net::new(n) {
+            Ok(net) => net,
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("CI is set and this test needs network namespaces: {e}")
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: this test needs network namespaces (root and iproute2): {e}");
+                return None;
+            }
         };
-        net.claim_subnet();
+        let root = tempfile::Builder::new().prefix("gwmem-").tempdir().unwrap();
+        let mut backends = Vec::new();
         for i in 0..n {
-            net.add_host(i);
+            let www = root.path().join(format!("www-{i}"));
+            std::fs::create_dir_all(&www).unwrap();
+            std::fs::write(www.join("hello"), format!("host {i}")).unwrap();
+            let backend = net
+                .command(i, Path::new("python3"))
+                .args([
+                    "-m",
+                    "http.server",
+                    "8000",
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                ])
+                .arg(&www)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("python3 for the backend");
+            backends.push(backend);
         }
-        Some(net)
-    }
-
-    /// A /24 of 198.18.0.0/15 that no route uses yet; the bridge's name claims it.
-    fn claim_subnet(&mut self) {
-        let pid = std::process::id();
-        for i in 0..512 {
-            let idx = (pid + 256 + i) % 512;
-            let bridge = format!("gm{idx}br");
-            if ip(&["link", "add", &bridge, "type", "bridge"]).is_err() {
-                continue;
-            }
-            self.bridge = Some(bridge.clone());
-            let subnet = if idx < 256 {
-                format!("198.18.{idx}")
-            } else {
-                format!("198.19.{}", idx - 256)
-            };
-            let used = must(ip(&[
-                "-4",
-                "route",
-                "show",
-                "table",
-                "all",
-                "root",
-                &format!("{subnet}.0/24"),
-            ]));
-            if !used.trim().is_empty() {
-                let _ = ip(&["link", "del", &bridge]);
-                self.bridge = None;
-                continue;
-            }
-            must(ip(&[
-                "addr",
-                "add",
-                &format!("{subnet}.1/24"),
-                "dev",
-                &bridge,
-            ]));
-            must(ip(&["link", "set", &bridge, "up"]));
-            self.subnet = subnet;
-            return;
-        }
-        panic!("no free /24 in 198.18.0.0/15");
-    }
-
-    fn add_host(&mut self, i: usize) {
-        let bridge = self.bridge.clone().unwrap();
-        let idx = bridge
-            .trim_start_matches("gm")
-            .trim_end_matches("br")
-            .to_string();
-        let netns = format!("{}-{i}", self.tag);
-        let veth = format!("gm{idx}v{i}");
-        let inner = format!("gm{idx}c{i}");
-        let host_ip = format!("{}.{}", self.subnet, 10 + i);
-        must(ip(&["netns", "add", &netns]));
-        self.hosts.push(Host {
-            netns: netns.clone(),
-            veth: veth.clone(),
-            ip: host_ip.clone(),
-            gatewayd: None,
-            backend: None,
-        });
-        must(ip(&[
-            "link", "add", &veth, "type", "veth", "peer", "name", &inner, "netns", &netns,
-        ]));
-        must(ip(&["link", "set", &veth, "master", &bridge]));
-        must(ip(&["link", "set", &veth, "up"]));
-        must(ip(&[
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{host_ip}/24"),
-            "dev",
-            &inner,
-        ]));
-        must(ip(&["-n", &netns, "link", "set", &inner, "up"]));
-        must(ip(&["-n", &netns, "link", "set", "lo", "up"]));
-        let www = self.root.path().join(format!("www-{i}"));
-        std::fs::create_dir_all(&www).unwrap();
-        std::fs::write(www.join("hello"), format!("host {i}")).unwrap();
-        let backend = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "python3",
-                "-m",
-                "http.server",
-                "8000",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(&www)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 for the backend");
-        self.hosts[i].backend = Some(backend);
+        Some(Net {
+            net,
+            root,
+            gatewayd: (0..n).map(|_| None).collect(),
+            backends,
+        })
     }
 
     fn log_path(&self, i: usize) -> std::path::PathBuf {
@@ -619,21 +508,20 @@ impl Net {
     /// Starts node `i + 1` in host `i`, with `extra` flags.
     fn start(&mut self, i: usize, extra: &[&str]) {
         let peers: Vec<String> = self
-            .hosts
+            .net
+            .hosts()
             .iter()
             .enumerate()
             .map(|(k, h)| format!("{}={}:{PEER_PORT}", k + 1, h.ip))
             .collect();
         let log = std::fs::File::create(self.log_path(i)).unwrap();
-        let h = &self.hosts[i];
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.netns])
-            .arg(binaries!().gatewayd)
-            .args(["--node-id", &(i + 1).to_string()])
+        let ip = self.net.host(i).ip.clone();
+        let mut cmd = self.net.command(i, &binaries!().gatewayd);
+        cmd.args(["--node-id", &(i + 1).to_string()])
             .arg("--data-dir")
             .arg(self.root.path().join(format!("data-{i}")))
             .args(["--peers", &peers.join(",")])
-            .args(["--listen-peer", &format!("{}:{PEER_PORT}", h.ip)])
+            .args(["--listen-peer", &format!("{ip}:{PEER_PORT}")])
             .arg("--peer-plaintext")
             .args(["--listen-admin", "127.0.0.1:9090"])
             .args(["--listen-http", &format!("0.0.0.0:{HTTP_PORT}")])
@@ -651,14 +539,14 @@ impl Net {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start gatewayd");
-        self.hosts[i].gatewayd = Some(child);
+        self.gatewayd[i] = Some(child);
     }
 
     /// `gatewayctl` inside host `i`'s namespace, against its node's loopback admin API.
     fn ctl(&self, i: usize, args: &[&str]) -> testkit::CtlOutput {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i].netns])
-            .arg(binaries!().gatewayctl)
+        let out = self
+            .net
+            .command(i, &binaries!().gatewayctl)
             .args(["--endpoint", "http://127.0.0.1:9090"])
             .args(args)
             .env_remove("GATEWAY_ENDPOINT")
@@ -682,7 +570,7 @@ impl Net {
             "exec 3<>/dev/tcp/127.0.0.1/{HTTP_PORT} && printf 'GET {path} HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && cat <&3"
         );
         let out = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i].netns])
+            .args(["netns", "exec", &self.net.host(i).netns])
             .args(["timeout", "5", "bash", "-c", &script])
             .stdin(Stdio::null())
             .output()
@@ -699,11 +587,11 @@ impl Net {
     }
 
     fn partition(&self, i: usize) {
-        must(ip(&["link", "set", &self.hosts[i].veth, "down"]));
+        self.net.unplug(i);
     }
 
     fn heal(&self, i: usize) {
-        must(ip(&["link", "set", &self.hosts[i].veth, "up"]));
+        self.net.plug(i);
     }
 
     fn log(&self, i: usize) -> String {
@@ -713,14 +601,13 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for h in &mut self.hosts {
-            for mut c in [h.gatewayd.take(), h.backend.take()].into_iter().flatten() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        let children = self.gatewayd.iter_mut().filter_map(Option::take);
+        for mut c in children.chain(self.backends.drain(..)) {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         if std::thread::panicking() {
-            for i in 0..self.hosts.len() {
+            for i in 0..self.gatewayd.len() {
                 let log = self.log(i);
                 let lines: Vec<&str> = log.lines().collect();
                 eprintln!(
@@ -729,13 +616,6 @@ impl Drop for Net {
                     lines[lines.len().saturating_sub(60)..].join("\n")
                 );
             }
-        }
-        for h in &self.hosts {
-            let _ = ip(&["netns", "del", &h.netns]);
-            let _ = ip(&["link", "del", &h.veth]);
-        }
-        if let Some(b) = &self.bridge {
-            let _ = ip(&["link", "del", b]);
         }
     }
 }

@@ -163,6 +163,17 @@ impl Net {
         }
     }
 
+    /// Takes host `a` off the network altogether (its link is down): not even the test process
+    /// reaches it, as when a machine's cable is pulled.
+    pub fn unplug(&self, a: usize) {
+        must(ip(&["link", "set", &self.hosts[a].veth, "down"]));
+    }
+
+    /// Undoes [`Net::unplug`].
+    pub fn plug(&self, a: usize) {
+        must(ip(&["link", "set", &self.hosts[a].veth, "up"]));
+    }
+
     /// Removes every cut.
     pub fn heal(&self) {
         for i in 0..self.hosts.len() {
