@@ -224,3 +224,102 @@ async fn a_malformed_chunked_body_is_a_400_and_not_a_backend_error() {
     .await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
+
+/// A signed request's head for `sent`, with the signature computed over `signed`.
+fn signed_head(key: &str, secret: &str, signed: &str, sent: &str, nonce: &str) -> Vec<u8> {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut req = signer::RequestParts::from_uri("GET", signed);
+    signer::Signer::new(key, secret).sign(&mut req, ts, nonce);
+    let mut head = format!("GET {sent} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for (k, v) in &req.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    (head + "\r\n").into_bytes()
+}
+
+/// The signature is checked over the canonical path, the one the backend receives: a
+/// signature over a non-canonical spelling does not verify, and what was signed is always
+/// what is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_checked_over_the_canonical_path() {
+    let backend = Server::start("ok").await;
+    let mut c = Cluster::new(binaries!(), 1);
+    c.spawn(1);
+    c.wait_leader(SETTLE).await;
+    let b = format!("http://{}", backend.addr);
+    c.ctl_json(1, &["group", "create", "--name", "g"]);
+    c.ctl_json(
+        1,
+        &[
+            "api",
+            "create",
+            "--group",
+            "g",
+            "--name",
+            "sig",
+            "--method",
+            "GET",
+            "--path",
+            "/sig/{*rest}",
+            "--backend",
+            &b,
+            "--auth-type",
+            "APP",
+        ],
+    );
+    c.ctl_json(1, &["api", "deploy", "--group", "g", "--name", "sig"]);
+    let app = c.ctl_json(1, &["app", "create", "--name", "mobile"]);
+    let (key, secret) = (
+        app["app_key"].as_str().unwrap().to_string(),
+        app["app_secret"].as_str().unwrap().to_string(),
+    );
+    c.ctl_json(
+        1,
+        &[
+            "api",
+            "authorize",
+            "--group",
+            "g",
+            "--name",
+            "sig",
+            "--app",
+            "mobile",
+        ],
+    );
+    let addr = c.http_addr(1);
+    let mut n = 0;
+    let mut call = |signed: &'static str, sent: &'static str| {
+        n += 1;
+        let head = signed_head(&key, &secret, signed, sent, &format!("n-{n}"));
+        let addr = addr.clone();
+        async move { raw(&addr, &head).await }
+    };
+    eventually("a signed canonical call to pass", SETTLE, || {
+        let r = call("/sig/x", "/sig/x");
+        async move { r.await.starts_with("HTTP/1.1 200").then_some(()) }
+    })
+    .await;
+
+    // Signed as sent, but not canonical: the gateway checks /sig/y, which was not signed.
+    let r = call("/sig/./y", "/sig/./y").await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert!(r.contains("SignatureRejected"), "{r}");
+    // Signed over the canonical form: passes, and the backend gets exactly that path.
+    let r = call("/sig/y", "/sig/z/../y").await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let paths: Vec<String> = backend.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths.last().map(String::as_str),
+        Some("/sig/y"),
+        "{paths:?}"
+    );
+    assert!(
+        paths
+            .iter()
+            .all(|p| !p.contains("..") && !p.contains("/./")),
+        "{paths:?}"
+    );
+}
