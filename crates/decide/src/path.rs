@@ -48,8 +48,11 @@ pub fn canonical_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    // The common case: nothing to decode, no dot segment, nothing refused.
-    if !bytes.iter().any(|&b| matches!(b, b'%' | b'.' | b'\\' | 0)) {
+    // The common case, without allocating: nothing to decode, nothing refused, and no dot
+    // segment (one always starts right after a '/'; `/v1/a.json` is not one).
+    if !bytes.iter().any(|&b| matches!(b, b'%' | b'\\' | 0))
+        && !bytes.windows(2).any(|w| w == b"/.")
+    {
         return Ok(Cow::Borrowed(raw));
     }
     let mut out: Vec<String> = Vec::new();
@@ -258,6 +261,14 @@ mod tests {
                 let lower = c.to_ascii_lowercase();
                 prop_assert!(!lower.contains("%2f") && !lower.contains("%2e"), "{}", c);
                 prop_assert!(!lower.contains("%5c") && !lower.contains("%00"), "{}", c);
+            }
+        }
+
+        /// Any input at all: no panic, and an accepted path is a fixed point.
+        #[test]
+        fn any_path_is_canonicalised_or_refused(raw in "/[a-zA-Z0-9%./\\~_é-]{0,24}") {
+            if let Ok(c) = canonical_path(&raw) {
+                prop_assert_eq!(&*canonical_path(&c).expect("accepted again"), &*c);
             }
         }
     }
