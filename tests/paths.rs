@@ -17,7 +17,26 @@ const SETTLE: Duration = Duration::from_secs(20);
 /// One node with group `s` (base path `/s`): `files/{*rest}` open, `admin/{id}` denying
 /// loopback (the test's own address), `pub/{name}` open, `up` taking POST; all on `backend`.
 async fn node(backend: &Server) -> Cluster {
-    let mut c = Cluster::new(binaries!(), 1);
+    node_with(backend, false).await
+}
+
+/// A request over TLS (`tls`) or plain HTTP/1.1 to node 1's data plane.
+async fn fetch(c: &Cluster, tls: bool, path: &str) -> Option<testkit::http::Response> {
+    let addr = c.http_addr(1);
+    if tls {
+        testkit::http::get_tls(&addr, "127.0.0.1", &c.client_tls(), path).await
+    } else {
+        get(&addr, path).await
+    }
+}
+
+/// As [`node`]; its data plane serves TLS when `tls`.
+async fn node_with(backend: &Server, tls: bool) -> Cluster {
+    let mut c = if tls {
+        Cluster::new_tls(binaries!(), 1)
+    } else {
+        Cluster::new(binaries!(), 1)
+    };
     c.spawn(1);
     c.wait_leader(SETTLE).await;
     let b = format!("http://{}", backend.addr);
@@ -60,13 +79,12 @@ async fn node(backend: &Server) -> Cluster {
             "127.0.0.0/8",
         ],
     );
-    let addr = c.http_addr(1);
     eventually(
         "the APIs to be routable and admin denied",
         SETTLE,
         || async {
-            let open = get(&addr, "/s/files/x").await?.status == 200;
-            let denied = get(&addr, "/s/admin/1").await?.status == 403;
+            let open = fetch(&c, tls, "/s/files/x").await?.status == 200;
+            let denied = fetch(&c, tls, "/s/admin/1").await?.status == 403;
             (open && denied).then_some(())
         },
     )
@@ -115,12 +133,20 @@ fn check_backend(backend: &Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confusing_paths_are_canonicalised_or_refused_over_http1() {
+    http1_cases(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confusing_paths_are_canonicalised_or_refused_over_tls() {
+    http1_cases(true).await;
+}
+
+async fn http1_cases(tls: bool) {
     let backend = Server::start("ok").await;
-    let c = node(&backend).await;
-    let addr = c.http_addr(1);
+    let c = node_with(&backend, tls).await;
     let before = backend.count();
     for &(path, status, what) in CASES {
-        let r = get(&addr, path).await.expect("a response");
+        let r = fetch(&c, tls, path).await.expect("a response");
         assert_eq!(r.status, status, "{path}: {r:?}");
         let code = r.header("x-ca-error-code").unwrap_or("");
         assert!(code == what || r.body.contains(what), "{path}: {r:?}");
