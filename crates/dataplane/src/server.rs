@@ -458,14 +458,50 @@ fn early_rejection<B>(req: &Request<B>, limits: &ServerLimits) -> (Stage, Option
     (stage, None)
 }
 
+/// Puts the request's path in its canonical form ([`decide::canonical_path`]), keeping its
+/// query, so that routing, the access checks and the forwarded request all see one spelling.
+///
+/// The signature of a signed app call is checked against this canonical path, the one the
+/// backend receives: a client must sign the canonical form of its path (the form `signer`
+/// produces from any path it would send unchanged). Checking the path as sent and forwarding
+/// another would let a signature over `/pub/../admin` authorise what the backend reads as
+/// `/admin`; checking the canonical path means that what was signed, what was routed and what
+/// is forwarded are always the same bytes. A client that signed a non-canonical spelling gets
+/// a signature refusal, never a different resource.
+fn canonicalize(req: &mut Request<RequestBody>) -> Result<(), decide::PathError> {
+    let uri = req.uri();
+    let canonical = match decide::canonical_path(uri.path())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(path) => path,
+    };
+    let mut pq = canonical;
+    if let Some(query) = uri.query() {
+        pq.push('?');
+        pq.push_str(query);
+    }
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    // The canonical path is made of the characters the original one was: it parses.
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| decide::PathError::BadEscape)?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| decide::PathError::BadEscape)?;
+    Ok(())
+}
+
 /// One request: decide, then forward or answer.
 async fn handle(
     dp: &Dataplane,
     conn: &ConnInfo,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let now = dp.now();
     let request_id = dp.next_request_id();
+    if let Err(e) = canonicalize(&mut req) {
+        // Refused before routing: which API such a path would reach is exactly what is in
+        // doubt, so no API's counters see it.
+        let response = error_response(&GatewayError::InvalidPath(e), &request_id.header_value());
+        dp.record_unrouted_status(response.status());
+        return response;
+    }
     let limits = &*conn.limits;
     let (stage, early) = early_rejection(&req, limits);
     let access = Access {
@@ -483,6 +519,7 @@ async fn handle(
         Some(&access),
         now,
     );
+    let client_version = req.version();
     let mut response = match verdict.admitted_api() {
         Some(api) => {
             let forwarded = {
@@ -512,10 +549,21 @@ async fn handle(
                     match e {
                         ForwardError::Timeout(_) => api.count_backend_timeout(),
                         ForwardError::Broken(_) => api.count_backend_error(),
-                        ForwardError::BodyTooLarge => {}
+                        // The client's doing: the backend is not counted as failing.
+                        ForwardError::BodyTooLarge | ForwardError::ClientBody => {}
                     }
+                    let close = matches!(e, ForwardError::ClientBody);
                     let error = e.into_gateway_error(limits.max_body_bytes);
-                    error_response(&error, &request_id.header_value())
+                    let mut response = error_response(&error, &request_id.header_value());
+                    // After broken framing the rest of the connection cannot be read as
+                    // requests: close it (HTTP/1; an HTTP/2 stream ends on its own).
+                    if close && client_version < http::Version::HTTP_2 {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    response
                 }
             }
         }

@@ -38,6 +38,9 @@ pub enum GatewayError {
     HeadersTooLarge { limit: usize },
     #[error("Bad request: {0}")]
     BadRequest(&'static str),
+    /// The request path is not one the gateway routes unambiguously (see [`crate::path`]).
+    #[error("Invalid request path: {0}")]
+    InvalidPath(crate::path::PathError),
     /// This node does not serve API traffic (see [`crate::Dataplane::set_not_serving`]).
     #[error("This gateway node is not serving API traffic: {reason}")]
     NodeNotServing { reason: Arc<String> },
@@ -54,7 +57,7 @@ impl GatewayError {
             GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             GatewayError::NodeNotServing { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -71,6 +74,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge { .. } => "RequestBodyTooLarge",
             GatewayError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
             GatewayError::BadRequest(_) => "BadRequest",
+            GatewayError::InvalidPath(_) => "InvalidPath",
             GatewayError::NodeNotServing { .. } => "NodeNotServing",
         }
     }

@@ -17,6 +17,8 @@
 //!   [`DataplaneConfig`] (startup, snapshots) and applies its difference from what is loaded
 //!   the same way. Lookup does not walk the groups: the request path's prefixes are looked up
 //!   by hash (a few lookups, with 5 groups or 5,000).
+//! - **The canonical request path** ([`canonical_path`]): the one spelling of a path that
+//!   routing, the access checks and the forwarded request use.
 //! - **The account gate**: APIs of suspended accounts answer 403.
 //! - **Access checks**: IP access control and signed app calls ([`IpAcl`], [`AppCredential`]).
 //! - **Instance limiters and their cluster shares**: each instance's cluster-wide ceiling C is
@@ -40,7 +42,7 @@
 //!
 //! Lower modules first; nothing imports a module above it.
 //!
-//! - [`per_thread`], [`wire`], `limiter`: leaves. Time comes from `model`'s [`Clock`].
+//! - [`per_thread`], [`wire`], `limiter`, [`path`]: leaves. Time comes from `model`'s [`Clock`].
 //! - `error`, `config`, `access`, [`request_id`], `metrics`, `usage`, `shares`, `router`:
 //!   the checks and counters a decision uses.
 //! - `instance`: an instance's limiter and counters.
@@ -62,6 +64,7 @@ mod limiter;
 mod loaded;
 mod metrics;
 mod options;
+pub mod path;
 pub mod per_thread;
 mod plane;
 mod publish;
@@ -83,6 +86,7 @@ pub use limiter::{DEFAULT_BURST, GcraLimiter};
 pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use model::{Stage, UsageDelta};
 pub use options::DataplaneOptions;
+pub use path::{PathError, canonical_path};
 pub use plane::{Access, Dataplane, InstanceShare, PublishReport, Verdict};
 pub use router::RouteError;
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};

@@ -299,6 +299,12 @@ impl<U: Upstreams> Dataplane<U> {
         }
     }
 
+    /// Counts the status of a request refused before it could be routed (e.g. an invalid
+    /// path), with the unrouted requests.
+    pub fn record_unrouted_status(&self, status: http::StatusCode) {
+        self.inner.global.unrouted.record(status.as_u16());
+    }
+
     /// Admission on this data plane's clock; see [`decide_at`](Self::decide_at).
     #[inline]
     pub fn decide(

@@ -38,7 +38,7 @@ mod respond;
 
 pub use body::{Checkout, RequestBody, ResponseBody};
 pub use direct::HeaderBlock;
-pub use limited::{BodyTooLarge, BoxError};
+pub use limited::{BodyTooLarge, BoxError, ClientBodyError};
 pub use pool::{BackendPools, HostPool};
 pub use proxy::{Backend, Client, ForwardError, forward};
 pub use respond::error_response;

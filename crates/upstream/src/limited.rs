@@ -16,6 +16,12 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client's request body could not be read: malformed chunked framing, or the client
+/// went away mid-body. The client's fault, never the backend's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read from the client: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// A request body cut off with [`BodyTooLarge`] once more than `limit` bytes went through.
 /// (A declared `Content-Length` over the limit is refused before any of this.)
 pub struct LimitedBody {
@@ -57,7 +63,7 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

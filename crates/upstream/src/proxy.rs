@@ -2,7 +2,7 @@
 
 use crate::body::{Checkout, RequestBody, ResponseBody};
 use crate::direct::{self, ExchangeError};
-use crate::limited::{BodyTooLarge, LimitedBody};
+use crate::limited::{BodyTooLarge, ClientBodyError, LimitedBody};
 use crate::pool::{HostPool, Sender};
 use decide::request_id::RequestId;
 use decide::wire::{
@@ -157,11 +157,11 @@ fn set_forwarded(
     }
 }
 
-/// Whether the error chain holds our body-limit error.
-fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether the error chain holds an error of type `E` (our body errors, under hyper's).
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
     while let Some(e) = source {
-        if e.is::<BodyTooLarge>() {
+        if e.is::<E>() {
             return true;
         }
         source = e.source();
@@ -178,6 +178,9 @@ pub enum ForwardError {
     Broken(&'static str),
     /// The client's streamed body grew past the limit.
     BodyTooLarge,
+    /// The client's body was malformed (bad chunked framing) or cut off: a 400, and not a
+    /// backend failure. The backend connection that carried part of it is dropped.
+    ClientBody,
 }
 
 /// A backend as the compiled routes hold it: its address and its pool.
@@ -322,8 +325,13 @@ async fn send(
                     continue;
                 }
                 let e = e.into_error();
-                if body_too_large(&e) {
+                // The backend connection (`tx`) is dropped here, not pooled: it carried part of
+                // a request that never ended.
+                if caused_by::<BodyTooLarge>(&e) {
                     return Err(ForwardError::BodyTooLarge);
+                }
+                if caused_by::<ClientBodyError>(&e) {
+                    return Err(ForwardError::ClientBody);
                 }
                 tracing::debug!(error = %e, "backend request failed");
                 return Err(ForwardError::Broken(
@@ -341,6 +349,9 @@ impl ForwardError {
             ForwardError::Timeout(d) => GatewayError::GatewayTimeout(d),
             ForwardError::Broken(why) => GatewayError::BadGateway(why),
             ForwardError::BodyTooLarge => GatewayError::BodyTooLarge { limit: max_body },
+            ForwardError::ClientBody => GatewayError::BadRequest(
+                "the request body is malformed (invalid chunked framing) or was cut off",
+            ),
         }
     }
 }
