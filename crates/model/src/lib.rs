@@ -17,10 +17,13 @@
 //!   `usage` (flushes from the nodes) and `cycle` (the daily billing cycle).
 //! - [`history`]: what commands write once and never change (ledger, bills, events, closed
 //!   usage); kept on disk by the storage layer, never in the state.
+//! - [`config`]: the declarative configuration document (`gatewayctl export`/`apply`); its
+//!   planner is `state/config.rs`.
 //! - [`validate`]: field checks shared with the admin service, so both refuse the same input
 //!   with the same message.
 
 mod command;
+pub mod config;
 mod error;
 pub mod history;
 mod state;
