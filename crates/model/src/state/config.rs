@@ -123,7 +123,7 @@ pub(super) fn apply(
 ) -> Result<ApplyReport, DomainError> {
     let mut problems = Problems::default();
     let plan = plan(s, doc, options, now, &mut problems);
-    problems.into_result()?;
+    problems.verdict()?;
 
     // Take out what changes or goes, then put in the new shapes: routes between groups are
     // checked only against the final shapes.
@@ -156,7 +156,7 @@ pub(super) fn apply(
         }
         insert_group(s, g.clone());
     }
-    problems.into_result()?;
+    problems.verdict()?;
 
     // The report and the change set: the document's groups in its order, then the pruned.
     let mut report = ApplyReport::default();
@@ -195,7 +195,7 @@ impl Problems {
         }
     }
 
-    fn into_result(&mut self) -> Result<(), DomainError> {
+    fn verdict(&self) -> Result<(), DomainError> {
         if self.0.is_empty() {
             return Ok(());
         }
