@@ -5,8 +5,8 @@
 //! to the account too ([`ApplyOptions::account`]), so no proposer can widen it.
 
 use crate::auth::Principal;
-use model::config::{ApplyOptions, ApplyReport, Document};
 use model::State;
+use model::config::{ApplyOptions, ApplyReport, Document};
 use proto::admin as pb;
 use tonic::Status;
 
