@@ -5,8 +5,10 @@
 //! `-o json`, as JSON for scripts. Any error exits non-zero with the server's message.
 
 mod call;
+mod config;
 mod docs;
 mod money;
+mod openapi;
 mod output;
 
 use anyhow::{Context, Result, bail};
@@ -119,6 +121,23 @@ enum Cmd {
     /// Admin API tokens for accounts (operator only).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Write every API group, API, deployment, IP access control and app grant as one
+    /// document: YAML (the default) or JSON (-o json).
+    Export(config::ExportArgs),
+    /// Show what `apply -f FILE` would change, object by object (nothing is written).
+    Diff(config::ApplyArgs),
+    /// Make the cluster match a document, in one atomic write: all of it, or nothing and
+    /// every problem listed. What the file does not name is left alone unless --prune.
+    Apply {
+        #[command(flatten)]
+        args: config::ApplyArgs,
+        /// Check everything on the server and show what would change, without writing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Create APIs from another format.
+    #[command(subcommand)]
+    Import(config::ImportCmd),
     /// Send one request through the gateway, signed with an app's key when given.
     Call(call::CallArgs),
     /// Check a running cluster against an instance spec's SLA (open-loop load test).
@@ -606,6 +625,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Group(cmd) => group(&mut c, f, cmd).await,
         Cmd::Api(cmd) => api(&mut c, f, cmd).await,
         Cmd::Cluster(cmd) => cluster(&mut c, f, cmd).await,
+        Cmd::Export(a) => config::export(&mut c, f, a).await,
+        Cmd::Diff(a) => config::diff(&mut c, f, a).await,
+        Cmd::Apply { args, dry_run } => config::apply(&mut c, f, args, dry_run).await,
+        Cmd::Import(config::ImportCmd::Openapi(a)) => openapi::import(&mut c, f, a).await,
     }
 }
 
@@ -1082,7 +1105,9 @@ async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
     }
     .into_inner();
     match f {
-        Format::Json | Format::Csv => print(f, output::cluster_json(&status), || Table::new(&[])),
+        Format::Json | Format::Csv | Format::Yaml => {
+            print(f, output::cluster_json(&status), || Table::new(&[]))
+        }
         Format::Table => {
             println!(
                 "node {} ({})  leader: {}  term: {}  last log: {}  applied: {}\n",
@@ -1132,6 +1157,12 @@ mod tests {
             ],
             &["instance", "modify-spec", "--name", "n", "--spec", "s"],
             &["cluster", "status", "-o", "json"],
+            &["export", "-o", "yaml", "--account", "a"],
+            &["diff", "-f", "c.yaml"],
+            &["apply", "-f", "c.yaml", "--prune", "--force", "--dry-run"],
+            &[
+                "import", "openapi", "p.yaml", "--group", "g", "--backend", "http://h:1",
+            ],
             &[
                 "group",
                 "create",

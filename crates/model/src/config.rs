@@ -19,7 +19,7 @@
 //!     method: GET
 //!     path: /items/{id}
 //!     backend: http://10.0.0.5:8080
-//!     timeout_ms: 5000            # optional, default 10000
+//!     timeout_ms: 5000            # optional, default 5000 (as for `api create`)
 //!     auth: ANONYMOUS             # ANONYMOUS (default) or APP
 //!     apps: [mobile]              # optional: apps allowed to call it (existing, same account)
 //!     ip_allow: []                # optional: the API's own IP access control
@@ -56,7 +56,7 @@ use std::collections::BTreeMap;
 pub const VERSION: u32 = 1;
 
 /// The backend timeout of an API entry that gives none.
-pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// A declarative configuration document.
 ///
