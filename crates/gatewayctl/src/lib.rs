@@ -1161,7 +1161,13 @@ mod tests {
             &["diff", "-f", "c.yaml"],
             &["apply", "-f", "c.yaml", "--prune", "--force", "--dry-run"],
             &[
-                "import", "openapi", "p.yaml", "--group", "g", "--backend", "http://h:1",
+                "import",
+                "openapi",
+                "p.yaml",
+                "--group",
+                "g",
+                "--backend",
+                "http://h:1",
             ],
             &[
                 "group",

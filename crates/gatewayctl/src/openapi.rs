@@ -284,6 +284,35 @@ mod tests {
     }
 
     #[test]
+    fn the_petstore_maps_to_three_apis() {
+        let spec = parse(include_str!("../../../tests/data/petstore.yaml")).unwrap();
+        let template = Definition {
+            method: String::new(),
+            path: String::new(),
+            backend: "http://127.0.0.1:1".into(),
+            timeout_ms: 5000,
+            auth: "ANONYMOUS".into(),
+        };
+        let (apis, unsupported) = apis_from(&spec, &template);
+        assert!(unsupported.is_empty(), "{unsupported:?}");
+        let got: Vec<(&str, &str, &str)> = apis
+            .iter()
+            .map(|a| (a.name.as_str(), a.method.as_str(), a.path.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("listPets", "GET", "/pets"),
+                ("createPets", "POST", "/pets"),
+                ("showPetById", "GET", "/pets/{petId}"),
+            ]
+        );
+        // A 3.1 document is refused by its version.
+        let e = parse("openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths: {}\n").unwrap_err();
+        assert!(e.to_string().contains("not a 3.0.x version"), "{e}");
+    }
+
+    #[test]
     fn a_redefined_api_keeps_serving_what_it_served() {
         let api = |backend: &str| ApiEntry {
             name: "a".into(),
