@@ -190,6 +190,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_document() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("### Declarative configuration").unwrap()..];
+        let start = section.find("```yaml\n").unwrap() + "```yaml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let doc = parse_document(block).unwrap();
+        let api = &doc.groups[0].apis[0];
+        assert_eq!(
+            (api.name.as_str(), api.stages.as_slice()),
+            ("item", &["RELEASE".to_string()][..])
+        );
+        assert_eq!(
+            api.pinned["PRE"].timeout_ms,
+            model::config::DEFAULT_TIMEOUT_MS
+        );
+    }
+
+    #[test]
     fn yaml_and_json_read_the_same() {
         let y = parse_document(
             "version: 1\ngroups:\n- name: g\n  apis:\n  - {name: a, method: GET, path: /a, backend: 'http://127.0.0.1:1'}\n",

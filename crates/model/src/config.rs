@@ -26,7 +26,10 @@
 //!     ip_deny: []
 //!     stages: [RELEASE, TEST]     # deployed with the definition above
 //!     pinned:                     # optional: stages that serve an earlier definition
-//!       PRE: {method: GET, path: /items/{id}, backend: http://10.0.0.4:8080, timeout_ms: 5000, auth: ANONYMOUS}
+//!       PRE:
+//!         method: GET
+//!         path: /items/{id}
+//!         backend: http://10.0.0.4:8080
 //! ```
 //!
 //! The document is the whole truth about every object it names: an API entry without `stages`
