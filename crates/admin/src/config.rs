@@ -79,3 +79,51 @@ pub(crate) fn reply(report: ApplyReport, applied: bool) -> pb::ApplyConfigReply 
         applied,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Command, Proposal};
+
+    #[test]
+    fn an_account_token_is_refused_every_group_of_another_account() {
+        let cat = catalog::Catalog::builtin();
+        let mut state = State::default();
+        let p = Proposal {
+            at_ms: 1,
+            catalog: cat.fingerprint().into(),
+            request_id: None,
+            command: Command::CreateApiGroup {
+                name: "shop".into(),
+                account: model::DEFAULT_ACCOUNT.into(),
+                instance: catalog::SHARED_INSTANCE.into(),
+                host: None,
+                base_path: None,
+            },
+        };
+        state.apply(&p, cat).unwrap().reply.unwrap();
+        let doc: Document = serde_json::from_value(serde_json::json!({"version": 1, "groups": [
+            {"name": "shop"}, {"name": "x", "account": "default"}, {"name": "mine"}
+        ]}))
+        .unwrap();
+        let acme = Principal::Account("acme".into());
+        let e = authorize(&acme, &state, &doc).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(
+            e.message()
+                .contains("group shop: belongs to another account")
+                && e.message()
+                    .contains("group x: account 'default' is not 'acme'")
+                && !e.message().contains("mine"),
+            "{}",
+            e.message()
+        );
+        assert!(authorize(&Principal::Operator, &state, &doc).is_ok());
+        assert_eq!(
+            scope(&acme, String::new()).unwrap().as_deref(),
+            Some("acme")
+        );
+        assert_eq!(scope(&Principal::Operator, String::new()).unwrap(), None);
+        assert!(scope(&acme, "default".into()).is_err());
+    }
+}

@@ -54,6 +54,9 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(node: Node, catalog: Arc<Catalog>) -> AdminServer<AdminService> {
         AdminServer::new(AdminService { node, catalog })
+            // Room for a whole cluster's configuration document (ApplyConfig).
+            .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+            .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES)
     }
 
     /// Refuses unless `p` may touch instance `name` (an unknown one is left to the command).

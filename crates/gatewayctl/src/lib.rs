@@ -523,7 +523,10 @@ async fn connect(cli: &Conn) -> Result<Client> {
         token,
         local_reads: cli.consistency == Consistency::Local,
     };
-    Ok(AdminClient::with_interceptor(channel, auth))
+    // Room for a whole cluster's configuration document (export, apply).
+    Ok(AdminClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+        .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES))
 }
 
 /// Runs the CLI and returns the process exit code.

@@ -58,6 +58,10 @@ use std::collections::BTreeMap;
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 1;
 
+/// The largest document the admin API takes or gives (gRPC's default, 4 MiB, is about 15,000
+/// APIs): the server and gatewayctl both allow this much for the configuration calls.
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
+
 /// The backend timeout of an API entry that gives none.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
