@@ -1064,6 +1064,8 @@ impl Admin for AdminService {
             return Ok(Response::new(config::reply(report, false)));
         }
         drop(state);
+        // No request id: an apply is idempotent (the same document applied twice changes
+        // nothing the second time), so retrying one whose outcome is unknown is safe.
         match self
             .write(Command::ApplyConfig { desired, options })
             .await?

@@ -240,9 +240,12 @@ fn plan(
         );
     }
     if let Some(a) = &options.account
-        && let Err(e) = s.account(a)
+        && s.account(a).is_err()
     {
-        problems.push("document", e);
+        problems.push(
+            "document",
+            DomainError::invalid("account", format!("'{a}' is not an existing account")),
+        );
     }
     let mut groups = BTreeMap::new();
     for entry in &doc.groups {
@@ -327,8 +330,11 @@ fn plan_group(
             ),
         );
     }
-    if let Err(e) = s.account(&account) {
-        problems.push(&object, e);
+    if s.account(&account).is_err() {
+        problems.push(
+            &object,
+            DomainError::invalid("account", format!("'{account}' is not an existing account")),
+        );
     }
     let existing = s.groups.get(&entry.name);
     if let Some(old) = existing
@@ -498,7 +504,15 @@ fn plan_api(
     let mut apps = OrdSet::new();
     for app in &entry.apps {
         match s.apps.get(app) {
-            None => problems.push(object, DomainError::not_found("app", app)),
+            None => problems.push(
+                object,
+                DomainError::invalid(
+                    "apps",
+                    format!(
+                        "'{app}' is not an existing app (apps are created with `app create`, not by an apply)"
+                    ),
+                ),
+            ),
             Some(a) if a.account != account => problems.push(
                 object,
                 DomainError::invalid(

@@ -244,9 +244,9 @@ fn a_refused_document_lists_every_problem_and_changes_nothing() {
         "api shop/item: invalid timeout_ms",
         "api shop/item: invalid auth",
         "api shop/item: invalid stages",
-        "api shop/item: app 'ghost' not found",
+        "api shop/item: invalid apps: 'ghost' is not an existing app",
         "api shop/item: invalid name: the group names this API more than once",
-        "group new-one: account 'nobody' not found",
+        "group new-one: invalid account: 'nobody' is not an existing account",
         "group new-one: invalid instance",
     ] {
         assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
