@@ -609,6 +609,8 @@ fn spec_of(
             problems.push(object, rename(e, &format!("{prefix}{field}")));
         }
     }
+    // The same checks as the single commands (which stop at the first): a spec this passes,
+    // `CreateApi` passes too.
     debug_assert!(problems.0.len() > before || check_api_spec(&spec).is_ok());
     (problems.0.len() == before).then_some(spec)
 }
