@@ -7,7 +7,8 @@
 //! applied as one atomic apply without prune: APIs of the group that the OpenAPI document
 //! does not have are left alone. An API that exists is redefined; its deployments keep serving
 //! what they served (their stages are pinned to the earlier definition) unless `--stage` says
-//! to deploy it.
+//! to deploy it. The document's `servers` are not used: the group's host and base path say
+//! where the APIs are served, `--backend` where they forward to.
 
 use crate::config::{ApplyArgs, fetch, read_text, report, send};
 use crate::output::Format;
