@@ -11,6 +11,7 @@
 //!
 //! - this file: the RPC handlers, and the mapping of every error to a gRPC status;
 //! - `auth`: who is calling and what they may touch;
+//! - `config`: the declarative configuration: scope, parsing and who may apply what;
 //! - `convert`: instances, groups and APIs to and from protobuf;
 //! - `accounts`: accounts, ledgers, bills and events: parsing and presentation;
 //! - `usage`: `DescribeUsage`, merging closed days (history) with open ones (state);
@@ -18,6 +19,7 @@
 
 mod accounts;
 pub mod auth;
+mod config;
 mod convert;
 mod paging;
 mod usage;
@@ -52,6 +54,9 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(node: Node, catalog: Arc<Catalog>) -> AdminServer<AdminService> {
         AdminServer::new(AdminService { node, catalog })
+            // Room for a whole cluster's configuration document (ApplyConfig).
+            .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+            .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES)
     }
 
     /// Refuses unless `p` may touch instance `name` (an unknown one is left to the command).
@@ -1021,6 +1026,53 @@ impl Admin for AdminService {
             })
             .await?,
         )
+    }
+
+    async fn export_config(
+        &self,
+        req: Request<pb::ExportConfigRequest>,
+    ) -> Result<Response<pb::ExportConfigReply>, Status> {
+        self.read_barrier(&req).await?;
+        let p = Principal::of(&req);
+        let account = config::scope(&p, req.into_inner().account)?;
+        let doc = self.node.state().export_config(account.as_deref());
+        let document_json = serde_json::to_string(&doc)
+            .map_err(|e| Status::internal(format!("cannot encode the document: {e}")))?;
+        Ok(Response::new(pb::ExportConfigReply { document_json }))
+    }
+
+    async fn apply_config(
+        &self,
+        req: Request<pb::ApplyConfigRequest>,
+    ) -> Result<Response<pb::ApplyConfigReply>, Status> {
+        let p = Principal::of(&req);
+        let dry_run = req.get_ref().dry_run;
+        if dry_run {
+            // Checked against everything acknowledged before, as the write would be.
+            self.read_barrier(&req).await?;
+        }
+        let r = req.into_inner();
+        let account = config::scope(&p, r.account.clone())?;
+        let desired = config::parse(&r.document_json)?;
+        let state = self.node.state();
+        config::authorize(&p, &state, &desired)?;
+        let options = config::options(&r, account);
+        if dry_run {
+            let report = state
+                .dry_run_config(&desired, &options, self.node.now_ms())
+                .map_err(domain_status)?;
+            return Ok(Response::new(config::reply(report, false)));
+        }
+        drop(state);
+        // No request id: an apply is idempotent (the same document applied twice changes
+        // nothing the second time), so retrying one whose outcome is unknown is safe.
+        match self
+            .write(Command::ApplyConfig { desired, options })
+            .await?
+        {
+            Reply::ConfigApplied(report) => Ok(Response::new(config::reply(report, true))),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn create_token(

@@ -139,7 +139,7 @@ pub async fn call(f: Format, a: CallArgs) -> Result<()> {
     let body = String::from_utf8_lossy(&body).into_owned();
     let v = json!({"status": status.as_u16(), "headers": headers.iter().map(|(k, v)| json!({k: v})).collect::<Vec<_>>(), "body": body});
     match f {
-        Format::Json | Format::Csv => print(f, v, || unreachable!()),
+        Format::Json | Format::Csv | Format::Yaml => print(f, v, || unreachable!()),
         Format::Table => {
             println!("{status}");
             for (k, v) in &headers {

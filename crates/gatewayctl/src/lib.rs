@@ -5,8 +5,10 @@
 //! `-o json`, as JSON for scripts. Any error exits non-zero with the server's message.
 
 mod call;
+mod config;
 mod docs;
 mod money;
+mod openapi;
 mod output;
 
 use anyhow::{Context, Result, bail};
@@ -120,6 +122,23 @@ enum Cmd {
     /// Admin API tokens for accounts (operator only).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Write every API group, API, deployment, IP access control and app grant as one
+    /// document: YAML (the default) or JSON (-o json).
+    Export(config::ExportArgs),
+    /// Show what `apply -f FILE` would change, object by object (nothing is written).
+    Diff(config::ApplyArgs),
+    /// Make the cluster match a document, in one atomic write: all of it, or nothing and
+    /// every problem listed. What the file does not name is left alone unless --prune.
+    Apply {
+        #[command(flatten)]
+        args: config::ApplyArgs,
+        /// Check everything on the server and show what would change, without writing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Create APIs from another format.
+    #[command(subcommand)]
+    Import(config::ImportCmd),
     /// Send one request through the gateway, signed with an app's key when given.
     Call(call::CallArgs),
     /// Check a running cluster against an instance spec's SLA (open-loop load test).
@@ -577,7 +596,10 @@ async fn connect(cli: &Conn) -> Result<Client> {
         token,
         local_reads: cli.consistency == Consistency::Local,
     };
-    Ok(AdminClient::with_interceptor(channel, auth))
+    // Room for a whole cluster's configuration document (export, apply).
+    Ok(AdminClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+        .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES))
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -679,6 +701,10 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Group(cmd) => group(&mut c, f, cmd).await,
         Cmd::Api(cmd) => api(&mut c, f, cmd).await,
         Cmd::Cluster(cmd) => cluster(&mut c, f, cmd).await,
+        Cmd::Export(a) => config::export(&mut c, f, a).await,
+        Cmd::Diff(a) => config::diff(&mut c, f, a).await,
+        Cmd::Apply { args, dry_run } => config::apply(&mut c, f, args, dry_run).await,
+        Cmd::Import(config::ImportCmd::Openapi(a)) => openapi::import(&mut c, f, a).await,
     }
 }
 
@@ -1156,7 +1182,9 @@ async fn cluster(c: &mut Client, f: Format, cmd: ClusterCmd) -> Result<()> {
     }
     .into_inner();
     match f {
-        Format::Json | Format::Csv => print(f, output::cluster_json(&status), || Table::new(&[])),
+        Format::Json | Format::Csv | Format::Yaml => {
+            print(f, output::cluster_json(&status), || Table::new(&[]))
+        }
         Format::Table => {
             println!(
                 "node {} ({})  leader: {}  term: {}  last log: {}  applied: {}\n",
@@ -1252,6 +1280,18 @@ mod tests {
             ],
             &["instance", "modify-spec", "--name", "n", "--spec", "s"],
             &["cluster", "status", "-o", "json"],
+            &["export", "-o", "yaml", "--account", "a"],
+            &["diff", "-f", "c.yaml"],
+            &["apply", "-f", "c.yaml", "--prune", "--force", "--dry-run"],
+            &[
+                "import",
+                "openapi",
+                "p.yaml",
+                "--group",
+                "g",
+                "--backend",
+                "http://h:1",
+            ],
             &[
                 "group",
                 "create",

@@ -591,7 +591,7 @@ async fn statement(c: &mut Client, f: Format, account: String, month: String) ->
     }));
     match f {
         Format::Csv => print!("{}", crate::output::csv(&rows)),
-        Format::Json => {
+        Format::Json | Format::Yaml => {
             let v = json!({
                 "account": account,
                 "month": m.to_string(),
@@ -604,7 +604,7 @@ async fn statement(c: &mut Client, f: Format, account: String, month: String) ->
                     "instance": i, "api": a, "calls": calls, "bytes_out": bytes,
                 })).collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            crate::output::print_data(f, &v);
         }
         Format::Table => {
             let mut t = Table::new(&["DAY", "ITEM", "QUANTITY", "AMOUNT (USD)"]);

@@ -10,6 +10,21 @@ pub enum Format {
     /// Comma-separated values: a header line, then a line per record (a listing's records, or
     /// the one record shown). Nested values are written as JSON text.
     Csv,
+    /// The JSON output's data as YAML (and `export`'s document, its default).
+    Yaml,
+}
+
+/// `v` as YAML.
+pub fn yaml<T: serde::Serialize>(v: &T) -> String {
+    serde_norway::to_string(v).expect("every value the CLI prints encodes as YAML")
+}
+
+/// Data for scripts: pretty JSON, or YAML.
+pub fn print_data(format: Format, v: &Value) {
+    match format {
+        Format::Yaml => print!("{}", yaml(v)),
+        _ => println!("{}", serde_json::to_string_pretty(v).expect("json")),
+    }
 }
 
 /// One CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180).
@@ -104,6 +119,7 @@ pub fn print(format: Format, value: Value, table: impl FnOnce() -> Table) {
         Format::Json => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
         Format::Table => print!("{}", table().render()),
         Format::Csv => print!("{}", value_csv(&value)),
+        Format::Yaml => print!("{}", yaml(&value)),
     }
 }
 
@@ -170,6 +186,10 @@ fn render_page(
         }
         // The records only; the cursor goes where people see it.
         Format::Csv => (csv(&page.items), hint),
+        Format::Yaml => (
+            yaml(&json!({ page.items_key: page.items, page.next_key: page.next })),
+            None,
+        ),
     }
 }
 

@@ -306,6 +306,11 @@ mod tests {
     }
 
     fn arb_command() -> impl Strategy<Value = Command> {
+        // An apply is weighted up: it does in one command what a dozen single ones do.
+        prop_oneof![5 => arb_single_command(), 1 => arb_apply_config()]
+    }
+
+    fn arb_single_command() -> impl Strategy<Value = Command> {
         let name = prop::sample::select(vec!["a", "b", "c"]);
         let account = prop::sample::select(vec![model::DEFAULT_ACCOUNT, "acme"]);
         let inst = prop::sample::select(vec!["a", "b", SHARED_INSTANCE]);
@@ -455,6 +460,85 @@ mod tests {
                 }
             }),
         ]
+    }
+
+    /// A declarative apply over the same few names: groups moved between hosts, base paths and
+    /// instances, APIs redefined, deployed, pinned, granted and pruned, in one command.
+    fn arb_apply_config() -> impl Strategy<Value = Command> {
+        use model::config::{ApiEntry, ApplyOptions, Definition, Document, GroupEntry};
+        let name = prop::sample::select(vec!["a", "b", "c"]);
+        let path = prop::sample::select(vec!["/x", "/x/{id}", "/y", "/files/{*rest}"]);
+        let stages = prop::sample::subsequence(vec!["RELEASE", "PRE", "TEST"], 0..=3);
+        let api = (
+            name.clone(),
+            prop::sample::select(vec!["GET", "POST", "ANY"]),
+            path.clone(),
+            any::<bool>(),
+            stages,
+            prop::option::of(path),
+            prop_oneof![3 => Just(vec![]), 1 => prop::sample::subsequence(vec!["a", "b"], 0..=2)],
+            prop::option::of(Just("127.0.0.1/32")),
+        )
+            .prop_map(|(n, m, p, app, stages, pinned, apps, deny)| {
+                let auth = if app { "APP" } else { "ANONYMOUS" };
+                ApiEntry {
+                    name: n.into(),
+                    method: m.into(),
+                    path: p.into(),
+                    backend: "http://127.0.0.1:9".into(),
+                    timeout_ms: 1000,
+                    auth: auth.into(),
+                    apps: apps.into_iter().map(Into::into).collect(),
+                    ip_allow: vec![],
+                    ip_deny: deny.into_iter().map(Into::into).collect(),
+                    stages: stages.into_iter().map(Into::into).collect(),
+                    pinned: pinned
+                        .map(|p| {
+                            let d = Definition {
+                                method: "GET".into(),
+                                path: p.into(),
+                                backend: "http://127.0.0.1:8".into(),
+                                timeout_ms: 1000,
+                                auth: auth.into(),
+                            };
+                            [("TEST".to_string(), d)].into()
+                        })
+                        .unwrap_or_default(),
+                }
+            });
+        let group = (
+            name,
+            prop::sample::select(vec![model::DEFAULT_ACCOUNT, model::DEFAULT_ACCOUNT, "acme"]),
+            prop::sample::select(vec!["a", SHARED_INSTANCE, SHARED_INSTANCE]),
+            prop::option::of(prop::sample::select(vec!["api.example.com", "b.example"])),
+            prop::option::of(prop::sample::select(vec!["/v1", "/v2", "/v1/deep"])),
+            prop::option::of(Just("198.18.0.0/15")),
+            prop::collection::vec(api, 0..3),
+        )
+            .prop_map(|(n, a, i, h, b, allow, apis)| GroupEntry {
+                name: n.into(),
+                account: a.into(),
+                instance: i.into(),
+                host: h.map(Into::into),
+                base_path: b.map(Into::into),
+                ip_allow: allow.into_iter().map(Into::into).collect(),
+                ip_deny: vec![],
+                apis,
+            });
+        (
+            prop::collection::vec(group, 0..3),
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::weighted(0.2, Just("acme")),
+        )
+            .prop_map(|(groups, prune, force, account)| Command::ApplyConfig {
+                desired: Document { version: 1, groups },
+                options: ApplyOptions {
+                    prune,
+                    force,
+                    account: account.map(Into::into),
+                },
+            })
     }
 
     /// The data plane's configuration as the updates built it, kept by name.

@@ -237,6 +237,12 @@ pub enum Command {
         allow: Vec<String>,
         deny: Vec<String>,
     },
+    /// Makes the API groups match a declarative configuration document, all or nothing (see
+    /// [`crate::config`]).
+    ApplyConfig {
+        desired: crate::config::Document,
+        options: crate::config::ApplyOptions,
+    },
 }
 
 impl Command {
@@ -271,6 +277,7 @@ impl Command {
             Command::AuthorizeApp { .. } => "AuthorizeApp",
             Command::RevokeAppAuthorization { .. } => "RevokeAppAuthorization",
             Command::SetIpAccessControl { .. } => "SetIpAccessControl",
+            Command::ApplyConfig { .. } => "ApplyConfig",
         }
     }
 }
@@ -303,5 +310,7 @@ pub enum Reply {
     },
     Token(ApiToken),
     App(App),
+    /// What an [`Command::ApplyConfig`] changed.
+    ConfigApplied(crate::config::ApplyReport),
     Done,
 }

@@ -17,11 +17,14 @@
 //!   `usage` (flushes from the nodes) and `cycle` (the daily billing cycle).
 //! - [`history`]: what commands write once and never change (ledger, bills, events, closed
 //!   usage); kept on disk by the storage layer, never in the state.
+//! - [`config`]: the declarative configuration document (`gatewayctl export`/`apply`); its
+//!   planner is `state/config.rs`.
 //! - [`validate`]: field checks shared with the admin service, so both refuse the same input
 //!   with the same message.
 
 pub mod clock;
 mod command;
+pub mod config;
 mod entity;
 mod error;
 pub mod history;

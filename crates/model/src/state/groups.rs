@@ -385,7 +385,11 @@ fn set_acl(
 }
 
 /// A group may run on the shared instance or on a dedicated instance of its own account.
-fn check_instance_ref(s: &State, instance: &str, account: &str) -> Result<(), DomainError> {
+pub(super) fn check_instance_ref(
+    s: &State,
+    instance: &str,
+    account: &str,
+) -> Result<(), DomainError> {
     if instance == SHARED_INSTANCE {
         return Ok(());
     }
@@ -427,7 +431,10 @@ fn check_route_free(
     }
 }
 
-fn check_route_fields(host: Option<&str>, base_path: Option<&str>) -> Result<(), DomainError> {
+pub(super) fn check_route_fields(
+    host: Option<&str>,
+    base_path: Option<&str>,
+) -> Result<(), DomainError> {
     if let Some(h) = host {
         validate::host(h)?;
     }
@@ -437,7 +444,7 @@ fn check_route_fields(host: Option<&str>, base_path: Option<&str>) -> Result<(),
     Ok(())
 }
 
-fn check_api_spec(spec: &ApiSpec) -> Result<(), DomainError> {
+pub(super) fn check_api_spec(spec: &ApiSpec) -> Result<(), DomainError> {
     validate::method(&spec.method)?;
     validate::api_path(&spec.path)?;
     validate::backend(&spec.backend)?;
@@ -446,7 +453,7 @@ fn check_api_spec(spec: &ApiSpec) -> Result<(), DomainError> {
 
 /// What a router cannot tell apart: the method and the path with parameter names erased
 /// (`/a/{id}` and `/a/{x}` have the same shape).
-fn route_key(spec: &ApiSpec) -> String {
+pub(super) fn route_key(spec: &ApiSpec) -> String {
     let shape = spec
         .path
         .split('/')
@@ -461,7 +468,7 @@ fn route_key(spec: &ApiSpec) -> String {
 }
 
 /// [`route_key`] on one stage.
-fn deployed_key(stage: Stage, spec: &ApiSpec) -> String {
+pub(super) fn deployed_key(stage: Stage, spec: &ApiSpec) -> String {
     format!("{} {}", stage.as_str(), route_key(spec))
 }
 

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod apps;
+mod config;
 mod cycle;
 mod groups;
 mod instances;
@@ -322,6 +323,9 @@ impl State {
             | C::RevokeAppAuthorization { .. } => apps::apply(self, command, now, fx),
             C::RecordUsage { node, seq, deltas } => usage::record(self, *node, *seq, deltas, now),
             C::CloseCycle { day } => cycle::close(self, *day, now, catalog, fx),
+            C::ApplyConfig { desired, options } => {
+                config::apply(self, desired, options, now, fx).map(Reply::ConfigApplied)
+            }
         }
     }
 

@@ -554,6 +554,27 @@ fn arb_command() -> impl Strategy<Value = Command> {
                     secret_sha256: "ab".repeat(32),
                 }
             }),
+        // A declarative apply (its own suite is in `config/tests.rs`).
+        (
+            prop::sample::select(vec!["a", "b", ""]),
+            prop::sample::select(vec!["/x", "/x/{id}", "bad"]),
+            prop::sample::select(Stage::ALL.to_vec()),
+            any::<bool>()
+        )
+            .prop_map(|(g, p, st, prune)| {
+                let doc = serde_json::json!({"version": 1, "groups": [{
+                    "name": g, "base_path": "/cfg", "apis": [{"name": "a", "method": "GET",
+                    "path": p, "backend": "http://127.0.0.1:9", "stages": [st.as_str()]}]
+                }]});
+                Command::ApplyConfig {
+                    desired: serde_json::from_value(doc).expect("a well-formed document"),
+                    options: crate::config::ApplyOptions {
+                        prune,
+                        force: prune,
+                        account: None,
+                    },
+                }
+            }),
     ]
 }
 
