@@ -24,7 +24,7 @@ use proto::admin as pb;
 use proto::admin::admin_client::AdminClient;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::netns::Net;
@@ -242,10 +242,7 @@ impl Gateways {
     fn start(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {} is running", i + 1);
         let ip = self.net.host(i).ip.clone();
-        let peers = (0..NODES)
-            .map(|k| format!("{}={}:{PEER_PORT}", k + 1, self.net.host(k).ip))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = self.net.peers_arg(PEER_PORT);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -262,20 +259,8 @@ impl Gateways {
             .args(["--peers", &peers])
             .arg("--admin-token-file")
             .arg(&self.token_file)
-            .args(["--peer-plaintext", "--admin-plaintext"])
-            .env("RUST_LOG", "info,openraft=warn");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GATEWAY_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start gatewayd");
-        self.nodes[i] = Some(child);
+            .args(["--peer-plaintext", "--admin-plaintext"]);
+        self.nodes[i] = Some(Net::spawn_node(cmd, log));
     }
 
     fn kill(&mut self, i: usize) {

@@ -507,39 +507,21 @@ impl Net {
 
     /// Starts node `i + 1` in host `i`, with `extra` flags.
     fn start(&mut self, i: usize, extra: &[&str]) {
-        let peers: Vec<String> = self
-            .net
-            .hosts()
-            .iter()
-            .enumerate()
-            .map(|(k, h)| format!("{}={}:{PEER_PORT}", k + 1, h.ip))
-            .collect();
+        let peers = self.net.peers_arg(PEER_PORT);
         let log = std::fs::File::create(self.log_path(i)).unwrap();
         let ip = self.net.host(i).ip.clone();
         let mut cmd = self.net.command(i, &binaries!().gatewayd);
         cmd.args(["--node-id", &(i + 1).to_string()])
             .arg("--data-dir")
             .arg(self.root.path().join(format!("data-{i}")))
-            .args(["--peers", &peers.join(",")])
+            .args(["--peers", &peers])
             .args(["--listen-peer", &format!("{ip}:{PEER_PORT}")])
             .arg("--peer-plaintext")
             .args(["--listen-admin", "127.0.0.1:9090"])
             .args(["--listen-http", &format!("0.0.0.0:{HTTP_PORT}")])
             .args(["--listen-ops", "0.0.0.0:9100"])
-            .args(extra)
-            .env("RUST_LOG", "info,openraft=warn");
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GATEWAY_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start gatewayd");
-        self.gatewayd[i] = Some(child);
+            .args(extra);
+        self.gatewayd[i] = Some(testkit::netns::Net::spawn_node(cmd, log));
     }
 
     /// `gatewayctl` inside host `i`'s namespace, against its node's loopback admin API.

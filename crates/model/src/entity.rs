@@ -299,6 +299,28 @@ pub struct ApiGroup {
     pub(crate) deployed_routes: OrdMap<String, String>,
 }
 
+impl ApiGroup {
+    /// A group of `account` with no instance, route, API, grant or ACL yet.
+    pub(crate) fn empty(name: &str, account: &str, now: Millis) -> ApiGroup {
+        ApiGroup {
+            name: name.to_string(),
+            account: account.to_string(),
+            instance: String::new(),
+            host: None,
+            base_path: None,
+            created_at_ms: now,
+            apis: OrdMap::new(),
+            deployments: OrdMap::new(),
+            grants: OrdMap::new(),
+            ip_allow: Vec::new(),
+            ip_deny: Vec::new(),
+            api_acls: OrdMap::new(),
+            api_routes: OrdMap::new(),
+            deployed_routes: OrdMap::new(),
+        }
+    }
+}
+
 /// Allowed (empty: all) and denied (wins) client addresses, as CIDRs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpRules {

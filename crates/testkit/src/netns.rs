@@ -135,6 +135,31 @@ impl Net {
         c
     }
 
+    /// `--peers` for one node per host, node `k + 1` in host `k`, each on `port`.
+    pub fn peers_arg(&self, port: u16) -> String {
+        let peers: Vec<String> = (self.hosts.iter().enumerate())
+            .map(|(k, h)| format!("{}={}:{port}", k + 1, h.ip))
+            .collect();
+        peers.join(",")
+    }
+
+    /// Starts `cmd` (a gatewayd from [`Net::command`]) with its output written to `log` and
+    /// none of the test environment's `GATEWAY_*` settings.
+    pub fn spawn_node(mut cmd: Command, log: std::fs::File) -> std::process::Child {
+        cmd.env("RUST_LOG", "info,openraft=warn");
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GATEWAY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let err = log.try_clone().expect("clone a log file handle");
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("start gatewayd")
+    }
+
     fn iptables(&self, i: usize, args: &[&str]) {
         let mut full = vec!["netns", "exec", &self.hosts[i].netns, "iptables", "-w"];
         full.extend_from_slice(args);

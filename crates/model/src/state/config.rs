@@ -363,22 +363,9 @@ fn plan_group(
     );
     check_cidrs(&object, &entry.ip_allow, &entry.ip_deny, problems);
 
-    let mut g = existing.cloned().unwrap_or_else(|| ApiGroup {
-        name: entry.name.clone(),
-        account: account.clone(),
-        instance: String::new(),
-        host: None,
-        base_path: None,
-        created_at_ms: now,
-        apis: OrdMap::new(),
-        deployments: OrdMap::new(),
-        grants: OrdMap::new(),
-        ip_allow: Vec::new(),
-        ip_deny: Vec::new(),
-        api_acls: OrdMap::new(),
-        api_routes: OrdMap::new(),
-        deployed_routes: OrdMap::new(),
-    });
+    let mut g = existing
+        .cloned()
+        .unwrap_or_else(|| ApiGroup::empty(&entry.name, &account, now));
     g.instance = instance;
     g.host = entry.host.clone();
     g.base_path = entry.base_path.clone();
@@ -656,27 +643,7 @@ fn remove_api(g: &mut ApiGroup, name: &str) {
 
 /// Puts a group and its index entries in (the inverse of `groups::remove_group`).
 fn insert_group(s: &mut State, g: ApiGroup) {
-    let ix = &mut s.index;
-    ix.routes.insert(
-        route_of(g.host.as_deref(), g.base_path.as_deref()),
-        g.name.clone(),
-    );
-    ix.groups_by_account
-        .entry(g.account.clone())
-        .or_default()
-        .insert(g.name.clone());
-    ix.groups_by_instance
-        .entry(g.instance.clone())
-        .or_default()
-        .insert(g.name.clone());
-    for (api, apps) in &g.grants {
-        for app in apps {
-            ix.grants_by_app
-                .entry(app.clone())
-                .or_default()
-                .insert((g.name.clone(), api.clone()));
-        }
-    }
+    s.index.add_group(&g);
     s.groups.insert(g.name.clone(), g);
 }
 

@@ -72,36 +72,12 @@ fn create_group(
         return Err(DomainError::already_exists("API group", name));
     }
     check_route_free(s, name, host, base_path)?;
-    let g = ApiGroup {
-        name: name.to_string(),
-        account: account.to_string(),
-        instance: instance.to_string(),
-        host: host.clone(),
-        base_path: base_path.clone(),
-        created_at_ms: now,
-        apis: OrdMap::new(),
-        deployments: OrdMap::new(),
-        grants: OrdMap::new(),
-        ip_allow: Vec::new(),
-        ip_deny: Vec::new(),
-        api_acls: OrdMap::new(),
-        api_routes: OrdMap::new(),
-        deployed_routes: OrdMap::new(),
-    };
+    let mut g = ApiGroup::empty(name, account, now);
+    g.instance = instance.to_string();
+    g.host = host.clone();
+    g.base_path = base_path.clone();
+    s.index.add_group(&g);
     s.groups.insert(name.to_string(), g.clone());
-    let ix = &mut s.index;
-    ix.routes.insert(
-        route_of(host.as_deref(), base_path.as_deref()),
-        name.to_string(),
-    );
-    ix.groups_by_account
-        .entry(account.to_string())
-        .or_default()
-        .insert(name.to_string());
-    ix.groups_by_instance
-        .entry(instance.to_string())
-        .or_default()
-        .insert(name.to_string());
     Ok(Reply::Group(g))
 }
 

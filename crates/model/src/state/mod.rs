@@ -526,26 +526,7 @@ impl State {
     pub(crate) fn rebuilt_indexes(&self) -> Indexes {
         let mut ix = Indexes::default();
         for g in self.groups.values() {
-            ix.routes.insert(
-                route_of(g.host.as_deref(), g.base_path.as_deref()),
-                g.name.clone(),
-            );
-            ix.groups_by_account
-                .entry(g.account.clone())
-                .or_default()
-                .insert(g.name.clone());
-            ix.groups_by_instance
-                .entry(g.instance.clone())
-                .or_default()
-                .insert(g.name.clone());
-            for (api, apps) in &g.grants {
-                for app in apps {
-                    ix.grants_by_app
-                        .entry(app.clone())
-                        .or_default()
-                        .insert((g.name.clone(), api.clone()));
-                }
-            }
+            ix.add_group(g);
         }
         for i in self.instances.values() {
             ix.instances_by_account
@@ -618,4 +599,31 @@ pub(crate) fn day_of(ms: Millis) -> u64 {
 
 pub(crate) fn billing_err(e: billing::BillingError) -> DomainError {
     DomainError::FailedPrecondition(e.to_string())
+}
+
+impl Indexes {
+    /// Adds the entries that group `g` contributes: its route, its account's and instance's
+    /// group sets and its app grants.
+    pub(crate) fn add_group(&mut self, g: &ApiGroup) {
+        self.routes.insert(
+            route_of(g.host.as_deref(), g.base_path.as_deref()),
+            g.name.clone(),
+        );
+        self.groups_by_account
+            .entry(g.account.clone())
+            .or_default()
+            .insert(g.name.clone());
+        self.groups_by_instance
+            .entry(g.instance.clone())
+            .or_default()
+            .insert(g.name.clone());
+        for (api, apps) in &g.grants {
+            for app in apps {
+                self.grants_by_app
+                    .entry(app.clone())
+                    .or_default()
+                    .insert((g.name.clone(), api.clone()));
+            }
+        }
+    }
 }
