@@ -8,7 +8,7 @@
 use crate::Client;
 use crate::output::{Format, print_data, yaml};
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 use model::config::Document;
 use proto::admin as pb;
 use serde_json::json;
@@ -41,14 +41,6 @@ pub struct ApplyArgs {
     /// removes only its groups (an account token is always limited to its own).
     #[arg(long, default_value = "")]
     account: String,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ImportCmd {
-    /// Create (or redefine) APIs in a group from an OpenAPI 3.0 document's paths and
-    /// operations, in one atomic apply. Names come from operationId (else METHOD-path),
-    /// made to fit the name rules; `{param}` templates are kept.
-    Openapi(crate::openapi::ImportArgs),
 }
 
 /// Reads a document: JSON when it starts with `{`, YAML otherwise.

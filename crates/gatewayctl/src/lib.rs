@@ -138,7 +138,7 @@ enum Cmd {
     },
     /// Create APIs from another format.
     #[command(subcommand)]
-    Import(config::ImportCmd),
+    Import(openapi::ImportCmd),
     /// Send one request through the gateway, signed with an app's key when given.
     Call(call::CallArgs),
     /// Check a running cluster against an instance spec's SLA (open-loop load test).
@@ -704,7 +704,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Export(a) => config::export(&mut c, f, a).await,
         Cmd::Diff(a) => config::diff(&mut c, f, a).await,
         Cmd::Apply { args, dry_run } => config::apply(&mut c, f, args, dry_run).await,
-        Cmd::Import(config::ImportCmd::Openapi(a)) => openapi::import(&mut c, f, a).await,
+        Cmd::Import(openapi::ImportCmd::Openapi(a)) => openapi::import(&mut c, f, a).await,
     }
 }
 

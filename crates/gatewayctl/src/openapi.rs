@@ -14,13 +14,21 @@ use crate::config::{ApplyArgs, fetch, read_text, report, send};
 use crate::output::Format;
 use crate::{Client, parse_duration};
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, Subcommand};
 use model::config::{ApiEntry, Definition, Document};
 use model::validate;
 use openapiv3::{OpenAPI, ReferenceOr};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCmd {
+    /// Create (or redefine) APIs in a group from an OpenAPI 3.0 document's paths and
+    /// operations, in one atomic apply. Names come from operationId (else METHOD-path),
+    /// made to fit the name rules; `{param}` templates are kept.
+    Openapi(ImportArgs),
+}
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
