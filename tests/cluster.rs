@@ -630,3 +630,59 @@ async fn shutdown_fails_readiness_first_then_serves_with_connection_close() {
         "readyz 503 after {not_ready_after:?}; served with Connection: close until at least {served_until:?}"
     );
 }
+
+/// A voter that comes back with an empty data dir (a lost volume) must not help elect a leader
+/// that lacks a committed write: it abstains until it holds what was committed (issue 20).
+/// Before, the lagging node and the empty one elected each other and the write was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_back_with_an_empty_disk_does_not_elect_a_leader_missing_a_committed_write() {
+    let mut c = Cluster::start(binaries!(), 3).await;
+    let leader = c.wait_leader(SETTLE).await;
+    let others: Vec<u64> = (1..=3).filter(|&i| i != leader).collect();
+    let (lagging, wiped) = (others[0], others[1]);
+    assert!(create(&c, leader, "before").success);
+    c.wait_caught_up(leader, &others).await;
+
+    // Committed on the leader and `wiped` only.
+    c.kill(lagging);
+    let out = create(&c, leader, "without-lagging");
+    assert!(out.success, "write with one node down: {}", out.stderr);
+    c.kill(leader);
+    c.kill(wiped);
+    c.wipe(wiped);
+    c.spawn(lagging);
+    c.spawn(wiped);
+
+    // For many election timeouts (500-1000 ms), neither may lead: `lagging` lacks the write
+    // and `wiped` holds nothing. Both must be seen answering, so that the window means
+    // something.
+    let window = Instant::now() + Duration::from_secs(6);
+    let mut answered = BTreeSet::new();
+    while Instant::now() < window {
+        for id in [lagging, wiped] {
+            if let Some(s) = c.status(id).await {
+                answered.insert(id);
+                let led_by = s.leader_id;
+                assert!(
+                    led_by != Some(lagging) && led_by != Some(wiped),
+                    "node {id} reports node {led_by:?} as leader without the node that holds \
+                     the committed write"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        answered,
+        BTreeSet::from([lagging, wiped]),
+        "both nodes answered"
+    );
+
+    // The node with the write comes back: it leads, and every node has both writes.
+    c.spawn(leader);
+    c.wait_leader(SETTLE).await;
+    let want = set(&["before", "without-lagging"]);
+    for id in 1..=3 {
+        wait_instances(&c, id, &want).await;
+    }
+}

@@ -12,10 +12,12 @@
 //!   changes, status, and the published state that readers watch; and the watcher that decides
 //!   whether the node may serve ([`Node::not_serving`]: removed, or out of touch with a
 //!   quorum);
+//! - `abstain`: a voter that lost its log grants no vote until it holds what was committed;
 //! - `prevote`: a voter stands for election only when a majority has lost the leader too;
 //! - `standing`: the cluster id (in the data dir, on every peer message), the time of the
 //!   last contact with a quorum, and a leader's removal announcement.
 
+mod abstain;
 pub mod network;
 pub mod node;
 mod prevote;

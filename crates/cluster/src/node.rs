@@ -1,5 +1,6 @@
 //! A running cluster node: Raft, its storage and network, bootstrap, and the write path.
 
+use crate::abstain::Abstention;
 use crate::network::{Channels, PeerNetworkFactory, decode, encode};
 use crate::standing::{Fence, Standing};
 use crate::store::history::History;
@@ -236,6 +237,8 @@ struct Inner {
     /// Set once this node is part of the cluster for this run: at once for an initial voter,
     /// after its join for a learner (until then, a membership without it is no removal).
     joined: std::sync::atomic::AtomicBool,
+    /// Whether a node that started with an empty log may vote yet.
+    abstention: Abstention,
 }
 
 /// A running node. Cheap to clone.
@@ -323,6 +326,7 @@ impl Node {
                 waiting_leader: Mutex::new(None),
                 serving_hook: OnceLock::new(),
                 joined: std::sync::atomic::AtomicBool::new(false),
+                abstention: Abstention::new(pristine),
             }),
         };
         let joins = !cfg.voters.contains_key(&cfg.node_id);
@@ -1108,6 +1112,10 @@ impl Node {
 
     pub async fn shutdown(&self) {
         let _ = self.raft().shutdown().await;
+    }
+
+    pub(crate) fn abstention(&self) -> &Abstention {
+        &self.inner.abstention
     }
 
     pub(crate) fn standing(&self) -> &Standing {

@@ -79,6 +79,7 @@ impl Peer for PeerService {
         self.check(&req, true)?;
         let leader_quorum_age = Standing::quorum_age_of(req.metadata());
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
+        let leader_commit = rpc.leader_commit.map(|l| l.index);
         let result = self.node.raft().append_entries(rpc).await;
         // Accepted by this node's Raft (a current leader, whether or not the entries matched):
         // contact with a quorum as recent as that leader's own.
@@ -88,6 +89,7 @@ impl Peer for PeerService {
             self.node
                 .standing()
                 .note_contact(leader_quorum_age.unwrap_or_default());
+            self.node.abstention().heard_leader(leader_commit);
         }
         self.reply(encode(&result))
     }
@@ -95,6 +97,24 @@ impl Peer for PeerService {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         self.check(&req, false)?;
         let rpc: VoteRequest<NodeId> = decode(req.get_ref()).map_err(bad_payload)?;
+        let applied = self
+            .node
+            .raft()
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index);
+        if let Some(why) = self
+            .node
+            .abstention()
+            .refuses(rpc.last_log_id.map(|l| l.index), applied)
+        {
+            // Not a vote against: the candidate counts it as no answer, as from a node down.
+            return Err(Status::unavailable(format!(
+                "node {} does not vote: {why}",
+                self.node.id()
+            )));
+        }
         let result = self.node.raft().vote(rpc).await;
         self.reply(encode(&result))
     }
