@@ -1,7 +1,8 @@
 //! The fault harness: three real `gatewayd` processes, each in its own network namespace
 //! (`testkit::netns`), under concurrent admin clients while a nemesis cuts the network
 //! (a node isolated, a one-way cut, the leader isolated), pauses processes (SIGSTOP longer
-//! than the election timeout) and kills and restarts them on their data. Every client
+//! than the election timeout), kills and restarts them on their data, and sets the leader's
+//! clock (each node reads its own development clock) minutes ahead or behind the others. Every client
 //! operation is recorded with its invocation and completion times, and the history is checked
 //! for linearizability (crate `linearizability`) against a model of the operations: recharges
 //! (each with a request id, retried with it when the outcome is unknown) and balance reads of
@@ -210,6 +211,8 @@ type History = Vec<Operation<Input, Output>>;
 
 struct Gateways {
     net: Net,
+    /// Each node's wall clock (`--dev-clock-file`), ticking with real time plus an offset.
+    clocks: Arc<Clocks>,
     bins: Binaries,
     dir: tempfile::TempDir,
     token_file: PathBuf,
@@ -225,8 +228,10 @@ impl Gateways {
             .expect("temp dir");
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, TOKEN).unwrap();
+        let clocks = Clocks::start(dir.path());
         Gateways {
             net,
+            clocks,
             bins: binaries!(),
             dir,
             token_file,
@@ -259,7 +264,9 @@ impl Gateways {
             .args(["--peers", &peers])
             .arg("--admin-token-file")
             .arg(&self.token_file)
-            .args(["--peer-plaintext", "--admin-plaintext"]);
+            .args(["--peer-plaintext", "--admin-plaintext"])
+            .args(["--dev-mode", "--dev-clock-file"])
+            .arg(&self.clocks.files[i]);
         self.nodes[i] = Some(Net::spawn_node(cmd, log));
     }
 
@@ -560,14 +567,17 @@ enum Nemesis {
     PauseLeader,
     /// A node is SIGKILLed and restarted on its data.
     KillRestart,
+    /// The leader's wall clock jumps 1-30 minutes ahead or behind the others'.
+    SkewLeader,
 }
 
-const NEMESES: [Nemesis; 5] = [
+const NEMESES: [Nemesis; 6] = [
     Nemesis::IsolateNode,
     Nemesis::IsolateLeader,
     Nemesis::OneWayFromLeader,
     Nemesis::PauseLeader,
     Nemesis::KillRestart,
+    Nemesis::SkewLeader,
 ];
 
 /// The leader most running nodes name, if any.
@@ -626,6 +636,62 @@ async fn inflict(g: &mut Gateways, nemesis: Nemesis, rng: &mut Rng, hold: Durati
             tokio::time::sleep(hold).await;
             g.start(victim);
         }
+        Nemesis::SkewLeader => {
+            let minutes = 1 + rng.below(30) as i64;
+            let sign = if rng.below(2) == 0 { -1 } else { 1 };
+            g.clocks.set_offset(leader, sign * minutes * 60_000);
+            tokio::time::sleep(hold).await;
+            g.clocks.set_offset(leader, 0);
+        }
+    }
+}
+
+/// The nodes' development clocks: one file each, rewritten every 20 ms with the time of a
+/// fixed midday (so that no skew crosses a day and closes a billing cycle the model does not
+/// know) plus the real time elapsed, plus the node's offset.
+struct Clocks {
+    files: Vec<PathBuf>,
+    offsets: Mutex<[i64; NODES]>,
+    start: Instant,
+}
+
+/// 2026-06-15T12:00:00Z.
+const CLOCK_BASE_MS: i64 = 1_781_524_800_000;
+
+impl Clocks {
+    /// Writes the files once, then keeps them ticking on a thread for as long as the returned
+    /// handle lives.
+    fn start(dir: &std::path::Path) -> Arc<Clocks> {
+        let clocks = Arc::new(Clocks {
+            files: (0..NODES)
+                .map(|i| dir.join(format!("clock-{}", i + 1)))
+                .collect(),
+            offsets: Mutex::new([0; NODES]),
+            start: Instant::now(),
+        });
+        clocks.tick();
+        let weak = Arc::downgrade(&clocks);
+        std::thread::spawn(move || {
+            while let Some(c) = weak.upgrade() {
+                c.tick();
+                drop(c);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        clocks
+    }
+
+    fn tick(&self) {
+        let now = CLOCK_BASE_MS + self.start.elapsed().as_millis() as i64;
+        let offsets = *self.offsets.lock().unwrap();
+        for (file, offset) in self.files.iter().zip(offsets) {
+            testkit::DevClock(file.clone()).set((now + offset) as u64);
+        }
+    }
+
+    fn set_offset(&self, node: usize, ms: i64) {
+        self.offsets.lock().unwrap()[node] = ms;
+        self.tick();
     }
 }
 
