@@ -15,9 +15,12 @@
 //!    write through a surviving node, over several rounds; the killed node is restarted on its
 //!    data and caught up between rounds.
 //!
+//! Section 4 starts with a steady write load with no fault and counts the term changes it saw
+//! (spurious elections). `BENCH_ONLY=failover` runs section 4 alone.
+//!
 //! Every wait is bounded. Environment variables change the sizes and settings:
 //! `BENCH_SEQ_WRITES` (600), `BENCH_GROWTH_TO` (3000 instances), `BENCH_CONC_SECS` (3),
-//! `BENCH_CONCURRENCY` (16,64), `BENCH_FAILOVER_ROUNDS` (5), and the Raft timing passed to
+//! `BENCH_CONCURRENCY` (16,64), `BENCH_FAILOVER_ROUNDS` (5), `BENCH_STEADY_SECS` (30), and the Raft timing passed to
 //! every node, `BENCH_HEARTBEAT_MS` (100) and `BENCH_ELECTION_TIMEOUT_MS` (500), which are
 //! gatewayd's defaults.
 
@@ -592,9 +595,17 @@ async fn run() {
         filesystem_of(&tmp)
     );
 
+    if std::env::var("BENCH_ONLY").as_deref() != Ok("failover") {
+        write_phases(&cfg).await;
+    }
+    failover_phase(&cfg).await;
+}
+
+/// Sections 1 to 3: sequential latency, latency against size, concurrent throughput.
+async fn write_phases(cfg: &Config) {
     // 1 and 2: sequential writes, 1 node (baseline, no replication) then 3 nodes.
-    let base = sequential_phases(&cfg, 1).await;
-    let three = sequential_phases(&cfg, 3).await;
+    let base = sequential_phases(cfg, 1).await;
+    let three = sequential_phases(cfg, 3).await;
     println!("- load average after the sequential phases: {}", loadavg());
 
     println!();
@@ -686,7 +697,7 @@ async fn run() {
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
     for &w in &cfg.concurrency {
         for (n, to_all) in [(1, false), (3, false), (3, true)] {
-            let t = throughput_phase(&cfg, n, w, to_all).await;
+            let t = throughput_phase(cfg, n, w, to_all).await;
             let secs = t.elapsed.as_secs_f64();
             println!(
                 "| {n} node{} | {w} | {} | {} | {secs:.2} | {:.0} | {} | {} | {} | {} |",
@@ -709,7 +720,46 @@ async fn run() {
         rate(&three.seq["leader"])
     );
     println!("- load average after the throughput phases: {}", loadavg());
+}
 
+/// Every node's Raft term, as it reports it.
+async fn terms(c: &Cluster) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    for id in 1..=3 {
+        out.push(c.status(id).await.map(|s| s.term));
+    }
+    out
+}
+
+/// What the timing costs in stability: `BENCH_STEADY_SECS` (30) of concurrent writes to every
+/// node with no fault, and the term changes it caused (each one an election nobody needed).
+async fn steady_elections(c: &Cluster) {
+    let secs = env_or("BENCH_STEADY_SECS", 30);
+    let targets: Vec<Admin> = clients(c, 3).await.into_iter().map(|(_, a)| a).collect();
+    let before = terms(c).await;
+    let t = concurrent(&targets, 16, Duration::from_secs(secs), "steady").await;
+    let after = terms(c).await;
+    let changes: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| match (b, a) {
+            (Some(b), Some(a)) => (a - b).to_string(),
+            _ => "?".into(),
+        })
+        .collect();
+    println!();
+    println!(
+        "Steady load before the kills: 16 writers to all nodes for {secs} s, {:.0} writes/s, errors {}; term changes per node (spurious elections) {} (terms {before:?} -> {after:?}); load average {}",
+        t.ok as f64 / t.elapsed.as_secs_f64().max(0.001),
+        errors_text(&t.errors),
+        changes.join("/"),
+        loadavg()
+    );
+}
+
+/// Section 4: a steady write load that counts spurious elections, then leader kills.
+async fn failover_phase(cfg: &Config) {
+    let (hb, el) = (cfg.heartbeat_ms, cfg.election_ms);
     println!();
     println!("## 4. SIGKILL of the leader -> first successful write through a survivor");
     println!();
@@ -730,7 +780,8 @@ async fn run() {
         "| round | killed | new leader | leader known ms | first write ok ms | via node | attempts | failed attempts |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---|");
-    let (mut c, mut leader) = start(&cfg, 3).await;
+    let (mut c, mut leader) = start(cfg, 3).await;
+    steady_elections(&c).await;
     let mut firsts = Vec::new();
     let mut knowns = Vec::new();
     for round in 1..=cfg.rounds {
