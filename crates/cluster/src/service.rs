@@ -79,7 +79,7 @@ impl Peer for PeerService {
         self.check(&req, true)?;
         let leader_quorum_age = Standing::quorum_age_of(req.metadata());
         let rpc: AppendEntriesRequest<TypeConfig> = decode(req.get_ref()).map_err(bad_payload)?;
-        let leader_commit = rpc.leader_commit.map(|l| l.index);
+        let leader_commit = rpc.leader_commit.map(|l| (l.leader_id.term, l.index));
         let result = self.node.raft().append_entries(rpc).await;
         // Accepted by this node's Raft (a current leader, whether or not the entries matched):
         // contact with a quorum as recent as that leader's own.
@@ -104,11 +104,10 @@ impl Peer for PeerService {
             .borrow()
             .last_applied
             .map(|l| l.index);
-        if let Some(why) = self
-            .node
-            .abstention()
-            .refuses(rpc.last_log_id.map(|l| l.index), applied)
-        {
+        if let Some(why) = self.node.abstention().refuses(
+            rpc.last_log_id.map(|l| (l.leader_id.term, l.index)),
+            applied,
+        ) {
             // Not a vote against: the candidate counts it as no answer, as from a node down.
             return Err(Status::unavailable(format!(
                 "node {} does not vote: {why}",
