@@ -245,7 +245,8 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         .build_v1()
         .context("gRPC reflection")?;
     let admin = admin::AdminService::new(node.clone(), catalog.clone());
-    let admin = tonic::service::interceptor::InterceptedService::new(
+    // Every call passes the authorisation table first (admin::access).
+    let admin = admin::Guarded::new(
         admin,
         admin::Authenticator::new(s.admin_token.clone(), node.clone()),
     );
