@@ -52,14 +52,25 @@ pub const CONSISTENCY_HEADER: &str = "x-consistency";
 pub struct AdminService {
     node: Node,
     catalog: Arc<Catalog>,
+    /// `gatewayd --allow-private-webhooks`: webhooks may target loopback, private and other
+    /// special-purpose addresses ([`model::validate::private_range`]).
+    allow_private_webhooks: bool,
 }
 
 impl AdminService {
-    pub fn new(node: Node, catalog: Arc<Catalog>) -> AdminServer<AdminService> {
-        AdminServer::new(AdminService { node, catalog })
-            // Room for a whole cluster's configuration document (ApplyConfig).
-            .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
-            .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+    pub fn new(
+        node: Node,
+        catalog: Arc<Catalog>,
+        allow_private_webhooks: bool,
+    ) -> AdminServer<AdminService> {
+        AdminServer::new(AdminService {
+            node,
+            catalog,
+            allow_private_webhooks,
+        })
+        // Room for a whole cluster's configuration document (ApplyConfig).
+        .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+        .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES)
     }
 
     /// Refuses unless the authorisation table ([`access::Rpc::access`]) lets the caller of
@@ -79,6 +90,42 @@ impl AdminService {
         let p = Principal::of(req);
         access::check(rpc, &p, req.get_ref().names(), &self.node.state())?;
         Ok(p)
+    }
+
+    /// Refuses a webhook URL that is malformed or that targets a special-purpose address: a
+    /// literal one, or any address its host name resolves to now (it is checked again at
+    /// each delivery, after that delivery's own lookup).
+    async fn check_webhook(&self, url: &str) -> Result<(), Status> {
+        check(validate::webhook(url))?;
+        if self.allow_private_webhooks {
+            return Ok(());
+        }
+        let (host, port) = validate::webhook_host_port(url).ok_or_else(|| {
+            Status::invalid_argument(format!("invalid webhook: '{url}' has no host"))
+        })?;
+        let allowed = "webhooks must go to public addresses unless the operator starts gatewayd with --allow-private-webhooks";
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            if let Some(range) = validate::private_range(ip) {
+                return Err(Status::invalid_argument(format!(
+                    "invalid webhook: '{url}' targets {ip}, a {range} address; {allowed}"
+                )));
+            }
+            return Ok(());
+        }
+        let addrs = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+            Status::invalid_argument(format!(
+                "invalid webhook: the host of '{url}' does not resolve: {e}"
+            ))
+        })?;
+        for a in addrs {
+            if let Some(range) = validate::private_range(a.ip()) {
+                return Err(Status::invalid_argument(format!(
+                    "invalid webhook: '{url}' resolves to {}, a {range} address; {allowed}",
+                    a.ip()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Makes the read that follows linearizable, unless the caller asked for local consistency
@@ -638,7 +685,7 @@ impl Admin for AdminService {
         check(validate::name("name", &r.name))?;
         let webhook = r.webhook.filter(|w| !w.is_empty());
         if let Some(w) = &webhook {
-            check(validate::webhook(w))?;
+            self.check_webhook(w).await?;
         }
         let balance_alert = match r.balance_alert.filter(|t| !t.is_empty()) {
             Some(t) => Some(accounts::parse_usd("balance_alert", &t)?),
@@ -754,7 +801,7 @@ impl Admin for AdminService {
             None => Update::Keep,
             Some(w) if w.is_empty() => Update::Clear,
             Some(w) => {
-                check(validate::webhook(&w))?;
+                self.check_webhook(&w).await?;
                 Update::Set(w)
             }
         };
