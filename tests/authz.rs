@@ -443,7 +443,7 @@ async fn operator_setup(c: &mut AdminClient<Channel>) -> (String, String, Fixtur
         c.recharge(with(
             pb::RechargeRequest {
                 account: s(name),
-                amount: s("1000"),
+                amount: s("5000"),
                 request_id: String::new(),
             },
             t,
@@ -599,14 +599,17 @@ async fn every_rpc_under_every_kind_of_caller() {
         if rule == May::Anyone {
             allowed.push(("another account", Some(&b_token)));
         }
-        for (who, token) in allowed {
+        for (i, (who, token)) in allowed.into_iter().enumerate() {
             let r = call(&mut admin, rpc, &f, token).await;
-            eprintln!(
-                "{rpc} by {who}: {:?}",
-                r.as_ref().map_err(|s| (s.code(), s.message()))
-            );
             if is_auth_refusal(&r) {
                 failures.push(format!("{rpc} by {who}: expected it allowed, got {r:?}"));
+            }
+            // The first allowed call succeeds, but for the membership changes made invalid on
+            // purpose; later ones may find it done (ALREADY_EXISTS, NOT_FOUND).
+            let invalid_on_purpose =
+                matches!(rpc.as_str(), "AddLearner" | "PromoteLearner" | "RemoveNode");
+            if i == 0 && !invalid_on_purpose && r.is_err() {
+                failures.push(format!("{rpc} by {who}: expected success, got {r:?}"));
             }
         }
     }
