@@ -230,7 +230,13 @@ pub fn check(rpc: Rpc, p: &Principal, named: &str, state: &State) -> Result<(), 
         return Ok(());
     }
     let (kind, owner) = match of {
-        Of::Account => ("account", Some(named)),
+        Of::Account if named != own => {
+            return Err(Status::permission_denied(format!(
+                "{}: the token of account '{own}' cannot see or act for account '{named}'",
+                rpc.name()
+            )));
+        }
+        Of::Account => return Ok(()),
         Of::Instance => (
             "instance",
             state.instances.get(named).map(|i| i.account.as_str()),
