@@ -604,6 +604,8 @@ async fn suspension_stops_the_meter_restoration_resumes_it_and_the_purge_release
         .as_str()
         .unwrap()
         .to_string();
+    // The token is used through node 2: it must have applied its creation.
+    c.wait_caught_up(1, &[2]).await;
     let own = c.ctl_with_token(
         2,
         Some(&token),

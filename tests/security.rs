@@ -170,11 +170,11 @@ async fn tokens_are_required_and_account_tokens_reach_only_their_account() {
         ),
         (
             &["group", "create", "--name", "g2", "--account", "b"],
-            "cannot create resources for account 'b'",
+            "cannot see or act for account 'b'",
         ),
         (
             &["account", "get", "--name", "b"],
-            "belongs to another account",
+            "cannot see or act for account 'b'",
         ),
         (
             &["account", "recharge", "--name", "b", "--amount", "5"],
@@ -209,13 +209,16 @@ async fn tokens_are_required_and_account_tokens_reach_only_their_account() {
         ),
         (
             &["bill", "statement", "--account", "b", "--month", "2026-01"],
-            "belongs to another account",
+            "cannot see or act for account 'b'",
         ),
         (
             &["bill", "list", "--account", "b"],
-            "belongs to another account",
+            "cannot see or act for account 'b'",
         ),
-        (&["usage", "--account", "b"], "cannot see account 'b'"),
+        (
+            &["usage", "--account", "b"],
+            "cannot see or act for account 'b'",
+        ),
         (
             &["account", "create", "--name", "c"],
             "needs the operator's token",

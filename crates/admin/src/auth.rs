@@ -1,4 +1,4 @@
-//! Who is calling the admin API, and what they may touch.
+//! Who is calling the admin API. What each caller may do is the table in [`crate::access`].
 //!
 //! Every call but gRPC health carries `authorization: Bearer TOKEN`. The operator's token
 //! (`gatewayd --admin-token-file`) may do everything. An account token (`gwt_ID_SECRET`,
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tonic::{Request, Status};
 
-/// The caller of an admin RPC, as the interceptor established it.
+/// The caller of an admin RPC, as [`crate::access::Guarded`] established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Operator,
@@ -20,33 +20,13 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// The caller of `req` (set by [`Authenticator`]).
+    /// The caller of `req` (set by [`crate::access::Guarded`]).
     pub fn of<T>(req: &Request<T>) -> Principal {
         req.extensions()
             .get::<Principal>()
             .cloned()
-            // The interceptor always sets it; a service built without it is local-only.
+            // The guard always sets it; a service built without it (unit tests) is local-only.
             .unwrap_or(Principal::Operator)
-    }
-
-    /// Refuses unless the caller is the operator.
-    pub fn require_operator(&self, what: &str) -> Result<(), Status> {
-        match self {
-            Principal::Operator => Ok(()),
-            Principal::Account(a) => Err(Status::permission_denied(format!(
-                "{what} needs the operator's token; the token of account '{a}' cannot do it"
-            ))),
-        }
-    }
-
-    /// Refuses unless the caller is the operator or acts for `account`.
-    pub fn require_account(&self, kind: &str, name: &str, account: &str) -> Result<(), Status> {
-        match self {
-            Principal::Account(a) if a != account => Err(Status::permission_denied(format!(
-                "{kind} '{name}' belongs to another account than '{a}'"
-            ))),
-            _ => Ok(()),
-        }
     }
 
     /// Whether the caller may see what belongs to `account`.
@@ -96,7 +76,7 @@ pub fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-/// Authenticates every admin call and records the [`Principal`] in its extensions.
+/// Establishes who is calling from the bearer token (see [`crate::access::Guarded`]).
 #[derive(Clone)]
 pub struct Authenticator {
     operator: Option<Arc<str>>,
@@ -146,9 +126,13 @@ impl Authenticator {
     }
 }
 
-impl tonic::service::Interceptor for Authenticator {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let token = match req.metadata().get("authorization") {
+impl Authenticator {
+    /// The caller of a request with these headers (`authorization: Bearer TOKEN`).
+    pub fn authenticate(
+        &self,
+        headers: &tonic::codegen::http::HeaderMap,
+    ) -> Result<Principal, Status> {
+        let token = match headers.get("authorization") {
             None => None,
             Some(v) => Some(
                 v.to_str()
@@ -160,9 +144,7 @@ impl tonic::service::Interceptor for Authenticator {
                     })?,
             ),
         };
-        let principal = self.principal(token)?;
-        req.extensions_mut().insert(principal);
-        Ok(req)
+        self.principal(token)
     }
 }
 

@@ -10,13 +10,15 @@
 //! # Layout
 //!
 //! - this file: the RPC handlers, and the mapping of every error to a gRPC status;
-//! - `auth`: who is calling and what they may touch;
+//! - `access`: the authorisation table of every RPC, and where it is enforced;
+//! - `auth`: who is calling (the operator or an account token);
 //! - `config`: the declarative configuration: scope, parsing and who may apply what;
 //! - `convert`: instances, groups and APIs to and from protobuf;
 //! - `accounts`: accounts, ledgers, bills and events: parsing and presentation;
 //! - `usage`: `DescribeUsage`, merging closed days (history) with open ones (state);
 //! - `paging`: page sizes and cursors of history reads.
 
+pub mod access;
 mod accounts;
 pub mod auth;
 mod config;
@@ -38,6 +40,7 @@ use proto::admin::admin_server::{Admin, AdminServer};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+pub use access::{Guarded, Rpc};
 pub use auth::{Authenticator, Principal};
 pub use convert::instance_to_pb;
 
@@ -49,30 +52,80 @@ pub const CONSISTENCY_HEADER: &str = "x-consistency";
 pub struct AdminService {
     node: Node,
     catalog: Arc<Catalog>,
+    /// `gatewayd --allow-private-webhooks`: webhooks may target loopback, private and other
+    /// special-purpose addresses ([`model::validate::private_range`]).
+    allow_private_webhooks: bool,
 }
 
 impl AdminService {
-    pub fn new(node: Node, catalog: Arc<Catalog>) -> AdminServer<AdminService> {
-        AdminServer::new(AdminService { node, catalog })
-            // Room for a whole cluster's configuration document (ApplyConfig).
-            .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
-            .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+    pub fn new(
+        node: Node,
+        catalog: Arc<Catalog>,
+        allow_private_webhooks: bool,
+    ) -> AdminServer<AdminService> {
+        AdminServer::new(AdminService {
+            node,
+            catalog,
+            allow_private_webhooks,
+        })
+        // Room for a whole cluster's configuration document (ApplyConfig).
+        .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
+        .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES)
     }
 
-    /// Refuses unless `p` may touch instance `name` (an unknown one is left to the command).
-    fn check_instance(&self, p: &Principal, name: &str) -> Result<(), Status> {
-        match self.node.state().instances.get(name) {
-            Some(i) => p.require_account("instance", name, &i.account),
-            None => Ok(()),
+    /// Refuses unless the authorisation table ([`access::Rpc::access`]) lets the caller of
+    /// `req` call `rpc` on what the request names; every handler begins with it.
+    fn authorize<T: access::Names>(&self, rpc: Rpc, req: &Request<T>) -> Result<Principal, Status> {
+        // The guard found the RPC from the request's path: a handler checking another
+        // entry than its own is a bug, and refused rather than trusted.
+        if let Some(routed) = req.extensions().get::<Rpc>()
+            && *routed != rpc
+        {
+            return Err(Status::internal(format!(
+                "{} was checked as {}",
+                routed.name(),
+                rpc.name()
+            )));
         }
+        let p = Principal::of(req);
+        access::check(rpc, &p, req.get_ref().names(), &self.node.state())?;
+        Ok(p)
     }
 
-    /// Refuses unless `p` may touch API group `name` (an unknown one is left to the command).
-    fn check_group(&self, p: &Principal, name: &str) -> Result<(), Status> {
-        match self.node.state().groups.get(name) {
-            Some(g) => p.require_account("API group", name, &g.account),
-            None => Ok(()),
+    /// Refuses a webhook URL that is malformed or that targets a special-purpose address: a
+    /// literal one, or any address its host name resolves to now (it is checked again at
+    /// each delivery, after that delivery's own lookup).
+    async fn check_webhook(&self, url: &str) -> Result<(), Status> {
+        check(validate::webhook(url))?;
+        if self.allow_private_webhooks {
+            return Ok(());
         }
+        let (host, port) = validate::webhook_host_port(url).ok_or_else(|| {
+            Status::invalid_argument(format!("invalid webhook: '{url}' has no host"))
+        })?;
+        let allowed = "webhooks must go to public addresses unless the operator starts gatewayd with --allow-private-webhooks";
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            if let Some(range) = validate::private_range(ip) {
+                return Err(Status::invalid_argument(format!(
+                    "invalid webhook: '{url}' targets {ip}, a {range} address; {allowed}"
+                )));
+            }
+            return Ok(());
+        }
+        let addrs = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+            Status::invalid_argument(format!(
+                "invalid webhook: the host of '{url}' does not resolve: {e}"
+            ))
+        })?;
+        for a in addrs {
+            if let Some(range) = validate::private_range(a.ip()) {
+                return Err(Status::invalid_argument(format!(
+                    "invalid webhook: '{url}' resolves to {}, a {range} address; {allowed}",
+                    a.ip()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Makes the read that follows linearizable, unless the caller asked for local consistency
@@ -186,7 +239,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateInstanceRequest>,
     ) -> Result<Response<pb::InstanceReply>, Status> {
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::CreateInstance, &req)?;
         let r = req.into_inner();
         let account = p.account_for_create(r.account)?;
         check(validate::name("name", &r.name))?;
@@ -237,7 +290,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeInstancesRequest>,
     ) -> Result<Response<pb::DescribeInstancesReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeInstances, &req)?;
         let name = req.into_inner().name;
         let state = self.node.state();
         let instances = if name.is_empty() {
@@ -252,7 +305,6 @@ impl Admin for AdminService {
                 .instances
                 .get(&name)
                 .ok_or_else(|| domain_status(DomainError::not_found("instance", &name)))?;
-            p.require_account("instance", &name, &i.account)?;
             vec![instance_to_pb(i, &self.catalog)]
         };
         Ok(Response::new(pb::DescribeInstancesReply { instances }))
@@ -262,9 +314,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ModifyInstanceSpecRequest>,
     ) -> Result<Response<pb::InstanceReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::ModifyInstanceSpec, &req)?;
         let r = req.into_inner();
-        self.check_instance(&p, &r.name)?;
         self.catalog
             .spec(&r.spec)
             .map_err(|e| Status::invalid_argument(format!("invalid spec: {e}")))?;
@@ -286,9 +337,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteInstanceRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::DeleteInstance, &req)?;
         let name = req.into_inner().name;
-        self.check_instance(&p, &name)?;
         deleted(self.write(Command::DeleteInstance { name }).await?)
     }
 
@@ -296,10 +346,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RenewInstanceRequest>,
     ) -> Result<Response<pb::InstanceReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::RenewInstance, &req)?;
         let r = req.into_inner();
         // An account renews its own instances, from its own balance (as it buys them).
-        self.check_instance(&p, &r.name)?;
         let term = match (r.months, r.years) {
             (m, 0) if m > 0 => billing::Term::Months(m),
             (0, y) if y > 0 => billing::Term::Years(y),
@@ -337,9 +386,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetInstanceAutoRenewRequest>,
     ) -> Result<Response<pb::InstanceReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::SetInstanceAutoRenew, &req)?;
         let r = req.into_inner();
-        self.check_instance(&p, &r.name)?;
         match self
             .write(Command::SetInstanceAutoRenew {
                 name: r.name,
@@ -356,8 +404,9 @@ impl Admin for AdminService {
 
     async fn describe_specs(
         &self,
-        _req: Request<pb::DescribeSpecsRequest>,
+        req: Request<pb::DescribeSpecsRequest>,
     ) -> Result<Response<pb::DescribeSpecsReply>, Status> {
+        self.authorize(Rpc::DescribeSpecs, &req)?;
         let specs = self
             .catalog
             .specs()
@@ -373,8 +422,9 @@ impl Admin for AdminService {
 
     async fn describe_regions(
         &self,
-        _req: Request<pb::DescribeRegionsRequest>,
+        req: Request<pb::DescribeRegionsRequest>,
     ) -> Result<Response<pb::DescribeRegionsReply>, Status> {
+        self.authorize(Rpc::DescribeRegions, &req)?;
         let regions = self
             .catalog
             .regions()
@@ -391,7 +441,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateApiGroupRequest>,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::CreateApiGroup, &req)?;
         let r = req.into_inner();
         let account = p.account_for_create(r.account)?;
         check(validate::name("name", &r.name))?;
@@ -424,9 +474,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ModifyApiGroupRequest>,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::ModifyApiGroup, &req)?;
         let r = req.into_inner();
-        self.check_group(&p, &r.name)?;
         let clearable = |v: Option<String>| v.map(|s| if s.is_empty() { None } else { Some(s) });
         let change = GroupChange {
             instance: r.instance,
@@ -452,7 +501,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeApiGroupsRequest>,
     ) -> Result<Response<pb::DescribeApiGroupsReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeApiGroups, &req)?;
         let name = req.into_inner().name;
         let state = self.node.state();
         let groups = if name.is_empty() {
@@ -467,7 +516,6 @@ impl Admin for AdminService {
                 .groups
                 .get(&name)
                 .ok_or_else(|| domain_status(DomainError::not_found("API group", &name)))?;
-            p.require_account("API group", &name, &g.account)?;
             vec![convert::group_to_pb(g)]
         };
         Ok(Response::new(pb::DescribeApiGroupsReply { groups }))
@@ -477,9 +525,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteApiGroupRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::DeleteApiGroup, &req)?;
         let pb::DeleteApiGroupRequest { name, force } = req.into_inner();
-        self.check_group(&p, &name)?;
         deleted(self.write(Command::DeleteApiGroup { name, force }).await?)
     }
 
@@ -487,9 +534,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateApiRequest>,
     ) -> Result<Response<pb::ApiReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::CreateApi, &req)?;
         let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
         check(validate::name("name", &r.name))?;
         if let Some(d) = &r.definition {
             check(AuthType::parse(&d.auth_type).map(|_| ()))?;
@@ -510,9 +556,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ModifyApiRequest>,
     ) -> Result<Response<pb::ApiReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::ModifyApi, &req)?;
         let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
         if let Some(d) = &r.definition {
             check(AuthType::parse(&d.auth_type).map(|_| ()))?;
         }
@@ -533,7 +578,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeApisRequest>,
     ) -> Result<Response<pb::DescribeApisReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeApis, &req)?;
         let r = req.into_inner();
         let state = self.node.state();
         let groups: Vec<&model::ApiGroup> = if r.group.is_empty() {
@@ -547,7 +592,6 @@ impl Admin for AdminService {
                 .groups
                 .get(&r.group)
                 .ok_or_else(|| domain_status(DomainError::not_found("API group", &r.group)))?;
-            p.require_account("API group", &r.group, &g.account)?;
             vec![g]
         };
         let mut apis = Vec::new();
@@ -571,9 +615,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteApiRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::DeleteApi, &req)?;
         let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
         deleted(
             self.write(Command::DeleteApi {
                 group: r.group,
@@ -587,9 +630,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeployApiRequest>,
     ) -> Result<Response<pb::DeployApiReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::DeployApi, &req)?;
         let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
         let stage = parse_stage(&r.stage)?;
         match self
             .write(Command::DeployApi {
@@ -621,9 +663,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AbolishApiRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::AbolishApi, &req)?;
         let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
         let stage = parse_stage(&r.stage)?;
         deleted(
             self.write(Command::AbolishApi {
@@ -639,12 +680,12 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
-        Principal::of(&req).require_operator("creating an account")?;
+        self.authorize(Rpc::CreateAccount, &req)?;
         let r = req.into_inner();
         check(validate::name("name", &r.name))?;
         let webhook = r.webhook.filter(|w| !w.is_empty());
         if let Some(w) = &webhook {
-            check(validate::webhook(w))?;
+            self.check_webhook(w).await?;
         }
         let balance_alert = match r.balance_alert.filter(|t| !t.is_empty()) {
             Some(t) => Some(accounts::parse_usd("balance_alert", &t)?),
@@ -665,7 +706,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeAccountsRequest>,
     ) -> Result<Response<pb::DescribeAccountsReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeAccounts, &req)?;
         let name = req.into_inner().name;
         let state = self.node.state();
         let history = self.node.history();
@@ -678,7 +719,6 @@ impl Admin for AdminService {
                 .collect::<Result<_, _>>()
         } else {
             let a = accounts::find_account(&state, &name)?;
-            p.require_account("account", &name, &a.name)?;
             accounts::account_to_pb(a, history).map(|a| vec![a])
         };
         Ok(Response::new(pb::DescribeAccountsReply {
@@ -690,11 +730,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RechargeRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::Recharge, &req)?;
         let r = req.into_inner();
         // Money comes in only through the operator (who has been paid): an account's own token
         // could otherwise credit itself, clear its suspension and buy subscriptions for free.
-        p.require_operator("recharging an account")?;
         let amount = accounts::parse_usd("amount", &r.amount)?;
         if amount <= catalog::Usd::ZERO {
             return Err(Status::invalid_argument(format!(
@@ -718,10 +757,9 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AdjustBalanceRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::AdjustBalance, &req)?;
         let r = req.into_inner();
         // Like a recharge, and for the same reason: an account must not credit itself.
-        p.require_operator("adjusting an account's balance")?;
         let amount = accounts::parse_usd("amount", r.amount.trim_start_matches('+'))?;
         if amount == catalog::Usd::ZERO {
             return Err(Status::invalid_argument(
@@ -748,9 +786,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetBalanceAlertRequest>,
     ) -> Result<Response<pb::AccountReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::SetBalanceAlert, &req)?;
         let r = req.into_inner();
-        p.require_account("account", &r.account, &r.account)?;
         let threshold = match r.threshold.as_deref() {
             None => Update::Keep,
             Some("") => Update::Clear,
@@ -764,7 +801,7 @@ impl Admin for AdminService {
             None => Update::Keep,
             Some(w) if w.is_empty() => Update::Clear,
             Some(w) => {
-                check(validate::webhook(&w))?;
+                self.check_webhook(&w).await?;
                 Update::Set(w)
             }
         };
@@ -788,7 +825,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeUsageRequest>,
     ) -> Result<Response<pb::DescribeUsageReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeUsage, &req)?;
         let r = req.into_inner();
         let account = p.scope(r.account)?;
         let day = accounts::parse_opt_day("day", &r.day)?;
@@ -827,9 +864,8 @@ impl Admin for AdminService {
         req: Request<pb::DescribeBillsRequest>,
     ) -> Result<Response<pb::DescribeBillsReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        self.authorize(Rpc::DescribeBills, &req)?;
         let r = req.into_inner();
-        p.require_account("account", &r.account, &r.account)?;
         let day = match r.day.as_deref() {
             None => None,
             Some("") => {
@@ -881,7 +917,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeEventsRequest>,
     ) -> Result<Response<pb::DescribeEventsReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeEvents, &req)?;
         let r = req.into_inner();
         let account = p.scope(r.account)?;
         let limit = paging::limit(r.limit)?;
@@ -905,7 +941,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeLedgerRequest>,
     ) -> Result<Response<pb::DescribeLedgerReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeLedger, &req)?;
         let r = req.into_inner();
         // An account token may leave the account out: its own is the only one it sees.
         let account = p.scope(r.account)?;
@@ -935,7 +971,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateAppRequest>,
     ) -> Result<Response<pb::AppReply>, Status> {
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::CreateApp, &req)?;
         let r = req.into_inner();
         let account = p.account_for_create(r.account)?;
         check(validate::name("name", &r.name))?;
@@ -963,7 +999,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeAppsRequest>,
     ) -> Result<Response<pb::DescribeAppsReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::DescribeApps, &req)?;
         let name = req.into_inner().name;
         let state = self.node.state();
         let apps = state
@@ -982,11 +1018,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::DeleteApp, &req)?;
         let name = req.into_inner().name;
-        if let Some(a) = self.node.state().apps.get(&name) {
-            p.require_account("app", &name, &a.account)?;
-        }
         deleted(self.write(Command::DeleteApp { name }).await?)
     }
 
@@ -1008,9 +1041,8 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetIpAccessControlRequest>,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
-        let p = Principal::of(&req);
+        self.authorize(Rpc::SetIpAccessControl, &req)?;
         let r = req.into_inner();
-        self.check_group(&p, &r.group)?;
         for c in &r.allow {
             check(validate::cidr("allow", c))?;
         }
@@ -1033,7 +1065,7 @@ impl Admin for AdminService {
         req: Request<pb::ExportConfigRequest>,
     ) -> Result<Response<pb::ExportConfigReply>, Status> {
         self.read_barrier(&req).await?;
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::ExportConfig, &req)?;
         let account = config::scope(&p, req.into_inner().account)?;
         let doc = self.node.state().export_config(account.as_deref());
         let document_json = serde_json::to_string(&doc)
@@ -1045,7 +1077,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ApplyConfigRequest>,
     ) -> Result<Response<pb::ApplyConfigReply>, Status> {
-        let p = Principal::of(&req);
+        let p = self.authorize(Rpc::ApplyConfig, &req)?;
         let dry_run = req.get_ref().dry_run;
         if dry_run {
             // Checked against everything acknowledged before, as the write would be.
@@ -1079,7 +1111,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::TokenReply>, Status> {
-        Principal::of(&req).require_operator("creating a token")?;
+        self.authorize(Rpc::CreateToken, &req)?;
         let account = req.into_inner().account;
         let id = auth::random_hex(8)?;
         let secret = auth::random_hex(24)?;
@@ -1104,7 +1136,7 @@ impl Admin for AdminService {
         req: Request<pb::DescribeTokensRequest>,
     ) -> Result<Response<pb::DescribeTokensReply>, Status> {
         self.read_barrier(&req).await?;
-        Principal::of(&req).require_operator("listing tokens")?;
+        self.authorize(Rpc::DescribeTokens, &req)?;
         let account = req.into_inner().account;
         let tokens = self
             .node
@@ -1121,7 +1153,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::DeleteReply>, Status> {
-        Principal::of(&req).require_operator("revoking a token")?;
+        self.authorize(Rpc::RevokeToken, &req)?;
         let id = req.into_inner().id;
         deleted(self.write(Command::RevokeToken { id }).await?)
     }
@@ -1130,7 +1162,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::DescribeClusterRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        Principal::of(&req).require_operator("the cluster's status")?;
+        self.authorize(Rpc::DescribeCluster, &req)?;
         Ok(Response::new(self.cluster_status()))
     }
 
@@ -1138,7 +1170,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        Principal::of(&req).require_operator("adding a node")?;
+        self.authorize(Rpc::AddLearner, &req)?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(Status::invalid_argument(
@@ -1156,7 +1188,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::PromoteLearnerRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        Principal::of(&req).require_operator("promoting a node")?;
+        self.authorize(Rpc::PromoteLearner, &req)?;
         self.node
             .promote(req.into_inner().node_id)
             .await
@@ -1168,7 +1200,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        Principal::of(&req).require_operator("removing a node")?;
+        self.authorize(Rpc::RemoveNode, &req)?;
         self.node
             .remove(req.into_inner().node_id)
             .await
@@ -1210,9 +1242,13 @@ impl AdminService {
         req: Request<pb::AuthorizeAppRequest>,
         grant: bool,
     ) -> Result<Response<pb::ApiGroupReply>, Status> {
-        let p = Principal::of(&req);
+        let rpc = if grant {
+            Rpc::AuthorizeApp
+        } else {
+            Rpc::RevokeAppAuthorization
+        };
+        self.authorize(rpc, &req)?;
         let pb::AuthorizeAppRequest { group, api, app } = req.into_inner();
-        self.check_group(&p, &group)?;
         let cmd = if grant {
             Command::AuthorizeApp { group, api, app }
         } else {

@@ -37,6 +37,7 @@ impl Fixture {
         let svc = AdminService {
             node,
             catalog: Arc::new(Catalog::builtin().clone()),
+            allow_private_webhooks: false,
         };
         Fixture {
             svc,

@@ -113,6 +113,10 @@ pub enum Event {
     },
     /// A stopped instance runs again (and pay-as-you-go billing resumes from this hour).
     InstanceStarted { instance: String },
+    /// Delivering events to the account's webhook has failed `attempts` times in a row
+    /// (noted at the 1st, 2nd, 4th, 8th... failure, not at each); the gateway keeps retrying,
+    /// with growing delays, until the webhook answers 2xx, and then delivers this event too.
+    WebhookFailed { attempts: u32, error: String },
     /// An instance was released by the system: `term_ended` (its grace period passed) or
     /// `account_purged`. The API groups it hosted were removed with it.
     InstanceReleased {

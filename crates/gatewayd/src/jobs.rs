@@ -10,6 +10,7 @@ use bytes::Bytes;
 use cluster::Node;
 use http_body_util::Full;
 use model::Command;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -50,24 +51,65 @@ pub async fn close_cycles(node: Node, issue_delay: Duration, every: Duration) {
     }
 }
 
-/// Webhook deliveries that failed (refused, unreachable, timed out, unusable URL), for
-/// `/metrics` (`gateway_webhook_failures_total`).
+/// Webhook deliveries that failed (refused, unreachable, timed out, unusable URL, or a
+/// special-purpose address), for `/metrics` (`gateway_webhook_failures_total`).
 pub static WEBHOOK_FAILURES: AtomicU64 = AtomicU64::new(0);
 
-/// POSTs each account's new events to its webhook, retrying until it answers 2xx.
-pub async fn deliver_events(node: Node, every: Duration) {
+/// The longest wait before retrying a failing webhook.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Error texts kept in a `webhook_failed` event.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// An account whose webhook is failing: how often in a row, and when to try again.
+struct Failing {
+    attempts: u32,
+    retry_at: tokio::time::Instant,
+}
+
+/// The wait after `attempts` failures in a row: `every`, doubled each time, at most
+/// [`MAX_BACKOFF`].
+fn backoff(every: Duration, attempts: u32) -> Duration {
+    every
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
+        .min(MAX_BACKOFF)
+}
+
+/// POSTs each account's new events to its webhook, retrying with exponential backoff until it
+/// answers 2xx. Unless `allow_private` (`--allow-private-webhooks`), the webhook's host is
+/// resolved at each delivery and the call refused if any address is a special-purpose one
+/// ([`model::validate::private_range`]); the connection goes to a checked address.
+/// Failures are counted, and noted as `webhook_failed` events of the account at the 1st,
+/// 2nd, 4th, 8th... failure in a row (delivered with the rest once the webhook answers).
+pub async fn deliver_events(node: Node, every: Duration, allow_private: bool) {
+    let check: Option<upstream::client::AddressCheck> =
+        (!allow_private).then_some(model::validate::private_range);
+    let mut failing: HashMap<String, Failing> = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if !is_leader(&node) {
+            // A new leader starts its own count.
+            failing.clear();
             continue;
         }
         let state = node.state();
+        failing.retain(|name, _| {
+            state
+                .accounts
+                .get(name)
+                .is_some_and(|a| a.webhook.is_some())
+        });
         for acct in state.accounts.values() {
             let Some(url) = &acct.webhook else { continue };
             // Nothing new since the last delivery: no read of the history at all.
             if acct.last_event_seq <= acct.events_acked {
+                continue;
+            }
+            if failing
+                .get(&acct.name)
+                .is_some_and(|f| tokio::time::Instant::now() < f.retry_at)
+            {
                 continue;
             }
             let events = match node.history().events(
@@ -85,20 +127,25 @@ pub async fn deliver_events(node: Node, every: Duration) {
                 continue;
             };
             let body = serde_json::json!({ "account": acct.name, "events": events });
-            let req = http::Request::post(url.as_str())
+            let sent = match http::Request::post(url.as_str())
                 .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(body.to_string())));
-            let Ok(req) = req else {
-                WEBHOOK_FAILURES.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(account = %acct.name, "webhook URL {url} is unusable");
-                continue;
+                .body(Full::new(Bytes::from(body.to_string())))
+            {
+                Ok(req) => upstream::client::send_checked(req, Duration::from_secs(3), check)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|answer| {
+                        if answer.status.is_success() {
+                            Ok(())
+                        } else {
+                            Err(format!("the webhook answered {}", answer.status))
+                        }
+                    }),
+                Err(_) => Err(format!("webhook URL {url} is unusable")),
             };
-            let sent = upstream::client::send(req, Duration::from_secs(3)).await;
-            if !matches!(&sent, Ok(answer) if answer.status.is_success()) {
-                WEBHOOK_FAILURES.fetch_add(1, Ordering::Relaxed);
-            }
             match sent {
-                Ok(answer) if answer.status.is_success() => {
+                Ok(()) => {
+                    failing.remove(&acct.name);
                     let ack = Command::AckEvents {
                         account: acct.name.clone(),
                         seq: last,
@@ -107,13 +154,41 @@ pub async fn deliver_events(node: Node, every: Duration) {
                         tracing::warn!(account = %acct.name, "acknowledging events failed: {e}");
                     }
                 }
-                Ok(answer) => {
-                    tracing::warn!(account = %acct.name, status = %answer.status, "webhook refused events; will retry")
-                }
-                Err(e) => {
-                    tracing::warn!(account = %acct.name, "webhook unreachable, will retry: {e}")
+                Err(error) => {
+                    WEBHOOK_FAILURES.fetch_add(1, Ordering::Relaxed);
+                    let f = failing.entry(acct.name.clone()).or_insert(Failing {
+                        attempts: 0,
+                        retry_at: tokio::time::Instant::now(),
+                    });
+                    f.attempts += 1;
+                    let wait = backoff(every, f.attempts);
+                    f.retry_at = tokio::time::Instant::now() + wait;
+                    tracing::warn!(account = %acct.name, attempts = f.attempts, "webhook delivery failed, retrying in {wait:?}: {error}");
+                    if f.attempts.is_power_of_two() {
+                        let note = Command::RecordWebhookFailure {
+                            account: acct.name.clone(),
+                            attempts: f.attempts,
+                            error: error.chars().take(MAX_ERROR_CHARS).collect(),
+                        };
+                        if let Err(e) = node.write(note).await {
+                            tracing::warn!(account = %acct.name, "recording the webhook failure failed: {e}");
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=12).map(|n| backoff(s, n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(backoff(s, u32::MAX), MAX_BACKOFF);
     }
 }

@@ -244,8 +244,9 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("gRPC reflection")?;
-    let admin = admin::AdminService::new(node.clone(), catalog.clone());
-    let admin = tonic::service::interceptor::InterceptedService::new(
+    let admin = admin::AdminService::new(node.clone(), catalog.clone(), s.allow_private_webhooks);
+    // Every call passes the authorisation table first (admin::access).
+    let admin = admin::Guarded::new(
         admin,
         admin::Authenticator::new(s.admin_token.clone(), node.clone()),
     );
@@ -291,7 +292,11 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let jobs = [
         tokio::spawn(metering::run(meter.clone(), s.usage_flush)),
         tokio::spawn(jobs::close_cycles(node.clone(), s.bill_delay, job_tick)),
-        tokio::spawn(jobs::deliver_events(node.clone(), job_tick)),
+        tokio::spawn(jobs::deliver_events(
+            node.clone(),
+            job_tick,
+            s.allow_private_webhooks,
+        )),
     ];
     let limits = s.limits.clone();
     let (dp_stop_tx, dp_stop_rx) = watch::channel(false);

@@ -59,6 +59,13 @@ pub struct Flags {
     /// instead of running on without serving.
     #[arg(long, env = "GATEWAY_EXIT_WHEN_REMOVED", num_args = 0..=1, default_missing_value = "true")]
     pub exit_when_removed: Option<bool>,
+    /// Let account webhooks target loopback, private (RFC 1918, fc00::/7), link-local
+    /// (169.254.0.0/16, fe80::/10), unspecified, multicast, 100.64.0.0/10 and 198.18.0.0/15
+    /// addresses. Refused by default, when a webhook is set and again after each DNS lookup
+    /// before it is called, so that an account cannot make the gateway call the cloud
+    /// metadata address or the operator's private network. For tests and private deployments.
+    #[arg(long, env = "GATEWAY_ALLOW_PRIVATE_WEBHOOKS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_private_webhooks: Option<bool>,
     /// A price catalog file to use instead of the built-in one (every node must use the same).
     #[arg(long, env = "GATEWAY_CATALOG")]
     pub catalog: Option<PathBuf>,
@@ -220,6 +227,7 @@ pub struct Settings {
     pub cluster_id: Option<String>,
     pub max_stale_config: Option<Duration>,
     pub exit_when_removed: bool,
+    pub allow_private_webhooks: bool,
 }
 
 impl Flags {
@@ -247,6 +255,7 @@ impl Flags {
             cluster_id,
             max_stale_config,
             exit_when_removed,
+            allow_private_webhooks,
             catalog,
             admin_token_file,
             peers_from_statefulset,
@@ -430,6 +439,7 @@ impl Flags {
             cluster_id: f.cluster_id,
             max_stale_config,
             exit_when_removed: f.exit_when_removed.unwrap_or(false),
+            allow_private_webhooks: f.allow_private_webhooks.unwrap_or(false),
         })
     }
 }

@@ -195,6 +195,13 @@ pub enum Command {
         account: String,
         seq: u64,
     },
+    /// The leader's webhook deliveries to the account have failed `attempts` times in a row:
+    /// an event for the account's owner.
+    RecordWebhookFailure {
+        account: String,
+        attempts: u32,
+        error: String,
+    },
     /// An admin API token for an account; only the SHA-256 of its secret is kept.
     CreateToken {
         id: String,
@@ -270,6 +277,7 @@ impl Command {
             Command::RecordUsage { .. } => "RecordUsage",
             Command::CloseCycle { .. } => "CloseCycle",
             Command::AckEvents { .. } => "AckEvents",
+            Command::RecordWebhookFailure { .. } => "RecordWebhookFailure",
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
             Command::CreateApp { .. } => "CreateApp",

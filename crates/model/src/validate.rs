@@ -237,6 +237,73 @@ pub fn webhook(value: &str) -> Result<(), DomainError> {
     })
 }
 
+/// The host and port a webhook URL (one [`webhook`] accepts) is sent to: an IPv6 literal
+/// without its brackets, port 80 when none is given.
+pub fn webhook_host_port(value: &str) -> Option<(&str, u16)> {
+    let rest = value.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => 80,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, port.parse().ok()?)),
+        None => Some((authority, 80)),
+    }
+}
+
+/// The special-purpose range `ip` is in, named for an error message, or `None` for an
+/// ordinary public address. Webhooks are not sent into these ranges unless the operator
+/// allows it (`gatewayd --allow-private-webhooks`): an account must not make the gateway
+/// call the cloud metadata address (169.254.169.254), the node itself, or the operator's
+/// private network. An IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
+pub fn private_range(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let in_v4 = |ip: std::net::Ipv4Addr| -> Option<&'static str> {
+        let [a, b, ..] = ip.octets();
+        Some(match (a, b) {
+            (0, _) => "unspecified (0.0.0.0/8)",
+            (127, _) => "loopback (127.0.0.0/8)",
+            (10, _) => "private (10.0.0.0/8, RFC 1918)",
+            (172, 16..=31) => "private (172.16.0.0/12, RFC 1918)",
+            (192, 168) => "private (192.168.0.0/16, RFC 1918)",
+            (169, 254) => "link-local (169.254.0.0/16)",
+            (100, 64..=127) => "shared address space (100.64.0.0/10)",
+            (198, 18..=19) => "benchmarking (198.18.0.0/15)",
+            (224..=239, _) => "multicast (224.0.0.0/4)",
+            (240..=255, _) => "reserved or broadcast (240.0.0.0/4)",
+            _ => return None,
+        })
+    };
+    match ip {
+        IpAddr::V4(v4) => in_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return in_v4(v4);
+            }
+            let first = v6.segments()[0];
+            if v6.is_unspecified() {
+                Some("unspecified (::)")
+            } else if v6.is_loopback() {
+                Some("loopback (::1)")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local (fe80::/10)")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique local (fc00::/7)")
+            } else if first & 0xff00 == 0xff00 {
+                Some("multicast (ff00::/8)")
+            } else {
+                None
+            }
+        }
+    }
+}
+
 /// A CIDR block, `198.18.0.0/15` or `2001:db8::/32` (a bare address is a /32 or /128).
 pub fn cidr(field: &str, value: &str) -> Result<(), DomainError> {
     parse_cidr(value).map(|_| ()).ok_or_else(|| {
@@ -372,5 +439,60 @@ mod tests {
         assert!(method("get").is_err());
         assert!(timeout_ms(0).is_err());
         assert!(timeout_ms(5000).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod webhook_target_tests {
+    use super::*;
+
+    #[test]
+    fn private_ranges_are_named_and_public_addresses_pass() {
+        let refused = [
+            ("169.254.169.254", "link-local"),
+            ("127.0.0.1", "loopback"),
+            ("10.1.2.3", "RFC 1918"),
+            ("172.31.0.1", "RFC 1918"),
+            ("192.168.1.1", "RFC 1918"),
+            ("100.64.0.1", "100.64.0.0/10"),
+            ("198.19.255.255", "198.18.0.0/15"),
+            ("0.0.0.0", "unspecified"),
+            ("239.1.1.1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("fe80::1", "link-local"),
+            ("fd00::1", "unique local"),
+            ("ff02::1", "multicast"),
+            ("::ffff:169.254.169.254", "link-local"),
+        ];
+        for (ip, range) in refused {
+            let got = private_range(ip.parse().unwrap());
+            assert!(got.is_some_and(|r| r.contains(range)), "{ip}: {got:?}");
+        }
+        for ip in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "198.20.0.1",
+            "2001:db8::1",
+        ] {
+            assert_eq!(private_range(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn webhook_host_and_port() {
+        assert_eq!(
+            webhook_host_port("http://169.254.169.254/x"),
+            Some(("169.254.169.254", 80))
+        );
+        assert_eq!(
+            webhook_host_port("http://localhost:8080/h"),
+            Some(("localhost", 8080))
+        );
+        assert_eq!(webhook_host_port("http://[::1]:9/h"), Some(("::1", 9)));
+        assert_eq!(webhook_host_port("http://[fe80::1]"), Some(("fe80::1", 80)));
+        assert_eq!(webhook_host_port("https://x/"), None);
     }
 }

@@ -217,6 +217,9 @@ pub struct Cluster {
     /// The operator's token, for the status calls of the waits ([`Cluster::status`]) when the
     /// nodes require one (`--admin-token-file`).
     pub admin_token: Option<String>,
+    /// Whether nodes get `--allow-private-webhooks` (the default: tests' webhooks listen on
+    /// 127.0.0.1, which gatewayd refuses without it).
+    pub allow_private_webhooks: bool,
 }
 
 impl Cluster {
@@ -239,6 +242,7 @@ impl Cluster {
             extra_env: Vec::new(),
             pki: None,
             admin_token: None,
+            allow_private_webhooks: true,
         }
     }
 
@@ -327,6 +331,10 @@ impl Cluster {
             .arg("--peers")
             .arg(self.peers_arg())
             .args(self.tls_args(id))
+            .args(
+                self.allow_private_webhooks
+                    .then_some("--allow-private-webhooks"),
+            )
             .args(&self.extra_args)
             .env("RUST_LOG", "info,openraft=warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)));

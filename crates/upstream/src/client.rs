@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Answers larger than this are refused ([`ClientError::TooLarge`]).
@@ -38,7 +39,22 @@ pub enum ClientError {
     Body(crate::BoxError),
     #[error("no answer within {} ms", .0.as_millis())]
     Timeout(Duration),
+    #[error("could not resolve {authority}: {source}")]
+    Resolve {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("not sent to {authority}: it resolves to {addr}, which is {range}")]
+    Refused {
+        authority: String,
+        addr: IpAddr,
+        range: &'static str,
+    },
 }
+
+/// Names the range an address must not be called in, or `None` to allow it (for example
+/// `model::validate::private_range`).
+pub type AddressCheck = fn(IpAddr) -> Option<&'static str>;
 
 /// Sends `req` over `io`, a fresh connection (plain or TLS), and reads the whole answer.
 pub async fn exchange<I>(io: I, req: Request<Full<Bytes>>) -> Result<Answer, ClientError>
@@ -66,7 +82,19 @@ where
 
 /// Sends `req` to the `http://` URL it names (its URI is sent in origin form, with a `Host`
 /// header) and reads the whole answer, all within `timeout`.
-pub async fn send(mut req: Request<Full<Bytes>>, timeout: Duration) -> Result<Answer, ClientError> {
+pub async fn send(req: Request<Full<Bytes>>, timeout: Duration) -> Result<Answer, ClientError> {
+    send_checked(req, timeout, None).await
+}
+
+/// Like [`send`], and when `check` is given, refuses unless every address the host resolves
+/// to passes it. The connection goes to an address that was checked, never to a second
+/// lookup's answer, so a name that resolves differently the next time (DNS rebinding)
+/// cannot slip past the check.
+pub async fn send_checked(
+    mut req: Request<Full<Bytes>>,
+    timeout: Duration,
+    check: Option<AddressCheck>,
+) -> Result<Answer, ClientError> {
     let url = req.uri().to_string();
     let bad = || ClientError::BadUrl(url.clone());
     if req.uri().scheme_str() != Some("http") {
@@ -84,17 +112,59 @@ pub async fn send(mut req: Request<Full<Bytes>>, timeout: Duration) -> Result<An
     let host = http::HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
     req.headers_mut().insert(http::header::HOST, host);
     let call = async {
-        let stream = tokio::net::TcpStream::connect((authority.host(), port))
-            .await
-            .map_err(|source| ClientError::Connect {
-                authority: authority.to_string(),
-                source,
-            })?;
-        exchange(stream, req).await
+        let addrs = resolve(authority.as_str(), authority.host(), port, check).await?;
+        let mut last = None;
+        for addr in addrs {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => return exchange(stream, req).await,
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(ClientError::Connect {
+            authority: authority.to_string(),
+            source: last.unwrap_or_else(|| std::io::Error::other("no address")),
+        })
     };
     tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| ClientError::Timeout(timeout))?
+}
+
+/// The addresses `host` (a name, or an IP literal, IPv6 in brackets or not) resolves to, each
+/// passing `check` when one is given.
+pub async fn resolve(
+    authority: &str,
+    host: &str,
+    port: u16,
+    check: Option<AddressCheck>,
+) -> Result<Vec<SocketAddr>, ClientError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| ClientError::Resolve {
+            authority: authority.to_string(),
+            source,
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Resolve {
+            authority: authority.to_string(),
+            source: std::io::Error::other("no addresses"),
+        });
+    }
+    if let Some(check) = check {
+        // All or nothing: a name with one private address among public ones is refused.
+        for a in &addrs {
+            if let Some(range) = check(a.ip()) {
+                return Err(ClientError::Refused {
+                    authority: authority.to_string(),
+                    addr: a.ip(),
+                    range,
+                });
+            }
+        }
+    }
+    Ok(addrs)
 }
 
 #[cfg(test)]
@@ -139,6 +209,39 @@ mod tests {
             head.to_ascii_lowercase().contains(&format!("host: {host}")),
             "{head}"
         );
+    }
+
+    #[tokio::test]
+    async fn refuses_addresses_the_check_refuses_after_resolving_names() {
+        let (url, _server) = one_shot(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let port = url.split(':').nth(2).unwrap().split('/').next().unwrap();
+        let no_loopback: AddressCheck = |ip| ip.is_loopback().then_some("loopback");
+        for url in [url.clone(), format!("http://localhost:{port}/hook")] {
+            let req = Request::post(url.as_str())
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let err = send_checked(req, Duration::from_secs(5), Some(no_loopback))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ClientError::Refused {
+                        range: "loopback",
+                        ..
+                    }
+                ),
+                "{url}: {err}"
+            );
+        }
+        // Without a check the same URL is called.
+        let req = Request::post(url.as_str())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send_checked(req, Duration::from_secs(5), None)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::NO_CONTENT);
     }
 
     #[tokio::test]

@@ -33,6 +33,19 @@ pub(super) fn apply(
             acct.events_acked = acct.events_acked.max(*seq);
             Ok(Reply::Done)
         }
+        Command::RecordWebhookFailure {
+            account,
+            attempts,
+            error,
+        } => {
+            s.account(account)?;
+            let event = billing::Event::WebhookFailed {
+                attempts: *attempts,
+                error: error.clone(),
+            };
+            s.push_events(account, now, vec![event], fx);
+            Ok(Reply::Done)
+        }
         Command::CreateToken {
             id,
             account,

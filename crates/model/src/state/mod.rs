@@ -315,6 +315,7 @@ impl State {
             | C::SetAccountAlert { .. }
             | C::AdjustBalance { .. }
             | C::AckEvents { .. }
+            | C::RecordWebhookFailure { .. }
             | C::CreateToken { .. }
             | C::RevokeToken { .. } => accounts::apply(self, command, now, fx),
             C::CreateApp { .. }
