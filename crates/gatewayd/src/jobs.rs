@@ -21,10 +21,23 @@ fn is_leader(node: &Node) -> bool {
     node.status().leader_id == Some(node.id())
 }
 
-/// Closes each daily cycle once it has ended and `issue_delay` has passed.
-pub async fn close_cycles(node: Node, issue_delay: Duration, every: Duration) {
+/// When a day is billed.
+#[derive(Clone, Copy, Debug)]
+pub struct CloseTimes {
+    /// After the day's end, when its bill is issued (`--bill-delay-seconds`).
+    pub bill_delay: Duration,
+    /// After that, how long the bill waits for a member whose usage of the day has not
+    /// arrived (`--usage-grace-seconds`).
+    pub usage_grace: Duration,
+}
+
+/// Closes each daily cycle once it has ended, `bill_delay` has passed, and every member of
+/// the cluster has committed its usage of the day (or `usage_grace` more has passed: a node
+/// that is down does not hold bills up for ever; its late usage goes on the next open day).
+pub async fn close_cycles(node: Node, times: CloseTimes, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting_for: Option<(u64, Vec<u64>)> = None;
     loop {
         tick.tick().await;
         if !is_leader(&node) {
@@ -32,12 +45,37 @@ pub async fn close_cycles(node: Node, issue_delay: Duration, every: Duration) {
         }
         // Catch up over every due day, one command each, a bounded number per tick.
         for _ in 0..64 {
-            let Some(day) = node.state().next_open_day() else {
+            let state = node.state();
+            let Some(day) = state.next_open_day() else {
                 break;
             };
-            let due_at = (day + 1) * DAY_MS + issue_delay.as_millis() as u64;
-            if node.now_ms() < due_at {
+            let due_at = (day + 1) * DAY_MS + times.bill_delay.as_millis() as u64;
+            let now = node.now_ms();
+            if now < due_at {
                 break;
+            }
+            let members: Vec<u64> = node.members().into_keys().collect();
+            if !state.usage_complete(day, members.iter().copied()) {
+                let missing: Vec<u64> = members
+                    .into_iter()
+                    .filter(|n| !state.usage_complete(day, [*n]))
+                    .collect();
+                if now < due_at + times.usage_grace.as_millis() as u64 {
+                    if waiting_for.as_ref() != Some(&(day, missing.clone())) {
+                        tracing::info!(
+                            day,
+                            ?missing,
+                            "the day's bill waits for these nodes' usage"
+                        );
+                        waiting_for = Some((day, missing));
+                    }
+                    break;
+                }
+                tracing::warn!(
+                    day,
+                    ?missing,
+                    "billing the day without these nodes' usage (--usage-grace-seconds passed): theirs goes on the next day"
+                );
             }
             match node.write(Command::CloseCycle { day }).await {
                 Ok(_) => tracing::info!(day, "closed the daily billing cycle"),
