@@ -32,15 +32,21 @@ pub struct CloseTimes {
 }
 
 /// Closes each daily cycle once it has ended, `bill_delay` has passed, and every member of
-/// the cluster has committed its usage of the day (or `usage_grace` more has passed: a node
-/// that is down does not hold bills up for ever; its late usage goes on the next open day).
+/// the cluster has committed its usage of the day, or this leader has waited `usage_grace`
+/// for the missing ones: a node that is down does not hold bills up for ever (its late usage
+/// goes on the next open day). The wait is measured on this leader's monotonic clock from
+/// when it found the day due and incomplete, not on the wall clock: a wall clock that jumps
+/// (a development clock, a node that was off for a day) must not skip the wait. A new leader
+/// starts the wait again, so a day is billed at most a grace or so later than due.
 pub async fn close_cycles(node: Node, times: CloseTimes, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut waiting_for: Option<(u64, Vec<u64>)> = None;
+    // The day waited for, since when, and for whom (to log each change once).
+    let mut waiting: Option<(u64, tokio::time::Instant, Vec<u64>)> = None;
     loop {
         tick.tick().await;
         if !is_leader(&node) {
+            waiting = None;
             continue;
         }
         // Catch up over every due day, one command each, a bounded number per tick.
@@ -50,25 +56,39 @@ pub async fn close_cycles(node: Node, times: CloseTimes, every: Duration) {
                 break;
             };
             let due_at = (day + 1) * DAY_MS + times.bill_delay.as_millis() as u64;
-            let now = node.now_ms();
-            if now < due_at {
+            if node.now_ms() < due_at {
                 break;
             }
-            let members: Vec<u64> = node.members().into_keys().collect();
-            if !state.usage_complete(day, members.iter().copied()) {
-                let missing: Vec<u64> = members
-                    .into_iter()
-                    .filter(|n| !state.usage_complete(day, [*n]))
-                    .collect();
-                if now < due_at + times.usage_grace.as_millis() as u64 {
-                    if waiting_for.as_ref() != Some(&(day, missing.clone())) {
+            let missing: Vec<u64> = node
+                .members()
+                .into_keys()
+                .filter(|n| !state.usage_complete(day, [*n]))
+                .collect();
+            if !missing.is_empty() {
+                let since = match &mut waiting {
+                    Some((d, since, who)) if *d == day => {
+                        if *who != missing {
+                            tracing::info!(
+                                day,
+                                ?missing,
+                                "the day's bill waits for these nodes' usage"
+                            );
+                            *who = missing.clone();
+                        }
+                        *since
+                    }
+                    _ => {
                         tracing::info!(
                             day,
                             ?missing,
                             "the day's bill waits for these nodes' usage"
                         );
-                        waiting_for = Some((day, missing));
+                        let now = tokio::time::Instant::now();
+                        waiting = Some((day, now, missing.clone()));
+                        now
                     }
+                };
+                if since.elapsed() < times.usage_grace {
                     break;
                 }
                 tracing::warn!(

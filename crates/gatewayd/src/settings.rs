@@ -110,10 +110,11 @@ pub struct Flags {
     /// crash of the node can lose at most [default: 100].
     #[arg(long, env = "GATEWAY_USAGE_JOURNAL_INTERVAL_MS")]
     pub usage_journal_interval_ms: Option<u64>,
-    /// How long after --bill-delay-seconds a day's bill waits for a node whose usage of the
-    /// day has not arrived (it is down), in seconds; after it the day is billed without it, and
-    /// its late usage goes on the next day's bill [default: 7200, so that bills come within
-    /// the pricing document's 3 hours].
+    /// How long a day's bill, once due (--bill-delay-seconds after the day), waits for a node
+    /// whose usage of the day has not arrived (it is down), in seconds of the leader's
+    /// running time; after it the day is billed without that node, and its late usage goes on
+    /// the next day's bill [default: 7200, so that bills come within the pricing document's
+    /// 3 hours].
     #[arg(long, env = "GATEWAY_USAGE_GRACE_SECONDS")]
     pub usage_grace_seconds: Option<u64>,
     /// Development mode: allows the settings below. Never use it in production.
