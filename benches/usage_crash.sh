@@ -84,7 +84,7 @@ ctl_any() {
 
 # The backend: a static 200 on a bare Python HTTP/1.1 server (keep-alive).
 BACKEND=$(port)
-python3 - "$BACKEND" <<'PY' &
+python3 - "$BACKEND" 2>"$WORK/backend.log" <<'PY' &
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
