@@ -248,11 +248,13 @@ async fn a_month_of_cycles_bills_suspends_restores_and_purges() {
     clock.set(JAN_1 + 2 * DAY_MS + HOUR_MS + 1);
     c.kill(leader);
     let survivor = if leader == 1 { 2 } else { 1 };
+    // The day's bill waits for every node's usage of the day (or --usage-grace-seconds), so
+    // the killed node comes back before the day can close.
+    c.spawn(leader);
     eventually("the account to be suspended", SETTLE, || async {
         (account(&c, survivor)["state"] == "suspended").then_some(())
     })
     .await;
-    c.spawn(leader);
     c.wait_leader(SETTLE).await;
     let all = bills(&c, survivor);
     let days: Vec<&str> = all.iter().map(|b| b["day"].as_str().unwrap()).collect();

@@ -29,6 +29,9 @@ async fn cluster(snapshot_every: u64) -> (Cluster, DevClock) {
     c.extra_args.extend([
         "--bill-delay-seconds".into(),
         "0".into(),
+        // Days close while a node is down: wait for its usage only a second.
+        "--usage-grace-seconds".into(),
+        "1".into(),
         "--snapshot-every".into(),
         snapshot_every.to_string(),
     ]);

@@ -72,7 +72,7 @@ pub use decide::{
     DataplaneOptions, DemandReport, Denied, DeployedApi, FakeClock, GONE_AFTER, GatewayError,
     GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, IpAcl, IpRules, Nanos,
     PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock, UNMATCHED_API, UsageDelta,
-    share, shares,
+    UsageDrain, share, shares,
 };
 pub use decide::{BackendError, Clock};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};

@@ -15,12 +15,12 @@ use crate::options::DataplaneOptions;
 use crate::request_id::{RequestId, RequestIds};
 use crate::router::{Lookup, Router};
 use crate::shares::{DemandReport, DemandTracker};
-use crate::usage::UsageRegistry;
+use crate::usage::{HOUR_MS, UsageDrain, UsageRegistry};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Method;
 use model::UsageDelta;
 use model::clock::{Clock, Nanos};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +89,8 @@ pub(crate) struct Inner<U: Upstreams> {
     /// Usage cells by key. Taken briefly by a compile (to fetch one group's cells) and by
     /// [`Dataplane::drain_usage`].
     pub(crate) usage: Mutex<UsageRegistry>,
+    /// The registry's counting hour, for the hot path to compare without the lock.
+    pub(crate) usage_hour: AtomicU64,
     /// Taken briefly by a compile (one group's counters) and by a scrape.
     pub(crate) statuses: Mutex<Statuses>,
     pub(crate) demand: Mutex<DemandTracker>,
@@ -236,6 +238,7 @@ impl<U: Upstreams> Dataplane<U> {
                 }),
                 loaded: Mutex::new(Loaded::default()),
                 usage: Mutex::new(UsageRegistry::default()),
+                usage_hour: AtomicU64::new(0),
                 statuses: Mutex::new(Statuses::default()),
                 demand: Mutex::new(demand),
                 n_nodes: AtomicUsize::new(1),
@@ -368,6 +371,7 @@ impl<U: Upstreams> Dataplane<U> {
                 value: api,
                 path: rest,
             } => {
+                self.note_arrival();
                 api.usage.add_call();
                 let group = &api.group;
                 let rejection = if early.is_some() {
@@ -401,6 +405,7 @@ impl<U: Upstreams> Dataplane<U> {
             Lookup::Unmatched { owner } => {
                 let target = match owner {
                     Some(g) => {
+                        self.note_arrival();
                         g.unmatched_usage.add_call();
                         Target::Group(g.clone())
                     }
@@ -499,10 +504,38 @@ impl<U: Upstreams> Dataplane<U> {
             .collect()
     }
 
-    /// Takes and zeroes the usage counted since the previous call. Counts are never lost to a
-    /// concurrent request: they land in this drain or the next.
+    /// Takes and zeroes the usage counted since the previous call, whatever hour it arrived
+    /// in. Counts are never lost to a concurrent request: they land in this drain or the next.
     pub fn drain_usage(&self) -> Vec<UsageDelta> {
         lock(&self.inner.usage).drain()
+    }
+
+    /// Takes and zeroes the usage counted since the previous call, by the hour the calls
+    /// arrived in on this data plane's clock (see [`UsageDrain`]).
+    pub fn drain_usage_dated(&self) -> UsageDrain {
+        let hour = self.inner.clock.now_ms() / HOUR_MS;
+        let mut registry = lock(&self.inner.usage);
+        let drained = registry.drain_dated(hour);
+        self.inner.usage_hour.store(registry.hour, Relaxed);
+        drained
+    }
+
+    /// A call arrives: if the clock has entered a later hour than the counters count, they
+    /// move on to it first, so the call is dated the hour it arrived in. One read of the wall
+    /// clock per call; the lock only once an hour.
+    #[inline]
+    fn note_arrival(&self) {
+        let hour = self.inner.clock.now_ms() / HOUR_MS;
+        if hour > self.inner.usage_hour.load(Relaxed) {
+            self.roll_usage(hour);
+        }
+    }
+
+    #[cold]
+    fn roll_usage(&self, hour: u64) {
+        let mut registry = lock(&self.inner.usage);
+        registry.roll(hour);
+        self.inner.usage_hour.store(registry.hour, Relaxed);
     }
 
     /// Appends the data plane's metrics in the Prometheus text format.

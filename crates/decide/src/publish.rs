@@ -726,6 +726,36 @@ mod tests {
     }
 
     #[test]
+    fn a_call_is_dated_the_hour_it_arrived_not_the_hour_it_is_drained() {
+        // 2026-01-01T23:59:59.900Z.
+        let before_midnight_ms = 1_767_225_600_000 + 86_400_000 - 100;
+        let clock = Arc::new(FakeClock::new(before_midnight_ms * 1_000_000));
+        let dp = Dataplane::with_options(DataplaneOptions {
+            node_id: 1,
+            clock: clock.clone(),
+            ..Default::default()
+        });
+        dp.publish(&DataplaneConfig {
+            instances: vec![instance("i", 1_000_000, "r")],
+            groups: vec![group("g", "i", "/g", &["a"])],
+            apps: vec![],
+        });
+        assert!(get(&dp, "/g/a").is_admitted());
+        clock.advance(Duration::from_millis(200));
+        assert!(get(&dp, "/g/a").is_admitted());
+        assert!(get(&dp, "/g/a").is_admitted());
+        let drained = dp.drain_usage_dated();
+        let hour = before_midnight_ms / crate::HOUR_MS;
+        let calls: Vec<(u64, u64)> = drained
+            .by_hour
+            .iter()
+            .map(|(h, ds)| (*h, ds.iter().map(|d| d.calls).sum()))
+            .collect();
+        assert_eq!(calls, vec![(hour, 1), (hour + 1, 2)]);
+        assert_eq!(drained.open_hour, hour + 1);
+    }
+
+    #[test]
     fn an_update_compiles_only_the_changed_group_and_counts_carry_over() {
         let dp = dataplane();
         let groups: Vec<GroupConfig> = (0..50)

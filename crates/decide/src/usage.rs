@@ -8,15 +8,37 @@
 //! recompiled, so counts survive any number of publishes. [`UsageRegistry::drain`] takes the
 //! counts with `swap(0)`: an increment racing with a drain lands either before the swap (and is
 //! in this drain) or after it (and is in the next one), never in neither.
+//!
+//! # Dating by arrival
+//!
+//! Counts are billed on the day (and hour) the call arrived, not the day they happen to be
+//! drained. The cells count one hour at a time, the registry's `hour`: the first call that
+//! reads a later hour on the clock rolls the registry ([`UsageRegistry::roll`]), which takes
+//! every cell's counts as the old hour's and moves on. A drain therefore returns its counts by
+//! hour ([`UsageDrain`]). The one inexactness is a call that read the clock just before the
+//! hour turned and reached its counter just after the roll: it is dated the new hour, a
+//! matter of nanoseconds. Outbound bytes are counted when they are written, and dated then.
 
 use crate::per_thread::PerThread;
 use model::UsageDelta;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The API name recorded for requests that reached a group but matched none of its APIs.
 pub const UNMATCHED_API: &str = "unmatched";
+
+/// Milliseconds in an hour: usage is dated by the hour, `unix_ms / HOUR_MS`.
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// What [`crate::Dataplane::drain_usage_dated`] took: the counts by the hour (since the Unix
+/// epoch) the calls arrived in, oldest first, and the hour now being counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageDrain {
+    /// Every call that arrived before this hour is in this drain or an earlier one.
+    pub open_hour: u64,
+    pub by_hour: Vec<(u64, Vec<UsageDelta>)>,
+}
 
 /// What a usage count is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,6 +92,10 @@ impl UsageCell {
 #[derive(Default)]
 pub(crate) struct UsageRegistry {
     cells: HashMap<UsageKey, Arc<UsageCell>>,
+    /// The hour the cells are counting (see the module docs); 0 before the first roll.
+    pub(crate) hour: u64,
+    /// Counts of earlier hours, taken from the cells when the hour turned, not drained yet.
+    rolled: BTreeMap<u64, Vec<UsageDelta>>,
 }
 
 impl UsageRegistry {
@@ -81,8 +107,59 @@ impl UsageRegistry {
             .clone()
     }
 
-    /// Takes and zeroes all counts; forgets cells no compiled route refers to any more.
+    /// Moves the counting on to `hour`: what the cells hold is dated the hour they were
+    /// counting. An earlier `hour` (a clock set back) changes nothing: counts are never dated
+    /// back. Returns whether the hour moved.
+    pub(crate) fn roll(&mut self, hour: u64) -> bool {
+        if hour <= self.hour {
+            return false;
+        }
+        let counted = self.take_cells();
+        if !counted.is_empty() {
+            self.rolled.insert(self.hour, counted);
+        }
+        self.hour = hour;
+        true
+    }
+
+    /// Rolls to `hour` and takes every count, by the hour of arrival.
+    pub(crate) fn drain_dated(&mut self, hour: u64) -> UsageDrain {
+        self.roll(hour);
+        let current = self.take_cells();
+        let mut by_hour = std::mem::take(&mut self.rolled);
+        if !current.is_empty() {
+            by_hour.insert(self.hour, current);
+        }
+        UsageDrain {
+            open_hour: self.hour,
+            by_hour: by_hour.into_iter().collect(),
+        }
+    }
+
+    /// Takes and zeroes all counts, whatever their hour, one delta per key.
     pub(crate) fn drain(&mut self) -> Vec<UsageDelta> {
+        let mut merged: BTreeMap<UsageKey, UsageDelta> = BTreeMap::new();
+        let dated = self.drain_dated(self.hour);
+        for d in dated.by_hour.into_iter().flat_map(|(_, deltas)| deltas) {
+            let key = UsageKey {
+                account: d.account.clone(),
+                instance: d.instance.clone(),
+                api: d.api.clone(),
+                region: d.region.clone(),
+            };
+            let m = merged.entry(key).or_insert_with(|| UsageDelta {
+                calls: 0,
+                bytes_out: 0,
+                ..d.clone()
+            });
+            m.calls = m.calls.saturating_add(d.calls);
+            m.bytes_out = m.bytes_out.saturating_add(d.bytes_out);
+        }
+        merged.into_values().collect()
+    }
+
+    /// Takes and zeroes the cells' counts; forgets cells no compiled route refers to any more.
+    fn take_cells(&mut self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
         self.cells.retain(|key, cell| {
             let (calls, bytes_out) = cell.take();
@@ -138,6 +215,36 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].calls, d[0].bytes_out), (2, 10));
         assert!(r.drain().is_empty());
+    }
+
+    #[test]
+    fn counts_are_dated_by_the_hour_they_were_counted_in() {
+        let mut r = UsageRegistry::default();
+        let a = r.cell(key("a"));
+        r.roll(10);
+        a.add_call();
+        // Two hours on at once (a clock that jumped), then back: never dated back.
+        assert!(r.roll(12));
+        a.add_call();
+        a.add_call();
+        assert!(!r.roll(11));
+        a.add_bytes(5);
+        let d = r.drain_dated(12);
+        assert_eq!(d.open_hour, 12);
+        let got: Vec<(u64, u64, u64)> = d
+            .by_hour
+            .iter()
+            .map(|(h, ds)| (*h, ds[0].calls, ds[0].bytes_out))
+            .collect();
+        assert_eq!(got, vec![(10, 1, 0), (12, 2, 5)]);
+        let next = r.drain_dated(13);
+        assert_eq!((next.open_hour, next.by_hour.len()), (13, 0));
+        // The undated drain merges the hours into one delta per key.
+        a.add_call();
+        r.roll(14);
+        a.add_call();
+        let merged = r.drain();
+        assert_eq!((merged.len(), merged[0].calls), (1, 2));
     }
 
     #[test]

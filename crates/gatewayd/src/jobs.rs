@@ -22,23 +22,81 @@ fn is_leader(node: &Node) -> bool {
     node.status().leader_id == Some(node.id())
 }
 
-/// Closes each daily cycle once it has ended and `issue_delay` has passed.
-pub async fn close_cycles(node: Node, issue_delay: Duration, every: Duration) {
+/// When a day is billed.
+#[derive(Clone, Copy, Debug)]
+pub struct CloseTimes {
+    /// After the day's end, when its bill is issued (`--bill-delay-seconds`).
+    pub bill_delay: Duration,
+    /// After that, how long the bill waits for a member whose usage of the day has not
+    /// arrived (`--usage-grace-seconds`).
+    pub usage_grace: Duration,
+}
+
+/// Closes each daily cycle once it has ended, `bill_delay` has passed, and every member of
+/// the cluster has committed its usage of the day, or this leader has waited `usage_grace`
+/// for the missing ones: a node that is down does not hold bills up for ever (its late usage
+/// goes on the next open day). The wait is measured on this leader's monotonic clock from
+/// when it found the day due and incomplete, not on the wall clock: a wall clock that jumps
+/// (a development clock, a node that was off for a day) must not skip the wait. A new leader
+/// starts the wait again, so a day is billed at most a grace or so later than due.
+pub async fn close_cycles(node: Node, times: CloseTimes, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The day waited for, since when, and for whom (to log each change once).
+    let mut waiting: Option<(u64, tokio::time::Instant, Vec<u64>)> = None;
     loop {
         tick.tick().await;
         if !is_leader(&node) {
+            waiting = None;
             continue;
         }
         // Catch up over every due day, one command each, a bounded number per tick.
         for _ in 0..64 {
-            let Some(day) = node.state().next_open_day() else {
+            let state = node.state();
+            let Some(day) = state.next_open_day() else {
                 break;
             };
-            let due_at = (day + 1) * DAY_MS + issue_delay.as_millis() as u64;
+            let due_at = (day + 1) * DAY_MS + times.bill_delay.as_millis() as u64;
             if node.now_ms() < due_at {
                 break;
+            }
+            let missing: Vec<u64> = node
+                .members()
+                .into_keys()
+                .filter(|n| !state.usage_complete(day, [*n]))
+                .collect();
+            if !missing.is_empty() {
+                let since = match &mut waiting {
+                    Some((d, since, who)) if *d == day => {
+                        if *who != missing {
+                            tracing::info!(
+                                day,
+                                ?missing,
+                                "the day's bill waits for these nodes' usage"
+                            );
+                            *who = missing.clone();
+                        }
+                        *since
+                    }
+                    _ => {
+                        tracing::info!(
+                            day,
+                            ?missing,
+                            "the day's bill waits for these nodes' usage"
+                        );
+                        let now = tokio::time::Instant::now();
+                        waiting = Some((day, now, missing.clone()));
+                        now
+                    }
+                };
+                if since.elapsed() < times.usage_grace {
+                    break;
+                }
+                tracing::warn!(
+                    day,
+                    ?missing,
+                    "billing the day without these nodes' usage (--usage-grace-seconds passed): theirs goes on the next day"
+                );
             }
             match node.write(Command::CloseCycle { day }).await {
                 Ok(_) => tracing::info!(day, "closed the daily billing cycle"),

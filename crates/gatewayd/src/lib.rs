@@ -209,6 +209,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     cfg.peer_tls = tls.peer_client.clone();
     cfg.cluster_id = s.cluster_id.clone();
     cfg.max_stale_config = s.max_stale_config;
+    let cfg_clock = cfg.clock.clone();
     let node = Node::start(cfg).await.with_context(|| {
         format!(
             "cannot start node {} in {}",
@@ -256,7 +257,12 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         .add_service(admin);
 
     // The data plane: config from every applied state, shares from the peers' demand.
-    let dp = dataplane::Dataplane::new(s.node_id);
+    // The node's clock: usage is dated on it, as proposals are.
+    let dp = dataplane::Dataplane::with_options(dataplane::DataplaneOptions {
+        node_id: s.node_id,
+        clock: cfg_clock.clone(),
+        ..Default::default()
+    });
     plane::accept_peer_demand(&node, dp.clone());
     plane::gate_serving(&node, dp.clone());
     let ready = Arc::new(AtomicBool::new(false));
@@ -279,10 +285,20 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         ready.clone(),
         draining.clone(),
     ))];
-    let meter = Arc::new(tokio::sync::Mutex::new(metering::Meter::new(
-        node.clone(),
+    let journal = metering::Journal::open(&s.data_dir)?;
+    let backlog = journal.len();
+    if backlog > 0 {
+        tracing::info!(
+            batches = backlog,
+            "usage journal: committing batches left from before the restart"
+        );
+    }
+    let writer = Arc::new(tokio::sync::Mutex::new(metering::JournalWriter::new(
         dp.clone(),
-    )));
+        node.clone(),
+        journal.clone(),
+    )?));
+    let committer = metering::Committer::new(node.clone(), journal);
     // In development mode time may jump by days: look at the clock more often.
     let job_tick = if s.dev_clock_file.is_some() {
         Duration::from_millis(50)
@@ -290,8 +306,19 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         Duration::from_secs(1)
     };
     let jobs = [
-        tokio::spawn(metering::run(meter.clone(), s.usage_flush)),
-        tokio::spawn(jobs::close_cycles(node.clone(), s.bill_delay, job_tick)),
+        tokio::spawn(metering::run_writer(
+            writer.clone(),
+            s.usage_journal_interval,
+        )),
+        tokio::spawn(metering::run_committer(committer.clone(), s.usage_flush)),
+        tokio::spawn(jobs::close_cycles(
+            node.clone(),
+            jobs::CloseTimes {
+                bill_delay: s.bill_delay,
+                usage_grace: s.usage_grace,
+            },
+            job_tick,
+        )),
         tokio::spawn(jobs::deliver_events(
             node.clone(),
             job_tick,
@@ -387,8 +414,12 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     for j in &jobs {
         j.abort();
     }
-    if !metering::final_flush(&meter, Duration::from_secs(5)).await {
-        tracing::warn!("the last usage flush could not be recorded");
+    writer.lock().await.write().await;
+    let mut committer = committer;
+    if !metering::final_commit(&mut committer, Duration::from_secs(5)).await {
+        tracing::warn!(
+            "the last usage could not be committed; it stays in the journal for the next start"
+        );
     }
     health
         .set_service_status(

@@ -276,6 +276,16 @@ pub fn raft_metrics(node: &Node, out: &mut String) {
         "# HELP gateway_webhook_failures_total Event deliveries to account webhooks that failed (this node delivers while it leads).\n# TYPE gateway_webhook_failures_total counter\ngateway_webhook_failures_total {}",
         crate::jobs::WEBHOOK_FAILURES.load(std::sync::atomic::Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP gateway_usage_journalled_calls_total Calls this node wrote to its usage journal since it started.\n# TYPE gateway_usage_journalled_calls_total counter\ngateway_usage_journalled_calls_total {}",
+        crate::metering::JOURNALLED_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gateway_usage_committed_calls_total Calls of usage journal batches this node committed to the cluster since it started.\n# TYPE gateway_usage_committed_calls_total counter\ngateway_usage_committed_calls_total {}",
+        crate::metering::COMMITTED_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+    );
 }
 
 #[cfg(test)]

@@ -109,9 +109,21 @@ pub struct Flags {
     /// says within 1 to 3 hours) [default: 3600].
     #[arg(long, env = "GATEWAY_BILL_DELAY_SECONDS")]
     pub bill_delay_seconds: Option<u64>,
-    /// How often usage counters are flushed into the replicated state, in ms [default: 1000].
+    /// How often the journalled usage is committed into the replicated state, in ms
+    /// [default: 1000].
     #[arg(long, env = "GATEWAY_USAGE_FLUSH_MS")]
     pub usage_flush_ms: Option<u64>,
+    /// How often usage counters are written to this node's journal (fsynced), in ms: what a
+    /// crash of the node can lose at most [default: 100].
+    #[arg(long, env = "GATEWAY_USAGE_JOURNAL_INTERVAL_MS")]
+    pub usage_journal_interval_ms: Option<u64>,
+    /// How long a day's bill, once due (--bill-delay-seconds after the day), waits for a node
+    /// whose usage of the day has not arrived (it is down), in seconds of the leader's
+    /// running time; after it the day is billed without that node, and its late usage goes on
+    /// the next day's bill [default: 7200, so that bills come within the pricing document's
+    /// 3 hours].
+    #[arg(long, env = "GATEWAY_USAGE_GRACE_SECONDS")]
+    pub usage_grace_seconds: Option<u64>,
     /// Development mode: allows the settings below. Never use it in production.
     #[arg(long, env = "GATEWAY_DEV_MODE", num_args = 0..=1, default_missing_value = "true")]
     pub dev_mode: Option<bool>,
@@ -219,6 +231,8 @@ pub struct Settings {
     pub shared_region: String,
     pub bill_delay: Duration,
     pub usage_flush: Duration,
+    pub usage_journal_interval: Duration,
+    pub usage_grace: Duration,
     pub dev_clock_file: Option<PathBuf>,
     pub shutdown_delay: Duration,
     pub limits: dataplane::ServerLimits,
@@ -269,6 +283,8 @@ impl Flags {
             shared_region,
             bill_delay_seconds,
             usage_flush_ms,
+            usage_journal_interval_ms,
+            usage_grace_seconds,
             dev_mode,
             dev_clock_file,
             shutdown_delay_ms,
@@ -382,6 +398,12 @@ impl Flags {
         if usage_flush_ms < 10 {
             bail!("--usage-flush-ms {usage_flush_ms} is below the minimum of 10");
         }
+        let journal_ms = f.usage_journal_interval_ms.unwrap_or(100);
+        if !(10..=1000).contains(&journal_ms) {
+            bail!(
+                "--usage-journal-interval-ms {journal_ms} is outside 10..=1000 (what a crash may lose)"
+            );
+        }
         let limits = server_limits(&f)?;
         let snapshot_every = f.snapshot_every.unwrap_or(5000);
         if snapshot_every < 10 {
@@ -431,6 +453,8 @@ impl Flags {
             shared_region: f.shared_region.unwrap_or_else(|| "cn-hangzhou".into()),
             bill_delay: Duration::from_secs(f.bill_delay_seconds.unwrap_or(3600)),
             usage_flush: Duration::from_millis(usage_flush_ms),
+            usage_journal_interval: Duration::from_millis(journal_ms),
+            usage_grace: Duration::from_secs(f.usage_grace_seconds.unwrap_or(7200)),
             dev_clock_file: f.dev_clock_file,
             shutdown_delay: Duration::from_millis(f.shutdown_delay_ms.unwrap_or(3000)),
             limits,

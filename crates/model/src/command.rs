@@ -36,6 +36,20 @@ pub struct UsageDelta {
     pub bytes_out: u64,
 }
 
+/// One record of a node's usage journal: what the node counted of the calls that arrived in
+/// one hour (see [`Command::RecordUsageBatches`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageBatch {
+    /// Rises with every batch a node journals, across its restarts; each is counted once.
+    pub seq: u64,
+    /// The hour the calls arrived in, in hours since the Unix epoch (UTC).
+    pub hour: u64,
+    /// Every call the node received before this hour is in this batch or an earlier one: the
+    /// node's counts of the days before it are complete.
+    pub open_hour: u64,
+    pub deltas: Vec<UsageDelta>,
+}
+
 /// How a command changes one optional field. Three cases where `Option<Option<T>>` would make
 /// two of them the same once it has been through JSON (the Raft log's encoding writes `None`
 /// and `Some(None)` both as `null`).
@@ -186,6 +200,14 @@ pub enum Command {
         seq: u64,
         deltas: Vec<UsageDelta>,
     },
+    /// Batches from a node's usage journal, in `seq` order. Each batch is counted once (a
+    /// batch whose `seq` is not above the last one counted from the node is skipped, so a
+    /// replay after a restart or a retried proposal never counts twice), into the day its
+    /// calls arrived, or the first open day if that one is billed already.
+    RecordUsageBatches {
+        node: u64,
+        batches: Vec<UsageBatch>,
+    },
     /// Bills the daily cycle `day` (days since 1970-01-01, UTC) for every account.
     CloseCycle {
         day: u64,
@@ -275,6 +297,7 @@ impl Command {
             Command::SetAccountAlert { .. } => "SetAccountAlert",
             Command::AdjustBalance { .. } => "AdjustBalance",
             Command::RecordUsage { .. } => "RecordUsage",
+            Command::RecordUsageBatches { .. } => "RecordUsageBatches",
             Command::CloseCycle { .. } => "CloseCycle",
             Command::AckEvents { .. } => "AckEvents",
             Command::RecordWebhookFailure { .. } => "RecordWebhookFailure",

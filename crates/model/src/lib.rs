@@ -32,7 +32,9 @@ mod state;
 pub mod validate;
 
 pub use clock::{Clock, FakeClock, Nanos, SystemClock};
-pub use command::{Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageDelta};
+pub use command::{
+    Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageBatch, UsageDelta,
+};
 pub use entity::{
     Account, Api, ApiGroup, ApiSpec, ApiToken, App, AuthType, ChargeType, Deployment, Instance,
     IpRules, MonthToDate, ReleasedInstance, SpecChange, Stage, StopPeriod, StopReason, Stopped,

@@ -555,6 +555,77 @@ mod tests {
         assert!(s.usage.is_empty(), "a closed day's usage is history");
     }
 
+    fn batch(seq: u64, at_ms: u64, open_ms: u64, n: u64) -> crate::UsageBatch {
+        crate::UsageBatch {
+            seq,
+            hour: at_ms / 3_600_000,
+            open_hour: open_ms / 3_600_000,
+            deltas: match calls(0, 0, n) {
+                Command::RecordUsage { deltas, .. } => deltas,
+                _ => unreachable!(),
+            },
+        }
+    }
+
+    #[test]
+    fn journal_batches_are_dated_by_arrival_and_each_counted_once() {
+        let mut s = setup();
+        let d0 = day_of(T0);
+        let last_tenth = T0 + DAY_MS - 100;
+        // Node 1's batch of 23:59:59.9 arrives after midnight, with one of the new day.
+        let batches = vec![
+            batch(100, last_tenth, T0 + DAY_MS, 3),
+            batch(101, T0 + DAY_MS, T0 + DAY_MS, 4),
+        ];
+        let record =
+            |batches: Vec<crate::UsageBatch>| Command::RecordUsageBatches { node: 1, batches };
+        run(&mut s, T0 + DAY_MS + 500, record(batches.clone())).unwrap();
+        assert_eq!(s.usage[&d0]["acme"].shared_calls, 3);
+        assert_eq!(s.usage[&(d0 + 1)]["acme"].shared_calls, 4);
+        assert!(!s.usage_complete(d0, [1, 2]), "node 2 has sent nothing");
+        assert!(s.usage_complete(d0, [1]));
+        // Replayed after a restart together with a new batch: only the new one counts.
+        let mut replay = batches.clone();
+        replay.push(batch(102, T0 + DAY_MS + 1, T0 + DAY_MS + 1, 5));
+        run(&mut s, T0 + DAY_MS + 600, record(replay)).unwrap();
+        assert_eq!(s.usage[&d0]["acme"].shared_calls, 3);
+        assert_eq!(s.usage[&(d0 + 1)]["acme"].shared_calls, 9);
+        let r = run(&mut s, T0 + DAY_MS + 700, record(batches)).unwrap();
+        assert_eq!(r, Reply::UsageRecorded { duplicate: true });
+        // Bad batches are refused whole.
+        let e = run(
+            &mut s,
+            T0 + DAY_MS + 800,
+            record(vec![
+                batch(200, T0 + DAY_MS, T0 + DAY_MS, 1),
+                batch(199, T0 + DAY_MS, T0 + DAY_MS, 1),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("seqs must rise"), "{e}");
+        let e = run(
+            &mut s,
+            T0 + DAY_MS + 800,
+            record(vec![batch(200, T0 + DAY_MS, T0, 1)]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("open_hour"), "{e}");
+        // Once day 0 is billed, a late batch of it goes to the first open day.
+        run(&mut s, T0 + DAY_MS + 900, Command::CloseCycle { day: d0 }).unwrap();
+        assert_eq!(bills("acme")[0].day, d0);
+        run(
+            &mut s,
+            T0 + DAY_MS + 1000,
+            Command::RecordUsageBatches {
+                node: 2,
+                batches: vec![batch(1, last_tenth, T0 + DAY_MS, 6)],
+            },
+        )
+        .unwrap();
+        assert_eq!(s.usage[&(d0 + 1)]["acme"].shared_calls, 15);
+        assert!(s.usage_complete(d0, [1, 2]));
+    }
+
     #[test]
     fn a_cycle_bills_once_and_in_order() {
         let mut s = setup();

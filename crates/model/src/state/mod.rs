@@ -92,6 +92,11 @@ pub struct State {
     pub usage: OrdMap<u64, OrdMap<String, DayUsage>>,
     /// The last usage flush applied from each node.
     pub usage_seq: OrdMap<u64, u64>,
+    /// For each node, the hour before which all its usage is counted (the highest
+    /// [`crate::UsageBatch::open_hour`] applied from it): a day can be billed once every node
+    /// is past it.
+    #[serde(default)]
+    pub usage_open_hour: OrdMap<u64, u64>,
     /// The last event's sequence number (events are numbered across the cluster).
     pub last_event_seq: u64,
     pub last_closed_day: Option<u64>,
@@ -188,6 +193,7 @@ impl Default for State {
             released: Vector::new(),
             usage: OrdMap::new(),
             usage_seq: OrdMap::new(),
+            usage_open_hour: OrdMap::new(),
             last_event_seq: 0,
             last_closed_day: None,
             genesis_ms: None,
@@ -323,6 +329,9 @@ impl State {
             | C::AuthorizeApp { .. }
             | C::RevokeAppAuthorization { .. } => apps::apply(self, command, now, fx),
             C::RecordUsage { node, seq, deltas } => usage::record(self, *node, *seq, deltas, now),
+            C::RecordUsageBatches { node, batches } => {
+                usage::record_batches(self, *node, batches, now)
+            }
             C::CloseCycle { day } => cycle::close(self, *day, now, catalog, fx),
             C::ApplyConfig { desired, options } => {
                 config::apply(self, desired, options, now, fx).map(Reply::ConfigApplied)
