@@ -32,11 +32,13 @@ mod state;
 pub mod validate;
 
 pub use clock::{Clock, FakeClock, Nanos, SystemClock};
-pub use command::{Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageDelta};
+pub use command::{
+    Command, GroupChange, InstanceOptions, Proposal, Reply, SpecialTarget, Update, UsageDelta,
+};
 pub use entity::{
     Account, Api, ApiGroup, ApiSpec, ApiToken, App, AuthType, ChargeType, Deployment, Instance,
     IpRules, MonthToDate, ReleasedInstance, SpecChange, Stage, StopPeriod, StopReason, Stopped,
-    TERM_GRACE_DAYS,
+    TERM_GRACE_DAYS, ThrottleBinding, ThrottlePolicy, ThrottleUnit,
 };
 pub use error::DomainError;
 pub use state::{
