@@ -14,6 +14,12 @@ pub enum GatewayError {
         instance: Arc<str>,
         retry_after_secs: u64,
     },
+    /// A throttling policy bound to the API refused the request: its API, user or app limit.
+    #[error("{}", .scope.message())]
+    ThrottledBy {
+        scope: crate::ThrottleScope,
+        retry_after_secs: u64,
+    },
     /// Refused by the API's access control (IP access control, signature, app authorisation).
     #[error("{}", .0.message)]
     Denied(crate::access::Denied),
@@ -49,7 +55,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Throttled { .. } | GatewayError::ThrottledBy { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Denied(d) => d.status,
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::AccountSuspended { .. } => StatusCode::FORBIDDEN,
@@ -63,9 +71,22 @@ impl GatewayError {
     }
 
     /// A stable, machine-readable code.
+    /// How long a throttled caller is told to wait (`Retry-After`), in seconds.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            GatewayError::Throttled {
+                retry_after_secs, ..
+            }
+            | GatewayError::ThrottledBy {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
-            GatewayError::Throttled { .. } => "Throttled",
+            GatewayError::Throttled { .. } | GatewayError::ThrottledBy { .. } => "Throttled",
             GatewayError::Denied(d) => d.code,
             GatewayError::NotFound { .. } => "ApiNotFound",
             GatewayError::AccountSuspended { .. } => "AccountSuspended",
