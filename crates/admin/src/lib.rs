@@ -15,13 +15,15 @@
 //! - `convert`: instances, groups and APIs to and from protobuf;
 //! - `accounts`: accounts, ledgers, bills and events: parsing and presentation;
 //! - `usage`: `DescribeUsage`, merging closed days (history) with open ones (state);
-//! - `paging`: page sizes and cursors of history reads.
+//! - `paging`: page sizes and cursors of history reads;
+//! - `throttles`: throttling policies: requests to commands, policies to protobuf.
 
 mod accounts;
 pub mod auth;
 mod config;
 mod convert;
 mod paging;
+mod throttles;
 mod usage;
 
 #[cfg(test)]
@@ -71,6 +73,15 @@ impl AdminService {
     fn check_group(&self, p: &Principal, name: &str) -> Result<(), Status> {
         match self.node.state().groups.get(name) {
             Some(g) => p.require_account("API group", name, &g.account),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses unless `p` may touch throttling policy `name` (an unknown one is left to the
+    /// command).
+    fn check_throttle(&self, p: &Principal, name: &str) -> Result<(), Status> {
+        match self.node.state().throttles.get(name) {
+            Some(t) => p.require_account("throttling policy", name, &t.account),
             None => Ok(()),
         }
     }
@@ -990,6 +1001,76 @@ impl Admin for AdminService {
         deleted(self.write(Command::DeleteApp { name }).await?)
     }
 
+    async fn create_traffic_control(
+        &self,
+        req: Request<pb::CreateTrafficControlRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        let p = Principal::of(&req);
+        let command = throttles::create(&p, req.into_inner())?;
+        throttles::reply(self.write(command).await?)
+    }
+
+    async fn set_traffic_control_special(
+        &self,
+        req: Request<pb::SetTrafficControlSpecialRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        self.check_throttle(&p, &r.name)?;
+        if !r.account.is_empty() && !p.sees(&r.account) {
+            p.require_account("account", &r.account, &r.account)?;
+        }
+        let command = throttles::special(r)?;
+        throttles::reply(self.write(command).await?)
+    }
+
+    async fn bind_traffic_control(
+        &self,
+        req: Request<pb::BindTrafficControlRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        self.change_binding(req, true).await
+    }
+
+    async fn unbind_traffic_control(
+        &self,
+        req: Request<pb::BindTrafficControlRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        self.change_binding(req, false).await
+    }
+
+    async fn describe_traffic_controls(
+        &self,
+        req: Request<pb::DescribeTrafficControlsRequest>,
+    ) -> Result<Response<pb::DescribeTrafficControlsReply>, Status> {
+        self.read_barrier(&req).await?;
+        let p = Principal::of(&req);
+        let name = req.into_inner().name;
+        let state = self.node.state();
+        let policies = state
+            .throttles
+            .values()
+            .filter(|t| p.sees(&t.account) && (name.is_empty() || t.name == name))
+            .map(throttles::to_pb)
+            .collect::<Vec<_>>();
+        if !name.is_empty() && policies.is_empty() {
+            return Err(domain_status(DomainError::not_found(
+                "throttling policy",
+                &name,
+            )));
+        }
+        Ok(Response::new(pb::DescribeTrafficControlsReply { policies }))
+    }
+
+    async fn delete_traffic_control(
+        &self,
+        req: Request<pb::DeleteTrafficControlRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        let p = Principal::of(&req);
+        let name = req.into_inner().name;
+        self.check_throttle(&p, &name)?;
+        deleted(self.write(Command::DeleteThrottlePolicy { name }).await?)
+    }
+
     async fn authorize_app(
         &self,
         req: Request<pb::AuthorizeAppRequest>,
@@ -1202,6 +1283,20 @@ impl AdminService {
             not_serving: s.not_serving,
             waiting: s.waiting,
         }
+    }
+
+    /// Binds a throttling policy to an API on a stage, or unbinds it.
+    async fn change_binding(
+        &self,
+        req: Request<pb::BindTrafficControlRequest>,
+        bind: bool,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        let p = Principal::of(&req);
+        let r = req.into_inner();
+        self.check_throttle(&p, &r.name)?;
+        self.check_group(&p, &r.group)?;
+        let command = throttles::binding(r, bind)?;
+        throttles::reply(self.write(command).await?)
     }
 
     /// Grants an app the right to call an API, or takes it away.

@@ -5,6 +5,25 @@ use http::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Which limit of a policy refused a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottleScope {
+    Api,
+    User,
+    App,
+}
+
+impl ThrottleScope {
+    /// `X-Ca-Error-Message` of a call this limit refused, as the cloud words it.
+    pub fn message(self) -> &'static str {
+        match self {
+            ThrottleScope::Api => "Throttled by API Flow Control",
+            ThrottleScope::User => "Throttled by USER Flow Control",
+            ThrottleScope::App => "Throttled by APP Flow Control",
+        }
+    }
+}
+
 /// Why the gateway answered a request itself instead of the backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -17,7 +36,7 @@ pub enum GatewayError {
     /// A throttling policy bound to the API refused the request: its API, user or app limit.
     #[error("{}", .scope.message())]
     ThrottledBy {
-        scope: crate::ThrottleScope,
+        scope: ThrottleScope,
         retry_after_secs: u64,
     },
     /// Refused by the API's access control (IP access control, signature, app authorisation).

@@ -90,7 +90,7 @@ pub use config::{
     ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules,
     ThrottleConfig, ThrottleUnit,
 };
-pub use error::GatewayError;
+pub use error::{GatewayError, ThrottleScope};
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
 pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use model::{Stage, UsageDelta};

@@ -17,7 +17,7 @@ use crate::budget::{
     LEASE_TTL_MS, LeaseCell, LeaseGrant, LeaseUse, Ledger, NodeLease, PREGRANT_MS, WARMUP_MS,
 };
 use crate::config::ThrottleConfig;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, ThrottleScope};
 use crate::limiter::GcraLimiter;
 use model::ThrottleUnit;
 use model::clock::{NANOS_PER_SEC, Nanos};
@@ -25,25 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
-
-/// Which limit of a policy refused a call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ThrottleScope {
-    Api,
-    User,
-    App,
-}
-
-impl ThrottleScope {
-    /// `X-Ca-Error-Message` of a call this limit refused, as the cloud words it.
-    pub fn message(self) -> &'static str {
-        match self {
-            ThrottleScope::Api => "Throttled by API Flow Control",
-            ThrottleScope::User => "Throttled by USER Flow Control",
-            ThrottleScope::App => "Throttled by APP Flow Control",
-        }
-    }
-}
 
 /// Prefix of the counters' keys in demand reports: instance names cannot contain ':'.
 pub(crate) const KEY_PREFIX: &str = "throttle:";

@@ -373,6 +373,11 @@ impl State {
             .filter_map(|g| self.groups.get(g))
     }
 
+    /// The name of the app whose AppKey is `key`.
+    pub fn app_name_of_key(&self, key: &str) -> Option<&str> {
+        self.index.app_keys.get(key).map(String::as_str)
+    }
+
     /// The throttling policy bound to API `group/api` on `stage`, if any.
     pub fn throttle_of(&self, group: &str, api: &str, stage: Stage) -> Option<&ThrottlePolicy> {
         let name = self
