@@ -99,5 +99,4 @@ pub use path::{PathError, canonical_path};
 pub use plane::{Access, Dataplane, InstanceShare, PublishReport, Verdict};
 pub use router::RouteError;
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
-pub use throttle::ThrottleScope;
 pub use usage::UNMATCHED_API;

@@ -557,7 +557,11 @@ mod tests {
             prop::option::weighted(0.2, Just("acme")),
         )
             .prop_map(|(groups, prune, force, account)| Command::ApplyConfig {
-                desired: Document { version: 1, groups },
+                desired: Document {
+                    version: 1,
+                    groups,
+                    policies: Vec::new(),
+                },
                 options: ApplyOptions {
                     prune,
                     force,
