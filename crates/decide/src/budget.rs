@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn grants_follow_demand_and_stop_at_the_limit() {
         let mut l = Ledger::default();
-        let u = |node: u64, demand| LeaseUse {
+        let u = |demand| LeaseUse {
             key: "k".into(),
             window: 1,
             granted: 0,
@@ -425,9 +425,9 @@ mod tests {
             used: 0,
             demand_rps: demand,
         };
-        l.record(1, &u(1, 800.0), 0);
-        l.record(2, &u(2, 100.0), 0);
-        l.record(3, &u(3, 100.0), 0);
+        l.record(1, &u(800.0), 0);
+        l.record(2, &u(100.0), 0);
+        l.record(3, &u(100.0), 0);
         let g = l.grant("k", 1, 600, &[1, 2, 3], 0);
         let by: Vec<u64> = g.iter().map(|g| g.granted).collect();
         // Each wants a second of demand; the 600 free are split by demand.
