@@ -70,7 +70,13 @@ fn may(rpc: &str) -> May {
         | "RevokeAppAuthorization"
         | "SetIpAccessControl"
         | "ExportConfig"
-        | "ApplyConfig" => Owner,
+        | "ApplyConfig"
+        | "CreateTrafficControl"
+        | "SetTrafficControlSpecial"
+        | "BindTrafficControl"
+        | "UnbindTrafficControl"
+        | "DescribeTrafficControls"
+        | "DeleteTrafficControl" => Owner,
         other => panic!("no expectation for RPC {other}: say who may call it"),
     }
 }
@@ -306,6 +312,53 @@ async fn call(
             }
         ),
         "DescribeApps" => go!(describe_apps, pb::DescribeAppsRequest { name: s("a-app") }),
+        "CreateTrafficControl" => go!(
+            create_traffic_control,
+            pb::CreateTrafficControlRequest {
+                name: s("a-new-tc"),
+                account: s("a"),
+                unit: s("minute"),
+                api_limit: 100,
+                ..Default::default()
+            }
+        ),
+        "SetTrafficControlSpecial" => go!(
+            set_traffic_control_special,
+            pb::SetTrafficControlSpecialRequest {
+                name: s("a-tc"),
+                account: s("a"),
+                limit: 5,
+                ..Default::default()
+            }
+        ),
+        "BindTrafficControl" => go!(
+            bind_traffic_control,
+            pb::BindTrafficControlRequest {
+                name: s("a-tc"),
+                group: s("a-grp"),
+                api: s("a-api"),
+                stage: s("RELEASE"),
+            }
+        ),
+        "UnbindTrafficControl" => go!(
+            unbind_traffic_control,
+            pb::BindTrafficControlRequest {
+                name: s("a-tc"),
+                group: s("a-grp"),
+                api: s("a-api"),
+                stage: s("RELEASE"),
+            }
+        ),
+        "DescribeTrafficControls" => go!(
+            describe_traffic_controls,
+            pb::DescribeTrafficControlsRequest { name: s("a-tc") }
+        ),
+        "DeleteTrafficControl" => go!(
+            delete_traffic_control,
+            pb::DeleteTrafficControlRequest {
+                name: s("a-del-tc")
+            }
+        ),
         "DeleteApp" => go!(
             delete_app,
             pb::DeleteAppRequest {
@@ -510,6 +563,20 @@ async fn operator_setup(c: &mut AdminClient<Channel>) -> (String, String, Fixtur
             pb::CreateAppRequest {
                 name: s(name),
                 account: s("a"),
+            },
+            t,
+        ))
+        .await
+        .unwrap();
+    }
+    for name in ["a-tc", "a-del-tc"] {
+        c.create_traffic_control(with(
+            pb::CreateTrafficControlRequest {
+                name: s(name),
+                account: s("a"),
+                unit: s("second"),
+                api_limit: 1000,
+                ..Default::default()
             },
             t,
         ))

@@ -163,6 +163,7 @@ fn fixed_config() -> DataplaneConfig {
                 base_path: Some("owed/".into()),
                 deployments: vec![api(Stage::Release, "owed", Method::GET, "/x")],
                 suspended: true,
+                throttles: Default::default(),
                 ..GroupConfig::new("owed", "broke", SHARED_INSTANCE)
             },
         ],
@@ -291,6 +292,7 @@ fn fuzzed(groups: &[FuzzGroup], requests: &[Request]) {
             acl,
             api_acls,
             suspended: g.suspended,
+            throttles: Default::default(),
             ..GroupConfig::new(
                 name,
                 account,

@@ -47,6 +47,8 @@ pub enum Of {
     Instance,
     Group,
     App,
+    /// A throttling policy.
+    Throttle,
 }
 
 /// Declares [`Rpc`] and its table in one list, so that an RPC cannot exist without an entry.
@@ -123,6 +125,14 @@ table! {
     SetIpAccessControl => Owner(Of::Group);
     // Declarative configuration: each group of an applied document is checked too
     // (`config::authorize`), and the command is limited to the account.
+    // Throttling policies: an account's own, bound to its own APIs (the binding's group and a
+    // special limit's account are checked by the handlers, with [`check_owner`]).
+    CreateTrafficControl => Owner(Of::Account);
+    SetTrafficControlSpecial => Owner(Of::Throttle);
+    BindTrafficControl => Owner(Of::Throttle);
+    UnbindTrafficControl => Owner(Of::Throttle);
+    DescribeTrafficControls => Owner(Of::Throttle);
+    DeleteTrafficControl => Owner(Of::Throttle);
     ExportConfig => Owner(Of::Account);
     ApplyConfig => Owner(Of::Account);
     // Tokens and the cluster are the operator's.
@@ -197,6 +207,11 @@ names! {
     DeleteAppRequest => name;
     AuthorizeAppRequest => group;
     SetIpAccessControlRequest => group;
+    CreateTrafficControlRequest => account;
+    SetTrafficControlSpecialRequest => name;
+    BindTrafficControlRequest => name;
+    DescribeTrafficControlsRequest => name;
+    DeleteTrafficControlRequest => name;
     ExportConfigRequest => account;
     ApplyConfigRequest => account;
     CreateTokenRequest => account;
@@ -223,7 +238,23 @@ pub fn admit(rpc: Rpc, p: &Principal) -> Result<(), Status> {
 /// state this node has applied.
 pub fn check(rpc: Rpc, p: &Principal, named: &str, state: &State) -> Result<(), Status> {
     admit(rpc, p)?;
-    let (Access::Owner(of), Principal::Account(own)) = (rpc.access(), p) else {
+    match rpc.access() {
+        Access::Owner(of) => check_owner(rpc, of, p, named, state),
+        Access::Anyone | Access::Operator => Ok(()),
+    }
+}
+
+/// Whether an account token may touch the `of` named `named` in a call of `rpc`: the
+/// [`Access::Owner`] rule, also used by handlers for a second resource a request names (the
+/// group a policy is bound to). The operator may; an empty name is the caller's own account.
+pub fn check_owner(
+    rpc: Rpc,
+    of: Of,
+    p: &Principal,
+    named: &str,
+    state: &State,
+) -> Result<(), Status> {
+    let Principal::Account(own) = p else {
         return Ok(());
     };
     if named.is_empty() {
@@ -246,6 +277,10 @@ pub fn check(rpc: Rpc, p: &Principal, named: &str, state: &State) -> Result<(), 
             state.groups.get(named).map(|g| g.account.as_str()),
         ),
         Of::App => ("app", state.apps.get(named).map(|a| a.account.as_str())),
+        Of::Throttle => (
+            "throttling policy",
+            state.throttles.get(named).map(|t| t.account.as_str()),
+        ),
     };
     match owner {
         Some(owner) if owner != own => Err(Status::permission_denied(format!(

@@ -16,7 +16,8 @@
 //! - `convert`: instances, groups and APIs to and from protobuf;
 //! - `accounts`: accounts, ledgers, bills and events: parsing and presentation;
 //! - `usage`: `DescribeUsage`, merging closed days (history) with open ones (state);
-//! - `paging`: page sizes and cursors of history reads.
+//! - `paging`: page sizes and cursors of history reads;
+//! - `throttles`: throttling policies: requests to commands, policies to protobuf.
 
 pub mod access;
 mod accounts;
@@ -24,6 +25,7 @@ pub mod auth;
 mod config;
 mod convert;
 mod paging;
+mod throttles;
 mod usage;
 
 #[cfg(test)]
@@ -40,7 +42,7 @@ use proto::admin::admin_server::{Admin, AdminServer};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub use access::{Guarded, Rpc};
+pub use access::{Guarded, Of, Rpc};
 pub use auth::{Authenticator, Principal};
 pub use convert::instance_to_pb;
 
@@ -1023,6 +1025,73 @@ impl Admin for AdminService {
         deleted(self.write(Command::DeleteApp { name }).await?)
     }
 
+    async fn create_traffic_control(
+        &self,
+        req: Request<pb::CreateTrafficControlRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        let p = self.authorize(Rpc::CreateTrafficControl, &req)?;
+        let command = throttles::create(&p, req.into_inner())?;
+        throttles::reply(self.write(command).await?)
+    }
+
+    async fn set_traffic_control_special(
+        &self,
+        req: Request<pb::SetTrafficControlSpecialRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        let rpc = Rpc::SetTrafficControlSpecial;
+        let p = self.authorize(rpc, &req)?;
+        let r = req.into_inner();
+        access::check_owner(rpc, Of::Account, &p, &r.account, &self.node.state())?;
+        let command = throttles::special(r)?;
+        throttles::reply(self.write(command).await?)
+    }
+
+    async fn bind_traffic_control(
+        &self,
+        req: Request<pb::BindTrafficControlRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        self.change_binding(req, true).await
+    }
+
+    async fn unbind_traffic_control(
+        &self,
+        req: Request<pb::BindTrafficControlRequest>,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        self.change_binding(req, false).await
+    }
+
+    async fn describe_traffic_controls(
+        &self,
+        req: Request<pb::DescribeTrafficControlsRequest>,
+    ) -> Result<Response<pb::DescribeTrafficControlsReply>, Status> {
+        let p = self.authorize(Rpc::DescribeTrafficControls, &req)?;
+        self.read_barrier(&req).await?;
+        let name = req.into_inner().name;
+        let state = self.node.state();
+        let policies = state
+            .throttles
+            .values()
+            .filter(|t| p.sees(&t.account) && (name.is_empty() || t.name == name))
+            .map(throttles::to_pb)
+            .collect::<Vec<_>>();
+        if !name.is_empty() && policies.is_empty() {
+            return Err(domain_status(DomainError::not_found(
+                "throttling policy",
+                &name,
+            )));
+        }
+        Ok(Response::new(pb::DescribeTrafficControlsReply { policies }))
+    }
+
+    async fn delete_traffic_control(
+        &self,
+        req: Request<pb::DeleteTrafficControlRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        self.authorize(Rpc::DeleteTrafficControl, &req)?;
+        let name = req.into_inner().name;
+        deleted(self.write(Command::DeleteThrottlePolicy { name }).await?)
+    }
+
     async fn authorize_app(
         &self,
         req: Request<pb::AuthorizeAppRequest>,
@@ -1234,6 +1303,24 @@ impl AdminService {
             not_serving: s.not_serving,
             waiting: s.waiting,
         }
+    }
+
+    /// Binds a throttling policy to an API on a stage, or unbinds it.
+    async fn change_binding(
+        &self,
+        req: Request<pb::BindTrafficControlRequest>,
+        bind: bool,
+    ) -> Result<Response<pb::TrafficControlReply>, Status> {
+        let rpc = if bind {
+            Rpc::BindTrafficControl
+        } else {
+            Rpc::UnbindTrafficControl
+        };
+        let p = self.authorize(rpc, &req)?;
+        let r = req.into_inner();
+        access::check_owner(rpc, Of::Group, &p, &r.group, &self.node.state())?;
+        let command = throttles::binding(r, bind)?;
+        throttles::reply(self.write(command).await?)
     }
 
     /// Grants an app the right to call an API, or takes it away.

@@ -71,8 +71,8 @@ pub use decide::{
     AppCredential, ConfigUpdate, DEFAULT_BURST, DEFAULT_SHARE_FLOOR, DataplaneConfig,
     DataplaneOptions, DemandReport, Denied, DeployedApi, FakeClock, GONE_AFTER, GatewayError,
     GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, IpAcl, IpRules, Nanos,
-    PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock, UNMATCHED_API, UsageDelta,
-    UsageDrain, share, shares,
+    PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock, ThrottleConfig, ThrottleScope,
+    ThrottleUnit, UNMATCHED_API, UsageDelta, UsageDrain, share, shares,
 };
 pub use decide::{BackendError, Clock};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};

@@ -81,6 +81,7 @@ async fn gateway_for(backend: SocketAddr, apis: &[(Method, &str)]) -> SocketAddr
             api_acls: Default::default(),
             grants: Default::default(),
             suspended: false,
+            throttles: Default::default(),
         }],
         apps: vec![],
     });

@@ -40,6 +40,7 @@ fn config(ceiling: u32) -> DataplaneConfig {
             api_acls: Default::default(),
             grants: Default::default(),
             suspended: false,
+            throttles: Default::default(),
         }],
         apps: vec![],
     }
@@ -282,6 +283,7 @@ fn serving_nodes_set_the_even_share_until_reports_arrive() {
             instance: "dedicated".into(),
             offered_rps: 5000.0,
         }],
+        ..Default::default()
     };
     dp.apply_peer_demand(2, &heavy, dp.now());
     dp.apply_peer_demand(3, &dataplane::DemandReport::default(), dp.now());
@@ -329,6 +331,7 @@ fn a_node_that_wakes_up_below_the_ceiling_is_not_throttled() {
             instance: "dedicated".into(),
             offered_rps: rps,
         }],
+        ..Default::default()
     };
     for i in 0..3 {
         clock.advance(Duration::from_millis(100));

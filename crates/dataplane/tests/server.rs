@@ -131,6 +131,7 @@ fn group(
         api_acls: Default::default(),
         grants: Default::default(),
         suspended: false,
+        throttles: Default::default(),
     }
 }
 

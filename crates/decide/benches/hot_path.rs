@@ -52,6 +52,7 @@ fn config() -> DataplaneConfig {
             api_acls: Default::default(),
             grants: Default::default(),
             suspended: false,
+            throttles: Default::default(),
         });
     }
     let mut instances: Vec<InstanceConfig> = (0..4)

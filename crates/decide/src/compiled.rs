@@ -39,6 +39,8 @@ pub struct Api<U: Upstreams> {
     pub(crate) timeout: Duration,
     pub(crate) usage: Arc<UsageCell>,
     pub(crate) status: Arc<StatusCounters>,
+    /// The throttling policy bound to the API on its stage.
+    pub(crate) throttle: Option<crate::throttle::Throttle>,
 }
 
 impl<U: Upstreams> Api<U> {

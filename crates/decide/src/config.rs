@@ -12,7 +12,7 @@
 //! state's: the data plane does not depend on how the state is kept or replicated (it shares
 //! only the `model` crate's small value types, [`Stage`] among them).
 
-pub use model::Stage;
+pub use model::{Stage, ThrottleUnit};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -92,6 +92,8 @@ pub struct GroupConfig {
     pub grants: BTreeMap<String, Vec<String>>,
     /// The group's account is suspended (overdue payment): its API calls are refused with 403.
     pub suspended: bool,
+    /// The throttling policy bound to each (stage, API), if any.
+    pub throttles: BTreeMap<(Stage, String), ThrottleConfig>,
 }
 
 impl GroupConfig {
@@ -112,6 +114,7 @@ impl GroupConfig {
             api_acls: BTreeMap::new(),
             grants: BTreeMap::new(),
             suspended: false,
+            throttles: BTreeMap::new(),
         }
     }
 }
@@ -135,4 +138,18 @@ pub struct DeployedApi {
     /// [`GroupConfig::grants`]) get through. Per stage: each deployment keeps the auth type
     /// the API had when it was deployed there.
     pub app_auth: bool,
+}
+
+/// A policy as the data plane compiles it for one bound API and stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    pub policy: String,
+    pub unit: ThrottleUnit,
+    pub api_limit: u64,
+    pub user_limit: Option<u64>,
+    pub app_limit: Option<u64>,
+    /// App name -> its own limit.
+    pub special_apps: BTreeMap<String, u64>,
+    /// Account -> its own limit.
+    pub special_accounts: BTreeMap<String, u64>,
 }

@@ -5,6 +5,25 @@ use http::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Which limit of a policy refused a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThrottleScope {
+    Api,
+    User,
+    App,
+}
+
+impl ThrottleScope {
+    /// `X-Ca-Error-Message` of a call this limit refused, as the cloud words it.
+    pub fn message(self) -> &'static str {
+        match self {
+            ThrottleScope::Api => "Throttled by API Flow Control",
+            ThrottleScope::User => "Throttled by USER Flow Control",
+            ThrottleScope::App => "Throttled by APP Flow Control",
+        }
+    }
+}
+
 /// Why the gateway answered a request itself instead of the backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -12,6 +31,12 @@ pub enum GatewayError {
     #[error("Throttled by INSTANCE Flow Control (instance {instance})")]
     Throttled {
         instance: Arc<str>,
+        retry_after_secs: u64,
+    },
+    /// A throttling policy bound to the API refused the request: its API, user or app limit.
+    #[error("{}", .scope.message())]
+    ThrottledBy {
+        scope: ThrottleScope,
         retry_after_secs: u64,
     },
     /// Refused by the API's access control (IP access control, signature, app authorisation).
@@ -49,7 +74,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Throttled { .. } | GatewayError::ThrottledBy { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Denied(d) => d.status,
             GatewayError::NotFound { .. } => StatusCode::NOT_FOUND,
             GatewayError::AccountSuspended { .. } => StatusCode::FORBIDDEN,
@@ -63,9 +90,22 @@ impl GatewayError {
     }
 
     /// A stable, machine-readable code.
+    /// How long a throttled caller is told to wait (`Retry-After`), in seconds.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            GatewayError::Throttled {
+                retry_after_secs, ..
+            }
+            | GatewayError::ThrottledBy {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
-            GatewayError::Throttled { .. } => "Throttled",
+            GatewayError::Throttled { .. } | GatewayError::ThrottledBy { .. } => "Throttled",
             GatewayError::Denied(d) => d.code,
             GatewayError::NotFound { .. } => "ApiNotFound",
             GatewayError::AccountSuspended { .. } => "AccountSuspended",

@@ -25,6 +25,10 @@
 //!   enforced on this node as `C * w` by a lock-free GCRA limiter ([`GcraLimiter`]) whose rate
 //!   changes in place; the share `w` follows the demand that nodes report to each other
 //!   ([`Dataplane::demand_report`], [`Dataplane::apply_peer_demand`], [`share`]).
+//! - **Throttling policies**: the API, user and app limits of the policy bound to an API on a
+//!   stage, checked after access control and before the instance ceiling, each cluster-wide:
+//!   per-second limits as demand-following shares like the ceilings, minute, hour and day
+//!   limits as leases of the window's budget ([`budget`](crate::budget) explains the design).
 //! - **Usage counters** for billing, per (account, instance, API, region)
 //!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
 //! - **The wire names**: the `X-Ca-*` headers and the byte-level header helpers ([`wire`]).
@@ -45,6 +49,7 @@
 //! - [`per_thread`], [`wire`], `limiter`, [`path`]: leaves. Time comes from `model`'s [`Clock`].
 //! - `error`, `config`, `access`, [`request_id`], `metrics`, `usage`, `shares`, `router`:
 //!   the checks and counters a decision uses.
+//! - `budget`: window leases (pure); `throttle`: a policy's counters, compiled.
 //! - `instance`: an instance's limiter and counters.
 //! - `options`: a data plane's tunables; `backend`: backend addresses and the [`Upstreams`]
 //!   seam.
@@ -56,6 +61,7 @@
 
 mod access;
 mod backend;
+pub mod budget;
 mod compiled;
 mod config;
 mod error;
@@ -71,17 +77,20 @@ mod publish;
 pub mod request_id;
 mod router;
 mod shares;
+mod throttle;
 mod usage;
 pub mod wire;
 
 pub use access::{AppCredential, Denied, IpAcl};
 pub use backend::{Backend, BackendError, DEFAULT_BACKEND_TIMEOUT, Unconnected, Upstreams};
+pub use budget::{LEASE_HORIZON_MS, LEASE_TTL_MS, LeaseGrant, LeaseUse, RECLAIM_AFTER_MS};
 pub use catalog::SHARED_INSTANCE;
 pub use compiled::{Api, UsageHandle};
 pub use config::{
     ConfigUpdate, DataplaneConfig, DeployedApi, GroupConfig, InstanceConfig, IpRules,
+    ThrottleConfig, ThrottleUnit,
 };
-pub use error::GatewayError;
+pub use error::{GatewayError, ThrottleScope};
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
 pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use model::{Stage, UsageDelta};

@@ -88,6 +88,17 @@ impl GcraLimiter {
         f64::from_bits(self.rate.load(Relaxed))
     }
 
+    /// Gives back the slot of a request [`check`](Self::check) admitted (it was refused by
+    /// another limit after this one).
+    pub fn untake(&self) {
+        let interval = self.interval.load(Relaxed);
+        if interval != CLOSED {
+            let _ = self
+                .tat
+                .fetch_update(Relaxed, Relaxed, |t| Some(t.saturating_sub(interval)));
+        }
+    }
+
     /// Admits one request at `now`, or says how long until one would be admitted.
     ///
     /// Relaxed ordering suffices: the TAT is the only state and the CAS orders updates to it;

@@ -58,23 +58,27 @@ pub struct Access<'a> {
 }
 
 impl Access<'_> {
-    /// The refusal of the API's access control, if any.
-    fn check<U: Upstreams>(&self, api: &Api<U>, apps: &AppAuth) -> Option<crate::access::Denied> {
+    /// The refusal of the API's access control, or the calling app of a signed call.
+    fn check<U: Upstreams>(
+        &self,
+        api: &Api<U>,
+        apps: &AppAuth,
+    ) -> Result<Option<String>, crate::access::Denied> {
         if let Some(ip) = self.peer {
             for acl in [&api.group.acl, &api.acl].into_iter().flatten() {
-                if let Err(d) = acl.check(ip) {
-                    return Some(d);
-                }
+                acl.check(ip)?;
             }
         }
-        let allowed = api.app_grants.as_deref()?;
+        let Some(allowed) = api.app_grants.as_deref() else {
+            return Ok(None);
+        };
         // Signature timestamps are wall-clock milliseconds; read the clock only for APP APIs.
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         apps.check(self.method, self.uri, self.headers, allowed, now_ms)
-            .err()
+            .map(Some)
     }
 }
 
@@ -94,6 +98,9 @@ pub(crate) struct Inner<U: Upstreams> {
     /// Taken briefly by a compile (one group's counters) and by a scrape.
     pub(crate) statuses: Mutex<Statuses>,
     pub(crate) demand: Mutex<DemandTracker>,
+    /// Throttling-policy counters and window leases. Taken by a compile (one group's
+    /// counters), by the report tick and by a peer's report; never by a request.
+    pub(crate) throttles: Mutex<crate::throttle::Registry>,
     pub(crate) n_nodes: AtomicUsize,
     pub(crate) request_ids: RequestIds,
     /// The apps' keys and secrets, and the nonces of signed calls seen in the last 15
@@ -241,6 +248,7 @@ impl<U: Upstreams> Dataplane<U> {
                 usage_hour: AtomicU64::new(0),
                 statuses: Mutex::new(Statuses::default()),
                 demand: Mutex::new(demand),
+                throttles: Mutex::new(Default::default()),
                 n_nodes: AtomicUsize::new(1),
                 request_ids: RequestIds::new(options.node_id),
                 apps: AppAuth::new(Arc::new(signer::NonceCache::new(1 << 20))),
@@ -380,16 +388,8 @@ impl<U: Upstreams> Dataplane<U> {
                     Some(GatewayError::AccountSuspended {
                         account: group.account.clone(),
                     })
-                } else if let Some(denied) = access.and_then(|a| a.check(api, &self.inner.apps)) {
-                    // Before the limiter: refused callers use none of the instance's quota.
-                    Some(GatewayError::Denied(denied))
-                } else if let Err(wait) = group.instance.admit(now) {
-                    Some(GatewayError::Throttled {
-                        instance: group.instance.name.clone(),
-                        retry_after_secs: wait.div_ceil(1_000_000_000).max(1),
-                    })
                 } else {
-                    None
+                    self.admit(api, access, now).err()
                 };
                 Verdict {
                     target: Target::Api(api.clone()),
@@ -425,6 +425,34 @@ impl<U: Upstreams> Dataplane<U> {
         }
     }
 
+    /// Access control, then the throttling policy, then the instance's limiter: each refusal
+    /// leaves the later limits' quotas alone.
+    #[inline]
+    fn admit(
+        &self,
+        api: &Api<U>,
+        access: Option<&Access<'_>>,
+        now: Nanos,
+    ) -> Result<(), GatewayError> {
+        let app = match access {
+            Some(a) => a
+                .check(api, &self.inner.apps)
+                .map_err(GatewayError::Denied)?,
+            None => None,
+        };
+        if let Some(t) = &api.throttle {
+            t.admit(app.as_deref(), now, || self.inner.clock.now_ms())?;
+        }
+        let group = &api.group;
+        group
+            .instance
+            .admit(now)
+            .map_err(|wait| GatewayError::Throttled {
+                instance: group.instance.name.clone(),
+                retry_after_secs: wait.div_ceil(1_000_000_000).max(1),
+            })
+    }
+
     /// Measures this node's offered rate per instance (over the last one or two report periods),
     /// updates this node's shares, and returns the report to send to every peer. Call it every
     /// ~100 ms, also when there are no peers: it is what measures this node's own demand.
@@ -432,15 +460,37 @@ impl<U: Upstreams> Dataplane<U> {
         let now = self.now();
         let snapshot = self.inner.snapshot.load();
         let mut demand = lock(&self.inner.demand);
-        let report = demand.sample(
+        let mut throttles = lock(&self.inner.throttles);
+        throttles.sweep();
+        let mut report = demand.sample(
             now,
             snapshot
                 .instances
                 .values()
-                .map(|i| (&*i.name, i.arrivals())),
+                .map(|i| (&*i.name, i.arrivals()))
+                .chain(
+                    throttles
+                        .cells
+                        .values()
+                        .map(|c| (&*c.key, c.arrivals.load(Relaxed))),
+                ),
         );
-        Self::apply_shares(&demand, &snapshot, now);
+        let live = demand.live_nodes(now);
+        let round = self.round(demand.self_id(), &live, now);
+        let (leases, grants) = throttles.lease_round(&round, |key| demand.own_demand(key));
+        report.leases = leases;
+        report.grants = grants;
+        Self::apply_shares(&demand, &throttles, &snapshot, now);
         report
+    }
+
+    fn round<'a>(&self, self_id: u64, live: &'a [u64], now: Nanos) -> crate::throttle::Round<'a> {
+        crate::throttle::Round {
+            self_id,
+            live,
+            mono_ms: now / 1_000_000,
+            wall_ms: self.inner.clock.now_ms(),
+        }
     }
 
     /// Records a peer's report, received at `now` (this data plane's clock, see
@@ -449,7 +499,13 @@ impl<U: Upstreams> Dataplane<U> {
     pub fn apply_peer_demand(&self, node_id: u64, report: &DemandReport, now: Nanos) {
         let mut demand = lock(&self.inner.demand);
         demand.record_peer(node_id, report, now);
-        Self::apply_shares(&demand, &self.inner.snapshot.load(), now);
+        let mut throttles = lock(&self.inner.throttles);
+        if !report.leases.is_empty() || !report.grants.is_empty() {
+            let live = demand.live_nodes(now);
+            let round = self.round(demand.self_id(), &live, now);
+            throttles.on_peer(&round, node_id, &report.leases, &report.grants);
+        }
+        Self::apply_shares(&demand, &throttles, &self.inner.snapshot.load(), now);
     }
 
     /// Which nodes serve traffic (this one is always counted). Changes every instance's share.
@@ -458,7 +514,8 @@ impl<U: Upstreams> Dataplane<U> {
         let now = self.now();
         demand.set_serving(ids, self_id, now);
         self.inner.n_nodes.store(demand.n_nodes(now), Relaxed);
-        Self::apply_shares(&demand, &self.inner.snapshot.load(), now);
+        let throttles = lock(&self.inner.throttles);
+        Self::apply_shares(&demand, &throttles, &self.inner.snapshot.load(), now);
     }
 
     /// Sets the shares of `instances` (new ones, or ones whose ceiling changed) from what is
@@ -473,11 +530,24 @@ impl<U: Upstreams> Dataplane<U> {
         }
     }
 
-    fn apply_shares(demand: &DemandTracker, snapshot: &Snapshot<U>, now: Nanos) {
+    fn apply_shares(
+        demand: &DemandTracker,
+        throttles: &crate::throttle::Registry,
+        snapshot: &Snapshot<U>,
+        now: Nanos,
+    ) {
         let mut scratch = Vec::new();
         for instance in snapshot.instances.values() {
             let ceiling = f64::from(instance.ceiling_and_share().0);
             instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
+        }
+        // Per-second policy limits follow demand the same way.
+        for cell in throttles.cells.values() {
+            if cell.unit == crate::config::ThrottleUnit::Second {
+                let limit = cell.limit.load(Relaxed) as f64;
+                let share = demand.share_for(&cell.key, limit, now, &mut scratch);
+                cell.gcra.set_rate(limit * share);
+            }
         }
     }
 

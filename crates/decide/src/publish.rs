@@ -91,6 +91,7 @@ fn same_but_suspension(a: &GroupConfig, b: &GroupConfig) -> bool {
         api_acls,
         grants,
         suspended: _,
+        throttles,
     } = a;
     *name == b.name
         && *account == b.account
@@ -101,6 +102,7 @@ fn same_but_suspension(a: &GroupConfig, b: &GroupConfig) -> bool {
         && *acl == b.acl
         && *api_acls == b.api_acls
         && *grants == b.grants
+        && *throttles == b.throttles
 }
 
 /// Compiles IP rules; `None` when they let everyone in.
@@ -423,6 +425,28 @@ impl<U: Upstreams> Dataplane<U> {
                     .collect(),
             )
         };
+        let mut throttles: Vec<Option<crate::throttle::Throttle>> = {
+            let mut registry = lock(&self.inner.throttles);
+            backends
+                .iter()
+                .map(|(i, _)| {
+                    let d = &g.deployments[*i];
+                    let t = g.throttles.get(&(d.stage, d.api.clone()))?;
+                    let granted: &[String] = if d.app_auth {
+                        g.grants.get(&d.api).map_or(&[], Vec::as_slice)
+                    } else {
+                        &[]
+                    };
+                    Some(registry.compile(
+                        t,
+                        (&g.name, &d.api, d.stage),
+                        &g.account,
+                        granted,
+                        self.inner.burst,
+                    ))
+                })
+                .collect()
+        };
         let ctx = Arc::new(GroupCtx {
             name: g.name.clone(),
             account: g.account.clone(),
@@ -435,7 +459,8 @@ impl<U: Upstreams> Dataplane<U> {
         let apis = backends
             .into_iter()
             .zip(usage.into_iter().zip(status))
-            .map(|((i, backend), (usage, status))| {
+            .zip(throttles.drain(..))
+            .map(|(((i, backend), (usage, status)), throttle)| {
                 let d = &g.deployments[i];
                 let app_grants = d.app_auth.then(|| {
                     g.grants
@@ -457,6 +482,7 @@ impl<U: Upstreams> Dataplane<U> {
                     timeout: d.timeout,
                     usage,
                     status,
+                    throttle,
                 };
                 (i, Arc::new(api))
             })
@@ -1073,6 +1099,7 @@ mod tests {
                             })
                             .collect(),
                         suspended,
+                        throttles: Default::default(),
                     }
                 },
             )

@@ -36,6 +36,15 @@ pub struct DemandReport {
     /// The length of the window the rates were measured over.
     pub window_ms: u32,
     pub instances: Vec<InstanceDemand>,
+    /// The offered rates at this node's throttling-policy counters (those with any), by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throttles: Vec<InstanceDemand>,
+    /// This node's leases of window budgets (see [`crate::budget`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<crate::budget::LeaseUse>,
+    /// As the coordinator of the leases: what every node is granted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<crate::budget::LeaseGrant>,
 }
 
 /// The offered (arriving) rate at one instance's limiter on one node.
@@ -189,6 +198,7 @@ impl DemandTracker {
         let rates = report
             .instances
             .iter()
+            .chain(&report.throttles)
             .map(|d| (d.instance.clone(), clean(d.offered_rps)))
             .collect();
         self.reports.insert(
@@ -234,19 +244,41 @@ impl DemandTracker {
     }
 
     pub(crate) fn report(&self) -> DemandReport {
-        let mut instances: Vec<InstanceDemand> = self
-            .own
-            .iter()
-            .map(|(k, v)| InstanceDemand {
+        let mut instances = Vec::new();
+        let mut throttles = Vec::new();
+        for (k, v) in &self.own {
+            let d = InstanceDemand {
                 instance: k.clone(),
                 offered_rps: *v,
-            })
-            .collect();
+            };
+            if !k.starts_with(crate::throttle::KEY_PREFIX) {
+                instances.push(d);
+            } else if *v > 0.0 {
+                // Peers take a counter missing from a report as idle here.
+                throttles.push(d);
+            }
+        }
         instances.sort_by(|a, b| a.instance.cmp(&b.instance));
+        throttles.sort_by(|a, b| a.instance.cmp(&b.instance));
         DemandReport {
             window_ms: (self.own_window / 1_000_000).min(u32::MAX as u64) as u32,
             instances,
+            throttles,
+            ..Default::default()
         }
+    }
+
+    pub(crate) fn self_id(&self) -> u64 {
+        self.self_id
+    }
+
+    /// The serving nodes heard from recently, this one included.
+    pub(crate) fn live_nodes(&self, now: Nanos) -> Vec<u64> {
+        let mut ids: Vec<u64> = std::iter::once(self.self_id)
+            .chain(self.live_peers(now))
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub(crate) fn own_demand(&self, instance: &str) -> f64 {
@@ -373,6 +405,7 @@ mod tests {
                 instance: "i".into(),
                 offered_rps: rps,
             }],
+            ..Default::default()
         };
         t.sample(0, [("i", 0)].into_iter());
         let r = t.sample(sec / 10, [("i", 100)].into_iter());

@@ -10,6 +10,7 @@ mod docs;
 mod money;
 mod openapi;
 mod output;
+mod throttle;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -122,6 +123,9 @@ enum Cmd {
     /// Admin API tokens for accounts (operator only).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Throttling policies: per-API, per-account and per-app limits of calls per unit.
+    #[command(subcommand)]
+    Throttle(throttle::ThrottleCmd),
     /// Write every API group, API, deployment, IP access control and app grant as one
     /// document: YAML (the default) or JSON (-o json).
     Export(config::ExportArgs),
@@ -655,6 +659,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Events(a) => money::events(&mut c, f, a).await,
         Cmd::Token(cmd) => tokens(&mut c, f, cmd).await,
         Cmd::App(cmd) => apps(&mut c, f, cmd).await,
+        Cmd::Throttle(cmd) => throttle::run(&mut c, f, cmd).await,
         Cmd::Instance(cmd) => instance(&mut c, f, cmd).await,
         Cmd::Spec(ListOnly::List) => {
             let specs = c

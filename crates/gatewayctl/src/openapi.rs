@@ -97,6 +97,7 @@ pub async fn import(c: &mut Client, f: Format, a: ImportArgs) -> Result<()> {
     let doc = Document {
         version: model::config::VERSION,
         groups: vec![group],
+        policies: Vec::new(),
     };
     let reply = send(c, &doc, &ApplyArgs::additive(String::new()), a.dry_run).await?;
     report(f, &reply);

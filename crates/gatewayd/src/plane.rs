@@ -6,7 +6,7 @@ use catalog::Catalog;
 use cluster::{Changes, Node, Publication};
 use dataplane::{
     AppCredential, ConfigUpdate, Dataplane, DataplaneConfig, DemandReport, DeployedApi,
-    GroupConfig, InstanceConfig, IpRules, SHARED_INSTANCE,
+    GroupConfig, InstanceConfig, IpRules, SHARED_INSTANCE, ThrottleConfig,
 };
 use model::{ApiGroup, ChangeSet, State};
 use std::fmt::Write as _;
@@ -149,6 +149,31 @@ fn group(state: &State, g: &ApiGroup) -> GroupConfig {
         // Overdue bills stop API calls (not management) until a recharge covers them, and a
         // stopped instance (an unrenewed subscription past its term) serves none.
         suspended: !state.serves_group(g),
+        throttles: state
+            .throttles_of_group(&g.name)
+            .map(|(stage, api, p)| ((stage, api.to_string()), throttle(state, p)))
+            .collect(),
+    }
+}
+
+/// A policy as the data plane takes it: special apps by name (the state keeps their keys).
+fn throttle(state: &State, p: &model::ThrottlePolicy) -> ThrottleConfig {
+    ThrottleConfig {
+        policy: p.name.clone(),
+        unit: p.unit,
+        api_limit: p.api_limit,
+        user_limit: p.user_limit,
+        app_limit: p.app_limit,
+        special_apps: p
+            .special_apps
+            .iter()
+            .filter_map(|(key, limit)| Some((state.app_name_of_key(key)?.to_string(), *limit)))
+            .collect(),
+        special_accounts: p
+            .special_accounts
+            .iter()
+            .map(|(a, limit)| (a.clone(), *limit))
+            .collect(),
     }
 }
 
@@ -542,7 +567,11 @@ mod tests {
             prop::option::weighted(0.2, Just("acme")),
         )
             .prop_map(|(groups, prune, force, account)| Command::ApplyConfig {
-                desired: Document { version: 1, groups },
+                desired: Document {
+                    version: 1,
+                    groups,
+                    policies: Vec::new(),
+                },
                 options: ApplyOptions {
                     prune,
                     force,

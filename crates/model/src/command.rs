@@ -1,6 +1,7 @@
 use crate::Millis;
 use crate::entity::{
     Account, Api, ApiGroup, ApiSpec, ApiToken, App, ChargeType, Deployment, Instance, Stage,
+    ThrottlePolicy, ThrottleUnit,
 };
 use catalog::Usd;
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,14 @@ pub struct GroupChange {
     pub host: Option<Option<String>>,
     /// `Some(None)` removes the base path.
     pub base_path: Option<Option<String>>,
+}
+
+/// Who a special limit of a throttling policy is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialTarget {
+    /// An app, by its AppKey.
+    App(String),
+    Account(String),
 }
 
 /// Every change to the replicated state.
@@ -266,6 +275,38 @@ pub enum Command {
         allow: Vec<String>,
         deny: Vec<String>,
     },
+    /// A throttling policy of `account` (see [`ThrottlePolicy`]).
+    CreateThrottlePolicy {
+        name: String,
+        account: String,
+        unit: ThrottleUnit,
+        api_limit: u64,
+        user_limit: Option<u64>,
+        app_limit: Option<u64>,
+    },
+    /// Gives an app or an account its own limit under a policy (`Some`), or takes it away.
+    SetThrottleSpecial {
+        name: String,
+        target: SpecialTarget,
+        limit: Option<u64>,
+    },
+    /// Applies policy `name` to API `group/api` on `stage` (one policy per API and stage).
+    BindThrottlePolicy {
+        name: String,
+        group: String,
+        api: String,
+        stage: Stage,
+    },
+    UnbindThrottlePolicy {
+        name: String,
+        group: String,
+        api: String,
+        stage: Stage,
+    },
+    /// Deletes a policy that is bound nowhere.
+    DeleteThrottlePolicy {
+        name: String,
+    },
     /// Makes the API groups match a declarative configuration document, all or nothing (see
     /// [`crate::config`]).
     ApplyConfig {
@@ -308,6 +349,11 @@ impl Command {
             Command::AuthorizeApp { .. } => "AuthorizeApp",
             Command::RevokeAppAuthorization { .. } => "RevokeAppAuthorization",
             Command::SetIpAccessControl { .. } => "SetIpAccessControl",
+            Command::CreateThrottlePolicy { .. } => "CreateThrottlePolicy",
+            Command::SetThrottleSpecial { .. } => "SetThrottleSpecial",
+            Command::BindThrottlePolicy { .. } => "BindThrottlePolicy",
+            Command::UnbindThrottlePolicy { .. } => "UnbindThrottlePolicy",
+            Command::DeleteThrottlePolicy { .. } => "DeleteThrottlePolicy",
             Command::ApplyConfig { .. } => "ApplyConfig",
         }
     }
@@ -341,6 +387,7 @@ pub enum Reply {
     },
     Token(ApiToken),
     App(App),
+    Throttle(Box<ThrottlePolicy>),
     /// What an [`Command::ApplyConfig`] changed.
     ConfigApplied(crate::config::ApplyReport),
     Done,

@@ -47,10 +47,26 @@
 //! checked when applied, so that a refusal lists every problem at once, each naming its object
 //! and field, instead of stopping at the first one a parser meets.
 //!
-//! Extension point: throttling policies do not exist in the model yet. When they do, they are
-//! a top-level `policies:` list and an API's optional `policy:` reference, both optional, so
-//! documents of version 1 stay valid; the planner (`state/config.rs`) plans each object kind
-//! in its own step, and policies get one before the groups that refer to them.
+//! Throttling policies are a top-level `policies:` list (optional, so documents without it
+//! stay valid, and an apply without it leaves every policy alone):
+//!
+//! ```yaml
+//! policies:
+//! - name: gold                    # the policy's name
+//!   account: default              # as for groups
+//!   unit: minute                  # second, minute, hour or day
+//!   api_limit: 6000               # calls per unit of each bound API, cluster-wide
+//!   user_limit: 600               # optional, at most api_limit: per calling account
+//!   app_limit: 60                 # optional, at most user_limit: per calling app
+//!   special_apps: {3f2a9c: 300}   # optional: AppKey -> its own limit
+//!   special_accounts: {acme: 900} # optional: account -> its own limit
+//!   bindings:                     # the APIs and stages it applies to (one policy each)
+//!   - {group: shop, api: get-item, stage: RELEASE}
+//! ```
+//!
+//! A policy entry is the whole truth about that policy, its bindings included. Policies are
+//! applied after the groups, so a binding may name an API the same document adds; a prune
+//! removes the policies (of the account in scope) that the document does not name.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -75,6 +91,41 @@ pub struct Document {
     pub version: u32,
     #[serde(default)]
     pub groups: Vec<GroupEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyEntry>,
+}
+
+/// A throttling policy, its special apps and accounts, and where it is bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    pub name: String,
+    /// Empty: as for a group.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub account: String,
+    /// `second`, `minute`, `hour` or `day`.
+    pub unit: String,
+    pub api_limit: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub special_apps: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub special_accounts: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<BindingEntry>,
+}
+
+/// One API on one stage a policy applies to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingEntry {
+    pub group: String,
+    pub api: String,
+    /// `RELEASE`, `PRE` or `TEST`.
+    pub stage: String,
 }
 
 /// An API group and everything in it.

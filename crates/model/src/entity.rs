@@ -341,6 +341,94 @@ pub struct App {
     pub created_at_ms: Millis,
 }
 
+/// The window a throttling policy counts calls over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ThrottleUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl ThrottleUnit {
+    pub const ALL: [ThrottleUnit; 4] = [
+        ThrottleUnit::Second,
+        ThrottleUnit::Minute,
+        ThrottleUnit::Hour,
+        ThrottleUnit::Day,
+    ];
+
+    /// `second`, `minute`, `hour` or `day`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottleUnit::Second => "second",
+            ThrottleUnit::Minute => "minute",
+            ThrottleUnit::Hour => "hour",
+            ThrottleUnit::Day => "day",
+        }
+    }
+
+    /// The window's length in seconds.
+    pub fn seconds(self) -> u64 {
+        match self {
+            ThrottleUnit::Second => 1,
+            ThrottleUnit::Minute => 60,
+            ThrottleUnit::Hour => 3_600,
+            ThrottleUnit::Day => 86_400,
+        }
+    }
+
+    /// Parses `second`, `minute`, `hour` or `day` (any case).
+    pub fn parse(s: &str) -> Result<ThrottleUnit, DomainError> {
+        ThrottleUnit::ALL
+            .into_iter()
+            .find(|u| u.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                DomainError::invalid(
+                    "unit",
+                    format!("'{s}' is not one of second, minute, hour, day"),
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for ThrottleUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a throttling policy applies: one API of a group, on one stage.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ThrottleBinding {
+    pub group: String,
+    pub api: String,
+    pub stage: Stage,
+}
+
+/// A throttling policy: how many calls per [`ThrottleUnit`] each API bound to it admits in
+/// total (`api_limit`), per calling account (`user_limit`) and per calling app (`app_limit`),
+/// cluster-wide. Limits are per bound API and stage: two APIs bound to one policy each get
+/// the whole `api_limit`. The user and app limits apply to signed calls (APIs whose auth type
+/// is APP), where the gateway knows the app and its account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottlePolicy {
+    pub name: String,
+    pub account: String,
+    pub unit: ThrottleUnit,
+    pub api_limit: u64,
+    /// At most `api_limit`.
+    pub user_limit: Option<u64>,
+    /// At most `user_limit` (or `api_limit` without one).
+    pub app_limit: Option<u64>,
+    /// AppKey -> that app's own limit, instead of `app_limit`.
+    pub special_apps: OrdMap<String, u64>,
+    /// Account -> that account's own limit, instead of `user_limit`.
+    pub special_accounts: OrdMap<String, u64>,
+    pub bindings: OrdSet<ThrottleBinding>,
+    pub created_at_ms: Millis,
+}
+
 /// An instance released while billed by the hour, kept until its last day is billed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleasedInstance {

@@ -33,12 +33,13 @@ pub mod validate;
 
 pub use clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use command::{
-    Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageBatch, UsageDelta,
+    Command, GroupChange, InstanceOptions, Proposal, Reply, SpecialTarget, Update, UsageBatch,
+    UsageDelta,
 };
 pub use entity::{
     Account, Api, ApiGroup, ApiSpec, ApiToken, App, AuthType, ChargeType, Deployment, Instance,
     IpRules, MonthToDate, ReleasedInstance, SpecChange, Stage, StopPeriod, StopReason, Stopped,
-    TERM_GRACE_DAYS,
+    TERM_GRACE_DAYS, ThrottleBinding, ThrottlePolicy, ThrottleUnit,
 };
 pub use error::DomainError;
 pub use state::{

@@ -40,6 +40,53 @@ pub fn name(field: &str, value: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// The largest limit a throttling policy may set, per unit (a billion calls).
+pub const MAX_THROTTLE_LIMIT: u64 = 1_000_000_000;
+
+/// One limit of a throttling policy: 1 to [`MAX_THROTTLE_LIMIT`].
+pub fn throttle_limit(field: &str, value: u64) -> Result<(), DomainError> {
+    if value == 0 || value > MAX_THROTTLE_LIMIT {
+        return Err(DomainError::invalid(
+            field,
+            format!("{value} is not from 1 to {MAX_THROTTLE_LIMIT}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A throttling policy's limits: each in range, the user limit at most the API limit and the
+/// app limit at most the user limit (or the API limit, without a user limit).
+pub fn throttle_limits(
+    api_limit: u64,
+    user_limit: Option<u64>,
+    app_limit: Option<u64>,
+) -> Result<(), DomainError> {
+    throttle_limit("api_limit", api_limit)?;
+    if let Some(user) = user_limit {
+        throttle_limit("user_limit", user)?;
+        if user > api_limit {
+            return Err(DomainError::invalid(
+                "user_limit",
+                format!("{user} is more than the API limit {api_limit}; it may be at most that"),
+            ));
+        }
+    }
+    if let Some(app) = app_limit {
+        throttle_limit("app_limit", app)?;
+        let (bound, what) = match user_limit {
+            Some(user) => (user, "user"),
+            None => (api_limit, "API"),
+        };
+        if app > bound {
+            return Err(DomainError::invalid(
+                "app_limit",
+                format!("{app} is more than the {what} limit {bound}; it may be at most that"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A host name a group answers to: lower-case DNS labels, optionally with a port.
 pub fn host(value: &str) -> Result<(), DomainError> {
     let (h, port) = match value.rsplit_once(':') {

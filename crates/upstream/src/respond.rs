@@ -41,11 +41,8 @@ pub fn error_response(error: &GatewayError, request_id: &HeaderValue) -> Respons
         .and_then(|m| HeaderValue::from_str(m).ok())
         .unwrap_or_else(|| HeaderValue::from_static(error.code()));
     headers.insert(X_CA_ERROR_MESSAGE, header_message);
-    if let GatewayError::Throttled {
-        retry_after_secs, ..
-    } = error
-    {
-        headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    if let Some(secs) = error.retry_after_secs() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }

@@ -37,6 +37,12 @@ impl State {
         Document {
             version: VERSION,
             groups: groups.into_iter().map(export_group).collect(),
+            policies: self
+                .throttles
+                .values()
+                .filter(|p| account.is_none_or(|a| a == p.account))
+                .map(policies::export)
+                .collect(),
         }
     }
 
@@ -174,6 +180,21 @@ pub(super) fn apply(
         fx.changes.groups.insert(name.clone());
         report_group(&mut report, olds.get(name), None);
     }
+    // Bindings of APIs the groups step removed go with them; a document without policies
+    // leaves the rest alone (unless it prunes).
+    policies::drop_orphan_bindings(s, fx);
+    if !doc.policies.is_empty() || options.prune {
+        policies::apply(
+            s,
+            &doc.policies,
+            options,
+            now,
+            &mut problems,
+            fx,
+            &mut report.changes,
+        );
+        problems.verdict()?;
+    }
     Ok(report)
 }
 
@@ -260,8 +281,6 @@ fn plan(
         let g = plan_group(s, entry, options, now, problems);
         groups.insert(entry.name.clone(), g);
     }
-    // Extension point: throttling policies would be planned here, before the groups that refer
-    // to them.
     let mut removed = Vec::new();
     if options.prune {
         let in_scope: Vec<&ApiGroup> = match &options.account {
@@ -767,6 +786,8 @@ fn report_group(report: &mut ApplyReport, old: Option<&ApiGroup>, new: Option<&A
         });
     }
 }
+
+mod policies;
 
 #[cfg(test)]
 mod tests;

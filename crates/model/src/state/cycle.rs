@@ -111,7 +111,17 @@ pub(super) fn close(
             let doomed: Vec<String> = s.groups_of_account(&name).map(|g| g.name.clone()).collect();
             for g in doomed {
                 groups::remove_group(s, &g);
+                super::throttles::unbind_all(s, &g, None);
                 fx.changes.groups.insert(g);
+            }
+            let policies: Vec<String> = s
+                .throttles
+                .values()
+                .filter(|p| p.account == name)
+                .map(|p| p.name.clone())
+                .collect();
+            for p in policies {
+                s.throttles.remove(&p);
             }
             let instances: Vec<String> = s
                 .instances_of_account(&name)
@@ -281,6 +291,7 @@ fn release(s: &mut State, name: &str, reason: &str, now: Millis, fx: &mut Effect
         .unwrap_or_default();
     for g in &hosted {
         groups::remove_group(s, g);
+        super::throttles::unbind_all(s, g, None);
         fx.changes.groups.insert(g.clone());
     }
     let Some(inst) = s.instances.remove(name) else {

@@ -135,6 +135,7 @@ fn delete_group(s: &mut State, name: &str, force: bool) -> Result<Reply, DomainE
         )));
     }
     remove_group(s, name);
+    super::throttles::unbind_all(s, name, None);
     Ok(deleted("API group", name))
 }
 
@@ -234,9 +235,10 @@ fn delete_api(s: &mut State, group: &str, name: &str) -> Result<Reply, DomainErr
     let g = s.group_mut(group)?;
     g.apis.remove(name);
     g.api_routes.remove(&key);
-    // A new API of the same name starts without the old one's permissions.
+    // A new API of the same name starts without the old one's permissions or policies.
     g.grants.remove(name);
     g.api_acls.remove(name);
+    super::throttles::unbind_all(s, group, Some(name));
     for app in granted {
         index_remove(
             &mut s.index.grants_by_app,

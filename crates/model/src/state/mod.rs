@@ -13,6 +13,7 @@ mod config;
 mod cycle;
 mod groups;
 mod instances;
+mod throttles;
 mod usage;
 
 #[cfg(test)]
@@ -21,7 +22,7 @@ mod tests;
 use crate::command::{Command, Proposal, Reply};
 use crate::entity::{
     Account, Api, ApiGroup, ApiToken, App, ChargeType, Deployment, Instance, IpRules, MonthToDate,
-    ReleasedInstance, SpecChange, Stage, StopReason, Stopped, TERM_GRACE_DAYS,
+    ReleasedInstance, SpecChange, Stage, StopReason, Stopped, TERM_GRACE_DAYS, ThrottlePolicy,
 };
 use crate::history::{DayUsage, EventRecord, HistoryCut, HistoryRecord, LedgerEntry};
 use crate::{DomainError, Millis};
@@ -112,6 +113,9 @@ pub struct State {
     pub tokens: OrdMap<String, ApiToken>,
     /// Apps, by name.
     pub apps: OrdMap<String, App>,
+    /// Throttling policies, by name.
+    #[serde(default)]
+    pub throttles: OrdMap<String, ThrottlePolicy>,
     /// The outcomes of recent client requests.
     pub sessions: Sessions,
     /// Indexes, so that no command scans a whole map.
@@ -177,6 +181,9 @@ pub(crate) struct Indexes {
     pub(crate) app_keys: OrdMap<String, String>,
     /// App -> the (group, API) pairs it is authorised on.
     pub(crate) grants_by_app: OrdMap<String, OrdSet<(String, String)>>,
+    /// Group -> stage -> API -> the throttling policy bound there.
+    #[serde(default)]
+    pub(crate) throttle_bindings: OrdMap<String, OrdMap<Stage, OrdMap<String, String>>>,
 }
 
 impl Default for State {
@@ -201,6 +208,7 @@ impl Default for State {
             catalog: None,
             tokens: OrdMap::new(),
             apps: OrdMap::new(),
+            throttles: OrdMap::new(),
             sessions: Sessions::default(),
             index: Indexes::default(),
         }
@@ -328,6 +336,11 @@ impl State {
             | C::DeleteApp { .. }
             | C::AuthorizeApp { .. }
             | C::RevokeAppAuthorization { .. } => apps::apply(self, command, now, fx),
+            C::CreateThrottlePolicy { .. }
+            | C::SetThrottleSpecial { .. }
+            | C::BindThrottlePolicy { .. }
+            | C::UnbindThrottlePolicy { .. }
+            | C::DeleteThrottlePolicy { .. } => throttles::apply(self, command, now, fx),
             C::RecordUsage { node, seq, deltas } => usage::record(self, *node, *seq, deltas, now),
             C::RecordUsageBatches { node, batches } => {
                 usage::record_batches(self, *node, batches, now)
@@ -368,6 +381,36 @@ impl State {
             .into_iter()
             .flatten()
             .filter_map(|g| self.groups.get(g))
+    }
+
+    /// The name of the app whose AppKey is `key`.
+    pub fn app_name_of_key(&self, key: &str) -> Option<&str> {
+        self.index.app_keys.get(key).map(String::as_str)
+    }
+
+    /// The throttling policy bound to API `group/api` on `stage`, if any.
+    pub fn throttle_of(&self, group: &str, api: &str, stage: Stage) -> Option<&ThrottlePolicy> {
+        let name = self
+            .index
+            .throttle_bindings
+            .get(group)?
+            .get(&stage)?
+            .get(api)?;
+        self.throttles.get(name)
+    }
+
+    /// The throttling policies bound to the APIs of `group`: stage -> API -> policy.
+    pub fn throttles_of_group(
+        &self,
+        group: &str,
+    ) -> impl Iterator<Item = (Stage, &str, &ThrottlePolicy)> {
+        self.index
+            .throttle_bindings
+            .get(group)
+            .into_iter()
+            .flat_map(|stages| stages.iter())
+            .flat_map(|(stage, apis)| apis.iter().map(move |(api, p)| (*stage, api, p)))
+            .filter_map(|(stage, api, p)| Some((stage, api.as_str(), self.throttles.get(p)?)))
     }
 
     /// The dedicated instances of `account`.
@@ -546,6 +589,16 @@ impl State {
         }
         for a in self.apps.values() {
             ix.app_keys.insert(a.key.clone(), a.name.clone());
+        }
+        for p in self.throttles.values() {
+            for b in &p.bindings {
+                ix.throttle_bindings
+                    .entry(b.group.clone())
+                    .or_default()
+                    .entry(b.stage)
+                    .or_default()
+                    .insert(b.api.clone(), p.name.clone());
+            }
         }
         ix
     }

@@ -818,3 +818,176 @@ fn sessions_remember_a_bounded_number_of_requests() {
     );
     assert!(sessions.outcome("r10").is_some());
 }
+
+mod throttles {
+    use super::*;
+    use crate::command::SpecialTarget;
+    use crate::entity::ThrottleUnit;
+
+    fn create_policy(name: &str, api: u64, user: Option<u64>, app: Option<u64>) -> Command {
+        Command::CreateThrottlePolicy {
+            name: name.into(),
+            account: DEFAULT_ACCOUNT.into(),
+            unit: ThrottleUnit::Second,
+            api_limit: api,
+            user_limit: user,
+            app_limit: app,
+        }
+    }
+
+    fn bind(name: &str, api: &str, stage: Stage) -> Command {
+        Command::BindThrottlePolicy {
+            name: name.into(),
+            group: "g".into(),
+            api: api.into(),
+            stage,
+        }
+    }
+
+    fn field_of(r: Result<Reply, DomainError>) -> String {
+        match r {
+            Err(DomainError::Invalid { field, .. }) => field,
+            other => panic!("not an invalid field: {other:?}"),
+        }
+    }
+
+    fn with_api() -> State {
+        let mut s = State::default();
+        apply(&mut s, at(1, group("g", SHARED_INSTANCE, Some("/g")))).unwrap();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let c = Command::CreateApi {
+                group: "g".into(),
+                name: name.into(),
+                spec: api_spec(&format!("/{name}")),
+            };
+            apply(&mut s, at(2 + i as u64, c)).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn limits_are_validated_naming_the_field() {
+        let mut s = with_api();
+        let cases = [
+            (create_policy("p", 0, None, None), "api_limit"),
+            (create_policy("p", 10, Some(11), None), "user_limit"),
+            (create_policy("p", 10, Some(5), Some(6)), "app_limit"),
+            (create_policy("p", 10, None, Some(11)), "app_limit"),
+            (create_policy("p", 10, Some(0), None), "user_limit"),
+            (create_policy("bad name", 10, None, None), "name"),
+            (create_policy("p", 2_000_000_000, None, None), "api_limit"),
+        ];
+        for (c, field) in cases {
+            assert_eq!(field_of(apply(&mut s, at(10, c))), field);
+        }
+        let r = apply(&mut s, at(10, create_policy("p", 10, Some(10), Some(5)))).unwrap();
+        assert!(matches!(r, Reply::Throttle(ref p) if p.app_limit == Some(5)));
+        assert!(matches!(
+            apply(&mut s, at(11, create_policy("p", 10, None, None))),
+            Err(DomainError::AlreadyExists { .. })
+        ));
+        // A special over the API limit, and one for an app that does not exist.
+        let special = |target, limit| Command::SetThrottleSpecial {
+            name: "p".into(),
+            target,
+            limit,
+        };
+        assert_eq!(
+            field_of(apply(
+                &mut s,
+                at(
+                    12,
+                    special(SpecialTarget::Account(DEFAULT_ACCOUNT.into()), Some(11))
+                )
+            )),
+            "limit"
+        );
+        assert!(matches!(
+            apply(
+                &mut s,
+                at(12, special(SpecialTarget::App("nokey".into()), Some(1)))
+            ),
+            Err(DomainError::NotFound { .. })
+        ));
+        apply(
+            &mut s,
+            at(
+                13,
+                special(SpecialTarget::Account(DEFAULT_ACCOUNT.into()), Some(7)),
+            ),
+        )
+        .unwrap();
+        assert_eq!(s.throttles["p"].special_accounts[DEFAULT_ACCOUNT], 7);
+        apply(
+            &mut s,
+            at(
+                14,
+                special(SpecialTarget::Account(DEFAULT_ACCOUNT.into()), None),
+            ),
+        )
+        .unwrap();
+        assert!(s.throttles["p"].special_accounts.is_empty());
+    }
+
+    #[test]
+    fn bindings_are_one_per_api_and_stage_and_go_with_their_api() {
+        let mut s = with_api();
+        apply(&mut s, at(10, create_policy("p", 10, None, None))).unwrap();
+        apply(&mut s, at(10, create_policy("q", 10, None, None))).unwrap();
+        let applied = apply_full(&mut s, &at(11, bind("p", "a", Stage::Release)));
+        assert!(applied.reply.is_ok());
+        assert!(applied.changes.groups.contains("g"));
+        assert_eq!(s.throttle_of("g", "a", Stage::Release).unwrap().name, "p");
+        assert!(s.throttle_of("g", "a", Stage::Test).is_none());
+        // One policy per API and stage.
+        assert!(matches!(
+            apply(&mut s, at(12, bind("q", "a", Stage::Release))),
+            Err(DomainError::AlreadyExists { .. })
+        ));
+        apply(&mut s, at(12, bind("q", "a", Stage::Test))).unwrap();
+        assert!(matches!(
+            apply(&mut s, at(12, bind("q", "nope", Stage::Test))),
+            Err(DomainError::NotFound { .. })
+        ));
+        // A bound policy is not deleted.
+        assert!(matches!(
+            apply(
+                &mut s,
+                at(13, Command::DeleteThrottlePolicy { name: "p".into() })
+            ),
+            Err(DomainError::FailedPrecondition(_))
+        ));
+        let unbind = Command::UnbindThrottlePolicy {
+            name: "p".into(),
+            group: "g".into(),
+            api: "a".into(),
+            stage: Stage::Release,
+        };
+        apply(&mut s, at(14, unbind.clone())).unwrap();
+        assert!(matches!(
+            apply(&mut s, at(15, unbind)),
+            Err(DomainError::NotFound { .. })
+        ));
+        apply(
+            &mut s,
+            at(16, Command::DeleteThrottlePolicy { name: "p".into() }),
+        )
+        .unwrap();
+        // Deleting the API takes its binding with it; a new API of that name has none.
+        let del = Command::DeleteApi {
+            group: "g".into(),
+            name: "a".into(),
+        };
+        apply(&mut s, at(17, del)).unwrap();
+        assert!(s.throttles["q"].bindings.is_empty());
+        assert!(s.throttle_of("g", "a", Stage::Test).is_none());
+        // So does deleting the group.
+        apply(&mut s, at(18, bind("q", "b", Stage::Pre))).unwrap();
+        let del = Command::DeleteApiGroup {
+            name: "g".into(),
+            force: false,
+        };
+        apply(&mut s, at(19, del)).unwrap();
+        assert!(s.throttles["q"].bindings.is_empty());
+    }
+}

@@ -474,3 +474,59 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn policies_round_trip_and_are_validated_as_a_whole() {
+    let mut s = populated();
+    let mut d = s.export_config(None);
+    let group = d.groups[0].name.clone();
+    let api = d.groups[0].apis[0].name.clone();
+    d.policies = vec![crate::config::PolicyEntry {
+        name: "gold".into(),
+        account: DEFAULT_ACCOUNT.into(),
+        unit: "minute".into(),
+        api_limit: 100,
+        user_limit: Some(50),
+        app_limit: Some(10),
+        special_accounts: [(DEFAULT_ACCOUNT.to_string(), 20)].into(),
+        bindings: vec![crate::config::BindingEntry {
+            group: group.clone(),
+            api: api.clone(),
+            stage: "RELEASE".into(),
+        }],
+        ..Default::default()
+    }];
+    let a = apply_doc(&mut s, 100, &d, ApplyOptions::default());
+    assert!(report(&a).changes.iter().any(|c| c.object == "policy gold"));
+    assert!(a.changes.groups.contains(&group));
+    assert_eq!(
+        s.throttle_of(&group, &api, Stage::Release)
+            .unwrap()
+            .api_limit,
+        100
+    );
+    // Export gives back what was applied; applying it again changes nothing.
+    let again = s.export_config(None);
+    assert_eq!(again.policies, d.policies);
+    let a = apply_doc(&mut s, 101, &again, ApplyOptions::default());
+    assert!(report(&a).changes.is_empty(), "{:?}", report(&a));
+
+    // Every problem at once, naming the field; nothing applied.
+    let mut bad = again.clone();
+    bad.policies[0].unit = "week".into();
+    bad.policies[0].user_limit = Some(500);
+    bad.policies[0].bindings[0].api = "missing".into();
+    let a = apply_doc(&mut s, 102, &bad, ApplyOptions::default());
+    let message = a.reply.unwrap_err().to_string();
+    for needle in ["invalid unit", "invalid user_limit", "invalid bindings"] {
+        assert!(message.contains(needle), "{needle} in {message}");
+    }
+
+    // A prune with no policies in the document removes them and their bindings.
+    let mut none = again.clone();
+    none.policies.clear();
+    let a = apply_doc(&mut s, 103, &none, prune());
+    assert!(a.reply.is_ok(), "{:?}", a.reply);
+    assert!(s.throttles.is_empty());
+    assert!(s.throttle_of(&group, &api, Stage::Release).is_none());
+}
