@@ -455,6 +455,7 @@ impl<U: Upstreams> Dataplane<U> {
                     name: d.api.clone(),
                     backend,
                     timeout: d.timeout,
+                    backend_billed: d.backend_billed,
                     usage,
                     status,
                 };
