@@ -30,7 +30,7 @@ mod tests;
 use catalog::{Catalog, SHARED_INSTANCE};
 use cluster::{ClusterError, HistoryError, Node};
 use model::{
-    AuthType, ChargeType, Command, DomainError, GroupChange, InstanceOptions, Reply, Stage, Update,
+    AuthType, BackendLocation, ChargeType, Command, DomainError, GroupChange, InstanceOptions, Reply, Stage, Update,
     validate,
 };
 use proto::admin as pb;
@@ -493,6 +493,11 @@ impl Admin for AdminService {
         check(validate::name("name", &r.name))?;
         if let Some(d) = &r.definition {
             check(AuthType::parse(&d.auth_type).map(|_| ()))?;
+            check(
+                BackendLocation::parse(&d.backend_location)
+                    .map(|_| ())
+                    .map_err(|why| DomainError::invalid("backend_location", why)),
+            )?;
         }
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
@@ -515,6 +520,11 @@ impl Admin for AdminService {
         self.check_group(&p, &r.group)?;
         if let Some(d) = &r.definition {
             check(AuthType::parse(&d.auth_type).map(|_| ()))?;
+            check(
+                BackendLocation::parse(&d.backend_location)
+                    .map(|_| ())
+                    .map_err(|why| DomainError::invalid("backend_location", why)),
+            )?;
         }
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
@@ -1059,7 +1069,7 @@ impl Admin for AdminService {
         let options = config::options(&r, account);
         if dry_run {
             let report = state
-                .dry_run_config(&desired, &options, self.node.now_ms())
+                .dry_run_config(&desired, &options, self.node.now_ms(), &self.catalog)
                 .map_err(domain_status)?;
             return Ok(Response::new(config::reply(report, false)));
         }

@@ -701,6 +701,7 @@ mod tests {
             backend: "http://127.0.0.1:9".into(),
             timeout: Duration::from_secs(1),
             app_auth: false,
+            backend_billed: false,
         }
     }
 
@@ -991,6 +992,7 @@ mod tests {
                     backend: backend.into(),
                     timeout: Duration::from_secs(1),
                     app_auth,
+                    backend_billed: false,
                 },
             )
     }

@@ -38,6 +38,7 @@ pub use entity::{
     IpRules, MonthToDate, ReleasedInstance, SpecChange, Stage, StopPeriod, StopReason, Stopped,
     TERM_GRACE_DAYS,
 };
+pub use billing::BackendLocation;
 pub use error::DomainError;
 pub use state::{
     Applied, CatalogMismatch, ChangeSet, DEFAULT_ACCOUNT, REMEMBERED_REQUESTS, Sessions, State,

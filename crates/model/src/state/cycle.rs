@@ -157,6 +157,10 @@ fn add_to_month(mtd: &mut MonthToDate, month_first: u64, today: &DayUsage) {
         let b = mtd.bytes_by_region.entry(region.clone()).or_default();
         *b = b.saturating_add(*bytes);
     }
+    for (region, bytes) in &today.backend_bytes_by_region {
+        let b = mtd.backend_bytes_by_region.entry(region.clone()).or_default();
+        *b = b.saturating_add(*bytes);
+    }
 }
 
 /// The lines of `account`'s bill for `day`.
@@ -207,6 +211,24 @@ fn bill_lines(
         let amount = billing::daily_traffic_charge_cents(r.traffic_per_gb, before, *bytes);
         lines.push(BillLine {
             item: format!("Outbound traffic, {region}"),
+            quantity: format!("{bytes} bytes"),
+            amount,
+            instance: None,
+        });
+    }
+    // Rule d: traffic with backends outside the instance's region, priced like the region's
+    // outbound traffic, on a line of its own with its own monthly count.
+    for (region, bytes) in &today.backend_bytes_by_region {
+        let Ok(r) = catalog.region(region) else {
+            continue;
+        };
+        let before = match this_month {
+            true => mtd.backend_bytes_by_region.get(region).copied().unwrap_or(0),
+            false => 0,
+        };
+        let amount = billing::daily_traffic_charge_cents(r.traffic_per_gb, before, *bytes);
+        lines.push(BillLine {
+            item: format!("Backend traffic, {region}"),
             quantity: format!("{bytes} bytes"),
             amount,
             instance: None,

@@ -309,7 +309,7 @@ impl State {
             | C::DeleteApi { .. }
             | C::DeployApi { .. }
             | C::AbolishApi { .. }
-            | C::SetIpAccessControl { .. } => groups::apply(self, command, now, fx),
+            | C::SetIpAccessControl { .. } => groups::apply(self, command, now, catalog, fx),
             C::CreateAccount { .. }
             | C::Recharge { .. }
             | C::SetAccountAlert { .. }
@@ -324,7 +324,7 @@ impl State {
             C::RecordUsage { node, seq, deltas } => usage::record(self, *node, *seq, deltas, now),
             C::CloseCycle { day } => cycle::close(self, *day, now, catalog, fx),
             C::ApplyConfig { desired, options } => {
-                config::apply(self, desired, options, now, fx).map(Reply::ConfigApplied)
+                config::apply(self, desired, options, now, catalog, fx).map(Reply::ConfigApplied)
             }
         }
     }
