@@ -456,6 +456,7 @@ mod tests {
                         region: "cn-hongkong".into(),
                         calls,
                         bytes_out: calls * 1000,
+                        backend_bytes: 0,
                     }],
                 }
             }),
@@ -510,6 +511,7 @@ mod tests {
                     backend: "http://127.0.0.1:9".into(),
                     timeout_ms: 1000,
                     auth: auth.into(),
+                    backend_location: String::new(),
                     apps: apps.into_iter().map(Into::into).collect(),
                     ip_allow: vec![],
                     ip_deny: deny.into_iter().map(Into::into).collect(),
@@ -522,6 +524,7 @@ mod tests {
                                 backend: "http://127.0.0.1:8".into(),
                                 timeout_ms: 1000,
                                 auth: auth.into(),
+                                backend_location: String::new(),
                             };
                             [("TEST".to_string(), d)].into()
                         })
