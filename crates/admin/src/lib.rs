@@ -30,8 +30,8 @@ mod tests;
 use catalog::{Catalog, SHARED_INSTANCE};
 use cluster::{ClusterError, HistoryError, Node};
 use model::{
-    AuthType, BackendLocation, ChargeType, Command, DomainError, GroupChange, InstanceOptions, Reply, Stage, Update,
-    validate,
+    AuthType, BackendLocation, ChargeType, Command, DomainError, GroupChange, InstanceOptions,
+    Reply, Stage, Update, validate,
 };
 use proto::admin as pb;
 use proto::admin::admin_server::{Admin, AdminServer};

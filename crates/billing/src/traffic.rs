@@ -212,7 +212,10 @@ mod tests {
         let days: Usd = (0..30)
             .map(|d| daily_traffic_charge_cents(per_gb(gateway), d * day, day))
             .sum();
-        assert_eq!(days, traffic_amount(per_gb(gateway), 30 * day).round_cents());
+        assert_eq!(
+            days,
+            traffic_amount(per_gb(gateway), 30 * day).round_cents()
+        );
     }
 
     proptest! {

@@ -807,7 +807,10 @@ async fn republishing_under_traffic_fails_no_request_and_loses_no_count() {
 /// end: every byte the client received.
 async fn raw_exchange(addr: SocketAddr, requests: &[String]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(requests.concat().as_bytes()).await.unwrap();
+    stream
+        .write_all(requests.concat().as_bytes())
+        .await
+        .unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut got))
         .await

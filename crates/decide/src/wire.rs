@@ -102,8 +102,7 @@ pub fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// sent some other way (HTTP/2, whose HPACK-compressed size depends on what the connection
 /// sent before) or read through a header map is metered.
 pub fn http1_head_len(status: http::StatusCode, headers: &HeaderMap) -> u64 {
-    let status_line = b"HTTP/1.1 200 \r\n".len()
-        + status.canonical_reason().map_or(0, str::len);
+    let status_line = b"HTTP/1.1 200 \r\n".len() + status.canonical_reason().map_or(0, str::len);
     let lines: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)

@@ -56,7 +56,11 @@ impl ConfigSource {
         instances.extend(state.instances.values().map(|i| self.instance(i)));
         DataplaneConfig {
             instances,
-            groups: state.groups.values().map(|g| self.group(state, g)).collect(),
+            groups: state
+                .groups
+                .values()
+                .map(|g| self.group(state, g))
+                .collect(),
             apps: state.apps.values().map(app).collect(),
         }
     }

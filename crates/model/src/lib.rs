@@ -31,6 +31,7 @@ pub mod history;
 mod state;
 pub mod validate;
 
+pub use billing::BackendLocation;
 pub use clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use command::{Command, GroupChange, InstanceOptions, Proposal, Reply, Update, UsageDelta};
 pub use entity::{
@@ -38,7 +39,6 @@ pub use entity::{
     IpRules, MonthToDate, ReleasedInstance, SpecChange, Stage, StopPeriod, StopReason, Stopped,
     TERM_GRACE_DAYS,
 };
-pub use billing::BackendLocation;
 pub use error::DomainError;
 pub use state::{
     Applied, CatalogMismatch, ChangeSet, DEFAULT_ACCOUNT, REMEMBERED_REQUESTS, Sessions, State,

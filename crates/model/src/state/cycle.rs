@@ -158,7 +158,10 @@ fn add_to_month(mtd: &mut MonthToDate, month_first: u64, today: &DayUsage) {
         *b = b.saturating_add(*bytes);
     }
     for (region, bytes) in &today.backend_bytes_by_region {
-        let b = mtd.backend_bytes_by_region.entry(region.clone()).or_default();
+        let b = mtd
+            .backend_bytes_by_region
+            .entry(region.clone())
+            .or_default();
         *b = b.saturating_add(*bytes);
     }
 }
@@ -223,7 +226,11 @@ fn bill_lines(
             continue;
         };
         let before = match this_month {
-            true => mtd.backend_bytes_by_region.get(region).copied().unwrap_or(0),
+            true => mtd
+                .backend_bytes_by_region
+                .get(region)
+                .copied()
+                .unwrap_or(0),
             false => 0,
         };
         let amount = billing::daily_traffic_charge_cents(r.traffic_per_gb, before, *bytes);
@@ -588,24 +595,37 @@ mod tests {
         let d0 = day_of(T0);
         run(&mut s, T0 + DAY_MS + 1, Command::CloseCycle { day: d0 }).unwrap();
         run(&mut s, T0 + DAY_MS + 2, usage(2, 0, 5 * gb / 2)).unwrap();
-        run(&mut s, T0 + 2 * DAY_MS + 1, Command::CloseCycle { day: d0 + 1 }).unwrap();
+        run(
+            &mut s,
+            T0 + 2 * DAY_MS + 1,
+            Command::CloseCycle { day: d0 + 1 },
+        )
+        .unwrap();
         let b = bills("acme");
-        let line = |bill: &Bill, item: &str| {
-            bill.lines
-                .iter()
-                .find(|l| l.item == item)
-                .map(|l| l.amount)
-        };
+        let line =
+            |bill: &Bill, item: &str| bill.lines.iter().find(|l| l.item == item).map(|l| l.amount);
         // cn-hongkong: 0.156 per GB, for both kinds of traffic.
-        assert_eq!(line(&b[0], "Outbound traffic, cn-hongkong"), Some(usd("1.56")));
-        assert_eq!(line(&b[0], "Backend traffic, cn-hongkong"), Some(usd("0.62")));
+        assert_eq!(
+            line(&b[0], "Outbound traffic, cn-hongkong"),
+            Some(usd("1.56"))
+        );
+        assert_eq!(
+            line(&b[0], "Backend traffic, cn-hongkong"),
+            Some(usd("0.62"))
+        );
         assert_eq!(b[0].total, usd("2.18"));
         // The month's backend count goes on: 6.5 GB is 1.014, less the 0.62 billed = 0.39
         // (the cents carried), and no outbound line on a day without outbound traffic.
-        assert_eq!(line(&b[1], "Backend traffic, cn-hongkong"), Some(usd("0.39")));
+        assert_eq!(
+            line(&b[1], "Backend traffic, cn-hongkong"),
+            Some(usd("0.39"))
+        );
         assert_eq!(line(&b[1], "Outbound traffic, cn-hongkong"), None);
         assert_eq!(
-            s.account("acme").unwrap().month_to_date.backend_bytes_by_region["cn-hongkong"],
+            s.account("acme")
+                .unwrap()
+                .month_to_date
+                .backend_bytes_by_region["cn-hongkong"],
             13 * gb / 2
         );
     }

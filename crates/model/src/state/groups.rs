@@ -26,9 +26,7 @@ pub(super) fn apply(
         } => create_group(s, name, account, instance, host, base_path, now)?,
         Command::ModifyApiGroup { name, change } => modify_group(s, name, change)?,
         Command::DeleteApiGroup { name, force } => delete_group(s, name, *force)?,
-        Command::CreateApi { group, name, spec } => {
-            create_api(s, group, name, spec, now, catalog)?
-        }
+        Command::CreateApi { group, name, spec } => create_api(s, group, name, spec, now, catalog)?,
         Command::ModifyApi { group, name, spec } => modify_api(s, group, name, spec, catalog)?,
         Command::DeleteApi { group, name } => delete_api(s, group, name)?,
         Command::DeployApi { group, name, stage } => deploy(s, group, name, *stage, now)?,

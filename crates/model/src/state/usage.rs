@@ -23,14 +23,11 @@ pub(super) fn record(
         // A retried flush: counted already.
         return Ok(Reply::UsageRecorded { duplicate: true });
     }
-    if let Some(d) = deltas
-        .iter()
-        .find(|d| {
-            d.calls > MAX_CALLS_PER_FLUSH
-                || d.bytes_out > MAX_BYTES_PER_FLUSH
-                || d.backend_bytes > MAX_BYTES_PER_FLUSH
-        })
-    {
+    if let Some(d) = deltas.iter().find(|d| {
+        d.calls > MAX_CALLS_PER_FLUSH
+            || d.bytes_out > MAX_BYTES_PER_FLUSH
+            || d.backend_bytes > MAX_BYTES_PER_FLUSH
+    }) {
         return Err(DomainError::invalid(
             "deltas",
             format!(
@@ -60,7 +57,10 @@ pub(super) fn record(
             *bytes = bytes.saturating_add(d.bytes_out);
         }
         if d.backend_bytes > 0 {
-            let bytes = u.backend_bytes_by_region.entry(d.region.clone()).or_default();
+            let bytes = u
+                .backend_bytes_by_region
+                .entry(d.region.clone())
+                .or_default();
             *bytes = bytes.saturating_add(d.backend_bytes);
         }
     }
