@@ -257,7 +257,7 @@ fn a_refused_document_lists_every_problem_and_changes_nothing() {
     assert!(!e.contains("group ok"), "{e}");
     assert_eq!(s, before);
     // The dry run says the same, and changes nothing either.
-    let dry = s.dry_run_config(&bad, &ApplyOptions::default(), 100, &cat());
+    let dry = s.dry_run_config(&bad, &ApplyOptions::default(), 100, cat());
     assert_eq!(dry.unwrap_err().to_string(), e);
 }
 
@@ -292,7 +292,7 @@ fn prune_removes_what_the_document_does_not_name_and_deployed_only_with_force() 
                 account: None,
             },
             100,
-            &cat(),
+            cat(),
         )
         .unwrap();
     let a = apply_doc(
