@@ -105,6 +105,7 @@ fn definition(path: &str) -> Option<pb::ApiDefinition> {
         backend: "http://127.0.0.1:9".into(),
         timeout_ms: 0,
         auth_type: String::new(),
+        backend_location: String::new(),
     })
 }
 

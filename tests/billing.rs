@@ -1008,3 +1008,226 @@ async fn the_free_quota_comes_off_first_on_a_cluster() {
         .unwrap();
     assert_eq!(calls["amount"], "9.60", "{bill}"); // not 9.30
 }
+
+/// Sends `n` GETs of `path` over one connection at once (the last asks to close it) and reads
+/// to the end: every byte the client received.
+async fn raw_gets(addr: &str, path: &str, n: usize) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut requests = String::new();
+    for i in 0..n {
+        let close = if i + 1 == n {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        requests.push_str(&format!("GET {path} HTTP/1.1\r\nhost: x\r\n{close}\r\n"));
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(requests.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(SETTLE, s.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection after the last response")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), n, "{text}");
+    got.len() as u64
+}
+
+/// (calls, bytes out, backend bytes) metered for `api` of `acme` (all APIs for `None`).
+fn metered(c: &Cluster, api: Option<&str>) -> (u64, u64, u64) {
+    let rows = ok(c, 1, &["usage", "--account", "acme"]);
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| api.is_none_or(|a| r["api"] == a))
+        .fold((0, 0, 0), |(c, b, k), r| {
+            (
+                c + r["calls"].as_u64().unwrap(),
+                b + r["bytes_out"].as_u64().unwrap(),
+                k + r["backend_bytes"].as_u64().unwrap(),
+            )
+        })
+}
+
+fn line_amount(bill: &Value, item: &str) -> Option<String> {
+    bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["item"] == item)
+        .map(|l| l["amount"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_is_metered_at_the_wire_and_backend_traffic_billed_on_its_own_line() {
+    let mut c = Cluster::new(binaries!(), 3);
+    let clock = DevClock(c.dir().join("clock"));
+    clock.set(JAN_1 + HOUR_MS);
+    // A GB costs 2^30 USD in Hangzhou: a byte costs a dollar, so bills show bytes exactly.
+    let builtin = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/catalog/data/catalog.toml"),
+    )
+    .unwrap();
+    let hangzhou =
+        "id = \"cn-hangzhou\"\nname = \"China (Hangzhou)\"\ntraffic_usd_per_gb = \"0.113\"";
+    assert!(builtin.contains(hangzhou));
+    let scaled = builtin.replace(hangzhou, &hangzhou.replace("\"0.113\"", "\"1073741824\""));
+    let catalog = c.dir().join("scaled.toml");
+    std::fs::write(&catalog, scaled).unwrap();
+    c.extra_args = clock.node_args();
+    c.extra_args.extend([
+        "--usage-flush-ms".into(),
+        "100".into(),
+        "--shared-region".into(),
+        "cn-hangzhou".into(),
+        "--catalog".into(),
+        catalog.display().to_string(),
+    ]);
+    for id in 1..=3 {
+        c.spawn(id);
+    }
+    c.wait_leader(SETTLE).await;
+    let backend = Server::start("an item, from a backend somewhere").await;
+    let hook = Server::start("ok").await;
+    let t = Traffic::default();
+    setup_api(&c, &t, &backend, &hook).await;
+    // The same backend, declared to be in Shanghai: the instance is in Hangzhou.
+    let backend_url = format!("http://{}", backend.addr);
+    let far = ok(
+        &c,
+        2,
+        &[
+            "api",
+            "create",
+            "--group",
+            "shop",
+            "--name",
+            "far",
+            "--method",
+            "GET",
+            "--path",
+            "/far/{id}",
+            "--backend",
+            &backend_url,
+            "--backend-region",
+            "cn-shanghai",
+        ],
+    );
+    assert_eq!(
+        far["definition"]["backend_location"], "cn-shanghai",
+        "{far}"
+    );
+    let bad = refused(
+        &c,
+        2,
+        &[
+            "api",
+            "create",
+            "--group",
+            "shop",
+            "--name",
+            "bad",
+            "--method",
+            "GET",
+            "--path",
+            "/bad",
+            "--backend",
+            &backend_url,
+            "--backend-region",
+            "mars-1",
+        ],
+    );
+    assert!(bad.contains("backend_location"), "{bad}");
+    ok(
+        &c,
+        3,
+        &["api", "deploy", "--group", "shop", "--name", "far"],
+    );
+    let item = ok(&c, 1, &["api", "get", "--group", "shop", "--name", "item"]);
+    assert_eq!(item["definition"]["backend_location"], "local", "{item}");
+    // The declarative export carries the location, and only where it is not local.
+    let doc = ok(&c, 1, &["export", "--account", "acme"]);
+    let apis = doc["groups"][0]["apis"].as_array().unwrap().clone();
+    let of = |name: &str| apis.iter().find(|a| a["name"] == name).unwrap().clone();
+    assert_eq!(of("far")["backend_location"], "cn-shanghai", "{doc}");
+    assert!(of("item").get("backend_location").is_none(), "{doc}");
+    for id in 1..=3 {
+        let addr = c.http_addr(id);
+        eventually(
+            &format!("far to be routable on node {id}"),
+            SETTLE,
+            || async {
+                t.get(&addr, "/shop/far/1")
+                    .await
+                    .filter(|r| r.status == 200)
+            },
+        )
+        .await;
+    }
+    eventually("the setup's calls to be metered", SETTLE, || async {
+        (metered(&c, None).0 == t.sent()).then_some(())
+    })
+    .await;
+    let before = metered(&c, None);
+    // Raw clients on every node: local and remote backends, and 404s the gateway makes.
+    let mut received = 0;
+    let mut calls = 0;
+    for id in 1..=3 {
+        let addr = c.http_addr(id);
+        received += raw_gets(&addr, "/shop/items/7", 5).await;
+        received += raw_gets(&addr, "/shop/far/7", 4).await;
+        received += raw_gets(&addr, "/shop/nothing-here", 2).await;
+        calls += 11;
+    }
+    let after = eventually("the raw calls to be metered", SETTLE, || async {
+        let m = metered(&c, None);
+        (m.0 == before.0 + calls).then_some(m)
+    })
+    .await;
+    // Every byte the raw clients received, heads and all, and nothing else.
+    assert_eq!(after.1 - before.1, received);
+    let (_, _, item_backend) = metered(&c, Some("item"));
+    let (far_calls, _, far_backend) = metered(&c, Some("far"));
+    assert_eq!(item_backend, 0, "a local backend's traffic is not billed");
+    assert!(far_calls >= 12 && far_backend > 0);
+    // Each of far's calls read a whole response (head and body) from the backend.
+    assert_eq!(
+        far_backend % far_calls,
+        0,
+        "{far_backend} bytes for {far_calls} calls"
+    );
+    let day1 = metered(&c, None);
+
+    // Day two: only the local backend is called.
+    clock.set(JAN_1 + DAY_MS + 1);
+    let day2_bytes = raw_gets(&c.http_addr(2), "/shop/items/8", 3).await;
+    eventually("day two's calls to be metered", SETTLE, || async {
+        (metered(&c, None).0 == day1.0 + 3).then_some(())
+    })
+    .await;
+    clock.set(JAN_1 + DAY_MS + HOUR_MS + 1);
+    let bill = bill_of(&c, "2026-01-01").await;
+    assert_eq!(
+        line_amount(&bill, "Backend traffic, cn-hangzhou"),
+        Some(format!("{far_backend}.00")),
+        "{bill}"
+    );
+    assert_eq!(
+        line_amount(&bill, "Outbound traffic, cn-hangzhou"),
+        Some(format!("{}.00", day1.1)),
+        "{bill}"
+    );
+    clock.set(JAN_1 + 2 * DAY_MS + HOUR_MS + 1);
+    let bill = bill_of(&c, "2026-01-02").await;
+    assert_eq!(
+        line_amount(&bill, "Backend traffic, cn-hangzhou"),
+        None,
+        "{bill}"
+    );
+    assert_eq!(
+        line_amount(&bill, "Outbound traffic, cn-hangzhou"),
+        Some(format!("{day2_bytes}.00")),
+        "{bill}"
+    );
+}

@@ -1,6 +1,6 @@
 //! Between the replicated model and the admin API's protobuf messages.
 
-use model::{ApiGroup, ApiSpec, AuthType, ChargeType, Instance, Stage};
+use model::{ApiGroup, ApiSpec, AuthType, BackendLocation, ChargeType, Instance, Stage};
 use proto::admin as pb;
 
 pub fn charge_type_to_pb(c: ChargeType) -> pb::ChargeType {
@@ -53,6 +53,7 @@ pub fn definition_to_pb(s: &ApiSpec) -> pb::ApiDefinition {
         backend: s.backend.clone(),
         timeout_ms: s.timeout_ms,
         auth_type: s.auth.as_str().to_string(),
+        backend_location: s.backend_location.as_text().to_string(),
     }
 }
 
@@ -69,6 +70,8 @@ pub fn definition_from_pb(d: Option<pb::ApiDefinition>) -> ApiSpec {
         },
         // An unknown auth type is refused before this (see `create_api`); fail closed anyway.
         auth: AuthType::parse(&d.auth_type).unwrap_or(AuthType::App),
+        // Refused before this too when it does not parse; local is what an empty one means.
+        backend_location: BackendLocation::parse(&d.backend_location).unwrap_or_default(),
     }
 }
 

@@ -34,8 +34,8 @@ mod tests;
 use catalog::{Catalog, SHARED_INSTANCE};
 use cluster::{ClusterError, HistoryError, Node};
 use model::{
-    AuthType, ChargeType, Command, DomainError, GroupChange, InstanceOptions, Reply, Stage, Update,
-    validate,
+    AuthType, BackendLocation, ChargeType, Command, DomainError, GroupChange, InstanceOptions,
+    Reply, Stage, Update, validate,
 };
 use proto::admin as pb;
 use proto::admin::admin_server::{Admin, AdminServer};
@@ -541,6 +541,11 @@ impl Admin for AdminService {
         check(validate::name("name", &r.name))?;
         if let Some(d) = &r.definition {
             check(AuthType::parse(&d.auth_type).map(|_| ()))?;
+            check(
+                BackendLocation::parse(&d.backend_location)
+                    .map(|_| ())
+                    .map_err(|why| DomainError::invalid("backend_location", why)),
+            )?;
         }
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
@@ -562,6 +567,11 @@ impl Admin for AdminService {
         let r = req.into_inner();
         if let Some(d) = &r.definition {
             check(AuthType::parse(&d.auth_type).map(|_| ()))?;
+            check(
+                BackendLocation::parse(&d.backend_location)
+                    .map(|_| ())
+                    .map_err(|why| DomainError::invalid("backend_location", why)),
+            )?;
         }
         let spec = convert::definition_from_pb(r.definition);
         check_definition(&spec)?;
@@ -1160,7 +1170,7 @@ impl Admin for AdminService {
         let options = config::options(&r, account);
         if dry_run {
             let report = state
-                .dry_run_config(&desired, &options, self.node.now_ms())
+                .dry_run_config(&desired, &options, self.node.now_ms(), &self.catalog)
                 .map_err(domain_status)?;
             return Ok(Response::new(config::reply(report, false)));
         }

@@ -60,6 +60,7 @@ impl Fixture {
                 region: "cn-hangzhou".into(),
                 calls: *calls,
                 bytes_out: 0,
+                backend_bytes: 0,
             })
             .collect();
         self.write(Command::RecordUsage {

@@ -150,6 +150,7 @@ fn rows_of(account: &str, day: u64, u: &DayUsage) -> Vec<pb::UsageRow> {
                 api: api.to_string(),
                 calls: c.calls,
                 bytes_out: c.bytes_out,
+                backend_bytes: c.backend_bytes,
             }
         })
         .collect()

@@ -56,8 +56,13 @@
 //!   refunded.
 //! * **A GB is 2^30 bytes** (1,073,741,824), as the cloud bills it. Traffic is metered in bytes
 //!   and priced once per monthly bill line: `bytes x price per GB / 2^30`.
-//! * **Backend traffic** is billed at the gateway region's traffic price when the API declares a
-//!   backend in another region or outside the cloud; an undeclared backend is not billed.
+//! * **Outbound traffic is what goes to the client**: every byte of the HTTP response written
+//!   (status line, headers, body, chunk framing; HTTP/2 as its HTTP/1.1 equivalent; TLS as the
+//!   plaintext). The data plane meters it; this crate prices bytes.
+//! * **Backend traffic** (the bytes read back from a backend, heads and framing included) is
+//!   billed at the gateway region's traffic price, on a line of its own, when the API declares a
+//!   backend in another region or outside the cloud ([`BackendLocation`]); a backend declared
+//!   nowhere is local and not billed.
 //! * **Account states.** A bill is always deducted in full; what the balance cannot cover is
 //!   owed. Active: the balance covers the previous cycle's bill. Overdue: it does not (the
 //!   document's "payment becomes overdue"; still served, the owner is reminded). Suspended: a bill

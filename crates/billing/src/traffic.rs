@@ -23,24 +23,62 @@ pub enum TrafficKind {
 }
 
 /// Where an API's backend is, as its owner declared it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendLocation {
-    /// Not declared. Assumed to be in the gateway's region: not billed.
-    Undeclared,
+    /// In the gateway's region (the default: a backend whose owner said nothing is assumed to
+    /// be there). Not billed.
+    #[default]
+    Local,
     /// In a cloud region (an id such as `cn-hangzhou`).
     Region(String),
     /// Outside the cloud.
     OffCloud,
 }
 
+impl BackendLocation {
+    /// Reads the text form: `local` (or empty), `external`, or a region id.
+    pub fn parse(text: &str) -> Result<BackendLocation, String> {
+        let text = text.trim();
+        match text {
+            "" | "local" => Ok(BackendLocation::Local),
+            "external" => Ok(BackendLocation::OffCloud),
+            id if !id.is_empty()
+                && id.len() <= 64
+                && id.starts_with(|c: char| c.is_ascii_lowercase())
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+            {
+                Ok(BackendLocation::Region(id.to_string()))
+            }
+            other => Err(format!(
+                "'{other}' is not local, external or a region id (such as cn-hangzhou)"
+            )),
+        }
+    }
+
+    /// The text form [`parse`](Self::parse) reads.
+    pub fn as_text(&self) -> &str {
+        match self {
+            BackendLocation::Local => "local",
+            BackendLocation::Region(id) => id,
+            BackendLocation::OffCloud => "external",
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        *self == BackendLocation::Local
+    }
+}
+
 /// Whether gateway-to-backend traffic is billed: the document bills it when the backend is not
-/// in the gateway's region or not on the cloud. An undeclared backend is not billed (we cannot
-/// tell, and we do not guess). It is billed at the price of the gateway's region, like
-/// internet traffic from there.
+/// in the gateway's region or not on the cloud. A backend declared nowhere is local: not
+/// billed. It is billed at the price of the gateway's region, like internet traffic from
+/// there.
 pub fn backend_traffic_billable(gateway_region: &str, backend: &BackendLocation) -> bool {
     match backend {
-        BackendLocation::Undeclared => false,
+        BackendLocation::Local => false,
         BackendLocation::Region(r) => r != gateway_region,
         BackendLocation::OffCloud => true,
     }
@@ -137,8 +175,47 @@ mod tests {
         ));
         assert!(!backend_traffic_billable(
             "cn-hangzhou",
-            &BackendLocation::Undeclared
+            &BackendLocation::Local
         ));
+    }
+
+    #[test]
+    fn backend_locations_read_and_write_as_text() {
+        for (text, loc) in [
+            ("", BackendLocation::Local),
+            ("local", BackendLocation::Local),
+            ("external", BackendLocation::OffCloud),
+            ("cn-shanghai", BackendLocation::Region("cn-shanghai".into())),
+        ] {
+            assert_eq!(BackendLocation::parse(text), Ok(loc.clone()), "{text:?}");
+            assert_eq!(BackendLocation::parse(loc.as_text()), Ok(loc));
+        }
+        for bad in ["CN-X", "-x", "a b", "x_y", "1x"] {
+            assert!(BackendLocation::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backend_traffic_is_priced_like_internet_traffic_of_the_gateways_region() {
+        // 3 GB read back from a backend in Shanghai by a Singapore instance: 3 x 0.117.
+        let gateway = "ap-southeast-1";
+        assert!(backend_traffic_billable(
+            gateway,
+            &BackendLocation::Region("cn-shanghai".into())
+        ));
+        assert_eq!(
+            daily_traffic_charge_cents(per_gb(gateway), 0, 3 * BYTES_PER_GB),
+            usd("0.35")
+        );
+        // A month of days in cents adds up to the month's amount in cents.
+        let day = BYTES_PER_GB / 7;
+        let days: Usd = (0..30)
+            .map(|d| daily_traffic_charge_cents(per_gb(gateway), d * day, day))
+            .sum();
+        assert_eq!(
+            days,
+            traffic_amount(per_gb(gateway), 30 * day).round_cents()
+        );
     }
 
     proptest! {

@@ -2,17 +2,19 @@
 //! handler knows of it ([`ConnInfo`]), its socket with activity tracking, its place under the
 //! connection cap and in its thread's load, and where accepted connections come from.
 
+use decide::UsageHandle;
 use http::HeaderValue;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use upstream::BackendPools;
 
 /// Limits protecting the server from large and slow clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +74,24 @@ pub(crate) struct ConnInfo {
     /// The node is leaving ([`decide::Dataplane::begin_closing`]): answer HTTP/1 requests
     /// with `Connection: close`, so clients reconnect elsewhere while this node still serves.
     pub(crate) closing: Arc<AtomicBool>,
+    /// On an HTTP/1 connection served by hyper: whose response is being written, so that
+    /// the socket's writes ([`TrackedIo`]) are counted as that response's outbound traffic.
+    /// hyper writes HTTP/1 responses one after another, and the next is handed to it only
+    /// once the previous has been encoded.
+    pub(crate) sending: Mutex<Option<UsageHandle<BackendPools>>>,
+}
+
+impl ConnInfo {
+    /// The response hyper is about to write is counted in `usage`.
+    pub(crate) fn now_sending(&self, usage: Option<UsageHandle<BackendPools>>) {
+        *self.sending.lock().unwrap_or_else(|e| e.into_inner()) = usage;
+    }
+
+    fn count_sent(&self, n: usize) {
+        if let Some(usage) = &*self.sending.lock().unwrap_or_else(|e| e.into_inner()) {
+            usage.add_bytes(n as u64);
+        }
+    }
 }
 
 pub(crate) struct AwaitingBackend<'a>(&'a AtomicU32);
@@ -89,12 +109,18 @@ impl Drop for AwaitingBackend<'_> {
     }
 }
 
-/// A socket that notes when bytes move, for the idle timer. Only the connection's own task
-/// polls it, so a relaxed store of a private count is enough.
+/// A socket that notes when bytes move, for the idle timer, and, once `meter` is set, counts
+/// what is written to it as outbound traffic of the response being sent
+/// ([`ConnInfo::sending`]). Over TLS it wraps the TLS stream: it sees the plaintext HTTP
+/// bytes. Only the connection's own task polls it, so a relaxed store of a private count is
+/// enough.
 pub(crate) struct TrackedIo<S> {
     inner: S,
     info: Arc<ConnInfo>,
     moved: u64,
+    /// Writes are counted in [`ConnInfo::sending`] (set when hyper serves the connection; the
+    /// lean loop counts what it writes itself).
+    pub(crate) meter: bool,
     /// Bytes already read from `inner` and to be read again first: what `crate::h1` had read
     /// when it handed the connection to hyper.
     pub(crate) rewind: bytes::Bytes,
@@ -106,6 +132,7 @@ impl<S> TrackedIo<S> {
             inner,
             info,
             moved: 0,
+            meter: false,
             rewind: bytes::Bytes::new(),
         }
     }
@@ -113,6 +140,13 @@ impl<S> TrackedIo<S> {
     fn bump(&mut self) {
         self.moved += 1;
         self.info.activity.store(self.moved, Relaxed);
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.bump();
+        if self.meter {
+            self.info.count_sent(n);
+        }
     }
 }
 
@@ -144,8 +178,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.bump();
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.wrote(n);
         }
         polled
     }
@@ -156,8 +192,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.bump();
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.wrote(n);
         }
         polled
     }

@@ -320,8 +320,11 @@ async fn write_response<S: AsyncWrite + Unpin>(
     }
     out.extend_from_slice(b"\r\n");
 
+    // Outbound traffic is what is written here, head and framing included: each write is
+    // counted once it has gone out whole.
     if framing == Framing::None {
         io.write_all(out).await?;
+        body.add_sent(out.len() as u64);
         return Ok(keep_alive);
     }
     let mut pending_head = true;
@@ -346,14 +349,18 @@ async fn write_response<S: AsyncWrite + Unpin>(
             out.extend_from_slice(&data);
             out.extend_from_slice(b"\r\n");
             io.write_all(out).await?;
+            body.add_sent(out.len() as u64);
         } else if pending_head && data.len() <= COALESCE_BYTES {
             out.extend_from_slice(&data);
             io.write_all(out).await?;
+            body.add_sent(out.len() as u64);
         } else {
             if pending_head {
                 io.write_all(out).await?;
+                body.add_sent(out.len() as u64);
             }
             io.write_all(&data).await?;
+            body.add_sent(data.len() as u64);
         }
         pending_head = false;
     }
@@ -361,11 +368,14 @@ async fn write_response<S: AsyncWrite + Unpin>(
         if pending_head {
             out.extend_from_slice(b"0\r\n\r\n");
             io.write_all(out).await?;
+            body.add_sent(out.len() as u64);
         } else {
             io.write_all(b"0\r\n\r\n").await?;
+            body.add_sent(5);
         }
     } else if pending_head {
         io.write_all(out).await?;
+        body.add_sent(out.len() as u64);
     }
     if !keep_alive {
         let _ = io.shutdown().await;

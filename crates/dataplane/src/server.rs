@@ -93,6 +93,7 @@ where
             heads: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             closing: closing.clone(),
+            sending: std::sync::Mutex::new(None),
         });
         let conn = Connection {
             info,
@@ -241,6 +242,8 @@ async fn serve_connection<S, H, Fut>(
     } else {
         io
     };
+    let mut io = io;
+    io.meter = true;
     let io = TokioIo::new(io);
     let service_info = info.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -262,6 +265,7 @@ async fn serve_connection<S, H, Fut>(
                     http::HeaderValue::from_static("close"),
                 );
             }
+            meter_outbound(&mut response, &info, version);
             Ok::<_, Infallible>(response)
         }
     });
@@ -291,6 +295,45 @@ async fn serve_connection<S, H, Fut>(
         }
     }
 }
+
+/// Arranges for the outbound traffic of a response hyper writes to be counted.
+///
+/// HTTP/1: the bytes hyper writes to the socket from now until the next response, exactly
+/// what the client receives (status line, headers, body, chunk framing). On a pipelined
+/// connection whose client reads slowly, the tail of one response may still sit in hyper's
+/// buffer when the next is handed over and is then counted with the next: the connection's
+/// total stays exact.
+///
+/// HTTP/2: the head as its HTTP/1 equivalent ([`decide::wire::http1_head_len`], with the
+/// `date` and `content-length` headers hyper adds), and the body's data. Not the HPACK-encoded
+/// frames: their size depends on what the connection sent before (the dynamic table), so the
+/// same response would cost differently depending on the responses, even other tenants',
+/// that preceded it on the connection; and connection-level frames (SETTINGS, WINDOW_UPDATE,
+/// PING) belong to no response. A response costs the same whichever protocol the client chose.
+fn meter_outbound(response: &mut Response<ResponseBody>, info: &ConnInfo, version: http::Version) {
+    if version < http::Version::HTTP_2 {
+        info.now_sending(response.body().usage().cloned());
+        return;
+    }
+    use hyper::body::Body as _;
+    let headers = response.headers();
+    let mut head = decide::wire::http1_head_len(response.status(), headers);
+    if !headers.contains_key(http::header::DATE) {
+        head += DATE_LINE;
+    }
+    if !headers.contains_key(CONTENT_LENGTH)
+        && !response.body().is_end_stream()
+        && let Some(n) = response.body().size_hint().exact()
+    {
+        head += (b"content-length: \r\n".len() + n.to_string().len()) as u64;
+    }
+    let body = response.body_mut();
+    body.add_sent(head);
+    body.count_data_as_sent();
+}
+
+/// `date: Thu, 03 Dec 2026 08:56:07 GMT\r\n`, which hyper adds to every response.
+const DATE_LINE: u64 = 37;
 
 /// The per-connection timer: one tick every half timeout, instead of a timer per request.
 struct Watchdog {

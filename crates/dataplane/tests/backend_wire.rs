@@ -75,6 +75,7 @@ async fn gateway_for(backend: SocketAddr, apis: &[(Method, &str)]) -> SocketAddr
                     backend: format!("http://{backend}"),
                     timeout: Duration::from_secs(5),
                     app_auth: false,
+                    backend_billed: false,
                 })
                 .collect(),
             acl: None,

@@ -35,6 +35,7 @@ fn config(ceiling: u32) -> DataplaneConfig {
                 backend: "http://127.0.0.1:9".into(),
                 timeout: Duration::from_secs(1),
                 app_auth: false,
+                backend_billed: false,
             }],
             acl: None,
             api_acls: Default::default(),

@@ -110,6 +110,7 @@ fn api(name: &str, method: Method, path: &str, backend: String, timeout_ms: u64)
         backend,
         timeout: Duration::from_millis(timeout_ms),
         app_auth: false,
+        backend_billed: false,
     }
 }
 
@@ -803,33 +804,132 @@ async fn republishing_under_traffic_fails_no_request_and_loses_no_count() {
     gw.shutdown().await;
 }
 
+/// Sends `requests` over one connection at once (the last asks to close it) and reads to the
+/// end: every byte the client received.
+async fn raw_exchange(addr: SocketAddr, requests: &[String]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(requests.concat().as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection after the last response")
+        .unwrap();
+    got
+}
+
+/// `n` requests for `host` and `path`, the last with `Connection: close`; `body` makes them
+/// POSTs (served by hyper rather than the lean loop).
+fn requests(n: usize, host: &str, path: &str, body: Option<&str>) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let close = if i + 1 == n {
+                "connection: close\r\n"
+            } else {
+                ""
+            };
+            match body {
+                None => format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n{close}\r\n"),
+                Some(b) => format!(
+                    "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: {}\r\n{close}\r\n{b}",
+                    b.len()
+                ),
+            }
+        })
+        .collect()
+}
+
+/// What the chunked backend answers to every request head, written raw so that its size on
+/// the wire is known.
+const CHUNKED_REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-b: 1\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+
+async fn start_chunked_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if stream.write_all(CHUNKED_REPLY).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test]
-async fn usage_counts_every_request_and_the_bytes_sent() {
+async fn usage_counts_every_request_and_the_bytes_on_the_wire() {
     let b = backends().await;
-    let gw = Gateway::start(dataplane(&config(&b, "shared")), ServerLimits::default()).await;
-    let c = client();
-    let mut bytes = 0;
-    for _ in 0..7 {
-        bytes += get(&c, gw.addr, "x.test", "/big").await.body.len() as u64;
+    let chunked = start_chunked_backend().await;
+    let mut config = config(&b, "shared");
+    let mut chunked_api = api(
+        "chunked",
+        Method::GET,
+        "/chunked",
+        format!("http://{chunked}"),
+        2000,
+    );
+    chunked_api.backend_billed = true;
+    let g_any = &mut config.groups[0];
+    g_any.deployments.push(chunked_api);
+    for d in &mut g_any.deployments {
+        if d.api == "big" {
+            d.backend_billed = true;
+        }
     }
-    for _ in 0..5 {
-        bytes += get(&c, gw.addr, "x.test", "/echo/1").await.body.len() as u64;
-    }
-    let mut tiny_bytes = 0;
-    for _ in 0..3 {
-        tiny_bytes += get(&c, gw.addr, "tiny.test", "/t").await.body.len() as u64;
-    }
+    let gw = Gateway::start(dataplane(&config), ServerLimits::default()).await;
+    // The lean loop: whole bodies, pipelined on one connection.
+    let big_wire = raw_exchange(gw.addr, &requests(7, "x.test", "/big", None)).await;
+    let echo_wire = raw_exchange(gw.addr, &requests(5, "x.test", "/echo/1", None)).await;
+    // Chunked bodies, streamed from the backend's socket.
+    let chunked_wire = raw_exchange(gw.addr, &requests(3, "x.test", "/chunked", None)).await;
+    // hyper: requests with a body.
+    let post_wire = raw_exchange(gw.addr, &requests(4, "x.test", "/echo/2", Some("hello"))).await;
+    // The gateway's own answers: one request a second on `tiny`, so two 429s.
+    let tiny_wire = raw_exchange(gw.addr, &requests(3, "tiny.test", "/t", None)).await;
     // Nobody's: no usage.
-    get(&c, gw.addr, "x.test", "/v1/zzz").await; // any-host group: "unmatched"
+    raw_exchange(gw.addr, &requests(1, "x.test", "/v1/zzz", None)).await; // any-host group: "unmatched"
     let usage = gw.dp.drain_usage();
     let find = |api: &str| usage.iter().find(|d| d.api == api).cloned().unwrap();
-    let big = find("big");
-    let echo = find("echo");
-    let t = find("t");
-    assert_eq!((big.calls, echo.calls, t.calls), (7, 5, 3));
-    assert_eq!(big.bytes_out, 700_000);
-    assert_eq!(big.bytes_out + echo.bytes_out, bytes);
-    assert_eq!(t.bytes_out, tiny_bytes);
+    let (big, echo, t, post, ch) = (
+        find("big"),
+        find("echo"),
+        find("t"),
+        find("echo-post"),
+        find("chunked"),
+    );
+    assert_eq!(
+        (big.calls, echo.calls, t.calls, post.calls, ch.calls),
+        (7, 5, 3, 4, 3)
+    );
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert_eq!(text(&tiny_wire).matches("HTTP/1.1 429 ").count(), 2);
+    assert_eq!(text(&chunked_wire).matches("\r\n0\r\n\r\n").count(), 3);
+    // Every byte the client received, and no other, is outbound traffic.
+    assert_eq!(big.bytes_out, big_wire.len() as u64);
+    assert_eq!(echo.bytes_out, echo_wire.len() as u64);
+    assert_eq!(ch.bytes_out, chunked_wire.len() as u64);
+    assert_eq!(post.bytes_out, post_wire.len() as u64);
+    assert_eq!(t.bytes_out, tiny_wire.len() as u64);
+    // Backend traffic: what was read from billed backends, heads and framing included (the
+    // hyper backend's head: status line, content-length, date, blank line: 80 bytes).
+    assert_eq!(big.backend_bytes, 7 * (100_000 + 80));
+    assert_eq!(ch.backend_bytes, 3 * CHUNKED_REPLY.len() as u64);
+    assert_eq!((echo.backend_bytes, post.backend_bytes), (0, 0));
     assert_eq!(
         (
             big.account.as_str(),
@@ -848,7 +948,7 @@ async fn usage_counts_every_request_and_the_bytes_sent() {
         "gateway_requests_total{instance=\"tiny\",api=\"t\",class=\"4xx\"} 2",
         "gateway_instance_ceiling_rps{instance=\"tiny\"} 1",
         "gateway_instance_share{instance=\"shared\"} 1",
-        "gateway_request_duration_seconds_count{instance=\"shared\"} 12",
+        "gateway_request_duration_seconds_count{instance=\"shared\"} 19",
     ] {
         assert!(metrics.contains(line), "missing {line}:\n{metrics}");
     }

@@ -46,6 +46,7 @@ fn config() -> DataplaneConfig {
                     backend: "http://127.0.0.1:8081".into(),
                     timeout: Duration::from_secs(5),
                     app_auth: false,
+                    backend_billed: false,
                 })
                 .collect(),
             acl: None,

@@ -66,6 +66,7 @@ fn api(name: String, method: Method, path: String, backend: String) -> DeployedA
         backend,
         timeout: Duration::from_secs(5),
         app_auth: false,
+        backend_billed: false,
     }
 }
 

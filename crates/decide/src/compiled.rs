@@ -37,6 +37,8 @@ pub struct Api<U: Upstreams> {
     pub(crate) name: String,
     pub(crate) backend: Backend<U::Pool>,
     pub(crate) timeout: Duration,
+    /// Bytes read back from the backend are counted as backend traffic.
+    pub(crate) backend_billed: bool,
     pub(crate) usage: Arc<UsageCell>,
     pub(crate) status: Arc<StatusCounters>,
     /// The throttling policy bound to the API on its stage.
@@ -98,6 +100,17 @@ pub(crate) enum Target<U: Upstreams> {
     Nobody,
 }
 
+// Not derived: that would ask for `U: Clone`, and only the `Arc`s are cloned.
+impl<U: Upstreams> Clone for Target<U> {
+    fn clone(&self) -> Self {
+        match self {
+            Target::Api(api) => Target::Api(api.clone()),
+            Target::Group(g) => Target::Group(g.clone()),
+            Target::Nobody => Target::Nobody,
+        }
+    }
+}
+
 impl<U: Upstreams> Target<U> {
     /// The usage cell the request's calls and bytes are counted in.
     pub(crate) fn usage(&self) -> Option<&UsageCell> {
@@ -109,16 +122,41 @@ impl<U: Upstreams> Target<U> {
     }
 }
 
-/// The usage a response's bytes are counted in, as the response body sends them: what the
-/// request resolved to, and nothing else of the data plane.
+/// The usage a response's bytes are counted in, as the server writes them: what the request
+/// resolved to, and nothing else of the data plane.
 pub struct UsageHandle<U: Upstreams>(pub(crate) Target<U>);
 
+impl<U: Upstreams> Clone for UsageHandle<U> {
+    fn clone(&self) -> Self {
+        UsageHandle(self.0.clone())
+    }
+}
+
 impl<U: Upstreams> UsageHandle<U> {
-    /// Counts `n` bytes sent to the client.
+    /// Counts `n` bytes sent to the client (outbound traffic: every byte of the HTTP response
+    /// written, head and framing included).
     #[inline]
     pub fn add_bytes(&self, n: u64) {
         if let Some(usage) = self.0.usage() {
             usage.add_bytes(n);
         }
+    }
+
+    /// Counts `n` bytes read back from the backend, when the API's backend is billed for
+    /// (outside the instance's region); a no-op otherwise.
+    #[inline]
+    pub fn add_backend_bytes(&self, n: u64) {
+        if let Target::Api(api) = &self.0
+            && api.backend_billed
+        {
+            api.usage.add_backend_bytes(n);
+        }
+    }
+
+    /// Whether [`add_backend_bytes`](Self::add_backend_bytes) counts anything: lets a body
+    /// skip working out sizes nobody is billed for.
+    #[inline]
+    pub fn counts_backend(&self) -> bool {
+        matches!(&self.0, Target::Api(api) if api.backend_billed)
     }
 }

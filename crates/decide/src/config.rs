@@ -138,6 +138,11 @@ pub struct DeployedApi {
     /// [`GroupConfig::grants`]) get through. Per stage: each deployment keeps the auth type
     /// the API had when it was deployed there.
     pub app_auth: bool,
+    /// The backend is outside the instance's region (another region, or off the cloud): the
+    /// bytes read back from it are counted as backend traffic, which is billed (the pricing
+    /// document's outbound traffic rule d). The caller decides it from where the API's owner
+    /// said the backend is.
+    pub backend_billed: bool,
 }
 
 /// A policy as the data plane compiles it for one bound API and stage.

@@ -480,6 +480,7 @@ impl<U: Upstreams> Dataplane<U> {
                     name: d.api.clone(),
                     backend,
                     timeout: d.timeout,
+                    backend_billed: d.backend_billed,
                     usage,
                     status,
                     throttle,
@@ -726,6 +727,7 @@ mod tests {
             backend: "http://127.0.0.1:9".into(),
             timeout: Duration::from_secs(1),
             app_auth: false,
+            backend_billed: false,
         }
     }
 
@@ -1046,6 +1048,7 @@ mod tests {
                     backend: backend.into(),
                     timeout: Duration::from_secs(1),
                     app_auth,
+                    backend_billed: false,
                 },
             )
     }

@@ -1,4 +1,5 @@
-//! Per-node usage counters for billing: calls and outbound bytes per
+//! Per-node usage counters for billing: calls, outbound bytes (written to clients) and
+//! backend bytes (read back from backends outside the instance's region) per
 //! (account, instance, API, region).
 //!
 //! Each key has one [`UsageCell`] of atomics per thread (see [`crate::per_thread`]). The
@@ -54,6 +55,7 @@ pub(crate) struct UsageKey {
 struct Counts {
     calls: AtomicU64,
     bytes_out: AtomicU64,
+    backend_bytes: AtomicU64,
 }
 
 /// The counters of one key, a cache line per thread.
@@ -77,12 +79,20 @@ impl UsageCell {
         }
     }
 
-    /// Takes the counts and zeroes them.
-    fn take(&self) -> (u64, u64) {
-        self.0.all().fold((0, 0), |(calls, bytes), c| {
+    #[inline]
+    pub(crate) fn add_backend_bytes(&self, n: u64) {
+        if n > 0 {
+            self.0.local().backend_bytes.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Takes the counts (calls, bytes out, backend bytes) and zeroes them.
+    fn take(&self) -> (u64, u64, u64) {
+        self.0.all().fold((0, 0, 0), |(calls, bytes, backend), c| {
             (
                 calls.saturating_add(c.calls.swap(0, Relaxed)),
                 bytes.saturating_add(c.bytes_out.swap(0, Relaxed)),
+                backend.saturating_add(c.backend_bytes.swap(0, Relaxed)),
             )
         })
     }
@@ -150,10 +160,12 @@ impl UsageRegistry {
             let m = merged.entry(key).or_insert_with(|| UsageDelta {
                 calls: 0,
                 bytes_out: 0,
+                backend_bytes: 0,
                 ..d.clone()
             });
             m.calls = m.calls.saturating_add(d.calls);
             m.bytes_out = m.bytes_out.saturating_add(d.bytes_out);
+            m.backend_bytes = m.backend_bytes.saturating_add(d.backend_bytes);
         }
         merged.into_values().collect()
     }
@@ -162,8 +174,8 @@ impl UsageRegistry {
     fn take_cells(&mut self) -> Vec<UsageDelta> {
         let mut out = Vec::new();
         self.cells.retain(|key, cell| {
-            let (calls, bytes_out) = cell.take();
-            if calls > 0 || bytes_out > 0 {
+            let (calls, bytes_out, backend_bytes) = cell.take();
+            if calls > 0 || bytes_out > 0 || backend_bytes > 0 {
                 out.push(UsageDelta {
                     account: key.account.clone(),
                     instance: key.instance.clone(),
@@ -171,6 +183,7 @@ impl UsageRegistry {
                     region: key.region.clone(),
                     calls,
                     bytes_out,
+                    backend_bytes,
                 });
             }
             // Only the registry holds it: no route can count into it again, and it was just
@@ -211,9 +224,10 @@ mod tests {
         a.add_call();
         a2.add_call();
         a.add_bytes(10);
+        a2.add_backend_bytes(7);
         let d = r.drain();
         assert_eq!(d.len(), 1);
-        assert_eq!((d[0].calls, d[0].bytes_out), (2, 10));
+        assert_eq!((d[0].calls, d[0].bytes_out, d[0].backend_bytes), (2, 10, 7));
         assert!(r.drain().is_empty());
     }
 

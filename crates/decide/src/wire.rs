@@ -97,9 +97,42 @@ pub fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The size of a response head as HTTP/1.1 writes it: `HTTP/1.1 200 OK\r\n`, a
+/// `name: value\r\n` line per header, and the empty line. It is how the head of a response
+/// sent some other way (HTTP/2, whose HPACK-compressed size depends on what the connection
+/// sent before) or read through a header map is metered.
+pub fn http1_head_len(status: http::StatusCode, headers: &HeaderMap) -> u64 {
+    let status_line = b"HTTP/1.1 200 \r\n".len() + status.canonical_reason().map_or(0, str::len);
+    let lines: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (status_line + lines + 2) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http1_head_lengths_are_what_http1_writes() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-length", http::HeaderValue::from_static("5"));
+        headers.append("x-a", http::HeaderValue::from_static("1"));
+        let mut out = b"HTTP/1.1 429 Too Many Requests\r\n".to_vec();
+        for (n, v) in &headers {
+            put_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        assert_eq!(
+            http1_head_len(http::StatusCode::TOO_MANY_REQUESTS, &headers),
+            out.len() as u64
+        );
+        assert_eq!(
+            http1_head_len(http::StatusCode::OK, &HeaderMap::new()),
+            b"HTTP/1.1 200 OK\r\n\r\n".len() as u64
+        );
+    }
 
     #[test]
     fn content_lengths_are_digits_only() {

@@ -334,6 +334,15 @@ struct ApiDef {
     /// ANONYMOUS, or APP: only authorised apps, with signed requests.
     #[arg(long, default_value = "ANONYMOUS")]
     auth_type: String,
+    /// The backend is in this region (a region id such as cn-shanghai). When it is not the
+    /// instance's region, the bytes read back from it are billed as backend traffic. Without
+    /// this or --backend-external the backend is local: in the instance's region, not billed.
+    #[arg(long, value_name = "REGION", conflicts_with = "backend_external")]
+    backend_region: Option<String>,
+    /// The backend is outside the cloud: the bytes read back from it are billed as backend
+    /// traffic.
+    #[arg(long)]
+    backend_external: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,6 +359,7 @@ enum ApiCmd {
         def: ApiDef,
     },
     /// Change an API's definition (deployed stages keep theirs until deployed again).
+    #[command(visible_alias = "update")]
     Modify {
         /// The API group.
         #[arg(long)]
@@ -952,6 +962,11 @@ fn definition(d: ApiDef) -> Option<pb::ApiDefinition> {
         backend: d.backend,
         timeout_ms: d.timeout.as_millis() as u64,
         auth_type: d.auth_type.to_ascii_uppercase(),
+        backend_location: match (d.backend_region, d.backend_external) {
+            (_, true) => "external".into(),
+            (Some(region), false) => region,
+            (None, false) => String::new(),
+        },
     })
 }
 

@@ -427,7 +427,7 @@ pub async fn usage(c: &mut Client, f: Format, a: UsageArgs) -> Result<()> {
             .map(|r| {
                 json!({
                     "day": r.day, "account": r.account, "instance": r.instance, "api": r.api,
-                    "calls": r.calls, "bytes_out": r.bytes_out,
+                    "calls": r.calls, "bytes_out": r.bytes_out, "backend_bytes": r.backend_bytes,
                 })
             })
             .collect(),
@@ -438,7 +438,15 @@ pub async fn usage(c: &mut Client, f: Format, a: UsageArgs) -> Result<()> {
         as_object: a.limit.paged(),
     };
     print_page(f, page, || {
-        let mut t = Table::new(&["DAY", "ACCOUNT", "INSTANCE", "API", "CALLS", "BYTES OUT"]);
+        let mut t = Table::new(&[
+            "DAY",
+            "ACCOUNT",
+            "INSTANCE",
+            "API",
+            "CALLS",
+            "BYTES OUT",
+            "BACKEND BYTES",
+        ]);
         for r in &rows {
             t.row(vec![
                 r.day.clone(),
@@ -447,6 +455,7 @@ pub async fn usage(c: &mut Client, f: Format, a: UsageArgs) -> Result<()> {
                 r.api.clone(),
                 r.calls.to_string(),
                 r.bytes_out.to_string(),
+                r.backend_bytes.to_string(),
             ]);
         }
         t

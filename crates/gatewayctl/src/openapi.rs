@@ -46,6 +46,12 @@ pub struct ImportArgs {
     /// ANONYMOUS, or APP: only authorised apps, with signed requests.
     #[arg(long, default_value = "ANONYMOUS")]
     auth_type: String,
+    /// The backend is in this region (see `api create --backend-region`).
+    #[arg(long, value_name = "REGION", conflicts_with = "backend_external")]
+    backend_region: Option<String>,
+    /// The backend is outside the cloud (see `api create --backend-external`).
+    #[arg(long)]
+    backend_external: bool,
     /// Deploy the imported APIs to these stages too (comma-separated: RELEASE, PRE, TEST).
     #[arg(long, value_delimiter = ',')]
     stage: Vec<String>,
@@ -68,6 +74,11 @@ pub async fn import(c: &mut Client, f: Format, a: ImportArgs) -> Result<()> {
         backend: a.backend.clone(),
         timeout_ms: a.timeout.as_millis() as u64,
         auth: a.auth_type.to_ascii_uppercase(),
+        backend_location: match (&a.backend_region, a.backend_external) {
+            (_, true) => "external".into(),
+            (Some(region), false) => region.clone(),
+            (None, false) => String::new(),
+        },
     };
     let (apis, unsupported) = apis_from(&spec, &template);
     if !unsupported.is_empty() {
@@ -161,6 +172,7 @@ pub fn apis_from(spec: &OpenAPI, template: &Definition) -> (Vec<ApiEntry>, Vec<S
                 backend: template.backend.clone(),
                 timeout_ms: template.timeout_ms,
                 auth: template.auth.clone(),
+                backend_location: template.backend_location.clone(),
                 apps: Vec::new(),
                 ip_allow: Vec::new(),
                 ip_deny: Vec::new(),
@@ -265,6 +277,7 @@ fn merge(apis: &mut Vec<ApiEntry>, mut new: ApiEntry, stages: &[String]) {
             old.backend = def.backend;
             old.timeout_ms = def.timeout_ms;
             old.auth = def.auth;
+            old.backend_location = def.backend_location;
         }
     }
 }
@@ -302,6 +315,7 @@ mod tests {
             backend: "http://127.0.0.1:1".into(),
             timeout_ms: 5000,
             auth: "ANONYMOUS".into(),
+            backend_location: String::new(),
         };
         let (apis, unsupported) = apis_from(&spec, &template);
         assert!(unsupported.is_empty(), "{unsupported:?}");
@@ -331,6 +345,7 @@ mod tests {
             backend: backend.into(),
             timeout_ms: 5000,
             auth: "ANONYMOUS".into(),
+            backend_location: String::new(),
             apps: vec![],
             ip_allow: vec![],
             ip_deny: vec![],

@@ -267,7 +267,12 @@ pub fn instances_table(list: &[pb::Instance]) -> Table {
 
 pub fn definition_json(d: &Option<pb::ApiDefinition>) -> Value {
     let d = d.clone().unwrap_or_default();
-    json!({"method": d.method, "path": d.path, "backend": d.backend, "timeout_ms": d.timeout_ms, "auth_type": d.auth_type})
+    let location = if d.backend_location.is_empty() {
+        "local".to_string()
+    } else {
+        d.backend_location.clone()
+    };
+    json!({"method": d.method, "path": d.path, "backend": d.backend, "timeout_ms": d.timeout_ms, "auth_type": d.auth_type, "backend_location": location})
 }
 
 pub fn group_json(g: &pb::ApiGroup) -> Value {
@@ -327,7 +332,7 @@ pub fn api_json(a: &pb::Api) -> Value {
 
 pub fn apis_table(list: &[pb::Api]) -> Table {
     let mut t = Table::new(&[
-        "GROUP", "NAME", "METHOD", "PATH", "BACKEND", "TIMEOUT", "STAGES",
+        "GROUP", "NAME", "METHOD", "PATH", "BACKEND", "LOCATION", "TIMEOUT", "STAGES",
     ]);
     for a in list {
         let d = a.definition.clone().unwrap_or_default();
@@ -337,6 +342,11 @@ pub fn apis_table(list: &[pb::Api]) -> Table {
             d.method,
             d.path,
             d.backend,
+            if d.backend_location.is_empty() {
+                "local".into()
+            } else {
+                d.backend_location
+            },
             format!("{}ms", d.timeout_ms),
             a.deployed_stages.join(","),
         ]);

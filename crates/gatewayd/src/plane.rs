@@ -56,7 +56,11 @@ impl ConfigSource {
         instances.extend(state.instances.values().map(|i| self.instance(i)));
         DataplaneConfig {
             instances,
-            groups: state.groups.values().map(|g| group(state, g)).collect(),
+            groups: state
+                .groups
+                .values()
+                .map(|g| self.group(state, g))
+                .collect(),
             apps: state.apps.values().map(app).collect(),
         }
     }
@@ -78,7 +82,7 @@ impl ConfigSource {
         }
         for name in groups {
             match state.groups.get(&name) {
-                Some(g) => u.groups.push(group(state, g)),
+                Some(g) => u.groups.push(self.group(state, g)),
                 None => u.removed_groups.push(name),
             }
         }
@@ -107,27 +111,48 @@ fn rules(allow: &[String], deny: &[String]) -> Option<IpRules> {
     })
 }
 
-/// One group as the data plane compiles it: everything it needs is here, so that it can be
-/// recompiled alone.
-fn group(state: &State, g: &ApiGroup) -> GroupConfig {
-    let deployments = g
-        .deployments
-        .iter()
-        .flat_map(|(stage, apis)| {
-            let stage = *stage;
-            apis.iter().filter_map(move |(name, d)| {
-                Some(DeployedApi {
-                    stage,
-                    api: name.clone(),
-                    method: d.spec.method.parse().ok()?,
-                    path: d.spec.path.clone(),
-                    backend: d.spec.backend.clone(),
-                    timeout: Duration::from_millis(d.spec.timeout_ms),
-                    app_auth: d.spec.auth == model::AuthType::App,
+impl ConfigSource {
+    /// The region of instance `name`: where its traffic is billed.
+    fn region_of<'a>(&'a self, state: &'a State, name: &str) -> &'a str {
+        if name == SHARED_INSTANCE {
+            return &self.shared.region;
+        }
+        state.instances.get(name).map_or("", |i| i.region.as_str())
+    }
+
+    /// One group as the data plane compiles it: everything it needs is here, so that it can be
+    /// recompiled alone.
+    fn group(&self, state: &State, g: &ApiGroup) -> GroupConfig {
+        let region = self.region_of(state, &g.instance);
+        let deployments = g
+            .deployments
+            .iter()
+            .flat_map(|(stage, apis)| {
+                let stage = *stage;
+                apis.iter().filter_map(move |(name, d)| {
+                    Some(DeployedApi {
+                        stage,
+                        api: name.clone(),
+                        method: d.spec.method.parse().ok()?,
+                        path: d.spec.path.clone(),
+                        backend: d.spec.backend.clone(),
+                        timeout: Duration::from_millis(d.spec.timeout_ms),
+                        app_auth: d.spec.auth == model::AuthType::App,
+                        // The pricing document's rule d: traffic with a backend in another
+                        // region or off the cloud is billed.
+                        backend_billed: billing::backend_traffic_billable(
+                            region,
+                            &d.spec.backend_location,
+                        ),
+                    })
                 })
             })
-        })
-        .collect();
+            .collect();
+        group_config(state, g, deployments)
+    }
+}
+
+fn group_config(state: &State, g: &ApiGroup, deployments: Vec<DeployedApi>) -> GroupConfig {
     GroupConfig {
         name: g.name.clone(),
         account: g.account.clone(),
@@ -418,6 +443,7 @@ mod tests {
                         } else {
                             AuthType::Anonymous
                         },
+                        backend_location: Default::default(),
                     },
                 }
             ),
@@ -469,6 +495,7 @@ mod tests {
                         region: "cn-hongkong".into(),
                         calls,
                         bytes_out: calls * 1000,
+                        backend_bytes: 0,
                     }],
                 }
             }),
@@ -523,6 +550,7 @@ mod tests {
                     backend: "http://127.0.0.1:9".into(),
                     timeout_ms: 1000,
                     auth: auth.into(),
+                    backend_location: String::new(),
                     apps: apps.into_iter().map(Into::into).collect(),
                     ip_allow: vec![],
                     ip_deny: deny.into_iter().map(Into::into).collect(),
@@ -535,6 +563,7 @@ mod tests {
                                 backend: "http://127.0.0.1:8".into(),
                                 timeout_ms: 1000,
                                 auth: auth.into(),
+                                backend_location: String::new(),
                             };
                             [("TEST".to_string(), d)].into()
                         })

@@ -34,7 +34,11 @@ pub struct UsageDelta {
     pub api: String,
     pub region: String,
     pub calls: u64,
+    /// Bytes of HTTP responses written to clients (status lines, headers, bodies, framing).
     pub bytes_out: u64,
+    /// Bytes read back from a backend outside the instance's region (billed backend traffic).
+    #[serde(default)]
+    pub backend_bytes: u64,
 }
 
 /// One record of a node's usage journal: what the node counted of the calls that arrived in

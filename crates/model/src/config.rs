@@ -21,6 +21,8 @@
 //!     backend: http://10.0.0.5:8080
 //!     timeout_ms: 5000            # optional, default 5000 (as for `api create`)
 //!     auth: ANONYMOUS             # ANONYMOUS (default) or APP
+//!     backend_location: cn-shanghai  # optional: local (default), external, or a region id;
+//!                                 # traffic with a non-local backend is billed
 //!     apps: [mobile]              # optional: apps allowed to call it (existing, same account)
 //!     ip_allow: []                # optional: the API's own IP access control
 //!     ip_deny: []
@@ -164,6 +166,9 @@ pub struct ApiEntry {
     /// `ANONYMOUS` or `APP`; empty is anonymous.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub auth: String,
+    /// `local` (or empty: the default), `external`, or a region id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend_location: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apps: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -187,6 +192,7 @@ impl ApiEntry {
             backend: self.backend.clone(),
             timeout_ms: self.timeout_ms,
             auth: self.auth.clone(),
+            backend_location: self.backend_location.clone(),
         }
     }
 }
@@ -202,6 +208,8 @@ pub struct Definition {
     pub timeout_ms: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub auth: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backend_location: String,
 }
 
 fn default_timeout_ms() -> u64 {

@@ -3,7 +3,7 @@
 //! change them.
 
 use crate::{DomainError, Millis};
-use billing::AccountBilling;
+use billing::{AccountBilling, BackendLocation};
 use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Serialize};
 
@@ -208,6 +208,9 @@ pub struct MonthToDate {
     pub month_first_day: u64,
     pub shared_calls: u64,
     pub bytes_by_region: std::collections::BTreeMap<String, u64>,
+    /// Billed backend traffic, by the instance's region.
+    #[serde(default)]
+    pub backend_bytes_by_region: std::collections::BTreeMap<String, u64>,
 }
 
 /// An account: the owner of instances and groups, and the party that is billed. Its ledger,
@@ -449,6 +452,10 @@ pub struct ApiSpec {
     /// Who may call it: anyone, or only authorised apps with signed requests.
     #[serde(default)]
     pub auth: AuthType,
+    /// Where the backend is: the bytes read back from one outside the instance's region are
+    /// billed as backend traffic.
+    #[serde(default)]
+    pub backend_location: BackendLocation,
 }
 
 /// How an API authenticates its callers.

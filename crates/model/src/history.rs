@@ -15,11 +15,14 @@ use catalog::Usd;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Calls and outbound bytes.
+/// Calls, outbound bytes and billed backend bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub calls: u64,
     pub bytes_out: u64,
+    /// Read back from a backend outside the instance's region.
+    #[serde(default)]
+    pub backend_bytes: u64,
 }
 
 /// An account's usage on one day.
@@ -31,6 +34,9 @@ pub struct DayUsage {
     pub shared_calls: u64,
     /// Outbound bytes by the region of the instance that sent them.
     pub bytes_by_region: BTreeMap<String, u64>,
+    /// Billed backend bytes by the region of the instance that read them.
+    #[serde(default)]
+    pub backend_bytes_by_region: BTreeMap<String, u64>,
 }
 
 /// One line of a bill.

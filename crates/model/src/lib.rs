@@ -31,6 +31,7 @@ pub mod history;
 mod state;
 pub mod validate;
 
+pub use billing::BackendLocation;
 pub use clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use command::{
     Command, GroupChange, InstanceOptions, Proposal, Reply, SpecialTarget, Update, UsageBatch,

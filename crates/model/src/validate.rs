@@ -240,6 +240,30 @@ pub fn method(value: &str) -> Result<(), DomainError> {
 }
 
 /// A backend URL: `http://host:port` with an optional path prefix, no query or fragment.
+/// Where a backend is: `local`, `external`, or a region of the price catalog.
+pub fn backend_location(
+    catalog: &catalog::Catalog,
+    location: &billing::BackendLocation,
+) -> Result<(), DomainError> {
+    match location {
+        billing::BackendLocation::Region(id) if catalog.region(id).is_err() => {
+            Err(DomainError::invalid(
+                "backend_location",
+                format!(
+                    "'{id}' is not a region of the price catalog (one of: {}), local or external",
+                    catalog
+                        .regions()
+                        .iter()
+                        .map(|r| r.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn backend(value: &str) -> Result<(), DomainError> {
     let bad = |why: &str| {
         Err(DomainError::invalid(

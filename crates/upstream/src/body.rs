@@ -1,5 +1,7 @@
-//! Body types: the request body as a handler gets it, and the response body that counts the
-//! bytes sent to the client (through a [`UsageHandle`]).
+//! Body types: the request body as a handler gets it, and the response body, which carries
+//! the usage its bytes are counted in ([`UsageHandle`]): the bytes read back from the backend
+//! as it reads them, and the bytes sent to the client as the server writes them (see
+//! [`ResponseBody::add_sent`]).
 
 use crate::direct::{DirectBody, Exchanged, HeaderBlock, Reply};
 use crate::limited::BoxError;
@@ -39,12 +41,21 @@ impl Checkout {
     }
 }
 
-/// A response body: the backend's, streamed, or one the gateway made. Data frames are added to
-/// the usage cell's outbound bytes as they are handed to hyper for sending.
+/// A response body: the backend's, streamed, or one the gateway made.
+///
+/// Outbound traffic is metered where the response is written, since only there are the status
+/// line, headers and framing known: the server counts what it writes with
+/// [`add_sent`](Self::add_sent), or asks the body to count its data frames as they are handed
+/// over ([`count_data_as_sent`](Self::count_data_as_sent), for HTTP/2, whose head the server
+/// counts itself). Backend traffic is counted here, as the body reads it.
 pub struct ResponseBody {
     kind: Kind,
     /// Whose usage the bytes are counted in.
     usage: Option<UsageHandle<BackendPools>>,
+    /// Data frames count as sent to the client as they are polled.
+    count_data: bool,
+    /// Bytes read from the backend before [`count_into`](Self::count_into) said whose they are.
+    backend_pending: u64,
     /// The backend's header lines, when it answered a bodiless request: they travel with the
     /// body, as they were read, instead of through a header map. Whoever writes the response
     /// head takes them ([`take_header_block`](Self::take_header_block)).
@@ -56,15 +67,20 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Some(bytes)),
             usage: None,
+            count_data: false,
+            backend_pending: 0,
             header_block: None,
         }
     }
 
     /// The backend's body; `conn` goes back to its pool when the body has been read.
-    pub fn stream(body: Incoming, conn: Option<Checkout>) -> Self {
+    /// `head_bytes`: the size of the response head as read (backend traffic).
+    pub fn stream(body: Incoming, conn: Option<Checkout>, head_bytes: u64) -> Self {
         let mut body = ResponseBody {
             kind: Kind::Stream(body, conn),
             usage: None,
+            count_data: false,
+            backend_pending: head_bytes,
             header_block: None,
         };
         body.release_if_done();
@@ -73,13 +89,19 @@ impl ResponseBody {
 
     /// The body of an exchange of [`crate::direct`], with the backend's header lines.
     pub(crate) fn direct(exchanged: Exchanged) -> Self {
-        let Exchanged { block, body } = exchanged;
+        let Exchanged {
+            block,
+            body,
+            received,
+        } = exchanged;
         ResponseBody {
             kind: match body {
                 Reply::Whole(bytes) => Kind::Full(Some(bytes)),
                 Reply::Stream(body) => Kind::Direct(body),
             },
             usage: None,
+            count_data: false,
+            backend_pending: received,
             header_block: Some(block),
         }
     }
@@ -98,9 +120,29 @@ impl ResponseBody {
         }
     }
 
-    /// Counts the body's bytes, as they are sent, in `usage` (what the request resolved to).
+    /// Counts the response's traffic in `usage` (what the request resolved to).
     pub fn count_into(&mut self, usage: UsageHandle<BackendPools>) {
+        usage.add_backend_bytes(std::mem::take(&mut self.backend_pending));
         self.usage = Some(usage);
+    }
+
+    /// Where the response's traffic is counted, once [`count_into`](Self::count_into) said.
+    pub fn usage(&self) -> Option<&UsageHandle<BackendPools>> {
+        self.usage.as_ref()
+    }
+
+    /// Counts `n` bytes of this response written to the client.
+    #[inline]
+    pub fn add_sent(&self, n: u64) {
+        if let Some(usage) = &self.usage {
+            usage.add_bytes(n);
+        }
+    }
+
+    /// From now on each data frame counts as sent to the client when it is polled (for a
+    /// server that frames the body itself and cannot say what it wrote).
+    pub fn count_data_as_sent(&mut self) {
+        self.count_data = true;
     }
 }
 
@@ -122,13 +164,26 @@ impl Body for ResponseBody {
                 {
                     conn.release();
                 }
+                // hyper's client hands over the body decoded: its data is what was read,
+                // without chunk framing (see the crate docs).
+                if let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
+                    && let Some(data) = frame.data_ref()
+                {
+                    usage.add_backend_bytes(data.len() as u64);
+                }
                 polled.map_err(BoxError::from)
             }
-            Kind::Direct(body) => body
-                .poll_data(cx)
-                .map(|data| data.map(|data| data.map(Frame::data))),
+            Kind::Direct(body) => {
+                let polled = body.poll_data(cx);
+                let read = body.take_received();
+                if let Some(usage) = &this.usage {
+                    usage.add_backend_bytes(read);
+                }
+                polled.map(|data| data.map(|data| data.map(Frame::data)))
+            }
         };
-        if let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
+        if this.count_data
+            && let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
             && let Some(data) = frame.data_ref()
         {
             usage.add_bytes(data.len() as u64);

@@ -422,7 +422,10 @@ async fn read_head(
                 return Err(ReadError::ClosedBeforeResponse);
             }
             Ok(0) | Err(_) => return Err(ReadError::Broken),
-            Ok(_) => received = true,
+            Ok(n) => {
+                received = true;
+                stream.received += n as u64;
+            }
         }
     }
 }
@@ -453,6 +456,8 @@ pub(crate) async fn exchange(
                 (BackendStream::new(io), false)
             }
         };
+        // Reads of an earlier exchange were reported with it.
+        stream.received = 0;
         encode(&mut stream.write);
         let BackendStream { io, write, .. } = &mut stream;
         if let Err(e) = io.write_all(write).await {
@@ -485,6 +490,8 @@ fn respond(
         framing,
         keep_alive,
     } = head;
+    // Everything read so far: the heads (interim ones too) and what came of the body with them.
+    let received = std::mem::take(&mut stream.received);
     let whole = match framing.exact_left() {
         Some(n) if n <= stream.read.len() as u64 => Some(stream.read.split_to(n as usize).freeze()),
         _ => None,
@@ -502,9 +509,14 @@ fn respond(
             framing,
             pool: pool.clone(),
             keep_alive,
+            received: 0,
         }),
     };
-    let mut response = Response::new(Exchanged { block, body });
+    let mut response = Response::new(Exchanged {
+        block,
+        body,
+        received,
+    });
     *response.status_mut() = status;
     response
 }
@@ -514,6 +526,9 @@ fn respond(
 pub(crate) struct Exchanged {
     pub(crate) block: HeaderBlock,
     pub(crate) body: Reply,
+    /// Bytes read from the backend's socket for this response so far, as they were read:
+    /// status lines, header lines, body and its framing (backend traffic).
+    pub(crate) received: u64,
 }
 
 /// A response body: all of it, when it came with the head, or the rest to read.
@@ -530,9 +545,16 @@ pub(crate) struct DirectBody {
     framing: Framing,
     pool: Arc<HostPool>,
     keep_alive: bool,
+    /// Bytes read from the socket since [`take_received`](Self::take_received) last asked.
+    received: u64,
 }
 
 impl DirectBody {
+    /// The bytes read from the backend since the last call (backend traffic, framing included).
+    pub(crate) fn take_received(&mut self) -> u64 {
+        std::mem::take(&mut self.received)
+    }
+
     fn finish(&mut self) {
         if let Some(stream) = self.stream.take()
             && self.keep_alive
@@ -586,7 +608,7 @@ impl DirectBody {
                     }
                     return Poll::Ready(None);
                 }
-                Ok(_) => {}
+                Ok(n) => self.received += n as u64,
                 Err(e) => {
                     self.stream = None;
                     return Poll::Ready(Some(Err(Box::new(e))));

@@ -346,6 +346,9 @@ pub(crate) struct BackendStream {
     pub(crate) write: Vec<u8>,
     /// Scratch space for parsing response heads.
     pub(crate) kept: Vec<[u32; 4]>,
+    /// Bytes read from the backend and not yet reported as backend traffic (see
+    /// [`crate::direct`]).
+    pub(crate) received: u64,
 }
 
 impl BackendStream {
@@ -355,6 +358,7 @@ impl BackendStream {
             read: BytesMut::with_capacity(READ_RESERVE),
             write: Vec::with_capacity(1024),
             kept: Vec::new(),
+            received: 0,
         }
     }
 

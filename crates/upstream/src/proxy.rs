@@ -281,6 +281,8 @@ pub async fn forward(
         Ok(Ok(sent)) => sent,
     };
     let (mut parts, body) = response.into_parts();
+    // Backend traffic: the head as read, its size as HTTP/1 wrote it (hyper keeps no raw head).
+    let head_bytes = decide::wire::http1_head_len(parts.status, &parts.headers);
     // The client is answered in its own version, not the backend's (an HTTP/1.0 backend must
     // not turn the client's HTTP/1.1 keep-alive connection into HTTP/1.0).
     parts.version = client_version;
@@ -294,7 +296,7 @@ pub async fn forward(
     };
     Ok(Response::from_parts(
         parts,
-        ResponseBody::stream(body, Some(conn)),
+        ResponseBody::stream(body, Some(conn), head_bytes),
     ))
 }
 

@@ -20,9 +20,9 @@ use crate::config::{
     ApiEntry, ApplyOptions, ApplyReport, ChangeKind, Definition, Document, GroupEntry,
     ObjectChange, Problem, VERSION,
 };
-use crate::{ApiSpec, AuthType};
+use crate::{ApiSpec, AuthType, BackendLocation};
 use crate::{DEFAULT_ACCOUNT, DomainError, Millis, validate};
-use catalog::SHARED_INSTANCE;
+use catalog::{Catalog, SHARED_INSTANCE};
 use imbl::{OrdMap, OrdSet};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -53,10 +53,11 @@ impl State {
         doc: &Document,
         options: &ApplyOptions,
         now: Millis,
+        catalog: &Catalog,
     ) -> Result<ApplyReport, DomainError> {
         let mut copy = self.clone();
         let mut fx = Effects::default();
-        apply(&mut copy, doc, options, now, &mut fx)
+        apply(&mut copy, doc, options, now, catalog, &mut fx)
     }
 }
 
@@ -85,6 +86,7 @@ fn export_group(g: &ApiGroup) -> GroupEntry {
                 backend: def.backend,
                 timeout_ms: def.timeout_ms,
                 auth: def.auth,
+                backend_location: def.backend_location,
                 apps: g
                     .grants
                     .get(&api.name)
@@ -116,6 +118,11 @@ fn definition_of(spec: &ApiSpec) -> Definition {
         backend: spec.backend.clone(),
         timeout_ms: spec.timeout_ms,
         auth: spec.auth.as_str().to_string(),
+        // Local, the default, is left out: documents without backend locations round-trip.
+        backend_location: match &spec.backend_location {
+            BackendLocation::Local => String::new(),
+            other => other.as_text().to_string(),
+        },
     }
 }
 
@@ -125,10 +132,11 @@ pub(super) fn apply(
     doc: &Document,
     options: &ApplyOptions,
     now: Millis,
+    catalog: &Catalog,
     fx: &mut Effects,
 ) -> Result<ApplyReport, DomainError> {
     let mut problems = Problems::default();
-    let plan = plan(s, doc, options, now, &mut problems);
+    let plan = plan(s, doc, options, now, catalog, &mut problems);
     problems.verdict()?;
 
     // Take out what changes or goes, then put in the new shapes: routes between groups are
@@ -246,6 +254,7 @@ fn plan(
     doc: &Document,
     options: &ApplyOptions,
     now: Millis,
+    catalog: &Catalog,
     problems: &mut Problems,
 ) -> Plan {
     if doc.version != VERSION {
@@ -278,7 +287,7 @@ fn plan(
             );
             continue;
         }
-        let g = plan_group(s, entry, options, now, problems);
+        let g = plan_group(s, entry, options, now, catalog, problems);
         groups.insert(entry.name.clone(), g);
     }
     let mut removed = Vec::new();
@@ -329,6 +338,7 @@ fn plan_group(
     entry: &GroupEntry,
     options: &ApplyOptions,
     now: Millis,
+    catalog: &Catalog,
     problems: &mut Problems,
 ) -> ApiGroup {
     let object = format!("group {}", entry.name);
@@ -424,7 +434,7 @@ fn plan_group(
             );
             continue;
         }
-        plan_api(s, &mut g, &account, api, &object, now, problems);
+        plan_api(s, &mut g, &account, api, &object, now, catalog, problems);
     }
 
     // The routes of the final shape: no two APIs at one method and path, on the group or on
@@ -465,6 +475,9 @@ fn plan_group(
 }
 
 /// Puts one API entry into `g`: its definition, deployments, grants and IP access control.
+// The planner's context (state, clock, catalog, problems) travels as arguments, like every
+// step of the plan.
+#[allow(clippy::too_many_arguments)]
 fn plan_api(
     s: &State,
     g: &mut ApiGroup,
@@ -472,10 +485,11 @@ fn plan_api(
     entry: &ApiEntry,
     object: &str,
     now: Millis,
+    catalog: &Catalog,
     problems: &mut Problems,
 ) {
     problems.check(object, validate::name("name", &entry.name));
-    let spec = spec_of(&entry.definition(), object, "", problems);
+    let spec = spec_of(&entry.definition(), object, "", catalog, problems);
     let mut targets: BTreeMap<Stage, ApiSpec> = BTreeMap::new();
     for st in &entry.stages {
         match Stage::parse(st) {
@@ -500,7 +514,7 @@ fn plan_api(
                 ),
             ),
             Ok(stage) => {
-                if let Some(pinned) = spec_of(def, object, &format!("pinned.{st}."), problems) {
+                if let Some(pinned) = spec_of(def, object, &format!("pinned.{st}."), catalog, problems) {
                     targets.insert(stage, pinned);
                 }
             }
@@ -591,18 +605,33 @@ fn spec_of(
     def: &Definition,
     object: &str,
     prefix: &str,
+    catalog: &Catalog,
     problems: &mut Problems,
 ) -> Option<ApiSpec> {
     let before = problems.0.len();
     let auth = AuthType::parse(&def.auth)
         .map_err(|e| problems.push(object, rename(e, &format!("{prefix}auth"))))
         .ok();
+    let location = BackendLocation::parse(&def.backend_location)
+        .map_err(|why| {
+            let field = format!("{prefix}backend_location");
+            problems.push(object, DomainError::invalid(&field, why))
+        })
+        .ok();
+    if let Some(l) = &location {
+        problems.check(
+            object,
+            validate::backend_location(catalog, l)
+                .map_err(|e| rename(e, &format!("{prefix}backend_location"))),
+        );
+    }
     let spec = ApiSpec {
         method: def.method.clone(),
         path: def.path.clone(),
         backend: def.backend.clone(),
         timeout_ms: def.timeout_ms,
         auth: auth.unwrap_or_default(),
+        backend_location: location.unwrap_or_default(),
     };
     // Each field on its own, so that every wrong one is listed.
     for (field, r) in [
@@ -617,7 +646,7 @@ fn spec_of(
     }
     // The same checks as the single commands (which stop at the first): a spec this passes,
     // `CreateApi` passes too.
-    debug_assert!(problems.0.len() > before || check_api_spec(&spec).is_ok());
+    debug_assert!(problems.0.len() > before || check_api_spec(&spec, catalog).is_ok());
     (problems.0.len() == before).then_some(spec)
 }
 
@@ -698,6 +727,10 @@ fn api_fields(g: &ApiGroup, name: &str) -> Vec<(&'static str, String)> {
         ("backend", api.spec.backend.clone()),
         ("timeout_ms", api.spec.timeout_ms.to_string()),
         ("auth", api.spec.auth.as_str().to_string()),
+        (
+            "backend_location",
+            api.spec.backend_location.as_text().to_string(),
+        ),
         ("apps", list(&apps)),
         ("ip_allow", list(&acl.allow)),
         ("ip_deny", list(&acl.deny)),

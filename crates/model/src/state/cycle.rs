@@ -167,6 +167,13 @@ fn add_to_month(mtd: &mut MonthToDate, month_first: u64, today: &DayUsage) {
         let b = mtd.bytes_by_region.entry(region.clone()).or_default();
         *b = b.saturating_add(*bytes);
     }
+    for (region, bytes) in &today.backend_bytes_by_region {
+        let b = mtd
+            .backend_bytes_by_region
+            .entry(region.clone())
+            .or_default();
+        *b = b.saturating_add(*bytes);
+    }
 }
 
 /// The lines of `account`'s bill for `day`.
@@ -217,6 +224,28 @@ fn bill_lines(
         let amount = billing::daily_traffic_charge_cents(r.traffic_per_gb, before, *bytes);
         lines.push(BillLine {
             item: format!("Outbound traffic, {region}"),
+            quantity: format!("{bytes} bytes"),
+            amount,
+            instance: None,
+        });
+    }
+    // Rule d: traffic with backends outside the instance's region, priced like the region's
+    // outbound traffic, on a line of its own with its own monthly count.
+    for (region, bytes) in &today.backend_bytes_by_region {
+        let Ok(r) = catalog.region(region) else {
+            continue;
+        };
+        let before = match this_month {
+            true => mtd
+                .backend_bytes_by_region
+                .get(region)
+                .copied()
+                .unwrap_or(0),
+            false => 0,
+        };
+        let amount = billing::daily_traffic_charge_cents(r.traffic_per_gb, before, *bytes);
+        lines.push(BillLine {
+            item: format!("Backend traffic, {region}"),
             quantity: format!("{bytes} bytes"),
             amount,
             instance: None,
@@ -510,6 +539,7 @@ mod tests {
                 region: "cn-hongkong".into(),
                 calls: n,
                 bytes_out: n * 1000,
+                backend_bytes: 0,
             }],
         }
     }
@@ -552,6 +582,63 @@ mod tests {
         let e = run(&mut s, T0 + DAY_MS + 3, recharge("9223372036854")).unwrap_err();
         assert!(e.to_string().contains("too large"), "{e}");
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn backend_traffic_is_a_line_of_its_own_at_the_regions_price() {
+        let mut s = setup();
+        let gb = billing::BYTES_PER_GB;
+        let usage = |seq: u64, bytes_out: u64, backend_bytes: u64| Command::RecordUsage {
+            node: 1,
+            seq,
+            deltas: vec![UsageDelta {
+                account: "acme".into(),
+                instance: SHARED_INSTANCE.into(),
+                api: "items".into(),
+                region: "cn-hongkong".into(),
+                calls: 0,
+                bytes_out,
+                backend_bytes,
+            }],
+        };
+        // Day one: 10 GB out, 4 GB from a billed backend; day two: 2.5 GB more from it.
+        run(&mut s, T0 + 1, usage(1, 10 * gb, 4 * gb)).unwrap();
+        let d0 = day_of(T0);
+        run(&mut s, T0 + DAY_MS + 1, Command::CloseCycle { day: d0 }).unwrap();
+        run(&mut s, T0 + DAY_MS + 2, usage(2, 0, 5 * gb / 2)).unwrap();
+        run(
+            &mut s,
+            T0 + 2 * DAY_MS + 1,
+            Command::CloseCycle { day: d0 + 1 },
+        )
+        .unwrap();
+        let b = bills("acme");
+        let line =
+            |bill: &Bill, item: &str| bill.lines.iter().find(|l| l.item == item).map(|l| l.amount);
+        // cn-hongkong: 0.156 per GB, for both kinds of traffic.
+        assert_eq!(
+            line(&b[0], "Outbound traffic, cn-hongkong"),
+            Some(usd("1.56"))
+        );
+        assert_eq!(
+            line(&b[0], "Backend traffic, cn-hongkong"),
+            Some(usd("0.62"))
+        );
+        assert_eq!(b[0].total, usd("2.18"));
+        // The month's backend count goes on: 6.5 GB is 1.014, less the 0.62 billed = 0.39
+        // (the cents carried), and no outbound line on a day without outbound traffic.
+        assert_eq!(
+            line(&b[1], "Backend traffic, cn-hongkong"),
+            Some(usd("0.39"))
+        );
+        assert_eq!(line(&b[1], "Outbound traffic, cn-hongkong"), None);
+        assert_eq!(
+            s.account("acme")
+                .unwrap()
+                .month_to_date
+                .backend_bytes_by_region["cn-hongkong"],
+            13 * gb / 2
+        );
     }
 
     #[test]

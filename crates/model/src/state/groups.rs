@@ -6,13 +6,14 @@ use super::{
 use crate::command::GroupChange;
 use crate::entity::ApiSpec;
 use crate::{Command, DomainError, Millis, Reply, validate};
-use catalog::SHARED_INSTANCE;
+use catalog::{Catalog, SHARED_INSTANCE};
 use imbl::OrdMap;
 
 pub(super) fn apply(
     s: &mut State,
     command: &Command,
     now: Millis,
+    catalog: &Catalog,
     fx: &mut Effects,
 ) -> Result<Reply, DomainError> {
     let reply = match command {
@@ -25,8 +26,8 @@ pub(super) fn apply(
         } => create_group(s, name, account, instance, host, base_path, now)?,
         Command::ModifyApiGroup { name, change } => modify_group(s, name, change)?,
         Command::DeleteApiGroup { name, force } => delete_group(s, name, *force)?,
-        Command::CreateApi { group, name, spec } => create_api(s, group, name, spec, now)?,
-        Command::ModifyApi { group, name, spec } => modify_api(s, group, name, spec)?,
+        Command::CreateApi { group, name, spec } => create_api(s, group, name, spec, now, catalog)?,
+        Command::ModifyApi { group, name, spec } => modify_api(s, group, name, spec, catalog)?,
         Command::DeleteApi { group, name } => delete_api(s, group, name)?,
         Command::DeployApi { group, name, stage } => deploy(s, group, name, *stage, now)?,
         Command::AbolishApi { group, name, stage } => abolish(s, group, name, *stage)?,
@@ -163,9 +164,10 @@ fn create_api(
     name: &str,
     spec: &ApiSpec,
     now: Millis,
+    catalog: &Catalog,
 ) -> Result<Reply, DomainError> {
     validate::name("name", name)?;
-    check_api_spec(spec)?;
+    check_api_spec(spec, catalog)?;
     let g = s.group(group)?;
     if g.apis.contains_key(name) {
         return Err(DomainError::already_exists(
@@ -193,8 +195,9 @@ fn modify_api(
     group: &str,
     name: &str,
     spec: &ApiSpec,
+    catalog: &Catalog,
 ) -> Result<Reply, DomainError> {
-    check_api_spec(spec)?;
+    check_api_spec(spec, catalog)?;
     let g = s.group(group)?;
     let old = g
         .apis
@@ -422,10 +425,11 @@ pub(super) fn check_route_fields(
     Ok(())
 }
 
-pub(super) fn check_api_spec(spec: &ApiSpec) -> Result<(), DomainError> {
+pub(super) fn check_api_spec(spec: &ApiSpec, catalog: &Catalog) -> Result<(), DomainError> {
     validate::method(&spec.method)?;
     validate::api_path(&spec.path)?;
     validate::backend(&spec.backend)?;
+    validate::backend_location(catalog, &spec.backend_location)?;
     validate::timeout_ms(spec.timeout_ms)
 }
 

@@ -323,7 +323,7 @@ impl State {
             | C::DeleteApi { .. }
             | C::DeployApi { .. }
             | C::AbolishApi { .. }
-            | C::SetIpAccessControl { .. } => groups::apply(self, command, now, fx),
+            | C::SetIpAccessControl { .. } => groups::apply(self, command, now, catalog, fx),
             C::CreateAccount { .. }
             | C::Recharge { .. }
             | C::SetAccountAlert { .. }
@@ -347,7 +347,7 @@ impl State {
             }
             C::CloseCycle { day } => cycle::close(self, *day, now, catalog, fx),
             C::ApplyConfig { desired, options } => {
-                config::apply(self, desired, options, now, fx).map(Reply::ConfigApplied)
+                config::apply(self, desired, options, now, catalog, fx).map(Reply::ConfigApplied)
             }
         }
     }

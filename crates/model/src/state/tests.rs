@@ -44,6 +44,7 @@ fn api_spec(path: &str) -> ApiSpec {
         backend: "http://127.0.0.1:9000".into(),
         timeout_ms: 5000,
         auth: crate::AuthType::Anonymous,
+        backend_location: Default::default(),
     }
 }
 
@@ -517,6 +518,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
                     region: "cn-hongkong".into(),
                     calls,
                     bytes_out: calls * 100,
+                    backend_bytes: 0,
                 }],
             }
         }),

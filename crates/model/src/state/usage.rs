@@ -117,15 +117,16 @@ impl State {
 }
 
 fn check_deltas(deltas: &[UsageDelta]) -> Result<(), DomainError> {
-    match deltas
-        .iter()
-        .find(|d| d.calls > MAX_CALLS_PER_FLUSH || d.bytes_out > MAX_BYTES_PER_FLUSH)
-    {
+    match deltas.iter().find(|d| {
+        d.calls > MAX_CALLS_PER_FLUSH
+            || d.bytes_out > MAX_BYTES_PER_FLUSH
+            || d.backend_bytes > MAX_BYTES_PER_FLUSH
+    }) {
         Some(d) => Err(DomainError::invalid(
             "deltas",
             format!(
-                "{} calls and {} bytes for {}/{} in one flush: at most {MAX_CALLS_PER_FLUSH} calls and {MAX_BYTES_PER_FLUSH} bytes",
-                d.calls, d.bytes_out, d.instance, d.api
+                "{} calls, {} bytes out and {} backend bytes for {}/{} in one flush: at most {MAX_CALLS_PER_FLUSH} calls and {MAX_BYTES_PER_FLUSH} bytes of each",
+                d.calls, d.bytes_out, d.backend_bytes, d.instance, d.api
             ),
         )),
         None => Ok(()),
@@ -144,12 +145,20 @@ fn add(s: &mut State, day: u64, deltas: &[UsageDelta]) {
         // Saturating: a counter at its limit is wrong, a panic here would stop every node.
         c.calls = c.calls.saturating_add(d.calls);
         c.bytes_out = c.bytes_out.saturating_add(d.bytes_out);
+        c.backend_bytes = c.backend_bytes.saturating_add(d.backend_bytes);
         if d.instance == SHARED_INSTANCE {
             u.shared_calls = u.shared_calls.saturating_add(d.calls);
         }
         if d.bytes_out > 0 {
             let bytes = u.bytes_by_region.entry(d.region.clone()).or_default();
             *bytes = bytes.saturating_add(d.bytes_out);
+        }
+        if d.backend_bytes > 0 {
+            let bytes = u
+                .backend_bytes_by_region
+                .entry(d.region.clone())
+                .or_default();
+            *bytes = bytes.saturating_add(d.backend_bytes);
         }
     }
 }

@@ -96,6 +96,7 @@ fn populated() -> State {
         backend: backend.into(),
         timeout_ms: 5000,
         auth: crate::AuthType::App,
+        backend_location: Default::default(),
     };
     ok(
         &mut s,
@@ -256,7 +257,7 @@ fn a_refused_document_lists_every_problem_and_changes_nothing() {
     assert!(!e.contains("group ok"), "{e}");
     assert_eq!(s, before);
     // The dry run says the same, and changes nothing either.
-    let dry = s.dry_run_config(&bad, &ApplyOptions::default(), 100);
+    let dry = s.dry_run_config(&bad, &ApplyOptions::default(), 100, cat());
     assert_eq!(dry.unwrap_err().to_string(), e);
 }
 
@@ -291,6 +292,7 @@ fn prune_removes_what_the_document_does_not_name_and_deployed_only_with_force() 
                 account: None,
             },
             100,
+            cat(),
         )
         .unwrap();
     let a = apply_doc(
@@ -341,6 +343,7 @@ fn two_apis_swap_paths_and_two_groups_swap_base_paths_in_one_apply() {
         backend: "http://127.0.0.1:9004".into(),
         timeout_ms: 1000,
         auth: String::new(),
+        backend_location: String::new(),
         apps: vec![],
         ip_allow: vec![],
         ip_deny: vec![],
