@@ -19,7 +19,11 @@ const ANSWER_IN: Duration = Duration::from_secs(5);
 /// A backend that records each request head as it arrived (raw text) and answers by the last
 /// path segment: `nocontent` a 204 and `notmodified` a 304 (each with a `Content-Length`),
 /// `dupcl` two identical `Content-Length` lines, `diffcl` two different ones; anything else
-/// `200 ok`.
+/// `200` with the request target as the body.
+///
+/// It reads request bodies as a lenient server would, to make any desynchronisation show: by
+/// `Content-Length` when there is one (even beside `Transfer-Encoding`), else by chunks when
+/// `Transfer-Encoding` ends in `chunked`.
 struct RawBackend {
     addr: String,
     heads: Arc<Mutex<Vec<String>>>,
@@ -63,29 +67,86 @@ async fn backend_conn(mut sock: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
             return;
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let length: usize = header_values(&head, "content-length")
+        let length: Option<usize> = header_values(&head, "content-length")
             .first()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < end + length {
-            if read_more(&mut sock, &mut buf).await == 0 {
-                return;
+            .and_then(|v| v.parse().ok());
+        let chunked = header_values(&head, "transfer-encoding")
+            .last()
+            .is_some_and(|v| v.to_ascii_lowercase().ends_with("chunked"));
+        buf.drain(..end);
+        match length {
+            Some(length) => {
+                while buf.len() < length {
+                    if read_more(&mut sock, &mut buf).await == 0 {
+                        return;
+                    }
+                }
+                buf.drain(..length);
             }
+            None if chunked => {
+                if !skip_chunks(&mut sock, &mut buf).await {
+                    return;
+                }
+            }
+            None => {}
         }
-        buf.drain(..end + length);
         let target = head.split(' ').nth(1).unwrap_or("").to_string();
         heads.lock().unwrap().push(head);
+        let echo = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}",
+            target.len()
+        );
         let answer: &[u8] = match target.rsplit('/').next().unwrap_or("") {
             "nocontent" => b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
             "notmodified" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
             "dupcl" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
             "diffcl" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
-            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            _ => echo.as_bytes(),
         };
         if sock.write_all(answer).await.is_err() {
             return;
         }
     }
+}
+
+/// Reads a chunked body off the front of `buf` (sizes in hex, trailers skipped); whether it
+/// ended well.
+async fn skip_chunks(sock: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    for _ in 0..1024 {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if read_more(sock, buf).await == 0 {
+                return false;
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let digits = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(digits, 16) else {
+            return false;
+        };
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers, up to the blank line.
+            let Some(end) = (if buf.starts_with(b"\r\n") {
+                Some(2)
+            } else {
+                read_until_head(sock, buf).await
+            }) else {
+                return false;
+            };
+            buf.drain(..end);
+            return true;
+        }
+        while buf.len() < size + 2 {
+            if read_more(sock, buf).await == 0 {
+                return false;
+            }
+        }
+        buf.drain(..size + 2);
+    }
+    false
 }
 
 /// Reads until `buf` holds a whole head; where its blank line ends.
@@ -352,7 +413,7 @@ async fn hosts_are_validated_over_http1_and_h2c() {
     let head = backend.heads().pop().unwrap();
     assert_eq!(
         header_values(&head, "x-forwarded-host"),
-        [addr.clone()],
+        std::slice::from_ref(&addr),
         "{head}"
     );
     assert_eq!(send(Some(&addr)).await, 200);
@@ -516,4 +577,101 @@ async fn underscore_headers_pass_when_allowed() {
     assert_eq!(a.status, 200, "{a:?}");
     let head = backend.heads().pop().unwrap();
     assert_eq!(header_values(&head, "x_kept"), ["1"], "{head}");
+}
+
+/// Sends `request` and reads every response until the gateway closes or goes quiet; the
+/// statuses and bodies in order.
+async fn responses(addr: &str, request: &[u8]) -> Vec<(u16, String)> {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + ANSWER_IN;
+    loop {
+        let mut chunk = [0u8; 8192];
+        let quiet = Duration::from_millis(500);
+        match tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + quiet),
+            sock.read(&mut chunk),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let mut out = Vec::new();
+    let mut rest = &buf[..];
+    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end + 4]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let length: usize = header_values(&head, "content-length")
+            .first()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let body_end = (end + 4 + length).min(rest.len());
+        out.push((
+            status,
+            String::from_utf8_lossy(&rest[end + 4..body_end]).into_owned(),
+        ));
+        rest = &rest[body_end..];
+    }
+    out
+}
+
+/// Requests meant to desynchronise a proxy and its backend. Each hides `GET /smuggled`.
+const SMUGGLING: &[&str] = &[
+    // CL and TE together, either order.
+    "POST /front HTTP/1.1\r\nhost: x\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    // TE hidden by obs-fold, repeated, or not quite chunked.
+    "POST /front HTTP/1.1\r\nhost: x\r\ncontent-length: 40\r\ntransfer-encoding: identity\r\n chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: xchunked\r\ncontent-length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    // Bad chunk sizes.
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0x25\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n\r\n0\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n-1\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n10000000000000025\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n\r\n0\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\n0\n\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    // Two lengths, a signed one, one with an underscore.
+    "POST /front HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\ncontent-length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "POST /front HTTP/1.1\r\nhost: x\r\ncontent-length: +35\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    "GET /front HTTP/1.1\r\nhost: x\r\ncontent_length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    // A GET with a body that is a request.
+    "GET /front HTTP/1.1\r\nhost: x\r\ncontent-length: 35\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    // Absolute form and dot segments.
+    "GET http://x/a/../smuggled/.. HTTP/1.1\r\nhost: x\r\n\r\n",
+    "GET http://y/front HTTP/1.1\r\nhost: x\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+];
+
+/// The backend sees exactly the requests the gateway routed: every request it receives is
+/// one whose answer (its path, echoed) the client got back through the gateway, whatever
+/// framing tricks the client tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggled_requests_never_reach_the_backend_unrouted() {
+    let backend = RawBackend::start().await;
+    let c = node(&backend, &[], false).await;
+    wait_routable(&c).await;
+    let addr = c.http_addr(1);
+    for request in SMUGGLING {
+        let before = backend.heads().len();
+        let answers = responses(&addr, request.as_bytes()).await;
+        let mut routed: Vec<String> = answers
+            .iter()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body.clone())
+            .collect();
+        let mut seen: Vec<String> = backend.heads()[before..]
+            .iter()
+            .map(|h| h.split(' ').nth(1).unwrap_or("").to_string())
+            .collect();
+        routed.sort();
+        seen.sort();
+        assert_eq!(seen, routed, "{request:?}: answers {answers:?}");
+        assert!(!answers.is_empty(), "{request:?}: no answer");
+    }
 }
