@@ -74,7 +74,7 @@ async fn backend_conn(mut sock: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
             .last()
             .is_some_and(|v| v.to_ascii_lowercase().ends_with("chunked"));
         buf.drain(..end);
-        match length {
+        let body_read = match length {
             Some(length) => {
                 while buf.len() < length {
                     if read_more(&mut sock, &mut buf).await == 0 {
@@ -82,13 +82,13 @@ async fn backend_conn(mut sock: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
                     }
                 }
                 buf.drain(..length);
+                true
             }
-            None if chunked => {
-                if !skip_chunks(&mut sock, &mut buf).await {
-                    return;
-                }
-            }
-            None => {}
+            None if chunked => skip_chunks(&mut sock, &mut buf).await,
+            None => true,
+        };
+        if !body_read {
+            return;
         }
         let target = head.split(' ').nth(1).unwrap_or("").to_string();
         heads.lock().unwrap().push(head);
