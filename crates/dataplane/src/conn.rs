@@ -35,6 +35,9 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// On shutdown, how long in-flight requests may take before their connections are dropped.
     pub drain_timeout: Duration,
+    /// Request headers whose names have an underscore are passed on instead of dropped (see
+    /// [`decide::head::has_underscore_names`]).
+    pub allow_underscore_headers: bool,
 }
 
 impl Default for ServerLimits {
@@ -46,6 +49,7 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
+            allow_underscore_headers: false,
         }
     }
 }

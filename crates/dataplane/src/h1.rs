@@ -55,6 +55,8 @@ enum Parsed {
     NeedsHyper,
     /// A head too large for the buffer: a bare 431, then close (as hyper does).
     TooLarge,
+    /// A request line too long for the buffer: a bare 414, then close.
+    TargetTooLong,
     /// Not HTTP/1: a bare 400, then close (as hyper does).
     Invalid,
 }
@@ -89,8 +91,11 @@ where
                 return Ended::HandOff(io, buf.freeze());
             }
         } else if !buf.is_empty() {
-            let parsed = match parse(&mut buf, &mut spans) {
-                Parsed::Partial if buf.len() > hard_limit => Parsed::TooLarge,
+            // The limit holds however the head arrives: cut in pieces (still partial past
+            // it) or in one read (whole, but longer).
+            let parsed = match parse(&mut buf, &mut spans, hard_limit) {
+                Parsed::Partial if buf.len() > hard_limit => too_large(&buf, limits),
+                Parsed::TooLarge => too_large(&buf, limits),
                 parsed => parsed,
             };
             match parsed {
@@ -120,6 +125,10 @@ where
                     let _ = io.write_all(BARE_431).await;
                     return Ended::Closed;
                 }
+                Parsed::TargetTooLong => {
+                    let _ = io.write_all(BARE_414).await;
+                    return Ended::Closed;
+                }
                 Parsed::Invalid => {
                     let _ = io.write_all(BARE_400).await;
                     return Ended::Closed;
@@ -143,10 +152,24 @@ const BARE_400: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const BARE_431: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const BARE_414: &[u8] =
+    b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// What a head over the hard limit gets: 414 when its request line alone is longer than the
+/// configured head limit (the target is what is too long), else 431.
+fn too_large(buf: &[u8], limits: &crate::conn::ServerLimits) -> Parsed {
+    let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    if line > limits.max_header_bytes {
+        Parsed::TargetTooLong
+    } else {
+        Parsed::TooLarge
+    }
+}
 
 /// Parses a request head off the front of `buf`. `spans` is scratch space, for where the
-/// headers are.
-fn parse(buf: &mut BytesMut, spans: &mut Vec<[u32; 4]>) -> Parsed {
+/// headers are. A whole head longer than `hard_limit` is [`Parsed::TooLarge`], as a partial
+/// one is in [`serve`].
+fn parse(buf: &mut BytesMut, spans: &mut Vec<[u32; 4]>, hard_limit: usize) -> Parsed {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -154,6 +177,7 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<[u32; 4]>) -> Parsed {
         buf,
         &mut slots,
     ) {
+        Ok(httparse::Status::Complete(len)) if len > hard_limit => return Parsed::TooLarge,
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
@@ -202,6 +226,10 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<[u32; 4]>) -> Parsed {
     }
     let head = buf.split_to(len).freeze();
     let (p0, plen) = (path_span.0 as usize, path_span.1 as usize);
+    if plen >= usize::from(u16::MAX) - 1 {
+        // Longer than a `Uri` holds (possible when the head limit is raised past 32 KiB).
+        return Parsed::TargetTooLong;
+    }
     let Ok(uri) = Uri::from_maybe_shared(head.slice(p0..p0 + plen)) else {
         return Parsed::Invalid;
     };
@@ -261,11 +289,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     out.clear();
-    out.extend_from_slice(if exchange.version_10 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
+    // HTTP/1.0 clients too: a server sends the highest version it conforms to (RFC 9110
+    // 2.5); what it may use with them (no chunks, keep-alive only when asked) is decided below.
+    out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -275,6 +301,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
     for (name, value) in &parts.headers {
         if name == TRANSFER_ENCODING || name == CONNECTION {
             continue; // this hop's framing and connection are decided here
+        }
+        if bodiless_status && name == CONTENT_LENGTH {
+            continue; // no length on a 1xx, 204 or 304 (RFC 9110 8.6)
         }
         has_length |= name == CONTENT_LENGTH;
         has_date |= name == DATE;
@@ -411,7 +440,11 @@ mod tests {
     use super::*;
 
     fn parsed(input: &str) -> Parsed {
-        parse(&mut BytesMut::from(input.as_bytes()), &mut Vec::new())
+        parse(
+            &mut BytesMut::from(input.as_bytes()),
+            &mut Vec::new(),
+            64 * 1024,
+        )
     }
 
     #[test]
@@ -467,6 +500,27 @@ mod tests {
             parsed(&format!("GET / HTTP/1.1\r\n{many}\r\n")),
             Parsed::TooLarge
         ));
+        // A whole head over the hard limit, in one piece.
+        let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(64 * 1024));
+        assert!(matches!(parsed(&big), Parsed::TooLarge));
+    }
+
+    #[test]
+    fn over_long_request_lines_are_414() {
+        let limits = crate::conn::ServerLimits::default();
+        let line = format!("GET /{} HTTP/1.1", "a".repeat(limits.max_header_bytes));
+        assert!(matches!(
+            too_large(line.as_bytes(), &limits),
+            Parsed::TargetTooLong
+        ));
+        let head = format!(
+            "GET / HTTP/1.1\r\nx: {}",
+            "a".repeat(limits.max_header_bytes)
+        );
+        assert!(matches!(
+            too_large(head.as_bytes(), &limits),
+            Parsed::TooLarge
+        ));
     }
 
     async fn written(response: Response<ResponseBody>, exchange: Exchange) -> (String, bool) {
@@ -501,7 +555,10 @@ mod tests {
         assert!(!keep);
 
         let (wire, keep) = written(ok(), exchange(true, false, true)).await;
-        assert!(wire.starts_with("HTTP/1.0 200 OK\r\n"), "{wire}");
+        assert!(
+            wire.starts_with("HTTP/1.1 200 OK\r\n"),
+            "HTTP/1.0 client: {wire}"
+        );
         assert!(wire.contains("\r\nconnection: keep-alive\r\n"), "{wire}");
         assert!(keep);
 

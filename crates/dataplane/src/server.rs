@@ -474,6 +474,14 @@ fn early_rejection<B>(req: &Request<B>, limits: &ServerLimits) -> (Stage, Option
         None => Ok(Stage::Release),
         Some(v) => Stage::from_header(v.as_bytes()).ok_or(()),
     };
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > limits.max_header_bytes {
+        let limit = limits.max_header_bytes;
+        return (
+            stage.unwrap_or_default(),
+            Some(GatewayError::UriTooLong { limit }),
+        );
+    }
     if head_size(req) > limits.max_header_bytes {
         let limit = limits.max_header_bytes;
         return (
@@ -530,6 +538,23 @@ fn canonicalize(req: &mut Request<RequestBody>) -> Result<(), decide::PathError>
     Ok(())
 }
 
+/// The checks of a request head before routing ([`decide::head`]): one valid host, agreeing
+/// with the target's authority; `Content-Length` lines merged when identical (different ones
+/// are refused by both HTTP/1 parsers already, and again here); header names with underscores
+/// dropped unless allowed. What is forwarded afterwards (`X-Forwarded-Host` included) comes
+/// from the checked head only.
+fn check_head(req: &mut Request<RequestBody>, limits: &ServerLimits) -> Result<(), GatewayError> {
+    decide::head::request_host(req.version(), req.uri(), req.headers())
+        .map_err(GatewayError::InvalidHost)?;
+    decide::head::merge_content_length(req.headers_mut()).map_err(|()| {
+        GatewayError::BadRequest("the request has Content-Length lines that disagree")
+    })?;
+    if !limits.allow_underscore_headers && decide::head::has_underscore_names(req.headers()) {
+        decide::head::drop_underscore_names(req.headers_mut());
+    }
+    Ok(())
+}
+
 /// One request: decide, then forward or answer.
 async fn handle(
     dp: &Dataplane,
@@ -538,6 +563,11 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let now = dp.now();
     let request_id = dp.next_request_id();
+    if let Err(error) = check_head(&mut req, &conn.limits) {
+        let response = error_response(&error, &request_id.header_value());
+        dp.record_unrouted_status(response.status());
+        return response;
+    }
     if let Err(e) = canonicalize(&mut req) {
         // Refused before routing: which API such a path would reach is exactly what is in
         // doubt, so no API's counters see it.

@@ -136,11 +136,11 @@ async fn an_http10_backend_does_not_downgrade_the_client() {
             assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
             assert_eq!(body, "hello");
         }
-        // An HTTP/1.0 client is answered in HTTP/1.0.
+        // An HTTP/1.0 client gets the version the server conforms to (RFC 9110 2.5).
         let stream = TcpStream::connect(gw).await.unwrap();
         let mut r10 = BufReader::new(stream);
         let (head, body) = exchange(&mut r10, "GET /old HTTP/1.0\r\nHost: gw.test\r\n\r\n").await;
-        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head:?}");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
         assert_eq!(body, "hello");
     })
     .await

@@ -962,8 +962,11 @@ async fn http2_prior_knowledge_is_proxied() {
     let c: TestClient = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
-    // (HTTP/2 clients name the host in :authority, here the gateway's address: any-host group.)
-    let r = get(&c, gw.addr, "ignored", "/echo/2").await;
+    // (HTTP/2 clients name the host in :authority, here the gateway's address: any-host group.
+    // A Host header beside it must name the same host.)
+    let r = get(&c, gw.addr, "other.test", "/echo/2").await;
+    assert_eq!(r.status, 400, "a Host that disagrees with :authority");
+    let r = get(&c, gw.addr, &gw.addr.to_string(), "/echo/2").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], "/back/echo/2");
     assert_eq!(r.json()["headers"]["x-forwarded-host"], gw.addr.to_string());
@@ -1191,10 +1194,11 @@ async fn pipelined_requests_are_answered_in_order_across_the_hand_over_to_hyper(
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{answers}");
     assert!(answers.contains("\"body_len\":5"), "{answers}");
 
-    // An HTTP/1.0 client is answered in HTTP/1.0 and, unless it asks to keep the connection,
-    // the connection closes after the answer (raw() reads to the end).
+    // An HTTP/1.0 client is answered with an HTTP/1.1 status line (RFC 9110 2.5) and, unless
+    // it asks to keep the connection, the connection closes after the answer (raw() reads to
+    // the end).
     let answer = raw(gw.addr, b"GET /echo/5 HTTP/1.0\r\nhost: x.test\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains("\"path\":\"/back/echo/5\""), "{answer}");
     gw.shutdown().await;
 }

@@ -63,6 +63,11 @@ pub enum GatewayError {
     HeadersTooLarge { limit: usize },
     #[error("Bad request: {0}")]
     BadRequest(&'static str),
+    /// The request's host is missing, repeated or malformed (see [`crate::head`]).
+    #[error("Invalid host: {0}")]
+    InvalidHost(crate::head::HostError),
+    #[error("The request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
     /// The request path is not one the gateway routes unambiguously (see [`crate::path`]).
     #[error("Invalid request path: {0}")]
     InvalidPath(crate::path::PathError),
@@ -84,7 +89,10 @@ impl GatewayError {
             GatewayError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::BadRequest(_) | GatewayError::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_)
+            | GatewayError::InvalidPath(_)
+            | GatewayError::InvalidHost(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             GatewayError::NodeNotServing { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -115,6 +123,8 @@ impl GatewayError {
             GatewayError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
             GatewayError::BadRequest(_) => "BadRequest",
             GatewayError::InvalidPath(_) => "InvalidPath",
+            GatewayError::InvalidHost(_) => "InvalidHost",
+            GatewayError::UriTooLong { .. } => "RequestUriTooLong",
             GatewayError::NodeNotServing { .. } => "NodeNotServing",
         }
     }

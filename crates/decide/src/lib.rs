@@ -18,7 +18,8 @@
 //!   the same way. Lookup does not walk the groups: the request path's prefixes are looked up
 //!   by hash (a few lookups, with 5 groups or 5,000).
 //! - **The canonical request path** ([`canonical_path`]): the one spelling of a path that
-//!   routing, the access checks and the forwarded request use.
+//!   routing, the access checks and the forwarded request use; the [`head`] checks before it
+//!   (one valid host, `Content-Length` lines, header names with underscores).
 //! - **The account gate**: APIs of suspended accounts answer 403.
 //! - **Access checks**: IP access control and signed app calls ([`IpAcl`], [`AppCredential`]).
 //! - **Instance limiters and their cluster shares**: each instance's cluster-wide ceiling C is
@@ -46,7 +47,7 @@
 //!
 //! Lower modules first; nothing imports a module above it.
 //!
-//! - [`per_thread`], [`wire`], `limiter`, [`path`]: leaves. Time comes from `model`'s [`Clock`].
+//! - [`per_thread`], [`wire`], `limiter`, [`path`], [`head`]: leaves. Time comes from `model`'s [`Clock`].
 //! - `error`, `config`, `access`, [`request_id`], `metrics`, `usage`, `shares`, `router`:
 //!   the checks and counters a decision uses.
 //! - `budget`: window leases (pure); `throttle`: a policy's counters, compiled.
@@ -65,6 +66,7 @@ pub mod budget;
 mod compiled;
 mod config;
 mod error;
+pub mod head;
 mod instance;
 mod limiter;
 mod loaded;
@@ -91,6 +93,7 @@ pub use config::{
     ThrottleConfig, ThrottleUnit,
 };
 pub use error::{GatewayError, ThrottleScope};
+pub use head::HostError;
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
 pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use model::{Stage, UsageDelta};

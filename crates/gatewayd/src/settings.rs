@@ -161,6 +161,11 @@ pub struct Flags {
     /// CPUs].
     #[arg(long, env = "GATEWAY_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// Data plane: pass request headers whose names contain `_` on to backends. By default
+    /// they are dropped, as nginx does: a backend that maps header names to variables reads
+    /// `Content_Length` or `X_Ca_Key` as the header the gateway checked.
+    #[arg(long, env = "GATEWAY_ALLOW_UNDERSCORE_HEADERS", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_underscore_headers: Option<bool>,
     /// Peer TLS: this node's certificate chain (PEM), presented both as the peer listener's
     /// server certificate and as the client certificate when dialling peers. With
     /// --peer-tls-key and --peer-tls-ca, peers speak mutual TLS and only holders of a
@@ -295,6 +300,7 @@ impl Flags {
             max_connections,
             drain_seconds,
             http_threads,
+            allow_underscore_headers,
             peer_tls_cert,
             peer_tls_key,
             peer_tls_ca,
@@ -585,6 +591,7 @@ fn server_limits(f: &Flags) -> Result<dataplane::ServerLimits> {
             None => d.max_connections,
         },
         drain_timeout: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
+        allow_underscore_headers: f.allow_underscore_headers.unwrap_or(false),
     })
 }
 

@@ -82,6 +82,8 @@ pub(crate) struct BadBody(&'static str);
 /// Takes one line (without its CRLF) off the front of `buf`, if a whole one is there.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, BadBody> {
     match buf.iter().position(|&b| b == b'\n') {
+        // The limit holds however the line arrives: whole in one read, or cut in pieces.
+        Some(i) if i > MAX_LINE_BYTES => Err(BadBody("line too long")),
         Some(i) => {
             let mut line = buf.split_to(i + 1);
             line.truncate(i);
@@ -257,6 +259,10 @@ fn parse_head(
         &mut slots,
     );
     let len = match parsed {
+        // The limit holds however the head arrives: whole in one read, or cut in pieces.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+            return Err(ExchangeError::Broken);
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(ExchangeError::Broken);
@@ -269,6 +275,10 @@ fn parse_head(
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ExchangeError::Broken)?;
     let http11 = response.version == Some(1);
+    // A 1xx, 204 or 304 has no body, and its client gets no `Content-Length` (RFC 9110 8.6).
+    let bodiless_status = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     // The header slices borrow `buf`: note where they are (a head is at most MAX_HEAD_BYTES),
     // and what each says about framing and whether it goes on.
     let start = buf.as_ptr() as usize;
@@ -291,10 +301,15 @@ fn parse_head(
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             let n = content_length(h.value).ok_or(ExchangeError::Broken)?;
+            let repeated = length.is_some();
             if length.is_some_and(|l| l != n) {
                 return Err(ExchangeError::Broken);
             }
             length = Some(n);
+            if repeated || bodiless_status {
+                // Identical lines go on as one (RFC 9110 8.6); none on a bodiless status.
+                continue;
+            }
             has_length = true;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // Only the last coding matters: chunked or not.
@@ -355,10 +370,7 @@ fn parse_head(
         }
         Bytes::from(lines)
     };
-    let bodiless = head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let bodiless = head_request || bodiless_status;
     let framing = match (bodiless, chunked, length) {
         (true, _, _) => Framing::Done,
         (false, Some(true), _) => Framing::Chunked(Chunked::Size),
@@ -634,6 +646,122 @@ impl std::fmt::Debug for DirectBody {
         f.debug_struct("DirectBody")
             .field("framing", &self.framing)
             .finish_non_exhaustive()
+    }
+}
+
+/// The response parser without a socket, for the fuzz target `backend_response`
+/// (`fuzz/`): a response as it would be read off a backend connection, in reads of the given
+/// sizes.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    use super::*;
+
+    /// What the parser made of a response.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Parsed {
+        pub status: u16,
+        /// The header lines that go on to the client.
+        pub lines: Bytes,
+        pub has_length: bool,
+        pub has_date: bool,
+        pub keep_alive: bool,
+        /// The lines as hyper's server gets them (less the gateway's request id, which differs
+        /// from run to run).
+        pub map: HeaderMap,
+        /// The body, all of it as decoded.
+        pub body: Vec<u8>,
+        pub end: BodyEnd,
+    }
+
+    /// How the body ended.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum BodyEnd {
+        Complete,
+        /// Malformed framing (a bad chunk size, a line too long, no CRLF after a chunk).
+        Malformed,
+        /// The input ended before the body did.
+        CutShort,
+    }
+
+    /// Why there is no response.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum NoResponse {
+        /// Refused: not HTTP, a head too large, bad lengths...
+        Broken,
+        /// A 101 that was not asked for.
+        Switching,
+        /// The input ended inside a head.
+        Incomplete,
+    }
+
+    /// Parses `input` as the response to a request (`HEAD` when `head_request`), read in
+    /// pieces of the sizes in `reads` (then the rest at once), as `read_head` and
+    /// `DirectBody` do: 1xx heads skipped, then the final head, then the body.
+    pub fn parse(input: &[u8], head_request: bool, reads: &[usize]) -> Result<Parsed, NoResponse> {
+        let mut pieces = Vec::new();
+        let mut rest = input;
+        for &n in reads {
+            let (piece, after) = rest.split_at(n.min(rest.len()));
+            pieces.push(piece);
+            rest = after;
+        }
+        pieces.push(rest);
+        let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
+        let mut buf = BytesMut::new();
+        let mut kept = Vec::new();
+        let ids = decide::request_id::RequestIds::new(1);
+        let head = loop {
+            if !buf.is_empty() {
+                match parse_head(&mut buf, &mut kept, head_request, ids.next()) {
+                    Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
+                        return Err(NoResponse::Switching);
+                    }
+                    Ok(Some(h)) if h.status.is_informational() => continue,
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(_) => return Err(NoResponse::Broken),
+                }
+            }
+            match pieces.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => return Err(NoResponse::Incomplete),
+            }
+        };
+        let Head {
+            status,
+            block,
+            mut framing,
+            keep_alive,
+        } = head;
+        let mut body = Vec::new();
+        let end = loop {
+            match framing.next(&mut buf) {
+                Err(_) => break BodyEnd::Malformed,
+                Ok(Step::Data(b)) => body.extend_from_slice(&b),
+                Ok(Step::End) => break BodyEnd::Complete,
+                Ok(Step::NeedMore) => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => match framing.at_eof() {
+                        Ok(()) => break BodyEnd::Complete,
+                        Err(_) => break BodyEnd::CutShort,
+                    },
+                },
+            }
+        };
+        let (lines, has_length, has_date) = (block.lines.clone(), block.has_length, block.has_date);
+        let mut map = HeaderMap::new();
+        block.into_map(&mut map);
+        map.remove(X_CA_REQUEST_ID);
+        Ok(Parsed {
+            status: status.as_u16(),
+            lines,
+            has_length,
+            has_date,
+            keep_alive,
+            map,
+            body,
+            end,
+        })
     }
 }
 

@@ -38,6 +38,8 @@ mod respond;
 
 pub use body::{Checkout, RequestBody, ResponseBody};
 pub use direct::HeaderBlock;
+#[cfg(feature = "fuzzing")]
+pub use direct::fuzzing;
 pub use limited::{BodyTooLarge, BoxError, ClientBodyError};
 pub use pool::{BackendPools, HostPool};
 pub use proxy::{Backend, Client, ForwardError, forward};

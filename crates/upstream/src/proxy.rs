@@ -287,6 +287,19 @@ pub async fn forward(
     // not turn the client's HTTP/1.1 keep-alive connection into HTTP/1.0).
     parts.version = client_version;
     strip_hop_by_hop(&mut parts.headers);
+    // As `direct` does for the lean exchange: no length on a status that has no body, and
+    // identical length lines as one (hyper's client has refused different ones already).
+    let status = parts.status;
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    } else if decide::head::merge_content_length(&mut parts.headers).is_err() {
+        return Err(ForwardError::Broken(
+            "the backend sent Content-Length lines that disagree",
+        ));
+    }
     parts
         .headers
         .insert(X_CA_REQUEST_ID, request_id.header_value());
