@@ -3,8 +3,9 @@
 
 use crate::access::IpAcl;
 use crate::backend::{Backend, Upstreams};
+use crate::config::Stage;
 use crate::instance::InstanceState;
-use crate::metrics::StatusCounters;
+use crate::metrics::{Histogram, StatusCounters};
 use crate::router::Router;
 use crate::usage::UsageCell;
 use std::collections::HashMap;
@@ -39,6 +40,8 @@ pub struct Api<U: Upstreams> {
     pub(crate) timeout: Duration,
     pub(crate) usage: Arc<UsageCell>,
     pub(crate) status: Arc<StatusCounters>,
+    /// The deployment's own latency histogram (group, API, stage).
+    pub(crate) latency: Arc<Histogram>,
 }
 
 impl<U: Upstreams> Api<U> {
@@ -58,6 +61,7 @@ impl<U: Upstreams> Api<U> {
     #[inline]
     pub fn record_latency(&self, elapsed: Duration) {
         self.group.instance.stats.latency.record(elapsed);
+        self.latency.record(elapsed);
     }
 
     /// Counts a backend that did not answer in time.
@@ -83,6 +87,9 @@ pub(crate) struct Snapshot<U: Upstreams> {
 
 /// Status counters by (instance, API): the labels of the per-route metrics.
 pub(crate) type Statuses = HashMap<(String, String), Arc<StatusCounters>>;
+
+/// Latency histograms by (group, API, stage): bounded by what is deployed.
+pub(crate) type Latencies = HashMap<(String, String, Stage), Arc<Histogram>>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state behind these locks stays consistent even if a holder panicked.

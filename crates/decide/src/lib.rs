@@ -27,6 +27,7 @@
 //!   ([`Dataplane::demand_report`], [`Dataplane::apply_peer_demand`], [`share`]).
 //! - **Usage counters** for billing, per (account, instance, API, region)
 //!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//! - **Trace context** ([`trace`]): the W3C `traceparent` continued or started per request.
 //! - **The wire names**: the `X-Ca-*` headers and the byte-level header helpers ([`wire`]).
 //!
 //! A compiled route holds its backend's connection pool, of a type this crate does not know:
@@ -71,6 +72,7 @@ mod publish;
 pub mod request_id;
 mod router;
 mod shares;
+pub mod trace;
 mod usage;
 pub mod wire;
 

@@ -33,6 +33,7 @@ use crate::compiled::{Api, GroupCtx, Snapshot, Statuses, lock};
 use crate::config::{ConfigUpdate, DataplaneConfig, GroupConfig, InstanceConfig, IpRules};
 use crate::instance::InstanceState;
 use crate::loaded::{CompiledGroup, Loaded, LoadedGroup, LoadedInstance};
+use crate::metrics::Histogram;
 use crate::metrics::StatusCounters;
 use crate::plane::{Dataplane, PublishReport};
 use crate::router::{BucketBuilder, BucketKey};
@@ -423,6 +424,19 @@ impl<U: Upstreams> Dataplane<U> {
                     .collect(),
             )
         };
+        let latency: Vec<Arc<Histogram>> = {
+            let mut latencies = lock(&self.inner.latencies);
+            backends
+                .iter()
+                .map(|(i, _)| {
+                    let d = &g.deployments[*i];
+                    latencies
+                        .entry((g.name.clone(), d.api.clone(), d.stage))
+                        .or_default()
+                        .clone()
+                })
+                .collect()
+        };
         let ctx = Arc::new(GroupCtx {
             name: g.name.clone(),
             account: g.account.clone(),
@@ -434,8 +448,8 @@ impl<U: Upstreams> Dataplane<U> {
         });
         let apis = backends
             .into_iter()
-            .zip(usage.into_iter().zip(status))
-            .map(|((i, backend), (usage, status))| {
+            .zip(usage.into_iter().zip(status).zip(latency))
+            .map(|((i, backend), ((usage, status), latency))| {
                 let d = &g.deployments[i];
                 let app_grants = d.app_auth.then(|| {
                     g.grants
@@ -457,6 +471,7 @@ impl<U: Upstreams> Dataplane<U> {
                     timeout: d.timeout,
                     usage,
                     status,
+                    latency,
                 };
                 (i, Arc::new(api))
             })
@@ -495,6 +510,9 @@ impl<U: Upstreams> Dataplane<U> {
                 }
             }
         }
+        // Histograms no compiled route holds any more (a removed deployment); those a request
+        // in flight still holds go at the next scrape.
+        lock(&self.inner.latencies).retain(|_, h| Arc::strong_count(h) > 1);
         self.inner.pools.release(&authorities);
     }
 }

@@ -49,7 +49,14 @@ pub struct ResponseBody {
     /// body, as they were read, instead of through a header map. Whoever writes the response
     /// head takes them ([`take_header_block`](Self::take_header_block)).
     header_block: Option<HeaderBlock>,
+    /// Called with the body bytes sent when the body is done with (sent, or dropped unsent):
+    /// the access log's line is finished there.
+    on_end: Option<OnEnd>,
+    sent: u64,
 }
+
+/// What [`ResponseBody::on_end`] calls.
+pub type OnEnd = Box<dyn FnOnce(u64) + Send>;
 
 impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
@@ -57,6 +64,8 @@ impl ResponseBody {
             kind: Kind::Full(Some(bytes)),
             usage: None,
             header_block: None,
+            on_end: None,
+            sent: 0,
         }
     }
 
@@ -66,6 +75,8 @@ impl ResponseBody {
             kind: Kind::Stream(body, conn),
             usage: None,
             header_block: None,
+            on_end: None,
+            sent: 0,
         };
         body.release_if_done();
         body
@@ -81,6 +92,8 @@ impl ResponseBody {
             },
             usage: None,
             header_block: Some(block),
+            on_end: None,
+            sent: 0,
         }
     }
 
@@ -101,6 +114,11 @@ impl ResponseBody {
     /// Counts the body's bytes, as they are sent, in `usage` (what the request resolved to).
     pub fn count_into(&mut self, usage: UsageHandle<BackendPools>) {
         self.usage = Some(usage);
+    }
+
+    /// Calls `f` with the body bytes sent, once the body is done with.
+    pub fn on_end(&mut self, f: OnEnd) {
+        self.on_end = Some(f);
     }
 }
 
@@ -128,10 +146,14 @@ impl Body for ResponseBody {
                 .poll_data(cx)
                 .map(|data| data.map(|data| data.map(Frame::data))),
         };
-        if let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
+        if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            usage.add_bytes(data.len() as u64);
+            let n = data.len() as u64;
+            this.sent += n;
+            if let Some(usage) = &this.usage {
+                usage.add_bytes(n);
+            }
         }
         polled
     }
@@ -162,5 +184,8 @@ impl Drop for ResponseBody {
         // hyper stops polling a body that says it has ended; an unfinished one takes its
         // connection down with it.
         self.release_if_done();
+        if let Some(f) = self.on_end.take() {
+            f(self.sent);
+        }
     }
 }
