@@ -303,3 +303,147 @@ async fn a_clean_start_logs_no_warning_and_a_dead_peer_is_logged_once_per_period
     );
     assert!(!log.contains("openraft::replication"), "{log}");
 }
+
+/// Runs gatewayctl with `args` as given (no --endpoint added).
+fn ctl_raw(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(binaries!().gatewayctl)
+        .args(args)
+        .env_remove("GATEWAY_ENDPOINT")
+        .env_remove("GATEWAY_TOKEN")
+        .env_remove("GATEWAY_TOKEN_FILE")
+        .env_remove("GATEWAY_TLS_CA")
+        .output()
+        .expect("run gatewayctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gatewayctl_errors_name_the_endpoint_and_say_what_to_check() {
+    let c = Cluster::start(binaries!(), 1).await;
+    let node = &c.nodes[&1].ports;
+    // Nothing listening.
+    let dead = format!("http://127.0.0.1:{}", testkit_free_port());
+    let (ok, _, err) = ctl_raw(&["--endpoint", &dead, "group", "list"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("no gatewayd admin API at {dead}")),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(err.contains("is the node running?"), "{err}");
+    assert!(!err.contains("transport error"), "{err}");
+    // The data-plane port.
+    let http = format!("http://127.0.0.1:{}", node.http);
+    let (ok, _, err) = ctl_raw(&["--endpoint", &http, "group", "list"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&http) && err.contains("data-plane port"),
+        "{err}"
+    );
+    assert!(!err.contains("compression flag"), "{err}");
+    // The peer port.
+    let peer = format!("http://127.0.0.1:{}", node.peer);
+    let (ok, _, err) = ctl_raw(&["--endpoint", &peer, "group", "list"]);
+    assert!(!ok);
+    assert!(err.contains(&peer) && err.contains("peer port"), "{err}");
+
+    // A negative amount: a value where it is valid, a clear refusal where it is not.
+    let admin = c.admin_endpoint(1);
+    c.ctl_json(1, &["account", "create", "--name", "acme"]);
+    c.ctl_json(
+        1,
+        &["account", "recharge", "--name", "acme", "--amount", "10"],
+    );
+    let adjusted = c.ctl_json(
+        1,
+        &[
+            "account",
+            "adjust",
+            "--name",
+            "acme",
+            "--amount",
+            "-5",
+            "--reason",
+            "correction",
+        ],
+    );
+    assert_eq!(adjusted["balance"], "5.00", "{adjusted}");
+    let (ok, _, err) = ctl_raw(&[
+        "--endpoint",
+        &admin,
+        "account",
+        "recharge",
+        "--name",
+        "acme",
+        "--amount",
+        "-5",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid --amount -5") && err.contains("account adjust"),
+        "{err}"
+    );
+
+    // Times are RFC 3339 UTC, in tables and beside the milliseconds in JSON.
+    c.ctl_json(1, &["group", "create", "--name", "timed"]);
+    let g = c.ctl_json(1, &["group", "get", "--name", "timed"]);
+    let human = g["created_at"].as_str().expect("created_at");
+    assert!(
+        human.len() == 20 && human.ends_with('Z') && human.as_bytes()[10] == b'T',
+        "{g}"
+    );
+    assert!(g["created_at_ms"].as_u64().is_some(), "{g}");
+    let tokens = c.ctl(1, &["account", "get", "--name", "acme"]);
+    assert!(tokens.success, "{}", tokens.stderr);
+    assert!(!tokens.stdout.contains("_ms"), "{}", tokens.stdout);
+}
+
+/// A port nothing listens on (bound, then released).
+fn testkit_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn pricing_json_gives_money_as_strings_and_counts_hours_in_words() {
+    let (ok, out, err) = ctl_raw(&[
+        "pricing",
+        "estimate",
+        "--region",
+        "cn-hangzhou",
+        "--spec",
+        "api.s1.small",
+        "--hours",
+        "1",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["total_usd"].is_string(), "{v}");
+    let line = &v["line_items"][0];
+    assert!(
+        line["amount_usd"].is_string() && line["unit_price_usd"].is_string(),
+        "{v}"
+    );
+    let description = line["description"].as_str().unwrap();
+    assert!(description.contains("1 hour used"), "{description}");
+    let (_, out, _) = ctl_raw(&[
+        "pricing",
+        "estimate",
+        "--region",
+        "cn-hangzhou",
+        "--spec",
+        "api.s1.small",
+        "--hours",
+        "2",
+    ]);
+    assert!(out.contains("2 hours used"), "{out}");
+}
