@@ -706,7 +706,7 @@ impl Entry {
                 started,
             } = self;
             let total = started.elapsed().as_secs_f64() * 1e3;
-            let _ = write!(line, ",\"bytes_out\":{sent},\"total_ms\":{total:.3}}}\n");
+            let _ = writeln!(line, ",\"bytes_out\":{sent},\"total_ms\":{total:.3}}}");
             log.push(line.as_bytes());
         }));
     }
