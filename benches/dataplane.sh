@@ -30,6 +30,8 @@
 # Knobs: RUN_SECS=10 CHANGE_AT=4 CONNECTIONS=64 ROUNDS=5 WRK_SECS=10 WRK_THREADS=2
 #        WRK_CONNECTIONS=64 OVERHEAD_RATE=10000 SKIP_BUILD=0 ONLY= (ONLY=overhead: part b only)
 #        BASELINE_GATEWAYD= (path of another gatewayd binary for part b)
+#        ACCESS_LOG=0 (1: part b's gatewayd writes an access log file, and the baseline is the
+#        same binary without one: the access log's cost, measured in the same run)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +46,7 @@ OVERHEAD_RATE=${OVERHEAD_RATE:-10000}
 SKIP_BUILD=${SKIP_BUILD:-0}
 ONLY=${ONLY:-}
 BASELINE_GATEWAYD=${BASELINE_GATEWAYD:-}
+ACCESS_LOG=${ACCESS_LOG:-0}
 SMALL=2500
 MEDIUM=5000
 OFFERED=5000
@@ -397,12 +400,19 @@ overhead_node() {
     ctl "$id" api deploy --group ov --name bench >/dev/null
     wait_routable "http://127.0.0.1:${HTTP[$id]}/bench"
 }
-overhead_node 9 --http-threads 2
+GW_ARGS=()
+if [ "$ACCESS_LOG" = 1 ]; then
+    # The same binary twice: with an access log file (rotated at 64 MiB, 2 kept, so that a long
+    # run stays bounded on disk), and without.
+    GW_ARGS=(--access-log "$WORK/access.log" --access-log-max-bytes 67108864 --access-log-keep 2)
+    BASELINE_GATEWAYD=$GATEWAYD
+fi
+overhead_node 9 --http-threads 2 "${GW_ARGS[@]}"
 GW_URL="http://127.0.0.1:${HTTP[9]}/bench"
 GW_PID=${PIDS[0]}
 CONTENDERS="gatewayd nginx"
 if [ -n "$BASELINE_GATEWAYD" ]; then
-    GATEWAYD=$BASELINE_GATEWAYD overhead_node 8
+    GATEWAYD=$BASELINE_GATEWAYD overhead_node 8 --http-threads 2
     BASE_URL="http://127.0.0.1:${HTTP[8]}/bench"
     BASE_PID=${PIDS[1]}
     CONTENDERS="gatewayd baseline nginx"
@@ -444,7 +454,8 @@ NGINX_URL="http://127.0.0.1:$P_PROXY/bench"
 
 echo
 echo "== b. overhead: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WRK_SECS}s --latency, $ROUNDS alternating rounds"
-echo "   gatewayd: 1 node, limiter on (shared instance, ceiling 1,000,000 req/s), --http-threads 2"
+echo "   gatewayd: 1 node, limiter on (shared instance, ceiling 1,000,000 req/s), --http-threads 2 ${GW_ARGS[*]}"
+[ -n "$BASELINE_GATEWAYD" ] && echo "   baseline: $BASELINE_GATEWAYD, --http-threads 2"
 echo "   nginx:    reverse proxy, worker_processes 2, upstream keepalive"
 echo "   backend:  nginx, 1 worker, static 200 (shared by both)"
 # Warm both up (connections to the backend, caches).
@@ -484,6 +495,9 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 THROTTLED=$(curl -s "http://127.0.0.1:${OPS[9]}/metrics" | awk '$1 == "gateway_throttled_total{instance=\"shared\"}" {print $2}')
+if [ "$ACCESS_LOG" = 1 ]; then
+    echo "access log: $(cat "$WORK"/access.log* | wc -l) lines kept ($(du -ch "$WORK"/access.log* | tail -1 | cut -f1)), dropped: $(curl -s "http://127.0.0.1:${OPS[9]}/metrics" | awk '$1 == "gateway_access_log_dropped_total" {print $2}')"
+fi
 
 python3 - "$WORK" "$ROUNDS" "${THROTTLED:-?}" "$OVERHEAD_RATE" "$CONTENDERS" <<'PY'
 import json, re, sys, statistics

@@ -7,7 +7,12 @@
 # keepalive 32). `gatewayctl loadtest --rate 2000` runs twice for DURATION (60 s):
 #
 #   A  rolling restart: each node in turn gets SIGTERM, is waited for, started again on its
-#      data directory, and waited for until its /readyz answers 200; then the next node.
+#      data directory, and waited for until its /readyz answers 200; then the next node, but
+#      not before nginx has taken the previous one back (PACE=balancer, the default): nginx
+#      has no health checks, it marks a node down for fail_timeout (10 s) at its first refused
+#      connection, and a restarting process refuses connections for the ~0.2 s between exit
+#      and listen. Restarting faster than that leaves nginx with every node marked down at
+#      once ("no live upstreams"), whatever the nodes do; PACE=readyz shows it.
 #      Target: 0 failed requests.
 #   B  a follower gets SIGKILL and is started again 5 s later, waited for on /readyz.
 #      Target: failures only for requests that were in flight on the killed process.
@@ -19,11 +24,14 @@
 #
 # Only 127.0.0.1 is used; everything is bounded in time (about 2.5 minutes); all processes and
 # the temporary directory are removed on exit.
-# Usage: benches/rolling_restart.sh   Knobs: RATE=2000 DURATION=60 SKIP_BUILD=1 WRITE_RESULTS=1
+# Usage: benches/rolling_restart.sh   Knobs: RATE=2000 DURATION=60 PACE=balancer|readyz SKIP_BUILD=1 WRITE_RESULTS=1
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RATE=${RATE:-2000}
+export PACE=${PACE:-balancer}
+# nginx's default fail_timeout, and a second of margin.
+BALANCER_RETURN_SECS=11
 DURATION=${DURATION:-60}
 SHUTDOWN_DELAY_MS=2000
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -141,12 +149,17 @@ run_scenario() {
 # A: a rolling restart, paced by /readyz.
 rolling_restart() {
     sleep 10 # steady state first
+    local back_at=0
     for i in 1 2 3; do
+        if [ "$PACE" = balancer ]; then
+            while [ "$(date +%s)" -lt "$back_at" ]; do sleep 0.1; done
+        fi
         note "SIGTERM node $i (pid ${PID[$i]})"
         kill -TERM "${PID[$i]}"
         poll 30 gone "$i"
         wait "${PID[$i]}" 2>/dev/null || true
         note "node $i exited"
+        back_at=$(($(date +%s) + BALANCER_RETURN_SECS))
         start_node "$i"
         note "node $i started (pid ${PID[$i]})"
         poll 60 ready "$i"
@@ -191,7 +204,7 @@ LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$WORK" "$RATE" "$DURATION" "$LOAD" "${WRITE_RESULTS:-}" "$ROOT/benches/RESULTS.md" <<'PY'
 import json, re, sys, datetime, subprocess
 work, rate, duration, load, write, results = sys.argv[1:]
-names = {"a": "A: rolling restart (SIGTERM, /readyz-paced)", "b": "B: SIGKILL of a follower, restart after 5 s"}
+names = {"a": "A: rolling restart (SIGTERM; /readyz, then nginx's fail_timeout)" if __import__("os").environ.get("PACE", "balancer") == "balancer" else "A: rolling restart (SIGTERM, /readyz-paced only)", "b": "B: SIGKILL of a follower, restart after 5 s"}
 rows, details = [], []
 for key, title in names.items():
     r = json.load(open(f"{work}/{key}.json"))

@@ -171,7 +171,12 @@ fn instance_line(
             let billed = instance.billed_hour_count().expect("released");
             LineItem {
                 description: format!(
-                    "{spec} pay-as-you-go, {hours} hours used, billed by the started hour"
+                    "{spec} pay-as-you-go, {hours} {} used, billed by the started hour",
+                    if hours == Decimal::from_int(1).ok_or(BillingError::Overflow)? {
+                        "hour"
+                    } else {
+                        "hours"
+                    }
                 ),
                 quantity: Decimal::from_int(billed).ok_or(BillingError::Overflow)?,
                 unit: "hour".into(),
@@ -210,14 +215,24 @@ fn grouped(n: u64) -> String {
     out
 }
 
-/// Exact values written as JSON numbers for the CLI. The float is made only to be printed: the
+/// Exact values for the CLI's JSON: money as a decimal string, like the accounts' balances
+/// (`"10.47"`), quantities as numbers. A quantity's float is made only to be printed: the
 /// shortest decimal that reads back as the same double is the exact amount, for any amount
-/// below 2^53 millionths (9 billion).
+/// below 2^53 millionths (9 billion). Both read back from a string or a number.
 mod number {
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     fn read<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-        Ok(format!("{}", f64::deserialize(d)?))
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            S(String),
+            N(f64),
+        }
+        Ok(match Text::deserialize(d)? {
+            Text::S(s) => s,
+            Text::N(n) => format!("{n}"),
+        })
     }
 
     pub mod usd {
@@ -225,7 +240,7 @@ mod number {
         use catalog::Usd;
 
         pub fn serialize<S: Serializer>(v: &Usd, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_f64(v.as_f64())
+            s.collect_str(v)
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
@@ -374,22 +389,26 @@ mod tests {
     }
 
     #[test]
-    fn json_has_line_items_and_a_numeric_total() {
+    fn json_has_line_items_and_money_as_strings() {
         let mut r = req("cn-hongkong");
         r.calls = Some(12_000_000);
         r.first_year = true;
         r.traffic_gb = Some(dec("100"));
         let e = estimate(cat(), &r).unwrap();
         let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["total_usd"], serde_json::json!(25.2));
+        // Money as the accounts give it: an exact decimal string, never a float.
+        assert_eq!(v["total_usd"], "25.20");
         assert_eq!(v["line_items"][0]["unit"], "million calls");
         assert_eq!(v["line_items"][1]["quantity"], serde_json::json!(10.0));
-        assert_eq!(v["line_items"][1]["unit_price_usd"], serde_json::json!(0.9));
-        assert_eq!(v["line_items"][1]["amount_usd"], serde_json::json!(9.0));
+        assert_eq!(v["line_items"][1]["unit_price_usd"], "0.90");
+        assert_eq!(v["line_items"][1]["amount_usd"], "9.00");
         let text = serde_json::to_string(&e).unwrap();
-        assert!(text.contains("\"total_usd\":25.2"), "{text}");
+        assert!(text.contains("\"total_usd\":\"25.20\""), "{text}");
         let back: Estimate = serde_json::from_str(&text).unwrap();
         assert_eq!(back, e);
+        // Estimates written before (money as numbers) still read.
+        let old = text.replace("\"25.20\"", "25.2");
+        assert_eq!(serde_json::from_str::<Estimate>(&old).unwrap(), e);
         // The request reads from JSON too, with the hours as a decimal string.
         let r: EstimateRequest = serde_json::from_str(
             r#"{"region":"ap-southeast-1","instance":{"spec":"api.s1.small","duration":{"hours":"9.5"}}}"#,

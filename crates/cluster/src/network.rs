@@ -101,11 +101,111 @@ pub(crate) fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, serde_js
 pub struct PeerNetworkFactory {
     channels: Channels,
     standing: Arc<Standing>,
+    failures: Arc<PeerFailures>,
 }
 
 impl PeerNetworkFactory {
     pub(crate) fn new(channels: Channels, standing: Arc<Standing>) -> Self {
-        PeerNetworkFactory { channels, standing }
+        PeerNetworkFactory {
+            channels,
+            standing,
+            failures: Arc::new(PeerFailures::new(PEER_ERROR_EVERY)),
+        }
+    }
+}
+
+/// At most one log line per peer this often while its RPCs keep failing.
+pub const PEER_ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Failed RPCs to peers, logged at most once per peer per period with a count of those not
+/// logged. A leader retries a dead peer several times a second; openraft's own lines about it
+/// (`openraft::replication`) are off by default for this reason.
+pub struct PeerFailures {
+    every: std::time::Duration,
+    peers: std::sync::Mutex<std::collections::HashMap<NodeId, Failing>>,
+}
+
+#[derive(Clone, Copy)]
+struct Failing {
+    logged_at: std::time::Instant,
+    /// Failures since the last line.
+    unlogged: u64,
+    /// Failures since the peer last answered.
+    total: u64,
+}
+
+/// What [`PeerFailures`] says to log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FailureLog {
+    /// Log this failure, and how many since the last line were not.
+    Log {
+        unlogged: u64,
+    },
+    Quiet,
+}
+
+impl PeerFailures {
+    pub fn new(every: std::time::Duration) -> Self {
+        PeerFailures {
+            every,
+            peers: Default::default(),
+        }
+    }
+
+    /// A failed RPC to `peer` at `now`.
+    pub fn failed(&self, peer: NodeId, now: std::time::Instant) -> FailureLog {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match peers.get_mut(&peer) {
+            Some(f) if now.duration_since(f.logged_at) < self.every => {
+                f.unlogged += 1;
+                f.total += 1;
+                FailureLog::Quiet
+            }
+            Some(f) => {
+                let unlogged = f.unlogged;
+                f.logged_at = now;
+                f.unlogged = 0;
+                f.total += 1;
+                FailureLog::Log { unlogged }
+            }
+            None => {
+                peers.insert(
+                    peer,
+                    Failing {
+                        logged_at: now,
+                        unlogged: 0,
+                        total: 1,
+                    },
+                );
+                FailureLog::Log { unlogged: 0 }
+            }
+        }
+    }
+
+    /// A successful RPC to `peer`: how many failed before it, if any did.
+    pub fn answered(&self, peer: NodeId) -> Option<u64> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&peer).map(|f| f.total)
+    }
+
+    fn report(&self, peer: NodeId, addr: &str, error: &dyn std::error::Error) {
+        if let FailureLog::Log { unlogged } = self.failed(peer, std::time::Instant::now()) {
+            let mut root: &dyn std::error::Error = error;
+            while let Some(source) = root.source() {
+                root = source;
+            }
+            let every = self.every.as_secs();
+            tracing::warn!(
+                peer,
+                addr,
+                "cannot reach peer {peer} at {addr}: {root}{}",
+                if unlogged > 0 {
+                    format!(" ({unlogged} more failures in the last {every} s not logged)")
+                } else {
+                    format!(" (further failures are logged at most every {every} s)")
+                }
+            );
+        }
     }
 }
 
@@ -118,6 +218,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             addr: node.addr.clone(),
             channels: self.channels.clone(),
             standing: self.standing.clone(),
+            failures: self.failures.clone(),
         }
     }
 }
@@ -129,6 +230,7 @@ pub struct PeerNetwork {
     channels: Channels,
     /// Stamps this node's cluster id on every message, and its quorum age on AppendEntries.
     standing: Arc<Standing>,
+    failures: Arc<PeerFailures>,
 }
 
 /// Which peer RPC to call.
@@ -140,7 +242,8 @@ enum Rpc {
 
 impl PeerNetwork {
     /// Sends one Raft RPC. Transport failures become `Unreachable` (openraft backs off);
-    /// an error the remote Raft returned becomes `RemoteError`.
+    /// an error the remote Raft returned becomes `RemoteError`. Transport failures are logged
+    /// here, rate-limited ([`PeerFailures`]).
     async fn call<Req, Resp, E>(
         &self,
         rpc: Rpc,
@@ -152,7 +255,36 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let result = self.call_once(rpc, req, option).await;
+        match &result {
+            Err(RPCError::Unreachable(_) | RPCError::Network(_)) => {}
+            _ => {
+                if let Some(failed) = self.failures.answered(self.target) {
+                    tracing::info!(
+                        peer = self.target,
+                        "peer {} at {} answers again (after {failed} failed calls)",
+                        self.target,
+                        self.addr
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    async fn call_once<Req, Resp, E>(
+        &self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let unreachable = |e: &dyn std::error::Error| {
+            self.failures.report(self.target, &self.addr, e);
             RPCError::Unreachable(Unreachable::new(&AnyErr(e.to_string())))
         };
         let mut client = self.channels.get(&self.addr).map_err(|e| unreachable(&e))?;
@@ -180,12 +312,17 @@ impl PeerNetwork {
                     tonic::Code::Unavailable
                     | tonic::Code::DeadlineExceeded
                     | tonic::Code::Cancelled => unreachable(&status),
-                    _ => RPCError::Network(NetworkError::new(&status)),
+                    _ => {
+                        self.failures.report(self.target, &self.addr, &status);
+                        RPCError::Network(NetworkError::new(&status))
+                    }
                 });
             }
         };
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            decode(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply).map_err(|e| {
+            self.failures.report(self.target, &self.addr, &e);
+            RPCError::Network(NetworkError::new(&e))
+        })?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -234,5 +371,38 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn peer_failures_log_once_per_period_with_the_count_left_out() {
+        let f = PeerFailures::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(f.failed(3, t0), FailureLog::Log { unlogged: 0 });
+        // A leader retrying twice a second for 29 s logs nothing more.
+        for i in 1..58 {
+            assert_eq!(
+                f.failed(3, t0 + Duration::from_millis(500 * i)),
+                FailureLog::Quiet
+            );
+        }
+        // Another peer is counted apart.
+        assert_eq!(f.failed(2, t0), FailureLog::Log { unlogged: 0 });
+        assert_eq!(
+            f.failed(3, t0 + Duration::from_secs(30)),
+            FailureLog::Log { unlogged: 57 }
+        );
+        assert_eq!(f.answered(3), Some(59));
+        assert_eq!(f.answered(3), None);
+        // After an answer, the next failure is logged at once.
+        assert_eq!(
+            f.failed(3, t0 + Duration::from_secs(31)),
+            FailureLog::Log { unlogged: 0 }
+        );
     }
 }

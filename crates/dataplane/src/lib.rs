@@ -49,6 +49,7 @@
 //!
 //! Lower modules first; nothing imports a module above it.
 //!
+//! - `access_log`: the access log (per-thread buffers, one writer thread, rotation).
 //! - `conn`: a client connection (limits, what a handler knows of it, the connection cap,
 //!   where connections come from); `sideline`: work polled beside a connection.
 //! - `h1`: the lean HTTP/1 loop for bodiless requests on plain-text connections.
@@ -56,6 +57,7 @@
 //! - `threads`: a server thread and runtime per core, fed by one accepting thread.
 //! - `ops`: the ops endpoint.
 
+mod access_log;
 mod conn;
 mod h1;
 mod ops;
@@ -63,6 +65,7 @@ mod server;
 mod sideline;
 mod threads;
 
+pub use access_log::{AccessLog, AccessLogSettings, AccessLogTarget, AccessLogWriter};
 pub use conn::ServerLimits;
 pub use decide::wire::{
     THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID, X_CA_STAGE,

@@ -1,12 +1,14 @@
 //! The data-plane HTTP server: accepting, connection limits and timeouts, graceful shutdown, and
 //! the request handler tying decision and proxy together.
 
+use crate::access_log::{self, AccessLog};
 use crate::conn::{
     AwaitingBackend, ConnInfo, ServerLimits, Source, Ticket, TrackedIo, connection_permits,
     ip_header,
 };
 use crate::sideline::{Next, Side, Sideline};
-use decide::wire::X_CA_STAGE;
+use decide::trace::{TRACEPARENT, TraceContext};
+use decide::wire::{X_CA_KEY, X_CA_STAGE};
 use decide::{Access, GatewayError, Stage};
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{Request, Response};
@@ -430,6 +432,7 @@ pub async fn serve_tls(
         dataplane,
         Arc::new(limits),
         tls,
+        None,
         shutdown,
     )
     .await
@@ -441,12 +444,14 @@ pub(crate) async fn serve_one(
     dataplane: Dataplane,
     limits: Arc<ServerLimits>,
     tls: Option<tls::ServerTls>,
+    access_log: Option<AccessLog>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let dp = dataplane.clone();
     let handler = move |req: Request<RequestBody>, info: Arc<ConnInfo>| {
         let dp = dp.clone();
-        async move { handle(&dp, &info, req).await }
+        let log = access_log.clone();
+        async move { handle(&dp, &info, log.as_ref(), req).await }
     };
     accept_loop(source, limits, tls, handler, Some(dataplane), shutdown).await
 }
@@ -555,24 +560,33 @@ fn check_head(req: &mut Request<RequestBody>, limits: &ServerLimits) -> Result<(
     Ok(())
 }
 
-/// One request: decide, then forward or answer.
+/// One request: decide, then forward or answer; and its access log line, when there is a log.
 async fn handle(
     dp: &Dataplane,
     conn: &ConnInfo,
+    access_log: Option<&AccessLog>,
     mut req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let now = dp.now();
     let request_id = dp.next_request_id();
+    let mut entry = access_log.map(|log| Entry::begin(log, conn, &req, &request_id));
     if let Err(error) = check_head(&mut req, &conn.limits) {
-        let response = error_response(&error, &request_id.header_value());
+        let mut response = error_response(&error, &request_id.header_value());
         dp.record_unrouted_status(response.status());
+        if let Some(entry) = entry {
+            entry.finish(&mut response, None);
+        }
         return response;
     }
     if let Err(e) = canonicalize(&mut req) {
         // Refused before routing: which API such a path would reach is exactly what is in
         // doubt, so no API's counters see it.
-        let response = error_response(&GatewayError::InvalidPath(e), &request_id.header_value());
+        let mut response =
+            error_response(&GatewayError::InvalidPath(e), &request_id.header_value());
         dp.record_unrouted_status(response.status());
+        if let Some(entry) = entry {
+            entry.finish(&mut response, None);
+        }
         return response;
     }
     let limits = &*conn.limits;
@@ -592,9 +606,22 @@ async fn handle(
         Some(&access),
         now,
     );
+    let admitted = verdict.admitted_api().is_some();
+    // The client's trace continued with a span of this hop's, or a new one: what the backend
+    // gets, and what the access log says.
+    let trace = (admitted || entry.is_some()).then(|| {
+        TraceContext::continue_or_start(req.headers().get(TRACEPARENT).map(|v| v.as_bytes()))
+    });
+    if let Some(entry) = &mut entry {
+        entry.route(&verdict, stage, &req, trace.as_ref());
+    }
     let client_version = req.version();
+    let mut backend_ns = None;
     let mut response = match verdict.admitted_api() {
         Some(api) => {
+            if let Some(trace) = &trace {
+                req.headers_mut().insert(TRACEPARENT, trace.header_value());
+            }
             let forwarded = {
                 let _waiting = AwaitingBackend::new(&conn.awaiting_backend);
                 let client = Client {
@@ -613,9 +640,11 @@ async fn handle(
                 )
                 .await
             };
+            let elapsed = dp.now().saturating_sub(now);
+            backend_ns = Some(elapsed);
             match forwarded {
                 Ok(response) => {
-                    api.record_latency(Duration::from_nanos(dp.now().saturating_sub(now)));
+                    api.record_latency(Duration::from_nanos(elapsed));
                     response
                 }
                 Err(e) => {
@@ -648,5 +677,113 @@ async fn handle(
     };
     verdict.record_status(dp, response.status());
     response.body_mut().count_into(verdict.into_usage());
+    if let Some(entry) = entry {
+        entry.finish(&mut response, backend_ns);
+    }
     response
+}
+
+/// A request's access log line while the request is served: begun when it arrives, finished
+/// when its response body has been sent (with the bytes sent and the total time).
+struct Entry {
+    log: AccessLog,
+    line: String,
+    started: Instant,
+}
+
+impl Entry {
+    fn begin(
+        log: &AccessLog,
+        conn: &ConnInfo,
+        req: &Request<RequestBody>,
+        request_id: &decide::request_id::RequestId,
+    ) -> Entry {
+        use std::fmt::Write;
+        let mut line = String::with_capacity(512);
+        line.push_str("{\"time\":\"");
+        access_log::rfc3339_ms(&mut line, std::time::SystemTime::now());
+        line.push_str("\",\"request_id\":\"");
+        line.push_str(std::str::from_utf8(request_id.as_bytes()).unwrap_or(""));
+        let _ = write!(
+            line,
+            "\",\"node\":{},\"client\":\"{}\",\"method\":",
+            log.node(),
+            conn.peer
+        );
+        access_log::json_str(&mut line, req.method().as_str());
+        line.push_str(",\"host\":");
+        access_log::json_opt(&mut line, request_host(req));
+        line.push_str(",\"path\":");
+        access_log::json_str(&mut line, req.uri().path());
+        let bytes_in = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let _ = write!(line, ",\"bytes_in\":{bytes_in}");
+        Entry {
+            log: log.clone(),
+            line,
+            started: Instant::now(),
+        }
+    }
+
+    /// What the request was routed to, and who called.
+    fn route(
+        &mut self,
+        verdict: &upstream::Verdict,
+        stage: Stage,
+        req: &Request<RequestBody>,
+        trace: Option<&TraceContext>,
+    ) {
+        let line = &mut self.line;
+        line.push_str(",\"group\":");
+        access_log::json_opt(line, verdict.group());
+        line.push_str(",\"api\":");
+        access_log::json_opt(line, verdict.api());
+        line.push_str(",\"stage\":\"");
+        line.push_str(stage.as_str());
+        line.push_str("\",\"app_key\":");
+        let key = req.headers().get(X_CA_KEY).and_then(|v| v.to_str().ok());
+        access_log::json_opt(line, key);
+        line.push_str(",\"account\":");
+        access_log::json_opt(line, verdict.account());
+        if let Some(trace) = trace {
+            line.push_str(",\"trace_id\":\"");
+            line.push_str(std::str::from_utf8(&trace.trace_id_hex()).unwrap_or(""));
+            line.push_str("\",\"span_id\":\"");
+            line.push_str(std::str::from_utf8(&trace.span_id_hex()).unwrap_or(""));
+            line.push('"');
+        }
+    }
+
+    /// The response's part; the line is written when the response body is done with.
+    fn finish(mut self, response: &mut Response<ResponseBody>, backend_ns: Option<u64>) {
+        use std::fmt::Write;
+        let line = &mut self.line;
+        let _ = write!(line, ",\"status\":{}", response.status().as_u16());
+        line.push_str(",\"error_code\":");
+        let code = response
+            .headers()
+            .get(decide::wire::X_CA_ERROR_CODE)
+            .and_then(|v| v.to_str().ok());
+        access_log::json_opt(line, code);
+        match backend_ns {
+            Some(ns) => {
+                let _ = write!(line, ",\"backend_ms\":{:.3}", ns as f64 / 1e6);
+            }
+            None => line.push_str(",\"backend_ms\":null"),
+        }
+        response.body_mut().on_end(Box::new(move |sent| {
+            let Entry {
+                log,
+                mut line,
+                started,
+            } = self;
+            let total = started.elapsed().as_secs_f64() * 1e3;
+            let _ = writeln!(line, ",\"bytes_out\":{sent},\"total_ms\":{total:.3}}}");
+            log.push(line.as_bytes());
+        }));
+    }
 }

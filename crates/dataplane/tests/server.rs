@@ -1147,8 +1147,16 @@ async fn server_threads_share_connections_evenly_and_stop_on_shutdown() {
     let listener = dataplane::bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let threads =
-        dataplane::serve_threads(listener, 2, dp, ServerLimits::default(), None, stopped).unwrap();
+    let threads = dataplane::serve_threads(
+        listener,
+        2,
+        dp,
+        ServerLimits::default(),
+        None,
+        None,
+        stopped,
+    )
+    .unwrap();
     let mut open = answered_connections(addr, 10).await;
     // Whatever the ports, five each (a SO_REUSEPORT hash would split them at random).
     assert_eq!(threads.connections_per_thread(), [5, 5]);

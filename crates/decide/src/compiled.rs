@@ -3,8 +3,9 @@
 
 use crate::access::IpAcl;
 use crate::backend::{Backend, Upstreams};
+use crate::config::Stage;
 use crate::instance::InstanceState;
-use crate::metrics::StatusCounters;
+use crate::metrics::{Histogram, StatusCounters};
 use crate::router::Router;
 use crate::usage::UsageCell;
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub struct Api<U: Upstreams> {
     pub(crate) status: Arc<StatusCounters>,
     /// The throttling policy bound to the API on its stage.
     pub(crate) throttle: Option<crate::throttle::Throttle>,
+    /// The deployment's own latency histogram (group, API, stage).
+    pub(crate) latency: Arc<Histogram>,
 }
 
 impl<U: Upstreams> Api<U> {
@@ -62,6 +65,7 @@ impl<U: Upstreams> Api<U> {
     #[inline]
     pub fn record_latency(&self, elapsed: Duration) {
         self.group.instance.stats.latency.record(elapsed);
+        self.latency.record(elapsed);
     }
 
     /// Counts a backend that did not answer in time.
@@ -87,6 +91,9 @@ pub(crate) struct Snapshot<U: Upstreams> {
 
 /// Status counters by (instance, API): the labels of the per-route metrics.
 pub(crate) type Statuses = HashMap<(String, String), Arc<StatusCounters>>;
+
+/// Latency histograms by (group, API, stage): bounded by what is deployed.
+pub(crate) type Latencies = HashMap<(String, String, Stage), Arc<Histogram>>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The state behind these locks stays consistent even if a holder panicked.

@@ -32,6 +32,7 @@
 //!   limits as leases of the window's budget ([`budget`](crate::budget) explains the design).
 //! - **Usage counters** for billing, per (account, instance, API, region)
 //!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//! - **Trace context** ([`trace`]): the W3C `traceparent` continued or started per request.
 //! - **The wire names**: the `X-Ca-*` headers and the byte-level header helpers ([`wire`]).
 //!
 //! A compiled route holds its backend's connection pool, of a type this crate does not know:
@@ -80,6 +81,7 @@ pub mod request_id;
 mod router;
 mod shares;
 mod throttle;
+pub mod trace;
 mod usage;
 pub mod wire;
 

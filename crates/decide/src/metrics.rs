@@ -133,6 +133,7 @@ pub(crate) fn render<'a>(
     out: &mut String,
     instances: &[InstanceView<'a>],
     routes: &[(&'a str, &'a str, &'a StatusCounters)],
+    per_api: &[(&'a str, &'a str, &'a str, &'a Histogram)],
     global: &GlobalStats,
 ) {
     out.push_str(
@@ -226,6 +227,20 @@ pub(crate) fn render<'a>(
         v.stats
             .latency
             .render(out, "gateway_request_duration_seconds", &labels);
+    }
+
+    out.push_str(
+        "# HELP gateway_api_request_duration_seconds Time to the backend's response head, by \
+         group, API and stage.\n\
+         # TYPE gateway_api_request_duration_seconds histogram\n",
+    );
+    for (group, api, stage, histogram) in per_api {
+        let labels = format!(
+            "group=\"{}\",api=\"{}\",stage=\"{stage}\"",
+            escape(group),
+            escape(api)
+        );
+        histogram.render(out, "gateway_api_request_duration_seconds", &labels);
     }
 
     let _ = writeln!(

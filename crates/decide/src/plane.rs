@@ -5,12 +5,12 @@
 
 use crate::access::AppAuth;
 use crate::backend::{Unconnected, Upstreams};
-use crate::compiled::{Api, Snapshot, Statuses, Target, UsageHandle, lock};
+use crate::compiled::{Api, Latencies, Snapshot, Statuses, Target, UsageHandle, lock};
 use crate::config::Stage;
 use crate::error::GatewayError;
 use crate::instance::InstanceState;
 use crate::loaded::Loaded;
-use crate::metrics::{self, GlobalStats, InstanceView, StatusCounters};
+use crate::metrics::{self, GlobalStats, Histogram, InstanceView, StatusCounters};
 use crate::options::DataplaneOptions;
 use crate::request_id::{RequestId, RequestIds};
 use crate::router::{Lookup, Router};
@@ -97,6 +97,8 @@ pub(crate) struct Inner<U: Upstreams> {
     pub(crate) usage_hour: AtomicU64,
     /// Taken briefly by a compile (one group's counters) and by a scrape.
     pub(crate) statuses: Mutex<Statuses>,
+    /// Per-deployment latency histograms; locked like `statuses`.
+    pub(crate) latencies: Mutex<Latencies>,
     pub(crate) demand: Mutex<DemandTracker>,
     /// Throttling-policy counters and window leases. Taken by a compile (one group's
     /// counters), by the report tick and by a peer's report; never by a request.
@@ -175,6 +177,15 @@ impl<U: Upstreams> Verdict<U> {
         }
     }
 
+    /// The account owning the group the request is attributed to.
+    pub fn account(&self) -> Option<&str> {
+        match &self.target {
+            Target::Api(api) => Some(&api.group.account),
+            Target::Group(g) => Some(&g.account),
+            Target::Nobody => None,
+        }
+    }
+
     /// The matched API's name.
     pub fn api(&self) -> Option<&str> {
         match &self.target {
@@ -247,6 +258,7 @@ impl<U: Upstreams> Dataplane<U> {
                 usage: Mutex::new(UsageRegistry::default()),
                 usage_hour: AtomicU64::new(0),
                 statuses: Mutex::new(Statuses::default()),
+                latencies: Mutex::new(Latencies::default()),
                 demand: Mutex::new(demand),
                 throttles: Mutex::new(Default::default()),
                 n_nodes: AtomicUsize::new(1),
@@ -645,7 +657,21 @@ impl<U: Upstreams> Dataplane<U> {
             .map(|((i, a), c)| (i.as_str(), a.as_str(), &**c))
             .collect();
         routes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        metrics::render(out, &views, &routes, &self.inner.global);
+        let latencies: Vec<((String, String, Stage), Arc<Histogram>)> = {
+            let mut latencies = lock(&self.inner.latencies);
+            let mut all = Vec::with_capacity(latencies.len());
+            latencies.retain(|k, h| {
+                all.push((k.clone(), h.clone()));
+                Arc::strong_count(h) > 1
+            });
+            all
+        };
+        let mut per_api: Vec<(&str, &str, &str, &Histogram)> = latencies
+            .iter()
+            .map(|((g, a, s), h)| (g.as_str(), a.as_str(), s.as_str(), &**h))
+            .collect();
+        per_api.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        metrics::render(out, &views, &routes, &per_api, &self.inner.global);
     }
 }
 

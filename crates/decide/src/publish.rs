@@ -33,6 +33,7 @@ use crate::compiled::{Api, GroupCtx, Snapshot, Statuses, lock};
 use crate::config::{ConfigUpdate, DataplaneConfig, GroupConfig, InstanceConfig, IpRules};
 use crate::instance::InstanceState;
 use crate::loaded::{CompiledGroup, Loaded, LoadedGroup, LoadedInstance};
+use crate::metrics::Histogram;
 use crate::metrics::StatusCounters;
 use crate::plane::{Dataplane, PublishReport};
 use crate::router::{BucketBuilder, BucketKey};
@@ -447,6 +448,19 @@ impl<U: Upstreams> Dataplane<U> {
                 })
                 .collect()
         };
+        let latency: Vec<Arc<Histogram>> = {
+            let mut latencies = lock(&self.inner.latencies);
+            backends
+                .iter()
+                .map(|(i, _)| {
+                    let d = &g.deployments[*i];
+                    latencies
+                        .entry((g.name.clone(), d.api.clone(), d.stage))
+                        .or_default()
+                        .clone()
+                })
+                .collect()
+        };
         let ctx = Arc::new(GroupCtx {
             name: g.name.clone(),
             account: g.account.clone(),
@@ -458,9 +472,9 @@ impl<U: Upstreams> Dataplane<U> {
         });
         let apis = backends
             .into_iter()
-            .zip(usage.into_iter().zip(status))
+            .zip(usage.into_iter().zip(status).zip(latency))
             .zip(throttles.drain(..))
-            .map(|(((i, backend), (usage, status)), throttle)| {
+            .map(|(((i, backend), ((usage, status), latency)), throttle)| {
                 let d = &g.deployments[i];
                 let app_grants = d.app_auth.then(|| {
                     g.grants
@@ -484,6 +498,7 @@ impl<U: Upstreams> Dataplane<U> {
                     usage,
                     status,
                     throttle,
+                    latency,
                 };
                 (i, Arc::new(api))
             })
@@ -522,6 +537,9 @@ impl<U: Upstreams> Dataplane<U> {
                 }
             }
         }
+        // Histograms no compiled route holds any more (a removed deployment); those a request
+        // in flight still holds go at the next scrape.
+        lock(&self.inner.latencies).retain(|_, h| Arc::strong_count(h) > 1);
         self.inner.pools.release(&authorities);
     }
 }

@@ -13,6 +13,8 @@ pub const X_CA_ERROR_MESSAGE: HeaderName = HeaderName::from_static("x-ca-error-m
 pub const X_CA_ERROR_CODE: HeaderName = HeaderName::from_static("x-ca-error-code");
 /// The stage a client calls: `RELEASE` (the default), `PRE` or `TEST`.
 pub const X_CA_STAGE: HeaderName = HeaderName::from_static("x-ca-stage");
+/// The AppKey of a signed app call.
+pub const X_CA_KEY: HeaderName = HeaderName::from_static("x-ca-key");
 /// Appended to (or started) on the way to the backend.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// This hop's scheme, set on the way to the backend.

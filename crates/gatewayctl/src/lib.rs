@@ -597,7 +597,14 @@ async fn connect(cli: &Conn) -> Result<Client> {
         ),
         (None, false) => endpoint.connect().await,
     };
-    let channel = connected.with_context(|| format!("cannot connect to {}", cli.endpoint))?;
+    let channel = connected.map_err(|e| {
+        anyhow::anyhow!(
+            "no gatewayd admin API at {}: {}: is the node running? is --endpoint the admin port \
+             (gatewayd --listen-admin, default 127.0.0.1:9090), not the data-plane or peer port?",
+            cli.endpoint,
+            root_cause(&e)
+        )
+    })?;
     let token = match token(cli)? {
         Some(t) => Some(
             format!("Bearer {t}")
@@ -616,9 +623,46 @@ async fn connect(cli: &Conn) -> Result<Client> {
         .max_encoding_message_size(model::config::MAX_DOCUMENT_BYTES))
 }
 
+/// The innermost error of a chain: for a refused connection, "Connection refused (os error
+/// 111)" rather than three layers of "transport error".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut root = e;
+    while let Some(source) = root.source() {
+        root = source;
+    }
+    root.to_string()
+}
+
+/// What an error from a server that is not the admin API says, explained: the data-plane port
+/// answers gRPC's HTTP/2 with its own JSON (`invalid compression flag: 123` is its `{`), and
+/// the peer port serves other gRPC services.
+fn explain_status(status: &tonic::Status, endpoint: &str) -> Option<String> {
+    let message = status.message();
+    let not_grpc = message.contains("compression flag")
+        || message.contains("grpc-status header missing")
+        || message.contains("content-type");
+    if not_grpc {
+        return Some(format!(
+            "the server at {endpoint} answered with plain HTTP, not as the gatewayd admin API: \
+             is --endpoint the data-plane port (--listen-http)? Use the admin port (gatewayd \
+             --listen-admin, default 127.0.0.1:9090)"
+        ));
+    }
+    // The admin API implements every call gatewayctl makes: another gRPC server answered.
+    if status.code() == tonic::Code::Unimplemented {
+        return Some(format!(
+            "the server at {endpoint} does not serve the gatewayd admin API: is --endpoint the \
+             peer port (--listen-peer)? Use the admin port (gatewayd --listen-admin, default \
+             127.0.0.1:9090)"
+        ));
+    }
+    None
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let endpoint = cli.conn.endpoint.clone();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -633,7 +677,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(s) => eprintln!("error: {:?}: {}", s.code(), s.message()),
+                Some(s) => match explain_status(s, &endpoint) {
+                    Some(explained) => eprintln!("error: {explained}"),
+                    None => eprintln!("error: {:?}: {}", s.code(), s.message()),
+                },
                 None => eprintln!("error: {e:#}"),
             }
             ExitCode::FAILURE
@@ -656,6 +703,14 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Man { dir } => return docs::man_pages(&dir),
         other => other,
     };
+    // Refused before any server is asked.
+    if let Cmd::Account(money::AccountCmd::Recharge { name, amount, .. }) = &command
+        && amount.trim_start().starts_with('-')
+    {
+        bail!(
+            "invalid --amount {amount}: a recharge adds money, so the amount must be positive; to debit an account use `account adjust --name {name} --amount {amount} --reason ...`"
+        );
+    }
     let mut c = connect(&conn).await?;
     match command {
         Cmd::Pricing(_)
@@ -754,15 +809,7 @@ async fn run_loadtest(conn: &Conn, args: loadtest::LoadtestArgs) -> Result<()> {
 
 /// A Unix time in milliseconds as `YYYY-MM-DD HH:MM:SS`.
 pub(crate) fn ms_to_utc(ms: u64) -> String {
-    let t = billing::Timestamp::from_unix_secs(ms / 1000);
-    let secs = t.unix_secs() % 86_400;
-    format!(
-        "{} {:02}:{:02}:{:02}",
-        t.day(),
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    billing::Timestamp::from_unix_secs(ms / 1000).to_string()
 }
 
 fn print_instance(f: Format, i: Option<pb::Instance>) -> Result<()> {
@@ -1037,12 +1084,12 @@ async fn api(c: &mut Client, f: Format, cmd: ApiCmd) -> Result<()> {
             let mut v = output::deployment_json(&d);
             v["group"] = json!(r.group);
             print(f, v, || {
-                let mut t = Table::new(&["GROUP", "API", "STAGE", "DEPLOYED AT (ms)"]);
+                let mut t = Table::new(&["GROUP", "API", "STAGE", "DEPLOYED AT"]);
                 t.row(vec![
                     r.group.clone(),
                     d.api.clone(),
                     d.stage.clone(),
-                    d.deployed_at_ms.to_string(),
+                    ms_to_utc(d.deployed_at_ms),
                 ]);
                 t
             });
@@ -1267,6 +1314,68 @@ fn status_problem(s: &pb::ClusterStatus) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn negative_amounts_are_values_where_they_are_valid() {
+        let cli = Cli::try_parse_from([
+            "gatewayctl",
+            "account",
+            "adjust",
+            "--name",
+            "a",
+            "--amount",
+            "-5",
+            "--reason",
+            "r",
+        ])
+        .expect("a debit parses");
+        match cli.command {
+            Cmd::Account(money::AccountCmd::Adjust { amount, .. }) => assert_eq!(amount, "-5"),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "gatewayctl",
+            "account",
+            "set-alert",
+            "--name",
+            "a",
+            "--threshold",
+            "-1",
+        ])
+        .expect("parses; the server judges the value");
+        assert!(matches!(cli.command, Cmd::Account(_)));
+    }
+
+    #[test]
+    fn errors_of_servers_that_are_not_the_admin_api_are_explained() {
+        let data_plane = tonic::Status::internal(
+            "protocol error: received message with invalid compression flag: 123 (valid flags \
+             are 0 and 1) while receiving response with status: 404 Not Found",
+        );
+        let e = explain_status(&data_plane, "http://127.0.0.1:8080").unwrap();
+        assert!(
+            e.contains("http://127.0.0.1:8080") && e.contains("data-plane port"),
+            "{e}"
+        );
+        let peer = tonic::Status::unimplemented("");
+        let e = explain_status(&peer, "http://127.0.0.1:9091").unwrap();
+        assert!(e.contains("peer port"), "{e}");
+        assert!(explain_status(&tonic::Status::not_found("no group g"), "x").is_none());
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(ms_to_utc(1_709_210_096_007), "2024-02-29T12:34:56Z");
+        let mut v = json!({"created_at_ms": 1_709_210_096_007u64, "timeout_ms": 5000,
+            "items": [{"at_ms": 0}, {"term_end_ms": null}]});
+        use serde_json::Value;
+        output::with_times(&mut v);
+        assert_eq!(v["created_at"], "2024-02-29T12:34:56Z");
+        assert_eq!(v["created_at_ms"], 1_709_210_096_007u64, "kept for scripts");
+        assert!(v.get("timeout").is_none(), "durations are not times");
+        assert_eq!(v["items"][0]["at"], Value::Null);
+        assert_eq!(v["items"][1]["term_end"], Value::Null);
+    }
     use super::*;
 
     #[test]

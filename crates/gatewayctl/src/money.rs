@@ -64,8 +64,8 @@ pub enum AccountCmd {
         /// The account's name.
         #[arg(long)]
         name: String,
-        /// US dollars, in whole cents, e.g. 25.00.
-        #[arg(long)]
+        /// US dollars, in whole cents, e.g. 25.00 (a debit is `account adjust --amount -X`).
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// Names the recharge so that retrying it applies it at most once: after an "outcome
         /// unknown" error, retry with the id the error gave.
@@ -79,7 +79,7 @@ pub enum AccountCmd {
         #[arg(long)]
         name: String,
         /// Alert when the balance drops below this many US dollars (empty removes it).
-        #[arg(long, required_unless_present = "webhook")]
+        #[arg(long, required_unless_present = "webhook", allow_hyphen_values = true)]
         threshold: Option<String>,
         /// POST events to this http(s) URL (empty removes it).
         #[arg(long)]

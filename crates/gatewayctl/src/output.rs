@@ -21,9 +21,44 @@ pub fn yaml<T: serde::Serialize>(v: &T) -> String {
 
 /// Data for scripts: pretty JSON, or YAML.
 pub fn print_data(format: Format, v: &Value) {
+    let mut v = v.clone();
+    with_times(&mut v);
+    let v = &v;
     match format {
         Format::Yaml => print!("{}", yaml(v)),
         _ => println!("{}", serde_json::to_string_pretty(v).expect("json")),
+    }
+}
+
+/// Puts an RFC 3339 UTC time next to every epoch-milliseconds time of `v` (at any depth):
+/// `"created_at": "2026-12-03T09:15:02Z"` beside `"created_at_ms": 1796289302000`, unless the
+/// record has that field already. A zero or null time gets null.
+pub fn with_times(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let times: Vec<(String, Value)> = map
+                .iter()
+                .filter_map(|(k, t)| {
+                    let name = k.strip_suffix("_ms")?;
+                    let is_time = name.ends_with("_at") || name == "term_end" || name == "at";
+                    (is_time && !map.contains_key(name)).then(|| {
+                        let human = match t.as_u64() {
+                            Some(ms) if ms > 0 => Value::String(crate::ms_to_utc(ms)),
+                            _ => Value::Null,
+                        };
+                        (name.to_string(), human)
+                    })
+                })
+                .collect();
+            for child in map.values_mut() {
+                with_times(child);
+            }
+            for (k, t) in times {
+                map.insert(k, t);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(with_times),
+        _ => {}
     }
 }
 
@@ -114,7 +149,8 @@ impl Table {
 }
 
 /// Prints `value` as JSON, or `table` for people.
-pub fn print(format: Format, value: Value, table: impl FnOnce() -> Table) {
+pub fn print(format: Format, mut value: Value, table: impl FnOnce() -> Table) {
+    with_times(&mut value);
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&value).expect("json")),
         Format::Table => print!("{}", table().render()),
@@ -151,7 +187,8 @@ impl Page {
 
 /// Prints a page as JSON or as `table`; when more pages follow, table output ends with a hint
 /// line naming the flag that reads the next one.
-pub fn print_page(format: Format, page: Page, table: impl FnOnce() -> Table) {
+pub fn print_page(format: Format, mut page: Page, table: impl FnOnce() -> Table) {
+    page.items.iter_mut().for_each(with_times);
     let (out, err) = render_page(format, page, table);
     print!("{out}");
     if let Some(e) = err {

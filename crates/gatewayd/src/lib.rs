@@ -24,14 +24,20 @@ use tokio::sync::watch;
 /// Parses flags, sets up logging and runs the node until SIGTERM or SIGINT.
 pub fn main() -> Result<()> {
     let flags = <Flags as clap::Parser>::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn,sled=warn,h2=warn,tower=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let log = flags.log_settings()?;
+    // RUST_LOG, when set, overrides --log-level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.filter));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log.json {
+        logger.json().flatten_event(true).init();
+    } else {
+        logger
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let settings = flags.resolve()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -125,7 +131,9 @@ struct Tls {
 }
 
 impl Tls {
-    fn load(s: &settings::TlsSettings) -> Result<Tls> {
+    /// `peer_loopback`: the peer listener is on a loopback address (plain text is the default
+    /// there, and not worth a warning).
+    fn load(s: &settings::TlsSettings, peer_loopback: bool) -> Result<Tls> {
         let mut t = Tls::default();
         if let Some((server, client)) = &s.peer {
             t.peer_server = Some(
@@ -138,8 +146,10 @@ impl Tls {
                     .load("peer connections", tls::ALPN_H2)
                     .context("--peer-tls-cert/--peer-tls-key/--peer-tls-ca")?,
             );
+        } else if peer_loopback {
+            tracing::info!("peer traffic is not encrypted (loopback, no --peer-tls-cert)");
         } else {
-            tracing::warn!("peer traffic is not encrypted (no --peer-tls-cert)");
+            tracing::warn!("peer traffic is not encrypted (--peer-plaintext)");
         }
         if let Some(admin) = &s.admin {
             t.admin = Some(
@@ -188,7 +198,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let http_listener = dataplane::bind_listener(s.listen_http)
         .with_context(|| format!("cannot listen on {} (--listen-http)", s.listen_http))?;
     let ops_listener = bind("--listen-ops", s.listen_ops).await?;
-    let tls = Tls::load(&s.tls)?;
+    let tls = Tls::load(&s.tls, s.listen_peer.ip().is_loopback())?;
 
     catalog
         .region(&s.shared_region)
@@ -326,6 +336,14 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         )),
     ];
     let limits = s.limits.clone();
+    let (access_log, access_log_writer) = match &s.access_log {
+        Some(settings) => {
+            let (log, writer) = dataplane::AccessLog::start(settings.clone(), s.node_id)
+                .with_context(|| format!("cannot open the access log {:?}", settings.target))?;
+            (Some(log), Some(writer))
+        }
+        None => (None, None),
+    };
     let (dp_stop_tx, dp_stop_rx) = watch::channel(false);
     let http_threads = dataplane::serve_threads(
         http_listener,
@@ -333,6 +351,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         dp.clone(),
         limits,
         tls.http.clone(),
+        access_log.clone(),
         dp_stop_rx,
     )
     .context("cannot start the data-plane threads")?;
@@ -340,7 +359,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let ops = dataplane::OpsHooks {
         ready: ready.clone(),
         extra_metrics: Some(Arc::new(move |out: &mut String| {
-            plane::raft_metrics(&metrics_node, out)
+            plane::raft_metrics(&metrics_node, out);
+            if let Some(log) = &access_log {
+                log.render_metrics(out);
+            }
         })),
     };
     let ops_task = tokio::spawn(dataplane::serve_ops(
@@ -409,6 +431,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let _ = dp_stop_tx.send(true);
     if let Err(e) = http_threads.join().await {
         tracing::warn!("data plane: {e}");
+    }
+    if let Some(writer) = access_log_writer {
+        // The lines of the last requests are written before the node reports it stopped.
+        let _ = tokio::task::spawn_blocking(move || writer.close()).await;
     }
     // Everything the data plane counted is recorded before the node leaves.
     for j in &jobs {

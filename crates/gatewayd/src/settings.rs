@@ -203,6 +203,73 @@ pub struct Flags {
     /// for new connections without a restart [default: 5000].
     #[arg(long, env = "GATEWAY_TLS_RELOAD_MS")]
     pub tls_reload_ms: Option<u64>,
+    /// Access log: one JSON line per data-plane request, to `stdout` or to a file PATH
+    /// (rotated by size) [default: none].
+    #[arg(long, env = "GATEWAY_ACCESS_LOG", value_name = "stdout|PATH")]
+    pub access_log: Option<String>,
+    /// Access log file: rotated before it would grow past this many bytes [default: 104857600].
+    #[arg(long, env = "GATEWAY_ACCESS_LOG_MAX_BYTES")]
+    pub access_log_max_bytes: Option<u64>,
+    /// Access log file: rotated files kept, PATH.1 (newest) to PATH.N [default: 5].
+    #[arg(long, env = "GATEWAY_ACCESS_LOG_KEEP", value_name = "N")]
+    pub access_log_keep: Option<usize>,
+    /// The node's own log (on stderr): `text` or `json` (one object per line) [default: text].
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<String>,
+    /// The node's log level: error, warn, info, debug or trace, or a filter such as
+    /// `info,cluster=debug`. RUST_LOG, when set, overrides it [default: info].
+    #[arg(long, env = "GATEWAY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// How the node logs (see `--log-format`, `--log-level`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub json: bool,
+    /// The filter: `--log-level` with quiet defaults for chatty dependencies.
+    pub filter: String,
+}
+
+impl Flags {
+    /// The log settings alone: read before the rest, so that resolving logs as configured.
+    pub fn log_settings(&self) -> Result<LogSettings> {
+        let file = match &self.config {
+            Some(path) => std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| toml::from_str::<Flags>(&t).ok()),
+            None => None,
+        };
+        let format = self
+            .log_format
+            .clone()
+            .or_else(|| file.as_ref().and_then(|f| f.log_format.clone()));
+        let json = match format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => bail!("invalid --log-format '{other}': use text or json"),
+        };
+        let level = self
+            .log_level
+            .clone()
+            .or_else(|| file.as_ref().and_then(|f| f.log_level.clone()))
+            .unwrap_or_else(|| "info".into());
+        if level.trim().is_empty() {
+            bail!("invalid --log-level '': use error, warn, info, debug, trace or a filter");
+        }
+        // Dependencies stay quiet at the default level; a filter naming them wins (later
+        // directives for the same target override earlier ones). openraft's replication lines
+        // about an unreachable peer come several a second: the node logs those itself, at most
+        // once per peer every 30 s (`cluster::network`). raft_core warns of stale messages it
+        // ignores, which happens on every vote (a follower's own vote notification).
+        let filter = format!(
+            "openraft=warn,openraft::replication=off,\
+             openraft::engine::handler::replication_handler=off,openraft::core::raft_core=error,\
+             sled=warn,h2=warn,tower=warn,{level}"
+        );
+        tracing_subscriber::EnvFilter::try_new(&filter)
+            .map_err(|e| anyhow!("invalid --log-level '{level}': {e}"))?;
+        Ok(LogSettings { json, filter })
+    }
 }
 
 /// TLS for the three listeners, as files (loaded when the node starts, then reloaded on change).
@@ -247,6 +314,7 @@ pub struct Settings {
     pub max_stale_config: Option<Duration>,
     pub exit_when_removed: bool,
     pub allow_private_webhooks: bool,
+    pub access_log: Option<dataplane::AccessLogSettings>,
 }
 
 impl Flags {
@@ -310,7 +378,12 @@ impl Flags {
             admin_plaintext,
             http_tls_cert,
             http_tls_key,
-            tls_reload_ms
+            tls_reload_ms,
+            access_log,
+            access_log_max_bytes,
+            access_log_keep,
+            log_format,
+            log_level
         );
         Ok(self)
     }
@@ -441,7 +514,9 @@ impl Flags {
                 Some(d)
             }
         };
+        let access_log = access_log_settings(&f)?;
         Ok(Settings {
+            access_log,
             node_id,
             data_dir: f.data_dir.unwrap_or_else(|| PathBuf::from("gateway-data")),
             listen_admin,
@@ -472,6 +547,34 @@ impl Flags {
             allow_private_webhooks: f.allow_private_webhooks.unwrap_or(false),
         })
     }
+}
+
+/// The access log's target and rotation.
+fn access_log_settings(f: &Flags) -> Result<Option<dataplane::AccessLogSettings>> {
+    let max_bytes = f.access_log_max_bytes.unwrap_or(100 * 1024 * 1024);
+    if max_bytes < 4096 {
+        bail!("--access-log-max-bytes {max_bytes} is below the minimum of 4096");
+    }
+    let keep = f.access_log_keep.unwrap_or(5);
+    if keep > 1000 {
+        bail!("--access-log-keep {keep} is above the maximum of 1000");
+    }
+    let target = match f.access_log.as_deref() {
+        None => {
+            if f.access_log_max_bytes.is_some() || f.access_log_keep.is_some() {
+                bail!("--access-log-max-bytes and --access-log-keep need --access-log PATH");
+            }
+            return Ok(None);
+        }
+        Some("") => bail!("invalid --access-log '': use stdout or a file path"),
+        Some("stdout" | "-") => dataplane::AccessLogTarget::Stdout,
+        Some(path) => dataplane::AccessLogTarget::File(PathBuf::from(path)),
+    };
+    Ok(Some(dataplane::AccessLogSettings {
+        target,
+        max_bytes,
+        keep,
+    }))
 }
 
 /// Both files of a certificate and its key, or neither.

@@ -313,14 +313,14 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{:<w$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "latency ms", "p50", "p90", "p99", "p99.9", "max", "late>1ms", "late>10m", "max lag"
+            "{:<w$} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+            "latency ms", "p50", "p90", "p99", "p99.9", "max", "late>1ms", "late>10ms", "max lag"
         );
         for p in &self.phases {
             let l = &p.latency;
             let _ = writeln!(
                 s,
-                "{:<w$} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>8} {:>8.2}",
+                "{:<w$} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9} {:>8.2}",
                 p.name,
                 l.p50_ms,
                 l.p90_ms,

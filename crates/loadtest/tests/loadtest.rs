@@ -124,6 +124,19 @@ async fn a_one_second_stall_shows_in_the_tail() {
     assert!(l.p50_ms < 100.0, "p50 {:.1} ms", l.p50_ms);
     // The requests that waited for a connection are reported as sent late, not dropped.
     assert!(p.lag.late_10ms >= 500, "late>10ms {}", p.lag.late_10ms);
+    // The summary's header names its columns whole, each over its figures.
+    let table = report.summary_table();
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("latency ms"))
+        .expect("latency header");
+    assert!(header.contains(" late>10ms "), "{header}");
+    let row = table
+        .lines()
+        .skip_while(|l| !l.starts_with("latency ms"))
+        .nth(1)
+        .unwrap();
+    assert_eq!(header.len(), row.len(), "columns aligned:\n{header}\n{row}");
     assert!(p.lag.max_ms >= 900.0, "max lag {:.1} ms", p.lag.max_ms);
     assert!(!report.generator.on_schedule);
     // Against a 50 ms budget the phase fails.

@@ -163,9 +163,14 @@ impl Response {
 /// `GET http://addr{path}` on a fresh connection; `None` if the connection failed or no
 /// response came within 5 s.
 pub async fn get(addr: &str, path: &str) -> Option<Response> {
+    get_with(addr, path, &[]).await
+}
+
+/// [`get`] with more request headers.
+pub async fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Option<Response> {
     let fut = async {
         let sock = TcpStream::connect(addr).await.ok()?;
-        exchange(sock, addr, path).await
+        exchange_with(sock, addr, path, headers).await
     };
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await
@@ -222,11 +227,27 @@ pub async fn served_certificate(
     leaf.ok_or_else(|| std::io::Error::other("the server presented no certificate"))
 }
 
-async fn exchange<S>(mut sock: S, addr: &str, path: &str) -> Option<Response>
+async fn exchange<S>(sock: S, addr: &str, path: &str) -> Option<Response>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    exchange_with(sock, addr, path, &[]).await
+}
+
+async fn exchange_with<S>(
+    mut sock: S,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<Response>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n{extra}\r\n");
     sock.write_all(req.as_bytes()).await.ok()?;
     let mut raw = Vec::new();
     // A TLS peer may close without close_notify once it has sent everything.

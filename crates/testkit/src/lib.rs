@@ -336,7 +336,8 @@ impl Cluster {
                     .then_some("--allow-private-webhooks"),
             )
             .args(&self.extra_args)
-            .env("RUST_LOG", "info,openraft=warn")
+            // The node's own defaults (--log-level info), whatever the test runner has.
+            .env_remove("RUST_LOG")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)));
         // Settings of the environment the tests run in must not leak into the nodes.
         for (k, _) in std::env::vars() {

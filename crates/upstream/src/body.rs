@@ -60,7 +60,14 @@ pub struct ResponseBody {
     /// body, as they were read, instead of through a header map. Whoever writes the response
     /// head takes them ([`take_header_block`](Self::take_header_block)).
     header_block: Option<HeaderBlock>,
+    /// Called with the body bytes sent when the body is done with (sent, or dropped unsent):
+    /// the access log's line is finished there.
+    on_end: Option<OnEnd>,
+    sent: u64,
 }
+
+/// What [`ResponseBody::on_end`] calls.
+pub type OnEnd = Box<dyn FnOnce(u64) + Send>;
 
 impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
@@ -70,6 +77,8 @@ impl ResponseBody {
             count_data: false,
             backend_pending: 0,
             header_block: None,
+            on_end: None,
+            sent: 0,
         }
     }
 
@@ -82,6 +91,8 @@ impl ResponseBody {
             count_data: false,
             backend_pending: head_bytes,
             header_block: None,
+            on_end: None,
+            sent: 0,
         };
         body.release_if_done();
         body
@@ -103,6 +114,8 @@ impl ResponseBody {
             count_data: false,
             backend_pending: received,
             header_block: Some(block),
+            on_end: None,
+            sent: 0,
         }
     }
 
@@ -144,6 +157,11 @@ impl ResponseBody {
     pub fn count_data_as_sent(&mut self) {
         self.count_data = true;
     }
+
+    /// Calls `f` with the body bytes sent, once the body is done with.
+    pub fn on_end(&mut self, f: OnEnd) {
+        self.on_end = Some(f);
+    }
 }
 
 impl Body for ResponseBody {
@@ -182,11 +200,16 @@ impl Body for ResponseBody {
                 polled.map(|data| data.map(|data| data.map(Frame::data)))
             }
         };
-        if this.count_data
-            && let (Poll::Ready(Some(Ok(frame))), Some(usage)) = (&polled, &this.usage)
+        if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            usage.add_bytes(data.len() as u64);
+            let n = data.len() as u64;
+            this.sent += n;
+            if this.count_data
+                && let Some(usage) = &this.usage
+            {
+                usage.add_bytes(n);
+            }
         }
         polled
     }
@@ -217,5 +240,8 @@ impl Drop for ResponseBody {
         // hyper stops polling a body that says it has ended; an unfinished one takes its
         // connection down with it.
         self.release_if_done();
+        if let Some(f) = self.on_end.take() {
+            f(self.sent);
+        }
     }
 }

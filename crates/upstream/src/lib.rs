@@ -36,7 +36,7 @@ mod pool;
 mod proxy;
 mod respond;
 
-pub use body::{Checkout, RequestBody, ResponseBody};
+pub use body::{Checkout, OnEnd, RequestBody, ResponseBody};
 pub use direct::HeaderBlock;
 #[cfg(feature = "fuzzing")]
 pub use direct::fuzzing;
