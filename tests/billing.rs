@@ -786,13 +786,13 @@ async fn subscription_terms_warn_renew_stop_and_release() {
     };
     // api.s1.small in Singapore: 560 a month.
     let sub = create("sub", "month", false);
-    assert_eq!(sub["term_end"], "2026-02-01 01:00:00");
+    assert_eq!(sub["term_end"], "2026-02-01T01:00:00Z");
     assert_eq!(sub["term_end_ms"], JAN_1 + 31 * DAY_MS + HOUR_MS);
     assert_eq!(sub["auto_renew"], false);
     assert_eq!(create("auto", "month", true)["auto_renew"], true);
     let table = c.ctl(3, &["instance", "get", "--name", "sub"]);
     assert!(
-        table.stdout.contains("2026-02-01 01:00:00 (1769907600000)"),
+        table.stdout.contains("2026-02-01T01:00:00Z (1769907600000)"),
         "{}",
         table.stdout
     );
@@ -826,7 +826,7 @@ async fn subscription_terms_warn_renew_stop_and_release() {
     ];
     ok(&c, 1, &renew);
     let sub = ok(&c, 2, &renew);
-    assert_eq!(sub["term_end"], "2026-03-01 01:00:00");
+    assert_eq!(sub["term_end"], "2026-03-01T01:00:00Z");
     // 3000 - 3 x 560 (the hour of the deleted instance is billed when the day closes).
     assert_eq!(account(&c, 1)["balance"], "1320.00");
     ok(
@@ -853,7 +853,7 @@ async fn subscription_terms_warn_renew_stop_and_release() {
     })
     .await;
     assert_eq!(renewed["instance"], "auto");
-    assert_eq!(instance(&c, 2, "auto")["term_end"], "2026-03-01 01:00:00");
+    assert_eq!(instance(&c, 2, "auto")["term_end"], "2026-03-01T01:00:00Z");
     assert_eq!(account(&c, 1)["balance"], "759.07");
     let auto = ok(
         &c,
@@ -896,7 +896,7 @@ async fn subscription_terms_warn_renew_stop_and_release() {
     })
     .await;
     assert_eq!(sub["stopped_reason"], "term_ended");
-    assert_eq!(sub["release_at"], "2026-03-08 01:00:00");
+    assert_eq!(sub["release_at"], "2026-03-08T01:00:00Z");
     let stopped = events_of_kind(&c, 3, "instance_stopped");
     assert!(
         stopped
@@ -911,7 +911,7 @@ async fn subscription_terms_warn_renew_stop_and_release() {
         &["instance", "renew", "--name", "auto", "--months", "1"],
     );
     assert_eq!(auto["status"], "running");
-    assert_eq!(auto["term_end"], "2026-04-01 01:00:00");
+    assert_eq!(auto["term_end"], "2026-04-01T01:00:00Z");
 
     // March 8: the grace is over: sub is released with its group.
     clock.set(JAN_1 + 66 * DAY_MS + HOUR_MS + 1);
