@@ -792,7 +792,9 @@ async fn subscription_terms_warn_renew_stop_and_release() {
     assert_eq!(create("auto", "month", true)["auto_renew"], true);
     let table = c.ctl(3, &["instance", "get", "--name", "sub"]);
     assert!(
-        table.stdout.contains("2026-02-01T01:00:00Z (1769907600000)"),
+        table
+            .stdout
+            .contains("2026-02-01T01:00:00Z (1769907600000)"),
         "{}",
         table.stdout
     );

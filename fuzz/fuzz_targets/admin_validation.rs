@@ -139,6 +139,7 @@ fn api_spec(u: &mut Unstructured<'_>) -> arbitrary::Result<ApiSpec> {
         } else {
             AuthType::Anonymous
         },
+        backend_location: Default::default(),
     })
 }
 
@@ -229,6 +230,7 @@ fn command(u: &mut Unstructured<'_>) -> arbitrary::Result<Command> {
                         region: pick(u, REGIONS)?,
                         calls: u.arbitrary()?,
                         bytes_out: u.arbitrary()?,
+                        backend_bytes: u.arbitrary()?,
                     })
                 })
                 .collect::<arbitrary::Result<Vec<_>>>()?;
@@ -299,6 +301,7 @@ fn base_state() -> &'static State {
             backend: "http://127.0.0.1:9000".into(),
             timeout_ms: 5_000,
             auth,
+            backend_location: Default::default(),
         };
         let cmds = vec![
             Command::CreateAccount {
@@ -406,6 +409,7 @@ fn base_state() -> &'static State {
                     region: "cn-hongkong".into(),
                     calls: 10,
                     bytes_out: 1000,
+                    backend_bytes: 0,
                 }],
             },
         ];

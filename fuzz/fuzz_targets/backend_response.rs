@@ -55,12 +55,25 @@ fn check(p: &Parsed, head_request: bool) {
         count += 1;
         let colon = line.iter().position(|&b| b == b':').expect("a colon");
         let (name, value) = (&line[..colon], &line[colon + 1..]);
-        assert!(!name.is_empty() && name.iter().all(|&b| is_tchar(b)), "{line:?}");
+        assert!(
+            !name.is_empty() && name.iter().all(|&b| is_tchar(b)),
+            "{line:?}"
+        );
         assert!(value.starts_with(b" ") || value.is_empty(), "{line:?}");
-        assert!(!value.contains(&b'\r') && !value.contains(&b'\n'), "{line:?}");
+        assert!(
+            !value.contains(&b'\r') && !value.contains(&b'\n'),
+            "{line:?}"
+        );
         let lower = name.to_ascii_lowercase();
-        assert!(!decide::wire::is_hop_by_hop(&lower), "hop-by-hop passed on: {line:?}");
-        assert_ne!(&lower[..], b"x-ca-request-id", "the backend's request id passed on");
+        assert!(
+            !decide::wire::is_hop_by_hop(&lower),
+            "hop-by-hop passed on: {line:?}"
+        );
+        assert_ne!(
+            &lower[..],
+            b"x-ca-request-id",
+            "the backend's request id passed on"
+        );
         if lower == b"content-length" {
             lengths.push(String::from_utf8_lossy(&value[1..]).trim().to_string());
         }
@@ -97,7 +110,10 @@ fuzz_target!(|data: &[u8]| {
         _ => reads(input.len(), seed),
     };
     let split = parse(input, head_request, &pieces);
-    assert_eq!(whole, split, "the outcome depends on how the bytes arrive ({pieces:?})");
+    assert_eq!(
+        whole, split,
+        "the outcome depends on how the bytes arrive ({pieces:?})"
+    );
     if let Ok(p) = &whole {
         check(p, head_request);
     }

@@ -101,6 +101,7 @@ fn deployed(stage: Stage, api: &str, method: Method, path: &str, backend: &str) 
         backend: backend.into(),
         timeout: Duration::from_millis(200),
         app_auth: api == "secure",
+        backend_billed: false,
     }
 }
 
@@ -225,6 +226,7 @@ fn harness() -> &'static Harness {
                 idle_timeout: Duration::from_millis(400),
                 max_connections: 1024,
                 drain_timeout: Duration::from_millis(100),
+                allow_underscore_headers: false,
             };
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

@@ -107,6 +107,7 @@ fn api(stage: Stage, name: &str, method: Method, path: &str) -> DeployedApi {
         backend: "http://127.0.0.1:1".into(),
         timeout: Duration::from_millis(100),
         app_auth: name == "secure",
+        backend_billed: false,
     }
 }
 
@@ -282,6 +283,7 @@ fn fuzzed(groups: &[FuzzGroup], requests: &[Request]) {
                     },
                     timeout: Duration::from_millis(100),
                     app_auth: a.app_auth,
+                    backend_billed: false,
                 })
             })
             .collect();
