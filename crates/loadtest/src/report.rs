@@ -273,8 +273,9 @@ impl Report {
             .iter()
             .map(|p| p.name.len())
             .max()
-            .unwrap_or(5)
-            .max(5);
+            .unwrap_or(0)
+            // The widest first-column header ("latency ms"), so every column sits under its name.
+            .max("latency ms".len());
         let _ = writeln!(
             s,
             "{:<w$} {:>6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>6} {:>7} {:>7} {:>6}",
