@@ -3,52 +3,17 @@
 //! months of daily cycles pass in seconds.
 
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use testkit::http::{Response, Server};
+use testkit::http::{Server, Traffic};
+use testkit::time::{DAY_MS, HOUR_MS, JAN_1};
 use testkit::{Cluster, DevClock, binaries, eventually};
 
 const SETTLE: Duration = Duration::from_secs(20);
-const HOUR_MS: u64 = 3_600_000;
-const DAY_MS: u64 = 24 * HOUR_MS;
-/// 2026-01-01T00:00:00Z.
-const JAN_1: u64 = 1_767_225_600_000;
-
-/// Requests sent through the gateway that got a response: each is a call the gateway received.
-#[derive(Default)]
-struct Traffic(AtomicU64);
-
-impl Traffic {
-    async fn get(&self, addr: &str, path: &str) -> Option<Response> {
-        let r = testkit::http::get(addr, path).await;
-        if r.is_some() {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn sent(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
 
 /// A cluster whose nodes take their time from a file.
 async fn cluster_with_clock(start_ms: u64) -> (Cluster, DevClock) {
-    let mut c = Cluster::new(binaries!(), 3);
-    let clock = DevClock(c.dir().join("clock"));
-    clock.set(start_ms);
-    c.extra_args = clock.node_args();
-    c.extra_args.extend([
-        "--usage-flush-ms".into(),
-        "100".into(),
-        "--shared-region".into(),
-        "cn-hangzhou".into(),
-    ]);
-    for id in 1..=3 {
-        c.spawn(id);
-    }
-    c.wait_leader(SETTLE).await;
-    (c, clock)
+    let extra = ["--usage-flush-ms", "100", "--shared-region", "cn-hangzhou"];
+    Cluster::start_with_clock(binaries!(), 3, start_ms, &extra).await
 }
 
 fn ok(c: &Cluster, via: u64, args: &[&str]) -> Value {

@@ -9,13 +9,11 @@ use proto::admin::{
 };
 use std::path::PathBuf;
 use std::time::Duration;
+use testkit::time::{DAY_MS, JAN_1};
 use testkit::{Cluster, DevClock, binaries, eventually};
 use tonic::transport::Channel;
 
 const SETTLE: Duration = Duration::from_secs(30);
-const DAY_MS: u64 = 86_400_000;
-/// 2026-01-01T00:00:00Z.
-const JAN_1: u64 = 1_767_225_600_000;
 
 type Admin = AdminClient<Channel>;
 

@@ -270,3 +270,24 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
         body: String::from_utf8_lossy(&raw[end + 4..]).into_owned(),
     })
 }
+
+/// A client that counts the requests that got a response: each is a call the gateway
+/// received (and so one it must bill).
+#[derive(Debug, Default)]
+pub struct Traffic(std::sync::atomic::AtomicU64);
+
+impl Traffic {
+    /// [`get`], counted when a response came back.
+    pub async fn get(&self, addr: &str, path: &str) -> Option<Response> {
+        let r = get(addr, path).await;
+        if r.is_some() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// How many requests got a response.
+    pub fn sent(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

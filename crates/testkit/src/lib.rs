@@ -17,6 +17,14 @@ pub mod ports;
 
 pub use ports::{PortLease, free_port};
 
+/// Times for tests on the development clock, in Unix milliseconds.
+pub mod time {
+    pub const HOUR_MS: u64 = 3_600_000;
+    pub const DAY_MS: u64 = 24 * HOUR_MS;
+    /// 2026-01-01T00:00:00Z.
+    pub const JAN_1: u64 = 1_767_225_600_000;
+}
+
 use proto::admin::admin_client::AdminClient;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -198,6 +206,28 @@ impl DevClock {
             "--dev-clock-file".into(),
             self.0.display().to_string(),
         ]
+    }
+}
+
+impl Cluster {
+    /// `n` nodes on a development clock set to `start_ms`, started with `extra` flags too; once
+    /// they have a leader.
+    pub async fn start_with_clock(
+        bins: Binaries,
+        n: u64,
+        start_ms: u64,
+        extra: &[&str],
+    ) -> (Cluster, DevClock) {
+        let mut c = Cluster::new(bins, n);
+        let clock = DevClock(c.dir().join("clock"));
+        clock.set(start_ms);
+        c.extra_args = clock.node_args();
+        c.extra_args.extend(extra.iter().map(|s| s.to_string()));
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        c.wait_leader(Duration::from_secs(30)).await;
+        (c, clock)
     }
 }
 
