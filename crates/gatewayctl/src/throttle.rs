@@ -4,9 +4,37 @@
 use crate::output::{Format, Table, print};
 use crate::{Client, ms_to_utc, print_deleted};
 use anyhow::{Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use proto::admin as pb;
 use serde_json::{Value, json};
+
+/// A policy and the API (on a stage) it applies to.
+#[derive(Debug, Args)]
+pub struct Binding {
+    /// The policy's name.
+    #[arg(long)]
+    name: String,
+    /// The API's group.
+    #[arg(long)]
+    group: String,
+    /// The API's name.
+    #[arg(long)]
+    api: String,
+    /// RELEASE, PRE or TEST.
+    #[arg(long, default_value = "RELEASE")]
+    stage: String,
+}
+
+impl Binding {
+    fn request(self) -> pb::BindTrafficControlRequest {
+        pb::BindTrafficControlRequest {
+            name: self.name,
+            group: self.group,
+            api: self.api,
+            stage: self.stage,
+        }
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ThrottleCmd {
@@ -52,35 +80,9 @@ pub enum ThrottleCmd {
         remove: bool,
     },
     /// Apply a policy to an API on a stage (an API takes one policy per stage).
-    Bind {
-        /// The policy's name.
-        #[arg(long)]
-        name: String,
-        /// The API's group.
-        #[arg(long)]
-        group: String,
-        /// The API's name.
-        #[arg(long)]
-        api: String,
-        /// RELEASE, PRE or TEST.
-        #[arg(long, default_value = "RELEASE")]
-        stage: String,
-    },
+    Bind(Binding),
     /// Stop applying a policy to an API on a stage.
-    Unbind {
-        /// The policy's name.
-        #[arg(long)]
-        name: String,
-        /// The API's group.
-        #[arg(long)]
-        group: String,
-        /// The API's name.
-        #[arg(long)]
-        api: String,
-        /// RELEASE, PRE or TEST.
-        #[arg(long, default_value = "RELEASE")]
-        stage: String,
-    },
+    Unbind(Binding),
     /// List the policies you may see.
     List,
     /// One policy, with its special apps and accounts and its bindings.
@@ -210,33 +212,11 @@ pub async fn run(c: &mut Client, f: Format, cmd: ThrottleCmd) -> Result<()> {
             };
             show(f, c.set_traffic_control_special(req).await?.into_inner());
         }
-        ThrottleCmd::Bind {
-            name,
-            group,
-            api,
-            stage,
-        } => {
-            let req = pb::BindTrafficControlRequest {
-                name,
-                group,
-                api,
-                stage,
-            };
-            show(f, c.bind_traffic_control(req).await?.into_inner());
+        ThrottleCmd::Bind(b) => {
+            show(f, c.bind_traffic_control(b.request()).await?.into_inner());
         }
-        ThrottleCmd::Unbind {
-            name,
-            group,
-            api,
-            stage,
-        } => {
-            let req = pb::BindTrafficControlRequest {
-                name,
-                group,
-                api,
-                stage,
-            };
-            show(f, c.unbind_traffic_control(req).await?.into_inner());
+        ThrottleCmd::Unbind(b) => {
+            show(f, c.unbind_traffic_control(b.request()).await?.into_inner());
         }
         ThrottleCmd::List => {
             let list = c
