@@ -21,7 +21,7 @@
 //! Every wait is bounded. Environment variables change the sizes and settings:
 //! `BENCH_SEQ_WRITES` (600), `BENCH_GROWTH_TO` (3000 instances), `BENCH_CONC_SECS` (3),
 //! `BENCH_CONCURRENCY` (16,64), `BENCH_FAILOVER_ROUNDS` (5), `BENCH_STEADY_SECS` (30), and the Raft timing passed to
-//! every node, `BENCH_HEARTBEAT_MS` (100) and `BENCH_ELECTION_TIMEOUT_MS` (500), which are
+//! every node, `BENCH_HEARTBEAT_MS` (100) and `BENCH_ELECTION_TIMEOUT_MS` (300), which are
 //! gatewayd's defaults.
 
 use hdrhistogram::Histogram;
@@ -36,7 +36,7 @@ use tonic::transport::{Channel, Endpoint};
 /// gatewayd's default Raft heartbeat; passed explicitly to every node unless overridden.
 const HEARTBEAT_MS: u64 = 100;
 /// gatewayd's default election timeout: elections wait a random time in [E, 2E).
-const ELECTION_MS: u64 = 500;
+const ELECTION_MS: u64 = 300;
 const WARMUP_WRITES_PER_NODE: usize = 10;
 /// The growth phase reports the latency per bucket of this many stored instances.
 const GROWTH_BUCKET: usize = 500;
@@ -760,8 +760,10 @@ async fn steady_elections(c: &Cluster) {
 /// Section 4: a steady write load that counts spurious elections, then leader kills.
 async fn failover_phase(cfg: &Config) {
     let (hb, el) = (cfg.heartbeat_ms, cfg.election_ms);
+    let (mut c, mut leader) = start(cfg, 3).await;
     println!();
     println!("## 4. SIGKILL of the leader -> first successful write through a survivor");
+    steady_elections(&c).await;
     println!();
     println!(
         "A fresh 3-node cluster. Writes alternate between the two survivors, each attempt with a {} ms timeout (client and grpc-timeout); the killed node is restarted on its data and caught up between rounds. 'leader known' is when a survivor first reports a new leader (polled every ~10 ms).",
@@ -780,8 +782,6 @@ async fn failover_phase(cfg: &Config) {
         "| round | killed | new leader | leader known ms | first write ok ms | via node | attempts | failed attempts |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---|");
-    let (mut c, mut leader) = start(cfg, 3).await;
-    steady_elections(&c).await;
     let mut firsts = Vec::new();
     let mut knowns = Vec::new();
     for round in 1..=cfg.rounds {
