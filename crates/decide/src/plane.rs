@@ -391,7 +391,7 @@ impl<U: Upstreams> Dataplane<U> {
                 value: api,
                 path: rest,
             } => {
-                self.note_arrival();
+                let wall_ms = self.note_arrival();
                 api.usage.add_call();
                 let group = &api.group;
                 let rejection = if early.is_some() {
@@ -401,7 +401,7 @@ impl<U: Upstreams> Dataplane<U> {
                         account: group.account.clone(),
                     })
                 } else {
-                    self.admit(api, access, now).err()
+                    self.admit(api, access, now, wall_ms).err()
                 };
                 Verdict {
                     target: Target::Api(api.clone()),
@@ -438,13 +438,14 @@ impl<U: Upstreams> Dataplane<U> {
     }
 
     /// Access control, then the throttling policy, then the instance's limiter: each refusal
-    /// leaves the later limits' quotas alone.
+    /// leaves the later limits' quotas alone. `wall_ms`: the wall clock read at the arrival.
     #[inline]
     fn admit(
         &self,
         api: &Api<U>,
         access: Option<&Access<'_>>,
         now: Nanos,
+        wall_ms: u64,
     ) -> Result<(), GatewayError> {
         let app = match access {
             Some(a) => a
@@ -453,7 +454,7 @@ impl<U: Upstreams> Dataplane<U> {
             None => None,
         };
         if let Some(t) = &api.throttle {
-            t.admit(app.as_deref(), now, || self.inner.clock.now_ms())?;
+            t.admit(app.as_deref(), now, || wall_ms)?;
         }
         let group = &api.group;
         group
@@ -604,13 +605,15 @@ impl<U: Upstreams> Dataplane<U> {
 
     /// A call arrives: if the clock has entered a later hour than the counters count, they
     /// move on to it first, so the call is dated the hour it arrived in. One read of the wall
-    /// clock per call; the lock only once an hour.
+    /// clock per call (returned, for the throttling windows); the lock only once an hour.
     #[inline]
-    fn note_arrival(&self) {
-        let hour = self.inner.clock.now_ms() / HOUR_MS;
+    fn note_arrival(&self) -> u64 {
+        let wall_ms = self.inner.clock.now_ms();
+        let hour = wall_ms / HOUR_MS;
         if hour > self.inner.usage_hour.load(Relaxed) {
             self.roll_usage(hour);
         }
+        wall_ms
     }
 
     #[cold]
