@@ -454,6 +454,12 @@ impl Cluster {
         }
     }
 
+    /// Leaves node `id` out of the voters in the `--peers` of every node started from now on,
+    /// as an operator does before bringing back a removed node: it then joins as a learner.
+    pub fn drop_initial_voter(&mut self, id: u64) {
+        self.voters.retain(|v| *v != id);
+    }
+
     /// Deletes a stopped node's data, as if its disk were lost.
     pub fn wipe(&mut self, id: u64) {
         let node = &self.nodes[&id];
