@@ -18,6 +18,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 const SETTLE: Duration = Duration::from_secs(20);
 const STEP: Duration = Duration::from_secs(5);
 
+/// A request's headers, as (name, value) pairs.
+type Head = Vec<(String, String)>;
+
 /// A WebSocket echo server on 127.0.0.1: every text and binary message comes back; pings are
 /// answered by the WebSocket library; a close is answered with a close. It counts the
 /// upgrades it accepted and the sessions that have ended, and keeps the request heads.
@@ -25,7 +28,7 @@ struct EchoBackend {
     addr: String,
     upgrades: Arc<AtomicUsize>,
     ended: Arc<AtomicUsize>,
-    heads: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    heads: Arc<Mutex<Vec<Head>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,6 +44,8 @@ impl EchoBackend {
             while let Ok((sock, _)) = listener.accept().await {
                 let (u, e, h) = (u.clone(), e.clone(), h.clone());
                 tokio::spawn(async move {
+                    // The error type is the library's (a whole HTTP response).
+                    #[allow(clippy::result_large_err)]
                     let record = |req: &http::Request<()>, resp| {
                         let head = req
                             .headers()
@@ -93,7 +98,9 @@ async fn next<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) ->
 
 /// A text and a binary message echoed, and a ping answered by a pong.
 async fn echo<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, tag: &str) {
-    ws.send(Message::text(format!("hello {tag}"))).await.unwrap();
+    ws.send(Message::text(format!("hello {tag}")))
+        .await
+        .unwrap();
     assert_eq!(next(ws).await, Some(Message::text(format!("hello {tag}"))));
     let binary: Vec<u8> = (0..=255u8).chain([0, 255, 13, 10]).collect();
     ws.send(Message::binary(binary.clone())).await.unwrap();
@@ -132,7 +139,11 @@ async fn raw_upgrade(addr: &str, path: &str, extra: &[(String, String)]) -> (u16
     raw_upgrade_on(&mut s, path, extra).await
 }
 
-async fn raw_upgrade_on(s: &mut TcpStream, path: &str, extra: &[(String, String)]) -> (u16, String) {
+async fn raw_upgrade_on(
+    s: &mut TcpStream,
+    path: &str,
+    extra: &[(String, String)],
+) -> (u16, String) {
     let mut head = format!(
         "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
          sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -223,8 +234,18 @@ fn metered(c: &Cluster, api: &str) -> (u64, u64) {
 fn api_create(c: &Cluster, group: &str, name: &str, backend: &str, extra: &[&str]) {
     let path = format!("/{name}");
     let mut args = vec![
-        "api", "create", "--group", group, "--name", name, "--method", "GET", "--path", &path,
-        "--backend", backend,
+        "api",
+        "create",
+        "--group",
+        group,
+        "--name",
+        name,
+        "--method",
+        "GET",
+        "--path",
+        &path,
+        "--backend",
+        backend,
     ];
     args.extend_from_slice(extra);
     c.ctl_json(1, &args);
@@ -261,14 +282,29 @@ async fn websocket_echo_on_every_node_survives_changes_and_is_metered() {
     c.ctl_json(
         1,
         &[
-            "instance", "create", "--name", "ded", "--spec", "api.s1.small", "--region",
-            "cn-hongkong", "--account", "acme",
+            "instance",
+            "create",
+            "--name",
+            "ded",
+            "--spec",
+            "api.s1.small",
+            "--region",
+            "cn-hongkong",
+            "--account",
+            "acme",
         ],
     );
     c.ctl_json(
         1,
         &[
-            "group", "create", "--name", "g", "--account", "acme", "--instance", "ded",
+            "group",
+            "create",
+            "--name",
+            "g",
+            "--account",
+            "acme",
+            "--instance",
+            "ded",
         ],
     );
     api_create(&c, "g", "chat", &backend.url(), &[]);
@@ -295,7 +331,11 @@ async fn websocket_echo_on_every_node_survives_changes_and_is_metered() {
         };
         assert_eq!(get("upgrade").as_deref(), Some("websocket"), "{head:?}");
         assert_eq!(get("connection").as_deref(), Some("upgrade"), "{head:?}");
-        assert_eq!(get("x-forwarded-for").as_deref(), Some("127.0.0.1"), "{head:?}");
+        assert_eq!(
+            get("x-forwarded-for").as_deref(),
+            Some("127.0.0.1"),
+            "{head:?}"
+        );
         assert!(get("x-ca-request-id").is_some(), "{head:?}");
     }
 
@@ -306,14 +346,22 @@ async fn websocket_echo_on_every_node_survives_changes_and_is_metered() {
     c.ctl_json(
         1,
         &[
-            "instance", "modify-spec", "--name", "ded", "--spec", "api.s1.medium",
+            "instance",
+            "modify-spec",
+            "--name",
+            "ded",
+            "--spec",
+            "api.s1.medium",
         ],
     );
     api_create(&c, "g", "other", &backend.url(), &[]);
     wait_routable(&c, "/other").await;
-    wait_metric(&c, 2, "gateway_instance_ceiling_rps{instance=\"ded\"}", |v| {
-        v > 500.0
-    })
+    wait_metric(
+        &c,
+        2,
+        "gateway_instance_ceiling_rps{instance=\"ded\"}",
+        |v| v > 500.0,
+    )
     .await;
     echo(&mut ws, "after").await;
     // 64 KiB each way, counted as outbound traffic both ways.
@@ -334,7 +382,10 @@ async fn websocket_echo_on_every_node_survives_changes_and_is_metered() {
         (calls == 4 + 3 && bytes >= 2 * 64 * 1024).then_some((calls, bytes))
     })
     .await;
-    assert!(bytes < 2 * 64 * 1024 + 16 * 1024, "{calls} calls, {bytes} bytes");
+    assert!(
+        bytes < 2 * 64 * 1024 + 16 * 1024,
+        "{calls} calls, {bytes} bytes"
+    );
 }
 
 async fn connect_plain(addr: &str, path: &str) -> WebSocketStream<TcpStream> {
@@ -351,13 +402,14 @@ async fn connect_plain(addr: &str, path: &str) -> WebSocketStream<TcpStream> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upgrades_get_the_normal_error_and_declined_ones_a_normal_response() {
-    let c = start(&[]).await;
+    let c = start(&["--tunnel-idle-timeout-ms", "1000"]).await;
     let backend = EchoBackend::start().await;
     let plain = testkit::http::Server::start("not a websocket").await;
     c.ctl_json(1, &["group", "create", "--name", "g"]);
     api_create(&c, "g", "open", &backend.url(), &[]);
     api_create(&c, "g", "signed", &backend.url(), &["--auth-type", "APP"]);
     api_create(&c, "g", "limited", &backend.url(), &[]);
+    api_create(&c, "g", "idle", &backend.url(), &[]);
     api_create(&c, "g", "plain", &format!("http://{}", plain.addr), &[]);
     wait_routable(&c, "/plain").await;
     let addr = c.http_addr(3);
@@ -392,7 +444,14 @@ async fn refused_upgrades_get_the_normal_error_and_declined_ones_a_normal_respon
     c.ctl_json(
         1,
         &[
-            "api", "authorize", "--group", "g", "--name", "signed", "--app", "mobile",
+            "api",
+            "authorize",
+            "--group",
+            "g",
+            "--name",
+            "signed",
+            "--app",
+            "mobile",
         ],
     );
     let signed = |nonce: &str| {
@@ -429,7 +488,14 @@ async fn refused_upgrades_get_the_normal_error_and_declined_ones_a_normal_respon
     c.ctl_json(
         1,
         &[
-            "api", "set-acl", "--group", "g", "--name", "open", "--deny", "127.0.0.0/8",
+            "api",
+            "set-acl",
+            "--group",
+            "g",
+            "--name",
+            "open",
+            "--deny",
+            "127.0.0.0/8",
         ],
     );
     let text = eventually("the ACL to reach node 3", SETTLE, || async {
@@ -443,7 +509,14 @@ async fn refused_upgrades_get_the_normal_error_and_declined_ones_a_normal_respon
     c.ctl_json(
         1,
         &[
-            "throttle", "create", "--name", "one", "--unit", "minute", "--api-limit", "1",
+            "throttle",
+            "create",
+            "--name",
+            "one",
+            "--unit",
+            "minute",
+            "--api-limit",
+            "1",
         ],
     );
     c.ctl_json(
@@ -482,6 +555,20 @@ async fn refused_upgrades_get_the_normal_error_and_declined_ones_a_normal_respon
         Some((1 + opened) as f64),
         "only admitted upgrades open tunnels"
     );
+
+    // A tunnel on which nothing moves is closed after the tunnel idle timeout (1 s here).
+    let ended_before = backend.ended.load(SeqCst);
+    let mut ws = connect_plain(&addr, "/idle").await;
+    let opened_at = Instant::now();
+    assert!(next_or_end(&mut ws).await, "the idle tunnel is closed");
+    let idle = opened_at.elapsed();
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?}");
+    eventually(
+        "the backend side of the idle tunnel to close",
+        SETTLE,
+        || async { (backend.ended.load(SeqCst) > ended_before).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

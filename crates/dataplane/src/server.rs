@@ -331,7 +331,8 @@ async fn serve_connection<S, H, Fut>(
 }
 
 /// Where hyper's service leaves a tunnel to relay once the connection is handed back.
-type UpgradeSlot = Arc<std::sync::Mutex<Option<(hyper::upgrade::OnUpgrade, crate::tunnel::Pending)>>>;
+type UpgradeSlot =
+    Arc<std::sync::Mutex<Option<(hyper::upgrade::OnUpgrade, crate::tunnel::Pending)>>>;
 
 /// Arranges for the outbound traffic of a response hyper writes to be counted.
 ///

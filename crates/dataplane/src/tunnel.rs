@@ -125,7 +125,10 @@ where
         }
     });
     tokio::pin!(up, down);
-    let idle = info.limits.tunnel_idle_timeout.max(Duration::from_millis(1));
+    let idle = info
+        .limits
+        .tunnel_idle_timeout
+        .max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval((idle / 4).max(Duration::from_millis(5)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut up_done, mut down_done) = (false, false);

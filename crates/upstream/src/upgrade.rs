@@ -105,7 +105,10 @@ pub(crate) async fn exchange(
         head.keep_alive = false;
         return Ok(direct::respond(head, stream, pool, now));
     }
-    let Some(protocol) = head.upgrade.take().and_then(|p| HeaderValue::from_maybe_shared(p).ok())
+    let Some(protocol) = head
+        .upgrade
+        .take()
+        .and_then(|p| HeaderValue::from_maybe_shared(p).ok())
     else {
         tracing::debug!("the backend switched protocols without saying to which");
         return Err(ExchangeError::Broken);
@@ -127,4 +130,55 @@ pub(crate) async fn exchange(
             io: stream.io,
         }));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn only_http11_requests_whose_connection_lists_upgrade_ask_for_one() {
+        let ws = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(requested(Version::HTTP_11, &ws).unwrap(), "websocket");
+        // `Connection` on a line of its own.
+        let split = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", "upgrade"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(requested(Version::HTTP_11, &split).unwrap(), "h2c");
+        assert!(
+            requested(Version::HTTP_10, &ws).is_none(),
+            "no upgrades in HTTP/1.0"
+        );
+        assert!(requested(Version::HTTP_2, &ws).is_none());
+        let unasked = headers(&[("upgrade", "websocket")]);
+        assert!(requested(Version::HTTP_11, &unasked).is_none());
+        let nothing = headers(&[("connection", "upgrade")]);
+        assert!(requested(Version::HTTP_11, &nothing).is_none());
+    }
+
+    #[test]
+    fn the_upgrade_is_asked_for_at_the_end_of_the_head() {
+        let mut out = b"GET /ws HTTP/1.1\r\nhost: b\r\n\r\n".to_vec();
+        ask(&mut out, &HeaderValue::from_static("websocket"));
+        assert_eq!(
+            out,
+            b"GET /ws HTTP/1.1\r\nhost: b\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        );
+    }
 }
