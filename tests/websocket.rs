@@ -610,6 +610,7 @@ async fn a_draining_tls_node_keeps_its_tunnels_for_the_drain_period_then_closes_
     echo(&mut ws, "draining").await;
     let ended = tokio::time::timeout(Duration::from_secs(15), ws.next()).await;
     let after = terminated.elapsed();
+    eprintln!("the tunnel was closed {after:?} after SIGTERM (--drain-seconds 3)");
     assert!(
         matches!(ended, Ok(None | Some(Err(_)))),
         "the tunnel is closed: {ended:?}"

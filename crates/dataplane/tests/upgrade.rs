@@ -196,6 +196,14 @@ async fn hyper_switches_a_connection_it_serves_to_a_tunnel() {
         .await
         .unwrap();
     read_until(&mut s, b"plain").await;
+    // A declined upgrade leaves hyper serving HTTP on the connection.
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: something-else\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_until(&mut s, b"plain").await;
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
     s.write_all(UPGRADE).await.unwrap();
     let got = read_until(&mut s, GREETING).await;
     tunnel_echoes(&dp, &mut s, got).await;

@@ -251,7 +251,8 @@ pub async fn forward(
                     encode(out);
                     upgrade::ask(out, protocols);
                 };
-                let exchange = upgrade::exchange(backend.pool(), encode, request_id, now);
+                let exchange =
+                    upgrade::exchange(backend.pool(), &parts.method, encode, request_id, now);
                 tokio::time::timeout(timeout, exchange).await
             }
         };

@@ -17,7 +17,7 @@ use decide::Nanos;
 use decide::request_id::RequestId;
 use decide::wire::{lists, put_header};
 use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -78,6 +78,7 @@ impl BackendUpgrade {
 /// ordinary response.
 pub(crate) async fn exchange(
     pool: &Arc<HostPool>,
+    method: &Method,
     encode: impl Fn(&mut Vec<u8>),
     request_id: RequestId,
     now: Nanos,
@@ -93,12 +94,13 @@ pub(crate) async fn exchange(
         tracing::debug!(error = %e, "writing to the backend failed");
         return Err(ExchangeError::Broken);
     }
-    let mut head = match direct::read_head(&mut stream, false, true, request_id).await {
-        Ok(head) => head,
-        Err(ReadError::ClosedBeforeResponse | ReadError::Broken) => {
-            return Err(ExchangeError::Broken);
-        }
-    };
+    let mut head =
+        match direct::read_head(&mut stream, method == Method::HEAD, true, request_id).await {
+            Ok(head) => head,
+            Err(ReadError::ClosedBeforeResponse | ReadError::Broken) => {
+                return Err(ExchangeError::Broken);
+            }
+        };
     if head.status != StatusCode::SWITCHING_PROTOCOLS {
         // Declined: an ordinary answer. The connection was asked to switch, and is not
         // reused whatever the backend says about it.
