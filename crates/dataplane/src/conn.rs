@@ -38,6 +38,10 @@ pub struct ServerLimits {
     /// Request headers whose names have an underscore are passed on instead of dropped (see
     /// [`decide::head::has_underscore_names`]).
     pub allow_underscore_headers: bool,
+    /// A tunnel (an upgraded connection, e.g. a WebSocket) on which no byte moves either way
+    /// for this long is closed. It replaces `idle_timeout` once the connection is upgraded:
+    /// WebSocket clients often go quiet for minutes between messages.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -50,6 +54,7 @@ impl Default for ServerLimits {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
             allow_underscore_headers: false,
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }

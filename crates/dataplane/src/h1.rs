@@ -7,6 +7,10 @@
 //! [`crate::server`]) enforces the header-read timeout from the flags this loop keeps in
 //! [`ConnInfo`].
 //!
+//! An upgrade request is a bodiless request like any other; when its response is a 101 with
+//! a tunnel ([`crate::tunnel`]), the loop ends after writing it and the connection becomes
+//! that tunnel.
+//!
 //! Anything else goes to hyper, which then serves the connection for the rest of its life,
 //! starting with the bytes already read: a request with a body (hyper streams it to the backend
 //! while the backend answers) and HTTP/2 with prior knowledge. hyper also keeps TLS connections
@@ -42,6 +46,9 @@ pub(crate) enum Ended<S> {
     /// The next request needs hyper: it serves the connection from here, the bytes already
     /// read first.
     HandOff(S, Bytes),
+    /// The backend switched protocols and the 101 has been written: the connection is a
+    /// tunnel from here ([`crate::tunnel`]), the bytes already read first.
+    Upgraded(S, Bytes, crate::tunnel::Pending),
 }
 
 /// A parsed request head, or why there is none.
@@ -107,6 +114,7 @@ where
                     let method_head = head.request.method() == Method::HEAD;
                     let version_10 = head.request.version() == http::Version::HTTP_10;
                     let response = handler(head.request, info.clone()).await;
+                    let tunnel = crate::tunnel::pending(&response);
                     let keep_alive =
                         keep_alive && !info.draining.load(Relaxed) && !info.closing.load(Relaxed);
                     let exchange = Exchange {
@@ -114,7 +122,11 @@ where
                         method_head,
                         version_10,
                     };
-                    match write_response(&mut io, &mut out, response, exchange).await {
+                    let written = write_response(&mut io, &mut out, response, exchange).await;
+                    if let (Ok(_), Some(tunnel)) = (&written, tunnel) {
+                        return Ended::Upgraded(io, buf.split().freeze(), tunnel);
+                    }
+                    match written {
                         Ok(true) => continue,
                         Ok(false) | Err(_) => return Ended::Closed,
                     }
@@ -288,6 +300,8 @@ async fn write_response<S: AsyncWrite + Unpin>(
     let bodiless_status = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    // A 101 keeps its `Connection: upgrade` (and `Upgrade`, which goes on as any header).
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     out.clear();
     // HTTP/1.0 clients too: a server sends the highest version it conforms to (RFC 9110
     // 2.5); what it may use with them (no chunks, keep-alive only when asked) is decided below.
@@ -299,7 +313,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     // One pass over the headers writes them and notes what the framing depends on.
     let (mut has_length, mut has_date) = (false, false);
     for (name, value) in &parts.headers {
-        if name == TRANSFER_ENCODING || name == CONNECTION {
+        if name == TRANSFER_ENCODING || (name == CONNECTION && !upgrade) {
             continue; // this hop's framing and connection are decided here
         }
         if bodiless_status && name == CONTENT_LENGTH {
@@ -343,6 +357,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
         _ => {}
     }
     match (keep_alive, exchange.version_10) {
+        _ if upgrade => {}
         (false, false) => put_header(out, b"connection", b"close"),
         (true, true) => put_header(out, b"connection", b"keep-alive"),
         _ => {}

@@ -52,6 +52,7 @@
 //! - `access_log`: the access log (per-thread buffers, one writer thread, rotation).
 //! - `conn`: a client connection (limits, what a handler knows of it, the connection cap,
 //!   where connections come from); `sideline`: work polled beside a connection.
+//! - `tunnel`: upgraded connections (WebSocket), relayed to their backend after the 101.
 //! - `h1`: the lean HTTP/1 loop for bodiless requests on plain-text connections.
 //! - `server`: one connection (lean loop, then hyper), the request handler, accept loops.
 //! - `threads`: a server thread and runtime per core, fed by one accepting thread.
@@ -64,6 +65,7 @@ mod ops;
 mod server;
 mod sideline;
 mod threads;
+mod tunnel;
 
 pub use access_log::{AccessLog, AccessLogSettings, AccessLogTarget, AccessLogWriter};
 pub use conn::ServerLimits;

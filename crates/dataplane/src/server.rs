@@ -236,6 +236,10 @@ async fn serve_connection<S, H, Fut>(
         };
         match ended {
             crate::h1::Ended::Closed => return,
+            crate::h1::Ended::Upgraded(io, read, tunnel) => {
+                crate::tunnel::relay(io, read, tunnel, &info).await;
+                return;
+            }
             crate::h1::Ended::HandOff(mut io, read) => {
                 io.rewind = read;
                 io
@@ -248,9 +252,16 @@ async fn serve_connection<S, H, Fut>(
     io.meter = true;
     let io = TokioIo::new(io);
     let service_info = info.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    // A 101 with a tunnel, and the client connection hyper hands back after writing it.
+    let upgraded: UpgradeSlot = Arc::default();
+    let service_upgraded = upgraded.clone();
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let handler = handler.clone();
         let info = service_info.clone();
+        let upgraded = service_upgraded.clone();
+        let on_upgrade = (req.version() == http::Version::HTTP_11
+            && req.headers().contains_key(http::header::UPGRADE))
+        .then(|| hyper::upgrade::on(&mut req));
         let req = req.map(RequestBody::Incoming);
         let req_version = req.version();
         async move {
@@ -260,8 +271,16 @@ async fn serve_connection<S, H, Fut>(
             if let Some(block) = response.body_mut().take_header_block() {
                 block.into_map(response.headers_mut());
             }
-            // Leaving: hyper closes an HTTP/1 connection after a response that says so.
-            if info.closing.load(Relaxed) && version < http::Version::HTTP_2 {
+            let tunnel = crate::tunnel::pending(&response);
+            if let (Some(tunnel), Some(on_upgrade)) = (tunnel, on_upgrade) {
+                *upgraded.lock().unwrap_or_else(|e| e.into_inner()) = Some((on_upgrade, tunnel));
+            }
+            // Leaving: hyper closes an HTTP/1 connection after a response that says so (a 101
+            // ends HTTP on it anyway).
+            if info.closing.load(Relaxed)
+                && version < http::Version::HTTP_2
+                && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
                 response.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),
@@ -271,7 +290,7 @@ async fn serve_connection<S, H, Fut>(
             Ok::<_, Infallible>(response)
         }
     });
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     if side.stopped() {
         // Stopped while the lean loop served: `draining` is set already.
@@ -296,7 +315,24 @@ async fn serve_connection<S, H, Fut>(
             }
         }
     }
+    let upgraded = upgraded.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((on_upgrade, tunnel)) = upgraded {
+        // hyper has written the 101 and hands the connection back, with what it had read.
+        match on_upgrade.await {
+            Ok(client) => {
+                // The tunnel counts its own traffic.
+                info.now_sending(None);
+                crate::tunnel::relay(TokioIo::new(client), bytes::Bytes::new(), tunnel, &info)
+                    .await;
+            }
+            Err(e) => tracing::debug!(peer = %info.peer, error = %e, "upgrade failed"),
+        }
+    }
 }
+
+/// Where hyper's service leaves a tunnel to relay once the connection is handed back.
+type UpgradeSlot =
+    Arc<std::sync::Mutex<Option<(hyper::upgrade::OnUpgrade, crate::tunnel::Pending)>>>;
 
 /// Arranges for the outbound traffic of a response hyper writes to be counted.
 ///
@@ -677,6 +713,7 @@ async fn handle(
     };
     verdict.record_status(dp, response.status());
     response.body_mut().count_into(verdict.into_usage());
+    crate::tunnel::prepare(&mut response, dp);
     if let Some(entry) = entry {
         entry.finish(&mut response, backend_ns);
     }

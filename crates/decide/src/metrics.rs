@@ -91,6 +91,9 @@ pub(crate) struct InstanceStats {
 pub(crate) struct GlobalStats {
     pub(crate) unrouted: StatusCounters,
     pub(crate) open_connections: AtomicU64,
+    /// Upgraded connections (WebSocket and others) being relayed, and all ever opened.
+    pub(crate) open_tunnels: AtomicU64,
+    pub(crate) tunnels: AtomicU64,
 }
 
 /// Escapes a label value (backslash, double quote, newline).
@@ -249,6 +252,17 @@ pub(crate) fn render<'a>(
          # TYPE gateway_open_connections gauge\n\
          gateway_open_connections {}",
         global.open_connections.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP gateway_open_tunnels Upgraded connections (WebSocket and others) being relayed.\n\
+         # TYPE gateway_open_tunnels gauge\n\
+         gateway_open_tunnels {}\n\
+         # HELP gateway_tunnels_total Upgraded connections opened since the node started.\n\
+         # TYPE gateway_tunnels_total counter\n\
+         gateway_tunnels_total {}",
+        global.open_tunnels.load(Relaxed),
+        global.tunnels.load(Relaxed)
     );
 }
 

@@ -322,6 +322,18 @@ impl<U: Upstreams> Dataplane<U> {
         }
     }
 
+    /// Counts a tunnel (an upgraded connection) opened (`true`) or closed, for the
+    /// `open_tunnels` gauge and the `tunnels_total` counter.
+    pub fn count_tunnel(&self, opened: bool) {
+        let global = &self.inner.global;
+        if opened {
+            global.open_tunnels.fetch_add(1, Relaxed);
+            global.tunnels.fetch_add(1, Relaxed);
+        } else {
+            global.open_tunnels.fetch_sub(1, Relaxed);
+        }
+    }
+
     /// Counts the status of a request refused before it could be routed (e.g. an invalid
     /// path), with the unrouted requests.
     pub fn record_unrouted_status(&self, status: http::StatusCode) {

@@ -150,6 +150,10 @@ pub struct Flags {
     /// Data plane: a connection on which nothing moves for this many ms is closed [default: 60000].
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Data plane: a tunnel (an upgraded connection such as a WebSocket) on which no byte
+    /// moves either way for this many ms is closed [default: 300000].
+    #[arg(long, env = "GATEWAY_TUNNEL_IDLE_TIMEOUT_MS")]
+    pub tunnel_idle_timeout_ms: Option<u64>,
     /// Data plane: connections served at once per node; more wait in the backlog [default: 10000].
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -365,6 +369,7 @@ impl Flags {
             max_header_bytes,
             header_read_timeout_ms,
             idle_timeout_ms,
+            tunnel_idle_timeout_ms,
             max_connections,
             drain_seconds,
             http_threads,
@@ -695,6 +700,10 @@ fn server_limits(f: &Flags) -> Result<dataplane::ServerLimits> {
         },
         drain_timeout: Duration::from_secs(f.drain_seconds.unwrap_or(30)),
         allow_underscore_headers: f.allow_underscore_headers.unwrap_or(false),
+        tunnel_idle_timeout: match f.tunnel_idle_timeout_ms {
+            Some(v) => Duration::from_millis(at_least("tunnel-idle-timeout-ms", v, 100)?),
+            None => d.tunnel_idle_timeout,
+        },
     })
 }
 

@@ -234,13 +234,16 @@ impl HeaderBlock {
 }
 
 /// A parsed response head.
-struct Head {
-    status: StatusCode,
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
     /// The header lines to pass on, with the id of the request they answer.
-    block: HeaderBlock,
+    pub(crate) block: HeaderBlock,
     framing: Framing,
     /// The backend keeps the connection open for another request.
-    keep_alive: bool,
+    pub(crate) keep_alive: bool,
+    /// The backend's `Upgrade` (hop-by-hop, so not in `block`): the protocol a 101 switches
+    /// to (see [`crate::upgrade`]).
+    pub(crate) upgrade: Option<Bytes>,
 }
 
 /// Parses a response head off the front of `buf`; `None` until a whole one is there. `kept` is
@@ -297,6 +300,7 @@ fn parse_head(
     // lines can be moved together in place instead of written out anew.
     let mut canonical = true;
     let mut names_more = false;
+    let mut upgrade = None;
     for h in response.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -328,6 +332,8 @@ fn parse_head(
             names_more |= connection_options(h.value).next().is_some();
         } else if name.eq_ignore_ascii_case(b"date") {
             has_date = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = Some(Bytes::copy_from_slice(h.value));
         }
         if is_hop_by_hop(name) || name.eq_ignore_ascii_case(X_CA_REQUEST_ID.as_str().as_bytes()) {
             continue;
@@ -391,6 +397,7 @@ fn parse_head(
         },
         framing,
         keep_alive,
+        upgrade,
     }))
 }
 
@@ -400,17 +407,19 @@ fn is_named(buf: &[u8], span: &[u32; 4], name: &[u8]) -> bool {
 }
 
 /// Why reading a response head failed.
-enum ReadError {
+pub(crate) enum ReadError {
     /// The connection ended before a single byte of response: a reused connection the backend
     /// had closed meanwhile, as far as this side can tell.
     ClosedBeforeResponse,
     Broken,
 }
 
-/// Reads the final response head (skipping 1xx ones) from `stream`.
-async fn read_head(
+/// Reads the final response head (skipping 1xx ones) from `stream`; with `upgrading` (the
+/// request asked for an upgrade, see [`crate::upgrade`]), a 101 is final too.
+pub(crate) async fn read_head(
     stream: &mut BackendStream,
     head_request: bool,
+    upgrading: bool,
     request_id: RequestId,
 ) -> Result<Head, ReadError> {
     let mut received = !stream.read.is_empty();
@@ -418,6 +427,9 @@ async fn read_head(
         if !stream.read.is_empty() {
             match parse_head(&mut stream.read, &mut stream.kept, head_request, request_id) {
                 Ok(Some(head)) if head.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    if upgrading {
+                        return Ok(head);
+                    }
                     // No upgrade was asked for (`Upgrade` is hop-by-hop and not forwarded).
                     return Err(ReadError::Broken);
                 }
@@ -479,7 +491,7 @@ pub(crate) async fn exchange(
             tracing::debug!(error = %e, "writing to the backend failed");
             return Err(ExchangeError::Broken);
         }
-        match read_head(&mut stream, head_request, request_id).await {
+        match read_head(&mut stream, head_request, false, request_id).await {
             Ok(head) => return Ok(respond(head, stream, pool, now)),
             Err(ReadError::ClosedBeforeResponse) if reused && method.is_idempotent() => continue,
             Err(_) => return Err(ExchangeError::Broken),
@@ -490,7 +502,7 @@ pub(crate) async fn exchange(
 /// The response for `head`. A body that is already all in the buffer is handed over whole and
 /// the connection goes straight back to the pool (as used at `now`, the request's arrival: close
 /// enough for aging it, and no clock read).
-fn respond(
+pub(crate) fn respond(
     head: Head,
     mut stream: BackendStream,
     pool: &Arc<HostPool>,
@@ -501,6 +513,7 @@ fn respond(
         block,
         framing,
         keep_alive,
+        upgrade: _,
     } = head;
     // Everything read so far: the heads (interim ones too) and what came of the body with them.
     let received = std::mem::take(&mut stream.received);
@@ -732,6 +745,7 @@ pub mod fuzzing {
             block,
             mut framing,
             keep_alive,
+            ..
         } = head;
         let mut body = Vec::new();
         let end = loop {

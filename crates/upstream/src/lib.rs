@@ -9,6 +9,8 @@
 //!   response parsed off it with `httparse`, from the client connection's own task (`direct`).
 //! - **Forwarding** ([`forward`]): the forwarding headers, and requests with a body through
 //!   hyper's HTTP/1.1 client, streaming both ways.
+//! - **Upgrades** (WebSocket and other `Upgrade:` protocols): a 101 hands the backend
+//!   connection to the server, which relays it ([`BackendUpgrade`]).
 //! - **The bodies**: the request body a handler gets ([`RequestBody`]) and the response body,
 //!   which counts the bytes it sends through a [`decide::UsageHandle`] ([`ResponseBody`]).
 //! - **The answers the gateway makes itself** ([`error_response`]).
@@ -25,6 +27,8 @@
 //! - `pool`: the pools and their connections.
 //! - `direct`: the lean exchange over a pooled socket.
 //! - `body`: request and response bodies.
+//! - `upgrade`: HTTP/1.1 upgrades (WebSocket): the request over a connection of its own, and
+//!   the backend connection of a 101 handed to the server.
 //! - `respond`, `proxy`: the gateway's own answers, and forwarding.
 //! - [`client`]: stands apart; uses none of the above.
 
@@ -35,6 +39,7 @@ mod limited;
 mod pool;
 mod proxy;
 mod respond;
+mod upgrade;
 
 pub use body::{Checkout, OnEnd, RequestBody, ResponseBody};
 pub use direct::HeaderBlock;
@@ -44,6 +49,7 @@ pub use limited::{BodyTooLarge, BoxError, ClientBodyError};
 pub use pool::{BackendPools, HostPool};
 pub use proxy::{Backend, Client, ForwardError, forward};
 pub use respond::error_response;
+pub use upgrade::{BackendUpgrade, UpgradedBackend};
 
 /// The data plane with its backends connected.
 pub type Dataplane = decide::Dataplane<BackendPools>;

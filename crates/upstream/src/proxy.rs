@@ -4,6 +4,7 @@ use crate::body::{Checkout, RequestBody, ResponseBody};
 use crate::direct::{self, ExchangeError};
 use crate::limited::{BodyTooLarge, ClientBodyError, LimitedBody};
 use crate::pool::{HostPool, Sender};
+use crate::upgrade;
 use decide::request_id::RequestId;
 use decide::wire::{
     X_CA_REQUEST_ID, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, connection_options,
@@ -237,8 +238,25 @@ pub async fn forward(
         let encode = |out: &mut Vec<u8>| {
             encode_request_head(out, &parts.method, target, &parts.headers, &forwarding)
         };
-        let exchange = direct::exchange(backend.pool(), &parts.method, encode, request_id, now);
-        let mut response = match tokio::time::timeout(timeout, exchange).await {
+        // An upgrade (WebSocket) keeps `Connection: upgrade` and `Upgrade`, and gets a
+        // connection of its own (see `crate::upgrade`).
+        let exchanged = match upgrade::requested(parts.version, &parts.headers) {
+            None => {
+                let exchange =
+                    direct::exchange(backend.pool(), &parts.method, encode, request_id, now);
+                tokio::time::timeout(timeout, exchange).await
+            }
+            Some(protocols) => {
+                let encode = |out: &mut Vec<u8>| {
+                    encode(out);
+                    upgrade::ask(out, protocols);
+                };
+                let exchange =
+                    upgrade::exchange(backend.pool(), &parts.method, encode, request_id, now);
+                tokio::time::timeout(timeout, exchange).await
+            }
+        };
+        let mut response = match exchanged {
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(e)) => {
                 tracing::debug!(backend = %backend.authority(), error = %e, "backend exchange failed");
