@@ -32,6 +32,8 @@
 //!   limits as leases of the window's budget ([`budget`](crate::budget) explains the design).
 //! - **Usage counters** for billing, per (account, instance, API, region)
 //!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//! - **Several backends per API** ([`spread`], [`health`]): a weighted choice per request,
+//!   passive health (taken out after failures in a row, back on probation), per node.
 //! - **Trace context** ([`trace`]): the W3C `traceparent` continued or started per request.
 //! - **The wire names**: the `X-Ca-*` headers and the byte-level header helpers ([`wire`]).
 //!
@@ -54,7 +56,8 @@
 //! - `budget`: window leases (pure); `throttle`: a policy's counters, compiled.
 //! - `instance`: an instance's limiter and counters.
 //! - `options`: a data plane's tunables; `backend`: backend addresses and the [`Upstreams`]
-//!   seam.
+//!   seam; [`health`]: a backend's passive health and the weighted round-robin (pure);
+//!   [`spread`]: an API's backends compiled, picked by weight and health.
 //! - `compiled`: groups and APIs compiled, the snapshot the hot path reads;
 //!   `loaded`: what is loaded, for incremental updates.
 //! - `plane`: [`Dataplane`], its state and counters, and the decision itself
@@ -67,6 +70,7 @@ pub mod budget;
 mod compiled;
 mod config;
 mod error;
+pub mod health;
 pub mod head;
 mod instance;
 mod limiter;
@@ -80,12 +84,14 @@ mod publish;
 pub mod request_id;
 mod router;
 mod shares;
+pub mod spread;
 mod throttle;
 pub mod trace;
 mod usage;
 pub mod wire;
 
 pub use access::{AppCredential, Denied, IpAcl};
+pub use spread::{Outcome, Spread};
 pub use backend::{Backend, BackendError, DEFAULT_BACKEND_TIMEOUT, Unconnected, Upstreams};
 pub use budget::{LEASE_HORIZON_MS, LEASE_TTL_MS, LeaseGrant, LeaseUse, RECLAIM_AFTER_MS};
 pub use catalog::SHARED_INSTANCE;
