@@ -1,6 +1,9 @@
 //! Between the replicated model and the admin API's protobuf messages.
 
-use model::{ApiGroup, ApiSpec, Backends, WeightedBackend, AuthType, BackendLocation, ChargeType, Instance, Stage};
+use model::{
+    ApiGroup, ApiSpec, AuthType, BackendLocation, Backends, ChargeType, Instance, Stage,
+    WeightedBackend,
+};
 use proto::admin as pb;
 
 pub fn charge_type_to_pb(c: ChargeType) -> pb::ChargeType {

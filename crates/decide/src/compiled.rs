@@ -3,11 +3,11 @@
 
 use crate::access::IpAcl;
 use crate::backend::{Backend, Upstreams};
-use crate::spread::Spread;
 use crate::config::Stage;
 use crate::instance::InstanceState;
 use crate::metrics::{Histogram, StatusCounters};
 use crate::router::Router;
+use crate::spread::Spread;
 use crate::usage::UsageCell;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;

@@ -29,7 +29,6 @@
 
 use crate::access::{AppCredential, AppKey, IpAcl};
 use crate::backend::Upstreams;
-use crate::spread::Spread;
 use crate::compiled::{Api, GroupCtx, Snapshot, Statuses, lock};
 use crate::config::{ConfigUpdate, DataplaneConfig, GroupConfig, InstanceConfig, IpRules};
 use crate::instance::InstanceState;
@@ -38,6 +37,7 @@ use crate::metrics::Histogram;
 use crate::metrics::StatusCounters;
 use crate::plane::{Dataplane, PublishReport};
 use crate::router::{BucketBuilder, BucketKey};
+use crate::spread::Spread;
 use crate::usage::{UNMATCHED_API, UsageKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

@@ -9,6 +9,9 @@
 //!   response parsed off it with `httparse`, from the client connection's own task (`direct`).
 //! - **Forwarding** ([`forward`]): the forwarding headers, and requests with a body through
 //!   hyper's HTTP/1.1 client, streaming both ways.
+//! - **Several backends** ([`forward_spread`]): the backend [`decide::Spread`] picks, its
+//!   health told how the request went, an idempotent request retried once on another backend
+//!   when the first could not be connected.
 //! - **The bodies**: the request body a handler gets ([`RequestBody`]) and the response body,
 //!   which counts the bytes it sends through a [`decide::UsageHandle`] ([`ResponseBody`]).
 //! - **The answers the gateway makes itself** ([`error_response`]).
@@ -26,6 +29,8 @@
 //! - `direct`: the lean exchange over a pooled socket.
 //! - `body`: request and response bodies.
 //! - `respond`, `proxy`: the gateway's own answers, and forwarding.
+//! - `spread`: forwarding to one of an API's backends, with passive health reports and one
+//!   retry on another backend after a connect failure.
 //! - [`client`]: stands apart; uses none of the above.
 
 mod body;
@@ -35,6 +40,7 @@ mod limited;
 mod pool;
 mod proxy;
 mod respond;
+mod spread;
 
 pub use body::{Checkout, OnEnd, RequestBody, ResponseBody};
 pub use direct::HeaderBlock;
@@ -44,6 +50,7 @@ pub use limited::{BodyTooLarge, BoxError, ClientBodyError};
 pub use pool::{BackendPools, HostPool};
 pub use proxy::{Backend, Client, ForwardError, forward};
 pub use respond::error_response;
+pub use spread::{Spread, Spreaded, forward_spread};
 
 /// The data plane with its backends connected.
 pub type Dataplane = decide::Dataplane<BackendPools>;
