@@ -59,7 +59,7 @@ pub fn definition_to_pb(s: &ApiSpec) -> pb::ApiDefinition {
             .iter()
             .map(|b| pb::WeightedBackend {
                 url: b.url.clone(),
-                weight: b.weight,
+                weight: Some(b.weight),
             })
             .collect(),
         timeout_ms: s.timeout_ms,
@@ -81,7 +81,7 @@ pub fn definition_from_pb(d: Option<pb::ApiDefinition>) -> ApiSpec {
                     .into_iter()
                     .map(|b| WeightedBackend {
                         url: b.url,
-                        weight: if b.weight == 0 { 1 } else { b.weight },
+                        weight: b.weight.unwrap_or(1),
                     })
                     .collect(),
             )

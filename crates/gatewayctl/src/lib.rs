@@ -1018,7 +1018,7 @@ fn definition(d: ApiDef) -> Option<pb::ApiDefinition> {
             .into_iter()
             .map(|b| pb::WeightedBackend {
                 url: b.url,
-                weight: b.weight,
+                weight: Some(b.weight),
             })
             .collect(),
         timeout_ms: d.timeout.as_millis() as u64,

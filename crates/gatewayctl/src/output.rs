@@ -310,8 +310,8 @@ pub fn backends_text(d: &pb::ApiDefinition) -> String {
     d.backends
         .iter()
         .map(|b| match b.weight {
-            0 | 1 => b.url.clone(),
-            w => format!("{}@{w}", b.url),
+            None | Some(1) => b.url.clone(),
+            Some(w) => format!("{}@{w}", b.url),
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -327,7 +327,7 @@ pub fn definition_json(d: &Option<pb::ApiDefinition>) -> Value {
     let backends: Vec<Value> = d
         .backends
         .iter()
-        .map(|b| json!({"url": b.url, "weight": b.weight}))
+        .map(|b| json!({"url": b.url, "weight": b.weight.unwrap_or(1)}))
         .collect();
     json!({"method": d.method, "path": d.path, "backend": d.backend, "backends": backends, "timeout_ms": d.timeout_ms, "auth_type": d.auth_type, "backend_location": location})
 }
