@@ -11,15 +11,15 @@
 //! A backend with no failure on record is "clean": picking it and reporting its successes reads
 //! one relaxed boolean, so an API whose backends are healthy pays no lock for health.
 
+use crate::Nanos;
 use crate::backend::{Backend, BackendError};
 use crate::health::{Availability, Health, HealthPolicy, SmoothWrr};
 use crate::metrics::escape;
 use crate::per_thread::{Counter, PerThread};
-use crate::{Nanos, compiled::lock};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One backend's health and counters on this node, kept across recompiles by (group, API,
 /// URL): a configuration publish does not forget that a backend is down.
@@ -191,6 +191,11 @@ impl<P> Spread<P> {
     pub fn count_retry(&self, i: usize) {
         self.members[i].state.retries.add(1);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Health and round-robin states stay consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The per-backend metrics, from the registry (swept of backends no route uses any more).
