@@ -25,6 +25,8 @@ struct Backend {
     name: &'static str,
     hits: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The connections' tasks, ended (and waited for) by [`kill`](Self::kill).
+    conns: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 }
 
 impl Backend {
@@ -35,6 +37,7 @@ impl Backend {
             name,
             hits: Arc::new(AtomicU64::new(0)),
             task: None,
+            conns: Arc::default(),
         };
         b.revive().await;
         b
@@ -48,23 +51,24 @@ impl Backend {
         self.hits.load(Relaxed)
     }
 
-    /// Closes the listener and every connection: the gateway's next connect is refused.
-    fn kill(&mut self) {
+    /// Closes the listener and every connection, and waits until they are closed: the
+    /// gateway's next connect is refused (not accepted into a backlog that is about to go).
+    async fn kill(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+            let _ = t.await;
         }
+        self.conns.lock().await.shutdown().await;
     }
 
     async fn revive(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("bind backend");
-        let (hits, name) = (self.hits.clone(), self.name);
+        let (hits, name, conns) = (self.hits.clone(), self.name, self.conns.clone());
         self.task = Some(tokio::spawn(async move {
-            // Dropped with the task: aborting it closes every connection too.
-            let mut conns = JoinSet::new();
             while let Ok((sock, _)) = listener.accept().await {
-                conns.spawn(serve(sock, name, hits.clone()));
+                conns.lock().await.spawn(serve(sock, name, hits.clone()));
             }
         }));
     }
@@ -72,7 +76,12 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        if let Ok(mut conns) = self.conns.try_lock() {
+            conns.abort_all();
+        }
     }
 }
 
@@ -214,7 +223,7 @@ async fn backends_share_by_weight_are_taken_out_and_let_back_in_and_connect_fail
         metric(&c, "gateway_backend_available", "g", "k", &a_url).await,
         Some(1.0)
     );
-    a.kill();
+    a.kill().await;
     for i in 0..40 {
         let r = http::get(&addr, "/k").await.expect("answer");
         assert_eq!((i, r.status, r.body.as_str()), (i, 200, "b"), "{r:?}");
