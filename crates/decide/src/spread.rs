@@ -131,7 +131,16 @@ impl<P> Spread<P> {
 
     fn choose(&self, now: Nanos, except: Option<usize>) -> Option<usize> {
         if self.members.len() == 1 {
-            return (except != Some(0)).then_some(0);
+            if except == Some(0) {
+                return None;
+            }
+            // The only one is tried whatever its health; polling lets a call after its
+            // back-off be the probe that brings it back (and its gauge to 1).
+            let state = &self.members[0].state;
+            if !state.clean.load(Relaxed) {
+                lock(&state.health).poll(now, &self.policy);
+            }
+            return Some(0);
         }
         let mut candidates = 0u64;
         let mut fallback: Option<(Option<Nanos>, usize)> = None;
@@ -323,5 +332,19 @@ mod tests {
         assert_eq!(s.pick(10, Some(1)), Some(0));
         let one = spread("http://a:1");
         assert_eq!(one.pick(0, Some(0)), None);
+        // The only backend is tried even when out, and comes back after a good probe.
+        for t in 0..3 {
+            one.report(0, Outcome::Failed, t);
+        }
+        assert!(!lock(&one.members[0].state.health).is_in());
+        assert_eq!(one.pick(10, None), Some(0));
+        one.report(0, Outcome::Answered, 10);
+        assert!(
+            !lock(&one.members[0].state.health).is_in(),
+            "back before its back-off"
+        );
+        assert_eq!(one.pick(2_000_000_000, None), Some(0));
+        one.report(0, Outcome::Answered, 2_000_000_000);
+        assert!(lock(&one.members[0].state.health).is_in());
     }
 }
