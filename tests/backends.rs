@@ -206,6 +206,7 @@ async fn backends_share_by_weight_are_taken_out_and_let_back_in_and_connect_fail
         assert_eq!(r.status, 200, "{r:?}");
     }
     let (h, l) = (heavy.hits() - h0, light.hits() - l0);
+    eprintln!("weights 3:1 over 400 calls: {h} and {l}");
     assert_eq!(h + l, 400);
     assert!(
         (280..=320).contains(&h),
