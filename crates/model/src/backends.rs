@@ -48,9 +48,11 @@ impl WeightedBackend {
                     weight: weight.parse().unwrap_or(u32::MAX),
                 })
             }
-            Some((_, weight)) if !weight.contains('/') => Err(format!(
-                "'{item}': the weight after '@' must be a number from 1 to {MAX_WEIGHT}"
-            )),
+            // An '@' in the authority can only be a weight's (credentials are refused); one
+            // in the path is the path's.
+            Some((url, _)) if !url.split_once("://").map_or(url, |(_, r)| r).contains('/') => Err(
+                format!("'{item}': the weight after '@' must be a number from 1 to {MAX_WEIGHT}"),
+            ),
             _ => Ok(WeightedBackend {
                 url: item.to_string(),
                 weight: 1,
@@ -268,6 +270,10 @@ mod tests {
         assert_eq!((b.url.as_str(), b.weight), ("http://a:1/p", 7));
         assert_eq!(WeightedBackend::parse("http://a:1").unwrap().weight, 1);
         assert!(WeightedBackend::parse("http://a:1@x").is_err());
+        // An '@' in the path is the path's.
+        let b = WeightedBackend::parse("http://a:1/users@me").unwrap();
+        assert_eq!((b.url.as_str(), b.weight), ("http://a:1/users@me", 1));
+        assert!(Backends::one("http://a:1/users@me").check().is_ok());
         assert_eq!(
             WeightedBackend::parse("http://a:1@99999999999")
                 .unwrap()
