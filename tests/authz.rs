@@ -106,6 +106,7 @@ fn definition(path: &str) -> Option<pb::ApiDefinition> {
         timeout_ms: 0,
         auth_type: String::new(),
         backend_location: String::new(),
+        ..Default::default()
     })
 }
 

@@ -68,7 +68,14 @@ const HOSTS: &[&str] = &[
     "UPPER.org",
 ];
 const BASES: &[&str] = &["/v1", "/v2", "/", "/v1/"];
-const BACKENDS: &[&str] = &["http://127.0.0.1:9000", "http://svc.ns:80/v1", "https://x"];
+const BACKENDS: &[&str] = &[
+    "http://127.0.0.1:9000",
+    "http://svc.ns:80/v1",
+    "https://x",
+    "http://127.0.0.1:9000@3 http://svc.ns:80/v1",
+    "http://a:1 http://a:1@2",
+    "http://a:1@0 http://b:2@1001",
+];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "get", "ANY"];
 const CIDRS: &[&str] = &[
     "198.18.0.0/15",
@@ -128,7 +135,7 @@ fn api_spec(u: &mut Unstructured<'_>) -> arbitrary::Result<ApiSpec> {
     Ok(ApiSpec {
         method: pick(u, METHODS)?,
         path: pick(u, PATHS)?,
-        backend: pick(u, BACKENDS)?,
+        backends: model::Backends::from_text(&pick(u, BACKENDS)?),
         timeout_ms: match u.int_in_range(0u8..=2)? {
             0 => 5_000,
             1 => u.int_in_range(0..=400_000)?,
@@ -298,7 +305,7 @@ fn base_state() -> &'static State {
         let spec = |path: &str, auth| ApiSpec {
             method: "GET".into(),
             path: path.into(),
-            backend: "http://127.0.0.1:9000".into(),
+            backends: "http://127.0.0.1:9000".into(),
             timeout_ms: 5_000,
             auth,
             backend_location: Default::default(),

@@ -1,6 +1,9 @@
 //! Between the replicated model and the admin API's protobuf messages.
 
-use model::{ApiGroup, ApiSpec, AuthType, BackendLocation, ChargeType, Instance, Stage};
+use model::{
+    ApiGroup, ApiSpec, AuthType, BackendLocation, Backends, ChargeType, Instance, Stage,
+    WeightedBackend,
+};
 use proto::admin as pb;
 
 pub fn charge_type_to_pb(c: ChargeType) -> pb::ChargeType {
@@ -50,7 +53,15 @@ pub fn definition_to_pb(s: &ApiSpec) -> pb::ApiDefinition {
     pb::ApiDefinition {
         method: s.method.clone(),
         path: s.path.clone(),
-        backend: s.backend.clone(),
+        backend: s.backends.first_url().to_string(),
+        backends: s
+            .backends
+            .iter()
+            .map(|b| pb::WeightedBackend {
+                url: b.url.clone(),
+                weight: Some(b.weight),
+            })
+            .collect(),
         timeout_ms: s.timeout_ms,
         auth_type: s.auth.as_str().to_string(),
         backend_location: s.backend_location.as_text().to_string(),
@@ -62,7 +73,19 @@ pub fn definition_from_pb(d: Option<pb::ApiDefinition>) -> ApiSpec {
     ApiSpec {
         method: d.method.to_ascii_uppercase(),
         path: d.path,
-        backend: d.backend,
+        backends: if d.backends.is_empty() {
+            Backends::one(d.backend)
+        } else {
+            Backends(
+                d.backends
+                    .into_iter()
+                    .map(|b| WeightedBackend {
+                        url: b.url,
+                        weight: b.weight.unwrap_or(1),
+                    })
+                    .collect(),
+            )
+        },
         timeout_ms: if d.timeout_ms == 0 {
             5_000
         } else {

@@ -1417,6 +1417,6 @@ fn group_reply(reply: Reply) -> Result<Response<pb::ApiGroupReply>, Status> {
 fn check_definition(spec: &model::ApiSpec) -> Result<(), Status> {
     check(validate::method(&spec.method))?;
     check(validate::api_path(&spec.path))?;
-    check(validate::backend(&spec.backend))?;
+    check(spec.backends.check())?;
     check(validate::timeout_ms(spec.timeout_ms))
 }

@@ -26,9 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use upstream::{
-    Client, Dataplane, ForwardError, RequestBody, ResponseBody, error_response, forward,
-};
+use upstream::{Client, Dataplane, ForwardError, RequestBody, ResponseBody, error_response};
 
 fn http_builder(limits: &ServerLimits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -664,8 +662,8 @@ async fn handle(
                     ip: &conn.peer_ip,
                     tls: conn.tls,
                 };
-                forward(
-                    api.backend(),
+                upstream::forward_spread(
+                    api.spread(),
                     api.timeout(),
                     req,
                     verdict.base_len(),
@@ -675,6 +673,7 @@ async fn handle(
                     now,
                 )
                 .await
+                .result
             };
             let elapsed = dp.now().saturating_sub(now);
             backend_ns = Some(elapsed);
@@ -686,7 +685,9 @@ async fn handle(
                 Err(e) => {
                     match e {
                         ForwardError::Timeout(_) => api.count_backend_timeout(),
-                        ForwardError::Broken(_) => api.count_backend_error(),
+                        ForwardError::Broken(_) | ForwardError::Connect => {
+                            api.count_backend_error()
+                        }
                         // The client's doing: the backend is not counted as failing.
                         ForwardError::BodyTooLarge | ForwardError::ClientBody => {}
                     }

@@ -7,6 +7,7 @@ use crate::config::Stage;
 use crate::instance::InstanceState;
 use crate::metrics::{Histogram, StatusCounters};
 use crate::router::Router;
+use crate::spread::Spread;
 use crate::usage::UsageCell;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -36,7 +37,8 @@ pub struct Api<U: Upstreams> {
     /// The API's own IP access control, checked after its group's; `None` lets all in.
     pub(crate) acl: Option<IpAcl>,
     pub(crate) name: String,
-    pub(crate) backend: Backend<U::Pool>,
+    /// Its backends, with weights and health.
+    pub(crate) spread: Spread<U::Pool>,
     pub(crate) timeout: Duration,
     /// Bytes read back from the backend are counted as backend traffic.
     pub(crate) backend_billed: bool,
@@ -49,10 +51,16 @@ pub struct Api<U: Upstreams> {
 }
 
 impl<U: Upstreams> Api<U> {
-    /// Where the API's requests go.
+    /// Where the API's requests go: its first backend (see [`spread`](Self::spread) for all).
     #[inline]
     pub fn backend(&self) -> &Backend<U::Pool> {
-        &self.backend
+        self.spread.first()
+    }
+
+    /// The API's backends: pick one per request and report how it went.
+    #[inline]
+    pub fn spread(&self) -> &Spread<U::Pool> {
+        &self.spread
     }
 
     /// How long the backend may take to answer; zero for the default.

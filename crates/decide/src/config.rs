@@ -131,6 +131,8 @@ pub struct DeployedApi {
     /// (`/p/[id]` is accepted too).
     pub path: String,
     /// `http://HOST:PORT[/prefix]`; the request path (after the base path) and query are appended.
+    /// Several backends are written as `model::Backends`' text form, `URL[@WEIGHT]` separated
+    /// by spaces: requests are spread over them by weight (see [`crate::spread`]).
     pub backend: String,
     /// Deadline for the backend's response head.
     pub timeout: Duration,

@@ -32,6 +32,8 @@
 //!   limits as leases of the window's budget ([`budget`](crate::budget) explains the design).
 //! - **Usage counters** for billing, per (account, instance, API, region)
 //!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//! - **Several backends per API** ([`spread`], [`health`]): a weighted choice per request,
+//!   passive health (taken out after failures in a row, back on probation), per node.
 //! - **Trace context** ([`trace`]): the W3C `traceparent` continued or started per request.
 //! - **The wire names**: the `X-Ca-*` headers and the byte-level header helpers ([`wire`]).
 //!
@@ -54,7 +56,8 @@
 //! - `budget`: window leases (pure); `throttle`: a policy's counters, compiled.
 //! - `instance`: an instance's limiter and counters.
 //! - `options`: a data plane's tunables; `backend`: backend addresses and the [`Upstreams`]
-//!   seam.
+//!   seam; [`health`]: a backend's passive health and the weighted round-robin (pure);
+//!   [`spread`]: an API's backends compiled, picked by weight and health.
 //! - `compiled`: groups and APIs compiled, the snapshot the hot path reads;
 //!   `loaded`: what is loaded, for incremental updates.
 //! - `plane`: [`Dataplane`], its state and counters, and the decision itself
@@ -68,6 +71,7 @@ mod compiled;
 mod config;
 mod error;
 pub mod head;
+pub mod health;
 mod instance;
 mod limiter;
 mod loaded;
@@ -80,6 +84,7 @@ mod publish;
 pub mod request_id;
 mod router;
 mod shares;
+pub mod spread;
 mod throttle;
 pub mod trace;
 mod usage;
@@ -104,4 +109,5 @@ pub use path::{PathError, canonical_path};
 pub use plane::{Access, Dataplane, InstanceShare, PublishReport, Verdict};
 pub use router::RouteError;
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};
+pub use spread::{Outcome, Spread};
 pub use usage::{HOUR_MS, UNMATCHED_API, UsageDrain};

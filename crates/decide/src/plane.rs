@@ -99,6 +99,8 @@ pub(crate) struct Inner<U: Upstreams> {
     pub(crate) statuses: Mutex<Statuses>,
     /// Per-deployment latency histograms; locked like `statuses`.
     pub(crate) latencies: Mutex<Latencies>,
+    /// Per-backend health and counters (see [`crate::spread`]); locked like `statuses`.
+    pub(crate) backends: Mutex<crate::spread::BackendStates>,
     pub(crate) demand: Mutex<DemandTracker>,
     /// Throttling-policy counters and window leases. Taken by a compile (one group's
     /// counters), by the report tick and by a peer's report; never by a request.
@@ -259,6 +261,7 @@ impl<U: Upstreams> Dataplane<U> {
                 usage_hour: AtomicU64::new(0),
                 statuses: Mutex::new(Statuses::default()),
                 latencies: Mutex::new(Latencies::default()),
+                backends: Mutex::default(),
                 demand: Mutex::new(demand),
                 throttles: Mutex::new(Default::default()),
                 n_nodes: AtomicUsize::new(1),
@@ -687,6 +690,7 @@ impl<U: Upstreams> Dataplane<U> {
             .collect();
         per_api.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
         metrics::render(out, &views, &routes, &per_api, &self.inner.global);
+        crate::spread::render(out, &self.inner.backends);
     }
 }
 

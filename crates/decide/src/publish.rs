@@ -28,7 +28,7 @@
 //! status counters across any number of changes: no counted call is lost.
 
 use crate::access::{AppCredential, AppKey, IpAcl};
-use crate::backend::{Backend, Upstreams};
+use crate::backend::Upstreams;
 use crate::compiled::{Api, GroupCtx, Snapshot, Statuses, lock};
 use crate::config::{ConfigUpdate, DataplaneConfig, GroupConfig, InstanceConfig, IpRules};
 use crate::instance::InstanceState;
@@ -37,6 +37,7 @@ use crate::metrics::Histogram;
 use crate::metrics::StatusCounters;
 use crate::plane::{Dataplane, PublishReport};
 use crate::router::{BucketBuilder, BucketKey};
+use crate::spread::Spread;
 use crate::usage::{UNMATCHED_API, UsageKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -390,14 +391,21 @@ impl<U: Upstreams> Dataplane<U> {
     ) -> CompiledGroup<U> {
         let acl = compile_acl(g.acl.as_ref(), || format!("group '{}'", g.name), report);
         let mut backends = Vec::with_capacity(g.deployments.len());
+        let mut states = lock(&self.inner.backends);
         for (i, d) in g.deployments.iter().enumerate() {
-            match Backend::parse(&d.backend, |a| self.inner.pools.pool(a)) {
+            let spread = Spread::parse(
+                &d.backend,
+                |a| self.inner.pools.pool(a),
+                |url| crate::spread::state_of(&mut states, &g.name, &d.api, url),
+            );
+            match spread {
                 Ok(b) => backends.push((i, b)),
                 Err(e) => report
                     .warnings
                     .push(format!("group '{}' API '{}': {e}", g.name, d.api)),
             }
         }
+        drop(states);
         let usage_key = |api: &str| UsageKey {
             account: g.account.clone(),
             instance: g.instance.clone(),
@@ -492,7 +500,7 @@ impl<U: Upstreams> Dataplane<U> {
                     app_grants,
                     acl,
                     name: d.api.clone(),
-                    backend,
+                    spread: backend,
                     timeout: d.timeout,
                     backend_billed: d.backend_billed,
                     usage,
@@ -525,7 +533,7 @@ impl<U: Upstreams> Dataplane<U> {
             statuses.push((instance.clone(), UNMATCHED_API.to_string()));
             for (_, api) in &c.apis {
                 statuses.push((instance.clone(), api.name.clone()));
-                authorities.push(api.backend.authority().clone());
+                authorities.extend(api.spread.backends().map(|b| b.authority().clone()));
             }
         }
         drop(retired);

@@ -325,9 +325,11 @@ struct ApiDef {
     /// The path pattern after the group's base path, e.g. /items/{id}.
     #[arg(long)]
     path: String,
-    /// Where calls go: http://HOST:PORT[/prefix] (the prefix is prepended to the path).
-    #[arg(long)]
-    backend: String,
+    /// Where calls go: http://HOST:PORT[/prefix] (the prefix is prepended to the path), with
+    /// an optional weight 1..=1000 after `@` (default 1). Repeat for several backends: calls
+    /// are spread over them in proportion to their weights.
+    #[arg(long = "backend", value_name = "URL[@WEIGHT]", required = true, value_parser = parse_backend)]
+    backends: Vec<model::WeightedBackend>,
     /// Backend timeout, e.g. 5s, 300ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -1002,11 +1004,23 @@ async fn set_acl(c: &mut Client, f: Format, req: pb::SetIpAccessControlRequest) 
     print_group(f, r.into_inner().group)
 }
 
+fn parse_backend(s: &str) -> Result<model::WeightedBackend, String> {
+    model::WeightedBackend::parse(s)
+}
+
 fn definition(d: ApiDef) -> Option<pb::ApiDefinition> {
     Some(pb::ApiDefinition {
         method: d.method.to_ascii_uppercase(),
         path: d.path,
-        backend: d.backend,
+        backend: String::new(),
+        backends: d
+            .backends
+            .into_iter()
+            .map(|b| pb::WeightedBackend {
+                url: b.url,
+                weight: Some(b.weight),
+            })
+            .collect(),
         timeout_ms: d.timeout.as_millis() as u64,
         auth_type: d.auth_type.to_ascii_uppercase(),
         backend_location: match (d.backend_region, d.backend_external) {

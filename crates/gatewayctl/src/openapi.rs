@@ -37,9 +37,10 @@ pub struct ImportArgs {
     /// The API group to create the APIs in (it must exist).
     #[arg(long)]
     group: String,
-    /// Where the APIs forward to: http://HOST:PORT[/prefix].
-    #[arg(long)]
-    backend: String,
+    /// Where the APIs forward to: http://HOST:PORT[/prefix], with an optional weight after
+    /// `@` (see `api create --backend`). Repeat for several backends.
+    #[arg(long = "backend", value_name = "URL[@WEIGHT]", required = true, value_parser = model::WeightedBackend::parse)]
+    backends: Vec<model::WeightedBackend>,
     /// The backend timeout of every API, e.g. 5s, 300ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -68,10 +69,11 @@ pub async fn import(c: &mut Client, f: Format, a: ImportArgs) -> Result<()> {
     let text = read_text(&a.file)?;
     let spec = parse(&text)
         .with_context(|| format!("{} is not an OpenAPI 3.0 document", a.file.display()))?;
-    let template = Definition {
+    let mut template = Definition {
         method: String::new(),
         path: String::new(),
-        backend: a.backend.clone(),
+        backend: String::new(),
+        backends: Vec::new(),
         timeout_ms: a.timeout.as_millis() as u64,
         auth: a.auth_type.to_ascii_uppercase(),
         backend_location: match (&a.backend_region, a.backend_external) {
@@ -80,6 +82,7 @@ pub async fn import(c: &mut Client, f: Format, a: ImportArgs) -> Result<()> {
             (None, false) => String::new(),
         },
     };
+    template.set_backends(&model::Backends(a.backends.clone()));
     let (apis, unsupported) = apis_from(&spec, &template);
     if !unsupported.is_empty() {
         let list = unsupported.join("\n  - ");
@@ -170,6 +173,7 @@ pub fn apis_from(spec: &OpenAPI, template: &Definition) -> (Vec<ApiEntry>, Vec<S
                 method,
                 path: ours,
                 backend: template.backend.clone(),
+                backends: template.backends.clone(),
                 timeout_ms: template.timeout_ms,
                 auth: template.auth.clone(),
                 backend_location: template.backend_location.clone(),
@@ -275,6 +279,7 @@ fn merge(apis: &mut Vec<ApiEntry>, mut new: ApiEntry, stages: &[String]) {
             old.method = def.method;
             old.path = def.path;
             old.backend = def.backend;
+            old.backends = def.backends;
             old.timeout_ms = def.timeout_ms;
             old.auth = def.auth;
             old.backend_location = def.backend_location;
@@ -313,6 +318,7 @@ mod tests {
             method: String::new(),
             path: String::new(),
             backend: "http://127.0.0.1:1".into(),
+            backends: vec![],
             timeout_ms: 5000,
             auth: "ANONYMOUS".into(),
             backend_location: String::new(),
@@ -343,6 +349,7 @@ mod tests {
             method: "GET".into(),
             path: "/a".into(),
             backend: backend.into(),
+            backends: vec![],
             timeout_ms: 5000,
             auth: "ANONYMOUS".into(),
             backend_location: String::new(),

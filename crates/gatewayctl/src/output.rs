@@ -302,6 +302,21 @@ pub fn instances_table(list: &[pb::Instance]) -> Table {
     t
 }
 
+/// The backends as `URL[@WEIGHT]`, space-separated (the weight left out when 1).
+pub fn backends_text(d: &pb::ApiDefinition) -> String {
+    if d.backends.is_empty() {
+        return d.backend.clone();
+    }
+    d.backends
+        .iter()
+        .map(|b| match b.weight {
+            None | Some(1) => b.url.clone(),
+            Some(w) => format!("{}@{w}", b.url),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn definition_json(d: &Option<pb::ApiDefinition>) -> Value {
     let d = d.clone().unwrap_or_default();
     let location = if d.backend_location.is_empty() {
@@ -309,7 +324,12 @@ pub fn definition_json(d: &Option<pb::ApiDefinition>) -> Value {
     } else {
         d.backend_location.clone()
     };
-    json!({"method": d.method, "path": d.path, "backend": d.backend, "timeout_ms": d.timeout_ms, "auth_type": d.auth_type, "backend_location": location})
+    let backends: Vec<Value> = d
+        .backends
+        .iter()
+        .map(|b| json!({"url": b.url, "weight": b.weight.unwrap_or(1)}))
+        .collect();
+    json!({"method": d.method, "path": d.path, "backend": d.backend, "backends": backends, "timeout_ms": d.timeout_ms, "auth_type": d.auth_type, "backend_location": location})
 }
 
 pub fn group_json(g: &pb::ApiGroup) -> Value {
@@ -373,12 +393,13 @@ pub fn apis_table(list: &[pb::Api]) -> Table {
     ]);
     for a in list {
         let d = a.definition.clone().unwrap_or_default();
+        let backends = backends_text(&d);
         t.row(vec![
             a.group.clone(),
             a.name.clone(),
             d.method,
             d.path,
-            d.backend,
+            backends,
             if d.backend_location.is_empty() {
                 "local".into()
             } else {

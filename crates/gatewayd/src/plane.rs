@@ -135,7 +135,7 @@ impl ConfigSource {
                         api: name.clone(),
                         method: d.spec.method.parse().ok()?,
                         path: d.spec.path.clone(),
-                        backend: d.spec.backend.clone(),
+                        backend: d.spec.backends.to_text(),
                         timeout: Duration::from_millis(d.spec.timeout_ms),
                         app_auth: d.spec.auth == model::AuthType::App,
                         // The pricing document's rule d: traffic with a backend in another
@@ -436,7 +436,7 @@ mod tests {
                     spec: ApiSpec {
                         method: m.into(),
                         path: p.into(),
-                        backend: "http://127.0.0.1:9".into(),
+                        backends: "http://127.0.0.1:9".into(),
                         timeout_ms: 1000,
                         auth: if app {
                             AuthType::App
@@ -548,6 +548,7 @@ mod tests {
                     method: m.into(),
                     path: p.into(),
                     backend: "http://127.0.0.1:9".into(),
+                    backends: vec![],
                     timeout_ms: 1000,
                     auth: auth.into(),
                     backend_location: String::new(),
@@ -561,6 +562,7 @@ mod tests {
                                 method: "GET".into(),
                                 path: p.into(),
                                 backend: "http://127.0.0.1:8".into(),
+                                backends: vec![],
                                 timeout_ms: 1000,
                                 auth: auth.into(),
                                 backend_location: String::new(),

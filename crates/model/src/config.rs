@@ -18,7 +18,8 @@
 //!   - name: get-item
 //!     method: GET
 //!     path: /items/{id}
-//!     backend: http://10.0.0.5:8080
+//!     backend: http://10.0.0.5:8080  # one backend; or several, with optional weights:
+//!     # backends: [http://10.0.0.5:8080@3, http://10.0.0.6:8080]   (URL[@WEIGHT], 1..=1000)
 //!     timeout_ms: 5000            # optional, default 5000 (as for `api create`)
 //!     auth: ANONYMOUS             # ANONYMOUS (default) or APP
 //!     backend_location: cn-shanghai  # optional: local (default), external, or a region id;
@@ -70,6 +71,7 @@
 //! applied after the groups, so a binding may name an API the same document adds; a prune
 //! removes the policies (of the account in scope) that the document does not name.
 
+use crate::{Backends, DomainError, WeightedBackend};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -160,7 +162,12 @@ pub struct ApiEntry {
     pub name: String,
     pub method: String,
     pub path: String,
+    /// One backend of weight 1. Documents give this or `backends`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend: String,
+    /// Several backends, each `URL[@WEIGHT]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// `ANONYMOUS` or `APP`; empty is anonymous.
@@ -190,6 +197,7 @@ impl ApiEntry {
             method: self.method.clone(),
             path: self.path.clone(),
             backend: self.backend.clone(),
+            backends: self.backends.clone(),
             timeout_ms: self.timeout_ms,
             auth: self.auth.clone(),
             backend_location: self.backend_location.clone(),
@@ -203,13 +211,54 @@ impl ApiEntry {
 pub struct Definition {
     pub method: String,
     pub path: String,
+    /// One backend of weight 1. Documents give this or `backends`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend: String,
+    /// Several backends, each `URL[@WEIGHT]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub auth: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend_location: String,
+}
+
+impl Definition {
+    /// The backends the definition names, from `backend` or `backends` (one of the two);
+    /// whether they are valid is [`Backends::check`]'s to say. Errors name the field.
+    pub fn backend_list(&self) -> Result<Backends, DomainError> {
+        if !self.backend.is_empty() && !self.backends.is_empty() {
+            return Err(DomainError::invalid(
+                "backends",
+                "give either backend (one) or backends (a list), not both",
+            ));
+        }
+        if !self.backend.is_empty() {
+            return Ok(Backends::one(self.backend.clone()));
+        }
+        let mut list = Vec::with_capacity(self.backends.len());
+        for (i, item) in self.backends.iter().enumerate() {
+            list.push(
+                WeightedBackend::parse(item)
+                    .map_err(|why| DomainError::invalid(&format!("backends[{i}]"), why))?,
+            );
+        }
+        Ok(Backends(list))
+    }
+
+    /// `backend` for one backend of weight 1 (so that documents written before lists read
+    /// and round-trip unchanged), else `backends`.
+    pub fn set_backends(&mut self, backends: &Backends) {
+        if backends.is_single() {
+            self.backend = backends.first_url().to_string();
+            self.backends.clear();
+        } else {
+            self.backend.clear();
+            self.backends = backends.iter().map(ToString::to_string).collect();
+        }
+    }
 }
 
 fn default_timeout_ms() -> u64 {

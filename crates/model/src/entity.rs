@@ -446,8 +446,10 @@ pub struct ApiSpec {
     pub method: String,
     /// A path pattern such as `/items/{id}`, matched after the group's base path.
     pub path: String,
-    /// `http://HOST:PORT[/prefix]`.
-    pub backend: String,
+    /// Where calls go: one or more `http://HOST:PORT[/prefix]` with weights. Stored under the
+    /// name and in the place of the single backend URL it replaced (see [`crate::backends`]).
+    #[serde(rename = "backend")]
+    pub backends: crate::Backends,
     pub timeout_ms: u64,
     /// Who may call it: anyone, or only authorised apps with signed requests.
     #[serde(default)]

@@ -19,9 +19,11 @@
 //!   usage); kept on disk by the storage layer, never in the state.
 //! - [`config`]: the declarative configuration document (`gatewayctl export`/`apply`); its
 //!   planner is `state/config.rs`.
+//! - [`backends`]: an API's backends and weights, their checks and stored text form.
 //! - [`validate`]: field checks shared with the admin service, so both refuse the same input
 //!   with the same message.
 
+pub mod backends;
 pub mod clock;
 mod command;
 pub mod config;
@@ -31,6 +33,7 @@ pub mod history;
 mod state;
 pub mod validate;
 
+pub use backends::{Backends, WeightedBackend};
 pub use billing::BackendLocation;
 pub use clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use command::{

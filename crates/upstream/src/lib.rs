@@ -11,6 +11,9 @@
 //!   hyper's HTTP/1.1 client, streaming both ways.
 //! - **Upgrades** (WebSocket and other `Upgrade:` protocols): a 101 hands the backend
 //!   connection to the server, which relays it ([`BackendUpgrade`]).
+//! - **Several backends** ([`forward_spread`]): the backend [`decide::Spread`] picks, its
+//!   health told how the request went, an idempotent request retried once on another backend
+//!   when the first could not be connected.
 //! - **The bodies**: the request body a handler gets ([`RequestBody`]) and the response body,
 //!   which counts the bytes it sends through a [`decide::UsageHandle`] ([`ResponseBody`]).
 //! - **The answers the gateway makes itself** ([`error_response`]).
@@ -30,6 +33,8 @@
 //! - `upgrade`: HTTP/1.1 upgrades (WebSocket): the request over a connection of its own, and
 //!   the backend connection of a 101 handed to the server.
 //! - `respond`, `proxy`: the gateway's own answers, and forwarding.
+//! - `spread`: forwarding to one of an API's backends, with passive health reports and one
+//!   retry on another backend after a connect failure.
 //! - [`client`]: stands apart; uses none of the above.
 
 mod body;
@@ -40,6 +45,7 @@ mod pool;
 mod proxy;
 mod respond;
 mod upgrade;
+mod spread;
 
 pub use body::{Checkout, OnEnd, RequestBody, ResponseBody};
 pub use direct::HeaderBlock;
@@ -50,6 +56,7 @@ pub use pool::{BackendPools, HostPool};
 pub use proxy::{Backend, Client, ForwardError, forward};
 pub use respond::error_response;
 pub use upgrade::{BackendUpgrade, UpgradedBackend};
+pub use spread::{Spread, Spreaded, forward_spread};
 
 /// The data plane with its backends connected.
 pub type Dataplane = decide::Dataplane<BackendPools>;

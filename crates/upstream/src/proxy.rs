@@ -175,7 +175,10 @@ fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stati
 pub enum ForwardError {
     /// The backend did not answer within this time.
     Timeout(Duration),
-    /// The backend could not be reached or broke off; what the client's 502 says.
+    /// No connection to the backend could be made (refused, or not within the connect
+    /// timeout): nothing of the request was sent, so another backend may take it.
+    Connect,
+    /// The backend broke off or answered nonsense; what the client's 502 says.
     Broken(&'static str),
     /// The client's streamed body grew past the limit.
     BodyTooLarge,
@@ -260,12 +263,12 @@ pub async fn forward(
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(e)) => {
                 tracing::debug!(backend = %backend.authority(), error = %e, "backend exchange failed");
-                return Err(ForwardError::Broken(match e {
-                    ExchangeError::Connect => "could not connect to the backend",
-                    ExchangeError::Broken => {
-                        "the backend closed the connection or sent an invalid response"
-                    }
-                }));
+                return Err(match e {
+                    ExchangeError::Connect => ForwardError::Connect,
+                    ExchangeError::Broken => ForwardError::Broken(
+                        "the backend closed the connection or sent an invalid response",
+                    ),
+                });
             }
             Ok(Ok(response)) => response.map(ResponseBody::direct),
         };
@@ -346,7 +349,7 @@ async fn send(
                 Ok(tx) => (tx, false),
                 Err(e) => {
                     tracing::debug!(backend = %backend.authority(), error = %e, "backend connect failed");
-                    return Err(ForwardError::Broken("could not connect to the backend"));
+                    return Err(ForwardError::Connect);
                 }
             },
         };
@@ -380,6 +383,7 @@ impl ForwardError {
     pub fn into_gateway_error(self, max_body: u64) -> GatewayError {
         match self {
             ForwardError::Timeout(d) => GatewayError::GatewayTimeout(d),
+            ForwardError::Connect => GatewayError::BadGateway("could not connect to the backend"),
             ForwardError::Broken(why) => GatewayError::BadGateway(why),
             ForwardError::BodyTooLarge => GatewayError::BodyTooLarge { limit: max_body },
             ForwardError::ClientBody => GatewayError::BadRequest(

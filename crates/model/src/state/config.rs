@@ -84,6 +84,7 @@ fn export_group(g: &ApiGroup) -> GroupEntry {
                 method: def.method,
                 path: def.path,
                 backend: def.backend,
+                backends: def.backends,
                 timeout_ms: def.timeout_ms,
                 auth: def.auth,
                 backend_location: def.backend_location,
@@ -112,10 +113,11 @@ fn export_group(g: &ApiGroup) -> GroupEntry {
 }
 
 fn definition_of(spec: &ApiSpec) -> Definition {
-    Definition {
+    let mut def = Definition {
         method: spec.method.clone(),
         path: spec.path.clone(),
-        backend: spec.backend.clone(),
+        backend: String::new(),
+        backends: Vec::new(),
         timeout_ms: spec.timeout_ms,
         auth: spec.auth.as_str().to_string(),
         // Local, the default, is left out: documents without backend locations round-trip.
@@ -123,7 +125,9 @@ fn definition_of(spec: &ApiSpec) -> Definition {
             BackendLocation::Local => String::new(),
             other => other.as_text().to_string(),
         },
-    }
+    };
+    def.set_backends(&spec.backends);
+    def
 }
 
 /// Makes the groups match `doc` (see the module docs), or refuses with every problem found.
@@ -625,10 +629,17 @@ fn spec_of(
                 .map_err(|e| rename(e, &format!("{prefix}backend_location"))),
         );
     }
+    // The backends' errors carry their own field names (`backend`, `backends[2].weight`),
+    // put under the document's prefix.
+    let backends = def
+        .backend_list()
+        .and_then(|b| b.check().map(|()| b))
+        .map_err(|e| problems.push(object, prefixed(e, prefix)))
+        .ok();
     let spec = ApiSpec {
         method: def.method.clone(),
         path: def.path.clone(),
-        backend: def.backend.clone(),
+        backends: backends.unwrap_or_default(),
         timeout_ms: def.timeout_ms,
         auth: auth.unwrap_or_default(),
         backend_location: location.unwrap_or_default(),
@@ -637,17 +648,28 @@ fn spec_of(
     for (field, r) in [
         ("method", validate::method(&spec.method)),
         ("path", validate::api_path(&spec.path)),
-        ("backend", validate::backend(&spec.backend)),
         ("timeout_ms", validate::timeout_ms(spec.timeout_ms)),
     ] {
         if let Err(e) = r {
             problems.push(object, rename(e, &format!("{prefix}{field}")));
         }
     }
+
     // The same checks as the single commands (which stop at the first): a spec this passes,
     // `CreateApi` passes too.
     debug_assert!(problems.0.len() > before || check_api_spec(&spec, catalog).is_ok());
     (problems.0.len() == before).then_some(spec)
+}
+
+/// `e` with `prefix` put before its field (`pinned.PRE.` + `backends[1].url`).
+fn prefixed(e: DomainError, prefix: &str) -> DomainError {
+    match e {
+        DomainError::Invalid { field, reason } => DomainError::Invalid {
+            field: format!("{prefix}{field}"),
+            reason,
+        },
+        other => other,
+    }
 }
 
 /// `e` with its field renamed to the document's name for it (`stage` is `stages` there).
@@ -724,7 +746,7 @@ fn api_fields(g: &ApiGroup, name: &str) -> Vec<(&'static str, String)> {
     let mut fields = vec![
         ("method", api.spec.method.clone()),
         ("path", api.spec.path.clone()),
-        ("backend", api.spec.backend.clone()),
+        ("backend", api.spec.backends.to_text()),
         ("timeout_ms", api.spec.timeout_ms.to_string()),
         ("auth", api.spec.auth.as_str().to_string()),
         (
@@ -742,7 +764,7 @@ fn api_fields(g: &ApiGroup, name: &str) -> Vec<(&'static str, String)> {
                 "{} {} -> {} ({} ms, {})",
                 d.spec.method,
                 d.spec.path,
-                d.spec.backend,
+                d.spec.backends,
                 d.spec.timeout_ms,
                 d.spec.auth.as_str()
             ),

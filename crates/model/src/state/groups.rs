@@ -428,7 +428,7 @@ pub(super) fn check_route_fields(
 pub(super) fn check_api_spec(spec: &ApiSpec, catalog: &Catalog) -> Result<(), DomainError> {
     validate::method(&spec.method)?;
     validate::api_path(&spec.path)?;
-    validate::backend(&spec.backend)?;
+    spec.backends.check()?;
     validate::backend_location(catalog, &spec.backend_location)?;
     validate::timeout_ms(spec.timeout_ms)
 }

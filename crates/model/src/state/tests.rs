@@ -41,7 +41,7 @@ fn api_spec(path: &str) -> ApiSpec {
     ApiSpec {
         method: "GET".into(),
         path: path.into(),
-        backend: "http://127.0.0.1:9000".into(),
+        backends: "http://127.0.0.1:9000".into(),
         timeout_ms: 5000,
         auth: crate::AuthType::Anonymous,
         backend_location: Default::default(),

@@ -93,7 +93,7 @@ fn populated() -> State {
     let spec = |path: &str, backend: &str| ApiSpec {
         method: "GET".into(),
         path: path.into(),
-        backend: backend.into(),
+        backends: backend.into(),
         timeout_ms: 5000,
         auth: crate::AuthType::App,
         backend_location: Default::default(),
@@ -341,6 +341,7 @@ fn two_apis_swap_paths_and_two_groups_swap_base_paths_in_one_apply() {
         method: "GET".into(),
         path: "/drafts".into(),
         backend: "http://127.0.0.1:9004".into(),
+        backends: vec![],
         timeout_ms: 1000,
         auth: String::new(),
         backend_location: String::new(),
