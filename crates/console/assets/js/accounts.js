@@ -40,7 +40,15 @@ async function detail(root, ctx, a) {
   root.append(section);
   const summary = h('div', { id: 'account-summary' });
   section.append(h('h3', { id: 'account-title' }, `Account ${a.name}`), summary);
-  const show = (acc) => summary.replaceChildren(facts([
+  const show = (acc) => {
+    // The list's row too, so the page never shows two states of one account.
+    const row = document.querySelector(`tr[data-account="${CSS.escape(acc.name)}"]`);
+    if (row) {
+      row.children[1].replaceChildren(badge(acc.state));
+      row.children[2].textContent = acc.balance;
+      row.children[3].textContent = acc.owed;
+    }
+    summary.replaceChildren(facts([
     ['State', h('span', { id: 'account-state' }, badge(acc.state))],
     ['Balance', h('span', { id: 'account-balance' }, acc.balance)],
     ['Owed', acc.owed],
@@ -49,6 +57,7 @@ async function detail(root, ctx, a) {
     acc.purge_at_ms ? ['Purged at', time(acc.purge_at_ms)] : null,
     ['Balance alert', acc.balance_alert || 'none'],
   ]));
+  };
   show(a);
   // The state changes with the daily cycle: keep it current while the page is open.
   const timer = setInterval(async () => {

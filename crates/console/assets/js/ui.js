@@ -54,11 +54,22 @@ export function confirm(text, confirmLabel = 'Confirm') {
   const dialog = document.getElementById('confirm');
   document.getElementById('confirm-text').textContent = text;
   document.getElementById('confirm-ok').textContent = confirmLabel;
+  const ok = document.getElementById('confirm-ok');
+  const cancel = document.getElementById('confirm-cancel');
+  // Closed by script rather than by submitting the dialog's form; Escape closes it too.
+  const onOk = (e) => { e.preventDefault(); dialog.close('ok'); };
+  const onCancel = (e) => { e.preventDefault(); dialog.close('cancel'); };
   return new Promise((resolve) => {
-    dialog.addEventListener('close', () => resolve(dialog.returnValue === 'ok'), { once: true });
+    ok.addEventListener('click', onOk);
+    cancel.addEventListener('click', onCancel);
+    dialog.addEventListener('close', () => {
+      ok.removeEventListener('click', onOk);
+      cancel.removeEventListener('click', onCancel);
+      resolve(dialog.returnValue === 'ok');
+    }, { once: true });
     dialog.returnValue = '';
     dialog.showModal();
-    document.getElementById('confirm-cancel').focus();
+    cancel.focus();
   });
 }
 
