@@ -581,6 +581,56 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
     b.client.close().await.unwrap();
 }
 
+/// The cluster page warns while there is no leader (one voter of three up, waiting for the
+/// others), and stops once they come and elect one. Signed in without a token: the node has
+/// no operator token and listens on loopback (local development).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_warns_without_a_leader() {
+    let Some(b) = browser().await else {
+        return;
+    };
+    let c = &b.client;
+    let mut cluster = Cluster::new(binaries!(), 3);
+    cluster.spawn(1);
+    let base = format!(
+        "http://127.0.0.1:{}/console/",
+        cluster.nodes[&1].ports.admin
+    );
+    eventually("node 1's console", SETTLE, || async {
+        testkit::http::get(
+            &format!("127.0.0.1:{}", cluster.nodes[&1].ports.admin),
+            "/console/",
+        )
+        .await
+        .filter(|r| r.status == 200)
+    })
+    .await;
+    let who = sign_in(c, &base, "").await;
+    assert_eq!(who, "Signed in as the operator");
+    go(c, &base, "#cluster").await;
+    let warning = text_until(c, "#warn-no-leader", "the no-leader warning", |t| {
+        t.starts_with("No leader")
+    })
+    .await;
+    let body = text_until(c, "#cluster-body", "what node 1 waits for", |t| {
+        t.contains("Waiting:")
+    })
+    .await;
+    assert!(
+        body.contains("Leader\nnone") || body.contains("Leader none"),
+        "{warning}\n{body}"
+    );
+    screenshot(c, "cluster-no-leader").await;
+    cluster.spawn(2);
+    cluster.spawn(3);
+    let leader = cluster.wait_leader(SETTLE).await;
+    text_until(c, "#cluster-body", "the elected leader on the page", |t| {
+        t.contains(&format!("node {leader}")) && !t.contains("No leader")
+    })
+    .await;
+    b.client.close().await.unwrap();
+}
+
 /// The console's HTTP rules, without a browser: headers, methods, media type, body size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_endpoints_refuse_what_they_must() {
