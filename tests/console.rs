@@ -325,6 +325,41 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
     wait_for(c, "tr[data-api='item']").await;
     click(c, "#deploy-item-RELEASE").await;
     wait_for(c, "#abolish-item-RELEASE").await;
+    // A throttling policy: a per-account limit above the API's is refused at its field; one
+    // that never throttles this test is created and bound to the API.
+    fill(c, "#create-policy-name", "calls").await;
+    fill(c, "#create-policy-api_limit", "100000").await;
+    fill(c, "#create-policy-user_limit", "200000").await;
+    click(c, "#create-policy-submit").await;
+    text_until(
+        c,
+        "#create-policy-user_limit-error",
+        "the user_limit error",
+        |t| t.starts_with("invalid user_limit"),
+    )
+    .await;
+    el(c, "#create-policy-user_limit")
+        .await
+        .clear()
+        .await
+        .unwrap();
+    click(c, "#create-policy-submit").await;
+    text_until(c, "#policies", "the new policy", |t| t.contains("calls")).await;
+    select(c, "#bind-policy-name", "calls").await;
+    select(c, "#bind-policy-api", "item").await;
+    click(c, "#bind-policy-submit").await;
+    text_until(c, "#policies", "the policy's binding", |t| {
+        t.contains("shop/item@RELEASE")
+    })
+    .await;
+    // IP access control for the group: loopback only.
+    fill(c, "#acl-allow", "127.0.0.0/8").await;
+    click(c, "#acl-submit").await;
+    text_until(c, "tr[data-group='shop']", "the group's allow list", |t| {
+        t.contains("allow 127.0.0.0/8")
+    })
+    .await;
+    wait_for(c, "#abolish-item-RELEASE").await;
     screenshot(c, "groups").await;
 
     // Traffic to node 1 (whose console this is), until told to stop; bounded in time.

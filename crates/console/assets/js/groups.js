@@ -12,11 +12,13 @@ export async function render(root, ctx, selected) {
   const [{ groups }, { instances }] = await Promise.all([
     call('DescribeApiGroups', {}), call('DescribeInstances', {})]);
   const instanceOptions = [['shared', 'shared'], ...instances.map((i) => [i.name, `${i.name} (${i.spec})`])];
-  root.append(table('API groups', ['Name', 'Account', 'Instance', 'Host', 'Base path', 'APIs', 'Deployed'],
+  const ips = (g) => [g.ip_allow.length ? `allow ${g.ip_allow.join(', ')}` : '', g.ip_deny.length ? `deny ${g.ip_deny.join(', ')}` : '']
+    .filter(Boolean).join('; ');
+  root.append(table('API groups', ['Name', 'Account', 'Instance', 'Host', 'Base path', 'APIs', 'Deployed', 'IP access'],
     groups.map((g) => ({
       attrs: { 'data-group': g.name, 'aria-selected': String(g.name === selected) },
       cells: [h('a', { href: `#groups/${encodeURIComponent(g.name)}` }, g.name), g.account, g.instance, g.host || '', g.base_path || '',
-        String(g.apis.length), g.deployments.map((d) => `${d.api}@${d.stage}`).join(', ')],
+        String(g.apis.length), g.deployments.map((d) => `${d.api}@${d.stage}`).join(', '), ips(g) || 'anyone'],
     })), { id: 'groups' }));
 
   const group = groups.find((g) => g.name === selected);
