@@ -13,6 +13,7 @@
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use proto::admin as pb;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -36,8 +37,19 @@ fn program(name: &str) -> Option<PathBuf> {
 /// chromedriver with a headless Chromium session; `None` (the test skips) only outside CI.
 struct Browser {
     client: Client,
-    _driver: KillOnDrop,
+    driver: KillOnDrop,
     _port: PortLease,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The browser that chromedriver started outlives a killed chromedriver: end its whole
+        // process group (chromedriver leads it), so a failing test leaves no browser behind.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 async fn browser() -> Option<Browser> {
@@ -56,6 +68,8 @@ async fn browser() -> Option<Browser> {
     let child = KillOnDrop::spawn(
         Command::new(driver)
             .arg(format!("--port={}", port.port()))
+            // Its own process group, with the browser it starts (see `Drop for Browser`).
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
@@ -84,7 +98,7 @@ async fn browser() -> Option<Browser> {
     .await;
     Some(Browser {
         client,
-        _driver: child,
+        driver: child,
         _port: port,
     })
 }
@@ -613,7 +627,7 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
         t.contains("UNAUTHENTICATED")
     })
     .await;
-    b.client.close().await.unwrap();
+    b.client.clone().close().await.unwrap();
 }
 
 /// The cluster page warns while there is no leader (one voter of three up, waiting for the
@@ -663,7 +677,7 @@ async fn the_cluster_page_warns_without_a_leader() {
         t.contains(&format!("node {leader}")) && !t.contains("No leader")
     })
     .await;
-    b.client.close().await.unwrap();
+    b.client.clone().close().await.unwrap();
 }
 
 /// The console's HTTP rules, without a browser: headers, methods, media type, body size.
