@@ -447,7 +447,19 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
     })
     .await;
     assert!(dialog.contains("5000 rps"), "{dialog}");
-    click(c, "#confirm-ok").await;
+    // By keyboard: the dialog opens on Cancel; Tab reaches Confirm, Enter presses it.
+    let focused = c.active_element().await.unwrap();
+    assert_eq!(
+        focused.attr("id").await.unwrap().as_deref(),
+        Some("confirm-cancel")
+    );
+    focused.send_keys("\u{E004}").await.unwrap();
+    let focused = c.active_element().await.unwrap();
+    assert_eq!(
+        focused.attr("id").await.unwrap().as_deref(),
+        Some("confirm-ok")
+    );
+    focused.send_keys("\u{E007}").await.unwrap();
     attr_until(
         c,
         "#live-chart",
@@ -621,8 +633,8 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
     // A wrong token is refused at sign-in.
     click(c, "#sign-out").await;
     go(c, &base, "").await;
-    fill(c, "#token", "gwt_nope_nope").await;
-    click(c, "#sign-in-submit").await;
+    // Typed and sent with Enter, as from a keyboard.
+    fill(c, "#token", "gwt_nope_nope\u{E007}").await;
     text_until(c, "#sign-in-error", "the sign-in error", |t| {
         t.contains("UNAUTHENTICATED")
     })
