@@ -39,6 +39,8 @@ struct Browser {
     client: Client,
     driver: KillOnDrop,
     _port: PortLease,
+    /// The browser's temporary files (its profile, its singleton socket), removed on drop.
+    _tmp: tempfile::TempDir,
 }
 
 impl Drop for Browser {
@@ -65,8 +67,13 @@ async fn browser() -> Option<Browser> {
         }
     };
     let port = PortLease::take();
+    let tmp = tempfile::Builder::new()
+        .prefix("gateway-browser-")
+        .tempdir()
+        .expect("temp dir");
     let child = KillOnDrop::spawn(
         Command::new(driver)
+            .env("TMPDIR", tmp.path())
             .arg(format!("--port={}", port.port()))
             // Its own process group, with the browser it starts (see `Drop for Browser`).
             .process_group(0)
@@ -100,6 +107,7 @@ async fn browser() -> Option<Browser> {
         client,
         driver: child,
         _port: port,
+        _tmp: tmp,
     })
 }
 
