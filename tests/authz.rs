@@ -6,6 +6,9 @@
 //! The expectations below are written out independently of the table in
 //! `crates/admin/src/access.rs`: loosening an entry there makes this test fail.
 //!
+//! Every call is made twice: with gRPC, and through the web console's JSON endpoint
+//! (`POST /console/api/<Method>` on the same listener), which must give the same outcome.
+//!
 //! Also here: webhook targets. Special-purpose addresses are refused when a webhook is set,
 //! and again when it is called, after the lookup, unless gatewayd runs with
 //! `--allow-private-webhooks`.
@@ -110,17 +113,74 @@ fn definition(path: &str) -> Option<pb::ApiDefinition> {
     })
 }
 
+/// How a call reaches the admin service.
+enum Via<'a> {
+    /// gRPC on the admin listener.
+    Grpc(&'a mut AdminClient<Channel>),
+    /// The web console's JSON endpoint on the same listener, `POST /console/api/<Method>`.
+    Console(&'a str),
+}
+
+/// Calls `rpc` through the console's JSON endpoint on `addr`: the same message as JSON, the
+/// token as a bearer header. Its `{code, message}` error comes back as the status it names.
+async fn console_call<T: serde::Serialize>(
+    addr: &str,
+    rpc: &str,
+    msg: &T,
+    token: Option<&str>,
+) -> Result<(), Status> {
+    let body = serde_json::to_string(msg).unwrap();
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("authorization", b))
+        .into_iter()
+        .collect();
+    let r = testkit::http::post_json(addr, &format!("/console/api/{rpc}"), &headers, &body)
+        .await
+        .unwrap_or_else(|| panic!("the console answered no {rpc}"));
+    if r.status == 200 {
+        return Ok(());
+    }
+    let e: serde_json::Value = serde_json::from_str(&r.body)
+        .unwrap_or_else(|_| panic!("{rpc}: HTTP {} without a JSON error: {}", r.status, r.body));
+    let code = match e["code"].as_str().unwrap_or("") {
+        "PERMISSION_DENIED" => Code::PermissionDenied,
+        "UNAUTHENTICATED" => Code::Unauthenticated,
+        "INVALID_ARGUMENT" => Code::InvalidArgument,
+        "NOT_FOUND" => Code::NotFound,
+        "ALREADY_EXISTS" => Code::AlreadyExists,
+        "FAILED_PRECONDITION" => Code::FailedPrecondition,
+        "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
+        "UNAVAILABLE" => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    let expected_http = match code {
+        Code::PermissionDenied => 403,
+        Code::Unauthenticated => 401,
+        Code::InvalidArgument => 400,
+        Code::NotFound => 404,
+        _ => r.status,
+    };
+    assert_eq!(r.status, expected_http, "{rpc}: {}", r.body);
+    Err(Status::new(code, e["message"].as_str().unwrap_or("")))
+}
+
 /// Calls `rpc` as the bearer of `token`, naming account `a`'s resources.
 async fn call(
-    c: &mut AdminClient<Channel>,
+    via: &mut Via<'_>,
     rpc: &str,
     f: &Fixture,
     token: Option<&str>,
 ) -> Result<(), Status> {
     macro_rules! go {
-        ($method:ident, $msg:expr) => {
-            c.$method(with($msg, token)).await.map(|_| ())
-        };
+        ($method:ident, $msg:expr) => {{
+            let msg = $msg;
+            match via {
+                Via::Grpc(c) => c.$method(with(msg, token)).await.map(|_| ()),
+                Via::Console(addr) => console_call(addr, rpc, &msg, token).await,
+            }
+        }};
     }
     let s = |v: &str| v.to_string();
     match rpc {
@@ -632,6 +692,8 @@ async fn every_rpc_under_every_kind_of_caller() {
     c.wait_leader(SETTLE).await;
     let mut admin = c.admin(1).await;
     let (a_token, b_token, f) = operator_setup(&mut admin).await;
+    // The console is served on the admin listener (loopback: on by default).
+    let console = format!("127.0.0.1:{}", c.nodes[&1].ports.admin);
 
     let rpcs = proto::admin_methods();
     assert!(rpcs.len() > 40, "the service's RPCs: {rpcs:?}");
@@ -648,15 +710,25 @@ async fn every_rpc_under_every_kind_of_caller() {
             refusals.push(("the owning account", Some(&a_token), Code::PermissionDenied));
         }
         for (who, token, code) in refusals {
-            let before = snapshot(&mut admin).await;
-            let r = call(&mut admin, rpc, &f, token).await;
-            match &r {
-                Err(s) if s.code() == code => {}
-                other => failures.push(format!("{rpc} by {who}: expected {code:?}, got {other:?}")),
-            }
-            let after = snapshot(&mut admin).await;
-            if before != after {
-                failures.push(format!("{rpc} by {who} was refused but changed the state"));
+            // Through gRPC and through the console's JSON endpoint: the same refusal.
+            for through in ["gRPC", "the console"] {
+                let before = snapshot(&mut admin).await;
+                let r = match through {
+                    "gRPC" => call(&mut Via::Grpc(&mut admin.clone()), rpc, &f, token).await,
+                    _ => call(&mut Via::Console(&console), rpc, &f, token).await,
+                };
+                match &r {
+                    Err(s) if s.code() == code => {}
+                    other => failures.push(format!(
+                        "{rpc} by {who} through {through}: expected {code:?}, got {other:?}"
+                    )),
+                }
+                let after = snapshot(&mut admin).await;
+                if before != after {
+                    failures.push(format!(
+                        "{rpc} by {who} through {through} was refused but changed the state"
+                    ));
+                }
             }
         }
         // Then the callers it allows: not refused for who they are (a domain error, such as
@@ -669,9 +741,17 @@ async fn every_rpc_under_every_kind_of_caller() {
             allowed.push(("another account", Some(&b_token)));
         }
         for (i, (who, token)) in allowed.into_iter().enumerate() {
-            let r = call(&mut admin, rpc, &f, token).await;
+            let r = call(&mut Via::Grpc(&mut admin.clone()), rpc, &f, token).await;
             if is_auth_refusal(&r) {
                 failures.push(format!("{rpc} by {who}: expected it allowed, got {r:?}"));
+            }
+            // The console lets the same caller through (what the gRPC call did may make it
+            // find the work done: ALREADY_EXISTS, NOT_FOUND).
+            let through_console = call(&mut Via::Console(&console), rpc, &f, token).await;
+            if is_auth_refusal(&through_console) {
+                failures.push(format!(
+                    "{rpc} by {who} through the console: expected it allowed, got {through_console:?}"
+                ));
             }
             // The first allowed call succeeds, but for the membership changes made invalid on
             // purpose; later ones may find it done (ALREADY_EXISTS, NOT_FOUND).

@@ -18,6 +18,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // The admin messages convert to and from JSON for the web console (crates/console), whose
+    // JSON endpoints take and give exactly these messages. A field left out is its default, as
+    // in protobuf; a field the message does not have is refused, naming it.
+    tonic_prost_build::configure()
+        .message_attribute(
+            ".gateway.admin.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
+        .enum_attribute(
+            ".gateway.admin.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
+        .compile_fds(fds)?;
     Ok(())
 }

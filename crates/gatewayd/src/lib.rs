@@ -198,6 +198,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let http_listener = dataplane::bind_listener(s.listen_http)
         .with_context(|| format!("cannot listen on {} (--listen-http)", s.listen_http))?;
     let ops_listener = bind("--listen-ops", s.listen_ops).await?;
+    let console_listener = match s.listen_console {
+        Some(addr) => Some(bind("--listen-console", addr).await?),
+        None => None,
+    };
     let tls = Tls::load(&s.tls, s.listen_peer.ip().is_loopback())?;
 
     catalog
@@ -261,10 +265,6 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         admin,
         admin::Authenticator::new(s.admin_token.clone(), node.clone()),
     );
-    let admin_router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(admin);
 
     // The data plane: config from every applied state, shares from the peers' demand.
     // The node's clock: usage is dated on it, as proposals are.
@@ -275,6 +275,27 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     });
     plane::accept_peer_demand(&node, dp.clone());
     plane::gate_serving(&node, dp.clone());
+    // The web console calls the same guarded admin service in process, and reads the live
+    // counters from this node's metrics.
+    let console = console::Console::new(
+        admin.clone(),
+        {
+            let dp = dp.clone();
+            Arc::new(move |out: &mut String| dp.render_metrics(out))
+        },
+        s.node_id,
+    );
+    // Browsers speak HTTP/1.1 to a plain-text listener: accepted only when the console is
+    // served there (gRPC clients use HTTP/2 either way).
+    let mut admin_routes = tonic::service::Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(admin);
+    if s.console_on_admin {
+        admin_routes = console.mount(admin_routes);
+    }
+    let admin_router = tonic::transport::Server::builder()
+        .accept_http1(s.console_on_admin)
+        .add_routes(admin_routes);
     let ready = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
     let _publisher = plane::spawn_publisher(
@@ -385,6 +406,18 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         "admin",
         stopped(stop_rx.clone()),
     );
+    let console_task = console_listener.map(|listener| {
+        tracing::info!(console = %s.listen_console.unwrap_or(s.listen_admin), "web console serving at /console/");
+        spawn_grpc(
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(console.mount(tonic::service::Routes::default())),
+            listener,
+            tls.admin.clone(),
+            "console",
+            stopped(stop_rx.clone()),
+        )
+    });
     let tls_watchers = tls.watch(s.tls.reload_every);
     tracing::info!(http = %s.listen_http, ops = %s.listen_ops, "data plane serving");
 
@@ -458,6 +491,9 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     }
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
+    if let Some(t) = console_task {
+        let _ = t.await;
+    }
     let _ = ops_task.await;
     for t in background.into_iter().chain(tls_watchers) {
         t.abort();

@@ -29,6 +29,15 @@ pub struct Flags {
     /// Admin gRPC address [default: 127.0.0.1:9090].
     #[arg(long, env = "GATEWAY_LISTEN_ADMIN")]
     pub listen_admin: Option<SocketAddr>,
+    /// Serve the web console at /console/ on the admin listener (true or false) [default:
+    /// true when --listen-admin is a loopback address, false otherwise].
+    #[arg(long, env = "GATEWAY_CONSOLE", num_args = 0..=1, default_missing_value = "true")]
+    pub console: Option<bool>,
+    /// Also serve the web console (at /console/) on this address of its own, with the admin
+    /// listener's TLS certificate if it has one. Outside loopback it needs --admin-token-file,
+    /// and --admin-tls-cert or --admin-plaintext, as the admin listener does. Off by default.
+    #[arg(long, env = "GATEWAY_LISTEN_CONSOLE")]
+    pub listen_console: Option<SocketAddr>,
     /// Peer (Raft) gRPC address [default: 127.0.0.1:9091].
     #[arg(long, env = "GATEWAY_LISTEN_PEER")]
     pub listen_peer: Option<SocketAddr>,
@@ -296,6 +305,10 @@ pub struct Settings {
     pub listen_peer: SocketAddr,
     pub listen_http: SocketAddr,
     pub listen_ops: SocketAddr,
+    /// Whether the admin listener serves the web console.
+    pub console_on_admin: bool,
+    /// The web console's own listener, if any.
+    pub listen_console: Option<SocketAddr>,
     pub voters: BTreeMap<u64, String>,
     pub advertise_peer: String,
     pub catalog: Option<PathBuf>,
@@ -338,6 +351,8 @@ impl Flags {
             node_id,
             data_dir,
             listen_admin,
+            console,
+            listen_console,
             listen_peer,
             listen_http,
             listen_ops,
@@ -468,6 +483,21 @@ impl Flags {
             );
         }
         let tls = tls_settings(&f, listen_peer, listen_admin)?;
+        // The console's own listener is exposed by the same rule as the admin listener.
+        if let Some(addr) = f.listen_console
+            && !addr.ip().is_loopback()
+        {
+            if admin_token.is_none() {
+                bail!(
+                    "--listen-console {addr} is not a loopback address: give --admin-token-file so that the console is not open to anyone who can reach it"
+                );
+            }
+            if tls.admin.is_none() && f.admin_plaintext != Some(true) {
+                bail!(
+                    "--listen-console {addr} is not a loopback address: give --admin-tls-cert and --admin-tls-key so that bearer tokens are not sent in the clear, or --admin-plaintext if something in front of the node terminates TLS"
+                );
+            }
+        }
         let http_threads = match f.http_threads {
             Some(n) if !(1..=256).contains(&n) => {
                 bail!("--http-threads {n} is outside 1..=256")
@@ -528,6 +558,8 @@ impl Flags {
             listen_peer,
             listen_http: f.listen_http.unwrap_or(([127, 0, 0, 1], 8080).into()),
             listen_ops: f.listen_ops.unwrap_or(([127, 0, 0, 1], 9100).into()),
+            console_on_admin: f.console.unwrap_or(listen_admin.ip().is_loopback()),
+            listen_console: f.listen_console,
             voters,
             advertise_peer: advertise,
             catalog: f.catalog,
@@ -871,6 +903,60 @@ mod tests {
                 .to_string()
                 .contains("--admin-token-file")
         );
+    }
+
+    #[test]
+    fn the_console_is_exposed_by_the_admin_rule() {
+        // On by default on a loopback admin listener, off on another unless asked for.
+        assert!(Flags::default().resolve().unwrap().console_on_admin);
+        let token = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token.path(), "0123456789abcdef0123").unwrap();
+        let open = || Flags {
+            listen_admin: Some("0.0.0.0:9090".parse().unwrap()),
+            admin_token_file: Some(token.path().into()),
+            admin_plaintext: Some(true),
+            ..Default::default()
+        };
+        assert!(!open().resolve().unwrap().console_on_admin);
+        let asked = Flags {
+            console: Some(true),
+            ..open()
+        };
+        assert!(asked.resolve().unwrap().console_on_admin);
+        // A console listener of its own outside loopback needs the token and TLS (or the
+        // explicit plaintext), as the admin listener does.
+        let bare = Flags {
+            listen_console: Some("0.0.0.0:9443".parse().unwrap()),
+            ..Default::default()
+        };
+        let e = bare.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("--listen-console") && e.contains("--admin-token-file"),
+            "{e}"
+        );
+        let no_tls = Flags {
+            listen_console: Some("0.0.0.0:9443".parse().unwrap()),
+            admin_token_file: Some(token.path().into()),
+            ..Default::default()
+        };
+        let e = no_tls.resolve().unwrap_err().to_string();
+        assert!(
+            e.contains("--listen-console") && e.contains("--admin-tls-cert"),
+            "{e}"
+        );
+        let local = Flags {
+            listen_console: Some("127.0.0.1:9443".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            local.resolve().unwrap().listen_console,
+            Some("127.0.0.1:9443".parse().unwrap())
+        );
+        let plain = Flags {
+            listen_console: Some("0.0.0.0:9443".parse().unwrap()),
+            ..open()
+        };
+        assert!(plain.resolve().is_ok());
     }
 
     #[test]

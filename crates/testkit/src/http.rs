@@ -178,6 +178,35 @@ pub async fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Optio
         .flatten()
 }
 
+/// `POST http://addr{path}` with a JSON body and more request headers, on a fresh connection;
+/// `None` if the connection failed or no response came within 5 s.
+pub async fn post_json(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Response> {
+    let fut = async {
+        let mut sock = TcpStream::connect(addr).await.ok()?;
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        );
+        sock.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        let _ = sock.read_to_end(&mut raw).await;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// `GET https://addr{path}` on a fresh connection, trusting what `tls` trusts and checking the
 /// server's certificate names `server_name`; `None` if the connection or the handshake failed
 /// or no response came within 5 s.
