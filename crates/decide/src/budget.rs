@@ -50,9 +50,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// How long a node's lease should last at its measured demand.
 pub const LEASE_HORIZON_MS: u64 = 1_000;
 /// A node stops admitting from a lease once it has not heard the coordinator for this long.
-pub const LEASE_TTL_MS: u64 = 2_000;
-/// The coordinator takes back the unused lease of a node not heard from for this long.
-pub const RECLAIM_AFTER_MS: u64 = 3_000;
+/// Shorter than [`RECLAIM_AFTER_MS`], so that a lease is never used after it is taken back.
+pub const LEASE_TTL_MS: u64 = 700;
+/// The coordinator takes back the unused lease of a node not heard from for this long; the
+/// same as [`crate::shares::GONE_AFTER`], when the node stops counting as live (and so also
+/// stops being followed as coordinator).
+pub const RECLAIM_AFTER_MS: u64 = 1_000;
 /// Leases for the next window are granted this long before it starts.
 pub const PREGRANT_MS: u64 = 1_000;
 /// A node that becomes coordinator grants nothing for this long.

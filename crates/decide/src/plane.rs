@@ -675,6 +675,7 @@ impl<U: Upstreams> Dataplane<U> {
             .collect();
         per_api.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
         metrics::render(out, &views, &routes, &per_api, &self.inner.global);
+        lock(&self.inner.throttles).render_metrics(out);
     }
 }
 
