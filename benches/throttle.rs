@@ -282,11 +282,12 @@ async fn run_phase(b: &Arc<Bench>, p: &Phase) -> Outcome {
         wait_dev(b, restart_dev, total).await;
         b.cluster.lock().unwrap().spawn(k);
         restarted_at = Some(b.clock.now());
-        // The node takes traffic again once it answers.
-        let addr = b.addrs[k as usize - 1].clone();
+        // The node takes traffic again once it says it is ready, as a load balancer would see.
+        let ops = b.cluster.lock().unwrap().ops_addr(k);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline && start.elapsed() < total {
-            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            let ready = testkit::http::get(&ops, "/readyz").await;
+            if ready.is_some_and(|r| r.status == 200) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -493,6 +493,7 @@ impl<U: Upstreams> Dataplane<U> {
         let (leases, grants) = throttles.lease_round(&round, |key| demand.own_demand(key));
         report.leases = leases;
         report.grants = grants;
+        report.incarnation = throttles.incarnation;
         Self::apply_shares(&demand, &throttles, &snapshot, now);
         report
     }
@@ -513,6 +514,7 @@ impl<U: Upstreams> Dataplane<U> {
         let mut demand = lock(&self.inner.demand);
         demand.record_peer(node_id, report, now);
         let mut throttles = lock(&self.inner.throttles);
+        throttles.note_peer(node_id, report.incarnation);
         if !report.leases.is_empty() || !report.grants.is_empty() {
             let live = demand.live_nodes(now);
             let round = self.round(demand.self_id(), &live, now);

@@ -45,6 +45,10 @@ pub struct DemandReport {
     /// As the coordinator of the leases: what every node is granted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub grants: Vec<crate::budget::LeaseGrant>,
+    /// When this node's process started (see [`crate::budget`]: the oldest live process
+    /// coordinates the leases, and a restarted node's leases start afresh); 0: unknown.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// The offered (arriving) rate at one instance's limiter on one node.

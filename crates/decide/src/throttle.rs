@@ -149,8 +149,12 @@ impl Throttle {
 
 /// Every counter by key, this node's side of the window leases, and the ledger it keeps of
 /// everyone's (see [`crate::budget`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
+    /// When this process started (Unix ns): its incarnation, in reports.
+    pub(crate) incarnation: u64,
+    /// The peers' incarnations, from their reports.
+    incarnations: HashMap<u64, u64>,
     pub(crate) cells: HashMap<Arc<str>, Arc<Cell>>,
     /// (key, window) -> what this node has seen granted and has returned.
     pub(crate) leases: HashMap<(Arc<str>, u64), NodeLease>,
@@ -171,7 +175,31 @@ pub(crate) struct Round<'a> {
     pub(crate) wall_ms: u64,
 }
 
+impl Default for Registry {
+    fn default() -> Registry {
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Registry {
+            incarnation,
+            incarnations: HashMap::new(),
+            cells: HashMap::new(),
+            leases: HashMap::new(),
+            ledger: Ledger::default(),
+            coordinator: None,
+            coordinator_heard_ms: 0,
+        }
+    }
+}
+
 impl Registry {
+    /// Records the incarnation a peer's report carries (0: none).
+    pub(crate) fn note_peer(&mut self, node: u64, incarnation: u64) {
+        if incarnation != 0 {
+            self.incarnations.insert(node, incarnation);
+        }
+    }
+
     /// The counter of `key`, made if new; its limit set to `limit`.
     fn cell(
         &mut self,
@@ -244,9 +272,23 @@ impl Registry {
         }
     }
 
-    /// The coordinator of the leases: the lowest-numbered live node.
+    /// The coordinator of the leases: the live node whose process started first (one whose
+    /// incarnation is not known yet counts as the youngest), the lower id on a tie.
     fn follow(&mut self, r: &Round<'_>) -> u64 {
-        let id = r.live.iter().copied().min().unwrap_or(r.self_id);
+        let age = |id: u64| {
+            let incarnation = if id == r.self_id {
+                self.incarnation
+            } else {
+                self.incarnations.get(&id).copied().unwrap_or(u64::MAX)
+            };
+            (incarnation, id)
+        };
+        let id = r
+            .live
+            .iter()
+            .copied()
+            .min_by_key(|id| age(*id))
+            .unwrap_or(r.self_id);
         match self.coordinator {
             Some((c, _)) if c == id => {}
             // A node alone has nobody to wait for.
@@ -275,6 +317,7 @@ impl Registry {
             && r.mono_ms.saturating_sub(self.coordinator_heard_ms) > LEASE_TTL_MS;
         let mut uses = Vec::new();
         let mut grants = Vec::new();
+        let incarnation = self.incarnation;
         for cell in self.cells.values() {
             if cell.unit == ThrottleUnit::Second {
                 continue;
@@ -294,26 +337,32 @@ impl Registry {
                 if w == window {
                     lease.give_back(&cell.lease, w, demand, expired);
                 }
-                if lease.granted == 0 && demand <= 0.0 {
-                    continue;
+                // A node with neither lease nor demand here has nothing to say.
+                if lease.granted > 0 || demand > 0.0 {
+                    let u = LeaseUse {
+                        key: cell.key.to_string(),
+                        window: w,
+                        granted: lease.granted,
+                        returned: lease.returned,
+                        used: lease.used(&cell.lease, w),
+                        demand_rps: demand,
+                        incarnation,
+                    };
+                    self.ledger.record(r.self_id, &u, r.mono_ms);
+                    uses.push(u);
                 }
-                let u = LeaseUse {
-                    key: cell.key.to_string(),
-                    window: w,
-                    granted: lease.granted,
-                    returned: lease.returned,
-                    used: lease.used(&cell.lease, w),
-                    demand_rps: demand,
-                };
-                self.ledger.record(r.self_id, &u, r.mono_ms);
-                uses.push(u);
+                // The coordinator grants whether or not it has calls of its own at this counter
+                // (it skipped the counter then, and a cluster whose coordinator had no traffic
+                // there admitted nothing).
                 if granting {
                     let limit = cell.limit.load(Relaxed);
                     for g in self.ledger.grant(&cell.key, w, limit, r.live, r.mono_ms) {
                         if g.node == r.self_id {
-                            lease.apply(&g, &cell.lease);
+                            lease.apply(&g, &cell.lease, incarnation);
                         }
-                        grants.push(g);
+                        if g.granted > 0 {
+                            grants.push(g);
+                        }
                     }
                 }
             }
@@ -349,7 +398,7 @@ impl Registry {
             let lease = self.leases.entry((cell.key.clone(), g.window)).or_default();
             cell.lease
                 .open(g.window, g.window == r.wall_ms / cell.unit_ms());
-            lease.apply(g, &cell.lease);
+            lease.apply(g, &cell.lease, self.incarnation);
         }
     }
 
