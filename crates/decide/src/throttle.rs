@@ -147,6 +147,9 @@ impl Throttle {
     }
 }
 
+/// A metric family of the policies' counters: name, type, help, and how to read it.
+type Family = (&'static str, &'static str, &'static str, fn(&Cell) -> u64);
+
 /// Every counter by key, this node's side of the window leases, and the ledger it keeps of
 /// everyone's (see [`crate::budget`]).
 #[derive(Debug)]
@@ -406,7 +409,7 @@ impl Registry {
     pub(crate) fn render_metrics(&self, out: &mut String) {
         let mut cells: Vec<&Cell> = self.cells.values().map(|c| &**c).collect();
         cells.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let families: [(&str, &str, &str, fn(&Cell) -> u64); 2] = [
+        let families: [Family; 2] = [
             (
                 "gateway_throttle_limit",
                 "gauge",
