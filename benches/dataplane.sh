@@ -32,6 +32,10 @@
 #        BASELINE_GATEWAYD= (path of another gatewayd binary for part b)
 #        ACCESS_LOG=0 (1: part b's gatewayd writes an access log file, and the baseline is the
 #        same binary without one: the access log's cost, measured in the same run)
+#        THROTTLE_POLICY=0 (1: part b's gatewayd has a throttling policy bound to the bench API,
+#        per second, limits far above the offered load, and the baseline is the same binary
+#        without one: a bound policy's cost, measured in the same run; UNIT=minute for a window
+#        policy, which takes leases)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +51,8 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 ONLY=${ONLY:-}
 BASELINE_GATEWAYD=${BASELINE_GATEWAYD:-}
 ACCESS_LOG=${ACCESS_LOG:-0}
+THROTTLE_POLICY=${THROTTLE_POLICY:-0}
+UNIT=${UNIT:-second}
 SMALL=2500
 MEDIUM=5000
 OFFERED=5000
@@ -401,14 +407,35 @@ overhead_node() {
     wait_routable "http://127.0.0.1:${HTTP[$id]}/bench"
 }
 GW_ARGS=()
+GW_NOTE=
 if [ "$ACCESS_LOG" = 1 ]; then
     # The same binary twice: with an access log file (rotated at 64 MiB, 2 kept, so that a long
     # run stays bounded on disk), and without.
     GW_ARGS=(--access-log "$WORK/access.log" --access-log-max-bytes 67108864 --access-log-keep 2)
     BASELINE_GATEWAYD=$GATEWAYD
 fi
+if [ "$THROTTLE_POLICY" = 1 ]; then
+    BASELINE_GATEWAYD=$GATEWAYD
+fi
 overhead_node 9 --http-threads 2 "${GW_ARGS[@]}"
 GW_URL="http://127.0.0.1:${HTTP[9]}/bench"
+if [ "$THROTTLE_POLICY" = 1 ]; then
+    # An API limit and a user limit far above what wrk offers: every call takes a slot of each
+    # (the user limit applies to signed calls only, so wrk's unsigned calls take the API's).
+    ctl 9 throttle create --name bench --unit "$UNIT" --api-limit 1000000000 \
+        --user-limit 1000000000 >/dev/null
+    ctl 9 throttle bind --name bench --group ov --api bench >/dev/null
+    bound=0
+    for _ in $(seq 100); do
+        if curl -s "http://127.0.0.1:${OPS[9]}/metrics" | grep -q '^gateway_throttle_limit{policy="bench"'; then
+            bound=1
+            break
+        fi
+        sleep 0.1
+    done
+    [ "$bound" = 1 ] || { echo "the policy is not bound on node 9" >&2; exit 1; }
+    GW_NOTE="a throttling policy bound (per $UNIT, API and user limits 1e9)"
+fi
 GW_PID=${PIDS[0]}
 CONTENDERS="gatewayd nginx"
 if [ -n "$BASELINE_GATEWAYD" ]; then
@@ -454,7 +481,7 @@ NGINX_URL="http://127.0.0.1:$P_PROXY/bench"
 
 echo
 echo "== b. overhead: wrk -t$WRK_THREADS -c$WRK_CONNECTIONS -d${WRK_SECS}s --latency, $ROUNDS alternating rounds"
-echo "   gatewayd: 1 node, limiter on (shared instance, ceiling 1,000,000 req/s), --http-threads 2 ${GW_ARGS[*]}"
+echo "   gatewayd: 1 node, limiter on (shared instance, ceiling 1,000,000 req/s), --http-threads 2 ${GW_ARGS[*]} ${GW_NOTE:-}"
 [ -n "$BASELINE_GATEWAYD" ] && echo "   baseline: $BASELINE_GATEWAYD, --http-threads 2"
 echo "   nginx:    reverse proxy, worker_processes 2, upstream keepalive"
 echo "   backend:  nginx, 1 worker, static 200 (shared by both)"

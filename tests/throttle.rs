@@ -358,3 +358,144 @@ async fn policies_limit_skewed_load_cluster_wide_and_bindings_change_live() {
     c.ctl_json(1, &["throttle", "delete", "--name", "persec"]);
     assert!(!c.ctl(1, &["throttle", "get", "--name", "persec"]).success);
 }
+
+/// Keep-alive GETs at `rps` to `addr` until `stop`; counts the 200s into `admitted`.
+fn drive(
+    addr: String,
+    path: &'static str,
+    rps: f64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    admitted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
+        let mut inflight = tokio::task::JoinSet::new();
+        // Bounded however long the caller takes to say stop.
+        let end = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Relaxed) && Instant::now() < end {
+            tick.tick().await;
+            let (client, admitted) = (client.clone(), admitted.clone());
+            let uri: http::Uri = format!("http://{addr}{path}").parse().unwrap();
+            inflight.spawn(async move {
+                let call = client.get(uri);
+                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(5), call).await
+                    && r.status() == 200
+                {
+                    admitted.fetch_add(1, Relaxed);
+                }
+            });
+            while inflight.try_join_next().is_some() {}
+        }
+        while inflight.join_next().await.is_some() {}
+    })
+}
+
+/// A node holding a lease of a minute window's budget is SIGKILLed: the survivors get its
+/// unused lease back within the window (after `RECLAIM_AFTER_MS`), so the window's total
+/// reaches the limit, and exceeds it by no more than what the dead node admitted after its
+/// last report reached the coordinator (at most a report period of its demand).
+///
+/// The development clock is frozen inside one minute, so every call falls in the same window
+/// however slow the machine; leases, reports and the reclaim run on the monotonic clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_lease_comes_back_within_the_window() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    const LIMIT: u64 = 1500;
+    /// Node 3's offered rate: its lease is 0.5 to 1 s of it (LEASE_HORIZON_MS).
+    const NODE3_RPS: f64 = 200.0;
+    /// What node 3 may have admitted after its last report reached the coordinator: a report
+    /// period (100 ms) of its demand, doubled for a late report on a busy machine.
+    const SLACK: u64 = 40;
+
+    let start = testkit::time::JAN_1 + 30_000;
+    let (mut c, _clock) = Cluster::start_with_clock(binaries!(), 3, start, &[]).await;
+    let backend = testkit::http::Server::start("ok").await;
+    c.deploy_get_api("g", "m", &format!("http://{}", backend.addr), &[]);
+    let limit = LIMIT.to_string();
+    let create = [
+        "throttle",
+        "create",
+        "--name",
+        "permin",
+        "--unit",
+        "minute",
+        "--api-limit",
+        &limit,
+    ];
+    c.ctl_json(1, &create);
+    let bind = [
+        "throttle", "bind", "--name", "permin", "--group", "g", "--api", "m",
+    ];
+    assert!(c.ctl(1, &bind).success);
+    c.wait_caught_up(1, &[2, 3]).await;
+    // Bound on every node: the limit shows in each node's /metrics.
+    for node in 1..=3 {
+        let ops = c.ops_addr(node);
+        testkit::eventually("the policy bound on every node", SETTLE, || async {
+            let m = testkit::http::get(&ops, "/metrics").await?;
+            m.body
+                .contains(&format!("limit=\"api\",of=\"\"}} {LIMIT}"))
+                .then_some(())
+        })
+        .await;
+    }
+
+    // Node 3 alone takes calls for 2 s: it holds a lease of about a second of its demand.
+    let admitted = Arc::new(AtomicU64::new(0));
+    let stop3 = Arc::new(AtomicBool::new(false));
+    let node3 = drive(
+        c.http_addr(3),
+        "/m",
+        NODE3_RPS,
+        stop3.clone(),
+        admitted.clone(),
+    );
+    testkit::eventually("node 3 to be granted a lease", SETTLE, || async {
+        (admitted.load(Relaxed) >= 2 * NODE3_RPS as u64).then_some(())
+    })
+    .await;
+    let before_kill = admitted.load(Relaxed);
+    assert!(before_kill < LIMIT / 2, "{before_kill}");
+    c.kill(3);
+    let killed = Instant::now();
+    stop3.store(true, Relaxed);
+    node3.await.unwrap();
+
+    // The survivors ask for twice what is left.
+    let stop = Arc::new(AtomicBool::new(false));
+    let survivors =
+        [1, 2].map(|n| drive(c.http_addr(n), "/m", 200.0, stop.clone(), admitted.clone()));
+    let deadline = killed + Duration::from_secs(15);
+    while admitted.load(Relaxed) < LIMIT - 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reached_after = killed.elapsed();
+    // Keep asking for a while: nothing more may be admitted beyond the slack.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Relaxed);
+    for s in survivors {
+        s.await.unwrap();
+    }
+    let total = admitted.load(Relaxed);
+    eprintln!(
+        "admitted {total} of {LIMIT} ({before_kill} before the kill); {} after the kill in {reached_after:?}",
+        total - before_kill
+    );
+    assert!(
+        total >= LIMIT - 2,
+        "the window admitted {total} of {LIMIT} ({before_kill} before the kill): the dead node's \
+         lease did not come back within {reached_after:?}"
+    );
+    assert!(
+        total <= LIMIT + SLACK,
+        "the window admitted {total} of {LIMIT}: more than the dead node's unreported calls"
+    );
+    assert!(
+        reached_after < Duration::from_secs(10),
+        "the lease came back only after {reached_after:?}"
+    );
+}

@@ -305,8 +305,9 @@ fn serving_nodes_set_the_even_share_until_reports_arrive() {
         .find(|s| s.instance == "dedicated")
         .unwrap();
     assert!((s.share - 0.5).abs() < 1e-9, "{s:?}");
-    // Node 3's report goes stale after a second: still 1/2 (silent peers take 1/N).
-    clock.advance(Duration::from_secs(2));
+    // Node 3's report goes stale after half a second: still 1/2 (silent peers take 1/N until
+    // they are gone, after GONE_AFTER).
+    clock.advance(Duration::from_millis(600));
     dp.demand_report();
     let s = dp
         .instance_shares()

@@ -9,7 +9,7 @@
 //!
 //! - **Leases.** A node admits a call only against budget it holds: a lock-free counter
 //!   ([`LeaseCell`]) that the hot path decrements. Budget is granted by one node, the
-//!   **coordinator** (the lowest-numbered serving node this node hears from), in the demand
+//!   **coordinator** (the oldest serving process this node hears from, see below), in the demand
 //!   reports that nodes send each other every ~100 ms anyway: no extra round trip, and none
 //!   per request.
 //! - **Grants are a fraction of the remainder.** The coordinator keeps, per node, what it has
@@ -27,6 +27,12 @@
 //!   node last reported.
 //! - **Windows are prepared ahead.** In the last [`PREGRANT_MS`] of a window, the coordinator
 //!   grants leases for the next one, so calls at the start of a window do not wait for a round.
+//! - **The oldest process coordinates.** The coordinator is the live node whose process
+//!   started first (each report says when: its *incarnation*; ties go to the lower id), so a
+//!   node that restarts does not take over with a ledger that has forgotten what its earlier
+//!   process used. A report from a restarted node's new process retires the old process's
+//!   entry: what it reported used stays spent (the rest of its lease died with it), grants
+//!   carry the incarnation they are for, and the new process starts from nothing.
 //! - **A new coordinator starts warm.** Every node keeps the ledger from the reports it
 //!   receives, coordinator or not (reports carry each node's cumulative granted, returned and
 //!   used), so when the coordinator goes away the next one continues from the same numbers. It
@@ -50,9 +56,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// How long a node's lease should last at its measured demand.
 pub const LEASE_HORIZON_MS: u64 = 1_000;
 /// A node stops admitting from a lease once it has not heard the coordinator for this long.
-pub const LEASE_TTL_MS: u64 = 2_000;
-/// The coordinator takes back the unused lease of a node not heard from for this long.
-pub const RECLAIM_AFTER_MS: u64 = 3_000;
+/// Shorter than [`RECLAIM_AFTER_MS`], so that a lease is never used after it is taken back.
+pub const LEASE_TTL_MS: u64 = 700;
+/// The coordinator takes back the unused lease of a node not heard from for this long; the
+/// same as [`crate::shares::GONE_AFTER`], when the node stops counting as live (and so also
+/// stops being followed as coordinator).
+pub const RECLAIM_AFTER_MS: u64 = 1_000;
 /// Leases for the next window are granted this long before it starts.
 pub const PREGRANT_MS: u64 = 1_000;
 /// A node that becomes coordinator grants nothing for this long.
@@ -213,6 +222,9 @@ pub struct LeaseUse {
     pub used: u64,
     /// The node's offered rate at this counter (calls per second).
     pub demand_rps: f64,
+    /// The node's process (see [`Ledger::record`]); 0: unknown.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What the coordinator grants one node for one counter's window: cumulative, so a lost
@@ -225,11 +237,15 @@ pub struct LeaseGrant {
     pub granted: u64,
     /// Nothing is left to grant in this window.
     pub exhausted: bool,
+    /// The process of the node it is for: another process of that node ignores it.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// One node in the coordinator's ledger of one counter's window.
 #[derive(Clone, Debug, Default)]
 struct NodeLedger {
+    incarnation: u64,
     granted: u64,
     returned: u64,
     used: u64,
@@ -252,11 +268,17 @@ impl NodeLedger {
 #[derive(Clone, Debug, Default)]
 struct WindowLedger {
     nodes: HashMap<u64, NodeLedger>,
+    /// What earlier processes of restarted nodes used: spent, whoever coordinates.
+    retired: u64,
 }
 
 impl WindowLedger {
     fn outstanding(&self) -> u64 {
-        self.nodes.values().map(NodeLedger::outstanding).sum()
+        self.nodes
+            .values()
+            .map(NodeLedger::outstanding)
+            .sum::<u64>()
+            + self.retired
     }
 }
 
@@ -269,14 +291,23 @@ pub struct Ledger {
 impl Ledger {
     /// Records what a node reports (its own reports too), taking the largest of what is known:
     /// every number in a report is cumulative within its window.
+    ///
+    /// A report from a later process of the node (it was restarted) retires the earlier
+    /// process's entry: what it reported used stays spent, its unused lease died with it, and
+    /// the new process starts from nothing. Reports of an earlier process are ignored.
     pub fn record(&mut self, node: u64, u: &LeaseUse, now_ms: u64) {
-        let l = self
-            .windows
-            .entry((u.key.clone(), u.window))
-            .or_default()
-            .nodes
-            .entry(node)
-            .or_default();
+        let w = self.windows.entry((u.key.clone(), u.window)).or_default();
+        let l = w.nodes.entry(node).or_default();
+        if u.incarnation < l.incarnation {
+            return;
+        }
+        if u.incarnation > l.incarnation {
+            w.retired += l.used;
+            *l = NodeLedger {
+                incarnation: u.incarnation,
+                ..NodeLedger::default()
+            };
+        }
         l.granted = l.granted.max(u.granted);
         l.returned = l.returned.max(u.returned);
         l.used = l.used.max(u.used);
@@ -338,6 +369,7 @@ impl Ledger {
                 node: *id,
                 granted: w.nodes.get(id).map_or(0, |l| l.granted),
                 exhausted: free == 0,
+                incarnation: w.nodes.get(id).map_or(0, |l| l.incarnation),
             })
             .collect()
     }
@@ -356,8 +388,12 @@ pub struct NodeLease {
 }
 
 impl NodeLease {
-    /// Applies a grant from the coordinator: adds what is new to the cell.
-    pub fn apply(&mut self, g: &LeaseGrant, cell: &LeaseCell) {
+    /// Applies a grant from the coordinator to this node's process `incarnation`: adds what
+    /// is new to the cell. A grant made for another process of this node is ignored.
+    pub fn apply(&mut self, g: &LeaseGrant, cell: &LeaseCell, incarnation: u64) {
+        if g.incarnation != incarnation {
+            return;
+        }
         if g.granted > self.granted {
             cell.add(g.window, g.granted - self.granted);
             self.granted = g.granted;
@@ -424,6 +460,7 @@ mod tests {
             returned: 0,
             used: 0,
             demand_rps: demand,
+            incarnation: 0,
         };
         l.record(1, &u(800.0), 0);
         l.record(2, &u(100.0), 0);
@@ -448,6 +485,7 @@ mod tests {
             returned: 0,
             used: node_used,
             demand_rps: demand,
+            incarnation: 0,
         };
         l.record(1, &u(0, 100.0), 0);
         l.record(2, &u(0, 100.0), 0);
@@ -460,6 +498,48 @@ mod tests {
         let w = &l.windows[&("k".to_string(), 1)];
         assert_eq!(w.nodes[&2].outstanding(), 40, "60 unused came back");
         assert_eq!(g[0].granted, 200);
+    }
+
+    #[test]
+    fn a_restarted_nodes_earlier_use_stays_spent() {
+        let mut l = Ledger::default();
+        let u = |incarnation, granted, used| LeaseUse {
+            key: "k".into(),
+            window: 1,
+            granted,
+            returned: 0,
+            used,
+            demand_rps: 100.0,
+            incarnation,
+        };
+        l.record(1, &u(5, 0, 0), 0);
+        l.record(2, &u(7, 0, 0), 0);
+        let g = l.grant("k", 1, 1000, &[1, 2], 0);
+        assert_eq!((g[1].granted, g[1].incarnation), (100, 7));
+        l.record(2, &u(7, 100, 60), 100);
+        // Node 2 restarts: its new process reports from nothing; the old one's 60 stay spent
+        // and its unused 40 are free again. A late report of the old process changes nothing.
+        l.record(2, &u(9, 0, 0), 200);
+        l.record(2, &u(7, 100, 70), 200);
+        let w = &l.windows[&("k".to_string(), 1)];
+        assert_eq!((w.retired, w.outstanding()), (60, 60 + 100), "{w:?}");
+        let g = l.grant("k", 1, 1000, &[1, 2], 300);
+        assert_eq!((g[1].granted, g[1].incarnation), (100, 9));
+        // A grant for the old process is not applied by the new one.
+        let cell = LeaseCell::default();
+        cell.open(1, true);
+        let mut lease = NodeLease::default();
+        lease.apply(
+            &LeaseGrant {
+                incarnation: 7,
+                ..g[1].clone()
+            },
+            &cell,
+            9,
+        );
+        assert_eq!(cell.left(1), 0);
+        lease.apply(&g[1], &cell, 9);
+        assert_eq!(cell.left(1), 100);
     }
 
     /// A simulated cluster: nodes with demand, a coordinator (node 0), reports every tick,
@@ -494,7 +574,7 @@ mod tests {
             for g in grants.drain(..) {
                 let i = g.node as usize;
                 if !dead(i) && (loss_every == 0 || (t + g.node) % loss_every != 0) {
-                    leases[i].apply(&g, &cells[i]);
+                    leases[i].apply(&g, &cells[i], 0);
                 }
             }
             // Calls arrive for a tick.
@@ -519,6 +599,7 @@ mod tests {
                         returned: leases[i].returned,
                         used: leases[i].used(&cells[i], window),
                         demand_rps: *d,
+                        incarnation: 0,
                     },
                 ));
             }

@@ -33,7 +33,8 @@ impl Default for DataplaneOptions {
             burst: DEFAULT_BURST,
             share_floor: DEFAULT_SHARE_FLOOR,
             demand_window: Duration::from_millis(100),
-            stale_after: Duration::from_secs(1),
+            // Five report periods; a peer silent for twice that is gone (shares::GONE_AFTER).
+            stale_after: Duration::from_millis(500),
             backend_connect_timeout: Duration::from_secs(3),
             backend_pool_idle_timeout: Duration::from_secs(60),
             backend_pool_max_idle_per_host: 256,

@@ -508,6 +508,7 @@ impl<U: Upstreams> Dataplane<U> {
         let (leases, grants) = throttles.lease_round(&round, |key| demand.own_demand(key));
         report.leases = leases;
         report.grants = grants;
+        report.incarnation = throttles.incarnation;
         Self::apply_shares(&demand, &throttles, &snapshot, now);
         report
     }
@@ -528,6 +529,7 @@ impl<U: Upstreams> Dataplane<U> {
         let mut demand = lock(&self.inner.demand);
         demand.record_peer(node_id, report, now);
         let mut throttles = lock(&self.inner.throttles);
+        throttles.note_peer(node_id, report.incarnation);
         if !report.leases.is_empty() || !report.grants.is_empty() {
             let live = demand.live_nodes(now);
             let round = self.round(demand.self_id(), &live, now);
@@ -691,6 +693,7 @@ impl<U: Upstreams> Dataplane<U> {
         per_api.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
         metrics::render(out, &views, &routes, &per_api, &self.inner.global);
         crate::spread::render(out, &self.inner.backends);
+        lock(&self.inner.throttles).render_metrics(out);
     }
 }
 

@@ -19,9 +19,12 @@ use crate::budget::{
 use crate::config::ThrottleConfig;
 use crate::error::{GatewayError, ThrottleScope};
 use crate::limiter::GcraLimiter;
+use crate::metrics::escape;
+use crate::per_thread::Counter;
 use model::ThrottleUnit;
 use model::clock::{NANOS_PER_SEC, Nanos};
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -42,13 +45,20 @@ pub(crate) struct Cell {
     pub(crate) gcra: GcraLimiter,
     /// Longer windows: this node's lease.
     pub(crate) lease: LeaseCell,
+    /// Calls this counter refused on this node.
+    refused: Counter,
+    /// Its Prometheus labels, escaped (policy, group, API, stage, unit, limit kind and the app
+    /// or account it is for).
+    labels: String,
 }
 
 impl Cell {
-    fn new(key: Arc<str>, unit: ThrottleUnit, limit: u64, burst: Duration) -> Cell {
+    fn new(key: Arc<str>, unit: ThrottleUnit, limit: u64, burst: Duration, labels: String) -> Cell {
         Cell {
             key,
             unit,
+            refused: Counter::default(),
+            labels,
             limit: AtomicU64::new(limit),
             arrivals: AtomicU64::new(0),
             // Until the first share is computed: the whole limit (a single node's).
@@ -121,6 +131,7 @@ impl Throttle {
         for (i, (scope, cell)) in cells.iter().enumerate() {
             let Some(cell) = cell else { continue };
             if let Err(wait) = cell.take(now, now_ms) {
+                cell.refused.add(1);
                 for (_, earlier) in &cells[..i] {
                     if let Some(c) = earlier {
                         c.untake(now_ms);
@@ -136,10 +147,17 @@ impl Throttle {
     }
 }
 
+/// A metric family of the policies' counters: name, type, help, and how to read it.
+type Family = (&'static str, &'static str, &'static str, fn(&Cell) -> u64);
+
 /// Every counter by key, this node's side of the window leases, and the ledger it keeps of
 /// everyone's (see [`crate::budget`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
+    /// When this process started (Unix ns): its incarnation, in reports.
+    pub(crate) incarnation: u64,
+    /// The peers' incarnations, from their reports.
+    incarnations: HashMap<u64, u64>,
     pub(crate) cells: HashMap<Arc<str>, Arc<Cell>>,
     /// (key, window) -> what this node has seen granted and has returned.
     pub(crate) leases: HashMap<(Arc<str>, u64), NodeLease>,
@@ -160,15 +178,46 @@ pub(crate) struct Round<'a> {
     pub(crate) wall_ms: u64,
 }
 
+impl Default for Registry {
+    fn default() -> Registry {
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Registry {
+            incarnation,
+            incarnations: HashMap::new(),
+            cells: HashMap::new(),
+            leases: HashMap::new(),
+            ledger: Ledger::default(),
+            coordinator: None,
+            coordinator_heard_ms: 0,
+        }
+    }
+}
+
 impl Registry {
+    /// Records the incarnation a peer's report carries (0: none).
+    pub(crate) fn note_peer(&mut self, node: u64, incarnation: u64) {
+        if incarnation != 0 {
+            self.incarnations.insert(node, incarnation);
+        }
+    }
+
     /// The counter of `key`, made if new; its limit set to `limit`.
-    fn cell(&mut self, key: String, unit: ThrottleUnit, limit: u64, burst: Duration) -> Arc<Cell> {
+    fn cell(
+        &mut self,
+        key: String,
+        unit: ThrottleUnit,
+        limit: u64,
+        burst: Duration,
+        labels: impl FnOnce() -> String,
+    ) -> Arc<Cell> {
         if let Some(c) = self.cells.get(key.as_str()) {
             c.limit.store(limit, Relaxed);
             return c.clone();
         }
         let key: Arc<str> = key.into();
-        let c = Arc::new(Cell::new(key.clone(), unit, limit, burst));
+        let c = Arc::new(Cell::new(key.clone(), unit, limit, burst, labels()));
         self.cells.insert(key, c.clone());
         c
     }
@@ -189,18 +238,32 @@ impl Registry {
                 t.policy, t.unit
             )
         };
-        let api_cell = self.cell(key("api"), t.unit, t.api_limit, burst);
+        let labels = |kind: &str, of: &str| {
+            format!(
+                "policy=\"{}\",group=\"{}\",api=\"{}\",stage=\"{stage}\",unit=\"{}\",limit=\"{kind}\",of=\"{}\"",
+                escape(&t.policy),
+                escape(group),
+                escape(api),
+                t.unit,
+                escape(of)
+            )
+        };
+        let api_cell = self.cell(key("api"), t.unit, t.api_limit, burst, || labels("api", ""));
         let user = t
             .special_accounts
             .get(account)
             .copied()
             .or(t.user_limit)
-            .map(|limit| self.cell(key(&format!("user:{account}")), t.unit, limit, burst));
+            .map(|limit| {
+                let key = key(&format!("user:{account}"));
+                self.cell(key, t.unit, limit, burst, || labels("user", account))
+            });
         let apps = apps
             .iter()
             .filter_map(|app| {
                 let limit = t.special_apps.get(app).copied().or(t.app_limit)?;
-                let cell = self.cell(key(&format!("app:{app}")), t.unit, limit, burst);
+                let key = key(&format!("app:{app}"));
+                let cell = self.cell(key, t.unit, limit, burst, || labels("app", app));
                 Some((app.clone(), cell))
             })
             .collect();
@@ -212,9 +275,23 @@ impl Registry {
         }
     }
 
-    /// The coordinator of the leases: the lowest-numbered live node.
+    /// The coordinator of the leases: the live node whose process started first (one whose
+    /// incarnation is not known yet counts as the youngest), the lower id on a tie.
     fn follow(&mut self, r: &Round<'_>) -> u64 {
-        let id = r.live.iter().copied().min().unwrap_or(r.self_id);
+        let age = |id: u64| {
+            let incarnation = if id == r.self_id {
+                self.incarnation
+            } else {
+                self.incarnations.get(&id).copied().unwrap_or(u64::MAX)
+            };
+            (incarnation, id)
+        };
+        let id = r
+            .live
+            .iter()
+            .copied()
+            .min_by_key(|id| age(*id))
+            .unwrap_or(r.self_id);
         match self.coordinator {
             Some((c, _)) if c == id => {}
             // A node alone has nobody to wait for.
@@ -243,6 +320,7 @@ impl Registry {
             && r.mono_ms.saturating_sub(self.coordinator_heard_ms) > LEASE_TTL_MS;
         let mut uses = Vec::new();
         let mut grants = Vec::new();
+        let incarnation = self.incarnation;
         for cell in self.cells.values() {
             if cell.unit == ThrottleUnit::Second {
                 continue;
@@ -262,26 +340,32 @@ impl Registry {
                 if w == window {
                     lease.give_back(&cell.lease, w, demand, expired);
                 }
-                if lease.granted == 0 && demand <= 0.0 {
-                    continue;
+                // A node with neither lease nor demand here has nothing to say.
+                if lease.granted > 0 || demand > 0.0 {
+                    let u = LeaseUse {
+                        key: cell.key.to_string(),
+                        window: w,
+                        granted: lease.granted,
+                        returned: lease.returned,
+                        used: lease.used(&cell.lease, w),
+                        demand_rps: demand,
+                        incarnation,
+                    };
+                    self.ledger.record(r.self_id, &u, r.mono_ms);
+                    uses.push(u);
                 }
-                let u = LeaseUse {
-                    key: cell.key.to_string(),
-                    window: w,
-                    granted: lease.granted,
-                    returned: lease.returned,
-                    used: lease.used(&cell.lease, w),
-                    demand_rps: demand,
-                };
-                self.ledger.record(r.self_id, &u, r.mono_ms);
-                uses.push(u);
+                // The coordinator grants whether or not it has calls of its own at this counter
+                // (it skipped the counter then, and a cluster whose coordinator had no traffic
+                // there admitted nothing).
                 if granting {
                     let limit = cell.limit.load(Relaxed);
                     for g in self.ledger.grant(&cell.key, w, limit, r.live, r.mono_ms) {
                         if g.node == r.self_id {
-                            lease.apply(&g, &cell.lease);
+                            lease.apply(&g, &cell.lease, incarnation);
                         }
-                        grants.push(g);
+                        if g.granted > 0 {
+                            grants.push(g);
+                        }
                     }
                 }
             }
@@ -317,7 +401,34 @@ impl Registry {
             let lease = self.leases.entry((cell.key.clone(), g.window)).or_default();
             cell.lease
                 .open(g.window, g.window == r.wall_ms / cell.unit_ms());
-            lease.apply(g, &cell.lease);
+            lease.apply(g, &cell.lease, self.incarnation);
+        }
+    }
+
+    /// Appends every bound policy's limits and refusals on this node, one series per counter.
+    pub(crate) fn render_metrics(&self, out: &mut String) {
+        let mut cells: Vec<&Cell> = self.cells.values().map(|c| &**c).collect();
+        cells.sort_by(|a, b| a.labels.cmp(&b.labels));
+        let families: [Family; 2] = [
+            (
+                "gateway_throttle_limit",
+                "gauge",
+                "A bound throttling policy's limit, cluster-wide, in calls per unit; limit is \
+                 api, user or app, of the account or app it applies to.",
+                |c| c.limit.load(Relaxed),
+            ),
+            (
+                "gateway_throttle_refused_total",
+                "counter",
+                "Calls a bound throttling policy's limit refused on this node.",
+                |c| c.refused.get(),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for c in &cells {
+                let _ = writeln!(out, "{name}{{{}}} {}", c.labels, value(c));
+            }
         }
     }
 
@@ -358,9 +469,9 @@ mod tests {
 
     #[test]
     fn the_narrowest_limit_refuses_and_takes_nothing_from_the_others() {
-        let mut r = Registry::default();
+        let mut registry = Registry::default();
         let apps = ["a".to_string(), "b".to_string(), "vip".to_string()];
-        let t = r.compile(
+        let t = registry.compile(
             &policy(ThrottleUnit::Second, 100, Some(6), Some(3)),
             ("g", "x", Stage::Release),
             "acct",
@@ -400,6 +511,45 @@ mod tests {
             }
         }
         assert!(unsigned >= 96, "{unsigned}: refused calls took API slots");
+
+        // /metrics: each counter's limit and its refusals, by limit kind.
+        let mut out = String::new();
+        registry.render_metrics(&mut out);
+        let labels = |kind: &str, of: &str| {
+            format!(
+                "{{policy=\"p\",group=\"g\",api=\"x\",stage=\"RELEASE\",unit=\"second\",limit=\"{kind}\",of=\"{of}\"}}"
+            )
+        };
+        assert!(
+            out.contains(&format!(
+                "gateway_throttle_limit{} 100\n",
+                labels("api", "")
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "gateway_throttle_limit{} 6\n",
+                labels("user", "acct")
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "gateway_throttle_limit{} 8\n",
+                labels("app", "vip")
+            )),
+            "{out}"
+        );
+        let refused = |kind: &str, of: &str| -> u64 {
+            let prefix = format!("gateway_throttle_refused_total{} ", labels(kind, of));
+            let line = out.lines().find(|l| l.starts_with(&prefix)).expect(&prefix);
+            line[prefix.len()..].parse().unwrap()
+        };
+        assert!(refused("app", "a") > 0, "{out}");
+        assert!(refused("user", "acct") > 0, "{out}");
+        assert!(refused("api", "") >= 100, "{out}");
+        assert_eq!(refused("app", "b"), 0, "{out}");
     }
 
     #[test]
