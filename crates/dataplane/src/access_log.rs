@@ -141,6 +141,121 @@ impl AccessLog {
     }
 }
 
+/// One request's line while the request is served: begun when it arrives, ended when its
+/// response body has been sent (with the bytes sent and the total time).
+pub struct Record {
+    log: AccessLog,
+    line: String,
+    started: std::time::Instant,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record").finish_non_exhaustive()
+    }
+}
+
+/// What a request was routed to, and who called: the middle of its line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Routed<'a> {
+    pub group: Option<&'a str>,
+    pub api: Option<&'a str>,
+    pub stage: &'a str,
+    pub app_key: Option<&'a str>,
+    pub account: Option<&'a str>,
+    /// The trace and this hop's span, in hex.
+    pub trace: Option<([u8; 32], [u8; 16])>,
+}
+
+/// A request as it arrived: the start of its line.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived<'a> {
+    pub request_id: &'a [u8],
+    pub client: std::net::SocketAddr,
+    pub method: &'a str,
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub bytes_in: u64,
+}
+
+impl AccessLog {
+    /// Begins the line of a request that just arrived.
+    pub fn begin(&self, req: &Arrived<'_>) -> Record {
+        let mut line = String::with_capacity(512);
+        line.push_str("{\"time\":\"");
+        rfc3339_ms(&mut line, SystemTime::now());
+        line.push_str("\",\"request_id\":\"");
+        line.push_str(std::str::from_utf8(req.request_id).unwrap_or(""));
+        let _ = write!(
+            line,
+            "\",\"node\":{},\"client\":\"{}\",\"method\":",
+            self.node(),
+            req.client
+        );
+        json_str(&mut line, req.method);
+        line.push_str(",\"host\":");
+        json_opt(&mut line, req.host);
+        line.push_str(",\"path\":");
+        json_str(&mut line, req.path);
+        let _ = write!(line, ",\"bytes_in\":{}", req.bytes_in);
+        Record {
+            log: self.clone(),
+            line,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Record {
+    /// What the request was routed to, and who called.
+    pub fn route(&mut self, r: &Routed<'_>) {
+        let line = &mut self.line;
+        line.push_str(",\"group\":");
+        json_opt(line, r.group);
+        line.push_str(",\"api\":");
+        json_opt(line, r.api);
+        line.push_str(",\"stage\":\"");
+        line.push_str(r.stage);
+        line.push_str("\",\"app_key\":");
+        json_opt(line, r.app_key);
+        line.push_str(",\"account\":");
+        json_opt(line, r.account);
+        if let Some((trace, span)) = &r.trace {
+            line.push_str(",\"trace_id\":\"");
+            line.push_str(std::str::from_utf8(trace).unwrap_or(""));
+            line.push_str("\",\"span_id\":\"");
+            line.push_str(std::str::from_utf8(span).unwrap_or(""));
+            line.push('"');
+        }
+    }
+
+    /// The response's status and error code, and the time the backend took.
+    pub fn respond(&mut self, status: u16, error_code: Option<&str>, backend_ns: Option<u64>) {
+        let line = &mut self.line;
+        let _ = write!(line, ",\"status\":{status}");
+        line.push_str(",\"error_code\":");
+        json_opt(line, error_code);
+        match backend_ns {
+            Some(ns) => {
+                let _ = write!(line, ",\"backend_ms\":{:.3}", ns as f64 / 1e6);
+            }
+            None => line.push_str(",\"backend_ms\":null"),
+        }
+    }
+
+    /// Ends the line with the response body's bytes sent and the total time, and queues it.
+    pub fn end(self, bytes_out: u64) {
+        let Record {
+            log,
+            mut line,
+            started,
+        } = self;
+        let total = started.elapsed().as_secs_f64() * 1e3;
+        let _ = writeln!(line, ",\"bytes_out\":{bytes_out},\"total_ms\":{total:.3}}}");
+        log.push(line.as_bytes());
+    }
+}
+
 impl AccessLogWriter {
     /// Writes every line buffered so far and stops the writer thread.
     pub fn close(mut self) {

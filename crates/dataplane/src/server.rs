@@ -683,13 +683,8 @@ async fn handle(
     response
 }
 
-/// A request's access log line while the request is served: begun when it arrives, finished
-/// when its response body has been sent (with the bytes sent and the total time).
-struct Entry {
-    log: AccessLog,
-    line: String,
-    started: Instant,
-}
+/// A request's access log line while the request is served ([`access_log::Record`]).
+struct Entry(access_log::Record);
 
 impl Entry {
     fn begin(
@@ -698,35 +693,20 @@ impl Entry {
         req: &Request<RequestBody>,
         request_id: &decide::request_id::RequestId,
     ) -> Entry {
-        use std::fmt::Write;
-        let mut line = String::with_capacity(512);
-        line.push_str("{\"time\":\"");
-        access_log::rfc3339_ms(&mut line, std::time::SystemTime::now());
-        line.push_str("\",\"request_id\":\"");
-        line.push_str(std::str::from_utf8(request_id.as_bytes()).unwrap_or(""));
-        let _ = write!(
-            line,
-            "\",\"node\":{},\"client\":\"{}\",\"method\":",
-            log.node(),
-            conn.peer
-        );
-        access_log::json_str(&mut line, req.method().as_str());
-        line.push_str(",\"host\":");
-        access_log::json_opt(&mut line, request_host(req));
-        line.push_str(",\"path\":");
-        access_log::json_str(&mut line, req.uri().path());
         let bytes_in = req
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let _ = write!(line, ",\"bytes_in\":{bytes_in}");
-        Entry {
-            log: log.clone(),
-            line,
-            started: Instant::now(),
-        }
+        Entry(log.begin(&access_log::Arrived {
+            request_id: request_id.as_bytes(),
+            client: conn.peer,
+            method: req.method().as_str(),
+            host: request_host(req),
+            path: req.uri().path(),
+            bytes_in,
+        }))
     }
 
     /// What the request was routed to, and who called.
@@ -737,53 +717,26 @@ impl Entry {
         req: &Request<RequestBody>,
         trace: Option<&TraceContext>,
     ) {
-        let line = &mut self.line;
-        line.push_str(",\"group\":");
-        access_log::json_opt(line, verdict.group());
-        line.push_str(",\"api\":");
-        access_log::json_opt(line, verdict.api());
-        line.push_str(",\"stage\":\"");
-        line.push_str(stage.as_str());
-        line.push_str("\",\"app_key\":");
-        let key = req.headers().get(X_CA_KEY).and_then(|v| v.to_str().ok());
-        access_log::json_opt(line, key);
-        line.push_str(",\"account\":");
-        access_log::json_opt(line, verdict.account());
-        if let Some(trace) = trace {
-            line.push_str(",\"trace_id\":\"");
-            line.push_str(std::str::from_utf8(&trace.trace_id_hex()).unwrap_or(""));
-            line.push_str("\",\"span_id\":\"");
-            line.push_str(std::str::from_utf8(&trace.span_id_hex()).unwrap_or(""));
-            line.push('"');
-        }
+        self.0.route(&access_log::Routed {
+            group: verdict.group(),
+            api: verdict.api(),
+            stage: stage.as_str(),
+            app_key: req.headers().get(X_CA_KEY).and_then(|v| v.to_str().ok()),
+            account: verdict.account(),
+            trace: trace.map(|t| (t.trace_id_hex(), t.span_id_hex())),
+        });
     }
 
     /// The response's part; the line is written when the response body is done with.
     fn finish(mut self, response: &mut Response<ResponseBody>, backend_ns: Option<u64>) {
-        use std::fmt::Write;
-        let line = &mut self.line;
-        let _ = write!(line, ",\"status\":{}", response.status().as_u16());
-        line.push_str(",\"error_code\":");
         let code = response
             .headers()
             .get(decide::wire::X_CA_ERROR_CODE)
             .and_then(|v| v.to_str().ok());
-        access_log::json_opt(line, code);
-        match backend_ns {
-            Some(ns) => {
-                let _ = write!(line, ",\"backend_ms\":{:.3}", ns as f64 / 1e6);
-            }
-            None => line.push_str(",\"backend_ms\":null"),
-        }
-        response.body_mut().on_end(Box::new(move |sent| {
-            let Entry {
-                log,
-                mut line,
-                started,
-            } = self;
-            let total = started.elapsed().as_secs_f64() * 1e3;
-            let _ = writeln!(line, ",\"bytes_out\":{sent},\"total_ms\":{total:.3}}}");
-            log.push(line.as_bytes());
-        }));
+        self.0.respond(response.status().as_u16(), code, backend_ns);
+        let record = self.0;
+        response
+            .body_mut()
+            .on_end(Box::new(move |sent| record.end(sent)));
     }
 }
