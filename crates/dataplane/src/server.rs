@@ -448,12 +448,30 @@ pub(crate) async fn serve_one(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let dp = dataplane.clone();
+    // This thread's own handle, and its batch handed over every FLUSH_EVERY and at the end.
+    let access_log = access_log.map(|log| log.for_thread());
+    let ticker = access_log.clone().map(|log| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(access_log::FLUSH_EVERY).await;
+                log.flush_local();
+            }
+        })
+    });
+    let last = access_log.clone();
     let handler = move |req: Request<RequestBody>, info: Arc<ConnInfo>| {
         let dp = dp.clone();
         let log = access_log.clone();
         async move { handle(&dp, &info, log.as_ref(), req).await }
     };
-    accept_loop(source, limits, tls, handler, Some(dataplane), shutdown).await
+    let served = accept_loop(source, limits, tls, handler, Some(dataplane), shutdown).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    if let Some(log) = last {
+        log.flush_local();
+    }
+    served
 }
 
 /// The host the client asked for: from the URI (HTTP/2, absolute form) or the `Host` header.
