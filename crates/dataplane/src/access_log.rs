@@ -81,8 +81,11 @@ impl Shared {
 /// with [`AccessLog::for_thread`], so that its per-request clones count on a line of its own.
 #[derive(Clone)]
 pub struct AccessLog {
-    handle: Arc<Arc<Shared>>,
+    handle: Arc<Handle>,
 }
+
+/// What [`AccessLog::for_thread`] allocates once per thread: a count of clones of its own.
+struct Handle(Arc<Shared>);
 
 impl std::fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -151,7 +154,7 @@ impl AccessLog {
             to_writer,
         });
         let log = AccessLog {
-            handle: Arc::new(shared.clone()),
+            handle: Arc::new(Handle(shared.clone())),
         };
         let thread = std::thread::Builder::new()
             .name("gw-access-log".into())
@@ -166,12 +169,12 @@ impl AccessLog {
     /// A handle of the calling server thread's own (see the type's docs).
     pub fn for_thread(&self) -> AccessLog {
         AccessLog {
-            handle: Arc::new(self.shared().clone()),
+            handle: Arc::new(Handle(self.shared().clone())),
         }
     }
 
     fn shared(&self) -> &Arc<Shared> {
-        &self.handle
+        &self.handle.0
     }
 
     /// Lines dropped because the writer could not keep up.
