@@ -718,7 +718,11 @@ mod tests {
         assert_eq!(shared.dropped.load(Relaxed), 0, "queued");
         shared.hand_over(batch(5));
         shared.hand_over(batch(2));
-        assert_eq!(shared.dropped.load(Relaxed), 7, "the two that found the queue full");
+        assert_eq!(
+            shared.dropped.load(Relaxed),
+            7,
+            "the two that found the queue full"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::conn::{
     ip_header,
 };
 use crate::sideline::{Next, Side, Sideline};
+use crate::spans::{RequestHooks, RequestSpan, RequestSpans};
 use decide::trace::{TRACEPARENT, TraceContext};
 use decide::wire::{X_CA_KEY, X_CA_STAGE};
 use decide::{Access, GatewayError, Stage};
@@ -432,7 +433,7 @@ pub async fn serve_tls(
         dataplane,
         Arc::new(limits),
         tls,
-        None,
+        RequestHooks::default(),
         shutdown,
     )
     .await
@@ -444,12 +445,13 @@ pub(crate) async fn serve_one(
     dataplane: Dataplane,
     limits: Arc<ServerLimits>,
     tls: Option<tls::ServerTls>,
-    access_log: Option<AccessLog>,
+    hooks: RequestHooks,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let dp = dataplane.clone();
     // This thread's own handle, and its batch handed over every FLUSH_EVERY and at the end.
-    let access_log = access_log.map(|log| log.for_thread());
+    let access_log = hooks.access_log.map(|log| log.for_thread());
+    let spans = hooks.spans;
     let ticker = access_log.clone().map(|log| {
         tokio::spawn(async move {
             loop {
@@ -462,7 +464,8 @@ pub(crate) async fn serve_one(
     let handler = move |req: Request<RequestBody>, info: Arc<ConnInfo>| {
         let dp = dp.clone();
         let log = access_log.clone();
-        async move { handle(&dp, &info, log.as_ref(), req).await }
+        let spans = spans.clone();
+        async move { handle(&dp, &info, log.as_ref(), spans.as_deref(), req).await }
     };
     let served = accept_loop(source, limits, tls, handler, Some(dataplane), shutdown).await;
     if let Some(ticker) = ticker {
@@ -583,9 +586,11 @@ async fn handle(
     dp: &Dataplane,
     conn: &ConnInfo,
     access_log: Option<&AccessLog>,
+    spans: Option<&dyn RequestSpans>,
     mut req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let now = dp.now();
+    let started = spans.map(|_| std::time::SystemTime::now());
     let request_id = dp.next_request_id();
     let mut entry = access_log.map(|log| Entry::begin(log, conn, &req, &request_id));
     if let Err(error) = check_head(&mut req, &conn.limits) {
@@ -627,12 +632,28 @@ async fn handle(
     let admitted = verdict.admitted_api().is_some();
     // The client's trace continued with a span of this hop's, or a new one: what the backend
     // gets, and what the access log says.
-    let trace = (admitted || entry.is_some()).then(|| {
+    let trace = (admitted || entry.is_some() || spans.is_some()).then(|| {
         TraceContext::continue_or_start(req.headers().get(TRACEPARENT).map(|v| v.as_bytes()))
     });
     if let Some(entry) = &mut entry {
         entry.route(&verdict, stage, &req, trace.as_ref());
     }
+    // The span's part of the request, taken before the request goes to the backend.
+    let span = match (spans, started, trace) {
+        (Some(_), Some(start), Some(trace)) => Some(RequestSpan {
+            trace,
+            start,
+            end: start,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            group: verdict.group().map(str::to_owned),
+            api: verdict.api().map(str::to_owned),
+            stage: stage.as_str(),
+            status: 0,
+            error_code: None,
+        }),
+        _ => None,
+    };
     let client_version = req.version();
     let mut backend_ns = None;
     let mut response = match verdict.admitted_api() {
@@ -694,6 +715,16 @@ async fn handle(
         }
     };
     verdict.record_status(dp, response.status());
+    if let (Some(spans), Some(mut span)) = (spans, span) {
+        span.end = std::time::SystemTime::now();
+        span.status = response.status().as_u16();
+        span.error_code = response
+            .headers()
+            .get(decide::wire::X_CA_ERROR_CODE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        spans.record(span);
+    }
     response.body_mut().count_into(verdict.into_usage());
     if let Some(entry) = entry {
         entry.finish(&mut response, backend_ns);
