@@ -341,7 +341,7 @@ where
                     .headers()
                     .get("traceparent")
                     .map(|v| v.as_bytes().to_vec());
-                let traced = crate::spans::with_rpc(rpc, traceparent, self.inner.call(req));
+                let traced = crate::spans::with_rpc(rpc.name(), traceparent, self.inner.call(req));
                 Box::pin(traced)
             }
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),

@@ -1,12 +1,11 @@
 //! Admin-write spans: what the admin service tells a tracing exporter about each write it
 //! submitted to Raft (`gatewayd --otlp-endpoint`).
 //!
-//! The RPC being served is known to the guard ([`crate::Guarded`]), which runs the handler
+//! The RPC being served is known to the guard (`access::Guarded`), which runs the handler
 //! inside [`with_rpc`]; the write itself happens deep in a handler, which reads it back with
 //! [`current_rpc`]. The service knows nothing of OpenTelemetry: a [`WriteSpans`] sink gets an
 //! [`AdminWrite`] per write and must not wait.
 
-use crate::access::Rpc;
 use std::time::SystemTime;
 
 tokio::task_local! {
@@ -20,16 +19,13 @@ struct Call {
     traceparent: Option<Vec<u8>>,
 }
 
-/// Runs `f` (a handler's future) as the call of `rpc`, with the caller's `traceparent`.
+/// Runs `f` (a handler's future) as the call of `rpc` (its name), with the caller's `traceparent`.
 pub(crate) fn with_rpc<F: Future>(
-    rpc: Rpc,
+    rpc: &'static str,
     traceparent: Option<Vec<u8>>,
     f: F,
 ) -> impl Future<Output = F::Output> {
-    let call = Call {
-        rpc: rpc.name(),
-        traceparent,
-    };
+    let call = Call { rpc, traceparent };
     CALL.scope(call, f)
 }
 
