@@ -304,7 +304,7 @@ impl<S> Guarded<S> {
     }
 
     /// Authenticates and admits `req`, recording the caller and the RPC for the handler.
-    fn admit<B>(&self, req: &mut http::Request<B>) -> Result<(), Status> {
+    fn admit<B>(&self, req: &mut http::Request<B>) -> Result<Rpc, Status> {
         let principal = self.auth.authenticate(req.headers())?;
         let path = req.uri().path();
         let rpc = Rpc::from_path(path).ok_or_else(|| {
@@ -315,7 +315,7 @@ impl<S> Guarded<S> {
         admit(rpc, &principal)?;
         req.extensions_mut().insert(principal);
         req.extensions_mut().insert(rpc);
-        Ok(())
+        Ok(rpc)
     }
 }
 
@@ -335,7 +335,15 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.admit(&mut req) {
-            Ok(()) => Box::pin(self.inner.call(req)),
+            Ok(rpc) => {
+                // The handler learns the RPC (and the caller's trace) for its write spans.
+                let traceparent = req
+                    .headers()
+                    .get("traceparent")
+                    .map(|v| v.as_bytes().to_vec());
+                let traced = crate::spans::with_rpc(rpc.name(), traceparent, self.inner.call(req));
+                Box::pin(traced)
+            }
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
     }

@@ -17,7 +17,8 @@
 //! - `accounts`: accounts, ledgers, bills and events: parsing and presentation;
 //! - `usage`: `DescribeUsage`, merging closed days (history) with open ones (state);
 //! - `paging`: page sizes and cursors of history reads;
-//! - `throttles`: throttling policies: requests to commands, policies to protobuf.
+//! - `throttles`: throttling policies: requests to commands, policies to protobuf;
+//! - `spans`: a span per write submitted to Raft, for a tracing exporter.
 
 pub mod access;
 mod accounts;
@@ -25,6 +26,7 @@ pub mod auth;
 mod config;
 mod convert;
 mod paging;
+mod spans;
 mod throttles;
 mod usage;
 
@@ -45,6 +47,7 @@ use tonic::{Request, Response, Status};
 pub use access::{Guarded, Of, Rpc};
 pub use auth::{Authenticator, Principal};
 pub use convert::instance_to_pb;
+pub use spans::{AdminWrite, WriteSpans};
 
 /// The request metadata that chooses how fresh a read must be: `linearizable` (the default)
 /// or `local`.
@@ -57,6 +60,8 @@ pub struct AdminService {
     /// `gatewayd --allow-private-webhooks`: webhooks may target loopback, private and other
     /// special-purpose addresses ([`model::validate::private_range`]).
     allow_private_webhooks: bool,
+    /// Where a span per write goes, when spans are exported.
+    spans: Option<Arc<dyn WriteSpans>>,
 }
 
 impl AdminService {
@@ -65,10 +70,21 @@ impl AdminService {
         catalog: Arc<Catalog>,
         allow_private_webhooks: bool,
     ) -> AdminServer<AdminService> {
+        Self::with_spans(node, catalog, allow_private_webhooks, None)
+    }
+
+    /// [`Self::new`], recording a span per write submitted to Raft in `spans`.
+    pub fn with_spans(
+        node: Node,
+        catalog: Arc<Catalog>,
+        allow_private_webhooks: bool,
+        spans: Option<Arc<dyn WriteSpans>>,
+    ) -> AdminServer<AdminService> {
         AdminServer::new(AdminService {
             node,
             catalog,
             allow_private_webhooks,
+            spans,
         })
         // Room for a whole cluster's configuration document (ApplyConfig).
         .max_decoding_message_size(model::config::MAX_DOCUMENT_BYTES)
@@ -148,10 +164,20 @@ impl AdminService {
 
     async fn write(&self, cmd: Command) -> Result<Reply, Status> {
         let kind = cmd.kind();
-        self.node.write(cmd).await.map_err(|e| {
+        let start = std::time::SystemTime::now();
+        let written = self.node.write(cmd).await.map_err(|e| {
             tracing::debug!(command = kind, "refused: {e}");
             to_status(e)
-        })
+        });
+        self.span(kind, start, &written);
+        written
+    }
+
+    /// Records the span of a write, when spans are exported.
+    fn span(&self, kind: &'static str, start: std::time::SystemTime, r: &Result<Reply, Status>) {
+        if let Some(sink) = &self.spans {
+            spans::finish(&**sink, kind, start, r.as_ref().map(|_| ()));
+        }
     }
 
     /// [`Self::write`] under a request id the client can retry with: its own, or one made up
@@ -171,7 +197,8 @@ impl AdminService {
         };
         let kind = cmd.kind();
         let scoped = format!("client:{scope}:{request_id}");
-        self.node.write_request(scoped, cmd).await.map_err(|e| {
+        let start = std::time::SystemTime::now();
+        let written = self.node.write_request(scoped, cmd).await.map_err(|e| {
             tracing::debug!(command = kind, "refused: {e}");
             match e {
                 ClusterError::OutcomeUnknown { reason, .. } => Status::deadline_exceeded(format!(
@@ -179,7 +206,9 @@ impl AdminService {
                 )),
                 e => to_status(e),
             }
-        })
+        });
+        self.span(kind, start, &written);
+        written
     }
 }
 

@@ -38,6 +38,7 @@ impl Fixture {
             node,
             catalog: Arc::new(Catalog::builtin().clone()),
             allow_private_webhooks: false,
+            spans: None,
         };
         Fixture {
             svc,

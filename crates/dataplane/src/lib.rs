@@ -49,7 +49,8 @@
 //!
 //! Lower modules first; nothing imports a module above it.
 //!
-//! - `access_log`: the access log (per-thread buffers, one writer thread, rotation).
+//! - `access_log`: the access log (thread-local batches, one writer thread, rotation);
+//! - `spans`: request spans handed to a tracing exporter, and the per-request hooks.
 //! - `conn`: a client connection (limits, what a handler knows of it, the connection cap,
 //!   where connections come from); `sideline`: work polled beside a connection.
 //! - `tunnel`: upgraded connections (WebSocket), relayed to their backend after the 101.
@@ -64,11 +65,15 @@ mod h1;
 mod ops;
 mod server;
 mod sideline;
+mod spans;
 mod threads;
 mod tunnel;
 
-pub use access_log::{AccessLog, AccessLogSettings, AccessLogTarget, AccessLogWriter};
+pub use access_log::{
+    AccessLog, AccessLogSettings, AccessLogTarget, AccessLogWriter, Arrived, Record, Routed,
+};
 pub use conn::ServerLimits;
+pub use decide::trace::TraceContext;
 pub use decide::wire::{
     THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID, X_CA_STAGE,
 };
@@ -82,5 +87,6 @@ pub use decide::{
 pub use decide::{BackendError, Clock};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};
 pub use server::{serve, serve_tls};
+pub use spans::{RequestHooks, RequestSpan, RequestSpans};
 pub use threads::{ServerThreads, bind_listener, serve_threads};
 pub use upstream::{Dataplane, Verdict};

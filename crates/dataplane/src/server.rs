@@ -7,6 +7,7 @@ use crate::conn::{
     ip_header,
 };
 use crate::sideline::{Next, Side, Sideline};
+use crate::spans::{RequestHooks, RequestSpan, RequestSpans};
 use decide::trace::{TRACEPARENT, TraceContext};
 use decide::wire::{X_CA_KEY, X_CA_STAGE};
 use decide::{Access, GatewayError, Stage};
@@ -466,7 +467,7 @@ pub async fn serve_tls(
         dataplane,
         Arc::new(limits),
         tls,
-        None,
+        RequestHooks::default(),
         shutdown,
     )
     .await
@@ -478,16 +479,36 @@ pub(crate) async fn serve_one(
     dataplane: Dataplane,
     limits: Arc<ServerLimits>,
     tls: Option<tls::ServerTls>,
-    access_log: Option<AccessLog>,
+    hooks: RequestHooks,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let dp = dataplane.clone();
+    // This thread's own handle, and its batch handed over every FLUSH_EVERY and at the end.
+    let access_log = hooks.access_log.map(|log| log.for_thread());
+    let spans = hooks.spans;
+    let ticker = access_log.clone().map(|log| {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(access_log::FLUSH_EVERY).await;
+                log.flush_local();
+            }
+        })
+    });
+    let last = access_log.clone();
     let handler = move |req: Request<RequestBody>, info: Arc<ConnInfo>| {
         let dp = dp.clone();
         let log = access_log.clone();
-        async move { handle(&dp, &info, log.as_ref(), req).await }
+        let spans = spans.clone();
+        async move { handle(&dp, &info, log.as_ref(), spans.as_deref(), req).await }
     };
-    accept_loop(source, limits, tls, handler, Some(dataplane), shutdown).await
+    let served = accept_loop(source, limits, tls, handler, Some(dataplane), shutdown).await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    if let Some(log) = last {
+        log.flush_local();
+    }
+    served
 }
 
 /// The host the client asked for: from the URI (HTTP/2, absolute form) or the `Host` header.
@@ -599,9 +620,11 @@ async fn handle(
     dp: &Dataplane,
     conn: &ConnInfo,
     access_log: Option<&AccessLog>,
+    spans: Option<&dyn RequestSpans>,
     mut req: Request<RequestBody>,
 ) -> Response<ResponseBody> {
     let now = dp.now();
+    let started = spans.map(|_| std::time::SystemTime::now());
     let request_id = dp.next_request_id();
     let mut entry = access_log.map(|log| Entry::begin(log, conn, &req, &request_id));
     if let Err(error) = check_head(&mut req, &conn.limits) {
@@ -643,12 +666,28 @@ async fn handle(
     let admitted = verdict.admitted_api().is_some();
     // The client's trace continued with a span of this hop's, or a new one: what the backend
     // gets, and what the access log says.
-    let trace = (admitted || entry.is_some()).then(|| {
+    let trace = (admitted || entry.is_some() || spans.is_some()).then(|| {
         TraceContext::continue_or_start(req.headers().get(TRACEPARENT).map(|v| v.as_bytes()))
     });
     if let Some(entry) = &mut entry {
         entry.route(&verdict, stage, &req, trace.as_ref());
     }
+    // The span's part of the request, taken before the request goes to the backend.
+    let span = match (spans, started, trace) {
+        (Some(_), Some(start), Some(trace)) => Some(RequestSpan {
+            trace,
+            start,
+            end: start,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            group: verdict.group().map(str::to_owned),
+            api: verdict.api().map(str::to_owned),
+            stage: stage.as_str(),
+            status: 0,
+            error_code: None,
+        }),
+        _ => None,
+    };
     let client_version = req.version();
     let mut backend_ns = None;
     let mut response = match verdict.admitted_api() {
@@ -713,6 +752,16 @@ async fn handle(
         }
     };
     verdict.record_status(dp, response.status());
+    if let (Some(spans), Some(mut span)) = (spans, span) {
+        span.end = std::time::SystemTime::now();
+        span.status = response.status().as_u16();
+        span.error_code = response
+            .headers()
+            .get(decide::wire::X_CA_ERROR_CODE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        spans.record(span);
+    }
     response.body_mut().count_into(verdict.into_usage());
     crate::tunnel::prepare(&mut response, dp);
     if let Some(entry) = entry {
@@ -721,13 +770,8 @@ async fn handle(
     response
 }
 
-/// A request's access log line while the request is served: begun when it arrives, finished
-/// when its response body has been sent (with the bytes sent and the total time).
-struct Entry {
-    log: AccessLog,
-    line: String,
-    started: Instant,
-}
+/// A request's access log line while the request is served ([`access_log::Record`]).
+struct Entry(access_log::Record);
 
 impl Entry {
     fn begin(
@@ -736,35 +780,20 @@ impl Entry {
         req: &Request<RequestBody>,
         request_id: &decide::request_id::RequestId,
     ) -> Entry {
-        use std::fmt::Write;
-        let mut line = String::with_capacity(512);
-        line.push_str("{\"time\":\"");
-        access_log::rfc3339_ms(&mut line, std::time::SystemTime::now());
-        line.push_str("\",\"request_id\":\"");
-        line.push_str(std::str::from_utf8(request_id.as_bytes()).unwrap_or(""));
-        let _ = write!(
-            line,
-            "\",\"node\":{},\"client\":\"{}\",\"method\":",
-            log.node(),
-            conn.peer
-        );
-        access_log::json_str(&mut line, req.method().as_str());
-        line.push_str(",\"host\":");
-        access_log::json_opt(&mut line, request_host(req));
-        line.push_str(",\"path\":");
-        access_log::json_str(&mut line, req.uri().path());
         let bytes_in = req
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let _ = write!(line, ",\"bytes_in\":{bytes_in}");
-        Entry {
-            log: log.clone(),
-            line,
-            started: Instant::now(),
-        }
+        Entry(log.begin(&access_log::Arrived {
+            request_id: request_id.as_bytes(),
+            client: conn.peer,
+            method: req.method().as_str(),
+            host: request_host(req),
+            path: req.uri().path(),
+            bytes_in,
+        }))
     }
 
     /// What the request was routed to, and who called.
@@ -775,53 +804,26 @@ impl Entry {
         req: &Request<RequestBody>,
         trace: Option<&TraceContext>,
     ) {
-        let line = &mut self.line;
-        line.push_str(",\"group\":");
-        access_log::json_opt(line, verdict.group());
-        line.push_str(",\"api\":");
-        access_log::json_opt(line, verdict.api());
-        line.push_str(",\"stage\":\"");
-        line.push_str(stage.as_str());
-        line.push_str("\",\"app_key\":");
-        let key = req.headers().get(X_CA_KEY).and_then(|v| v.to_str().ok());
-        access_log::json_opt(line, key);
-        line.push_str(",\"account\":");
-        access_log::json_opt(line, verdict.account());
-        if let Some(trace) = trace {
-            line.push_str(",\"trace_id\":\"");
-            line.push_str(std::str::from_utf8(&trace.trace_id_hex()).unwrap_or(""));
-            line.push_str("\",\"span_id\":\"");
-            line.push_str(std::str::from_utf8(&trace.span_id_hex()).unwrap_or(""));
-            line.push('"');
-        }
+        self.0.route(&access_log::Routed {
+            group: verdict.group(),
+            api: verdict.api(),
+            stage: stage.as_str(),
+            app_key: req.headers().get(X_CA_KEY).and_then(|v| v.to_str().ok()),
+            account: verdict.account(),
+            trace: trace.map(|t| (t.trace_id_hex(), t.span_id_hex())),
+        });
     }
 
     /// The response's part; the line is written when the response body is done with.
     fn finish(mut self, response: &mut Response<ResponseBody>, backend_ns: Option<u64>) {
-        use std::fmt::Write;
-        let line = &mut self.line;
-        let _ = write!(line, ",\"status\":{}", response.status().as_u16());
-        line.push_str(",\"error_code\":");
         let code = response
             .headers()
             .get(decide::wire::X_CA_ERROR_CODE)
             .and_then(|v| v.to_str().ok());
-        access_log::json_opt(line, code);
-        match backend_ns {
-            Some(ns) => {
-                let _ = write!(line, ",\"backend_ms\":{:.3}", ns as f64 / 1e6);
-            }
-            None => line.push_str(",\"backend_ms\":null"),
-        }
-        response.body_mut().on_end(Box::new(move |sent| {
-            let Entry {
-                log,
-                mut line,
-                started,
-            } = self;
-            let total = started.elapsed().as_secs_f64() * 1e3;
-            let _ = writeln!(line, ",\"bytes_out\":{sent},\"total_ms\":{total:.3}}}");
-            log.push(line.as_bytes());
-        }));
+        self.0.respond(response.status().as_u16(), code, backend_ns);
+        let record = self.0;
+        response
+            .body_mut()
+            .on_end(Box::new(move |sent| record.end(sent)));
     }
 }

@@ -12,9 +12,9 @@
 //! of 65, which showed in the latency tail. Counting is what Envoy's "exact balance" does too.
 //! The hand-off costs a wake-up per new connection, nothing per request.
 
-use crate::access_log::AccessLog;
 use crate::conn::{Handed, Load, Loads, ServerLimits, Source, Ticket, accept, connection_permits};
 use crate::server::serve_one;
+use crate::spans::RequestHooks;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -67,8 +67,8 @@ impl ServerThreads {
 
 /// Serves the data plane from `threads` server threads, each with its own single-threaded
 /// runtime, and an accepting thread that hands them the connections of `listener` (made with
-/// [`bind_listener`]), until `shutdown` turns true, with a line per request in `access_log`
-/// when given; then each thread drains its connections (up
+/// [`bind_listener`]), until `shutdown` turns true, with a line per request in the access log
+/// and a span per request to the span sink, when `hooks` has them; then each thread drains its connections (up
 /// to `limits.drain_timeout`) and stops. `limits.max_connections` caps the threads together.
 pub fn serve_threads(
     listener: std::net::TcpListener,
@@ -76,7 +76,7 @@ pub fn serve_threads(
     dataplane: Dataplane,
     limits: ServerLimits,
     tls: Option<tls::ServerTls>,
-    access_log: Option<AccessLog>,
+    hooks: RequestHooks,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<ServerThreads> {
     let n = threads.max(1);
@@ -89,13 +89,13 @@ pub fn serve_threads(
         let (tx, rx) = mpsc::unbounded_channel();
         hand_to.push(tx);
         let (dp, limits, tls) = (dataplane.clone(), limits.clone(), tls.clone());
-        let access_log = access_log.clone();
+        let hooks = hooks.clone();
         let stop = stopped(shutdown.clone());
         handles.push(spawn_runtime_thread(
             format!("gw-http-{index}"),
             move || {
                 decide::per_thread::set_slot(index);
-                async move { serve_one(Source::Handed(rx), dp, limits, tls, access_log, stop).await }
+                async move { serve_one(Source::Handed(rx), dp, limits, tls, hooks, stop).await }
             },
         )?);
     }

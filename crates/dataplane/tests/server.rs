@@ -1153,7 +1153,7 @@ async fn server_threads_share_connections_evenly_and_stop_on_shutdown() {
         dp,
         ServerLimits::default(),
         None,
-        None,
+        dataplane::RequestHooks::default(),
         stopped,
     )
     .unwrap();

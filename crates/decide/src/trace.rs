@@ -23,6 +23,8 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     /// This hop's span: the parent the backend sees.
     pub span_id: [u8; 8],
+    /// The client's span (from its `traceparent`), when the trace was continued.
+    pub parent_id: Option<[u8; 8]>,
     pub flags: u8,
 }
 
@@ -98,14 +100,16 @@ impl TraceContext {
     pub fn continue_or_start(traceparent: Option<&[u8]>) -> TraceContext {
         let span_id = random_id();
         match traceparent.and_then(parse) {
-            Some((trace_id, flags)) => TraceContext {
+            Some((trace_id, parent, flags)) => TraceContext {
                 trace_id,
                 span_id,
+                parent_id: Some(parent),
                 flags,
             },
             None => TraceContext {
                 trace_id: random_id(),
                 span_id,
+                parent_id: None,
                 flags: 0x01,
             },
         }
@@ -140,8 +144,8 @@ impl TraceContext {
     }
 }
 
-/// The trace id and flags of a valid `traceparent`.
-fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
+/// The trace id, parent span id and flags of a valid `traceparent`.
+fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     // Later versions may append fields after a dash; version 00 is exactly 55 bytes.
     if value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
         return None;
@@ -159,7 +163,7 @@ fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
     if trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some((trace_id, flags[0]))
+    Some((trace_id, parent, flags[0]))
 }
 
 #[cfg(test)]
@@ -179,7 +183,8 @@ mod tests {
         let header = a.header_bytes();
         assert_eq!(&header[..36], &CLIENT[..36]);
         assert_eq!(&header[52..], b"-01");
-        assert_eq!(parse(&header), Some((a.trace_id, 1)));
+        assert_eq!(parse(&header), Some((a.trace_id, a.span_id, 1)));
+        assert_eq!(a.parent_id, Some(*b"\x00\xf0\x67\xaa\x0b\xa9\x02\xb7"));
     }
 
     #[test]
@@ -200,7 +205,11 @@ mod tests {
             assert_eq!(t.flags, 1);
         }
         let fresh = TraceContext::continue_or_start(None);
-        assert_eq!(parse(&fresh.header_bytes()), Some((fresh.trace_id, 1)));
+        assert_eq!(
+            parse(&fresh.header_bytes()),
+            Some((fresh.trace_id, fresh.span_id, 1))
+        );
+        assert_eq!(fresh.parent_id, None);
         // A later version's extra fields are allowed.
         let v1 = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra";
         assert!(parse(v1).is_some());

@@ -9,6 +9,7 @@ mod jobs;
 mod metering;
 mod plane;
 pub mod settings;
+mod spans;
 
 use anyhow::{Context, Result};
 use catalog::Catalog;
@@ -259,7 +260,25 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("gRPC reflection")?;
-    let admin = admin::AdminService::new(node.clone(), catalog.clone(), s.allow_private_webhooks);
+    // Spans, when exported: batched to the collector by a task of their own (otel).
+    let (export, export_task) = match &s.otlp {
+        Some(settings) => {
+            let (spans, task) = otel::Spans::start(settings, s.node_id)?;
+            tracing::info!(endpoint = %settings.endpoint, "exporting spans over OTLP");
+            let export = Arc::new(spans::Export {
+                spans,
+                node: i64::try_from(s.node_id).unwrap_or(i64::MAX),
+            });
+            (Some(export), Some(task))
+        }
+        None => (None, None),
+    };
+    let admin = admin::AdminService::with_spans(
+        node.clone(),
+        catalog.clone(),
+        s.allow_private_webhooks,
+        export.clone().map(|e| e as Arc<dyn admin::WriteSpans>),
+    );
     // Every call passes the authorisation table first (admin::access).
     let admin = admin::Guarded::new(
         admin,
@@ -372,17 +391,26 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         dp.clone(),
         limits,
         tls.http.clone(),
-        access_log.clone(),
+        dataplane::RequestHooks {
+            access_log: access_log.clone(),
+            spans: export
+                .clone()
+                .map(|e| e as Arc<dyn dataplane::RequestSpans>),
+        },
         dp_stop_rx,
     )
     .context("cannot start the data-plane threads")?;
     let metrics_node = node.clone();
+    let metrics_export = export.clone();
     let ops = dataplane::OpsHooks {
         ready: ready.clone(),
         extra_metrics: Some(Arc::new(move |out: &mut String| {
             plane::raft_metrics(&metrics_node, out);
             if let Some(log) = &access_log {
                 log.render_metrics(out);
+            }
+            if let Some(export) = &metrics_export {
+                export.spans.render_metrics(out);
             }
         })),
     };
@@ -493,6 +521,10 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let _ = admin_task.await;
     if let Some(t) = console_task {
         let _ = t.await;
+    }
+    if let Some(task) = export_task {
+        // The last spans go out, bounded by the export timeout.
+        let _ = tokio::time::timeout(Duration::from_secs(2), task.close()).await;
     }
     let _ = ops_task.await;
     for t in background.into_iter().chain(tls_watchers) {

@@ -226,6 +226,10 @@ pub struct Flags {
     /// Access log file: rotated files kept, PATH.1 (newest) to PATH.N [default: 5].
     #[arg(long, env = "GATEWAY_ACCESS_LOG_KEEP", value_name = "N")]
     pub access_log_keep: Option<usize>,
+    /// OpenTelemetry: export a span per data-plane request and per admin write over OTLP/gRPC
+    /// to this collector, `http://HOST:PORT` (usually port 4317) [default: none, no export].
+    #[arg(long, env = "GATEWAY_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// The node's own log (on stderr): `text` or `json` (one object per line) [default: text].
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_name = "text|json")]
     pub log_format: Option<String>,
@@ -332,6 +336,7 @@ pub struct Settings {
     pub exit_when_removed: bool,
     pub allow_private_webhooks: bool,
     pub access_log: Option<dataplane::AccessLogSettings>,
+    pub otlp: Option<otel::OtlpSettings>,
 }
 
 impl Flags {
@@ -402,6 +407,7 @@ impl Flags {
             access_log,
             access_log_max_bytes,
             access_log_keep,
+            otlp_endpoint,
             log_format,
             log_level
         );
@@ -550,8 +556,10 @@ impl Flags {
             }
         };
         let access_log = access_log_settings(&f)?;
+        let otlp = otlp_settings(f.otlp_endpoint.as_deref())?;
         Ok(Settings {
             access_log,
+            otlp,
             node_id,
             data_dir: f.data_dir.unwrap_or_else(|| PathBuf::from("gateway-data")),
             listen_admin,
@@ -584,6 +592,22 @@ impl Flags {
             allow_private_webhooks: f.allow_private_webhooks.unwrap_or(false),
         })
     }
+}
+
+/// Where spans are exported, if anywhere.
+fn otlp_settings(endpoint: Option<&str>) -> Result<Option<otel::OtlpSettings>> {
+    let Some(endpoint) = endpoint else {
+        return Ok(None);
+    };
+    let uri: http::Uri = endpoint.parse().map_err(|e| {
+        anyhow::anyhow!(
+            "--otlp-endpoint {endpoint:?} is not a URL ({e}); expected http://HOST:PORT"
+        )
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        bail!("--otlp-endpoint {endpoint:?}: expected http://HOST:PORT or https://HOST:PORT");
+    }
+    Ok(Some(otel::OtlpSettings::new(endpoint.to_owned())))
 }
 
 /// The access log's target and rotation.

@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod netns;
+pub mod otlp;
 pub mod pki;
 pub mod ports;
 
