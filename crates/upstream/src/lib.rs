@@ -44,8 +44,8 @@ mod limited;
 mod pool;
 mod proxy;
 mod respond;
-mod upgrade;
 mod spread;
+mod upgrade;
 
 pub use body::{Checkout, OnEnd, RequestBody, ResponseBody};
 pub use direct::HeaderBlock;
@@ -55,8 +55,8 @@ pub use limited::{BodyTooLarge, BoxError, ClientBodyError};
 pub use pool::{BackendPools, HostPool};
 pub use proxy::{Backend, Client, ForwardError, forward};
 pub use respond::error_response;
-pub use upgrade::{BackendUpgrade, UpgradedBackend};
 pub use spread::{Spread, Spreaded, forward_spread};
+pub use upgrade::{BackendUpgrade, UpgradedBackend};
 
 /// The data plane with its backends connected.
 pub type Dataplane = decide::Dataplane<BackendPools>;
