@@ -231,27 +231,6 @@ fn metered(c: &Cluster, api: &str) -> (u64, u64) {
         })
 }
 
-fn api_create(c: &Cluster, group: &str, name: &str, backend: &str, extra: &[&str]) {
-    let path = format!("/{name}");
-    let mut args = vec![
-        "api",
-        "create",
-        "--group",
-        group,
-        "--name",
-        name,
-        "--method",
-        "GET",
-        "--path",
-        &path,
-        "--backend",
-        backend,
-    ];
-    args.extend_from_slice(extra);
-    c.ctl_json(1, &args);
-    c.ctl_json(1, &["api", "deploy", "--group", group, "--name", name]);
-}
-
 /// Waits until `path` is routed (answered by anything but a 404) on every node.
 async fn wait_routable(c: &Cluster, path: &str) {
     for id in 1..=3 {
@@ -307,7 +286,7 @@ async fn websocket_echo_on_every_node_survives_changes_and_is_metered() {
             "ded",
         ],
     );
-    api_create(&c, "g", "chat", &backend.url(), &[]);
+    c.deploy_get_api("g", "chat", &backend.url(), &[]);
     wait_routable(&c, "/chat").await;
 
     // Echo through each node, and a clean close.
@@ -354,7 +333,7 @@ async fn websocket_echo_on_every_node_survives_changes_and_is_metered() {
             "api.s1.medium",
         ],
     );
-    api_create(&c, "g", "other", &backend.url(), &[]);
+    c.deploy_get_api("g", "other", &backend.url(), &[]);
     wait_routable(&c, "/other").await;
     wait_metric(
         &c,
@@ -406,11 +385,11 @@ async fn refused_upgrades_get_the_normal_error_and_declined_ones_a_normal_respon
     let backend = EchoBackend::start().await;
     let plain = testkit::http::Server::start("not a websocket").await;
     c.ctl_json(1, &["group", "create", "--name", "g"]);
-    api_create(&c, "g", "open", &backend.url(), &[]);
-    api_create(&c, "g", "signed", &backend.url(), &["--auth-type", "APP"]);
-    api_create(&c, "g", "limited", &backend.url(), &[]);
-    api_create(&c, "g", "idle", &backend.url(), &[]);
-    api_create(&c, "g", "plain", &format!("http://{}", plain.addr), &[]);
+    c.deploy_get_api("g", "open", &backend.url(), &[]);
+    c.deploy_get_api("g", "signed", &backend.url(), &["--auth-type", "APP"]);
+    c.deploy_get_api("g", "limited", &backend.url(), &[]);
+    c.deploy_get_api("g", "idle", &backend.url(), &[]);
+    c.deploy_get_api("g", "plain", &format!("http://{}", plain.addr), &[]);
     wait_routable(&c, "/plain").await;
     let addr = c.http_addr(3);
 
@@ -583,7 +562,7 @@ async fn a_draining_tls_node_keeps_its_tunnels_for_the_drain_period_then_closes_
     c.wait_leader(SETTLE).await;
     let backend = EchoBackend::start().await;
     c.ctl_json(1, &["group", "create", "--name", "g"]);
-    api_create(&c, "g", "chat", &backend.url(), &[]);
+    c.deploy_get_api("g", "chat", &backend.url(), &[]);
     let client_tls = tls::ClientFiles {
         ca: c.pki.as_ref().unwrap().ca.clone(),
         identity: None,
