@@ -226,6 +226,7 @@ fn harness() -> &'static Harness {
                 idle_timeout: Duration::from_millis(400),
                 max_connections: 1024,
                 drain_timeout: Duration::from_millis(100),
+                tunnel_idle_timeout: Duration::from_millis(400),
                 allow_underscore_headers: false,
             };
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
