@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 use testkit::{Cluster, eventually};
 use tonic::transport::{Channel, Endpoint};
 
+#[path = "support/machine.rs"]
+mod machine;
+use machine::{cpu_model, loadavg};
+
 /// gatewayd's default Raft heartbeat; passed explicitly to every node unless overridden.
 const HEARTBEAT_MS: u64 = 100;
 /// gatewayd's default election timeout: elections wait a random time in [E, 2E).
@@ -113,24 +117,6 @@ fn record(h: &mut Histogram<u64>, d: Duration) {
 
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
 }
 
 /// The file system (type and device) that holds `dir`, from /proc/mounts.

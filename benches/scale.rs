@@ -64,6 +64,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
+#[path = "support/machine.rs"]
+mod machine;
+use machine::{cpu_model, loadavg};
+
 type Admin = AdminClient<Channel>;
 
 /// The client timeout of one admin call: longer than the node's own write timeout, so that the
@@ -246,24 +250,6 @@ fn errors_text(e: &BTreeMap<String, usize>) -> String {
 
 // ------------------------------------------------------------------------------------------
 // The machine
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
 
 fn git(args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("git")

@@ -37,6 +37,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testkit::{Cluster, DevClock};
 
+#[path = "support/machine.rs"]
+mod machine;
+use machine::{cpu_model, loadavg};
+
 /// Skew of the offered load over nodes 1, 2, 3.
 const SKEW: [f64; 3] = [0.8, 0.1, 0.1];
 /// Real time between a phase's start and its first measured window.
@@ -505,22 +509,4 @@ async fn run() {
     println!("load average at end: {}", loadavg());
     clock.stop.store(true, Relaxed);
     let _ = ticker.join();
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
 }
