@@ -53,27 +53,28 @@ pub async fn forward_spread(
     };
     // The head, for a second attempt: only when one could be made.
     let again = (spread.len() > 1 && retriable(&req)).then(|| head_of(&req));
-    let result = forward(
-        spread.backend(first),
-        timeout,
-        req,
-        base_len,
-        client,
-        request_id,
-        max_body,
-        now,
-    )
-    .await;
+    let send = |i: usize, req| {
+        forward(
+            spread.backend(i),
+            timeout,
+            req,
+            base_len,
+            client,
+            request_id,
+            max_body,
+            now,
+        )
+    };
+    let result = send(first, req).await;
     let clock = spread.backend(first).pool();
     report(spread, first, &result, clock);
-    let (Err(ForwardError::Connect), Some(req)) = (&result, again) else {
-        return Spreaded {
-            result,
-            backend: Some(first),
-            retried: false,
-        };
+    let retry = match (&result, again) {
+        (Err(ForwardError::Connect), Some(req)) => {
+            spread.pick(clock.now(), Some(first)).map(|i| (i, req))
+        }
+        _ => None,
     };
-    let Some(second) = spread.pick(clock.now(), Some(first)) else {
+    let Some((second, req)) = retry else {
         return Spreaded {
             result,
             backend: Some(first),
@@ -81,17 +82,7 @@ pub async fn forward_spread(
         };
     };
     spread.count_retry(second);
-    let result = forward(
-        spread.backend(second),
-        timeout,
-        req,
-        base_len,
-        client,
-        request_id,
-        max_body,
-        now,
-    )
-    .await;
+    let result = send(second, req).await;
     report(spread, second, &result, spread.backend(second).pool());
     Spreaded {
         result,
