@@ -18,6 +18,14 @@
 //! (TAT = now + tolerance) raised to 200/s admits the next request only when the clock reaches
 //! TAT - tolerance, then one every 5 ms: ~200 in the next second, not 200 + a burst. Lowered to
 //! 50/s, the same booking holds and the next ones are 20 ms apart: no extra admissions.
+//!
+//! One exception: a booking further ahead than the current rate could ever make (tolerance
+//! plus one interval) was made at a slower rate, and is cut back to that, as if the limiter
+//! were exhausted at the current rate. Otherwise a node whose share was at its floor (a limit
+//! of 200/s at a 0.5% floor is 1/s: one call books a whole second) would refuse everything for
+//! that long after its share went up, which is what a restarted node did in the throttling
+//! benchmark (benches/RESULTS.md, issue 17). Cutting back admits nothing a limiter exhausted at
+//! the new rate would not.
 //! The burst tolerance is small (50 ms of quota by default) so that 1 s windows stay accurate.
 
 use model::clock::{NANOS_PER_SEC, Nanos};
@@ -110,8 +118,22 @@ impl GcraLimiter {
             return Err(CLOSED_RETRY);
         }
         let tolerance = self.tolerance.load(Relaxed);
+        // The furthest ahead a booking made at this rate can reach.
+        let furthest = now.saturating_add(tolerance).saturating_add(interval);
         let mut tat = self.tat.load(Relaxed);
         loop {
+            if tat > furthest {
+                // Booked at a slower rate than this one: re-booked as exhausted at this rate
+                // (see the module docs).
+                match self
+                    .tat
+                    .compare_exchange_weak(tat, furthest, Relaxed, Relaxed)
+                {
+                    Ok(_) => tat = furthest,
+                    Err(current) => tat = current,
+                }
+                continue;
+            }
             let booked = tat.max(now);
             let ahead = booked - now;
             if ahead > tolerance {
@@ -203,6 +225,23 @@ mod tests {
         // ~200, not 200 + 11 (a fresh 200/s limiter's burst).
         assert!((199..=201).contains(&got), "admitted {got}");
         assert_eq!(offer(&l, 3 * SEC, 4 * SEC, MS / 10), 200);
+    }
+
+    #[test]
+    fn raising_a_slow_rate_does_not_keep_its_long_booking() {
+        // At 1/s one call books a whole second; at 160/s the next second admits ~160.
+        let l = GcraLimiter::new(1.0, DEFAULT_BURST);
+        assert!(l.check(SEC).is_ok());
+        assert!(l.check(SEC + MS).is_err());
+        l.set_rate(160.0);
+        let got = offer(&l, SEC + 100 * MS, 2 * SEC + 100 * MS, MS / 10);
+        assert!((159..=161).contains(&got), "admitted {got}");
+        // And a refusal after the raise says to wait one interval at most, not the old booking.
+        let l = GcraLimiter::new(1.0, DEFAULT_BURST);
+        assert!(l.check(SEC).is_ok());
+        l.set_rate(100.0);
+        let wait = l.check(SEC + MS).err().unwrap_or(0);
+        assert!(wait <= 10 * MS, "told to wait {wait} ns");
     }
 
     #[test]
