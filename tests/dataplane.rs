@@ -784,6 +784,64 @@ async fn a_spec_change_raises_the_admitted_rate() {
     assert!(a >= 2.0 * b, "the spec change raised {b}/s to only {a}/s");
 }
 
+/// A SIGKILLed node's share of a ceiling goes to the survivors within a report period or two:
+/// a demand report to it is refused, which says that its process is gone. (A node that is
+/// merely silent, cut off or paused, counts as gone only after `shares::GONE_AFTER`, a second;
+/// until then its share is unused, which with per-second limits is a whole second's shortfall.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_share_goes_to_the_survivors_at_once() {
+    let mut c = start_cluster(&["--shared-ceiling-rps".into(), "60".into()]).await;
+    let backend = Backend::start().await;
+    deploy(&c, "busy", "shared", "ping", "/ping", &backend.url(""));
+    wait_routable(&c, "/ping").await;
+
+    // Skewed demand, all of it over the ceiling: 200/s at node 1, 40/s at node 2, 20/s at 3.
+    let load: Vec<_> = [(1, 200.0), (2, 40.0), (3, 20.0)]
+        .into_iter()
+        .map(|(id, rps)| {
+            tokio::spawn(paced(
+                c.http_addr(id),
+                "/ping".into(),
+                rps,
+                Duration::from_secs(30),
+            ))
+        })
+        .collect();
+    let share = "gateway_instance_share{instance=\"shared\"}";
+    // Node 2's share follows the skew: about 40/260 (an even share would be 1/3).
+    eventually("node 2's share to follow the skew", SETTLE, || async {
+        sample(&metrics(&c, 2).await?, share).filter(|s| *s < 0.25)
+    })
+    .await;
+
+    c.kill(1);
+    let killed = Instant::now();
+    // Two nodes left, node 2 with 2/3 of their demand: its share becomes about 0.66. While
+    // node 1 only counts as silent (its last report stale, assumed to take 1/3) it is at most
+    // 2/3 of that, 0.44.
+    let mut last = None;
+    let took = loop {
+        let s = metrics(&c, 2).await.and_then(|m| sample(&m, share));
+        if s.is_some_and(|s| s >= 0.55) {
+            break killed.elapsed();
+        }
+        last = s;
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "node 2's share stayed at {last:?} after node 1 was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for l in load {
+        l.abort();
+    }
+    eprintln!("node 2 took node 1's share {took:?} after the kill (it was {last:?})");
+    assert!(
+        took < Duration::from_millis(700),
+        "node 2 took node 1's share only {took:?} after the kill: as late as a silent node's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_failures_map_to_502_and_504() {
     let c = Cluster::start(binaries!(), 3).await;

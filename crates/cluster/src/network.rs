@@ -374,6 +374,19 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 }
 
+/// Whether a call failed because the connection to the peer was refused: no process listens
+/// on its address (it was killed, or is restarting), as opposed to one that is slow or cut off.
+pub(crate) fn is_refused(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +417,35 @@ mod tests {
             f.failed(3, t0 + Duration::from_secs(31)),
             FailureLog::Log { unlogged: 0 }
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_apart_from_a_silent_peer() {
+        let report = || tonic::Request::new(proto::peer::DemandReport::default());
+        // Nothing listens: refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let channels = Channels::new(None);
+        let status = channels
+            .get(&addr)
+            .unwrap()
+            .report_demand(report())
+            .await
+            .unwrap_err();
+        assert!(is_refused(&status), "{status:?}");
+        // A listener that accepts and never answers: a timeout, not a refusal.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let mut req = report();
+        req.set_timeout(Duration::from_millis(200));
+        let status = channels
+            .get(&addr)
+            .unwrap()
+            .report_demand(req)
+            .await
+            .unwrap_err();
+        assert!(!is_refused(&status), "{status:?}");
+        drop(silent);
     }
 }

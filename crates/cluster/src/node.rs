@@ -405,26 +405,38 @@ impl Node {
 
     /// Sends this node's demand report to every other member, without waiting for answers
     /// longer than `timeout`. Reports are best-effort: a lost one is replaced by the next.
-    pub async fn broadcast_demand(&self, data: Vec<u8>, timeout: Duration) {
+    ///
+    /// Returns the members whose process is not there: the connection was refused (nothing
+    /// listens on the peer port, as after a SIGKILL or during a restart). A peer that does not
+    /// answer in time (a partition, a pause) is not in the list: silence is told apart from
+    /// absence only by its length.
+    pub async fn broadcast_demand(&self, data: Vec<u8>, timeout: Duration) -> Vec<NodeId> {
         let me = self.id();
         let sends = self
             .members()
             .into_iter()
             .filter(|(id, _)| *id != me)
-            .map(|(_, addr)| {
+            .map(|(id, addr)| {
                 let data = data.clone();
                 async move {
                     let Ok(mut c) = self.inner.demand_channels.get(&addr) else {
-                        return;
+                        return None;
                     };
                     let mut req =
                         tonic::Request::new(proto::peer::DemandReport { node_id: me, data });
                     req.set_timeout(timeout);
                     self.inner.standing.stamp(req.metadata_mut());
-                    let _ = c.report_demand(req).await;
+                    match c.report_demand(req).await {
+                        Err(status) if crate::network::is_refused(&status) => Some(id),
+                        _ => None,
+                    }
                 }
             });
-        futures::future::join_all(sends).await;
+        futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     pub(crate) fn handle_demand(&self, from: NodeId, data: &[u8]) {

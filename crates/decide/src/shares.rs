@@ -133,12 +133,21 @@ struct PeerDemand {
 /// seconds' limit at 3 s; see benches/RESULTS.md, issue 17).
 pub const GONE_AFTER: Nanos = 1_000_000_000;
 
+/// A serving node other than this one.
+struct Peer {
+    id: u64,
+    /// When it was last heard from (or, before its first report, when it joined the serving
+    /// set).
+    heard: Nanos,
+    /// Its process is known to be gone (a report to it was refused: nothing listens on its
+    /// peer port), until it is heard from again.
+    down: bool,
+}
+
 /// The mutable side of shares: samples of this node's arrivals, peers' reports, who serves.
 pub(crate) struct DemandTracker {
     self_id: u64,
-    /// Serving nodes other than this one, with when each was last heard from (or, before its
-    /// first report, when it joined the serving set).
-    peers: Vec<(u64, Nanos)>,
+    peers: Vec<Peer>,
     reports: HashMap<u64, PeerDemand>,
     /// (time, arrivals counter per instance), oldest first.
     samples: VecDeque<(Nanos, HashMap<String, u64>)>,
@@ -172,8 +181,18 @@ impl DemandTracker {
     fn live_peers(&self, now: Nanos) -> impl Iterator<Item = u64> + '_ {
         self.peers
             .iter()
-            .filter(move |(_, heard)| now.saturating_sub(*heard) <= GONE_AFTER)
-            .map(|(id, _)| *id)
+            .filter(move |p| !p.down && now.saturating_sub(p.heard) <= GONE_AFTER)
+            .map(|p| p.id)
+    }
+
+    /// A peer whose process is known to be gone (a report to it was refused) stops counting
+    /// as serving at once, rather than after [`GONE_AFTER`] of silence: a killed node's share
+    /// goes to the others within a report period. It counts again when it reports.
+    pub(crate) fn mark_down(&mut self, node: u64) {
+        if let Some(p) = self.peers.iter_mut().find(|p| p.id == node) {
+            p.down = true;
+            self.reports.remove(&node);
+        }
     }
 
     pub(crate) fn set_serving(&mut self, ids: &[u64], self_id: u64, now: Nanos) {
@@ -184,25 +203,30 @@ impl DemandTracker {
         let old = std::mem::take(&mut self.peers);
         self.peers = ids
             .into_iter()
-            .map(|id| {
-                let heard = old.iter().find(|(o, _)| *o == id).map_or(now, |(_, h)| *h);
-                (id, heard)
+            .map(|id| match old.iter().find(|o| o.id == id) {
+                Some(o) => Peer { id, ..*o },
+                None => Peer {
+                    id,
+                    heard: now,
+                    down: false,
+                },
             })
             .collect();
         let peers = &self.peers;
         self.reports
-            .retain(|id, _| peers.iter().any(|(p, _)| p == id));
+            .retain(|id, _| peers.iter().any(|p| p.id == *id));
     }
 
     pub(crate) fn record_peer(&mut self, node: u64, report: &DemandReport, now: Nanos) {
         // Reports from nodes that do not serve are ignored: they must not take a share.
-        let Some(peer) = self.peers.iter_mut().find(|(id, _)| *id == node) else {
+        let Some(peer) = self.peers.iter_mut().find(|p| p.id == node) else {
             return;
         };
         if node == self.self_id {
             return;
         }
-        peer.1 = peer.1.max(now);
+        peer.heard = peer.heard.max(now);
+        peer.down = false;
         let rates = report
             .instances
             .iter()
@@ -447,6 +471,47 @@ mod tests {
         t.set_serving(&[1, 2, 4], 1, 5 * sec);
         assert_eq!(t.n_nodes(5 * sec), 3);
         assert_eq!(t.n_nodes(5 * sec + GONE_AFTER + 1), 1);
+    }
+
+    #[test]
+    fn a_peer_found_down_stops_counting_at_once_and_counts_again_when_heard() {
+        let sec = 1_000_000_000;
+        let mut t = DemandTracker::new(1, sec / 10, sec / 2, F);
+        let mut scratch = Vec::new();
+        t.set_serving(&[1, 2, 3], 1, 0);
+        let report = |rps| DemandReport {
+            window_ms: 100,
+            instances: vec![InstanceDemand {
+                instance: "i".into(),
+                offered_rps: rps,
+            }],
+            ..Default::default()
+        };
+        t.sample(0, [("i", 0)].into_iter());
+        t.sample(sec / 10, [("i", 10)].into_iter()); // 100/s
+        t.record_peer(2, &report(800.0), sec / 10);
+        t.record_peer(3, &report(100.0), sec / 10);
+        let before = t.share_for("i", C, sec / 10, &mut scratch);
+        assert!(before < 0.2, "{before}");
+        // Node 2 (80% of the demand) is found down 50 ms later: its share is ours and node 3's
+        // at once, not after GONE_AFTER, and its last report no longer counts.
+        t.mark_down(2);
+        let now = sec / 10 + sec / 20;
+        assert_eq!(t.n_nodes(now), 2);
+        assert_eq!(t.live_nodes(now), vec![1, 3]);
+        assert!(
+            close(t.share_for("i", C, now, &mut scratch), 0.5),
+            "{}",
+            t.share_for("i", C, now, &mut scratch)
+        );
+        // A membership refresh does not bring it back; a report from it does.
+        t.set_serving(&[1, 2, 3], 1, now);
+        assert_eq!(t.n_nodes(now), 2);
+        t.record_peer(2, &report(800.0), now);
+        assert_eq!(t.n_nodes(now), 3);
+        // Unknown nodes are ignored.
+        t.mark_down(9);
+        assert_eq!(t.n_nodes(now), 3);
     }
 
     proptest! {

@@ -256,7 +256,14 @@ pub async fn demand_loop(
         );
         let report = dp.demand_report();
         match serde_json::to_vec(&report) {
-            Ok(data) => node.broadcast_demand(data, DEMAND_INTERVAL).await,
+            Ok(data) => {
+                // A peer that refused the connection is gone now, not after a second of
+                // silence: its share of every ceiling and per-second limit goes to the others.
+                for id in node.broadcast_demand(data, DEMAND_INTERVAL).await {
+                    tracing::debug!(peer = id, "demand report refused: counted as not serving");
+                    dp.peer_down(id);
+                }
+            }
             Err(e) => tracing::warn!("demand report: {e}"),
         }
     }
