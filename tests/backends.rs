@@ -334,6 +334,45 @@ async fn backends_share_by_weight_are_taken_out_and_let_back_in_and_connect_fail
     );
 }
 
+/// `--backend-eject-after` and `--backend-eject-min-ms` set when a backend is taken out and
+/// for how long (by default: after 3 failures in a row, for 1 s at first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ejection_thresholds_are_flags() {
+    let mut c = Cluster::new(binaries!(), 1);
+    c.extra_args = [
+        "--backend-eject-after",
+        "1",
+        "--backend-eject-min-ms",
+        "600000",
+        // One server thread: one round-robin, so the first call goes to the first backend.
+        "--http-threads",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.spawn(1);
+    c.wait_leader(ROUTABLE).await;
+    let addr = c.http_addr(1);
+    let dead = PortLease::take();
+    let dead_url = format!("http://127.0.0.1:{}", dead.port());
+    let live = Backend::start("live").await;
+    deploy(&c, "e", &[dead_url.clone(), live.url()]);
+    routable(&c, "/e").await;
+    for _ in 0..20 {
+        assert_eq!(send(&addr, "GET", "/e").await, Some(200));
+    }
+    // Out after its first failure (the default needs three), and still out ten minutes' worth
+    // of back-off later: every other call went to the live one without trying it.
+    let failures = metric(&c, "gateway_backend_failures_total", "g", "e", &dead_url).await;
+    let ejections = metric(&c, "gateway_backend_ejections_total", "g", "e", &dead_url).await;
+    let available = metric(&c, "gateway_backend_available", "g", "e", &dead_url).await;
+    assert_eq!(
+        (failures, ejections, available),
+        (Some(1.0), Some(1.0), Some(0.0)),
+        "failures, ejections, available"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_lists_are_validated_naming_the_field_and_round_trip_through_export_and_apply() {
     let c = Cluster::start(binaries!(), 1).await;

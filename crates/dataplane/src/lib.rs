@@ -73,6 +73,7 @@ pub use access_log::{
     AccessLog, AccessLogSettings, AccessLogTarget, AccessLogWriter, Arrived, Record, Routed,
 };
 pub use conn::ServerLimits;
+pub use decide::health::HealthPolicy;
 pub use decide::trace::TraceContext;
 pub use decide::wire::{
     THROTTLED_MESSAGE, X_CA_ERROR_CODE, X_CA_ERROR_MESSAGE, X_CA_REQUEST_ID, X_CA_STAGE,

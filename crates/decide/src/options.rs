@@ -23,6 +23,8 @@ pub struct DataplaneOptions {
     pub backend_connect_timeout: Duration,
     pub backend_pool_idle_timeout: Duration,
     pub backend_pool_max_idle_per_host: usize,
+    /// When a backend of an API with several is taken out, and for how long.
+    pub backend_health: crate::health::HealthPolicy,
 }
 
 impl Default for DataplaneOptions {
@@ -38,6 +40,7 @@ impl Default for DataplaneOptions {
             backend_connect_timeout: Duration::from_secs(3),
             backend_pool_idle_timeout: Duration::from_secs(60),
             backend_pool_max_idle_per_host: 256,
+            backend_health: crate::health::HealthPolicy::default(),
         }
     }
 }

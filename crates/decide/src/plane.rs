@@ -101,6 +101,8 @@ pub(crate) struct Inner<U: Upstreams> {
     pub(crate) latencies: Mutex<Latencies>,
     /// Per-backend health and counters (see [`crate::spread`]); locked like `statuses`.
     pub(crate) backends: Mutex<crate::spread::BackendStates>,
+    /// When a backend is taken out, for every compiled spread.
+    pub(crate) backend_health: crate::health::HealthPolicy,
     pub(crate) demand: Mutex<DemandTracker>,
     /// Throttling-policy counters and window leases. Taken by a compile (one group's
     /// counters), by the report tick and by a peer's report; never by a request.
@@ -262,6 +264,7 @@ impl<U: Upstreams> Dataplane<U> {
                 statuses: Mutex::new(Statuses::default()),
                 latencies: Mutex::new(Latencies::default()),
                 backends: Mutex::default(),
+                backend_health: options.backend_health,
                 demand: Mutex::new(demand),
                 throttles: Mutex::new(Default::default()),
                 n_nodes: AtomicUsize::new(1),

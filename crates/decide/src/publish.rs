@@ -395,6 +395,7 @@ impl<U: Upstreams> Dataplane<U> {
         for (i, d) in g.deployments.iter().enumerate() {
             let spread = Spread::parse(
                 &d.backend,
+                self.inner.backend_health,
                 |a| self.inner.pools.pool(a),
                 |url| crate::spread::state_of(&mut states, &g.name, &d.api, url),
             );

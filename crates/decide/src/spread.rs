@@ -72,9 +72,11 @@ pub struct Spread<P> {
 
 impl<P> Spread<P> {
     /// Parses `text` (one URL, or `URL[@WEIGHT]` items separated by spaces: `model::Backends`'
-    /// text form). `pool` gives a backend's pool, `state` its state.
+    /// text form), its backends taken out by `policy`. `pool` gives a backend's pool, `state`
+    /// its state.
     pub(crate) fn parse(
         text: &str,
+        policy: HealthPolicy,
         mut pool: impl FnMut(&http::uri::Authority) -> P,
         mut state: impl FnMut(&str) -> Arc<BackendState>,
     ) -> Result<Self, BackendError> {
@@ -94,7 +96,7 @@ impl<P> Spread<P> {
             weights: members.iter().map(|m| m.weight).collect(),
             members: members.into_boxed_slice(),
             wrr: PerThread::default(),
-            policy: HealthPolicy::default(),
+            policy,
         })
     }
 
@@ -289,7 +291,13 @@ mod tests {
 
     fn spread(text: &str) -> Spread<()> {
         let mut states = BackendStates::new();
-        Spread::parse(text, |_| (), |url| state_of(&mut states, "g", "a", url)).unwrap()
+        Spread::parse(
+            text,
+            HealthPolicy::default(),
+            |_| (),
+            |url| state_of(&mut states, "g", "a", url),
+        )
+        .unwrap()
     }
 
     #[test]

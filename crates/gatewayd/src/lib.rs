@@ -290,6 +290,7 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     let dp = dataplane::Dataplane::with_options(dataplane::DataplaneOptions {
         node_id: s.node_id,
         clock: cfg_clock.clone(),
+        backend_health: s.backend_health,
         ..Default::default()
     });
     plane::accept_peer_demand(&node, dp.clone());

@@ -163,6 +163,17 @@ pub struct Flags {
     /// moves either way for this many ms is closed [default: 300000].
     #[arg(long, env = "GATEWAY_TUNNEL_IDLE_TIMEOUT_MS")]
     pub tunnel_idle_timeout_ms: Option<u64>,
+    /// Data plane, APIs with several backends: failures in a row (no connection, a broken one,
+    /// a timeout, a 5xx) that take a backend out of the rotation [default: 3].
+    #[arg(long, env = "GATEWAY_BACKEND_EJECT_AFTER")]
+    pub backend_eject_after: Option<u32>,
+    /// Data plane: how long a backend is first taken out, in ms; doubled at each ejection in a
+    /// row, up to --backend-eject-max-ms [default: 1000].
+    #[arg(long, env = "GATEWAY_BACKEND_EJECT_MIN_MS")]
+    pub backend_eject_min_ms: Option<u64>,
+    /// Data plane: the longest a backend is taken out, in ms [default: 30000].
+    #[arg(long, env = "GATEWAY_BACKEND_EJECT_MAX_MS")]
+    pub backend_eject_max_ms: Option<u64>,
     /// Data plane: connections served at once per node; more wait in the backlog [default: 10000].
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -335,6 +346,8 @@ pub struct Settings {
     pub max_stale_config: Option<Duration>,
     pub exit_when_removed: bool,
     pub allow_private_webhooks: bool,
+    /// When a backend of an API with several is taken out, and for how long.
+    pub backend_health: dataplane::HealthPolicy,
     pub access_log: Option<dataplane::AccessLogSettings>,
     pub otlp: Option<otel::OtlpSettings>,
 }
@@ -390,6 +403,9 @@ impl Flags {
             header_read_timeout_ms,
             idle_timeout_ms,
             tunnel_idle_timeout_ms,
+            backend_eject_after,
+            backend_eject_min_ms,
+            backend_eject_max_ms,
             max_connections,
             drain_seconds,
             http_threads,
@@ -525,6 +541,7 @@ impl Flags {
             );
         }
         let limits = server_limits(&f)?;
+        let backend_health = backend_health(&f)?;
         let snapshot_every = f.snapshot_every.unwrap_or(5000);
         if snapshot_every < 10 {
             bail!("--snapshot-every {snapshot_every} is below the minimum of 10 log entries");
@@ -590,8 +607,49 @@ impl Flags {
             max_stale_config,
             exit_when_removed: f.exit_when_removed.unwrap_or(false),
             allow_private_webhooks: f.allow_private_webhooks.unwrap_or(false),
+            backend_health,
         })
     }
+}
+
+/// When a backend of an API with several is taken out and for how long: the defaults, with
+/// what the flags set, each checked for sense.
+fn backend_health(f: &Flags) -> Result<dataplane::HealthPolicy> {
+    let d = dataplane::HealthPolicy::default();
+    let failures_to_eject = f.backend_eject_after.unwrap_or(d.failures_to_eject);
+    if !(1..=1000).contains(&failures_to_eject) {
+        bail!("--backend-eject-after {failures_to_eject} must be 1..=1000 failures in a row");
+    }
+    let ms = |flag: &str, v: Option<u64>, default: Duration| -> Result<Duration> {
+        match v {
+            None => Ok(default),
+            Some(v) if (100..=3_600_000).contains(&v) => Ok(Duration::from_millis(v)),
+            Some(v) => bail!("--{flag} {v} must be 100..=3600000 ms"),
+        }
+    };
+    let backoff_min = ms(
+        "backend-eject-min-ms",
+        f.backend_eject_min_ms,
+        d.backoff_min,
+    )?;
+    // Unset, the longest is the default or the first, whichever is longer.
+    let backoff_max = ms(
+        "backend-eject-max-ms",
+        f.backend_eject_max_ms,
+        d.backoff_max.max(backoff_min),
+    )?;
+    if backoff_max < backoff_min {
+        bail!(
+            "--backend-eject-max-ms {} is below --backend-eject-min-ms {}: the longest time out cannot be shorter than the first",
+            backoff_max.as_millis(),
+            backoff_min.as_millis()
+        );
+    }
+    Ok(dataplane::HealthPolicy {
+        failures_to_eject,
+        backoff_min,
+        backoff_max,
+    })
 }
 
 /// Where spans are exported, if anywhere.
@@ -1128,6 +1186,43 @@ mod tests {
             &["--tls-reload-ms"],
         );
         let _ = std::fs::remove_file(token);
+    }
+
+    #[test]
+    fn backend_ejection_flags_are_checked_and_named() {
+        let d = Flags::default().resolve().unwrap().backend_health;
+        assert_eq!(d, dataplane::HealthPolicy::default());
+        let f = |after, min, max| Flags {
+            backend_eject_after: after,
+            backend_eject_min_ms: min,
+            backend_eject_max_ms: max,
+            ..Flags::default()
+        };
+        let s = f(Some(1), Some(200), Some(5000)).resolve().unwrap();
+        assert_eq!(s.backend_health.failures_to_eject, 1);
+        assert_eq!(s.backend_health.backoff_min, Duration::from_millis(200));
+        assert_eq!(s.backend_health.backoff_max, Duration::from_secs(5));
+        // A first period longer than the default longest one raises that too.
+        let s = f(None, Some(60_000), None).resolve().unwrap();
+        assert_eq!(s.backend_health.backoff_max, Duration::from_secs(60));
+        for (flags, names) in [
+            (
+                f(Some(0), None, None),
+                "--backend-eject-after 0 must be 1..=1000",
+            ),
+            (
+                f(None, Some(10), None),
+                "--backend-eject-min-ms 10 must be 100..=3600000",
+            ),
+            (f(None, None, Some(u64::MAX)), "--backend-eject-max-ms"),
+            (
+                f(None, Some(5000), Some(2000)),
+                "--backend-eject-max-ms 2000 is below --backend-eject-min-ms 5000",
+            ),
+        ] {
+            let e = flags.resolve().unwrap_err().to_string();
+            assert!(e.contains(names), "{e}");
+        }
     }
 
     #[test]
