@@ -108,6 +108,9 @@ async fn access_log_lines_for_a_200_a_404_and_a_429_and_the_trace_reaches_the_ba
         l["total_ms"].as_f64().expect("total_ms"),
     );
     assert!(backend_ms >= 0.0 && total_ms >= backend_ms, "{l}");
+    // Which backend answered, and that it was the first one tried.
+    assert_eq!(l["backend"], backend.addr.as_str());
+    assert_eq!(l["backend_retried"], false);
     let time = l["time"].as_str().unwrap();
     assert!(
         time.ends_with('Z') && time.len() == 24,
@@ -147,6 +150,7 @@ async fn access_log_lines_for_a_200_a_404_and_a_429_and_the_trace_reaches_the_ba
     assert_eq!(l["error_code"], "ApiNotFound");
     assert_eq!(l["api"], Value::Null);
     assert_eq!(l["backend_ms"], Value::Null);
+    assert_eq!(l["backend"], Value::Null);
     assert_eq!(l["path"], "/nope");
     assert!(
         l["bytes_out"].as_u64().unwrap() > 0,

@@ -5,7 +5,7 @@
 //! `cargo bench -p dataplane --bench access_log`; the figure is nanoseconds per record.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dataplane::{AccessLog, AccessLogSettings, AccessLogTarget, Arrived, Routed};
+use dataplane::{AccessLog, AccessLogSettings, AccessLogTarget, Arrived, Routed, Sent};
 use std::hint::black_box;
 
 fn record(c: &mut Criterion) {
@@ -37,7 +37,15 @@ fn record(c: &mut Criterion) {
                 account: Some("acme"),
                 trace: Some(trace),
             }));
-            r.respond(200, None, Some(812_345));
+            r.respond(
+                200,
+                None,
+                Some(&Sent {
+                    backend: Some("198.18.0.5:8080"),
+                    retried: false,
+                    elapsed_ns: 812_345,
+                }),
+            );
             r.end(black_box(1_234));
         })
     });

@@ -293,6 +293,18 @@ pub struct Routed<'a> {
     pub trace: Option<([u8; 32], [u8; 16])>,
 }
 
+/// What happened at the backends, for a request that was sent to one.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    /// The backend that answered or failed last (`host:port`); `None` if none could be tried.
+    pub backend: Option<&'a str>,
+    /// Whether the request was sent again to another backend (its first could not be
+    /// connected).
+    pub retried: bool,
+    /// Until the response head (or the failure).
+    pub elapsed_ns: u64,
+}
+
 impl Record {
     /// What the request was routed to, and who called.
     pub fn route(&mut self, r: &Routed<'_>) {
@@ -316,16 +328,24 @@ impl Record {
         }
     }
 
-    /// The response's status and error code, and the time the backend took.
-    pub fn respond(&mut self, status: u16, error_code: Option<&str>, backend_ns: Option<u64>) {
+    /// The response's status and error code, and the backend it came from if any.
+    pub fn respond(&mut self, status: u16, error_code: Option<&str>, backend: Option<&Sent<'_>>) {
         let line = &mut self.line;
         line.push_str(",\"status\":");
         push_u64(line, status.into());
         line.push_str(",\"error_code\":");
         json_opt(line, error_code);
+        line.push_str(",\"backend\":");
+        json_opt(line, backend.and_then(|b| b.backend));
+        line.push_str(",\"backend_retried\":");
+        line.push_str(if backend.is_some_and(|b| b.retried) {
+            "true"
+        } else {
+            "false"
+        });
         line.push_str(",\"backend_ms\":");
-        match backend_ns {
-            Some(ns) => push_ms(line, ns),
+        match backend {
+            Some(b) => push_ms(line, b.elapsed_ns),
             None => line.push_str("null"),
         }
     }
@@ -779,6 +799,8 @@ mod tests {
         assert_eq!(first["status"], 404);
         assert_eq!(first["error_code"], "NoRoute");
         assert_eq!(first["backend_ms"], serde_json::Value::Null);
+        assert_eq!(first["backend"], serde_json::Value::Null);
+        assert_eq!(first["backend_retried"], false);
         assert_eq!(first["bytes_out"], 17);
         assert!(first["total_ms"].as_f64().unwrap() >= 0.0);
     }

@@ -70,7 +70,7 @@ mod threads;
 mod tunnel;
 
 pub use access_log::{
-    AccessLog, AccessLogSettings, AccessLogTarget, AccessLogWriter, Arrived, Record, Routed,
+    AccessLog, AccessLogSettings, AccessLogTarget, AccessLogWriter, Arrived, Record, Routed, Sent,
 };
 pub use conn::ServerLimits;
 pub use decide::health::HealthPolicy;

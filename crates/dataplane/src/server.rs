@@ -689,7 +689,9 @@ async fn handle(
         _ => None,
     };
     let client_version = req.version();
-    let mut backend_ns = None;
+    // For the access log: the backend's authority (only when there is a log line to write),
+    // whether the request was sent twice, and the time to the answer.
+    let mut sent: Option<(Option<http::uri::Authority>, bool, u64)> = None;
     let mut response = match verdict.admitted_api() {
         Some(api) => {
             if let Some(trace) = &trace {
@@ -712,10 +714,14 @@ async fn handle(
                     now,
                 )
                 .await
-                .result
             };
             let elapsed = dp.now().saturating_sub(now);
-            backend_ns = Some(elapsed);
+            let backend = entry
+                .as_ref()
+                .and(forwarded.backend)
+                .map(|i| api.spread().backend(i).authority().clone());
+            sent = Some((backend, forwarded.retried, elapsed));
+            let forwarded = forwarded.result;
             match forwarded {
                 Ok(response) => {
                     api.record_latency(Duration::from_nanos(elapsed));
@@ -765,7 +771,14 @@ async fn handle(
     response.body_mut().count_into(verdict.into_usage());
     crate::tunnel::prepare(&mut response, dp);
     if let Some(entry) = entry {
-        entry.finish(&mut response, backend_ns);
+        let sent = sent
+            .as_ref()
+            .map(|(backend, retried, elapsed_ns)| access_log::Sent {
+                backend: backend.as_ref().map(|a| a.as_str()),
+                retried: *retried,
+                elapsed_ns: *elapsed_ns,
+            });
+        entry.finish(&mut response, sent.as_ref());
     }
     response
 }
@@ -815,12 +828,16 @@ impl Entry {
     }
 
     /// The response's part; the line is written when the response body is done with.
-    fn finish(mut self, response: &mut Response<ResponseBody>, backend_ns: Option<u64>) {
+    fn finish(
+        mut self,
+        response: &mut Response<ResponseBody>,
+        sent: Option<&access_log::Sent<'_>>,
+    ) {
         let code = response
             .headers()
             .get(decide::wire::X_CA_ERROR_CODE)
             .and_then(|v| v.to_str().ok());
-        self.0.respond(response.status().as_u16(), code, backend_ns);
+        self.0.respond(response.status().as_u16(), code, sent);
         let record = self.0;
         response
             .body_mut()
