@@ -2,10 +2,10 @@
 
 use crate::abstain::Abstention;
 use crate::network::{Channels, PeerNetworkFactory, decode, encode};
-use crate::traffic::{MemberTraffic, Traffic, TrafficSource};
 use crate::standing::{Fence, Standing};
 use crate::store::history::History;
 use crate::store::{self, LogStore, Publication};
+use crate::traffic::{MemberTraffic, Traffic, TrafficSource};
 use crate::types::{NodeId, Raft, Response, StorageError};
 use catalog::Catalog;
 use model::{Clock, Command, DomainError, Proposal, Reply, State, SystemClock};

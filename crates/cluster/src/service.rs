@@ -10,8 +10,8 @@ use openraft::raft::{
 };
 use proto::peer::peer_server::{Peer, PeerServer};
 use proto::peer::{
-    DemandAck, DemandReport, InstanceTrafficReply, InstanceTrafficRequest, JoinRequest, ProbeReply, ProbeRequest, RaftPayload, RemovingReply,
-    RemovingRequest,
+    DemandAck, DemandReport, InstanceTrafficReply, InstanceTrafficRequest, JoinRequest, ProbeReply,
+    ProbeRequest, RaftPayload, RemovingReply, RemovingRequest,
 };
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};

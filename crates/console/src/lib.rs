@@ -162,13 +162,8 @@ impl Console {
                 Err(e) => return e.into_response(),
             };
             let mut client = self.client();
-            return match traffic::sample(
-                &mut client,
-                auth,
-                &self.inner.traffic,
-                self.inner.node_id,
-            )
-            .await
+            return match traffic::sample(&mut client, auth, &self.inner.traffic, self.inner.node_id)
+                .await
             {
                 Ok(json) => reply::json(StatusCode::OK, json),
                 Err(e) => e.into_response(),

@@ -81,10 +81,10 @@ pub use decide::wire::{
 pub use decide::{
     AppCredential, ConfigUpdate, DEFAULT_BURST, DEFAULT_SHARE_FLOOR, DataplaneConfig,
     DataplaneOptions, DemandReport, Denied, DeployedApi, FakeClock, GONE_AFTER, GatewayError,
-    GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, InstanceTraffic, IpAcl,
-    IpRules, Nanos,
-    PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock, ThrottleConfig, ThrottleScope,
-    ThrottleUnit, UNMATCHED_API, UsageDelta, UsageDrain, share, shares,
+    GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, InstanceTraffic,
+    IpAcl, IpRules, Nanos, PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock,
+    ThrottleConfig, ThrottleScope, ThrottleUnit, UNMATCHED_API, UsageDelta, UsageDrain, share,
+    shares,
 };
 pub use decide::{BackendError, Clock};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};

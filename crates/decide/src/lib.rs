@@ -103,11 +103,11 @@ pub use config::{
 pub use error::{GatewayError, ThrottleScope};
 pub use head::HostError;
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
+pub use metrics::InstanceTraffic;
 pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use model::{Stage, UsageDelta};
 pub use options::DataplaneOptions;
 pub use path::{PathError, canonical_path};
-pub use metrics::InstanceTraffic;
 pub use plane::{Access, Dataplane, InstanceShare, PublishReport, Verdict};
 pub use router::RouteError;
 pub use shares::{DEFAULT_SHARE_FLOOR, DemandReport, GONE_AFTER, InstanceDemand, share, shares};

@@ -1072,7 +1072,10 @@ mod tests {
                 .unwrap_or(0.0)
         };
         assert_eq!(
-            traffic.iter().map(|t| t.instance.as_str()).collect::<Vec<_>>(),
+            traffic
+                .iter()
+                .map(|t| t.instance.as_str())
+                .collect::<Vec<_>>(),
             ["big", "small"]
         );
         for t in &traffic {
@@ -1080,11 +1083,18 @@ mod tests {
             assert_eq!(t.requests as f64, m("gateway_requests_total", i), "{i}");
             assert_eq!(t.throttled as f64, m("gateway_throttled_total", i), "{i}");
             assert_eq!(t.failed as f64, m("failed", i), "{i}");
-            assert_eq!(t.ceiling_rps as f64, m("gateway_instance_ceiling_rps", i), "{i}");
+            assert_eq!(
+                t.ceiling_rps as f64,
+                m("gateway_instance_ceiling_rps", i),
+                "{i}"
+            );
             assert_eq!(t.limit_rps, m("gateway_instance_limit_rps", i), "{i}");
         }
         let small = &traffic[1];
-        assert!(small.throttled > 0 && small.requests > small.throttled, "{small:?}");
+        assert!(
+            small.throttled > 0 && small.requests > small.throttled,
+            "{small:?}"
+        );
         assert!(traffic[0].failed > 0, "{:?}", traffic[0]);
         // 60 requests, 10 of them to no instance.
         assert_eq!(traffic.iter().map(|t| t.requests).sum::<u64>(), 50);
