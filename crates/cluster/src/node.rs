@@ -445,10 +445,13 @@ impl Node {
 
     /// Every member's request counters per instance (see [`crate::traffic`]): this node's read
     /// in process, the others asked at once, each answer awaited at most `timeout`. By node id.
+    /// This node counts even before it is in the membership it applied (a learner joining).
     pub async fn gather_traffic(&self, timeout: Duration) -> Vec<MemberTraffic> {
+        let mut members = self.members();
+        members.entry(self.id()).or_default();
         self.inner
             .traffic
-            .gather(self.id(), self.members(), &self.inner.standing, timeout)
+            .gather(self.id(), members, &self.inner.standing, timeout)
             .await
     }
 
