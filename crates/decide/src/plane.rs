@@ -659,8 +659,8 @@ impl<U: Upstreams> Dataplane<U> {
                 stats: &i.stats,
             })
             .collect();
-        // Read under the lock (taken by updates, not by requests), nothing copied. Released
-        // routes are left for the scrape's sweep, so both show the same counts.
+        // Read under the lock (taken by compiles and scrapes, not by requests), nothing copied.
+        // Released routes are left for the scrape's sweep, so both show the same counts.
         let statuses = lock(&self.inner.statuses);
         let routes: Vec<(&str, &str, &StatusCounters)> = statuses
             .iter()
