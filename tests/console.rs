@@ -2,7 +2,8 @@
 //! `chromium` and `chromium-driver`) against a real 3-node cluster on a development clock.
 //!
 //! The operator signs in, creates an account, an instance, a group and an API, deploys it,
-//! watches the live chart show the traffic this test sends, changes the spec and sees the
+//! watches the live chart on node 1 show the traffic this test sends to nodes 2 and 3 (the
+//! chart is the cluster's), changes the spec and sees the
 //! ceiling line move, and sees the account suspended and restored as days pass on the clock.
 //! Then account tokens sign in and see only their own account. Screenshots of each page are
 //! written to target/console-screenshots/, and to docs/console/ with
@@ -384,14 +385,21 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
     wait_for(c, "#abolish-item-RELEASE").await;
     screenshot(c, "groups").await;
 
-    // Traffic to node 1 (whose console this is), until told to stop; bounded in time.
-    let http = cluster.http_addr(1);
-    eventually("the API to be routable on node 1", SETTLE, || async {
-        testkit::http::get(&http, "/shop/items/1")
-            .await
-            .filter(|r| r.status == 200)
-    })
-    .await;
+    // Traffic to nodes 2 and 3 only, until told to stop; bounded in time. The browser shows
+    // node 1's console, which serves none of it: the chart shows the cluster's traffic.
+    let http = [cluster.http_addr(2), cluster.http_addr(3)];
+    for addr in &http {
+        eventually(
+            "the API to be routable on nodes 2 and 3",
+            SETTLE,
+            || async {
+                testkit::http::get(addr, "/shop/items/1")
+                    .await
+                    .filter(|r| r.status == 200)
+            },
+        )
+        .await;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = Arc::new(Traffic::default());
     let sender = tokio::spawn({
@@ -400,7 +408,9 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
             let deadline = Instant::now() + Duration::from_secs(180);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && i < 1_000_000 {
-                traffic.get(&http, &format!("/shop/items/{i}")).await;
+                traffic
+                    .get(&http[(i % 2) as usize], &format!("/shop/items/{i}"))
+                    .await;
                 i += 1;
             }
         }
@@ -436,6 +446,11 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
     .await;
     assert!(caption.contains("ceiling 2500"), "{caption}");
     assert!(traffic.sent() > 0, "admitted {admitted}/s");
+    let note = text_until(c, "#live-note", "the chart's note", |t| {
+        t.contains("nodes reporting")
+    })
+    .await;
+    assert!(note.contains("3 of 3 nodes reporting"), "{note}");
     // A few seconds of lines for the picture.
     attr_until(
         c,
@@ -780,4 +795,255 @@ async fn raw(addr: &str, request: &str) -> String {
         .unwrap()
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A console JSON call as the operator; the reply's JSON.
+async fn console_call(addr: &str, method: &str, body: serde_json::Value) -> serde_json::Value {
+    let bearer = format!("Bearer {OPERATOR}");
+    let r = testkit::http::post_json(
+        addr,
+        &format!("/console/api/{method}"),
+        &[("authorization", &bearer)],
+        &body.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{method}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// `/console/live/traffic` with `token`.
+async fn live_traffic(addr: &str, token: &str) -> serde_json::Value {
+    let bearer = format!("Bearer {token}");
+    let r = testkit::http::post_json(
+        addr,
+        "/console/live/traffic",
+        &[("authorization", &bearer)],
+        "{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The `requests` of `instance` in a list of instance counters.
+fn requests_of(instances: &serde_json::Value, instance: &str) -> Option<u64> {
+    instances
+        .as_array()?
+        .iter()
+        .find(|i| i["instance"] == instance)?["requests"]
+        .as_u64()
+}
+
+/// The live traffic endpoint without a browser: every node's counters and their sums, a node
+/// killed, and what an account token may see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_traffic_is_the_whole_clusters() {
+    let mut cluster = Cluster::new(binaries!(), 3);
+    let token_file = cluster.dir().join("operator-token");
+    std::fs::write(&token_file, OPERATOR).unwrap();
+    cluster.extra_args = ["--shared-region", "cn-hangzhou", "--admin-token-file"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    cluster.extra_args.push(token_file.display().to_string());
+    cluster.admin_token = Some(OPERATOR.into());
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    let leader = cluster.wait_leader(SETTLE).await;
+    let console = format!("127.0.0.1:{}", cluster.nodes[&1].ports.admin);
+    let backend = Server::start("item").await;
+
+    // Two accounts, an instance each; an API on each instance, `ded`'s deployed first.
+    for (account, instance, group) in [("acme", "ded", "shop"), ("other", "spare", "probe")] {
+        console_call(
+            &console,
+            "CreateAccount",
+            serde_json::json!({"name": account}),
+        )
+        .await;
+        console_call(
+            &console,
+            "Recharge",
+            serde_json::json!({"account": account, "amount": "100", "request_id": format!("r-{account}")}),
+        )
+        .await;
+        console_call(
+            &console,
+            "CreateInstance",
+            serde_json::json!({"name": instance, "spec": "api.s1.small", "region": "cn-hangzhou",
+                "charge_type": 1, "account": account}),
+        )
+        .await;
+        console_call(
+            &console,
+            "CreateApiGroup",
+            serde_json::json!({"name": group, "instance": instance, "base_path": format!("/{group}"),
+                "account": account}),
+        )
+        .await;
+        console_call(
+            &console,
+            "CreateApi",
+            serde_json::json!({"group": group, "name": "item", "definition": {"method": "GET",
+                "path": "/items/{id}", "backend": format!("http://{}", backend.addr)}}),
+        )
+        .await;
+        console_call(
+            &console,
+            "DeployApi",
+            serde_json::json!({"group": group, "name": "item", "stage": "RELEASE"}),
+        )
+        .await;
+    }
+    // Routable on every node: probed on `spare`'s API, deployed after `ded`'s, so that
+    // `ded` counts only the requests below.
+    for id in 1..=3 {
+        let http = cluster.http_addr(id);
+        eventually("the probe API to be routable", SETTLE, || async {
+            testkit::http::get(&http, "/probe/items/1")
+                .await
+                .filter(|r| r.status == 200)
+        })
+        .await;
+    }
+    let token = |account: &'static str| {
+        let console = console.clone();
+        async move {
+            console_call(
+                &console,
+                "CreateToken",
+                serde_json::json!({"account": account}),
+            )
+            .await["secret_token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let (acme, other) = (token("acme").await, token("other").await);
+
+    // Known counts on each node; the node that gets 10 is a follower, killed below (a read
+    // of the instances goes on without an election).
+    let victim = (1..=3).rev().find(|id| *id != leader).unwrap();
+    let mut others = (1..=3).filter(|id| *id != victim);
+    let counts: std::collections::BTreeMap<u64, u64> = [
+        (others.next().unwrap(), 30),
+        (others.next().unwrap(), 20),
+        (victim, 10),
+    ]
+    .into();
+    for (&id, &n) in &counts {
+        let http = cluster.http_addr(id);
+        for i in 0..n {
+            let r = testkit::http::get(&http, &format!("/shop/items/{i}")).await;
+            assert_eq!(r.map(|r| r.status), Some(200), "node {id}, request {i}");
+        }
+    }
+    let node_requests = |live: &serde_json::Value, id: u64| {
+        live["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == id)
+            .and_then(|n| requests_of(&n["instances"], "ded"))
+    };
+    let live = eventually(
+        "60 requests of ded summed over the nodes",
+        SETTLE,
+        || async {
+            let live = live_traffic(&console, OPERATOR).await;
+            (requests_of(&live["instances"], "ded") == Some(60)).then_some(live)
+        },
+    )
+    .await;
+    assert_eq!(
+        (live["node_id"].as_u64(), live["reporting"].as_u64()),
+        (Some(1), Some(3)),
+        "{live}"
+    );
+    for (&id, &n) in &counts {
+        assert_eq!(node_requests(&live, id), Some(n), "node {id}: {live}");
+    }
+    let sum = live["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance"] == "ded")
+        .unwrap();
+    assert_eq!(sum["ceiling_rps"], 2500, "{live}");
+    assert_eq!(
+        (sum["throttled"].as_u64(), sum["failed"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // The nodes' shares add up to at most the ceiling (exactly, once the demand settles).
+    let shares = sum["limit_rps"].as_f64().unwrap();
+    assert!(shares > 0.0 && shares <= 2500.0 + 1e-6, "{live}");
+
+    // An account token: its own instance only, in the sums and in every node's entry.
+    let mine = live_traffic(&console, &acme).await;
+    let text = mine.to_string();
+    assert!(!text.contains("spare"), "{text}");
+    assert_eq!(requests_of(&mine["instances"], "ded"), Some(60), "{text}");
+    for n in mine["nodes"].as_array().unwrap() {
+        let names: Vec<&str> = n["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["instance"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["ded"], "{text}");
+    }
+    let theirs = live_traffic(&console, &other).await.to_string();
+    assert!(
+        !theirs.contains("ded") && theirs.contains("spare"),
+        "{theirs}"
+    );
+
+    // A node paused (its connection open, no answer), then killed: the others still answer,
+    // within about a second, the silent one marked and why.
+    let pid = cluster.nodes[&victim].pid().unwrap();
+    for (what, cause) in [("paused", "no answer within 500 ms"), ("killed", "")] {
+        if what == "paused" {
+            testkit::signal(pid, "STOP");
+        } else {
+            cluster.kill(victim);
+        }
+        let started = Instant::now();
+        let live = live_traffic(&console, OPERATOR).await;
+        let took = started.elapsed();
+        eprintln!("the sample with node {victim} {what} took {took:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "{what}: {took:?}: {live}"
+        );
+        let silent = live["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == victim)
+            .unwrap();
+        assert_eq!(silent["reachable"], false, "{what}: {live}");
+        let error = silent["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty() && error.contains(cause), "{what}: {live}");
+        assert_eq!(
+            (live["members"].as_u64(), live["reporting"].as_u64()),
+            (Some(3), Some(2)),
+            "{what}: {live}"
+        );
+        for (&id, &n) in counts.iter().filter(|(id, _)| **id != victim) {
+            assert_eq!(
+                node_requests(&live, id),
+                Some(n),
+                "{what}, node {id}: {live}"
+            );
+        }
+        assert_eq!(
+            requests_of(&live["instances"], "ded"),
+            Some(50),
+            "{what}: {live}"
+        );
+    }
 }

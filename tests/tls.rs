@@ -2,7 +2,7 @@
 //! the cluster CA, and certificates rotated by replacing their files, without a restart.
 
 use proto::peer::peer_client::PeerClient;
-use proto::peer::{ProbeRequest, RaftPayload};
+use proto::peer::{InstanceTrafficRequest, ProbeRequest, RaftPayload};
 use serde_json::Value;
 use std::time::Duration;
 use testkit::pki::Pki;
@@ -176,6 +176,21 @@ async fn only_holders_of_a_cluster_certificate_reach_the_peer_service() {
     ok.probe(ProbeRequest { from_node_id: 9 })
         .await
         .expect("a member is answered");
+    // The console's traffic question is a peer call like the others: answered to a member,
+    // refused to a member that says it belongs to another cluster.
+    let traffic = ok
+        .instance_traffic(InstanceTrafficRequest {})
+        .await
+        .expect("a member is answered")
+        .into_inner();
+    assert_eq!(traffic.node_id, 2);
+    let mut foreign = tonic::Request::new(InstanceTrafficRequest {});
+    foreign.metadata_mut().insert(
+        "x-gateway-cluster-id",
+        "00000000000000000000000000000000".parse().unwrap(),
+    );
+    let refused = ok.instance_traffic(foreign).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
 
     let before = term(&c, 1).await;
     let leader = c.wait_leader(SETTLE).await;
@@ -188,6 +203,8 @@ async fn only_holders_of_a_cluster_certificate_reach_the_peer_service() {
             assert!(probe.is_err(), "node {id} answered {identity:?}: {probe:?}");
             let vote = client.vote(disruptive_vote()).await;
             assert!(vote.is_err(), "node {id} took a vote from {identity:?}");
+            let traffic = client.instance_traffic(InstanceTrafficRequest {}).await;
+            assert!(traffic.is_err(), "node {id} told {identity:?} its traffic");
         }
         // Plaintext gRPC to a TLS peer port.
         let plain = tonic::transport::Endpoint::from_shared(format!(

@@ -12,6 +12,8 @@
 //!   changes, status, and the published state that readers watch; and the watcher that decides
 //!   whether the node may serve ([`Node::not_serving`]: removed, or out of touch with a
 //!   quorum);
+//! - [`traffic`]: every member's request counters per instance, for the console's live chart
+//!   ([`Node::gather_traffic`]);
 //! - `abstain`: a voter that lost its log grants no vote until it holds what was committed;
 //! - `prevote`: a voter stands for election only when a majority has lost the leader too;
 //! - `standing`: the cluster id (in the data dir, on every peer message), the time of the
@@ -27,6 +29,7 @@ mod standing;
 // return the same type rather than boxing it only to unbox it again at the trait boundary.
 #[allow(clippy::result_large_err)]
 pub mod store;
+pub mod traffic;
 mod types;
 
 pub use model::{Clock, SystemClock};
@@ -34,4 +37,5 @@ pub use node::{ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, Serving
 pub use standing::check_cluster_id;
 pub use store::history::{History, HistoryError, Page};
 pub use store::{Changes, Publication};
+pub use traffic::{MemberTraffic, TrafficSource};
 pub use types::{NodeId, Response, TypeConfig};

@@ -5,6 +5,7 @@ use crate::network::{Channels, PeerNetworkFactory, decode, encode};
 use crate::standing::{Fence, Standing};
 use crate::store::history::History;
 use crate::store::{self, LogStore, Publication};
+use crate::traffic::{MemberTraffic, Traffic, TrafficSource};
 use crate::types::{NodeId, Raft, Response, StorageError};
 use catalog::Catalog;
 use model::{Clock, Command, DomainError, Proposal, Reply, State, SystemClock};
@@ -211,6 +212,8 @@ struct Inner {
     /// connection with too many reset streams. On their own connections that cannot take the
     /// one carrying Raft and forwarded writes (and a forwarded write's reply) with it.
     demand_channels: Channels,
+    /// The console's live traffic: this node's counter source, and connections to ask peers.
+    traffic: Traffic,
     state: watch::Receiver<Arc<State>>,
     publication: Arc<Publication>,
     history: History,
@@ -308,6 +311,7 @@ impl Node {
                 raft,
                 channels,
                 demand_channels: Channels::new(cfg.peer_tls.clone()),
+                traffic: Traffic::new(cfg.peer_tls.clone()),
                 state,
                 publication,
                 history,
@@ -443,6 +447,28 @@ impl Node {
         if let Some(h) = self.inner.demand_handler.get() {
             h(from, data);
         }
+    }
+
+    /// Registers where this node's request counters per instance come from (once): what it
+    /// answers to peers' `InstanceTraffic` and counts for itself in [`Node::gather_traffic`].
+    pub fn set_traffic_source(&self, source: TrafficSource) {
+        self.inner.traffic.set_source(source);
+    }
+
+    /// Every member's request counters per instance (see [`crate::traffic`]): this node's read
+    /// in process, the others asked at once, each answer awaited at most `timeout`. By node id.
+    /// This node counts even before it is in the membership it applied (a learner joining).
+    pub async fn gather_traffic(&self, timeout: Duration) -> Vec<MemberTraffic> {
+        let mut members = self.members();
+        members.entry(self.id()).or_default();
+        self.inner
+            .traffic
+            .gather(self.id(), members, &self.inner.standing, timeout)
+            .await
+    }
+
+    pub(crate) fn local_traffic(&self) -> proto::peer::InstanceTrafficReply {
+        self.inner.traffic.local(self.id())
     }
 
     /// Initialises a new cluster exactly once, whatever order its voters start in: the voter

@@ -1,5 +1,5 @@
 //! The peer gRPC service: receives Raft messages, forwarded writes, bootstrap probes, join
-//! requests and demand reports from other nodes.
+//! requests, demand reports and the console's traffic questions from other nodes.
 
 use crate::network::{decode, decode_binary, encode};
 use crate::node::{LeaderReply, LeaderRequest, Node, is_member};
@@ -10,8 +10,8 @@ use openraft::raft::{
 };
 use proto::peer::peer_server::{Peer, PeerServer};
 use proto::peer::{
-    DemandAck, DemandReport, JoinRequest, ProbeReply, ProbeRequest, RaftPayload, RemovingReply,
-    RemovingRequest,
+    DemandAck, DemandReport, InstanceTrafficReply, InstanceTrafficRequest, JoinRequest, ProbeReply,
+    ProbeRequest, RaftPayload, RemovingReply, RemovingRequest,
 };
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
@@ -198,6 +198,14 @@ impl Peer for PeerService {
         let r = req.get_ref();
         self.node.handle_demand(r.node_id, &r.data);
         self.reply(DemandAck {})
+    }
+
+    async fn instance_traffic(
+        &self,
+        req: Request<InstanceTrafficRequest>,
+    ) -> Result<Response<InstanceTrafficReply>, Status> {
+        self.check(&req, false)?;
+        self.reply(self.node.local_traffic())
     }
 }
 

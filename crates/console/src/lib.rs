@@ -9,9 +9,10 @@
 //!   ([`admin::Guarded`]), in process, with the caller's `Authorization` header as the gRPC
 //!   `authorization` metadata, so validation, authorisation and errors are the admin API's;
 //!   a refused call answers `{code, message, field}` ([`reply`]);
-//! - `POST /console/live/traffic` ([`traffic`]): this node's per-instance request counters
-//!   (from its `/metrics`), for the live charts, limited to the instances the caller's
-//!   `DescribeInstances` returns.
+//! - `POST /console/live/traffic` ([`traffic`]): every member's per-instance request counters
+//!   (the numbers of its `/metrics`, asked over the peer network, each member within half a
+//!   second) and their sums over the cluster, for the live charts; limited, on every node's
+//!   entry too, to the instances the caller's `DescribeInstances` returns.
 //!
 //! Every response carries a Content-Security-Policy that allows only the console's own
 //! scripts and styles (no inline script) and `X-Content-Type-Options: nosniff`; there are no
@@ -44,8 +45,7 @@ use std::task::{Context, Poll};
 /// authorisation table.
 pub type AdminStack = admin::Guarded<AdminServer<admin::AdminService>>;
 
-/// Renders this node's metrics in the Prometheus text format (what `/metrics` serves).
-pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
+pub use traffic::TrafficSource;
 
 /// The largest request body a JSON endpoint reads. Configuration documents larger than this
 /// go through `gatewayctl config apply`, which has the gRPC limit.
@@ -66,18 +66,18 @@ pub struct Console {
 
 struct Inner {
     admin: AdminStack,
-    metrics: MetricsSource,
+    traffic: TrafficSource,
     node_id: u64,
 }
 
 impl Console {
     /// A console that calls `admin` (the same guarded service the admin listener serves) and
-    /// reads the live counters from `metrics`.
-    pub fn new(admin: AdminStack, metrics: MetricsSource, node_id: u64) -> Console {
+    /// gathers the live counters of every member from `traffic`.
+    pub fn new(admin: AdminStack, traffic: TrafficSource, node_id: u64) -> Console {
         Console {
             inner: Arc::new(Inner {
                 admin,
-                metrics,
+                traffic,
                 node_id,
             }),
         }
@@ -162,13 +162,8 @@ impl Console {
                 Err(e) => return e.into_response(),
             };
             let mut client = self.client();
-            return match traffic::sample(
-                &mut client,
-                auth,
-                &*self.inner.metrics,
-                self.inner.node_id,
-            )
-            .await
+            return match traffic::sample(&mut client, auth, &self.inner.traffic, self.inner.node_id)
+                .await
             {
                 Ok(json) => reply::json(StatusCode::OK, json),
                 Err(e) => e.into_response(),

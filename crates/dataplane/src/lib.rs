@@ -28,7 +28,8 @@
 //!   changes in place; the share `w` follows the demand that nodes report to each other
 //!   ([`Dataplane::demand_report`], [`Dataplane::apply_peer_demand`], [`share`]).
 //! - **Usage counters** for billing, per (account, instance, API, region)
-//!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`], and the
+//!   per-instance request counters without the text, [`Dataplane::instance_traffic`]).
 //! - **The servers**: the reverse proxy, on a thread and runtime per core fed by one accepting
 //!   thread ([`serve_threads`]) or on the caller's runtime ([`serve`]), and the ops endpoint
 //!   ([`serve_ops`]). Bodiless requests on plain-text connections take a lean HTTP/1 path on
@@ -81,9 +82,10 @@ pub use decide::wire::{
 pub use decide::{
     AppCredential, ConfigUpdate, DEFAULT_BURST, DEFAULT_SHARE_FLOOR, DataplaneConfig,
     DataplaneOptions, DemandReport, Denied, DeployedApi, FakeClock, GONE_AFTER, GatewayError,
-    GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, IpAcl, IpRules, Nanos,
-    PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock, ThrottleConfig, ThrottleScope,
-    ThrottleUnit, UNMATCHED_API, UsageDelta, UsageDrain, share, shares,
+    GcraLimiter, GroupConfig, InstanceConfig, InstanceDemand, InstanceShare, InstanceTraffic,
+    IpAcl, IpRules, Nanos, PublishReport, RouteError, SHARED_INSTANCE, Stage, SystemClock,
+    ThrottleConfig, ThrottleScope, ThrottleUnit, UNMATCHED_API, UsageDelta, UsageDrain, share,
+    shares,
 };
 pub use decide::{BackendError, Clock};
 pub use ops::{ExtraMetrics, OpsHooks, serve_ops};

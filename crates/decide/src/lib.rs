@@ -31,7 +31,8 @@
 //!   per-second limits as demand-following shares like the ceilings, minute, hour and day
 //!   limits as leases of the window's budget ([`budget`](crate::budget) explains the design).
 //! - **Usage counters** for billing, per (account, instance, API, region)
-//!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`]).
+//!   ([`Dataplane::drain_usage`]), and **metrics** ([`Dataplane::render_metrics`], and the
+//!   per-instance request counters without the text, [`Dataplane::instance_traffic`]).
 //! - **Several backends per API** ([`spread`], [`health`]): a weighted choice per request,
 //!   passive health (taken out after failures in a row, back on probation), per node.
 //! - **Trace context** ([`trace`]): the W3C `traceparent` continued or started per request.
@@ -102,6 +103,7 @@ pub use config::{
 pub use error::{GatewayError, ThrottleScope};
 pub use head::HostError;
 pub use limiter::{DEFAULT_BURST, GcraLimiter};
+pub use metrics::InstanceTraffic;
 pub use model::clock::{Clock, FakeClock, Nanos, SystemClock};
 pub use model::{Stage, UsageDelta};
 pub use options::DataplaneOptions;

@@ -123,6 +123,59 @@ pub(crate) struct InstanceView<'a> {
     pub(crate) stats: &'a InstanceStats,
 }
 
+/// One instance's request counters on this node, as [`render`] writes them: what the
+/// console's live chart sums over the cluster ([`crate::Dataplane::instance_traffic`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceTraffic {
+    pub instance: String,
+    /// The cluster-wide ceiling (`gateway_instance_ceiling_rps`); 0 for an instance that is
+    /// no longer configured but whose last counts are still kept.
+    pub ceiling_rps: u32,
+    /// What this node's limiter admits (`gateway_instance_limit_rps`).
+    pub limit_rps: f64,
+    /// Requests answered, throttled ones included (`gateway_requests_total`).
+    pub requests: u64,
+    /// Requests the instance limiter refused (`gateway_throttled_total`).
+    pub throttled: u64,
+    /// Requests answered with a 5xx status (`gateway_requests_total`, class `5xx`).
+    pub failed: u64,
+}
+
+/// The counters [`render`] would write for `instances` and `routes`, summed per instance
+/// (routes of no instance, and the unrouted counters, left out), by instance name.
+pub(crate) fn traffic<'a>(
+    instances: &[InstanceView<'a>],
+    routes: &[(&'a str, &'a str, &'a StatusCounters)],
+) -> Vec<InstanceTraffic> {
+    let mut out: std::collections::BTreeMap<&str, InstanceTraffic> = instances
+        .iter()
+        .map(|v| {
+            let t = InstanceTraffic {
+                instance: v.name.to_string(),
+                ceiling_rps: v.ceiling_rps,
+                limit_rps: v.limit_rps,
+                throttled: v.stats.throttled.get(),
+                ..Default::default()
+            };
+            (v.name, t)
+        })
+        .collect();
+    for (instance, _, counters) in routes {
+        if instance.is_empty() {
+            continue;
+        }
+        let t = out.entry(instance).or_insert_with(|| InstanceTraffic {
+            instance: instance.to_string(),
+            ..Default::default()
+        });
+        for i in 0..CLASSES.len() {
+            t.requests += counters.get(i);
+        }
+        t.failed += counters.get(CLASSES.len() - 1);
+    }
+    out.into_values().collect()
+}
+
 /// A per-instance metric: name, type, help, and how to read it.
 type PerInstance = (
     &'static str,

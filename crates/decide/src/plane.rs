@@ -10,7 +10,7 @@ use crate::config::Stage;
 use crate::error::GatewayError;
 use crate::instance::InstanceState;
 use crate::loaded::Loaded;
-use crate::metrics::{self, GlobalStats, Histogram, InstanceView, StatusCounters};
+use crate::metrics::{self, GlobalStats, Histogram, InstanceTraffic, InstanceView, StatusCounters};
 use crate::options::DataplaneOptions;
 use crate::request_id::{RequestId, RequestIds};
 use crate::router::{Lookup, Router};
@@ -653,6 +653,35 @@ impl<U: Upstreams> Dataplane<U> {
         let mut registry = lock(&self.inner.usage);
         registry.roll(hour);
         self.inner.usage_hour.store(registry.hour, Relaxed);
+    }
+
+    /// Each instance's request counters and limits, the numbers `/metrics` shows for it
+    /// ([`Self::render_metrics`]) without rendering text: a walk of the instances and of the
+    /// route counters. Read by the console's live chart, on every node about once a second.
+    pub fn instance_traffic(&self) -> Vec<InstanceTraffic> {
+        let snapshot = self.inner.snapshot.load();
+        let shares = self.shares_of(&snapshot);
+        let views: Vec<InstanceView> = snapshot
+            .instances
+            .values()
+            .zip(&shares)
+            .map(|(i, s)| InstanceView {
+                name: &i.name,
+                ceiling_rps: s.ceiling_rps,
+                share: s.share,
+                limit_rps: s.limit_rps,
+                offered_rps: s.offered_rps,
+                stats: &i.stats,
+            })
+            .collect();
+        // Read under the lock (taken by compiles and scrapes, not by requests), nothing copied.
+        // Released routes are left for the scrape's sweep, so both show the same counts.
+        let statuses = lock(&self.inner.statuses);
+        let routes: Vec<(&str, &str, &StatusCounters)> = statuses
+            .iter()
+            .map(|((i, a), c)| (i.as_str(), a.as_str(), &**c))
+            .collect();
+        metrics::traffic(&views, &routes)
     }
 
     /// Appends the data plane's metrics in the Prometheus text format.

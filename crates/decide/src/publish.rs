@@ -1010,6 +1010,97 @@ mod tests {
         assert_eq!(code(&get(&dp, "/g/a")), Some("ApiNotFound"));
     }
 
+    /// `name{instance="x",...} value` lines of a scrape, summed per (name, instance); requests
+    /// of class 5xx also under `failed`.
+    fn scraped(text: &str) -> BTreeMap<(String, String), f64> {
+        let mut out = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, rest)) = line.split_once("{instance=\"") else {
+                continue;
+            };
+            let (instance, rest) = rest.split_once('"').unwrap();
+            let value: f64 = rest.rsplit(' ').next().unwrap().parse().unwrap();
+            *out.entry((name.to_string(), instance.to_string()))
+                .or_default() += value;
+            if rest.contains("class=\"5xx\"") {
+                *out.entry(("failed".to_string(), instance.to_string()))
+                    .or_default() += value;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn instance_traffic_is_what_the_metrics_show() {
+        let dp = dataplane();
+        dp.publish(&DataplaneConfig {
+            instances: vec![instance("small", 2, "r"), instance("big", 1_000_000, "r")],
+            groups: vec![
+                group("g", "small", "/g", &["a", "b"]),
+                group("h", "big", "/h", &["a"]),
+                group("gone", "big", "/gone", &["a"]),
+            ],
+            apps: vec![],
+        });
+        // The clock stands still: `small` admits its burst and throttles the rest.
+        for (i, path) in ["/g/a", "/g/b", "/g/zzz", "/h/a", "/gone/a", "/nowhere"]
+            .iter()
+            .cycle()
+            .take(60)
+            .enumerate()
+        {
+            let v = get(&dp, path);
+            let status = match v.rejection() {
+                Some(e) => e.status(),
+                None if i % 7 == 0 => http::StatusCode::BAD_GATEWAY,
+                None => http::StatusCode::OK,
+            };
+            v.record_status(&dp, status);
+        }
+        // A route released with counts on it: both still show them until the next scrape.
+        dp.update(&ConfigUpdate {
+            removed_groups: vec!["gone".into()],
+            ..Default::default()
+        });
+        let traffic = dp.instance_traffic();
+        let mut text = String::new();
+        dp.render_metrics(&mut text);
+        let metrics = scraped(&text);
+        let m = |name: &str, instance: &str| {
+            metrics
+                .get(&(name.to_string(), instance.to_string()))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        assert_eq!(
+            traffic
+                .iter()
+                .map(|t| t.instance.as_str())
+                .collect::<Vec<_>>(),
+            ["big", "small"]
+        );
+        for t in &traffic {
+            let i = t.instance.as_str();
+            assert_eq!(t.requests as f64, m("gateway_requests_total", i), "{i}");
+            assert_eq!(t.throttled as f64, m("gateway_throttled_total", i), "{i}");
+            assert_eq!(t.failed as f64, m("failed", i), "{i}");
+            assert_eq!(
+                t.ceiling_rps as f64,
+                m("gateway_instance_ceiling_rps", i),
+                "{i}"
+            );
+            assert_eq!(t.limit_rps, m("gateway_instance_limit_rps", i), "{i}");
+        }
+        let small = &traffic[1];
+        assert!(
+            small.throttled > 0 && small.requests > small.throttled,
+            "{small:?}"
+        );
+        assert!(traffic[0].failed > 0, "{:?}", traffic[0]);
+        // 60 requests, 10 of them to no instance.
+        assert_eq!(traffic.iter().map(|t| t.requests).sum::<u64>(), 50);
+    }
+
     #[test]
     fn drains_scrapes_and_requests_do_not_wait_for_a_compile() {
         let dp = dataplane();

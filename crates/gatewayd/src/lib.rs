@@ -295,13 +295,17 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
     });
     plane::accept_peer_demand(&node, dp.clone());
     plane::gate_serving(&node, dp.clone());
-    // The web console calls the same guarded admin service in process, and reads the live
-    // counters from this node's metrics.
+    plane::serve_traffic(&node, dp.clone());
+    // The web console calls the same guarded admin service in process, and gathers the live
+    // counters of every member over the peer network.
     let console = console::Console::new(
         admin.clone(),
         {
-            let dp = dp.clone();
-            Arc::new(move |out: &mut String| dp.render_metrics(out))
+            let node = node.clone();
+            Arc::new(move |timeout| {
+                let node = node.clone();
+                Box::pin(async move { node.gather_traffic(timeout).await })
+            })
         },
         s.node_id,
     );

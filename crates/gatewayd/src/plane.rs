@@ -295,6 +295,24 @@ pub fn accept_peer_demand(node: &Node, dp: Dataplane) {
     }));
 }
 
+/// Answers peers' (and this node's console's) questions for the request counters per
+/// instance from the data plane: the numbers of its `/metrics`, without rendering them.
+pub fn serve_traffic(node: &Node, dp: Dataplane) {
+    node.set_traffic_source(Box::new(move || {
+        dp.instance_traffic()
+            .into_iter()
+            .map(|t| proto::peer::InstanceCounters {
+                instance: t.instance,
+                ceiling_rps: t.ceiling_rps,
+                limit_rps: t.limit_rps,
+                requests: t.requests,
+                throttled: t.throttled,
+                failed: t.failed,
+            })
+            .collect()
+    }));
+}
+
 /// Raft's view for /metrics.
 pub fn raft_metrics(node: &Node, out: &mut String) {
     let s = node.status();

@@ -1,5 +1,6 @@
 // Instances: spec, ceiling, region, charge type and term end; the live request rates of one
-// instance against its ceiling, every second; a spec change, confirmed first.
+// instance across the cluster against its ceiling, every second; a spec change, confirmed
+// first.
 
 import { call, traffic } from './api.js';
 import { liveChart } from './chart.js';
@@ -52,7 +53,7 @@ function detail(root, inst, specs) {
   section.append(h('h3', { id: 'instance-title' }, `Instance ${inst.name}`));
   const chart = liveChart({
     id: 'live-chart',
-    title: `Requests per second on ${inst.name}, as this node serves them`,
+    title: `Requests per second on ${inst.name}, across the cluster`,
     series: [{ key: 'admitted', label: 'admitted' }, { key: 'throttled', label: 'throttled' }, { key: 'failed', label: 'failed' }],
   });
   const note = h('p', { class: 'hint', id: 'live-note' }, 'Waiting for the first sample…');
@@ -78,25 +79,46 @@ function detail(root, inst, specs) {
   root.append(section);
 
   const samples = [];
-  let prev = null;
+  // Each node's last counters: rates are per node, from two samples of that node on its own
+  // clock, then added up.
+  const prev = new Map();
   let busy = false;
   async function tick() {
     if (busy) return;
     busy = true;
     try {
       const s = await traffic();
-      const cur = s.instances.find((i) => i.instance === inst.name);
-      if (!cur) return;
-      if (prev && s.at_ms > prev.at) {
-        const dt = (s.at_ms - prev.at) / 1000;
-        const d = (k) => Math.max(0, cur[k] - prev.c[k]) / dt;
-        samples.push({ admitted: Math.max(0, d('requests') - d('throttled')), throttled: d('throttled'), failed: d('failed') });
+      const sum = s.instances.find((i) => i.instance === inst.name);
+      if (!sum) return;
+      const rates = { admitted: 0, throttled: 0, failed: 0 };
+      let rated = 0;
+      for (const n of s.nodes) {
+        const cur = n.reachable && n.instances.find((i) => i.instance === inst.name);
+        // A node missing from this sample adds nothing to this second.
+        if (!cur) continue;
+        const p = prev.get(n.node_id);
+        prev.set(n.node_id, { at: n.at_ms, started: n.started_ms, c: cur });
+        if (!p || n.at_ms <= p.at) continue;
+        const dt = (n.at_ms - p.at) / 1000;
+        // A node that restarted counts from zero again; counters that went down without a
+        // restart (an abolished API's counts dropped) add nothing. Never a negative rate.
+        const restarted = n.started_ms !== p.started;
+        const d = (k) => Math.max(0, cur[k] - (restarted ? 0 : p.c[k])) / dt;
+        rates.admitted += Math.max(0, d('requests') - d('throttled'));
+        rates.throttled += d('throttled');
+        rates.failed += d('failed');
+        rated += 1;
+      }
+      if (rated > 0) {
+        samples.push(rates);
         if (samples.length > 60) samples.shift();
       }
-      prev = { at: s.at_ms, c: cur };
-      const ceiling = cur.ceiling_rps || inst.max_rps;
+      const ceiling = sum.ceiling_rps || inst.max_rps;
       chart.update(samples, ceiling);
-      note.textContent = `Node ${s.node_id}'s traffic (its share of the ceiling: ${Math.round(cur.limit_rps)} rps), updated every second.`;
+      const missing = s.nodes.filter((n) => !n.reachable).map((n) => `node ${n.node_id}: ${n.error}`);
+      note.textContent = `Across the cluster: ${s.reporting} of ${s.members} nodes reporting`
+        + `${missing.length ? ` (${missing.join('; ')})` : ''}; their shares of the ceiling add up to `
+        + `${Math.round(sum.limit_rps)} rps. Updated every second.`;
     } catch (e) {
       note.replaceChildren(failure(e));
     } finally {
