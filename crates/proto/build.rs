@@ -30,6 +30,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".gateway.admin.v1",
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
+        // The console's live chart gives the members' counters as they came.
+        .message_attribute(
+            ".gateway.peer.v1.InstanceCounters",
+            "#[derive(serde::Serialize)]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -43,21 +43,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// and a member down must not hold up the others' sample.
 pub const NODE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// One instance's counters, on one node or summed over the cluster.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
-pub struct InstanceTraffic {
-    pub instance: String,
-    /// The cluster-wide ceiling (0 until a node knows the instance).
-    pub ceiling_rps: u32,
-    /// A node's share of the ceiling; in the sums, the shares added up.
-    pub limit_rps: f64,
-    /// Requests answered, throttled ones included.
-    pub requests: u64,
-    /// Requests the instance limiter refused (429).
-    pub throttled: u64,
-    /// Requests answered with a 5xx status.
-    pub failed: u64,
-}
+/// One instance's counters, on one node or summed over the cluster (in the sums, `limit_rps`
+/// is the shares added up and `ceiling_rps` the highest any node applies; 0 until a node
+/// knows the instance).
+pub use proto::peer::InstanceCounters as InstanceTraffic;
 
 /// One node's sample.
 #[derive(Debug, PartialEq, Serialize)]
@@ -153,14 +142,7 @@ pub fn summarise(
         let instances: Vec<InstanceTraffic> = visible
             .iter()
             .map(|name| match counters.remove(name) {
-                Some(c) => InstanceTraffic {
-                    instance: c.instance,
-                    ceiling_rps: c.ceiling_rps,
-                    limit_rps: c.limit_rps,
-                    requests: c.requests,
-                    throttled: c.throttled,
-                    failed: c.failed,
-                },
+                Some(c) => c,
                 None => InstanceTraffic {
                     instance: name.clone(),
                     ..Default::default()

@@ -661,19 +661,7 @@ impl<U: Upstreams> Dataplane<U> {
     pub fn instance_traffic(&self) -> Vec<InstanceTraffic> {
         let snapshot = self.inner.snapshot.load();
         let shares = self.shares_of(&snapshot);
-        let views: Vec<InstanceView> = snapshot
-            .instances
-            .values()
-            .zip(&shares)
-            .map(|(i, s)| InstanceView {
-                name: &i.name,
-                ceiling_rps: s.ceiling_rps,
-                share: s.share,
-                limit_rps: s.limit_rps,
-                offered_rps: s.offered_rps,
-                stats: &i.stats,
-            })
-            .collect();
+        let views = instance_views(&snapshot, &shares);
         // Read under the lock (taken by compiles and scrapes, not by requests), nothing copied.
         // Released routes are left for the scrape's sweep, so both show the same counts.
         let statuses = lock(&self.inner.statuses);
@@ -688,19 +676,7 @@ impl<U: Upstreams> Dataplane<U> {
     pub fn render_metrics(&self, out: &mut String) {
         let snapshot = self.inner.snapshot.load();
         let shares = self.shares_of(&snapshot);
-        let views: Vec<InstanceView> = snapshot
-            .instances
-            .values()
-            .zip(&shares)
-            .map(|(i, s)| InstanceView {
-                name: &i.name,
-                ceiling_rps: s.ceiling_rps,
-                share: s.share,
-                limit_rps: s.limit_rps,
-                offered_rps: s.offered_rps,
-                stats: &i.stats,
-            })
-            .collect();
+        let views = instance_views(&snapshot, &shares);
         // Copied out under the lock (Arc clones), rendered without it.
         let statuses: Vec<((String, String), Arc<StatusCounters>)> = {
             let mut statuses = lock(&self.inner.statuses);
@@ -739,6 +715,26 @@ impl<U: Upstreams> Dataplane<U> {
         crate::spread::render(out, &self.inner.backends);
         lock(&self.inner.throttles).render_metrics(out);
     }
+}
+
+/// Each instance of `snapshot` with its share, as the metrics read them.
+fn instance_views<'a, U: Upstreams>(
+    snapshot: &'a Snapshot<U>,
+    shares: &'a [InstanceShare],
+) -> Vec<InstanceView<'a>> {
+    snapshot
+        .instances
+        .values()
+        .zip(shares)
+        .map(|(i, s)| InstanceView {
+            name: &i.name,
+            ceiling_rps: s.ceiling_rps,
+            share: s.share,
+            limit_rps: s.limit_rps,
+            offered_rps: s.offered_rps,
+            stats: &i.stats,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -425,6 +425,18 @@ mod tests {
         assert!(close(s[2], F));
     }
 
+    /// A peer's report of `rps` offered at instance `i`.
+    fn report_of(rps: f64) -> DemandReport {
+        DemandReport {
+            window_ms: 100,
+            instances: vec![InstanceDemand {
+                instance: "i".into(),
+                offered_rps: rps,
+            }],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn tracker_ignores_unknown_and_stale_peers() {
         let sec = 1_000_000_000;
@@ -432,23 +444,15 @@ mod tests {
         let mut t = DemandTracker::new(1, sec / 10, sec / 2, F);
         let mut scratch = Vec::new();
         t.set_serving(&[1, 2, 3], 1, 0);
-        let report = |rps| DemandReport {
-            window_ms: 100,
-            instances: vec![InstanceDemand {
-                instance: "i".into(),
-                offered_rps: rps,
-            }],
-            ..Default::default()
-        };
         t.sample(0, [("i", 0)].into_iter());
         let r = t.sample(sec / 10, [("i", 100)].into_iter());
         assert_eq!(r.instances[0].offered_rps, 1000.0);
         assert_eq!(r.window_ms, 100);
         // Node 9 does not serve: ignored. Nodes 2, 3 not heard from: 1/3 for us.
-        t.record_peer(9, &report(1e9), sec);
+        t.record_peer(9, &report_of(1e9), sec);
         assert!(close(t.share_for("i", C, sec, &mut scratch), 1.0 / 3.0));
-        t.record_peer(2, &report(1000.0), sec);
-        t.record_peer(3, &report(2000.0), sec);
+        t.record_peer(2, &report_of(1000.0), sec);
+        t.record_peer(3, &report_of(2000.0), sec);
         let expect = F + (1.0 - 3.0 * F) * 0.25;
         assert!(close(t.share_for("i", C, sec, &mut scratch), expect));
         // 0.6 s later both reports are stale, the peers not yet gone: back to 1/3.
@@ -465,7 +469,7 @@ mod tests {
         ));
         assert_eq!(t.n_nodes(sec + GONE_AFTER + 1), 1);
         // It reports again: it counts again.
-        t.record_peer(2, &report(1000.0), 5 * sec);
+        t.record_peer(2, &report_of(1000.0), 5 * sec);
         assert_eq!(t.n_nodes(5 * sec), 2);
         // A peer that joins and has not reported yet counts (1/N) until GONE_AFTER passes.
         t.set_serving(&[1, 2, 4], 1, 5 * sec);
@@ -479,18 +483,10 @@ mod tests {
         let mut t = DemandTracker::new(1, sec / 10, sec / 2, F);
         let mut scratch = Vec::new();
         t.set_serving(&[1, 2, 3], 1, 0);
-        let report = |rps| DemandReport {
-            window_ms: 100,
-            instances: vec![InstanceDemand {
-                instance: "i".into(),
-                offered_rps: rps,
-            }],
-            ..Default::default()
-        };
         t.sample(0, [("i", 0)].into_iter());
         t.sample(sec / 10, [("i", 10)].into_iter()); // 100/s
-        t.record_peer(2, &report(800.0), sec / 10);
-        t.record_peer(3, &report(100.0), sec / 10);
+        t.record_peer(2, &report_of(800.0), sec / 10);
+        t.record_peer(3, &report_of(100.0), sec / 10);
         let before = t.share_for("i", C, sec / 10, &mut scratch);
         assert!(before < 0.2, "{before}");
         // Node 2 (80% of the demand) is found down 50 ms later: its share is ours and node 3's
@@ -507,7 +503,7 @@ mod tests {
         // A membership refresh does not bring it back; a report from it does.
         t.set_serving(&[1, 2, 3], 1, now);
         assert_eq!(t.n_nodes(now), 2);
-        t.record_peer(2, &report(800.0), now);
+        t.record_peer(2, &report_of(800.0), now);
         assert_eq!(t.n_nodes(now), 3);
         // Unknown nodes are ignored.
         t.mark_down(9);
