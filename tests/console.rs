@@ -383,6 +383,64 @@ async fn the_console_runs_a_cluster_in_a_real_browser() {
     })
     .await;
     wait_for(c, "#abolish-item-RELEASE").await;
+
+    // Edit the API: a weight of 0 is refused at the backends field; a weight of 2 and a 7 s
+    // timeout are saved, and deployed again to RELEASE, which then serves them.
+    let url = format!("http://{}", backend.addr);
+    click(c, "#edit-item").await;
+    fill(c, "#edit-api-backends", &format!("{url}@0")).await;
+    fill(c, "#edit-api-timeout_ms", "7000").await;
+    click(c, "#edit-api-submit").await;
+    text_until(
+        c,
+        "#edit-api-backends-error",
+        "the weight error at the backends field",
+        |t| t.contains("weight"),
+    )
+    .await;
+    fill(c, "#edit-api-backends", &format!("{url}@2")).await;
+    click(c, "#edit-api-submit").await;
+    text_until(
+        c,
+        "tr[data-api='item']",
+        "the new weight in the list",
+        |t| t.contains(&format!("{url}@2")),
+    )
+    .await;
+    click(c, "#redeploy-item-RELEASE").await;
+    let deployed = eventually("the edited API deployed to RELEASE", SETTLE, || async {
+        let g = cluster
+            .ctl_with_token(
+                1,
+                Some(OPERATOR),
+                &["group", "get", "--name", "shop", "-o", "json"],
+            )
+            .json();
+        let d = g["deployments"]
+            .as_array()?
+            .iter()
+            .find(|d| d["api"] == "item" && d["stage"] == "RELEASE")?
+            .clone();
+        (d["definition"]["timeout_ms"] == 7000).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        deployed["definition"]["backends"][0]["weight"], 2,
+        "{deployed}"
+    );
+
+    // An app, its secret shown once, and granted the API.
+    fill(c, "#create-app-name", "mobile").await;
+    click(c, "#create-app-submit").await;
+    text_until(c, "#app-secret", "the new app's secret", |t| {
+        t.contains("AppSecret")
+    })
+    .await;
+    // The grant form offers it at once.
+    select(c, "#grant-app", "mobile").await;
+    select(c, "#grant-api", "item").await;
+    click(c, "#grant-submit").await;
+    text_until(c, "#grants", "the app's grant", |t| t.contains("mobile")).await;
     screenshot(c, "groups").await;
 
     // Traffic to nodes 2 and 3 only, until told to stop; bounded in time. The browser shows

@@ -145,7 +145,7 @@ pub fn field_of(message: &str) -> Option<String> {
     let ok = !field.is_empty()
         && field
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']'));
     ok.then(|| field.to_string())
 }
 
@@ -186,6 +186,10 @@ mod tests {
         assert_eq!(
             field_of("invalid definition.path: must start with /").as_deref(),
             Some("definition.path")
+        );
+        assert_eq!(
+            field_of("invalid backends[2].weight: must be 1..=1000, got 0").as_deref(),
+            Some("backends[2].weight")
         );
         assert_eq!(field_of("instance 'x' not found"), None);
         assert_eq!(field_of("invalid bearer token (unknown)"), None);

@@ -5,7 +5,18 @@ import { call } from './api.js';
 import { badge, confirm, failure, form, h, num, status, table, time } from './ui.js';
 
 const STAGES = ['RELEASE', 'PRE', 'TEST'];
+const METHODS = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'ANY'];
 const lines = (v) => v.split(/[\s,]+/).filter(Boolean);
+
+/** `URL[@WEIGHT]` items, one a line, as the admin API's backends (the server checks them). */
+const backendsOf = (text) => lines(text).map((item) => {
+  const at = item.lastIndexOf('@');
+  if (at > 0 && /^\d+$/.test(item.slice(at + 1))) return { url: item.slice(0, at), weight: Number(item.slice(at + 1)) };
+  return { url: item };
+});
+/** An API's backends in that form, one a line (weight 1 left out). */
+const backendsText = (d) => (d.backends && d.backends.length ? d.backends : [{ url: d.backend }])
+  .map((b) => (b.weight && b.weight !== 1 ? `${b.url}@${b.weight}` : b.url)).join('\n');
 
 export async function render(root, ctx, selected) {
   root.append(h('h2', {}, 'Groups and APIs'));
@@ -57,27 +68,32 @@ async function detail(root, ctx, g, instanceOptions) {
     call('DescribeTrafficControls', {}).then((r) => r.policies).catch(() => []),
   ]);
 
-  // The APIs, with a button per stage: deploy where it is not deployed, abolish where it is.
+  // The APIs, with buttons per stage: deploy where it is not deployed; where it is, deploy
+  // again (the definition as it is now replaces the deployed one) or abolish.
+  const stageButton = (a, stage, action) => h('button', {
+    type: 'button', id: `${action}-${a.name}-${stage}`, class: action === 'abolish' ? 'danger' : '',
+    onclick: async (ev) => {
+      ev.target.disabled = true;
+      try {
+        if (action === 'abolish') await call('AbolishApi', { group: g.name, name: a.name, stage });
+        else await call('DeployApi', { group: g.name, name: a.name, stage });
+        status(`${a.name} ${action === 'abolish' ? 'abolished from' : 'deployed to'} ${stage}.`);
+        reload();
+      } catch (e) {
+        status(`${e.code}: ${e.message}`);
+        ev.target.disabled = false;
+      }
+    },
+  }, `${{ deploy: 'Deploy', redeploy: 'Deploy again to', abolish: 'Abolish' }[action]} ${stage}`);
   const apiRows = apis.map((a) => {
     const d = a.definition || {};
-    const buttons = STAGES.map((stage) => {
-      const deployed = a.deployed_stages.includes(stage);
-      return h('button', {
-        type: 'button', id: `${deployed ? 'abolish' : 'deploy'}-${a.name}-${stage}`, class: deployed ? 'danger' : '',
-        onclick: async (ev) => {
-          ev.target.disabled = true;
-          try {
-            if (deployed) await call('AbolishApi', { group: g.name, name: a.name, stage });
-            else await call('DeployApi', { group: g.name, name: a.name, stage });
-            status(`${a.name} ${deployed ? 'abolished from' : 'deployed to'} ${stage}.`);
-            reload();
-          } catch (e) {
-            status(`${e.code}: ${e.message}`);
-            ev.target.disabled = false;
-          }
-        },
-      }, `${deployed ? 'Abolish' : 'Deploy'} ${stage}`);
-    });
+    const buttons = STAGES.flatMap((stage) => (a.deployed_stages.includes(stage)
+      ? [stageButton(a, stage, 'redeploy'), stageButton(a, stage, 'abolish')]
+      : [stageButton(a, stage, 'deploy')]));
+    const edit = h('button', {
+      type: 'button', id: `edit-${a.name}`,
+      onclick: () => editApi(editSlot, g, a),
+    }, 'Edit');
     const del = h('button', {
       type: 'button', class: 'danger',
       onclick: async () => {
@@ -87,21 +103,25 @@ async function detail(root, ctx, g, instanceOptions) {
     }, 'Delete');
     return {
       attrs: { 'data-api': a.name },
-      cells: [a.name, d.method, d.path, h('span', { class: 'wrap' }, d.backend), d.auth_type || 'ANONYMOUS',
-        a.deployed_stages.map((s) => badge(s)), h('span', {}, buttons, del)],
+      cells: [a.name, d.method, d.path, h('span', { class: 'wrap' }, backendsText(d).split('\n').join(', ')),
+        d.auth_type || 'ANONYMOUS', a.deployed_stages.map((s) => badge(s)), h('span', {}, buttons, edit, del)],
     };
   });
-  section.append(table('APIs', ['Name', 'Method', 'Path', 'Backend', 'Auth', 'Deployed', 'Actions'], apiRows, { id: 'apis' }));
+  section.append(table('APIs', ['Name', 'Method', 'Path', 'Backends', 'Auth', 'Deployed', 'Actions'], apiRows, { id: 'apis' }));
+  // Where an API's edit form opens.
+  const editSlot = h('div', { id: 'edit-slot' });
+  section.append(editSlot);
 
   const grid = h('div', { class: 'grid' });
   section.append(grid);
   grid.append(form({
     id: 'create-api', legend: 'Create an API', submit: 'Create API',
+    aliases: { backends: 'backend' },
     fields: [
       { name: 'name', label: 'Name', required: true },
-      { name: 'method', label: 'Method', type: 'select', options: ['GET', 'POST', 'PUT', 'DELETE', 'PATCH', 'HEAD', 'ANY'].map((m) => [m, m]) },
+      { name: 'method', label: 'Method', type: 'select', options: METHODS.map((m) => [m, m]) },
       { name: 'path', label: 'Path', placeholder: '/items/{id}' },
-      { name: 'backend', label: 'Backend', placeholder: 'http://10.0.0.5:8080' },
+      { name: 'backend', label: 'Backends', type: 'textarea', placeholder: 'http://10.0.0.5:8080@3', hint: 'URL[@WEIGHT], one a line.' },
       { name: 'timeout_ms', label: 'Timeout (ms)', type: 'number', hint: 'Empty: the default.' },
       { name: 'auth_type', label: 'Auth type', type: 'select', options: [['ANONYMOUS', 'anonymous'], ['APP', 'signed by an app']] },
       { name: 'backend_location', label: 'Backend location', hint: 'local (default), external or a region id.' },
@@ -109,7 +129,7 @@ async function detail(root, ctx, g, instanceOptions) {
     onSubmit: async (v) => {
       await call('CreateApi', {
         group: g.name, name: v.name,
-        definition: { method: v.method, path: v.path, backend: v.backend, timeout_ms: num(v.timeout_ms) || 0, auth_type: v.auth_type, backend_location: v.backend_location },
+        definition: { method: v.method, path: v.path, backends: backendsOf(v.backend), timeout_ms: num(v.timeout_ms) || 0, auth_type: v.auth_type, backend_location: v.backend_location },
       });
       status(`API ${v.name} created.`);
       reload();
@@ -178,6 +198,8 @@ async function detail(root, ctx, g, instanceOptions) {
       const r = await call('CreateApp', { name: v.name, account: ctx.role === 'operator' ? g.account : '' });
       secret.replaceChildren(h('p', {}, `App ${r.app.name}: AppKey `, h('code', {}, r.app.app_key), '. Its AppSecret is shown only now:'),
         h('p', { class: 'secret' }, r.app_secret));
+      // It can be granted at once (a reload would take the secret off the page).
+      document.getElementById('grant-app')?.append(h('option', { value: r.app.name }, `${r.app.name} (${r.app.app_key})`));
     },
   }), secret));
 
@@ -236,4 +258,31 @@ async function detail(root, ctx, g, instanceOptions) {
     },
   }, 'Delete group')));
   section.append(h('p', { class: 'hint' }, `Created ${time(g.created_at_ms)}.`));
+}
+
+/** The edit form of API `a` of group `g`, in `slot`: the whole definition, saved at once. */
+function editApi(slot, g, a) {
+  const d = a.definition || {};
+  slot.replaceChildren(form({
+    id: 'edit-api', legend: `Edit API ${a.name}`, submit: 'Save API',
+    // One backend's errors name `backend`, a list's `backends[i]`.
+    aliases: { backend: 'backends' },
+    fields: [
+      { name: 'method', label: 'Method', type: 'select', value: d.method, options: METHODS.map((m) => [m, m]) },
+      { name: 'path', label: 'Path', value: d.path },
+      { name: 'backends', label: 'Backends', type: 'textarea', value: backendsText(d), hint: 'URL[@WEIGHT], one a line.' },
+      { name: 'timeout_ms', label: 'Timeout (ms)', type: 'number', value: d.timeout_ms || '' },
+      { name: 'auth_type', label: 'Auth type', type: 'select', value: d.auth_type || 'ANONYMOUS', options: [['ANONYMOUS', 'anonymous'], ['APP', 'signed by an app']] },
+      { name: 'backend_location', label: 'Backend location', value: d.backend_location || '' },
+    ],
+    onSubmit: async (v) => {
+      await call('ModifyApi', {
+        group: g.name, name: a.name,
+        definition: { method: v.method, path: v.path, backends: backendsOf(v.backends), timeout_ms: num(v.timeout_ms) || 0, auth_type: v.auth_type, backend_location: v.backend_location },
+      });
+      status(`API ${a.name} saved; deploy it for the change to reach a stage.`);
+      reload();
+    },
+  }));
+  slot.querySelector('select, input, textarea').focus();
 }

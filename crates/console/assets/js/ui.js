@@ -129,8 +129,11 @@ export function form({ id, legend, fields, submit, onSubmit, aliases = {} }) {
     try {
       await onSubmit(values, el);
     } catch (e) {
+      // `definition.backends[2].weight` is shown at `backends`: the most specific part of
+      // the field's path that names an input, list indexes left out.
+      const parts = String(e.field || '').split('.').map((p) => p.replace(/\[\d+\]$/, ''));
       const named = e.field && (inputs[e.field] || inputs[aliases[e.field]]
-        || inputs[String(e.field).split('.').pop()]);
+        || parts.reverse().map((p) => inputs[p] || inputs[aliases[p]]).find(Boolean));
       if (named) {
         named.err.textContent = e.message;
         named.input.setAttribute('aria-invalid', 'true');
