@@ -14,6 +14,8 @@
 //!   quorum);
 //! - [`traffic`]: every member's request counters per instance, for the console's live chart
 //!   ([`Node::gather_traffic`]);
+//! - [`watch`]: a stream held open to every peer, whose break says at once that the peer's
+//!   process is gone ([`Node::watch_peers`]);
 //! - `abstain`: a voter that lost its log grants no vote until it holds what was committed;
 //! - `prevote`: a voter stands for election only when a majority has lost the leader too;
 //! - `standing`: the cluster id (in the data dir, on every peer message), the time of the
@@ -31,6 +33,7 @@ mod standing;
 pub mod store;
 pub mod traffic;
 mod types;
+pub mod watch;
 
 pub use model::{Clock, SystemClock};
 pub use node::{ClusterError, MemberStatus, Node, NodeConfig, NodeStatus, ServingHook};

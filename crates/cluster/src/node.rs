@@ -214,6 +214,10 @@ struct Inner {
     demand_channels: Channels,
     /// The console's live traffic: this node's counter source, and connections to ask peers.
     traffic: Traffic,
+    /// Peer connections' TLS, for the watches of peers ([`crate::watch`]).
+    peer_tls: Option<tls::ClientTls>,
+    /// Set when the node stops: ends the `Watch` streams peers hold open to it.
+    closing: watch::Sender<bool>,
     state: watch::Receiver<Arc<State>>,
     publication: Arc<Publication>,
     history: History,
@@ -312,6 +316,8 @@ impl Node {
                 channels,
                 demand_channels: Channels::new(cfg.peer_tls.clone()),
                 traffic: Traffic::new(cfg.peer_tls.clone()),
+                peer_tls: cfg.peer_tls.clone(),
+                closing: watch::Sender::new(false),
                 state,
                 publication,
                 history,
@@ -1149,7 +1155,24 @@ impl Node {
     }
 
     pub async fn shutdown(&self) {
+        // Peers watching this node learn that it is gone as its watch streams end.
+        self.inner.closing.send_replace(true);
         let _ = self.raft().shutdown().await;
+    }
+
+    /// Becomes true when the node stops.
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    pub(crate) fn peer_tls(&self) -> Option<tls::ClientTls> {
+        self.inner.peer_tls.clone()
+    }
+
+    /// Watches every other member and calls `gone` with a peer's id as soon as its process is
+    /// found gone (see [`crate::watch`]). Runs until the returned task is aborted.
+    pub fn watch_peers(&self, gone: crate::watch::PeerGone) -> tokio::task::JoinHandle<()> {
+        crate::watch::spawn(self.clone(), gone)
     }
 
     pub(crate) fn abstention(&self) -> &Abstention {

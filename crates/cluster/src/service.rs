@@ -11,7 +11,7 @@ use openraft::raft::{
 use proto::peer::peer_server::{Peer, PeerServer};
 use proto::peer::{
     DemandAck, DemandReport, InstanceTrafficReply, InstanceTrafficRequest, JoinRequest, ProbeReply,
-    ProbeRequest, RaftPayload, RemovingReply, RemovingRequest,
+    ProbeRequest, RaftPayload, RemovingReply, RemovingRequest, WatchRequest,
 };
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
@@ -198,6 +198,16 @@ impl Peer for PeerService {
         let r = req.get_ref();
         self.node.handle_demand(r.node_id, &r.data);
         self.reply(DemandAck {})
+    }
+
+    type WatchStream = crate::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.check(&req, false)?;
+        self.reply(crate::watch::answer(&self.node))
     }
 
     async fn instance_traffic(

@@ -334,12 +334,15 @@ pub async fn run(s: Settings, shutdown: impl std::future::Future<Output = ()>) -
         },
     )
     .context("cannot start the config publisher")?;
-    let background = [tokio::spawn(plane::demand_loop(
-        node.clone(),
-        dp.clone(),
-        ready.clone(),
-        draining.clone(),
-    ))];
+    let background = [
+        tokio::spawn(plane::demand_loop(
+            node.clone(),
+            dp.clone(),
+            ready.clone(),
+            draining.clone(),
+        )),
+        plane::watch_peers(&node, dp.clone()),
+    ];
     let journal = metering::Journal::open(&s.data_dir)?;
     let backlog = journal.len();
     if backlog > 0 {

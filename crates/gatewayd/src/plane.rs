@@ -285,6 +285,16 @@ pub fn gate_serving(node: &Node, dp: Dataplane) {
     }));
 }
 
+/// Tells the data plane at once when a peer's process is gone (its watch stream broke, or its
+/// port refused the connection): that peer's shares go to the others now, not after a second
+/// without its reports.
+pub fn watch_peers(node: &Node, dp: Dataplane) -> tokio::task::JoinHandle<()> {
+    node.watch_peers(std::sync::Arc::new(move |id| {
+        tracing::debug!(peer = id, "peer process gone: counted as not serving");
+        dp.peer_down(id);
+    }))
+}
+
 /// Feeds peers' demand reports to the data plane.
 pub fn accept_peer_demand(node: &Node, dp: Dataplane) {
     node.set_demand_handler(Box::new(move |from, data| {
