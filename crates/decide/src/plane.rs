@@ -493,24 +493,38 @@ impl<U: Upstreams> Dataplane<U> {
         let mut demand = lock(&self.inner.demand);
         let mut throttles = lock(&self.inner.throttles);
         throttles.sweep();
-        let mut report = demand.sample(
-            now,
-            snapshot
-                .instances
-                .values()
-                .map(|i| (&*i.name, i.arrivals()))
-                .chain(
-                    throttles
-                        .cells
-                        .values()
-                        .map(|c| (&*c.key, c.arrivals.load(Relaxed))),
-                ),
-        );
+        let mut report = demand.sample(now, arrivals(&snapshot, &throttles));
         let live = demand.live_nodes(now);
         let round = self.round(demand.self_id(), &live, now);
         let (leases, grants) = throttles.lease_round(&round, |key| demand.own_demand(key));
         report.leases = leases;
         report.grants = grants;
+        report.incarnation = throttles.incarnation;
+        Self::apply_shares(&demand, &throttles, &snapshot, now);
+        report
+    }
+
+    /// Whether this node's offered rate at an instance or a policy counter has moved since the
+    /// last report by more than chance explains (see `DemandTracker::moved`). Cheap: one read
+    /// of each counter. The report loop asks every ~20 ms.
+    pub fn demand_moved(&self) -> bool {
+        let now = self.now();
+        let snapshot = self.inner.snapshot.load();
+        let demand = lock(&self.inner.demand);
+        let throttles = lock(&self.inner.throttles);
+        demand.moved(now, arrivals(&snapshot, &throttles))
+    }
+
+    /// An early report, when [`demand_moved`](Self::demand_moved): this node's offered rates
+    /// measured since the last report, its shares updated from them at once, and the report
+    /// for the peers, so that theirs follow. Only demand: leases go with the periodic
+    /// [`demand_report`](Self::demand_report).
+    pub fn demand_report_early(&self) -> DemandReport {
+        let now = self.now();
+        let snapshot = self.inner.snapshot.load();
+        let mut demand = lock(&self.inner.demand);
+        let throttles = lock(&self.inner.throttles);
+        let mut report = demand.sample_early(now, arrivals(&snapshot, &throttles));
         report.incarnation = throttles.incarnation;
         Self::apply_shares(&demand, &throttles, &snapshot, now);
         report
@@ -715,6 +729,23 @@ impl<U: Upstreams> Dataplane<U> {
         crate::spread::render(out, &self.inner.backends);
         lock(&self.inner.throttles).render_metrics(out);
     }
+}
+
+/// The arrivals counter of every instance and policy counter: what demand is measured from.
+fn arrivals<'a, U: Upstreams>(
+    snapshot: &'a Snapshot<U>,
+    throttles: &'a crate::throttle::Registry,
+) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+    snapshot
+        .instances
+        .values()
+        .map(|i| (&*i.name, i.arrivals()))
+        .chain(
+            throttles
+                .cells
+                .values()
+                .map(|c| (&*c.key, c.arrivals.load(Relaxed))),
+        )
 }
 
 /// Each instance of `snapshot` with its share, as the metrics read them.
