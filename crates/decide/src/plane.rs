@@ -585,7 +585,10 @@ impl<U: Upstreams> Dataplane<U> {
         let mut scratch = Vec::new();
         for instance in instances {
             let ceiling = f64::from(instance.ceiling_and_share().0);
-            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
+            instance.set_share(
+                demand.share_for(&instance.name, ceiling, now, &mut scratch),
+                now,
+            );
         }
     }
 
@@ -598,14 +601,17 @@ impl<U: Upstreams> Dataplane<U> {
         let mut scratch = Vec::new();
         for instance in snapshot.instances.values() {
             let ceiling = f64::from(instance.ceiling_and_share().0);
-            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
+            instance.set_share(
+                demand.share_for(&instance.name, ceiling, now, &mut scratch),
+                now,
+            );
         }
         // Per-second policy limits follow demand the same way.
         for cell in throttles.cells.values() {
             if cell.unit == crate::config::ThrottleUnit::Second {
                 let limit = cell.limit.load(Relaxed) as f64;
                 let share = demand.share_for(&cell.key, limit, now, &mut scratch);
-                cell.gcra.set_rate(limit * share);
+                cell.gcra.set_rate_at(limit * share, now);
             }
         }
     }
