@@ -42,12 +42,9 @@ impl InstanceState {
         self.update(|q| q.0 = ceiling_rps);
     }
 
-    /// In place at `now`: the limiter keeps its booking, and a raise keeps its headroom in
-    /// calls ([`crate::GcraLimiter::set_rate_at`]).
-    pub(crate) fn set_share(&self, share: f64, now: Nanos) {
-        let mut quota = self.quota.lock().unwrap_or_else(|e| e.into_inner());
-        quota.1 = share;
-        self.limiter.set_rate_at(f64::from(quota.0) * quota.1, now);
+    /// In place: the limiter keeps its booking.
+    pub(crate) fn set_share(&self, share: f64) {
+        self.update(|q| q.1 = share);
     }
 
     pub(crate) fn ceiling_and_share(&self) -> (u32, f64) {

@@ -19,10 +19,6 @@
 //! TAT - tolerance, then one every 5 ms: ~200 in the next second, not 200 + a burst. Lowered to
 //! 50/s, the same booking holds and the next ones are 20 ms apart: no extra admissions.
 //!
-//! Raised by the shares ([`GcraLimiter::set_rate_at`]), a limiter with headroom (it idled)
-//! keeps that headroom as a number of calls, not as time: at 1/s, 50 ms of tolerance is no
-//! call at all, and raising the rate to 160/s must not make it 8.
-//!
 //! One exception: a booking further ahead than the current rate could ever make (tolerance
 //! plus one interval) was made at a slower rate, and is cut back to that, as if the limiter
 //! were exhausted at the current rate. Otherwise a node whose share was at its floor (a limit
@@ -88,30 +84,6 @@ impl GcraLimiter {
         };
         self.rate.store(rate.to_bits(), Relaxed);
         self.interval.store(interval, Relaxed);
-    }
-
-    /// Changes the rate at `now` as the shares do, keeping a raised limiter's headroom as a
-    /// number of calls rather than as time (see the module docs): a limiter that idled at a
-    /// low rate had, in calls, almost no burst to give, and raising its rate must not turn its
-    /// idle time into one (a restarted node's first calls, at a share that follows its new
-    /// demand within tens of ms, admitted ~8 calls over a 200/s limit in the benchmark).
-    /// Lowered, or with no headroom (saturated), it is [`set_rate`](Self::set_rate).
-    pub fn set_rate_at(&self, rate_per_sec: f64, now: Nanos) {
-        let old = self.interval.load(Relaxed);
-        self.set_rate(rate_per_sec);
-        let new = self.interval.load(Relaxed);
-        if old == CLOSED || new >= old {
-            return;
-        }
-        let tolerance = self.tolerance.load(Relaxed);
-        let _ = self.tat.fetch_update(Relaxed, Relaxed, |tat| {
-            let ahead = tat.max(now) - now;
-            // Time until the limiter would be full, and the calls that is at the old rate.
-            let headroom = tolerance.checked_sub(ahead).filter(|h| *h > 0)?;
-            let calls = headroom / old;
-            let kept = (u128::from(calls) * u128::from(new)).min(u128::from(headroom)) as u64;
-            Some(now.saturating_add(tolerance - kept))
-        });
     }
 
     /// Changes the burst tolerance in place.
@@ -270,30 +242,6 @@ mod tests {
         l.set_rate(100.0);
         let wait = l.check(SEC + MS).err().unwrap_or(0);
         assert!(wait <= 10 * MS, "told to wait {wait} ns");
-    }
-
-    #[test]
-    fn raising_an_idle_limiter_keeps_its_headroom_in_calls() {
-        // Idle at 1/s: 50 ms of tolerance is no call. Raised to 160/s it admits one call now,
-        // then one every 6.25 ms: 160 in the next second, not 160 + 8.
-        let l = GcraLimiter::new(1.0, DEFAULT_BURST);
-        l.set_rate_at(160.0, 10 * SEC);
-        assert_eq!(exhaust(&l, 10 * SEC), 1);
-        let got = offer(&l, 10 * SEC + 1, 11 * SEC + 1, MS / 10);
-        assert!((159..=161).contains(&got), "admitted {got}");
-        // Idle at 100/s: 5 calls of headroom (6 at once). Raised to 200/s: still 6 at once.
-        let l = GcraLimiter::new(100.0, DEFAULT_BURST);
-        l.set_rate_at(200.0, 10 * SEC);
-        assert_eq!(exhaust(&l, 10 * SEC), 6);
-        // Saturated, a raise changes nothing (as set_rate); lowered, neither.
-        let l = GcraLimiter::new(100.0, DEFAULT_BURST);
-        exhaust(&l, SEC);
-        l.set_rate_at(200.0, SEC);
-        let got = offer(&l, SEC, 2 * SEC, MS / 10);
-        assert!((199..=201).contains(&got), "admitted {got}");
-        let l = GcraLimiter::new(200.0, DEFAULT_BURST);
-        l.set_rate_at(100.0, 10 * SEC);
-        assert_eq!(exhaust(&l, 10 * SEC), 6);
     }
 
     #[test]

@@ -585,10 +585,7 @@ impl<U: Upstreams> Dataplane<U> {
         let mut scratch = Vec::new();
         for instance in instances {
             let ceiling = f64::from(instance.ceiling_and_share().0);
-            instance.set_share(
-                demand.share_for(&instance.name, ceiling, now, &mut scratch),
-                now,
-            );
+            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
         }
     }
 
@@ -601,17 +598,14 @@ impl<U: Upstreams> Dataplane<U> {
         let mut scratch = Vec::new();
         for instance in snapshot.instances.values() {
             let ceiling = f64::from(instance.ceiling_and_share().0);
-            instance.set_share(
-                demand.share_for(&instance.name, ceiling, now, &mut scratch),
-                now,
-            );
+            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
         }
         // Per-second policy limits follow demand the same way.
         for cell in throttles.cells.values() {
             if cell.unit == crate::config::ThrottleUnit::Second {
                 let limit = cell.limit.load(Relaxed) as f64;
                 let share = demand.share_for(&cell.key, limit, now, &mut scratch);
-                cell.gcra.set_rate_at(limit * share, now);
+                cell.gcra.set_rate(limit * share);
             }
         }
     }
