@@ -1036,9 +1036,14 @@ async fn the_live_traffic_is_the_whole_clusters() {
         (sum["throttled"].as_u64(), sum["failed"].as_u64()),
         (Some(0), Some(0))
     );
-    // The nodes' shares add up to at most the ceiling (exactly, once the demand settles).
+    // The nodes' shares add up to about the ceiling. Not exactly: each node sets its own from
+    // its demand now and its peers' last reports, so while demand moves (as it does here,
+    // calls just sent) the sum strays by a few percent for a report period.
     let shares = sum["limit_rps"].as_f64().unwrap();
-    assert!(shares > 0.0 && shares <= 2500.0 + 1e-6, "{live}");
+    assert!(
+        (0.8 * 2500.0..=1.1 * 2500.0).contains(&shares),
+        "the shares sum to {shares}: {live}"
+    );
 
     // An account token: its own instance only, in the sums and in every node's entry.
     let mine = live_traffic(&console, &acme).await;
