@@ -1165,14 +1165,19 @@ impl Node {
         self.inner.closing.subscribe()
     }
 
-    pub(crate) fn peer_tls(&self) -> Option<tls::ClientTls> {
-        self.inner.peer_tls.clone()
-    }
-
     /// Watches every other member and calls `gone` with a peer's id as soon as its process is
     /// found gone (see [`crate::watch`]). Runs until the returned task is aborted.
     pub fn watch_peers(&self, gone: crate::watch::PeerGone) -> tokio::task::JoinHandle<()> {
-        crate::watch::spawn(self.clone(), gone)
+        let node = self.clone();
+        crate::watch::spawn(
+            crate::watch::Watcher {
+                me: self.id(),
+                members: Box::new(move || node.members()),
+                standing: self.inner.standing.clone(),
+                tls: self.inner.peer_tls.clone(),
+            },
+            gone,
+        )
     }
 
     pub(crate) fn abstention(&self) -> &Abstention {

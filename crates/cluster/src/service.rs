@@ -207,7 +207,7 @@ impl Peer for PeerService {
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.check(&req, false)?;
-        self.reply(crate::watch::answer(&self.node))
+        self.reply(crate::watch::answer(self.node.closing()))
     }
 
     async fn instance_traffic(

@@ -13,10 +13,10 @@
 //! peer's next demand report counts it again.
 
 use crate::network::{Channels, is_refused};
-use crate::node::Node;
+use crate::standing::Standing;
 use crate::types::NodeId;
 use proto::peer::{WatchBeat, WatchRequest};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,10 +36,10 @@ const PERIOD: Duration = Duration::from_millis(100);
 /// left alone before it is asked again.
 const UNSUPPORTED_BACKOFF: Duration = Duration::from_secs(10);
 
-/// The stream a node answers `Watch` with: it yields nothing and ends when `node` stops
-/// (without that end, a graceful shutdown of the peer server would wait for it forever).
-pub(crate) fn answer(node: &Node) -> WatchStream {
-    let mut closing = node.closing();
+/// The stream a node answers `Watch` with: it yields nothing and ends when `closing` becomes
+/// true, as the node stops (without that end, a graceful shutdown of the peer server would
+/// wait for it forever).
+pub(crate) fn answer(mut closing: tokio::sync::watch::Receiver<bool>) -> WatchStream {
     let end = async move {
         let _ = closing.wait_for(|c| *c).await;
     };
@@ -49,19 +49,29 @@ pub(crate) fn answer(node: &Node) -> WatchStream {
     ))
 }
 
-/// Watches every other member of `node`'s membership, and calls `gone` with a peer's id when
-/// its process is found gone: its watch broke, or connecting to it was refused. Runs until
-/// aborted (dropping the handle does not stop it).
-pub(crate) fn spawn(node: Node, gone: PeerGone) -> JoinHandle<()> {
+/// What a node's watches need of it.
+pub(crate) struct Watcher {
+    pub(crate) me: NodeId,
+    /// The current membership, by id: peer address.
+    pub(crate) members: Box<dyn Fn() -> BTreeMap<NodeId, String> + Send + Sync>,
+    pub(crate) standing: Arc<Standing>,
+    pub(crate) tls: Option<tls::ClientTls>,
+}
+
+/// Watches every other member, and calls `gone` with a peer's id when its process is found
+/// gone: its watch broke, or connecting to it was refused. Runs until aborted (dropping the
+/// handle does not stop it).
+pub(crate) fn spawn(w: Watcher, gone: PeerGone) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let channels = Channels::new(node.peer_tls());
+        let channels = Channels::new(w.tls.clone());
+        let w = Arc::new(w);
         let mut watching: HashMap<NodeId, (String, JoinHandle<()>)> = HashMap::new();
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let me = node.id();
-            let members = node.members();
+            let me = w.me;
+            let members = (w.members)();
             watching.retain(|id, (addr, task)| {
                 let keep = members.get(id) == Some(addr) && !task.is_finished();
                 if !keep {
@@ -74,7 +84,7 @@ pub(crate) fn spawn(node: Node, gone: PeerGone) -> JoinHandle<()> {
                     continue;
                 }
                 let task = tokio::spawn(watch_one(
-                    node.clone(),
+                    w.clone(),
                     channels.clone(),
                     id,
                     addr.clone(),
@@ -87,9 +97,15 @@ pub(crate) fn spawn(node: Node, gone: PeerGone) -> JoinHandle<()> {
 }
 
 /// Holds one peer's watch open, again and again.
-async fn watch_one(node: Node, channels: Channels, peer: NodeId, addr: String, gone: PeerGone) {
+async fn watch_one(
+    w: Arc<Watcher>,
+    channels: Channels,
+    peer: NodeId,
+    addr: String,
+    gone: PeerGone,
+) {
     loop {
-        let wait = match watch_until_broken(&node, &channels, &addr).await {
+        let wait = match watch_until_broken(&w, &channels, &addr).await {
             Ended::Broken | Ended::Refused => {
                 gone(peer);
                 PERIOD
@@ -112,12 +128,12 @@ enum Ended {
     Failed,
 }
 
-async fn watch_until_broken(node: &Node, channels: &Channels, addr: &str) -> Ended {
+async fn watch_until_broken(w: &Watcher, channels: &Channels, addr: &str) -> Ended {
     let Ok(mut client) = channels.get(addr) else {
         return Ended::Failed;
     };
-    let mut req = tonic::Request::new(WatchRequest { node_id: node.id() });
-    node.standing().stamp(req.metadata_mut());
+    let mut req = tonic::Request::new(WatchRequest { node_id: w.me });
+    w.standing.stamp(req.metadata_mut());
     let opened = tokio::time::timeout(Duration::from_secs(5), client.watch(req)).await;
     let mut stream = match opened {
         Ok(Ok(r)) => r.into_inner(),

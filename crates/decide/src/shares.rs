@@ -151,6 +151,23 @@ struct Peer {
 const MOVED_MIN_CALLS: f64 = 8.0;
 const MOVED_FRACTION: f64 = 0.5;
 
+/// The rate of each counter in `counts` since `old`, `elapsed` earlier (a counter new since
+/// then counts from zero).
+fn rates(
+    counts: &HashMap<String, u64>,
+    old: &HashMap<String, u64>,
+    elapsed: Nanos,
+) -> HashMap<String, f64> {
+    let dt = elapsed as f64 / 1e9;
+    counts
+        .iter()
+        .map(|(k, v)| {
+            let before = old.get(k).copied().unwrap_or(0);
+            (k.clone(), v.saturating_sub(before) as f64 / dt)
+        })
+        .collect()
+}
+
 /// The mutable side of shares: samples of this node's arrivals, peers' reports, who serves.
 pub(crate) struct DemandTracker {
     self_id: u64,
@@ -264,14 +281,7 @@ impl DemandTracker {
         if let Some((then, old)) = self.samples.front()
             && now > *then
         {
-            let dt = (now - then) as f64 / 1e9;
-            self.own = counts
-                .iter()
-                .map(|(k, v)| {
-                    let before = old.get(k).copied().unwrap_or(0);
-                    (k.clone(), v.saturating_sub(before) as f64 / dt)
-                })
-                .collect();
+            self.own = rates(&counts, old, now - then);
             self.own_window = now - then;
         }
         self.samples.push_back((now, counts));
@@ -318,14 +328,7 @@ impl DemandTracker {
         if let Some((then, old)) = self.samples.back()
             && now > *then
         {
-            let dt = (now - then) as f64 / 1e9;
-            self.own = counts
-                .iter()
-                .map(|(k, v)| {
-                    let before = old.get(k).copied().unwrap_or(0);
-                    (k.clone(), v.saturating_sub(before) as f64 / dt)
-                })
-                .collect();
+            self.own = rates(&counts, old, now - then);
             self.own_window = now - then;
         }
         self.samples.clear();
