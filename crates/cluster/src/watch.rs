@@ -145,3 +145,22 @@ async fn watch_until_broken(w: &Watcher, channels: &Channels, addr: &str) -> End
     while let Ok(Some(_)) = stream.message().await {}
     Ended::Broken
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn the_answer_says_nothing_and_ends_when_the_node_stops() {
+        let (closing, rx) = tokio::sync::watch::channel(false);
+        let mut stream = answer(rx);
+        // Nothing while the node runs.
+        let quiet = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(quiet.is_err(), "the stream yielded {quiet:?}");
+        // Ended, without a message, once it stops.
+        closing.send_replace(true);
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+}
