@@ -31,17 +31,15 @@ async fn line_of(path: &Path, id: &str) -> Value {
 
 /// A single node with an API `ping` (group `obs`) on `backend`, routable.
 async fn node_with_api(extra: &[&str], backend: &http::Server) -> Cluster {
-    let mut c = Cluster::new(binaries!(), 1);
-    c.extra_args = extra.iter().map(|s| s.to_string()).collect();
-    c.spawn(1);
-    c.wait_leader(SETTLE).await;
-    c.deploy_get_api("obs", "ping", &format!("http://{}", backend.addr), &[]);
-    let addr = c.http_addr(1);
-    eventually("the API routable", SETTLE, || async {
-        http::get(&addr, "/ping").await.filter(|r| r.status == 200)
-    })
-    .await;
-    c
+    let backend = format!("http://{}", backend.addr);
+    Cluster::single_with_api(
+        binaries!(),
+        &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "obs",
+        "ping",
+        &backend,
+    )
+    .await
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -14,17 +14,8 @@ const CLIENT_PARENT: &str = "00f067aa0ba902b7";
 
 /// A single node with an API `ping` (group `obs`) on `backend`, routable.
 async fn node_with_api(extra: &[String], backend: &http::Server) -> Cluster {
-    let mut c = Cluster::new(binaries!(), 1);
-    c.extra_args = extra.to_vec();
-    c.spawn(1);
-    c.wait_leader(SETTLE).await;
-    c.deploy_get_api("obs", "ping", &format!("http://{}", backend.addr), &[]);
-    let addr = c.http_addr(1);
-    eventually("the API routable", SETTLE, || async {
-        http::get(&addr, "/ping").await.filter(|r| r.status == 200)
-    })
-    .await;
-    c
+    let backend = format!("http://{}", backend.addr);
+    Cluster::single_with_api(binaries!(), extra, "obs", "ping", &backend).await
 }
 
 async fn span_where(

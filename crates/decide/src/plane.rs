@@ -559,19 +559,19 @@ impl<U: Upstreams> Dataplane<U> {
     /// counting as serving now, and every share is recomputed without it, rather than after
     /// [`crate::shares::GONE_AFTER`] of silence. It counts again when it reports.
     pub fn peer_down(&self, node_id: u64) {
-        let mut demand = lock(&self.inner.demand);
-        let now = self.now();
-        demand.mark_down(node_id);
-        self.inner.n_nodes.store(demand.n_nodes(now), Relaxed);
-        let throttles = lock(&self.inner.throttles);
-        Self::apply_shares(&demand, &throttles, &self.inner.snapshot.load(), now);
+        self.change_serving(|demand, _| demand.mark_down(node_id));
     }
 
     /// Which nodes serve traffic (this one is always counted). Changes every instance's share.
     pub fn set_serving_nodes(&self, ids: &[u64], self_id: u64) {
+        self.change_serving(|demand, now| demand.set_serving(ids, self_id, now));
+    }
+
+    /// Changes who counts as serving, then every share follows.
+    fn change_serving(&self, change: impl FnOnce(&mut DemandTracker, Nanos)) {
         let mut demand = lock(&self.inner.demand);
         let now = self.now();
-        demand.set_serving(ids, self_id, now);
+        change(&mut demand, now);
         self.inner.n_nodes.store(demand.n_nodes(now), Relaxed);
         let throttles = lock(&self.inner.throttles);
         Self::apply_shares(&demand, &throttles, &self.inner.snapshot.load(), now);

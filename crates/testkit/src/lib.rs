@@ -320,6 +320,30 @@ impl Cluster {
         c
     }
 
+    /// One node with `extra` on its command line, and `GET /<api>` in group `group` on
+    /// `backend` (a URL) deployed and answering 200.
+    pub async fn single_with_api(
+        bins: Binaries,
+        extra: &[String],
+        group: &str,
+        api: &str,
+        backend: &str,
+    ) -> Cluster {
+        let mut c = Cluster::new(bins, 1);
+        c.extra_args = extra.to_vec();
+        c.spawn(1);
+        c.wait_leader(Duration::from_secs(20)).await;
+        c.deploy_get_api(group, api, backend, &[]);
+        let (addr, path) = (c.http_addr(1), format!("/{api}"));
+        eventually(
+            &format!("{path} routable"),
+            Duration::from_secs(20),
+            || async { http::get(&addr, &path).await.filter(|r| r.status == 200) },
+        )
+        .await;
+        c
+    }
+
     fn new_node(root: &Path, id: u64) -> NodeProc {
         let (ports, leases) = Ports::lease();
         NodeProc {
