@@ -504,32 +504,6 @@ impl<U: Upstreams> Dataplane<U> {
         report
     }
 
-    /// Whether this node's offered rate at an instance or a policy counter has moved since the
-    /// last report by more than chance explains (see `DemandTracker::moved`). Cheap: one read
-    /// of each counter. The report loop asks every ~20 ms.
-    pub fn demand_moved(&self) -> bool {
-        let now = self.now();
-        let snapshot = self.inner.snapshot.load();
-        let demand = lock(&self.inner.demand);
-        let throttles = lock(&self.inner.throttles);
-        demand.moved(now, arrivals(&snapshot, &throttles))
-    }
-
-    /// An early report, when [`demand_moved`](Self::demand_moved): this node's offered rates
-    /// measured since the last report, its shares updated from them at once, and the report
-    /// for the peers, so that theirs follow. Only demand: leases go with the periodic
-    /// [`demand_report`](Self::demand_report).
-    pub fn demand_report_early(&self) -> DemandReport {
-        let now = self.now();
-        let snapshot = self.inner.snapshot.load();
-        let mut demand = lock(&self.inner.demand);
-        let throttles = lock(&self.inner.throttles);
-        let mut report = demand.sample_early(now, arrivals(&snapshot, &throttles));
-        report.incarnation = throttles.incarnation;
-        Self::apply_shares(&demand, &throttles, &snapshot, now);
-        report
-    }
-
     fn round<'a>(&self, self_id: u64, live: &'a [u64], now: Nanos) -> crate::throttle::Round<'a> {
         crate::throttle::Round {
             self_id,

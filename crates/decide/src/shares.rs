@@ -144,13 +144,6 @@ struct Peer {
     down: bool,
 }
 
-/// How far the calls counted since the last sample may stray from what the measured rate
-/// predicts before the rate counts as moved ([`DemandTracker::moved`]): more than this many
-/// calls, and more than this fraction of the prediction. Chance (Poisson) alone rarely strays
-/// that far: at 200 calls/s over 20 ms, 4 are expected and 13 needed; at 2,500/s, 50 and 76.
-const MOVED_MIN_CALLS: f64 = 8.0;
-const MOVED_FRACTION: f64 = 0.5;
-
 /// The rate of each counter in `counts` since `old`, `elapsed` earlier (a counter new since
 /// then counts from zero).
 fn rates(
@@ -289,50 +282,6 @@ impl DemandTracker {
         while self.samples.len() > 64 {
             self.samples.pop_front();
         }
-        self.report()
-    }
-
-    /// Whether the calls counted since the last sample stray so far from what the measured
-    /// rate predicts, at any counter, that the rate has moved (calls moved to or away from this
-    /// node: a peer died or came back, a client changed its target): then an early sample
-    /// ([`sample_early`](Self::sample_early)) is worth a report now rather than at the next
-    /// period, so that the shares follow within a few tens of ms instead of up to 100.
-    pub(crate) fn moved<'a>(
-        &self,
-        now: Nanos,
-        mut counters: impl Iterator<Item = (&'a str, u64)>,
-    ) -> bool {
-        let Some((then, old)) = self.samples.back() else {
-            return false;
-        };
-        let dt = now.saturating_sub(*then) as f64 / 1e9;
-        if dt <= 0.0 {
-            return false;
-        }
-        counters.any(|(k, v)| {
-            let got = v.saturating_sub(old.get(k).copied().unwrap_or(0)) as f64;
-            let expected = self.own.get(k).copied().unwrap_or(0.0) * dt;
-            (got - expected).abs() > MOVED_MIN_CALLS.max(MOVED_FRACTION * expected)
-        })
-    }
-
-    /// Measures the offered rates over the time since the last sample only (the rate has
-    /// moved: older samples would pull it back toward the old one), starts measuring afresh
-    /// from now, and returns the report.
-    pub(crate) fn sample_early<'a>(
-        &mut self,
-        now: Nanos,
-        counters: impl Iterator<Item = (&'a str, u64)>,
-    ) -> DemandReport {
-        let counts: HashMap<String, u64> = counters.map(|(k, v)| (k.to_string(), v)).collect();
-        if let Some((then, old)) = self.samples.back()
-            && now > *then
-        {
-            self.own = rates(&counts, old, now - then);
-            self.own_window = now - then;
-        }
-        self.samples.clear();
-        self.samples.push_back((now, counts));
         self.report()
     }
 
@@ -536,30 +485,6 @@ mod tests {
         t.set_serving(&[1, 2, 4], 1, 5 * sec);
         assert_eq!(t.n_nodes(5 * sec), 3);
         assert_eq!(t.n_nodes(5 * sec + GONE_AFTER + 1), 1);
-    }
-
-    #[test]
-    fn a_moved_rate_is_seen_early_and_measured_afresh() {
-        const MS: Nanos = 1_000_000;
-        let mut t = DemandTracker::new(1, 100 * MS, 500 * MS, F);
-        // 200/s, measured over 100 ms.
-        t.sample(0, [("i", 0)].into_iter());
-        t.sample(100 * MS, [("i", 20)].into_iter());
-        assert!(close(t.own_demand("i"), 200.0));
-        // 20 ms later, at the same rate (4 calls, or chance: 0 or 10): not moved.
-        for calls in [24, 20, 30] {
-            assert!(!t.moved(120 * MS, [("i", calls)].into_iter()), "{calls}");
-        }
-        // 13 calls in 20 ms (650/s): moved. So is a new counter with calls.
-        assert!(t.moved(120 * MS, [("i", 33)].into_iter()));
-        assert!(t.moved(120 * MS, [("i", 24), ("j", 9)].into_iter()));
-        // The early sample measures the last 20 ms only, and later samples start from it.
-        let r = t.sample_early(120 * MS, [("i", 33)].into_iter());
-        assert!(close(r.instances[0].offered_rps, 650.0), "{r:?}");
-        t.sample(200 * MS, [("i", 85)].into_iter()); // 52 calls in 80 ms
-        assert!(close(t.own_demand("i"), 650.0), "{}", t.own_demand("i"));
-        // And a rate that fell away is seen too: 0 calls in 30 ms where ~20 were expected.
-        assert!(t.moved(230 * MS, [("i", 85)].into_iter()));
     }
 
     #[test]
