@@ -6,6 +6,7 @@ use crate::limiter::GcraLimiter;
 use crate::metrics::InstanceStats;
 use crate::per_thread::Counter;
 use model::clock::Nanos;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ pub(crate) struct InstanceState {
     /// (ceiling, share): changed together under this lock (publish and share updates race),
     /// read only off the hot path. The limiter holds their product.
     quota: Mutex<(u32, f64)>,
+    /// The ceiling as last set, for the demand checks every few ms that only read it.
+    ceiling: AtomicU32,
     pub(crate) limiter: GcraLimiter,
     /// Requests that reached the limiter: this node's offered load, for the demand reports.
     arrivals: Counter,
@@ -25,6 +28,7 @@ impl InstanceState {
         InstanceState {
             name: name.into(),
             quota: Mutex::new((ceiling_rps, share)),
+            ceiling: AtomicU32::new(ceiling_rps),
             limiter: GcraLimiter::new(f64::from(ceiling_rps) * share, burst),
             arrivals: Counter::default(),
             stats: InstanceStats::default(),
@@ -34,6 +38,7 @@ impl InstanceState {
     fn update(&self, f: impl FnOnce(&mut (u32, f64))) {
         let mut quota = self.quota.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut quota);
+        self.ceiling.store(quota.0, Relaxed);
         self.limiter.set_rate(f64::from(quota.0) * quota.1);
     }
 
@@ -49,6 +54,11 @@ impl InstanceState {
 
     pub(crate) fn ceiling_and_share(&self) -> (u32, f64) {
         *self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cluster-wide ceiling, without the lock.
+    pub(crate) fn ceiling(&self) -> u32 {
+        self.ceiling.load(Relaxed)
     }
 
     pub(crate) fn arrivals(&self) -> u64 {

@@ -14,7 +14,7 @@ use crate::metrics::{self, GlobalStats, Histogram, InstanceTraffic, InstanceView
 use crate::options::DataplaneOptions;
 use crate::request_id::{RequestId, RequestIds};
 use crate::router::{Lookup, Router};
-use crate::shares::{DemandReport, DemandTracker};
+use crate::shares::{DemandReport, DemandTracker, Reading};
 use crate::usage::{HOUR_MS, UsageDrain, UsageRegistry};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Method;
@@ -493,7 +493,7 @@ impl<U: Upstreams> Dataplane<U> {
         let mut demand = lock(&self.inner.demand);
         let mut throttles = lock(&self.inner.throttles);
         throttles.sweep();
-        let mut report = demand.sample(now, arrivals(&snapshot, &throttles));
+        let mut report = demand.sample(now, readings(&snapshot, &throttles));
         let live = demand.live_nodes(now);
         let round = self.round(demand.self_id(), &live, now);
         let (leases, grants) = throttles.lease_round(&round, |key| demand.own_demand(key));
@@ -502,6 +502,23 @@ impl<U: Upstreams> Dataplane<U> {
         report.incarnation = throttles.incarnation;
         Self::apply_shares(&demand, &throttles, &snapshot, now);
         report
+    }
+
+    /// An early report, if calls have moved to or away from this node at an instance or a
+    /// per-second limit since the last report by more than chance explains (see
+    /// `DemandTracker::moved`): the moved rates measured since the last report, this node's
+    /// shares set from them at once, and the report for the peers, so that theirs follow. One
+    /// read of each counter; the report loop asks every ~10 ms. Only demand: leases go with
+    /// the periodic [`demand_report`](Self::demand_report).
+    pub fn demand_report_early(&self) -> Option<DemandReport> {
+        let now = self.now();
+        let snapshot = self.inner.snapshot.load();
+        let mut demand = lock(&self.inner.demand);
+        let throttles = lock(&self.inner.throttles);
+        let mut report = demand.sample_early(now, readings(&snapshot, &throttles))?;
+        report.incarnation = throttles.incarnation;
+        Self::apply_shares(&demand, &throttles, &snapshot, now);
+        Some(report)
     }
 
     fn round<'a>(&self, self_id: u64, live: &'a [u64], now: Nanos) -> crate::throttle::Round<'a> {
@@ -705,21 +722,21 @@ impl<U: Upstreams> Dataplane<U> {
     }
 }
 
-/// The arrivals counter of every instance and policy counter: what demand is measured from.
-fn arrivals<'a, U: Upstreams>(
+/// The demand counters of every instance and policy counter: what demand is measured from.
+fn readings<'a, U: Upstreams>(
     snapshot: &'a Snapshot<U>,
     throttles: &'a crate::throttle::Registry,
-) -> impl Iterator<Item = (&'a str, u64)> + 'a {
+) -> impl Iterator<Item = Reading<'a>> + 'a {
     snapshot
         .instances
         .values()
-        .map(|i| (&*i.name, i.arrivals()))
-        .chain(
-            throttles
-                .cells
-                .values()
-                .map(|c| (&*c.key, c.arrivals.load(Relaxed))),
-        )
+        .map(|i| Reading {
+            key: &i.name,
+            arrivals: i.arrivals(),
+            refused: i.stats.throttled.get(),
+            ceiling: Some(f64::from(i.ceiling())),
+        })
+        .chain(throttles.cells.values().map(|c| c.reading()))
 }
 
 /// Each instance of `snapshot` with its share, as the metrics read them.

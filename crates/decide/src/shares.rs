@@ -144,20 +144,49 @@ struct Peer {
     down: bool,
 }
 
-/// The rate of each counter in `counts` since `old`, `elapsed` earlier (a counter new since
-/// then counts from zero).
-fn rates(
-    counts: &HashMap<String, u64>,
-    old: &HashMap<String, u64>,
-    elapsed: Nanos,
-) -> HashMap<String, f64> {
+/// How far the calls counted at a counter since the last sample must stray from what its
+/// measured rate predicts before the rate counts as moved ([`DemandTracker::moved`]): more than
+/// this many calls, and more than this fraction of the prediction. Chance (Poisson) alone
+/// rarely strays that far: at 360 calls/s over 40 ms, 14.4 are expected, and 6 or fewer or 23
+/// or more arrive about once in a hundred looks.
+const MOVED_MIN_CALLS: f64 = 8.0;
+const MOVED_FRACTION: f64 = 0.5;
+/// The same, for a rise where calls were refused: the refusals are evidence of their own, so
+/// fewer calls suffice (at 360 calls/s, 20 ms rather than 40).
+const ROSE_MIN_CALLS: f64 = 4.0;
+
+/// One demand counter as read at a moment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reading<'a> {
+    pub(crate) key: &'a str,
+    /// Calls that reached it (its offered load).
+    pub(crate) arrivals: u64,
+    /// Calls it refused.
+    pub(crate) refused: u64,
+    /// The cluster-wide rate the nodes share by demand (an instance's ceiling, a per-second
+    /// policy limit); `None` for counters whose demand sizes leases of window budgets.
+    pub(crate) ceiling: Option<f64>,
+}
+
+/// A counter's totals at a sample: (arrivals, refused).
+type Totals = HashMap<String, (u64, u64)>;
+
+/// The rate of calls at each counter in `counts` since `old`, `elapsed` earlier (a counter new
+/// since then counts from zero).
+fn rates(counts: &Totals, old: &Totals, elapsed: Nanos) -> HashMap<String, f64> {
     let dt = elapsed as f64 / 1e9;
     counts
         .iter()
-        .map(|(k, v)| {
-            let before = old.get(k).copied().unwrap_or(0);
+        .map(|(k, (v, _))| {
+            let before = old.get(k).map_or(0, |o| o.0);
             (k.clone(), v.saturating_sub(before) as f64 / dt)
         })
+        .collect()
+}
+
+fn totals<'a>(readings: impl Iterator<Item = Reading<'a>>) -> Totals {
+    readings
+        .map(|r| (r.key.to_string(), (r.arrivals, r.refused)))
         .collect()
 }
 
@@ -166,8 +195,8 @@ pub(crate) struct DemandTracker {
     self_id: u64,
     peers: Vec<Peer>,
     reports: HashMap<u64, PeerDemand>,
-    /// (time, arrivals counter per instance), oldest first.
-    samples: VecDeque<(Nanos, HashMap<String, u64>)>,
+    /// (time, totals per counter), oldest first.
+    samples: VecDeque<(Nanos, Totals)>,
     own: HashMap<String, f64>,
     own_window: Nanos,
     window: Nanos,
@@ -244,6 +273,14 @@ impl DemandTracker {
         }
         peer.heard = peer.heard.max(now);
         peer.down = false;
+        if report.window_ms == 0 {
+            // Not measured yet (its process just started): it counts as serving, at the even
+            // share a peer without a report is assumed to take, as it assumes itself (see
+            // `share_for`), rather than as idle, which would leave it its floor while the calls
+            // a load balancer sends a node that just became ready arrive.
+            self.reports.remove(&node);
+            return;
+        }
         let rates = report
             .instances
             .iter()
@@ -264,9 +301,9 @@ impl DemandTracker {
     pub(crate) fn sample<'a>(
         &mut self,
         now: Nanos,
-        counters: impl Iterator<Item = (&'a str, u64)>,
+        counters: impl Iterator<Item = Reading<'a>>,
     ) -> DemandReport {
-        let counts: HashMap<String, u64> = counters.map(|(k, v)| (k.to_string(), v)).collect();
+        let counts = totals(counters);
         // Drop samples made obsolete by a younger one that is still old enough.
         while self.samples.len() >= 2 && now.saturating_sub(self.samples[1].0) >= self.window {
             self.samples.pop_front();
@@ -283,6 +320,69 @@ impl DemandTracker {
             self.samples.pop_front();
         }
         self.report()
+    }
+
+    /// Whether calls at shared counter `r` have moved to or away from this node (a peer died
+    /// and its calls came here, or they went back to it after its restart) in the `dt` seconds
+    /// since the sample `old`, by more than chance explains. Then an early report
+    /// ([`sample_early`](Self::sample_early)) lets the shares follow within tens of ms rather
+    /// than one to two report periods, which is what per-second limits lose in the second a
+    /// node dies or returns.
+    ///
+    /// A rise counts only where the counter has refused calls since then: a burst that the
+    /// limiter's tolerance absorbed is no reason to take capacity from the other nodes (an
+    /// earlier version without this check read a burst of 30 calls far below the ceiling as a
+    /// rate above it, and another node throttled calls under its share; issue 17). A fall
+    /// counts anywhere: it only gives capacity back.
+    fn moved_at(&self, r: &Reading<'_>, old: &Totals, dt: f64) -> bool {
+        if r.ceiling.is_none() || dt <= 0.0 {
+            return false;
+        }
+        let (arrived, refused) = old.get(r.key).copied().unwrap_or((0, 0));
+        let got = r.arrivals.saturating_sub(arrived) as f64;
+        let expected = self.own_demand(r.key) * dt;
+        let refusing = r.refused > refused;
+        let rose = ROSE_MIN_CALLS.max(MOVED_FRACTION * expected);
+        let fell = MOVED_MIN_CALLS.max(MOVED_FRACTION * expected);
+        (refusing && got > expected + rose) || got < expected - fell
+    }
+
+    /// An early sample, if a rate has [`moved`](Self::moved_at) (`None`: none has): each shared
+    /// counter whose rate moved gets
+    /// the rate measured since the last sample only (older samples would pull it back toward
+    /// the old one), and later samples measure from now.
+    ///
+    /// A risen rate claims at most the ceiling (or its last measured rate, if more): a burst
+    /// read as a rate over a few ms can then at worst halve the other nodes' shares of a
+    /// ceiling their demand fits in, until the next periodic report (measured over a whole
+    /// window) corrects it.
+    pub(crate) fn sample_early<'a>(
+        &mut self,
+        now: Nanos,
+        counters: impl Iterator<Item = Reading<'a>>,
+    ) -> Option<DemandReport> {
+        let readings: Vec<Reading<'_>> = counters.collect();
+        let (then, old) = self.samples.back()?;
+        let dt = now.saturating_sub(*then);
+        let moved: Vec<&Reading<'_>> = readings
+            .iter()
+            .filter(|r| self.moved_at(r, old, dt as f64 / 1e9))
+            .collect();
+        if moved.is_empty() {
+            return None;
+        }
+        let short = rates(&totals(readings.iter().copied()), old, dt);
+        for r in moved {
+            let Some(ceiling) = r.ceiling else { continue };
+            let measured = self.own_demand(r.key);
+            let rate = short.get(r.key).copied().unwrap_or(0.0);
+            let rate = rate.min(measured.max(ceiling));
+            self.own.insert(r.key.to_string(), rate);
+        }
+        self.own_window = dt;
+        self.samples.clear();
+        self.samples.push_back((now, totals(readings.into_iter())));
+        Some(self.report())
     }
 
     pub(crate) fn report(&self) -> DemandReport {
@@ -327,6 +427,19 @@ impl DemandTracker {
         self.own.get(instance).copied().unwrap_or(0.0)
     }
 
+    /// The demands at `key` of the live peers whose report is fresh.
+    fn fresh_peer_demands<'a>(
+        &'a self,
+        key: &'a str,
+        now: Nanos,
+    ) -> impl Iterator<Item = f64> + 'a {
+        self.live_peers(now).filter_map(move |id| {
+            let r = self.reports.get(&id)?;
+            (now.saturating_sub(r.received) <= self.stale_after)
+                .then(|| r.rates.get(key).copied().unwrap_or(0.0))
+        })
+    }
+
     /// This node's share of `instance`'s ceiling at `now`.
     pub(crate) fn share_for(
         &self,
@@ -335,14 +448,12 @@ impl DemandTracker {
         now: Nanos,
         scratch: &mut Vec<f64>,
     ) -> f64 {
-        scratch.clear();
-        for id in self.live_peers(now) {
-            if let Some(r) = self.reports.get(&id)
-                && now.saturating_sub(r.received) <= self.stale_after
-            {
-                scratch.push(r.rates.get(instance).copied().unwrap_or(0.0));
-            }
+        if self.own_window == 0 {
+            // Nothing measured yet: the even share its peers assume for it (see `record_peer`).
+            return 1.0 / self.n_nodes(now) as f64;
         }
+        scratch.clear();
+        scratch.extend(self.fresh_peer_demands(instance, now));
         share(
             self.own_demand(instance),
             scratch,
@@ -435,6 +546,21 @@ mod tests {
         assert!(close(s[2], F));
     }
 
+    /// Counter `key`, shared under a ceiling of `C`, at `arrivals` calls of which `refused`
+    /// were refused.
+    fn counted(key: &str, arrivals: u64, refused: u64) -> std::iter::Once<Reading<'_>> {
+        std::iter::once(Reading {
+            key,
+            arrivals,
+            refused,
+            ceiling: Some(C),
+        })
+    }
+
+    fn at(key: &str, arrivals: u64) -> std::iter::Once<Reading<'_>> {
+        counted(key, arrivals, 0)
+    }
+
     /// A peer's report of `rps` offered at instance `i`.
     fn report_of(rps: f64) -> DemandReport {
         DemandReport {
@@ -454,8 +580,8 @@ mod tests {
         let mut t = DemandTracker::new(1, sec / 10, sec / 2, F);
         let mut scratch = Vec::new();
         t.set_serving(&[1, 2, 3], 1, 0);
-        t.sample(0, [("i", 0)].into_iter());
-        let r = t.sample(sec / 10, [("i", 100)].into_iter());
+        t.sample(0, at("i", 0));
+        let r = t.sample(sec / 10, at("i", 100));
         assert_eq!(r.instances[0].offered_rps, 1000.0);
         assert_eq!(r.window_ms, 100);
         // Node 9 does not serve: ignored. Nodes 2, 3 not heard from: 1/3 for us.
@@ -487,14 +613,109 @@ mod tests {
         assert_eq!(t.n_nodes(5 * sec + GONE_AFTER + 1), 1);
     }
 
+    /// Whether any of `counters` moved since `t`'s last sample.
+    fn moved<'a>(
+        t: &DemandTracker,
+        now: Nanos,
+        mut counters: impl Iterator<Item = Reading<'a>>,
+    ) -> bool {
+        let (then, old) = t.samples.back().expect("a sample");
+        let dt = (now - then) as f64 / 1e9;
+        counters.any(|r| t.moved_at(&r, old, dt))
+    }
+
+    #[test]
+    fn moved_calls_are_reported_early() {
+        const MS: Nanos = 1_000_000;
+        let mut t = DemandTracker::new(1, 100 * MS, 500 * MS, F);
+        t.set_serving(&[1, 2], 1, 0);
+        // 200/s, measured over 100 ms.
+        t.sample(0, at("i", 0));
+        t.sample(100 * MS, at("i", 20));
+        assert!(close(t.own_demand("i"), 200.0));
+        // 20 ms later at the same rate (4 calls), or what chance gives (0 or 8), calls refused
+        // or not: not moved.
+        for calls in [24, 20, 28] {
+            assert!(!moved(&t, 120 * MS, counted("i", calls, 1)), "{calls}");
+        }
+        // 13 calls in 20 ms (650/s) with none refused: a burst the limiter took, not moved.
+        assert!(!moved(&t, 120 * MS, counted("i", 33, 0)));
+        // With calls refused it has moved, and so has a counter new since then.
+        assert!(moved(&t, 120 * MS, counted("i", 33, 1)));
+        let new = counted("i", 24, 0).chain(counted("j", 9, 2));
+        assert!(moved(&t, 120 * MS, new));
+        // Counters without a ceiling (window budgets) never move early.
+        let windowed = std::iter::once(Reading {
+            ceiling: None,
+            ..counted("w", 50, 50).next().unwrap()
+        });
+        assert!(!moved(&t, 120 * MS, at("i", 24).chain(windowed)));
+        // The early report is the rate measured over those 20 ms alone.
+        let r = t.sample_early(120 * MS, counted("i", 33, 1)).unwrap();
+        assert!(close(r.instances[0].offered_rps, 650.0), "{r:?}");
+        // Later samples measure from the early one: 52 calls in 80 ms.
+        t.sample(200 * MS, at("i", 85));
+        assert!(close(t.own_demand("i"), 650.0), "{}", t.own_demand("i"));
+        // A rise claims at most the ceiling: 30 calls in 10 ms read 3,000/s.
+        let r = t.sample_early(210 * MS, counted("i", 115, 2)).unwrap();
+        assert!(close(r.instances[0].offered_rps, C), "{r:?}");
+        // A rate that fell away is seen too, refusals or not: 0 calls in 30 ms where 30 were
+        // expected; its early report is the rate measured since the last sample.
+        assert!(moved(&t, 240 * MS, at("i", 115)));
+        let r = t.sample_early(240 * MS, at("i", 115)).unwrap();
+        assert!(close(r.instances[0].offered_rps, 0.0), "{r:?}");
+        // Nothing moved: no early report.
+        assert!(t.sample_early(250 * MS, at("i", 115)).is_none());
+    }
+
+    #[test]
+    fn a_node_not_yet_measured_takes_the_even_share_and_is_given_it() {
+        const MS: Nanos = 1_000_000;
+        // Node 1 just started: it has sampled once, so it has no rate yet.
+        let mut fresh = DemandTracker::new(1, 100 * MS, 500 * MS, F);
+        let mut scratch = Vec::new();
+        fresh.set_serving(&[1, 2, 3], 1, 0);
+        let first = fresh.sample(0, at("i", 0));
+        assert_eq!(first.window_ms, 0);
+        // Its peers' reports (heavy demand at node 2) do not push it to its floor: it counts
+        // on 1/3 until it has measured its own rate...
+        fresh.record_peer(2, &report_of(900.0), MS);
+        fresh.record_peer(3, &report_of(100.0), MS);
+        assert!(close(fresh.share_for("i", C, MS, &mut scratch), 1.0 / 3.0));
+        // ...and a peer that hears its first report leaves it that third, not its floor.
+        let mut peer = DemandTracker::new(2, 100 * MS, 500 * MS, F);
+        peer.set_serving(&[1, 2, 3], 2, 0);
+        peer.sample(0, at("i", 0));
+        peer.sample(100 * MS, at("i", 90)); // 900/s
+        peer.mark_down(1);
+        peer.record_peer(3, &report_of(100.0), 100 * MS);
+        peer.record_peer(1, &first, 100 * MS);
+        assert_eq!(peer.n_nodes(100 * MS), 3);
+        let node_2 = peer.share_for("i", C, 100 * MS, &mut scratch);
+        assert!(close(node_2, F + (2.0 / 3.0 - 2.0 * F) * 0.9), "{node_2}");
+        // Once measured, it is a peer like the others.
+        let r = fresh.sample(100 * MS, at("i", 30)); // 300/s
+        let node_1 = fresh.share_for("i", C, 100 * MS, &mut scratch);
+        assert!(
+            close(node_1, F + (1.0 - 3.0 * F) * 300.0 / 1300.0),
+            "{node_1}"
+        );
+        peer.record_peer(1, &r, 110 * MS);
+        let node_2 = peer.share_for("i", C, 110 * MS, &mut scratch);
+        assert!(
+            close(node_2, F + (1.0 - 3.0 * F) * 900.0 / 1300.0),
+            "{node_2}"
+        );
+    }
+
     #[test]
     fn a_peer_found_down_stops_counting_at_once_and_counts_again_when_heard() {
         let sec = 1_000_000_000;
         let mut t = DemandTracker::new(1, sec / 10, sec / 2, F);
         let mut scratch = Vec::new();
         t.set_serving(&[1, 2, 3], 1, 0);
-        t.sample(0, [("i", 0)].into_iter());
-        t.sample(sec / 10, [("i", 10)].into_iter()); // 100/s
+        t.sample(0, at("i", 0));
+        t.sample(sec / 10, at("i", 10)); // 100/s
         t.record_peer(2, &report_of(800.0), sec / 10);
         t.record_peer(3, &report_of(100.0), sec / 10);
         let before = t.share_for("i", C, sec / 10, &mut scratch);

@@ -21,6 +21,7 @@ use crate::error::{GatewayError, ThrottleScope};
 use crate::limiter::GcraLimiter;
 use crate::metrics::escape;
 use crate::per_thread::Counter;
+use crate::shares::Reading;
 use model::ThrottleUnit;
 use model::clock::{NANOS_PER_SEC, Nanos};
 use std::collections::HashMap;
@@ -64,6 +65,16 @@ impl Cell {
             // Until the first share is computed: the whole limit (a single node's).
             gcra: GcraLimiter::new(limit as f64, burst),
             lease: LeaseCell::default(),
+        }
+    }
+
+    /// Its demand counters now; per-second limits are shared by demand, the others leased.
+    pub(crate) fn reading(&self) -> Reading<'_> {
+        Reading {
+            key: &self.key,
+            arrivals: self.arrivals.load(Relaxed),
+            refused: self.refused.get(),
+            ceiling: (self.unit == ThrottleUnit::Second).then(|| self.limit.load(Relaxed) as f64),
         }
     }
 

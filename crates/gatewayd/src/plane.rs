@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// How often each node tells its peers its offered load per instance.
 const DEMAND_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the demand loop looks, between reports, whether calls have moved.
+const EARLY_CHECK: Duration = Duration::from_millis(10);
 
 /// The built-in shared instance's settings.
 #[derive(Debug, Clone)]
@@ -235,17 +237,27 @@ pub fn spawn_publisher(
 }
 
 /// Every 100 ms: measure this node's demand, send it to the peers, keep the serving set in
-/// step with the membership, and keep readiness up to date.
+/// step with the membership, and keep readiness up to date. Every 10 ms between those: if
+/// calls have moved to or away from this node (a peer died or came back), an early report, so
+/// that the shares follow in tens of ms.
 pub async fn demand_loop(
     node: Node,
     dp: Dataplane,
     ready: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
 ) {
-    let mut tick = tokio::time::interval(DEMAND_INTERVAL);
+    let mut tick = tokio::time::interval(EARLY_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        let now = tick.tick().await;
+        if last_report.is_some_and(|t| now.duration_since(t) < DEMAND_INTERVAL) {
+            if let Some(report) = dp.demand_report_early() {
+                broadcast(&node, &dp, report).await;
+            }
+            continue;
+        }
+        last_report = Some(now);
         let members: Vec<u64> = node.members().keys().copied().collect();
         if !members.is_empty() {
             dp.set_serving_nodes(&members, node.id());
