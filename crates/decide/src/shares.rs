@@ -151,9 +151,12 @@ struct Peer {
 /// or more arrive about once in a hundred looks.
 const MOVED_MIN_CALLS: f64 = 8.0;
 const MOVED_FRACTION: f64 = 0.5;
-/// The same, for a rise where calls were refused: the refusals are evidence of their own, so
-/// fewer calls suffice (at 360 calls/s, 20 ms rather than 40).
+/// The same, for a rise where calls were refused (the refusals are evidence of their own, so
+/// fewer calls suffice: at 360 calls/s, 20 ms rather than 40), and at least this many standard
+/// deviations of a Poisson count: at 200 calls/s over 10 ms, 2 are expected and 8 needed, which
+/// chance gives about once in a thousand looks.
 const ROSE_MIN_CALLS: f64 = 4.0;
+const ROSE_DEVIATIONS: f64 = 4.0;
 
 /// One demand counter as read at a moment.
 #[derive(Clone, Copy, Debug)]
@@ -308,8 +311,10 @@ impl DemandTracker {
         while self.samples.len() >= 2 && now.saturating_sub(self.samples[1].0) >= self.window {
             self.samples.pop_front();
         }
+        // Over at least half a window: right after an early sample (which starts the
+        // measuring afresh) the rates it measured stand until there is enough to measure.
         if let Some((then, old)) = self.samples.front()
-            && now > *then
+            && now.saturating_sub(*then) >= self.window / 2
         {
             self.own = rates(&counts, old, now - then);
             self.own_window = now - then;
@@ -335,16 +340,27 @@ impl DemandTracker {
     /// rate above it, and another node throttled calls under its share; issue 17). A fall
     /// counts anywhere: it only gives capacity back.
     fn moved_at(&self, r: &Reading<'_>, old: &Totals, dt: f64) -> bool {
-        if r.ceiling.is_none() || dt <= 0.0 {
+        if dt <= 0.0 {
             return false;
         }
+        let Some(ceiling) = r.ceiling else {
+            return false;
+        };
         let (arrived, refused) = old.get(r.key).copied().unwrap_or((0, 0));
         let got = r.arrivals.saturating_sub(arrived) as f64;
-        let expected = self.own_demand(r.key) * dt;
+        let rate = self.own_demand(r.key);
+        let expected = rate * dt;
         let refusing = r.refused > refused;
-        let rose = ROSE_MIN_CALLS.max(MOVED_FRACTION * expected);
+        // A rise that is not there costs capacity (the node holds a share it does not use)
+        // while a fall that is not there costs next to nothing (the node's share goes to nodes
+        // that use it, and below the ceiling the spare is spread anyway), so a rise must stand
+        // out further: four standard deviations of a Poisson count as well.
+        let rose = ROSE_MIN_CALLS
+            .max(ROSE_DEVIATIONS * expected.sqrt())
+            .max(MOVED_FRACTION * expected);
         let fell = MOVED_MIN_CALLS.max(MOVED_FRACTION * expected);
-        (refusing && got > expected + rose) || got < expected - fell
+        // A rate already at the ceiling cannot claim more early (see `sample_early`).
+        (refusing && rate < ceiling && got > expected + rose) || got < expected - fell
     }
 
     /// An early sample, if a rate has [`moved`](Self::moved_at) (`None`: none has): each shared
