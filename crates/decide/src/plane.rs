@@ -535,15 +535,19 @@ impl<U: Upstreams> Dataplane<U> {
     /// serving are ignored.
     pub fn apply_peer_demand(&self, node_id: u64, report: &DemandReport, now: Nanos) {
         let mut demand = lock(&self.inner.demand);
-        demand.record_peer(node_id, report, now);
+        let back = demand.record_peer(node_id, report, now);
         let mut throttles = lock(&self.inner.throttles);
+        let snapshot = self.inner.snapshot.load();
+        if back {
+            demand.measure_afresh(self.now(), readings(&snapshot, &throttles));
+        }
         throttles.note_peer(node_id, report.incarnation);
         if !report.leases.is_empty() || !report.grants.is_empty() {
             let live = demand.live_nodes(now);
             let round = self.round(demand.self_id(), &live, now);
             throttles.on_peer(&round, node_id, &report.leases, &report.grants);
         }
-        Self::apply_shares(&demand, &throttles, &self.inner.snapshot.load(), now);
+        Self::apply_shares(&demand, &throttles, &snapshot, now);
     }
 
     /// A peer's process is known to be gone (a demand report to it was refused): it stops
@@ -555,17 +559,25 @@ impl<U: Upstreams> Dataplane<U> {
 
     /// Which nodes serve traffic (this one is always counted). Changes every instance's share.
     pub fn set_serving_nodes(&self, ids: &[u64], self_id: u64) {
-        self.change_serving(|demand, now| demand.set_serving(ids, self_id, now));
+        self.change_serving(|demand, now| {
+            demand.set_serving(ids, self_id, now);
+            false
+        });
     }
 
-    /// Changes who counts as serving, then every share follows.
-    fn change_serving(&self, change: impl FnOnce(&mut DemandTracker, Nanos)) {
+    /// Changes who counts as serving, then every share follows. `change` says whether calls
+    /// are about to move (a peer went down): then this node's rates are measured afresh.
+    fn change_serving(&self, change: impl FnOnce(&mut DemandTracker, Nanos) -> bool) {
         let mut demand = lock(&self.inner.demand);
         let now = self.now();
-        change(&mut demand, now);
+        let moving = change(&mut demand, now);
         self.inner.n_nodes.store(demand.n_nodes(now), Relaxed);
         let throttles = lock(&self.inner.throttles);
-        Self::apply_shares(&demand, &throttles, &self.inner.snapshot.load(), now);
+        let snapshot = self.inner.snapshot.load();
+        if moving {
+            demand.measure_afresh(now, readings(&snapshot, &throttles));
+        }
+        Self::apply_shares(&demand, &throttles, &snapshot, now);
     }
 
     /// Sets the shares of `instances` (new ones, or ones whose ceiling changed) from what is

@@ -237,11 +237,17 @@ impl DemandTracker {
     /// A peer whose process is known to be gone (a report to it was refused) stops counting
     /// as serving at once, rather than after [`GONE_AFTER`] of silence: a killed node's share
     /// goes to the others within a report period. It counts again when it reports.
-    pub(crate) fn mark_down(&mut self, node: u64) {
-        if let Some(p) = self.peers.iter_mut().find(|p| p.id == node) {
-            p.down = true;
-            self.reports.remove(&node);
-        }
+    ///
+    /// Returns whether it counted until now: then its calls are about to move to the others
+    /// (see [`measure_afresh`](Self::measure_afresh)).
+    pub(crate) fn mark_down(&mut self, node: u64) -> bool {
+        let Some(p) = self.peers.iter_mut().find(|p| p.id == node) else {
+            return false;
+        };
+        let was_up = !p.down;
+        p.down = true;
+        self.reports.remove(&node);
+        was_up
     }
 
     pub(crate) fn set_serving(&mut self, ids: &[u64], self_id: u64, now: Nanos) {
@@ -266,15 +272,20 @@ impl DemandTracker {
             .retain(|id, _| peers.iter().any(|p| p.id == *id));
     }
 
-    pub(crate) fn record_peer(&mut self, node: u64, report: &DemandReport, now: Nanos) {
+    ///
+    /// Returns whether the peer is back (it was down, or this is the first report of its
+    /// restarted process): then calls are about to move back to it (see
+    /// [`measure_afresh`](Self::measure_afresh)).
+    pub(crate) fn record_peer(&mut self, node: u64, report: &DemandReport, now: Nanos) -> bool {
         // Reports from nodes that do not serve are ignored: they must not take a share.
         let Some(peer) = self.peers.iter_mut().find(|p| p.id == node) else {
-            return;
+            return false;
         };
         if node == self.self_id {
-            return;
+            return false;
         }
         peer.heard = peer.heard.max(now);
+        let back = peer.down || (report.window_ms == 0 && self.reports.contains_key(&node));
         peer.down = false;
         if report.window_ms == 0 {
             // Not measured yet (its process just started): it counts as serving, at the even
@@ -282,7 +293,7 @@ impl DemandTracker {
             // `share_for`), rather than as idle, which would leave it its floor while the calls
             // a load balancer sends a node that just became ready arrive.
             self.reports.remove(&node);
-            return;
+            return back;
         }
         let rates = report
             .instances
@@ -297,6 +308,22 @@ impl DemandTracker {
                 rates,
             },
         );
+        back
+    }
+
+    /// Starts measuring this node's rates afresh at `now`, keeping the rates measured so far
+    /// until there is enough to measure again: a peer just went down or came back, so calls
+    /// are about to move to or away from this node, and the early reports that follow them
+    /// should measure only what came after (a rate measured across the move is the old and the
+    /// new one mixed, which left the node that took a dead node's calls short of its share for
+    /// a report period in the throttling benchmark).
+    pub(crate) fn measure_afresh<'a>(
+        &mut self,
+        now: Nanos,
+        counters: impl Iterator<Item = Reading<'a>>,
+    ) {
+        self.samples.clear();
+        self.samples.push_back((now, totals(counters)));
     }
 
     /// Records the arrival counters at `now` and measures this node's offered rates over the
@@ -682,6 +709,17 @@ mod tests {
         assert!(close(r.instances[0].offered_rps, 0.0), "{r:?}");
         // Nothing moved: no early report.
         assert!(t.sample_early(250 * MS, at("i", 115)).is_none());
+        // Measured afresh (a peer went down): the rate stands, and what follows is measured
+        // from there alone: 9 calls in the 10 ms after it, refused, where 115 came before.
+        t.sample(300 * MS, at("i", 130)); // 15 calls in 60 ms: 250/s
+        assert!(close(t.own_demand("i"), 250.0), "{}", t.own_demand("i"));
+        t.measure_afresh(300 * MS, at("i", 130));
+        assert!(close(t.own_demand("i"), 250.0));
+        let r = t.sample_early(310 * MS, counted("i", 139, 3)).unwrap();
+        assert!(close(r.instances[0].offered_rps, 900.0), "{r:?}");
+        // A periodic sample with too little since the last one keeps the rate it has.
+        t.sample(320 * MS, at("i", 140));
+        assert!(close(t.own_demand("i"), 900.0), "{}", t.own_demand("i"));
     }
 
     #[test]
@@ -738,7 +776,11 @@ mod tests {
         assert!(before < 0.2, "{before}");
         // Node 2 (80% of the demand) is found down 50 ms later: its share is ours and node 3's
         // at once, not after GONE_AFTER, and its last report no longer counts.
-        t.mark_down(2);
+        assert!(
+            t.mark_down(2),
+            "it counted until now: its calls are about to move"
+        );
+        assert!(!t.mark_down(2), "already down");
         let now = sec / 10 + sec / 20;
         assert_eq!(t.n_nodes(now), 2);
         assert_eq!(t.live_nodes(now), vec![1, 3]);
@@ -750,10 +792,11 @@ mod tests {
         // A membership refresh does not bring it back; a report from it does.
         t.set_serving(&[1, 2, 3], 1, now);
         assert_eq!(t.n_nodes(now), 2);
-        t.record_peer(2, &report_of(800.0), now);
+        assert!(t.record_peer(2, &report_of(800.0), now), "back");
+        assert!(!t.record_peer(2, &report_of(800.0), now), "not back twice");
         assert_eq!(t.n_nodes(now), 3);
         // Unknown nodes are ignored.
-        t.mark_down(9);
+        assert!(!t.mark_down(9));
         assert_eq!(t.n_nodes(now), 3);
     }
 
