@@ -457,3 +457,37 @@ fn a_node_that_wakes_up_below_the_ceiling_is_not_throttled() {
     let admitted = admitted_over(&dp, &clock, from, from + 100 * MS, 10 * MS);
     assert_eq!(admitted, 10);
 }
+
+#[test]
+fn a_new_per_second_limit_starts_at_this_nodes_share() {
+    // One node of three, nothing heard yet: its share of anything is a third. A per-second
+    // limit published now admits a third of it here from its first call, not the whole limit
+    // until the next report (which let a restarted node over-admit).
+    let clock = Arc::new(FakeClock::new(SEC));
+    let dp = single_node(&clock, 100_000);
+    dp.set_serving_nodes(&[1, 2, 3], 1);
+    let with_limit = |limit: u64| {
+        let mut cfg = config(100_000);
+        cfg.groups[0].throttles.insert(
+            (Stage::Release, "x".into()),
+            dataplane::ThrottleConfig {
+                policy: "p".into(),
+                unit: dataplane::ThrottleUnit::Second,
+                api_limit: limit,
+                user_limit: None,
+                app_limit: None,
+                special_apps: Default::default(),
+                special_accounts: Default::default(),
+            },
+        );
+        cfg
+    };
+    dp.publish(&with_limit(300));
+    // 10x overload for a second: a third of 300, plus the burst tolerance (50 ms of it).
+    let first = admitted_over(&dp, &clock, SEC, 2 * SEC, MS);
+    assert!((100..=106).contains(&first), "{first}");
+    // A raised limit takes effect at once, at the same share.
+    dp.publish(&with_limit(600));
+    let raised = admitted_over(&dp, &clock, 2 * SEC, 3 * SEC, MS);
+    assert!((199..=201).contains(&raised), "{raised}");
+}

@@ -35,21 +35,21 @@ impl InstanceState {
         }
     }
 
-    fn update(&self, f: impl FnOnce(&mut (u32, f64))) {
+    fn update(&self, now: Nanos, f: impl FnOnce(&mut (u32, f64))) {
         let mut quota = self.quota.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut quota);
         self.ceiling.store(quota.0, Relaxed);
-        self.limiter.set_rate(f64::from(quota.0) * quota.1);
+        self.limiter.set_rate_at(f64::from(quota.0) * quota.1, now);
     }
 
-    /// In place: the limiter keeps its booking.
-    pub(crate) fn set_ceiling(&self, ceiling_rps: u32) {
-        self.update(|q| q.0 = ceiling_rps);
+    /// In place at `now`: the limiter keeps its booking.
+    pub(crate) fn set_ceiling(&self, ceiling_rps: u32, now: Nanos) {
+        self.update(now, |q| q.0 = ceiling_rps);
     }
 
-    /// In place: the limiter keeps its booking.
-    pub(crate) fn set_share(&self, share: f64) {
-        self.update(|q| q.1 = share);
+    /// In place at `now`: the limiter keeps its booking.
+    pub(crate) fn set_share(&self, share: f64, now: Nanos) {
+        self.update(now, |q| q.1 = share);
     }
 
     pub(crate) fn ceiling_and_share(&self) -> (u32, f64) {

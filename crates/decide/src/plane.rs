@@ -588,7 +588,21 @@ impl<U: Upstreams> Dataplane<U> {
         let mut scratch = Vec::new();
         for instance in instances {
             let ceiling = f64::from(instance.ceiling_and_share().0);
-            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
+            instance.set_share(
+                demand.share_for(&instance.name, ceiling, now, &mut scratch),
+                now,
+            );
+        }
+    }
+
+    /// Sets the shares of the per-second limits made or changed by the last compile.
+    pub(crate) fn update_throttle_shares(&self) {
+        let now = self.now();
+        let demand = lock(&self.inner.demand);
+        let changed = lock(&self.inner.throttles).take_changed();
+        let mut scratch = Vec::new();
+        for cell in changed {
+            set_throttle_share(&demand, &cell, now, &mut scratch);
         }
     }
 
@@ -601,14 +615,15 @@ impl<U: Upstreams> Dataplane<U> {
         let mut scratch = Vec::new();
         for instance in snapshot.instances.values() {
             let ceiling = f64::from(instance.ceiling_and_share().0);
-            instance.set_share(demand.share_for(&instance.name, ceiling, now, &mut scratch));
+            instance.set_share(
+                demand.share_for(&instance.name, ceiling, now, &mut scratch),
+                now,
+            );
         }
         // Per-second policy limits follow demand the same way.
         for cell in throttles.cells.values() {
             if cell.unit == crate::config::ThrottleUnit::Second {
-                let limit = cell.limit.load(Relaxed) as f64;
-                let share = demand.share_for(&cell.key, limit, now, &mut scratch);
-                cell.gcra.set_rate(limit * share);
+                set_throttle_share(demand, cell, now, &mut scratch);
             }
         }
     }
@@ -732,6 +747,18 @@ impl<U: Upstreams> Dataplane<U> {
         crate::spread::render(out, &self.inner.backends);
         lock(&self.inner.throttles).render_metrics(out);
     }
+}
+
+/// Sets a per-second limit's rate on this node to its share of the limit.
+fn set_throttle_share(
+    demand: &DemandTracker,
+    cell: &crate::throttle::Cell,
+    now: Nanos,
+    scratch: &mut Vec<f64>,
+) {
+    let limit = cell.limit.load(Relaxed) as f64;
+    let share = demand.share_for(&cell.key, limit, now, scratch);
+    cell.gcra.set_rate_at(limit * share, now);
 }
 
 /// The demand counters of every instance and policy counter: what demand is measured from.

@@ -216,6 +216,10 @@ impl<U: Upstreams> Dataplane<U> {
         apply_groups(loaded, changes, &mut work);
         self.apply_apps(loaded, changes, &mut report);
         self.compile_groups(loaded, &mut work, &mut report);
+        // New per-second limits, and changed ones, get this node's share before any call
+        // reaches them (a new counter otherwise admitted the whole limit here until the next
+        // report: a restarted node over-admitted by ~2% in the throttling benchmark).
+        self.update_throttle_shares();
         rebuild_buckets(loaded, &work.buckets, &mut report);
         report.routes = loaded.routes;
 
@@ -241,7 +245,7 @@ impl<U: Upstreams> Dataplane<U> {
                 Some(li) if li.config == *ic => {}
                 Some(li) => {
                     if li.config.ceiling_rps != ic.ceiling_rps {
-                        li.state.set_ceiling(ic.ceiling_rps);
+                        li.state.set_ceiling(ic.ceiling_rps, self.now());
                         work.shares.push(li.state.clone());
                     }
                     if li.config.region != ic.region {

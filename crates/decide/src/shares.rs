@@ -202,9 +202,24 @@ pub(crate) struct DemandTracker {
     samples: VecDeque<(Nanos, Totals)>,
     own: HashMap<String, f64>,
     own_window: Nanos,
+    /// A fast estimate of each counter's rate, updated at every sample and every look for
+    /// moved calls (see [`FAST_TAU`]), and when it was last updated.
+    fast: HashMap<String, Fast>,
+    fast_at: Nanos,
     window: Nanos,
     stale_after: Nanos,
     floor: f64,
+}
+
+/// The time constant of [`DemandTracker`]'s fast rate estimates: two looks for moved calls.
+/// Where calls moved in the middle of a measuring window, the rate over the window is the old
+/// and the new one mixed; the fast estimate is mostly the new one (after 40 ms, 86% of it).
+const FAST_TAU: Nanos = 20_000_000;
+
+/// A counter's total at the last look, and its fast rate estimate.
+struct Fast {
+    count: u64,
+    rate: f64,
 }
 
 impl DemandTracker {
@@ -216,6 +231,8 @@ impl DemandTracker {
             samples: VecDeque::new(),
             own: HashMap::new(),
             own_window: 0,
+            fast: HashMap::new(),
+            fast_at: 0,
             window,
             stale_after,
             floor,
@@ -311,6 +328,28 @@ impl DemandTracker {
         back
     }
 
+    /// Updates the fast rate estimates from the counters' totals at `now`.
+    fn observe_fast<'a>(&mut self, now: Nanos, counts: impl Iterator<Item = (&'a str, u64)>) {
+        let dt = now.saturating_sub(self.fast_at);
+        self.fast_at = now;
+        let alpha = 1.0 - (-(dt as f64) / FAST_TAU as f64).exp();
+        let seconds = dt as f64 / 1e9;
+        for (key, count) in counts {
+            match self.fast.get_mut(key) {
+                Some(f) if dt > 0 => {
+                    let rate = count.saturating_sub(f.count) as f64 / seconds;
+                    f.rate += alpha * (rate - f.rate);
+                    f.count = count;
+                }
+                Some(_) => {}
+                None => {
+                    let rate = self.own_demand(key);
+                    self.fast.insert(key.to_string(), Fast { count, rate });
+                }
+            }
+        }
+    }
+
     /// Starts measuring this node's rates afresh at `now`, keeping the rates measured so far
     /// until there is enough to measure again: a peer just went down or came back, so calls
     /// are about to move to or away from this node, and the early reports that follow them
@@ -334,14 +373,17 @@ impl DemandTracker {
         counters: impl Iterator<Item = Reading<'a>>,
     ) -> DemandReport {
         let counts = totals(counters);
+        self.observe_fast(now, counts.iter().map(|(k, (n, _))| (k.as_str(), *n)));
+        // Counters gone since (swept policies) are forgotten here too.
+        self.fast.retain(|k, _| counts.contains_key(k));
         // Drop samples made obsolete by a younger one that is still old enough.
         while self.samples.len() >= 2 && now.saturating_sub(self.samples[1].0) >= self.window {
             self.samples.pop_front();
         }
-        // Over at least half a window: right after an early sample (which starts the
+        // Over at least 40% of a window: right after an early sample (which starts the
         // measuring afresh) the rates it measured stand until there is enough to measure.
         if let Some((then, old)) = self.samples.front()
-            && now.saturating_sub(*then) >= self.window / 2
+            && now.saturating_sub(*then) >= self.window * 2 / 5
         {
             self.own = rates(&counts, old, now - then);
             self.own_window = now - then;
@@ -405,6 +447,7 @@ impl DemandTracker {
         counters: impl Iterator<Item = Reading<'a>>,
     ) -> Option<DemandReport> {
         let readings: Vec<Reading<'_>> = counters.collect();
+        self.observe_fast(now, readings.iter().map(|r| (r.key, r.arrivals)));
         let (then, old) = self.samples.back()?;
         let dt = now.saturating_sub(*then);
         let moved: Vec<&Reading<'_>> = readings
@@ -419,7 +462,14 @@ impl DemandTracker {
             let Some(ceiling) = r.ceiling else { continue };
             let measured = self.own_demand(r.key);
             let rate = short.get(r.key).copied().unwrap_or(0.0);
-            let rate = rate.min(measured.max(ceiling));
+            // The fast estimate says more of the new rate where calls moved within the time
+            // measured; a rise takes the higher of the two, a fall the lower.
+            let fast = self.fast.get(r.key).map_or(rate, |f| f.rate);
+            let rate = if rate > measured {
+                rate.max(fast).min(measured.max(ceiling))
+            } else {
+                rate.min(fast)
+            };
             self.own.insert(r.key.to_string(), rate);
         }
         self.own_window = dt;

@@ -177,6 +177,9 @@ pub(crate) struct Registry {
     coordinator: Option<(u64, u64)>,
     /// When this node last heard its coordinator (monotonic ms).
     coordinator_heard_ms: u64,
+    /// Per-second counters made or given a new limit since the last
+    /// [`take_changed`](Self::take_changed): their shares are to be set before calls see them.
+    changed: Vec<Arc<Cell>>,
 }
 
 /// What a node knows of the cluster when it runs a lease round.
@@ -202,6 +205,7 @@ impl Default for Registry {
             ledger: Ledger::default(),
             coordinator: None,
             coordinator_heard_ms: 0,
+            changed: Vec::new(),
         }
     }
 }
@@ -223,14 +227,29 @@ impl Registry {
         burst: Duration,
         labels: impl FnOnce() -> String,
     ) -> Arc<Cell> {
-        if let Some(c) = self.cells.get(key.as_str()) {
-            c.limit.store(limit, Relaxed);
-            return c.clone();
+        let c = match self.cells.get(key.as_str()) {
+            Some(c) => {
+                if c.limit.swap(limit, Relaxed) == limit {
+                    return c.clone();
+                }
+                c.clone()
+            }
+            None => {
+                let key: Arc<str> = key.into();
+                let c = Arc::new(Cell::new(key.clone(), unit, limit, burst, labels()));
+                self.cells.insert(key, c.clone());
+                c
+            }
+        };
+        if unit == ThrottleUnit::Second {
+            self.changed.push(c.clone());
         }
-        let key: Arc<str> = key.into();
-        let c = Arc::new(Cell::new(key.clone(), unit, limit, burst, labels()));
-        self.cells.insert(key, c.clone());
         c
+    }
+
+    /// The per-second counters made or given a new limit since the last call.
+    pub(crate) fn take_changed(&mut self) -> Vec<Arc<Cell>> {
+        std::mem::take(&mut self.changed)
     }
 
     /// Compiles `t`, bound to `group/api` on `stage` of `account`, with `apps` granted on it.
