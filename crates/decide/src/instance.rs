@@ -5,6 +5,7 @@
 use crate::limiter::GcraLimiter;
 use crate::metrics::InstanceStats;
 use crate::per_thread::Counter;
+use crate::shares::Reading;
 use model::clock::Nanos;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -56,13 +57,14 @@ impl InstanceState {
         *self.quota.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cluster-wide ceiling, without the lock.
-    pub(crate) fn ceiling(&self) -> u32 {
-        self.ceiling.load(Relaxed)
-    }
-
-    pub(crate) fn arrivals(&self) -> u64 {
-        self.arrivals.get()
+    /// Its demand counters now: the nodes share its ceiling by demand.
+    pub(crate) fn reading(&self) -> Reading<'_> {
+        Reading {
+            key: &self.name,
+            arrivals: self.arrivals.get(),
+            refused: self.stats.throttled.get(),
+            ceiling: Some(f64::from(self.ceiling.load(Relaxed))),
+        }
     }
 
     /// Counts an arrival and asks the limiter; `Err` holds the nanoseconds until a retry could

@@ -77,6 +77,7 @@ mod instance;
 mod limiter;
 mod loaded;
 mod metrics;
+mod moves;
 mod options;
 pub mod path;
 pub mod per_thread;

@@ -515,7 +515,8 @@ impl<U: Upstreams> Dataplane<U> {
         let snapshot = self.inner.snapshot.load();
         let mut demand = lock(&self.inner.demand);
         let throttles = lock(&self.inner.throttles);
-        let mut report = demand.sample_early(now, readings(&snapshot, &throttles))?;
+        let read = |key: &str| read_counter(&snapshot, &throttles, key);
+        let mut report = demand.sample_early(now, read)?;
         report.incarnation = throttles.incarnation;
         Self::apply_shares(&demand, &throttles, &snapshot, now);
         Some(report)
@@ -761,6 +762,19 @@ fn set_throttle_share(
     cell.gcra.set_rate_at(limit * share, now);
 }
 
+/// The demand counter `key` (an instance's name, or a policy counter's key).
+fn read_counter<'a, U: Upstreams>(
+    snapshot: &'a Snapshot<U>,
+    throttles: &'a crate::throttle::Registry,
+    key: &str,
+) -> Option<Reading<'a>> {
+    if key.starts_with(crate::throttle::KEY_PREFIX) {
+        throttles.cells.get(key).map(|c| c.reading())
+    } else {
+        snapshot.instances.get(key).map(|i| i.reading())
+    }
+}
+
 /// The demand counters of every instance and policy counter: what demand is measured from.
 fn readings<'a, U: Upstreams>(
     snapshot: &'a Snapshot<U>,
@@ -769,12 +783,7 @@ fn readings<'a, U: Upstreams>(
     snapshot
         .instances
         .values()
-        .map(|i| Reading {
-            key: &i.name,
-            arrivals: i.arrivals(),
-            refused: i.stats.throttled.get(),
-            ceiling: Some(f64::from(i.ceiling())),
-        })
+        .map(|i| i.reading())
         .chain(throttles.cells.values().map(|c| c.reading()))
 }
 

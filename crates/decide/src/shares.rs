@@ -22,6 +22,7 @@
 //! rather than keep a dead node's part unused. The price of that choice: while the cluster is
 //! partitioned, each side admits up to the ceiling.
 
+use crate::moves::{Total, Watch};
 use model::clock::Nanos;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -144,20 +145,6 @@ struct Peer {
     down: bool,
 }
 
-/// How far the calls counted at a counter since the last sample must stray from what its
-/// measured rate predicts before the rate counts as moved ([`DemandTracker::moved`]): more than
-/// this many calls, and more than this fraction of the prediction. Chance (Poisson) alone
-/// rarely strays that far: at 360 calls/s over 40 ms, 14.4 are expected, and 6 or fewer or 23
-/// or more arrive about once in a hundred looks.
-const MOVED_MIN_CALLS: f64 = 8.0;
-const MOVED_FRACTION: f64 = 0.5;
-/// The same, for a rise where calls were refused (the refusals are evidence of their own, so
-/// fewer calls suffice: at 360 calls/s, 20 ms rather than 40), and at least this many standard
-/// deviations of a Poisson count: at 200 calls/s over 10 ms, 2 are expected and 8 needed, which
-/// chance gives about once in a thousand looks.
-const ROSE_MIN_CALLS: f64 = 4.0;
-const ROSE_DEVIATIONS: f64 = 4.0;
-
 /// One demand counter as read at a moment.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Reading<'a> {
@@ -171,8 +158,8 @@ pub(crate) struct Reading<'a> {
     pub(crate) ceiling: Option<f64>,
 }
 
-/// A counter's totals at a sample: (arrivals, refused).
-type Totals = HashMap<String, (u64, u64)>;
+/// The counters' totals at a sample.
+type Totals = HashMap<String, Total>;
 
 /// The rate of calls at each counter in `counts` since `old`, `elapsed` earlier (a counter new
 /// since then counts from zero).
@@ -180,16 +167,16 @@ fn rates(counts: &Totals, old: &Totals, elapsed: Nanos) -> HashMap<String, f64> 
     let dt = elapsed as f64 / 1e9;
     counts
         .iter()
-        .map(|(k, (v, _))| {
-            let before = old.get(k).map_or(0, |o| o.0);
-            (k.clone(), v.saturating_sub(before) as f64 / dt)
+        .map(|(k, t)| {
+            let before = old.get(k).map_or(0, |o| o.arrivals);
+            (k.clone(), t.arrivals.saturating_sub(before) as f64 / dt)
         })
         .collect()
 }
 
 fn totals<'a>(readings: impl Iterator<Item = Reading<'a>>) -> Totals {
     readings
-        .map(|r| (r.key.to_string(), (r.arrivals, r.refused)))
+        .map(|r| (r.key.to_string(), Total::from(&r)))
         .collect()
 }
 
@@ -202,24 +189,11 @@ pub(crate) struct DemandTracker {
     samples: VecDeque<(Nanos, Totals)>,
     own: HashMap<String, f64>,
     own_window: Nanos,
-    /// A fast estimate of each counter's rate, updated at every sample and every look for
-    /// moved calls (see [`FAST_TAU`]), and when it was last updated.
-    fast: HashMap<String, Fast>,
-    fast_at: Nanos,
+    /// The counters looked at between reports, for calls that moved.
+    watch: Watch,
     window: Nanos,
     stale_after: Nanos,
     floor: f64,
-}
-
-/// The time constant of [`DemandTracker`]'s fast rate estimates: two looks for moved calls.
-/// Where calls moved in the middle of a measuring window, the rate over the window is the old
-/// and the new one mixed; the fast estimate is mostly the new one (after 40 ms, 86% of it).
-const FAST_TAU: Nanos = 20_000_000;
-
-/// A counter's total at the last look, and its fast rate estimate.
-struct Fast {
-    count: u64,
-    rate: f64,
 }
 
 impl DemandTracker {
@@ -231,8 +205,7 @@ impl DemandTracker {
             samples: VecDeque::new(),
             own: HashMap::new(),
             own_window: 0,
-            fast: HashMap::new(),
-            fast_at: 0,
+            watch: Watch::default(),
             window,
             stale_after,
             floor,
@@ -328,28 +301,6 @@ impl DemandTracker {
         back
     }
 
-    /// Updates the fast rate estimates from the counters' totals at `now`.
-    fn observe_fast<'a>(&mut self, now: Nanos, counts: impl Iterator<Item = (&'a str, u64)>) {
-        let dt = now.saturating_sub(self.fast_at);
-        self.fast_at = now;
-        let alpha = 1.0 - (-(dt as f64) / FAST_TAU as f64).exp();
-        let seconds = dt as f64 / 1e9;
-        for (key, count) in counts {
-            match self.fast.get_mut(key) {
-                Some(f) if dt > 0 => {
-                    let rate = count.saturating_sub(f.count) as f64 / seconds;
-                    f.rate += alpha * (rate - f.rate);
-                    f.count = count;
-                }
-                Some(_) => {}
-                None => {
-                    let rate = self.own_demand(key);
-                    self.fast.insert(key.to_string(), Fast { count, rate });
-                }
-            }
-        }
-    }
-
     /// Starts measuring this node's rates afresh at `now`, keeping the rates measured so far
     /// until there is enough to measure again: a peer just went down or came back, so calls
     /// are about to move to or away from this node, and the early reports that follow them
@@ -361,8 +312,8 @@ impl DemandTracker {
         now: Nanos,
         counters: impl Iterator<Item = Reading<'a>>,
     ) {
-        self.samples.clear();
-        self.samples.push_back((now, totals(counters)));
+        let counters = counters.map(|r| (r.key, Total::from(&r)));
+        self.watch.afresh(now, counters, &self.own, self.window);
     }
 
     /// Records the arrival counters at `now` and measures this node's offered rates over the
@@ -373,19 +324,26 @@ impl DemandTracker {
         counters: impl Iterator<Item = Reading<'a>>,
     ) -> DemandReport {
         let counts = totals(counters);
-        self.observe_fast(now, counts.iter().map(|(k, (n, _))| (k.as_str(), *n)));
-        // Counters gone since (swept policies) are forgotten here too.
-        self.fast.retain(|k, _| counts.contains_key(k));
+        if self.samples.is_empty() {
+            // Just started: calls are about to arrive where there were none.
+            let counters = counts.iter().map(|(k, t)| (k.as_str(), *t));
+            self.watch.afresh(now, counters, &self.own, self.window);
+        }
         // Drop samples made obsolete by a younger one that is still old enough.
         while self.samples.len() >= 2 && now.saturating_sub(self.samples[1].0) >= self.window {
             self.samples.pop_front();
         }
-        // Over at least 40% of a window: right after an early sample (which starts the
-        // measuring afresh) the rates it measured stand until there is enough to measure.
+        // Over at least 40% of a window (a node that just started has less).
+        let min_window = self.window * 2 / 5;
         if let Some((then, old)) = self.samples.front()
-            && now.saturating_sub(*then) >= self.window * 2 / 5
+            && now.saturating_sub(*then) >= min_window
         {
-            self.own = rates(&counts, old, now - then);
+            let mut measured = rates(&counts, old, now - then);
+            // Counters measured afresh since (an early report, a peer down or back) are
+            // measured from there, not across the move.
+            self.watch
+                .on_sample(now, &counts, &mut measured, &self.own, min_window);
+            self.own = measured;
             self.own_window = now - then;
         }
         self.samples.push_back((now, counts));
@@ -396,85 +354,18 @@ impl DemandTracker {
         self.report()
     }
 
-    /// Whether calls at shared counter `r` have moved to or away from this node (a peer died
-    /// and its calls came here, or they went back to it after its restart) in the `dt` seconds
-    /// since the sample `old`, by more than chance explains. Then an early report
-    /// ([`sample_early`](Self::sample_early)) lets the shares follow within tens of ms rather
-    /// than one to two report periods, which is what per-second limits lose in the second a
-    /// node dies or returns.
-    ///
-    /// A rise counts only where the counter has refused calls since then: a burst that the
-    /// limiter's tolerance absorbed is no reason to take capacity from the other nodes (an
-    /// earlier version without this check read a burst of 30 calls far below the ceiling as a
-    /// rate above it, and another node throttled calls under its share; issue 17). A fall
-    /// counts anywhere: it only gives capacity back.
-    fn moved_at(&self, r: &Reading<'_>, old: &Totals, dt: f64) -> bool {
-        if dt <= 0.0 {
-            return false;
-        }
-        let Some(ceiling) = r.ceiling else {
-            return false;
-        };
-        let (arrived, refused) = old.get(r.key).copied().unwrap_or((0, 0));
-        let got = r.arrivals.saturating_sub(arrived) as f64;
-        let rate = self.own_demand(r.key);
-        let expected = rate * dt;
-        let refusing = r.refused > refused;
-        // A rise that is not there costs capacity (the node holds a share it does not use)
-        // while a fall that is not there costs next to nothing (the node's share goes to nodes
-        // that use it, and below the ceiling the spare is spread anyway), so a rise must stand
-        // out further: four standard deviations of a Poisson count as well.
-        let rose = ROSE_MIN_CALLS
-            .max(ROSE_DEVIATIONS * expected.sqrt())
-            .max(MOVED_FRACTION * expected);
-        let fell = MOVED_MIN_CALLS.max(MOVED_FRACTION * expected);
-        // A rate already at the ceiling cannot claim more early (see `sample_early`).
-        (refusing && rate < ceiling && got > expected + rose) || got < expected - fell
-    }
-
-    /// An early sample, if a rate has [`moved`](Self::moved_at) (`None`: none has): each shared
-    /// counter whose rate moved gets
-    /// the rate measured since the last sample only (older samples would pull it back toward
-    /// the old one), and later samples measure from now.
-    ///
-    /// A risen rate claims at most the ceiling (or its last measured rate, if more): a burst
-    /// read as a rate over a few ms can then at worst halve the other nodes' shares of a
-    /// ceiling their demand fits in, until the next periodic report (measured over a whole
-    /// window) corrects it.
+    /// An early report, if calls have moved at a watched counter since its rate was measured
+    /// (see [`crate::moves`]; `None`: none has), with the moved counters' new rates.
     pub(crate) fn sample_early<'a>(
         &mut self,
         now: Nanos,
-        counters: impl Iterator<Item = Reading<'a>>,
+        read: impl Fn(&str) -> Option<Reading<'a>>,
     ) -> Option<DemandReport> {
-        let readings: Vec<Reading<'_>> = counters.collect();
-        self.observe_fast(now, readings.iter().map(|r| (r.key, r.arrivals)));
-        let (then, old) = self.samples.back()?;
-        let dt = now.saturating_sub(*then);
-        let moved: Vec<&Reading<'_>> = readings
-            .iter()
-            .filter(|r| self.moved_at(r, old, dt as f64 / 1e9))
-            .collect();
-        if moved.is_empty() {
-            return None;
+        let measured_over = self.watch.look(now, &mut self.own, read)?;
+        if self.own_window == 0 {
+            // Measured now, if only over a few ms: no longer a node with no rate at all.
+            self.own_window = measured_over.max(1);
         }
-        let short = rates(&totals(readings.iter().copied()), old, dt);
-        for r in moved {
-            let Some(ceiling) = r.ceiling else { continue };
-            let measured = self.own_demand(r.key);
-            let rate = short.get(r.key).copied().unwrap_or(0.0);
-            // The fast estimate says more of the new rate where calls moved within the time
-            // measured; a rise takes the higher of the two, a fall the lower.
-            let fast = self.fast.get(r.key).map_or(rate, |f| f.rate);
-            let rate = if rate > measured {
-                rate.max(fast).min(measured.max(ceiling))
-            } else {
-                rate.min(fast)
-            };
-            self.own.insert(r.key.to_string(), rate);
-        }
-        self.own_window = dt;
-        self.samples.clear();
-        self.samples.push_back((now, totals(readings.into_iter())));
         Some(self.report())
     }
 
@@ -706,15 +597,12 @@ mod tests {
         assert_eq!(t.n_nodes(5 * sec + GONE_AFTER + 1), 1);
     }
 
-    /// Whether any of `counters` moved since `t`'s last sample.
-    fn moved<'a>(
-        t: &DemandTracker,
-        now: Nanos,
-        mut counters: impl Iterator<Item = Reading<'a>>,
-    ) -> bool {
-        let (then, old) = t.samples.back().expect("a sample");
-        let dt = (now - then) as f64 / 1e9;
-        counters.any(|r| t.moved_at(&r, old, dt))
+    /// An early look at `t` with counter `i` at `arrivals` calls of which `refused` were
+    /// refused: the rate it reports early, if it does.
+    fn look(t: &mut DemandTracker, now: Nanos, arrivals: u64, refused: u64) -> Option<f64> {
+        let r = counted("i", arrivals, refused).next().unwrap();
+        t.sample_early(now, |k| (k == "i").then_some(r))
+            .map(|report| report.instances[0].offered_rps)
     }
 
     #[test]
@@ -722,54 +610,48 @@ mod tests {
         const MS: Nanos = 1_000_000;
         let mut t = DemandTracker::new(1, 100 * MS, 500 * MS, F);
         t.set_serving(&[1, 2], 1, 0);
-        // 200/s, measured over 100 ms.
-        t.sample(0, at("i", 0));
-        t.sample(100 * MS, at("i", 20));
+        // 200/s, measured over 100 ms; counter j idle.
+        t.sample(0, at("i", 0).chain(at("j", 0)));
+        t.sample(100 * MS, at("i", 20).chain(at("j", 0)));
         assert!(close(t.own_demand("i"), 200.0));
-        // 20 ms later at the same rate (4 calls), or what chance gives (0 or 8), calls refused
-        // or not: not moved.
-        for calls in [24, 20, 28] {
-            assert!(!moved(&t, 120 * MS, counted("i", calls, 1)), "{calls}");
+        // Only busy counters are watched once the first window after the start is over.
+        assert!(t.watch.is_watched("i") && !t.watch.is_watched("j"));
+        // 10 ms later at that rate (2 calls), or what chance gives (0, or 7 with calls
+        // refused): no early report.
+        for (calls, refused) in [(22, 1), (20, 0), (27, 1)] {
+            assert_eq!(look(&mut t, 110 * MS, calls, refused), None, "{calls}");
         }
         // 13 calls in 20 ms (650/s) with none refused: a burst the limiter took, not moved.
-        assert!(!moved(&t, 120 * MS, counted("i", 33, 0)));
-        // With calls refused it has moved, and so has a counter new since then.
-        assert!(moved(&t, 120 * MS, counted("i", 33, 1)));
-        let new = counted("i", 24, 0).chain(counted("j", 9, 2));
-        assert!(moved(&t, 120 * MS, new));
-        // Counters without a ceiling (window budgets) never move early.
-        let windowed = std::iter::once(Reading {
-            ceiling: None,
-            ..counted("w", 50, 50).next().unwrap()
-        });
-        assert!(!moved(&t, 120 * MS, at("i", 24).chain(windowed)));
-        // The early report is the rate measured over those 20 ms alone.
-        let r = t.sample_early(120 * MS, counted("i", 33, 1)).unwrap();
-        assert!(close(r.instances[0].offered_rps, 650.0), "{r:?}");
-        // Later samples measure from the early one: 52 calls in 80 ms.
+        assert_eq!(look(&mut t, 120 * MS, 33, 0), None);
+        // With calls refused it has moved: the rate over those 20 ms.
+        assert_eq!(look(&mut t, 120 * MS, 33, 1), Some(650.0));
+        // The periodic sample measures it from the early report: 52 calls in 80 ms.
         t.sample(200 * MS, at("i", 85));
         assert!(close(t.own_demand("i"), 650.0), "{}", t.own_demand("i"));
         // A rise claims at most the ceiling: 30 calls in 10 ms read 3,000/s.
-        let r = t.sample_early(210 * MS, counted("i", 115, 2)).unwrap();
-        assert!(close(r.instances[0].offered_rps, C), "{r:?}");
-        // A rate that fell away is seen too, refusals or not: 0 calls in 30 ms where 30 were
-        // expected; its early report is the rate measured since the last sample.
-        assert!(moved(&t, 240 * MS, at("i", 115)));
-        let r = t.sample_early(240 * MS, at("i", 115)).unwrap();
-        assert!(close(r.instances[0].offered_rps, 0.0), "{r:?}");
-        // Nothing moved: no early report.
-        assert!(t.sample_early(250 * MS, at("i", 115)).is_none());
-        // Measured afresh (a peer went down): the rate stands, and what follows is measured
-        // from there alone: 9 calls in the 10 ms after it, refused, where 115 came before.
-        t.sample(300 * MS, at("i", 130)); // 15 calls in 60 ms: 250/s
-        assert!(close(t.own_demand("i"), 250.0), "{}", t.own_demand("i"));
-        t.measure_afresh(300 * MS, at("i", 130));
-        assert!(close(t.own_demand("i"), 250.0));
-        let r = t.sample_early(310 * MS, counted("i", 139, 3)).unwrap();
-        assert!(close(r.instances[0].offered_rps, 900.0), "{r:?}");
-        // A periodic sample with too little since the last one keeps the rate it has.
-        t.sample(320 * MS, at("i", 140));
+        assert_eq!(look(&mut t, 210 * MS, 115, 2), Some(C));
+        // A rate that fell away is seen too, refusals or not: no calls in 30 ms where 30 were
+        // expected.
+        assert_eq!(look(&mut t, 240 * MS, 115, 2), Some(0.0));
+        // Nothing moved since: no early report.
+        assert_eq!(look(&mut t, 250 * MS, 115, 2), None);
+        // A periodic sample too soon after an early report keeps the early rate.
+        t.sample(260 * MS, at("i", 116));
+        assert!(close(t.own_demand("i"), 0.0), "{}", t.own_demand("i"));
+        t.sample(400 * MS, at("i", 140)); // 25 calls in 160 ms
+        assert!(close(t.own_demand("i"), 156.25), "{}", t.own_demand("i"));
+        // Measured afresh (a peer went down): the rate stands, and the next look measures from
+        // there alone: 9 calls in 10 ms, refused, where 140 came before.
+        t.measure_afresh(400 * MS, at("i", 140));
+        assert!(close(t.own_demand("i"), 156.25));
+        assert_eq!(look(&mut t, 410 * MS, 149, 3), Some(900.0));
+        t.sample(420 * MS, at("i", 150));
         assert!(close(t.own_demand("i"), 900.0), "{}", t.own_demand("i"));
+        // And after a peer event every counter is watched for a window, idle ones too.
+        t.measure_afresh(500 * MS, at("i", 150).chain(at("j", 0)));
+        assert!(t.watch.is_watched("j"));
+        t.sample(700 * MS, at("i", 150).chain(at("j", 0)));
+        assert!(!t.watch.is_watched("j"));
     }
 
     #[test]

@@ -1,0 +1,318 @@
+//! Calls that move between nodes, seen between the periodic demand reports.
+//!
+//! Shares follow the demand each node measures over ~100 ms windows and reports every 100 ms
+//! ([`crate::shares`]). When calls move (a peer dies and a load balancer sends its calls to
+//! this node; they go back after its restart), that is one to two report periods in which the
+//! node that took them admits at a share sized for its old demand while the node they left
+//! holds a share it no longer uses: several percent of a per-second limit in the second of the
+//! move. So about every 10 ms a node looks at the counters it [`Watch`]es, and where the calls
+//! since their rate was last measured stray from that rate by more than chance explains, it
+//! measures the new rate and reports it at once (an early report).
+//!
+//! Watched are the shared counters (instance ceilings, per-second policy limits) busy at this
+//! node, so a look costs in proportion to the traffic, not to the configuration; and for one
+//! window after a peer went down or came back, or after this node started, all of them, since
+//! calls are about to arrive where there were none.
+
+use crate::shares::Reading;
+use model::clock::Nanos;
+use std::collections::HashMap;
+
+/// How far the calls counted at a counter since its rate was measured must stray from what
+/// that rate predicts before they count as moved: more than this many calls, and more than
+/// this fraction of the prediction. Chance (Poisson) alone rarely strays that far: at 360
+/// calls/s over 40 ms, 14.4 are expected, and 6 or fewer arrive about once in a hundred looks.
+const MOVED_MIN_CALLS: f64 = 8.0;
+const MOVED_FRACTION: f64 = 0.5;
+/// The same for a rise, where calls were refused (the refusals are evidence of their own, so
+/// fewer calls suffice: at 360 calls/s, 20 ms rather than 40), and at least this many standard
+/// deviations of a Poisson count: at 200 calls/s over 10 ms, 2 are expected and 8 needed, which
+/// chance gives about once in a thousand looks.
+const ROSE_MIN_CALLS: f64 = 4.0;
+const ROSE_DEVIATIONS: f64 = 4.0;
+
+/// The time constant of the fast rate estimates: two looks. Where calls moved in the middle of
+/// the time measured, the rate over that time is the old and the new one mixed; the fast
+/// estimate is mostly the new one (after 40 ms, 86% of it).
+const FAST_TAU: Nanos = 20_000_000;
+
+/// A counter's totals at a sample.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Total {
+    pub(crate) arrivals: u64,
+    pub(crate) refused: u64,
+    /// Whether the nodes share its rate by demand (see [`Reading::ceiling`]).
+    pub(crate) shared: bool,
+}
+
+impl From<&Reading<'_>> for Total {
+    fn from(r: &Reading<'_>) -> Total {
+        Total {
+            arrivals: r.arrivals,
+            refused: r.refused,
+            shared: r.ceiling.is_some(),
+        }
+    }
+}
+
+/// One watched counter.
+struct Watched {
+    /// When, and at what totals, its rate is measured from.
+    from_at: Nanos,
+    from: Total,
+    /// Whether `from` is where an early report measured it, or where a peer going down or
+    /// coming back started measuring afresh: the periodic sample then measures it from there,
+    /// not across the move.
+    afresh: bool,
+    /// The fast rate estimate, and the arrivals at the last look.
+    fast: f64,
+    seen_at: Nanos,
+    seen: u64,
+}
+
+impl Watched {
+    fn new(now: Nanos, total: Total, rate: f64, afresh: bool) -> Watched {
+        Watched {
+            from_at: now,
+            from: total,
+            afresh,
+            fast: rate,
+            seen_at: now,
+            seen: total.arrivals,
+        }
+    }
+
+    fn observe(&mut self, now: Nanos, arrivals: u64) {
+        let dt = now.saturating_sub(self.seen_at);
+        if dt == 0 {
+            return;
+        }
+        let rate = arrivals.saturating_sub(self.seen) as f64 / (dt as f64 / 1e9);
+        let alpha = 1.0 - (-(dt as f64) / FAST_TAU as f64).exp();
+        self.fast += alpha * (rate - self.fast);
+        self.seen_at = now;
+        self.seen = arrivals;
+    }
+}
+
+/// The counters a node looks at between its reports (see the module docs).
+#[derive(Default)]
+pub(crate) struct Watch {
+    counters: HashMap<String, Watched>,
+    /// Until when every shared counter is watched, busy or not.
+    all_until: Nanos,
+}
+
+impl Watch {
+    /// At a periodic sample at `now`: `measured` holds the rates just measured over the
+    /// window, and is corrected here for the counters measured afresh since (from there, if at
+    /// least `min_window` ago, else the rate `before` stands). Then the busy counters are
+    /// watched from here.
+    pub(crate) fn on_sample(
+        &mut self,
+        now: Nanos,
+        totals: &HashMap<String, Total>,
+        measured: &mut HashMap<String, f64>,
+        before: &HashMap<String, f64>,
+        min_window: Nanos,
+    ) {
+        let all = now < self.all_until;
+        for (key, total) in totals {
+            let rate = measured.get(key).copied().unwrap_or(0.0);
+            let Some(w) = self.counters.get_mut(key) else {
+                if total.shared && (all || rate > 0.0) {
+                    let w = Watched::new(now, *total, rate, false);
+                    self.counters.insert(key.clone(), w);
+                }
+                continue;
+            };
+            w.observe(now, total.arrivals);
+            if w.afresh {
+                let since = now.saturating_sub(w.from_at);
+                if since < min_window {
+                    // Too little to measure yet: the early rate stands, measured from there.
+                    let early = before.get(key).copied().unwrap_or(0.0);
+                    measured.insert(key.clone(), early);
+                    continue;
+                }
+                let calls = total.arrivals.saturating_sub(w.from.arrivals);
+                measured.insert(key.clone(), calls as f64 / (since as f64 / 1e9));
+            }
+            w.from_at = now;
+            w.from = *total;
+            w.afresh = false;
+        }
+        self.counters.retain(|key, w| {
+            totals.contains_key(key)
+                && (all || w.afresh || measured.get(key).is_some_and(|r| *r > 0.0))
+        });
+    }
+
+    /// Every shared counter in `totals` is watched for one `window` from `now`, measured
+    /// afresh from here: a peer went down or came back (or this node just started), so calls
+    /// are about to move, and what follows should be measured without what came before.
+    pub(crate) fn afresh<'a>(
+        &mut self,
+        now: Nanos,
+        totals: impl Iterator<Item = (&'a str, Total)>,
+        own: &HashMap<String, f64>,
+        window: Nanos,
+    ) {
+        self.all_until = now.saturating_add(window);
+        for (key, total) in totals.filter(|(_, t)| t.shared) {
+            match self.counters.get_mut(key) {
+                Some(w) => {
+                    w.observe(now, total.arrivals);
+                    w.from_at = now;
+                    w.from = total;
+                    w.afresh = true;
+                }
+                None => {
+                    let rate = own.get(key).copied().unwrap_or(0.0);
+                    let w = Watched::new(now, total, rate, true);
+                    self.counters.insert(key.to_string(), w);
+                }
+            }
+        }
+    }
+
+    /// Looks at every watched counter (`read` gives its totals now; `None`: it is gone) and
+    /// sets `own` to the new rate of each whose calls have moved. Returns the longest time one
+    /// was measured over, if any moved.
+    pub(crate) fn look<'a>(
+        &mut self,
+        now: Nanos,
+        own: &mut HashMap<String, f64>,
+        read: impl Fn(&str) -> Option<Reading<'a>>,
+    ) -> Option<Nanos> {
+        let mut moved = None;
+        for (key, w) in &mut self.counters {
+            let Some(r) = read(key) else { continue };
+            let Some(ceiling) = r.ceiling else { continue };
+            w.observe(now, r.arrivals);
+            let elapsed = now.saturating_sub(w.from_at);
+            let rate = own.get(key).copied().unwrap_or(0.0);
+            let Some(new) = moved_rate(&r, &w.from, elapsed, rate, ceiling, w.fast) else {
+                continue;
+            };
+            own.insert(key.clone(), new);
+            w.from_at = now;
+            w.from = Total::from(&r);
+            w.afresh = true;
+            moved = moved.max(Some(elapsed));
+        }
+        moved
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_watched(&self, key: &str) -> bool {
+        self.counters.contains_key(key)
+    }
+}
+
+/// The new rate of counter `r`, if its calls have moved in the `elapsed` ns since `from`, when
+/// its measured rate was `rate`, by more than chance explains.
+///
+/// A rise counts only where the counter has refused calls since: a burst that the limiter's
+/// tolerance absorbed is no reason to take capacity from the other nodes (an earlier version
+/// without this check read a burst of 30 calls far below the ceiling as a rate above it, and
+/// another node throttled calls under its share; issue 17). A rise that is not there costs
+/// capacity (the node holds a share it does not use) while a fall that is not there costs next
+/// to nothing (its share goes to nodes that use it, and below the ceiling the spare is spread
+/// anyway), so a rise must also stand out by four Poisson deviations.
+///
+/// The new rate is the one over `elapsed`, or the `fast` estimate if it says more of the move
+/// (higher for a rise, lower for a fall). A rise claims at most the `ceiling` (or the rate it
+/// had, if more): a burst read as a rate can then at worst halve the other nodes' shares of a
+/// ceiling their demand fits in, until the next periodic report corrects it; and a rate
+/// already at the ceiling does not rise early at all.
+fn moved_rate(
+    r: &Reading<'_>,
+    from: &Total,
+    elapsed: Nanos,
+    rate: f64,
+    ceiling: f64,
+    fast: f64,
+) -> Option<f64> {
+    if elapsed == 0 {
+        return None;
+    }
+    let seconds = elapsed as f64 / 1e9;
+    let got = r.arrivals.saturating_sub(from.arrivals) as f64;
+    let expected = rate * seconds;
+    let refusing = r.refused > from.refused;
+    let rise = ROSE_MIN_CALLS
+        .max(ROSE_DEVIATIONS * expected.sqrt())
+        .max(MOVED_FRACTION * expected);
+    let fall = MOVED_MIN_CALLS.max(MOVED_FRACTION * expected);
+    let now_rate = got / seconds;
+    if refusing && rate < ceiling && got > expected + rise {
+        Some(now_rate.max(fast).min(rate.max(ceiling)))
+    } else if got < expected - fall {
+        Some(now_rate.min(fast))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+    const CEILING: f64 = 1000.0;
+
+    fn reading(arrivals: u64, refused: u64) -> Reading<'static> {
+        Reading {
+            key: "i",
+            arrivals,
+            refused,
+            ceiling: Some(CEILING),
+        }
+    }
+
+    #[test]
+    fn rises_stop_at_the_ceiling_and_take_the_fast_estimate_when_it_says_more() {
+        let start = Total::default();
+        let moved = |r: Reading<'_>, elapsed: Nanos, rate: f64, fast: f64| {
+            moved_rate(&r, &start, elapsed, rate, CEILING, fast)
+        };
+        // 30 calls in 10 ms, refused: a rise to the ceiling, not to 3,000/s...
+        assert_eq!(moved(reading(30, 5), 10 * MS, 500.0, 500.0), Some(CEILING));
+        // ...and none at all for a rate already at the ceiling.
+        assert_eq!(moved(reading(30, 5), 10 * MS, CEILING, CEILING), None);
+        // 10 calls in 20 ms where 2 were expected: 500/s over the whole time, but the fast
+        // estimate (the calls came late in it) says 600.
+        assert_eq!(moved(reading(10, 1), 20 * MS, 100.0, 600.0), Some(600.0));
+        // A fall takes the lower of the two: 2 calls in 50 ms where 20 were expected.
+        assert_eq!(moved(reading(2, 0), 50 * MS, 400.0, 10.0), Some(10.0));
+        assert_eq!(moved(reading(2, 0), 50 * MS, 400.0, 300.0), Some(40.0));
+        // No time, no move.
+        assert_eq!(moved(reading(30, 5), 0, 500.0, 500.0), None);
+    }
+
+    #[test]
+    fn only_shared_counters_are_watched() {
+        let mut w = Watch::default();
+        let totals = [
+            (
+                "minute",
+                Total {
+                    arrivals: 5,
+                    refused: 0,
+                    shared: false,
+                },
+            ),
+            (
+                "second",
+                Total {
+                    arrivals: 5,
+                    refused: 0,
+                    shared: true,
+                },
+            ),
+        ];
+        w.afresh(0, totals.into_iter(), &HashMap::new(), 100 * MS);
+        assert!(w.is_watched("second") && !w.is_watched("minute"));
+    }
+}
