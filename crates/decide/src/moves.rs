@@ -16,7 +16,7 @@
 
 use crate::shares::Reading;
 use model::clock::Nanos;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// How far the calls counted at a counter since its rate was measured must stray from what
 /// that rate predicts before they count as moved: more than this many calls, and more than
@@ -30,6 +30,14 @@ const MOVED_FRACTION: f64 = 0.5;
 /// chance gives about once in a thousand looks.
 const ROSE_MIN_CALLS: f64 = 4.0;
 const ROSE_DEVIATIONS: f64 = 4.0;
+/// A fall must stand out by this many Poisson deviations too: a counter is tested over
+/// several spans at every look (see [`MARKS`]), and a fall that is not there is cheap, not
+/// free.
+const FALL_DEVIATIONS: f64 = 3.0;
+/// How many of its last looks a watched counter remembers: a move is tested for over the time
+/// since its rate was measured and since each of those (the last 80 ms), so that calls that
+/// moved in the middle of the time since its last sample are not diluted by what came before.
+const MARKS: usize = 8;
 
 /// The time constant of the fast rate estimates: two looks. Where calls moved in the middle of
 /// the time measured, the rate over that time is the old and the new one mixed; the fast
@@ -68,6 +76,8 @@ struct Watched {
     fast: f64,
     seen_at: Nanos,
     seen: u64,
+    /// The totals at its last looks (at most [`MARKS`]), oldest first.
+    marks: VecDeque<(Nanos, Total)>,
 }
 
 impl Watched {
@@ -79,6 +89,7 @@ impl Watched {
             fast: rate,
             seen_at: now,
             seen: total.arrivals,
+            marks: VecDeque::with_capacity(MARKS),
         }
     }
 
@@ -190,15 +201,30 @@ impl Watch {
             let Some(r) = read(key) else { continue };
             let Some(ceiling) = r.ceiling else { continue };
             w.observe(now, r.arrivals);
-            let elapsed = now.saturating_sub(w.from_at);
             let rate = own.get(key).copied().unwrap_or(0.0);
-            let Some(new) = moved_rate(&r, &w.from, elapsed, rate, ceiling, w.fast) else {
+            // The most telling span: since the rate was measured, or since one of the last
+            // looks.
+            let best = std::iter::once((w.from_at, w.from))
+                .chain(w.marks.iter().copied())
+                .filter_map(|(at, from)| {
+                    let elapsed = now.saturating_sub(at);
+                    let (new, z) = moved_rate(&r, &from, elapsed, rate, ceiling, w.fast)?;
+                    Some((new, z, elapsed))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let total = Total::from(&r);
+            if w.marks.len() == MARKS {
+                w.marks.pop_front();
+            }
+            w.marks.push_back((now, total));
+            let Some((new, _, elapsed)) = best else {
                 continue;
             };
             own.insert(key.clone(), new);
             w.from_at = now;
-            w.from = Total::from(&r);
+            w.from = total;
             w.afresh = true;
+            w.marks.clear();
             moved = moved.max(Some(elapsed));
         }
         moved
@@ -211,7 +237,8 @@ impl Watch {
 }
 
 /// The new rate of counter `r`, if its calls have moved in the `elapsed` ns since `from`, when
-/// its measured rate was `rate`, by more than chance explains.
+/// its measured rate was `rate`, by more than chance explains; with how many Poisson
+/// deviations they strayed.
 ///
 /// A rise counts only where the counter has refused calls since: a burst that the limiter's
 /// tolerance absorbed is no reason to take capacity from the other nodes (an earlier version
@@ -233,7 +260,7 @@ fn moved_rate(
     rate: f64,
     ceiling: f64,
     fast: f64,
-) -> Option<f64> {
+) -> Option<(f64, f64)> {
     if elapsed == 0 {
         return None;
     }
@@ -244,12 +271,15 @@ fn moved_rate(
     let rise = ROSE_MIN_CALLS
         .max(ROSE_DEVIATIONS * expected.sqrt())
         .max(MOVED_FRACTION * expected);
-    let fall = MOVED_MIN_CALLS.max(MOVED_FRACTION * expected);
+    let fall = MOVED_MIN_CALLS
+        .max(FALL_DEVIATIONS * expected.sqrt())
+        .max(MOVED_FRACTION * expected);
     let now_rate = got / seconds;
+    let deviations = (got - expected).abs() / expected.max(1.0).sqrt();
     if refusing && rate < ceiling && got > expected + rise {
-        Some(now_rate.max(fast).min(rate.max(ceiling)))
+        Some((now_rate.max(fast).min(rate.max(ceiling)), deviations))
     } else if got < expected - fall {
-        Some(now_rate.min(fast))
+        Some((now_rate.min(fast), deviations))
     } else {
         None
     }
@@ -275,7 +305,7 @@ mod tests {
     fn rises_stop_at_the_ceiling_and_take_the_fast_estimate_when_it_says_more() {
         let start = Total::default();
         let moved = |r: Reading<'_>, elapsed: Nanos, rate: f64, fast: f64| {
-            moved_rate(&r, &start, elapsed, rate, CEILING, fast)
+            moved_rate(&r, &start, elapsed, rate, CEILING, fast).map(|(new, _)| new)
         };
         // 30 calls in 10 ms, refused: a rise to the ceiling, not to 3,000/s...
         assert_eq!(moved(reading(30, 5), 10 * MS, 500.0, 500.0), Some(CEILING));
@@ -287,6 +317,12 @@ mod tests {
         // A fall takes the lower of the two: 2 calls in 50 ms where 20 were expected.
         assert_eq!(moved(reading(2, 0), 50 * MS, 400.0, 10.0), Some(10.0));
         assert_eq!(moved(reading(2, 0), 50 * MS, 400.0, 300.0), Some(40.0));
+        // What chance gives is no move: 0 or 7 calls in 10 ms where 2 were expected, or 30 in
+        // 100 ms where 20 were.
+        assert_eq!(moved(reading(0, 0), 10 * MS, 200.0, 200.0), None);
+        assert_eq!(moved(reading(7, 1), 10 * MS, 200.0, 200.0), None);
+        assert_eq!(moved(reading(30, 1), 100 * MS, 200.0, 200.0), None);
+        assert_eq!(moved(reading(10, 1), 100 * MS, 200.0, 200.0), None);
         // No time, no move.
         assert_eq!(moved(reading(30, 5), 0, 500.0, 500.0), None);
     }
