@@ -375,11 +375,7 @@ fn serving_nodes_set_the_even_share_until_reports_arrive() {
         .find(|s| s.instance == "later")
         .unwrap();
     assert!((later.limit_rps - 200.0).abs() < 1e-6, "{later:?}");
-    // Node 2 reports heavy demand on "dedicated", node 3 none; we have measured none either
-    // (until a node has measured its rate it takes, and is given, the even share).
-    dp.demand_report();
-    clock.advance(Duration::from_millis(100));
-    dp.demand_report();
+    // Node 2 reports heavy demand on "dedicated", node 3 none; we have none either.
     let heavy = dataplane::DemandReport {
         window_ms: 100,
         instances: vec![dataplane::InstanceDemand {
@@ -389,11 +385,7 @@ fn serving_nodes_set_the_even_share_until_reports_arrive() {
         ..Default::default()
     };
     dp.apply_peer_demand(2, &heavy, dp.now());
-    let idle = dataplane::DemandReport {
-        window_ms: 100,
-        ..Default::default()
-    };
-    dp.apply_peer_demand(3, &idle, dp.now());
+    dp.apply_peer_demand(3, &dataplane::DemandReport::default(), dp.now());
     let s = dp
         .instance_shares()
         .into_iter()

@@ -133,6 +133,8 @@ const WATCH_ALL_AFTER_START: Nanos = 1_000_000_000;
 struct PeerDemand {
     received: Nanos,
     rates: HashMap<String, f64>,
+    /// Whether the peer had measured its rates (a process that just started has not).
+    measured: bool,
 }
 
 /// A serving peer not heard from for this long no longer counts as serving: its share goes to
@@ -283,16 +285,16 @@ impl DemandTracker {
             return false;
         }
         peer.heard = peer.heard.max(now);
-        let back = peer.down || (report.window_ms == 0 && self.reports.contains_key(&node));
+        // A report that measured nothing comes from a process that just started: if the one
+        // before did measure, the peer restarted, and calls are about to move back to it. (Until
+        // it measures, it counts as idle, as it counts itself: it gets calls only once a load
+        // balancer sees it ready, and its early reports follow them within milliseconds; taking
+        // an even share before that left a third of a per-second limit unused for as long as
+        // it took to get ready.)
+        let measured = report.window_ms > 0;
+        let restarted = !measured && self.reports.get(&node).is_some_and(|r| r.measured);
+        let back = peer.down || restarted;
         peer.down = false;
-        if report.window_ms == 0 {
-            // Not measured yet (its process just started): it counts as serving, at the even
-            // share a peer without a report is assumed to take, as it assumes itself (see
-            // `share_for`), rather than as idle, which would leave it its floor while the calls
-            // a load balancer sends a node that just became ready arrive.
-            self.reports.remove(&node);
-            return back;
-        }
         let rates = report
             .instances
             .iter()
@@ -304,6 +306,7 @@ impl DemandTracker {
             PeerDemand {
                 received: now,
                 rates,
+                measured,
             },
         );
         back
@@ -442,10 +445,6 @@ impl DemandTracker {
         now: Nanos,
         scratch: &mut Vec<f64>,
     ) -> f64 {
-        if self.own_window == 0 {
-            // Nothing measured yet: the even share its peers assume for it (see `record_peer`).
-            return 1.0 / self.n_nodes(now) as f64;
-        }
         scratch.clear();
         scratch.extend(self.fresh_peer_demands(instance, now));
         share(
@@ -683,43 +682,34 @@ mod tests {
     }
 
     #[test]
-    fn a_node_not_yet_measured_takes_the_even_share_and_is_given_it() {
+    fn a_restarted_peer_is_back_at_its_first_report_and_counts_as_idle_until_it_measures() {
         const MS: Nanos = 1_000_000;
-        // Node 1 just started: it has sampled once, so it has no rate yet.
-        let mut fresh = DemandTracker::new(1, 100 * MS, 500 * MS, F);
+        let mut t = DemandTracker::new(2, 100 * MS, 500 * MS, F);
         let mut scratch = Vec::new();
+        t.set_serving(&[1, 2, 3], 2, 0);
+        t.sample(0, at("i", 0));
+        t.sample(100 * MS, at("i", 90)); // 900/s
+        t.record_peer(3, &report_of(100.0), 100 * MS);
+        assert!(
+            !t.record_peer(1, &report_of(500.0), 100 * MS),
+            "first heard: not back"
+        );
+        // Node 1 restarts without being found down: its first report measured nothing.
+        let mut fresh = DemandTracker::new(1, 100 * MS, 500 * MS, F);
         fresh.set_serving(&[1, 2, 3], 1, 0);
-        let first = fresh.sample(0, at("i", 0));
+        let first = fresh.sample(150 * MS, at("i", 0));
         assert_eq!(first.window_ms, 0);
-        // Its peers' reports (heavy demand at node 2) do not push it to its floor: it counts
-        // on 1/3 until it has measured its own rate...
-        fresh.record_peer(2, &report_of(900.0), MS);
-        fresh.record_peer(3, &report_of(100.0), MS);
-        assert!(close(fresh.share_for("i", C, MS, &mut scratch), 1.0 / 3.0));
-        // ...and a peer that hears its first report leaves it that third, not its floor.
-        let mut peer = DemandTracker::new(2, 100 * MS, 500 * MS, F);
-        peer.set_serving(&[1, 2, 3], 2, 0);
-        peer.sample(0, at("i", 0));
-        peer.sample(100 * MS, at("i", 90)); // 900/s
-        peer.mark_down(1);
-        peer.record_peer(3, &report_of(100.0), 100 * MS);
-        peer.record_peer(1, &first, 100 * MS);
-        assert_eq!(peer.n_nodes(100 * MS), 3);
-        let node_2 = peer.share_for("i", C, 100 * MS, &mut scratch);
-        assert!(close(node_2, F + (2.0 / 3.0 - 2.0 * F) * 0.9), "{node_2}");
-        // Once measured, it is a peer like the others.
-        let r = fresh.sample(100 * MS, at("i", 30)); // 300/s
-        let node_1 = fresh.share_for("i", C, 100 * MS, &mut scratch);
         assert!(
-            close(node_1, F + (1.0 - 3.0 * F) * 300.0 / 1300.0),
-            "{node_1}"
+            t.record_peer(1, &first, 150 * MS),
+            "back: calls are about to move"
         );
-        peer.record_peer(1, &r, 110 * MS);
-        let node_2 = peer.share_for("i", C, 110 * MS, &mut scratch);
-        assert!(
-            close(node_2, F + (1.0 - 3.0 * F) * 900.0 / 1300.0),
-            "{node_2}"
-        );
+        assert!(!t.record_peer(1, &first, 160 * MS), "back once");
+        // Idle until it measures, for it and for us alike: its floor, and we split the rest.
+        fresh.record_peer(2, &report_of(900.0), 160 * MS);
+        fresh.record_peer(3, &report_of(100.0), 160 * MS);
+        assert!(close(fresh.share_for("i", C, 160 * MS, &mut scratch), F));
+        let ours = t.share_for("i", C, 160 * MS, &mut scratch);
+        assert!(close(ours, F + (1.0 - 3.0 * F) * 0.9), "{ours}");
     }
 
     #[test]
