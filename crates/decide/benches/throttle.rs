@@ -202,6 +202,8 @@ fn demand_loop(c: &mut Criterion) {
     }
     std::thread::sleep(Duration::from_millis(60));
     dp.demand_report();
+    // (With 10,000 limits a node watches only its busy counters from its start: beyond a
+    // thousand it does not watch them all.)
 
     let mut g = c.benchmark_group("demand_loop");
     g.warm_up_time(Duration::from_secs(1))

@@ -34,6 +34,10 @@ const ROSE_DEVIATIONS: f64 = 4.0;
 /// several spans at every look (see [`MARKS`]), and a fall that is not there is cheap, not
 /// free.
 const FALL_DEVIATIONS: f64 = 3.0;
+/// Up to how many shared counters a node watches all of them (not only the busy ones) after
+/// its start or a peer's going down or coming back: a look costs about 1.3 us a counter, so
+/// 1,000 of them cost 1.3 ms every 10 ms, for a second at most.
+const WATCH_ALL_AT_MOST: usize = 1_000;
 /// How many of its last looks a watched counter remembers: a move is tested for over the time
 /// since its rate was measured and since each of those (the last 80 ms), so that calls that
 /// moved in the middle of the time since its last sample are not diluted by what came before.
@@ -169,8 +173,18 @@ impl Watch {
         own: &HashMap<String, f64>,
         window: Nanos,
     ) {
-        self.all_until = now.saturating_add(window);
-        for (key, total) in totals.filter(|(_, t)| t.shared) {
+        let shared: Vec<(&str, Total)> = totals.filter(|(_, t)| t.shared).collect();
+        // Watching them all costs about a microsecond a counter a look: beyond
+        // `WATCH_ALL_AT_MOST`, only the busy ones are measured afresh, and calls that arrive
+        // where there were none wait for the next periodic report (100 ms at most).
+        let all = shared.len() <= WATCH_ALL_AT_MOST;
+        if all {
+            self.all_until = now.saturating_add(window);
+        }
+        for (key, total) in shared {
+            if !all && !self.counters.contains_key(key) {
+                continue;
+            }
             match self.counters.get_mut(key) {
                 Some(w) => {
                     w.observe(now, total.arrivals);

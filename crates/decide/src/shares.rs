@@ -124,9 +124,10 @@ fn split(own: f64, total: f64, known: usize, n: usize, floor: f64, ceiling_rps: 
 /// For how long after its start a node looks at all its shared counters for calls arriving
 /// (see [`crate::moves`]), rather than at the busy ones only: a restarted node's calls come back
 /// when a load balancer sees it ready, not at once (the throttling benchmark lost 5% of a
-/// per-second limit in a second where they came 100 ms after its first report). A look at every
-/// counter costs about a microsecond each, so with thousands of them this is the one second in
-/// which the looks cost more than the periodic reports.
+/// per-second limit in a second where they came 100 ms after its first report). A look costs
+/// about 1.3 us a counter, so this is the one second in which the looks cost more than the
+/// periodic reports; beyond a thousand counters only the busy ones are watched (see
+/// `moves::WATCH_ALL_AT_MOST`).
 const WATCH_ALL_AFTER_START: Nanos = 1_000_000_000;
 
 /// A peer's latest report, stamped with when it arrived (on this node's clock).
