@@ -132,13 +132,9 @@ impl Watch {
         min_window: Nanos,
     ) {
         let all = now < self.all_until;
-        for (key, total) in totals {
-            let rate = measured.get(key).copied().unwrap_or(0.0);
-            let Some(w) = self.counters.get_mut(key) else {
-                if total.shared && (all || rate > 0.0) {
-                    let w = Watched::new(now, *total, rate, false);
-                    self.counters.insert(key.clone(), w);
-                }
+        // The watched ones (busy, or all of them for a while): a lookup each.
+        for (key, w) in &mut self.counters {
+            let Some(total) = totals.get(key) else {
                 continue;
             };
             w.observe(now, total.arrivals);
@@ -161,6 +157,16 @@ impl Watch {
             totals.contains_key(key)
                 && (all || w.afresh || measured.get(key).is_some_and(|r| *r > 0.0))
         });
+        // Counters busy since: idle ones cost a comparison, not a lookup.
+        for (key, rate) in measured.iter() {
+            if (*rate > 0.0 || all)
+                && !self.counters.contains_key(key)
+                && let Some(total) = totals.get(key).filter(|t| t.shared)
+            {
+                let w = Watched::new(now, *total, *rate, false);
+                self.counters.insert(key.clone(), w);
+            }
+        }
     }
 
     /// Every shared counter in `totals` is watched for one `window` from `now`, measured
