@@ -2,11 +2,12 @@
 //!
 //! Every node measures the rate at which requests *arrive* at each instance's limiter (its
 //! offered rate, throttled requests included: that is the demand, not what was admitted), sends
-//! it to its peers every ~100 ms ([`DemandReport`]), and sets its own share of each ceiling from
-//! the latest reports with [`share`]. At overload every node's share is below its own demand, so
-//! nothing is wasted and the cluster admits C; below the ceiling every node's share is above its
-//! demand, so nothing is throttled. Only a node with (almost) no demand wastes capacity: its
-//! floor, kept small for that reason.
+//! it to its peers every ~100 ms ([`DemandReport`]), and early when calls move to or away from
+//! it ([`crate::moves`]), and sets its own share of each ceiling from the latest reports with
+//! [`share`]. At overload every node's share is below its own demand, so nothing is wasted and
+//! the cluster admits C; below the ceiling every node's share is above its demand, so nothing
+//! is throttled. Only a node with (almost) no demand wastes capacity: its floor, kept small for
+//! that reason.
 //!
 //! Below the ceiling, the capacity nobody demands is spread evenly over the nodes (each node's
 //! demand counts as its offered rate plus an equal part of the spare rate), not in proportion to
