@@ -9,10 +9,17 @@
 //! since their rate was last measured stray from that rate by more than chance explains, it
 //! measures the new rate and reports it at once (an early report).
 //!
+//! A node looks only for a second after an event that moves calls: a peer went down or came
+//! back, or this node started. In steady traffic there is nothing to look for, and looking
+//! costs accuracy: at thousands of calls a second from a real, bursty client, a look every
+//! 10 ms finds "moves" that are bursts often enough that the early reports they send cost
+//! 0.3-1.8% of an instance ceiling that the periodic reports alone hold within 0.1%
+//! (`benches/dataplane.sh`, issue 17).
+//!
 //! Watched are the shared counters (instance ceilings, per-second policy limits) busy at this
 //! node, so a look costs in proportion to the traffic, not to the configuration; and for one
-//! window after a peer went down or came back, or after this node started, all of them, since
-//! calls are about to arrive where there were none.
+//! window after an event, all of them (up to [`WATCH_ALL_AT_MOST`]), since calls are about to
+//! arrive where there were none.
 
 use crate::shares::Reading;
 use model::clock::Nanos;
@@ -34,6 +41,8 @@ const ROSE_DEVIATIONS: f64 = 4.0;
 /// several spans at every look (see [`MARKS`]), and a fall that is not there is cheap, not
 /// free.
 const FALL_DEVIATIONS: f64 = 3.0;
+/// For how long after an event that moves calls (see [`Watch::afresh`]) a node looks for them.
+const LOOK_AFTER_EVENT: Nanos = 1_000_000_000;
 /// Up to how many shared counters a node watches all of them (not only the busy ones) after
 /// its start or a peer's going down or coming back: a look costs about 1.3 us a counter, so
 /// 1,000 of them cost 1.3 ms every 10 ms, for a second at most.
@@ -116,6 +125,8 @@ pub(crate) struct Watch {
     counters: HashMap<String, Watched>,
     /// Until when every shared counter is watched, busy or not.
     all_until: Nanos,
+    /// Until when looks are made at all (see [`LOOK_AFTER_EVENT`]).
+    look_until: Nanos,
 }
 
 impl Watch {
@@ -169,9 +180,10 @@ impl Watch {
         }
     }
 
-    /// Every shared counter in `totals` is watched for one `window` from `now`, measured
-    /// afresh from here: a peer went down or came back (or this node just started), so calls
-    /// are about to move, and what follows should be measured without what came before.
+    /// An event that moves calls at `now`: a peer went down or came back, or this node just
+    /// started. Looks are made for [`LOOK_AFTER_EVENT`] from here; every shared counter in
+    /// `totals` is watched for one `window` and measured afresh from here, so that what follows
+    /// is measured without what came before.
     pub(crate) fn afresh<'a>(
         &mut self,
         now: Nanos,
@@ -183,6 +195,7 @@ impl Watch {
         // Watching them all costs about a microsecond a counter a look: beyond
         // `WATCH_ALL_AT_MOST`, only the busy ones are measured afresh, and calls that arrive
         // where there were none wait for the next periodic report (100 ms at most).
+        self.look_until = now.saturating_add(LOOK_AFTER_EVENT);
         let all = shared.len() <= WATCH_ALL_AT_MOST;
         if all {
             self.all_until = now.saturating_add(window);
@@ -216,6 +229,9 @@ impl Watch {
         own: &mut HashMap<String, f64>,
         read: impl Fn(&str) -> Option<Reading<'a>>,
     ) -> Option<Nanos> {
+        if now >= self.look_until {
+            return None;
+        }
         let mut moved = None;
         for (key, w) in &mut self.counters {
             let Some(r) = read(key) else { continue };

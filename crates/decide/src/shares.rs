@@ -128,7 +128,7 @@ fn split(own: f64, total: f64, known: usize, n: usize, floor: f64, ceiling_rps: 
 /// per-second limit in a second where they came 100 ms after its first report). A look costs
 /// about 1.3 us a counter, so this is the one second in which the looks cost more than the
 /// periodic reports; beyond a thousand counters only the busy ones are watched (see
-/// `moves::WATCH_ALL_AT_MOST`).
+/// `moves::WATCH_ALL_AT_MOST`). After it, looks stop until a peer goes down or comes back.
 const WATCH_ALL_AFTER_START: Nanos = 1_000_000_000;
 
 /// A peer's latest report, stamped with when it arrived (on this node's clock).
@@ -681,6 +681,20 @@ mod tests {
             assert_eq!(look(&mut t, at_ms * MS, arrivals, 0), None, "at {at_ms} ms");
         }
         assert_eq!(look(&mut t, 170 * MS, arrivals, 0), Some(0.0));
+        // Looks are made only for a second after an event that moves calls (here, the start):
+        // later the same drop waits for the periodic report...
+        t.sample(2000 * MS, at("i", 2036)); // 1,000/s since
+        let mut arrivals = 2036;
+        for at_ms in [2010, 2020, 2030, 2040, 2050] {
+            arrivals += 10;
+            assert_eq!(look(&mut t, at_ms * MS, arrivals, 0), None);
+        }
+        for at_ms in [2060, 2070, 2080, 2090] {
+            assert_eq!(look(&mut t, at_ms * MS, arrivals, 0), None, "at {at_ms} ms");
+        }
+        // ...unless a peer went down or came back.
+        t.measure_afresh(2090 * MS, at("i", arrivals));
+        assert_eq!(look(&mut t, 2120 * MS, arrivals, 0), Some(0.0));
     }
 
     #[test]
