@@ -238,8 +238,8 @@ pub fn spawn_publisher(
 
 /// Every 100 ms: measure this node's demand, send it to the peers, keep the serving set in
 /// step with the membership, and keep readiness up to date. Every 10 ms between those: if
-/// calls have moved to or away from this node (a peer died or came back), an early report, so
-/// that the shares follow in tens of ms.
+/// calls have moved to or away from this node since a peer went down or came back (see
+/// `decide`'s `moves`), an early report, so that the shares follow in tens of ms.
 pub async fn demand_loop(
     node: Node,
     dp: Dataplane,
