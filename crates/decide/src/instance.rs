@@ -4,8 +4,8 @@
 
 use crate::limiter::GcraLimiter;
 use crate::metrics::InstanceStats;
+use crate::moves::Reading;
 use crate::per_thread::Counter;
-use crate::shares::Reading;
 use model::clock::Nanos;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

@@ -21,7 +21,6 @@
 //! window after an event, all of them (up to [`WATCH_ALL_AT_MOST`]), since calls are about to
 //! arrive where there were none.
 
-use crate::shares::Reading;
 use model::clock::Nanos;
 use std::collections::{HashMap, VecDeque};
 
@@ -56,6 +55,19 @@ const MARKS: usize = 8;
 /// the time measured, the rate over that time is the old and the new one mixed; the fast
 /// estimate is mostly the new one (after 40 ms, 86% of it).
 const FAST_TAU: Nanos = 20_000_000;
+
+/// One demand counter as read at a moment.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reading<'a> {
+    pub(crate) key: &'a str,
+    /// Calls that reached it (its offered load).
+    pub(crate) arrivals: u64,
+    /// Calls it refused.
+    pub(crate) refused: u64,
+    /// The cluster-wide rate the nodes share by demand (an instance's ceiling, a per-second
+    /// policy limit); `None` for counters whose demand sizes leases of window budgets.
+    pub(crate) ceiling: Option<f64>,
+}
 
 /// A counter's totals at a sample.
 #[derive(Clone, Copy, Debug, Default)]

@@ -23,7 +23,7 @@
 //! rather than keep a dead node's part unused. The price of that choice: while the cluster is
 //! partitioned, each side admits up to the ceiling.
 
-use crate::moves::{Total, Watch};
+use crate::moves::{Reading, Total, Watch};
 use model::clock::Nanos;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -155,19 +155,6 @@ struct Peer {
     /// Its process is known to be gone (a report to it was refused: nothing listens on its
     /// peer port), until it is heard from again.
     down: bool,
-}
-
-/// One demand counter as read at a moment.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Reading<'a> {
-    pub(crate) key: &'a str,
-    /// Calls that reached it (its offered load).
-    pub(crate) arrivals: u64,
-    /// Calls it refused.
-    pub(crate) refused: u64,
-    /// The cluster-wide rate the nodes share by demand (an instance's ceiling, a per-second
-    /// policy limit); `None` for counters whose demand sizes leases of window budgets.
-    pub(crate) ceiling: Option<f64>,
 }
 
 /// The counters' totals at a sample.
