@@ -82,9 +82,6 @@ struct Run<'a> {
     /// balancer sends them to the next live node); the others learn it at once, as its watch
     /// streams break. Then restarted on a fresh data plane, its calls coming back at once.
     kill_and_restart: Option<(u64, u64)>,
-    /// Whether the nodes leave out the early reports: every 10 ms between its reports, each
-    /// node looks whether calls have moved, as gatewayd's demand loop does.
-    without_early_reports: bool,
 }
 
 fn fresh_node(clock: &Arc<FakeClock>, ids: &[u64], i: usize) -> Dataplane {
@@ -181,7 +178,9 @@ fn run(r: Run<'_>) -> Vec<u64> {
                 next_report[i] += 100 * MS;
                 next_check[i] = t;
             }
-            if !r.without_early_reports && t >= next_check[i] + 10 * MS {
+            // Every 10 ms between reports, a look for calls that moved, as gatewayd's demand
+            // loop makes.
+            if t >= next_check[i] + 10 * MS {
                 if let Some(report) = nodes[i].dp.demand_report_early() {
                     send(&nodes, &ids, i, &report, t);
                 }

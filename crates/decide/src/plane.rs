@@ -506,11 +506,10 @@ impl<U: Upstreams> Dataplane<U> {
     }
 
     /// An early report, if calls have moved to or away from this node at an instance or a
-    /// per-second limit since the last report by more than chance explains (see
-    /// `DemandTracker::moved`): the moved rates measured since the last report, this node's
-    /// shares set from them at once, and the report for the peers, so that theirs follow. One
-    /// read of each counter; the report loop asks every ~10 ms. Only demand: leases go with
-    /// the periodic [`demand_report`](Self::demand_report).
+    /// per-second limit by more than chance explains (see `crate::moves`): the moved rates,
+    /// this node's shares set from them at once, and the report for the peers, so that theirs
+    /// follow. The report loop asks every ~10 ms. Only demand: leases go with the periodic
+    /// [`demand_report`](Self::demand_report).
     pub fn demand_report_early(&self) -> Option<DemandReport> {
         let now = self.now();
         let snapshot = self.inner.snapshot.load();
@@ -541,7 +540,7 @@ impl<U: Upstreams> Dataplane<U> {
         let mut throttles = lock(&self.inner.throttles);
         let snapshot = self.inner.snapshot.load();
         if back {
-            demand.measure_afresh(self.now(), readings(&snapshot, &throttles));
+            demand.measure_afresh(now, readings(&snapshot, &throttles));
         }
         throttles.note_peer(node_id, report.incarnation);
         if !report.leases.is_empty() || !report.grants.is_empty() {

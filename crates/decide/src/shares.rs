@@ -261,10 +261,9 @@ impl DemandTracker {
             .retain(|id, _| peers.iter().any(|p| p.id == *id));
     }
 
-    ///
-    /// Returns whether the peer is back (it was down, or this is the first report of its
-    /// restarted process): then calls are about to move back to it (see
-    /// [`measure_afresh`](Self::measure_afresh)).
+    /// Records a peer's report, received at `now`. Returns whether the peer is back (it was
+    /// down, or this is the first report of its restarted process): then calls are about to
+    /// move back to it (see [`measure_afresh`](Self::measure_afresh)).
     pub(crate) fn record_peer(&mut self, node: u64, report: &DemandReport, now: Nanos) -> bool {
         // Reports from nodes that do not serve are ignored: they must not take a share.
         let Some(peer) = self.peers.iter_mut().find(|p| p.id == node) else {
@@ -413,19 +412,6 @@ impl DemandTracker {
         self.own.get(instance).copied().unwrap_or(0.0)
     }
 
-    /// The demands at `key` of the live peers whose report is fresh.
-    fn fresh_peer_demands<'a>(
-        &'a self,
-        key: &'a str,
-        now: Nanos,
-    ) -> impl Iterator<Item = f64> + 'a {
-        self.live_peers(now).filter_map(move |id| {
-            let r = self.reports.get(&id)?;
-            (now.saturating_sub(r.received) <= self.stale_after)
-                .then(|| r.rates.get(key).copied().unwrap_or(0.0))
-        })
-    }
-
     /// This node's share of `instance`'s ceiling at `now`.
     pub(crate) fn share_for(
         &self,
@@ -435,7 +421,13 @@ impl DemandTracker {
         scratch: &mut Vec<f64>,
     ) -> f64 {
         scratch.clear();
-        scratch.extend(self.fresh_peer_demands(instance, now));
+        for id in self.live_peers(now) {
+            if let Some(r) = self.reports.get(&id)
+                && now.saturating_sub(r.received) <= self.stale_after
+            {
+                scratch.push(r.rates.get(instance).copied().unwrap_or(0.0));
+            }
+        }
         share(
             self.own_demand(instance),
             scratch,

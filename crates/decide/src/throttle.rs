@@ -227,21 +227,16 @@ impl Registry {
         burst: Duration,
         labels: impl FnOnce() -> String,
     ) -> Arc<Cell> {
-        let c = match self.cells.get(key.as_str()) {
-            Some(c) => {
-                if c.limit.swap(limit, Relaxed) == limit {
-                    return c.clone();
-                }
-                c.clone()
-            }
+        let (c, changed) = match self.cells.get(key.as_str()) {
+            Some(c) => (c.clone(), c.limit.swap(limit, Relaxed) != limit),
             None => {
                 let key: Arc<str> = key.into();
                 let c = Arc::new(Cell::new(key.clone(), unit, limit, burst, labels()));
                 self.cells.insert(key, c.clone());
-                c
+                (c, true)
             }
         };
-        if unit == ThrottleUnit::Second {
+        if changed && unit == ThrottleUnit::Second {
             self.changed.push(c.clone());
         }
         c
